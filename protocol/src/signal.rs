@@ -1,0 +1,338 @@
+//! Signalling messages.
+//!
+//! Two layers:
+//! - [`ClientMessage`] / [`ServerMessage`]: JSON text frames on the `/ws` WebSocket between a
+//!   peer and the server. The server understands these and nothing more.
+//! - [`PeerSignal`]: what one peer tells the other (SDP, ICE candidates). It is serialised to
+//!   JSON and then sealed with [`crate::crypto::Channel`]; the server sees only the
+//!   base64 ciphertext in [`ClientMessage::Sealed`].
+//!
+//! Every message that opens a conversation carries [`SIGNAL_VERSION`]; a server that does not
+//! speak it answers [`ErrorCode::UnsupportedVersion`]. Field names are part of the wire format
+//! and pinned by golden JSON tests.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the signalling protocol spoken by this build.
+pub const SIGNAL_VERSION: u32 = 1;
+
+/// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of
+/// candidates sealed and base64-encoded fits in a few KiB; files never travel here.
+pub const MAX_SIGNAL_MESSAGE: usize = 16 * 1024;
+
+/// Which room to join.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomRef {
+    /// The room id from a share link.
+    Id(String),
+    /// The short room number from a typed code.
+    Number(u32),
+}
+
+/// Which password the joining peer feeds to SPAKE2: the long link secret or the typed words.
+/// The creator knows both and follows the joiner's choice.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    Link,
+    Code,
+}
+
+/// Peer → server.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Create a room and wait for one other peer.
+    Create { version: u32 },
+    /// Join an existing room.
+    Join { version: u32, room: RoomRef },
+    /// This peer's single SPAKE2 message (base64). One per peer per room: the server refuses a
+    /// second, which bounds online guessing of a typed code to one try.
+    Pake { auth: AuthKind, msg: String },
+    /// A sealed [`PeerSignal`] (base64), forwarded verbatim to the other peer.
+    Sealed { data: String },
+    /// This peer gives up on the room (e.g. the PAKE failed); the server closes it.
+    Abort { reason: AbortReason },
+}
+
+/// Why a peer aborted a room.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortReason {
+    /// Key confirmation failed: the peers used different secrets.
+    WrongSecret,
+    /// The user or program stopped.
+    Cancelled,
+    /// The peer could not set up the connection.
+    Failed,
+}
+
+/// Server → peer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The room exists; share `room` in a link or `number` in a code.
+    Created {
+        room: String,
+        number: u32,
+        expires_in_secs: u64,
+    },
+    /// This peer joined `room`; the creator is there.
+    Joined { room: String },
+    /// The second peer arrived (sent to the creator).
+    PeerJoined,
+    /// The other peer's SPAKE2 message.
+    Pake { auth: AuthKind, msg: String },
+    /// A sealed payload from the other peer.
+    Sealed { data: String },
+    /// The other peer's WebSocket closed.
+    PeerLeft,
+    /// The other peer aborted the room.
+    PeerAborted { reason: AbortReason },
+    /// A request failed; the connection may be closed after this.
+    Error { code: ErrorCode, message: String },
+}
+
+/// Machine-readable reasons for [`ServerMessage::Error`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    UnsupportedVersion,
+    Malformed,
+    TooLarge,
+    RateLimited,
+    NoSuchRoom,
+    RoomFull,
+    NotInRoom,
+    PakeAlreadySent,
+    NoPeer,
+    Expired,
+    ServerBusy,
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// What a user should read for this code.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::UnsupportedVersion => {
+                "the server speaks another protocol version; update punchdrop"
+            }
+            Self::Malformed => "the server could not read a message",
+            Self::TooLarge => "a signalling message was too large",
+            Self::RateLimited => "too many requests from this address; wait a minute and retry",
+            Self::NoSuchRoom => "no such room: the link or code is wrong, expired or already used",
+            Self::RoomFull => "this link or code has already been used by someone else",
+            Self::NotInRoom => "not in a room yet",
+            Self::PakeAlreadySent => "only one attempt per room is allowed",
+            Self::NoPeer => "the other peer is not there",
+            Self::Expired => "the room expired; create a new link",
+            Self::ServerBusy => "the server has too many rooms; retry later",
+            Self::ShuttingDown => "the server is shutting down",
+        }
+    }
+}
+
+/// Which side of the WebRTC negotiation and of the transfer a peer is on.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferRole {
+    Sender,
+    Receiver,
+}
+
+/// Kind of a session description.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SdpKind {
+    Offer,
+    Answer,
+}
+
+/// Peer → peer, always sealed. The first sealed message each way is a [`PeerSignal::Hello`]:
+/// opening it is the key confirmation (a wrong secret fails right there).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerSignal {
+    Hello {
+        version: u32,
+        role: TransferRole,
+    },
+    /// An SDP offer or answer. The file sender offers. The DTLS fingerprint inside is thereby
+    /// authenticated by the PAKE.
+    Description {
+        kind: SdpKind,
+        sdp: String,
+    },
+    /// A trickled ICE candidate.
+    Candidate {
+        candidate: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mline_index: Option<u16>,
+    },
+    /// Gathering finished; no more candidates follow.
+    EndOfCandidates,
+}
+
+impl ClientMessage {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("signalling messages always serialise")
+    }
+}
+
+impl ServerMessage {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("signalling messages always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Golden JSON: these strings are the wire format. Changing one is a protocol change.
+    #[test]
+    fn client_messages_golden() {
+        let cases: Vec<(ClientMessage, &str)> = vec![
+            (
+                ClientMessage::Create { version: 1 },
+                r#"{"type":"create","version":1}"#,
+            ),
+            (
+                ClientMessage::Join {
+                    version: 1,
+                    room: RoomRef::Id("abcd1234".into()),
+                },
+                r#"{"type":"join","version":1,"room":{"id":"abcd1234"}}"#,
+            ),
+            (
+                ClientMessage::Join {
+                    version: 1,
+                    room: RoomRef::Number(42),
+                },
+                r#"{"type":"join","version":1,"room":{"number":42}}"#,
+            ),
+            (
+                ClientMessage::Pake {
+                    auth: AuthKind::Code,
+                    msg: "QUJD".into(),
+                },
+                r#"{"type":"pake","auth":"code","msg":"QUJD"}"#,
+            ),
+            (
+                ClientMessage::Sealed {
+                    data: "eHl6".into(),
+                },
+                r#"{"type":"sealed","data":"eHl6"}"#,
+            ),
+            (
+                ClientMessage::Abort {
+                    reason: AbortReason::WrongSecret,
+                },
+                r#"{"type":"abort","reason":"wrong_secret"}"#,
+            ),
+        ];
+        for (msg, json) in cases {
+            assert_eq!(msg.to_json(), json);
+            assert_eq!(serde_json::from_str::<ClientMessage>(json).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn server_messages_golden() {
+        let cases: Vec<(ServerMessage, &str)> = vec![
+            (
+                ServerMessage::Created {
+                    room: "r1".into(),
+                    number: 7,
+                    expires_in_secs: 600,
+                },
+                r#"{"type":"created","room":"r1","number":7,"expires_in_secs":600}"#,
+            ),
+            (
+                ServerMessage::Joined { room: "r1".into() },
+                r#"{"type":"joined","room":"r1"}"#,
+            ),
+            (ServerMessage::PeerJoined, r#"{"type":"peer_joined"}"#),
+            (
+                ServerMessage::Pake {
+                    auth: AuthKind::Link,
+                    msg: "QQ".into(),
+                },
+                r#"{"type":"pake","auth":"link","msg":"QQ"}"#,
+            ),
+            (
+                ServerMessage::Sealed { data: "QQ".into() },
+                r#"{"type":"sealed","data":"QQ"}"#,
+            ),
+            (ServerMessage::PeerLeft, r#"{"type":"peer_left"}"#),
+            (
+                ServerMessage::PeerAborted {
+                    reason: AbortReason::Cancelled,
+                },
+                r#"{"type":"peer_aborted","reason":"cancelled"}"#,
+            ),
+            (
+                ServerMessage::Error {
+                    code: ErrorCode::NoSuchRoom,
+                    message: "x".into(),
+                },
+                r#"{"type":"error","code":"no_such_room","message":"x"}"#,
+            ),
+        ];
+        for (msg, json) in cases {
+            assert_eq!(msg.to_json(), json);
+            assert_eq!(serde_json::from_str::<ServerMessage>(json).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn peer_signals_golden() {
+        let cases: Vec<(PeerSignal, &str)> = vec![
+            (
+                PeerSignal::Hello {
+                    version: 1,
+                    role: TransferRole::Sender,
+                },
+                r#"{"type":"hello","version":1,"role":"sender"}"#,
+            ),
+            (
+                PeerSignal::Description {
+                    kind: SdpKind::Answer,
+                    sdp: "v=0".into(),
+                },
+                r#"{"type":"description","kind":"answer","sdp":"v=0"}"#,
+            ),
+            (
+                PeerSignal::Candidate {
+                    candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+                    sdp_mid: Some("0".into()),
+                    sdp_mline_index: None,
+                },
+                r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdp_mid":"0"}"#,
+            ),
+            (
+                PeerSignal::EndOfCandidates,
+                r#"{"type":"end_of_candidates"}"#,
+            ),
+        ];
+        for (msg, json) in cases {
+            assert_eq!(serde_json::to_string(&msg).unwrap(), json);
+            assert_eq!(serde_json::from_str::<PeerSignal>(json).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn unknown_or_extra_fields_are_rejected() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"create"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nope","version":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"create","version":1,"x":2}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<ClientMessage>("not json").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The file-transfer protocol, written once and driven by every peer (native and browser).
+//!
+//! One reliable, ordered data channel carries binary frames ([`frame`]). A [`Sender`] and a
+//! [`Receiver`] are sans-IO state machines: the caller feeds them received frames and the
+//! current time, and takes out frames to send, timers to arm and events to act on. They never
+//! touch files or sockets: the sender says which byte range to read next ([`ReadRequest`]),
+//! the receiver hands out verified-in-order payload slices to write.
+//!
+//! Exchange:
+//! ```text
+//! both:      Hello{version, role, seen_peer}   resent until the peer's Hello arrives
+//! sender:    Offer{files…}                      split over frames for long lists
+//! receiver:  Accept | Decline{message}
+//! sender:    Data{index, offset, bytes}…  FileEnd{index, blake3}   for each file, in order
+//! receiver:  FileAck{index}   once the file is verified and in place
+//! receiver:  Complete         after the last FileAck
+//! either:    Cancel{reason, message}   ends the transfer
+//! ```
+//! Invariants: the sender hashes exactly the bytes it frames (no pre-pass over the file); the
+//! receiver hashes exactly the bytes it hands out, at the offsets it expects, and reports a
+//! file as ended only when size and hash both match. Anything else is an error, never a
+//! silently short or reordered file.
+
+pub mod frame;
+pub mod names;
+mod receiver;
+mod sender;
+
+pub use frame::{Control, DATA_HEADER_LEN, Frame, MAX_FRAME};
+pub use receiver::{Received, Receiver, ReceiverEvent};
+pub use sender::{ReadRequest, Sender, SenderEvent};
+
+use core::time::Duration;
+use serde::{Deserialize, Serialize};
+
+/// Version of the transfer protocol spoken by this build.
+pub const TRANSFER_VERSION: u32 = 1;
+/// Payload bytes per data frame unless configured otherwise.
+pub const DEFAULT_CHUNK: usize = 64 * 1024;
+/// How often a Hello is resent until the peer's arrives (covers a first message lost on a
+/// fresh channel, webrtc-rs#901).
+pub const HELLO_RESEND: Duration = Duration::from_millis(250);
+/// How long to wait for the peer's Hello before giving up.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most entries one offer may list.
+pub const MAX_OFFER_ENTRIES: usize = 1_000_000;
+
+pub use crate::signal::TransferRole as Role;
+use names::NameError;
+
+/// One entry of an offer: a file (with its size) or a directory (possibly empty).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OfferEntry {
+    /// Relative, `/`-separated.
+    pub path: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dir: bool,
+}
+
+impl OfferEntry {
+    pub fn file(path: impl Into<String>, size: u64) -> Self {
+        Self {
+            path: path.into(),
+            size,
+            dir: false,
+        }
+    }
+
+    pub fn dir(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            size: 0,
+            dir: true,
+        }
+    }
+}
+
+/// A complete offer whose paths all passed [`names::sanitize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub entries: Vec<(names::SafePath, OfferEntry)>,
+    pub total_bytes: u64,
+}
+
+impl Offer {
+    pub fn file_count(&self) -> usize {
+        self.entries.iter().filter(|(_, e)| !e.dir).count()
+    }
+}
+
+/// Why a transfer was cancelled (carried in [`Control::Cancel`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// A person or program stopped it.
+    Cancelled,
+    /// The sender offered a name the receiver will not write.
+    UnsafeName,
+    /// A received file did not match the sender's hash.
+    HashMismatch,
+    /// A frame broke the protocol.
+    Protocol,
+    /// The receiver's disk is full or too small.
+    NoSpace,
+    /// A file changed or vanished on the sender while being sent.
+    SourceChanged,
+    /// Another I/O error.
+    Io,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TransferError {
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    Oversized { len: usize, max: usize },
+    #[error("unexpected {0} frame at this point of the transfer")]
+    Unexpected(&'static str),
+    #[error(
+        "the peer speaks transfer protocol version {0}, this build speaks {TRANSFER_VERSION}: update punchdrop"
+    )]
+    Version(u32),
+    #[error("both peers want to {0}: one must send and the other receive")]
+    SameRole(&'static str),
+    #[error("the sender offered an unsafe file name ({0}); nothing was written")]
+    UnsafeName(NameError),
+    #[error("the offer is inconsistent: {0}")]
+    BadOffer(&'static str),
+    #[error("data arrived out of order or beyond the file's size")]
+    OutOfOrder,
+    #[error("file #{index} failed verification: its BLAKE3 hash does not match the sender's")]
+    HashMismatch { index: u32 },
+    #[error("the other peer did not answer")]
+    Timeout,
+    #[error("the other peer cancelled ({reason:?}): {message}")]
+    PeerCancelled {
+        reason: CancelReason,
+        message: String,
+    },
+    #[error("the receiver declined: {0}")]
+    Declined(String),
+    #[error("cancelled ({reason:?}): {message}")]
+    Cancelled {
+        reason: CancelReason,
+        message: String,
+    },
+    #[error("{0}")]
+    Usage(&'static str),
+}
+
+impl TransferError {
+    /// The reason to tell the peer when this error ends the transfer on our side.
+    pub fn cancel_reason(&self) -> CancelReason {
+        match self {
+            Self::UnsafeName(_) => CancelReason::UnsafeName,
+            Self::HashMismatch { .. } => CancelReason::HashMismatch,
+            Self::Cancelled { reason, .. } => *reason,
+            Self::PeerCancelled { .. } | Self::Declined(_) => CancelReason::Cancelled,
+            _ => CancelReason::Protocol,
+        }
+    }
+}
+
+/// Hello handling and its resend timer, shared by both ends.
+#[derive(Debug)]
+struct HelloState {
+    role: Role,
+    peer_seen: bool,
+    started: Duration,
+    next_send: Duration,
+}
+
+impl HelloState {
+    fn new(role: Role, now: Duration) -> Self {
+        Self {
+            role,
+            peer_seen: false,
+            started: now,
+            next_send: now,
+        }
+    }
+
+    fn frame(&self) -> Vec<u8> {
+        frame::encode_control(&Control::Hello {
+            version: TRANSFER_VERSION,
+            role: self.role,
+            seen_peer: self.peer_seen,
+            max_frame: MAX_FRAME as u32,
+        })
+    }
+
+    /// Due Hello to send, if any.
+    fn poll(&mut self, now: Duration) -> Result<Option<Vec<u8>>, TransferError> {
+        if self.peer_seen || now < self.next_send {
+            return Ok(None);
+        }
+        if now.saturating_sub(self.started) >= HELLO_TIMEOUT {
+            return Err(TransferError::Timeout);
+        }
+        self.next_send = now + HELLO_RESEND;
+        Ok(Some(self.frame()))
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        (!self.peer_seen).then_some(self.next_send)
+    }
+
+    /// The peer's Hello. Returns a Hello to send back when the peer has not seen ours yet.
+    fn on_hello(
+        &mut self,
+        version: u32,
+        role: Role,
+        seen_peer: bool,
+    ) -> Result<Option<Vec<u8>>, TransferError> {
+        if version != TRANSFER_VERSION {
+            return Err(TransferError::Version(version));
+        }
+        if role == self.role {
+            return Err(TransferError::SameRole(match role {
+                Role::Sender => "send",
+                Role::Receiver => "receive",
+            }));
+        }
+        self.peer_seen = true;
+        Ok((!seen_peer).then(|| self.frame()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! The sending end of a transfer.
+
+use super::frame::{self, Control, DATA_HEADER_LEN, Frame, MAX_FRAME};
+use super::{CancelReason, DEFAULT_CHUNK, HelloState, OfferEntry, Role, TransferError};
+use core::time::Duration;
+use std::collections::VecDeque;
+
+/// Bytes the caller should read next and pass to [`Sender::encode_data`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub index: u32,
+    pub offset: u64,
+    /// At most this many payload bytes.
+    pub len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// The receiver accepted the offer: start reading.
+    Accepted,
+    /// The receiver verified file `index` and put it in place.
+    FileAcked { index: u32 },
+    /// Every file was acknowledged; the transfer is complete.
+    Completed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Hello,
+    AwaitAccept,
+    Sending,
+    /// Every byte was framed; waiting for acknowledgements.
+    AwaitAcks,
+    Done,
+    Failed,
+}
+
+#[derive(Debug)]
+pub struct Sender {
+    files: Vec<OfferEntry>,
+    state: State,
+    hello: HelloState,
+    chunk: usize,
+    out: VecDeque<Vec<u8>>,
+    events: VecDeque<SenderEvent>,
+    cur: usize,
+    offset: u64,
+    hasher: blake3::Hasher,
+    acked: usize,
+    to_ack: usize,
+    total_bytes: u64,
+    bytes_framed: u64,
+}
+
+impl Sender {
+    /// A sender offering `entries` (relative `/` paths, directories first where they matter).
+    /// `chunk` is the payload size per data frame; it is clamped to fit [`MAX_FRAME`].
+    pub fn new(entries: Vec<OfferEntry>, chunk: usize, now: Duration) -> Self {
+        let to_ack = entries.iter().filter(|e| !e.dir).count();
+        let total_bytes = entries.iter().filter(|e| !e.dir).map(|e| e.size).sum();
+        Self {
+            files: entries,
+            state: State::Hello,
+            hello: HelloState::new(Role::Sender, now),
+            chunk: chunk.clamp(1, MAX_FRAME - DATA_HEADER_LEN),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            cur: 0,
+            offset: 0,
+            hasher: blake3::Hasher::new(),
+            acked: 0,
+            to_ack,
+            total_bytes,
+            bytes_framed: 0,
+        }
+    }
+
+    pub fn with_default_chunk(entries: Vec<OfferEntry>, now: Duration) -> Self {
+        Self::new(entries, DEFAULT_CHUNK, now)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Payload bytes framed so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_framed
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Feed one received frame.
+    pub fn handle_frame(&mut self, buf: &[u8], now: Duration) -> Result<(), TransferError> {
+        let _ = now;
+        let result = self.on_frame(buf);
+        self.fail_on_error(result)
+    }
+
+    fn on_frame(&mut self, buf: &[u8]) -> Result<(), TransferError> {
+        if matches!(self.state, State::Done | State::Failed) {
+            return Ok(());
+        }
+        let control = match frame::decode(buf)? {
+            Frame::Data { .. } => return Err(TransferError::Unexpected("data")),
+            Frame::Control(c) => c,
+        };
+        match (self.state, control) {
+            (_, Control::Cancel { reason, message }) => {
+                self.state = State::Failed;
+                Err(TransferError::PeerCancelled { reason, message })
+            }
+            (
+                _,
+                Control::Hello {
+                    version,
+                    role,
+                    seen_peer,
+                    ..
+                },
+            ) => {
+                let first = !self.hello.peer_seen;
+                if let Some(reply) = self.hello.on_hello(version, role, seen_peer)? {
+                    self.out.push_back(reply);
+                }
+                if first && self.state == State::Hello {
+                    self.queue_offer();
+                    self.state = State::AwaitAccept;
+                }
+                Ok(())
+            }
+            (State::AwaitAccept, Control::Accept) => {
+                self.state = State::Sending;
+                self.events.push_back(SenderEvent::Accepted);
+                self.skip_trivial();
+                Ok(())
+            }
+            (State::AwaitAccept, Control::Decline { message }) => {
+                self.state = State::Failed;
+                Err(TransferError::Declined(message))
+            }
+            (State::Sending | State::AwaitAcks, Control::FileAck { index }) => {
+                let ok = self.files.get(index as usize).is_some_and(|e| !e.dir)
+                    && (index as usize) < self.cur;
+                if !ok {
+                    return Err(TransferError::Unexpected("file_ack"));
+                }
+                self.acked += 1;
+                self.events.push_back(SenderEvent::FileAcked { index });
+                Ok(())
+            }
+            (State::AwaitAcks, Control::Complete) if self.acked == self.to_ack => {
+                self.state = State::Done;
+                self.events.push_back(SenderEvent::Completed);
+                Ok(())
+            }
+            (_, other) => Err(TransferError::Unexpected(other.name())),
+        }
+    }
+
+    fn queue_offer(&mut self) {
+        // Keep each Offer frame well under MAX_FRAME; an entry is at most ~4.2 KiB (path cap).
+        const BUDGET: usize = MAX_FRAME / 2;
+        let total_files = self.files.len() as u32;
+        let mut part = Vec::new();
+        let mut size = 0;
+        let mut frames = Vec::new();
+        for e in &self.files {
+            let est = e.path.len() * 2 + 48;
+            if size + est > BUDGET && !part.is_empty() {
+                frames.push(std::mem::take(&mut part));
+                size = 0;
+            }
+            size += est;
+            part.push(e.clone());
+        }
+        frames.push(part);
+        for files in frames {
+            self.out.push_back(frame::encode_control(&Control::Offer {
+                total_files,
+                total_bytes: self.total_bytes,
+                files,
+            }));
+        }
+    }
+
+    /// Move past directories and empty files (which end at once) to the next file with bytes.
+    fn skip_trivial(&mut self) {
+        while let Some(e) = self.files.get(self.cur) {
+            if e.dir {
+                self.cur += 1;
+            } else if e.size == 0 {
+                self.end_file();
+            } else {
+                return;
+            }
+        }
+        self.state = State::AwaitAcks;
+    }
+
+    fn end_file(&mut self) {
+        let hash = std::mem::take(&mut self.hasher).finalize();
+        self.out.push_back(frame::encode_control(&Control::FileEnd {
+            index: self.cur as u32,
+            blake3: hash.to_hex().to_string(),
+        }));
+        self.cur += 1;
+        self.offset = 0;
+    }
+
+    /// What to read next, if the transfer is sending. Call again after each
+    /// [`Sender::encode_data`]; drain [`Sender::poll_transmit`] first so control frames keep
+    /// their place between data frames.
+    pub fn poll_read(&self) -> Option<ReadRequest> {
+        if self.state != State::Sending {
+            return None;
+        }
+        let e = &self.files[self.cur];
+        let left = e.size - self.offset;
+        Some(ReadRequest {
+            index: self.cur as u32,
+            offset: self.offset,
+            len: (left.min(self.chunk as u64)) as usize,
+        })
+    }
+
+    /// Turn `buf` (`DATA_HEADER_LEN` spare bytes, then the payload just read for the current
+    /// [`ReadRequest`]) into a data frame in place, hashing the payload.
+    ///
+    /// An empty payload means the file ended early on disk: that cancels the transfer.
+    pub fn encode_data(&mut self, buf: &mut [u8]) -> Result<(), TransferError> {
+        let result = self.on_data(buf);
+        self.fail_on_error(result)
+    }
+
+    fn on_data(&mut self, buf: &mut [u8]) -> Result<(), TransferError> {
+        let req = self
+            .poll_read()
+            .ok_or(TransferError::Usage("encode_data while not sending"))?;
+        let n = buf
+            .len()
+            .checked_sub(DATA_HEADER_LEN)
+            .ok_or(TransferError::Usage("buffer too short"))?;
+        if n == 0 {
+            return Err(TransferError::Cancelled {
+                reason: CancelReason::SourceChanged,
+                message: "a file became shorter while it was being sent".into(),
+            });
+        }
+        if n > req.len {
+            return Err(TransferError::Usage("payload longer than the read request"));
+        }
+        frame::write_data_header(buf, req.index, req.offset);
+        self.hasher.update(&buf[DATA_HEADER_LEN..]);
+        self.offset += n as u64;
+        self.bytes_framed += n as u64;
+        if self.offset == self.files[self.cur].size {
+            self.end_file();
+            self.skip_trivial();
+        }
+        Ok(())
+    }
+
+    /// Stop the transfer from this side; the peer is told why.
+    pub fn cancel(&mut self, reason: CancelReason, message: &str) -> TransferError {
+        let err = TransferError::Cancelled {
+            reason,
+            message: message.to_string(),
+        };
+        let _ = self.fail_on_error(Err(err.clone()));
+        err
+    }
+
+    fn fail_on_error(&mut self, r: Result<(), TransferError>) -> Result<(), TransferError> {
+        if let Err(e) = &r {
+            let was_live = self.state != State::Failed;
+            self.state = State::Failed;
+            if was_live
+                && !matches!(
+                    e,
+                    TransferError::PeerCancelled { .. } | TransferError::Declined(_)
+                )
+            {
+                self.out.push_back(frame::encode_control(&Control::Cancel {
+                    reason: e.cancel_reason(),
+                    message: e.to_string(),
+                }));
+            }
+        }
+        r
+    }
+
+    /// Control frames to send, oldest first.
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
+        if let Some(f) = self.out.pop_front() {
+            return Some(f);
+        }
+        if self.state == State::Hello {
+            return self.hello.poll(now).ok().flatten();
+        }
+        None
+    }
+
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Sender::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.state == State::Hello {
+            self.hello.timeout()
+        } else {
+            None
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Duration) -> Result<(), TransferError> {
+        if self.state == State::Hello
+            && now.saturating_sub(self.hello.started) >= super::HELLO_TIMEOUT
+        {
+            return self.fail_on_error(Err(TransferError::Timeout));
+        }
+        Ok(())
+    }
+}

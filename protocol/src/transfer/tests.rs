@@ -1,0 +1,552 @@
+//! Sender and receiver driven against each other on virtual time, with no sockets.
+
+use super::frame::{self, Control};
+use super::*;
+use std::collections::{BTreeMap, VecDeque};
+
+/// In-memory stand-in for the files on each side and the channel between them.
+struct Harness {
+    now: Duration,
+    tx: Sender,
+    rx: Receiver,
+    sources: Vec<Vec<u8>>,
+    /// Frames in flight, sender → receiver and back.
+    to_rx: VecDeque<Vec<u8>>,
+    to_tx: VecDeque<Vec<u8>>,
+    /// Written on the receiving side: index → bytes (the `.part` file).
+    parts: BTreeMap<u32, Vec<u8>>,
+    saved: BTreeMap<u32, Vec<u8>>,
+    offers_seen: usize,
+    /// Drop the n-th frame sent sender → receiver (0-based), to mimic webrtc-rs#901.
+    drop_to_rx: Option<usize>,
+    drop_to_tx: Option<usize>,
+    sent_to_rx: usize,
+    sent_to_tx: usize,
+    /// Mangle frames on their way to the receiver.
+    mangle: Option<Box<dyn FnMut(usize, &mut Vec<u8>)>>,
+    tx_err: Option<TransferError>,
+    rx_err: Option<TransferError>,
+    accept: bool,
+}
+
+impl Harness {
+    fn new(entries: Vec<OfferEntry>, sources: Vec<Vec<u8>>, chunk: usize) -> Self {
+        let now = Duration::from_secs(100);
+        Self {
+            now,
+            tx: Sender::new(entries, chunk, now),
+            rx: Receiver::new(now),
+            sources,
+            to_rx: VecDeque::new(),
+            to_tx: VecDeque::new(),
+            parts: BTreeMap::new(),
+            saved: BTreeMap::new(),
+            offers_seen: 0,
+            drop_to_rx: None,
+            drop_to_tx: None,
+            sent_to_rx: 0,
+            sent_to_tx: 0,
+            mangle: None,
+            tx_err: None,
+            rx_err: None,
+            accept: true,
+        }
+    }
+
+    fn push_to_rx(&mut self, mut f: Vec<u8>) {
+        let n = self.sent_to_rx;
+        self.sent_to_rx += 1;
+        if self.drop_to_rx == Some(n) {
+            return;
+        }
+        if let Some(m) = self.mangle.as_mut() {
+            m(n, &mut f);
+        }
+        self.to_rx.push_back(f);
+    }
+
+    fn push_to_tx(&mut self, f: Vec<u8>) {
+        let n = self.sent_to_tx;
+        self.sent_to_tx += 1;
+        if self.drop_to_tx != Some(n) {
+            self.to_tx.push_back(f);
+        }
+    }
+
+    /// One round: both sides transmit, read, and handle what arrived. Returns whether anything
+    /// happened.
+    fn step(&mut self) -> bool {
+        let mut busy = false;
+        while let Some(f) = self.tx.poll_transmit(self.now) {
+            self.push_to_rx(f);
+            busy = true;
+        }
+        // Sender reads at most a few chunks per round so frames interleave with acks.
+        for _ in 0..4 {
+            if self.tx_err.is_some() {
+                break;
+            }
+            let Some(req) = self.tx.poll_read() else {
+                break;
+            };
+            let src = &self.sources[req.index as usize];
+            let start = req.offset as usize;
+            let end = (start + req.len).min(src.len());
+            let mut buf = vec![0u8; DATA_HEADER_LEN + (end - start)];
+            buf[DATA_HEADER_LEN..].copy_from_slice(&src[start..end]);
+            match self.tx.encode_data(&mut buf) {
+                Ok(()) => self.push_to_rx(buf),
+                Err(e) => self.tx_err = Some(e),
+            }
+            while let Some(f) = self.tx.poll_transmit(self.now) {
+                self.push_to_rx(f);
+            }
+            busy = true;
+        }
+        while let Some(f) = self.rx.poll_transmit(self.now) {
+            self.push_to_tx(f);
+            busy = true;
+        }
+        while let Some(f) = self.to_rx.pop_front() {
+            busy = true;
+            match self.rx.handle_frame(&f, self.now) {
+                Ok(r) => {
+                    let data = match r {
+                        Received::Data {
+                            index,
+                            offset,
+                            bytes,
+                        } => Some((index, offset, bytes.to_vec())),
+                        Received::Nothing => None,
+                    };
+                    self.drain_rx_events();
+                    if let Some((index, offset, bytes)) = data {
+                        let part = self.parts.get_mut(&index).expect("FileStart before data");
+                        assert_eq!(part.len() as u64, offset);
+                        part.extend_from_slice(&bytes);
+                    }
+                }
+                Err(e) => {
+                    self.rx_err.get_or_insert(e);
+                }
+            }
+        }
+        while let Some(f) = self.to_tx.pop_front() {
+            busy = true;
+            if let Err(e) = self.tx.handle_frame(&f, self.now) {
+                self.tx_err.get_or_insert(e);
+            }
+            while self.tx.poll_event().is_some() {}
+        }
+        busy
+    }
+
+    fn drain_rx_events(&mut self) {
+        while let Some(ev) = self.rx.poll_event() {
+            match ev {
+                ReceiverEvent::Offer(_) => {
+                    self.offers_seen += 1;
+                    if self.accept {
+                        self.rx.accept().unwrap();
+                    } else {
+                        self.rx.decline("no thanks");
+                    }
+                }
+                ReceiverEvent::FileStart { index } => {
+                    assert!(self.parts.insert(index, Vec::new()).is_none());
+                }
+                ReceiverEvent::FileVerified { index } => {
+                    let data = self.parts.remove(&index).unwrap();
+                    self.saved.insert(index, data);
+                    self.rx.file_saved(index).unwrap();
+                }
+                ReceiverEvent::Completed => {}
+            }
+        }
+    }
+
+    /// Run until both sides are quiet, advancing virtual time to the next timer when idle.
+    fn run(&mut self) {
+        for _ in 0..100_000 {
+            if self.step() {
+                continue;
+            }
+            let next = [self.tx.poll_timeout(), self.rx.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if !(self.tx.is_done() && self.rx.is_done()) => {
+                    self.now = self.now.max(t);
+                    if let Err(e) = self.tx.handle_timeout(self.now) {
+                        self.tx_err.get_or_insert(e);
+                    }
+                    if let Err(e) = self.rx.handle_timeout(self.now) {
+                        self.rx_err.get_or_insert(e);
+                    }
+                }
+                _ => return,
+            }
+        }
+        panic!("transfer did not settle");
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn mixed() -> (Vec<OfferEntry>, Vec<Vec<u8>>) {
+    let a = pattern(200_000, 1);
+    let b = Vec::new();
+    let c = pattern(65_536, 2);
+    let d = pattern(7, 3);
+    let entries = vec![
+        OfferEntry::file("top.bin", a.len() as u64),
+        OfferEntry::dir("photos"),
+        OfferEntry::file("photos/empty.txt", 0),
+        OfferEntry::dir("photos/none"),
+        OfferEntry::file("photos/2024/c.jpg", c.len() as u64),
+        OfferEntry::file("z", d.len() as u64),
+    ];
+    (entries, vec![a, Vec::new(), b, Vec::new(), c, d])
+}
+
+#[test]
+fn files_dirs_and_empty_files_arrive_verified() {
+    let (entries, sources) = mixed();
+    let mut h = Harness::new(entries, sources.clone(), 16 * 1024);
+    h.run();
+    assert_eq!(h.tx_err, None);
+    assert_eq!(h.rx_err, None);
+    assert!(h.tx.is_done() && h.rx.is_done());
+    let expect: BTreeMap<u32, Vec<u8>> = [
+        (0, sources[0].clone()),
+        (2, Vec::new()),
+        (4, sources[4].clone()),
+        (5, sources[5].clone()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(h.saved, expect);
+    assert_eq!(h.rx.bytes_received(), h.tx.total_bytes());
+    assert_eq!(h.tx.bytes_sent(), 200_000 + 65_536 + 7);
+}
+
+#[test]
+fn lost_first_message_either_way_is_recovered_by_hello_resend() {
+    for (drop_rx, drop_tx) in [(Some(0), None), (None, Some(0)), (Some(0), Some(0))] {
+        let (entries, sources) = mixed();
+        let mut h = Harness::new(entries, sources, 64 * 1024);
+        h.drop_to_rx = drop_rx;
+        h.drop_to_tx = drop_tx;
+        h.run();
+        assert_eq!(
+            (h.tx_err.clone(), h.rx_err.clone()),
+            (None, None),
+            "{drop_rx:?} {drop_tx:?}"
+        );
+        assert!(h.tx.is_done() && h.rx.is_done());
+        assert_eq!(h.offers_seen, 1);
+        // One lost Hello is answered at once by the peer's `seen_peer: false` Hello; only when
+        // both are lost does recovery wait for the resend timer.
+        let both = drop_rx.is_some() && drop_tx.is_some();
+        assert_eq!(
+            h.now > Duration::from_secs(100),
+            both,
+            "{drop_rx:?} {drop_tx:?}"
+        );
+    }
+}
+
+#[test]
+fn silent_peer_times_out() {
+    let mut tx = Sender::with_default_chunk(vec![OfferEntry::file("a", 1)], Duration::ZERO);
+    assert!(tx.poll_transmit(Duration::ZERO).is_some());
+    let mut now = Duration::ZERO;
+    let mut hellos = 1;
+    while let Some(t) = tx.poll_timeout() {
+        now = t;
+        if let Err(e) = tx.handle_timeout(now) {
+            assert_eq!(e, TransferError::Timeout);
+            break;
+        }
+        while tx.poll_transmit(now).is_some() {
+            hellos += 1;
+        }
+    }
+    assert!(now >= HELLO_TIMEOUT);
+    assert!(hellos >= 10, "hello was resent ({hellos})");
+}
+
+#[test]
+fn many_entries_split_over_several_offer_frames() {
+    let n = 5000;
+    let entries: Vec<OfferEntry> = (0..n)
+        .map(|i| OfferEntry::file(format!("dir/{}/file-{i:05}.dat", "x".repeat(40)), 1))
+        .collect();
+    let sources = vec![vec![7u8]; n];
+    let mut h = Harness::new(entries, sources, 1024);
+    h.run();
+    assert_eq!((h.tx_err.clone(), h.rx_err.clone()), (None, None));
+    assert_eq!(h.saved.len(), n);
+    assert!(h.sent_to_rx > n, "offer and data went through");
+}
+
+#[test]
+fn wrong_hash_is_caught_and_nothing_is_saved() {
+    let data = pattern(100_000, 9);
+    let mut h = Harness::new(
+        vec![OfferEntry::file("f", data.len() as u64)],
+        vec![data],
+        32 * 1024,
+    );
+    // Flip one payload byte in the second data frame, as a faulty path might.
+    h.mangle = Some(Box::new(|_, f| {
+        if f[0] == 1 && u64::from_be_bytes(f[5..13].try_into().unwrap()) == 32 * 1024 {
+            f[100] ^= 0xff;
+        }
+    }));
+    h.run();
+    assert_eq!(h.rx_err, Some(TransferError::HashMismatch { index: 0 }));
+    assert!(
+        h.saved.is_empty(),
+        "a mismatching file is never reported verified"
+    );
+    assert!(matches!(
+        h.tx_err,
+        Some(TransferError::PeerCancelled {
+            reason: CancelReason::HashMismatch,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn reordered_data_is_an_error_not_a_corrupt_file() {
+    let data = pattern(50_000, 4);
+    let mut h = Harness::new(
+        vec![OfferEntry::file("f", data.len() as u64)],
+        vec![data],
+        10_000,
+    );
+    let mut held: Option<Vec<u8>> = None;
+    h.mangle = Some(Box::new(move |_, f| {
+        // Swap the offsets of the first two data frames.
+        if f[0] == 1 {
+            let off = u64::from_be_bytes(f[5..13].try_into().unwrap());
+            if off == 0 {
+                held = Some(f.clone());
+                f[5..13].copy_from_slice(&10_000u64.to_be_bytes());
+            }
+        }
+        let _ = &held;
+    }));
+    h.run();
+    assert_eq!(h.rx_err, Some(TransferError::OutOfOrder));
+    assert!(h.saved.is_empty());
+    assert!(matches!(
+        h.tx_err,
+        Some(TransferError::PeerCancelled {
+            reason: CancelReason::Protocol,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn hostile_names_are_refused_before_any_byte() {
+    for bad in [
+        "../escape",
+        "/etc/passwd",
+        "a/../../b",
+        "NUL",
+        "x\\..\\y",
+        "",
+    ] {
+        let mut h = Harness::new(vec![OfferEntry::file(bad, 3)], vec![b"abc".to_vec()], 1024);
+        h.run();
+        assert!(
+            matches!(h.rx_err, Some(TransferError::UnsafeName(_))),
+            "{bad:?}: {:?}",
+            h.rx_err
+        );
+        assert_eq!(
+            h.offers_seen, 0,
+            "the unsafe offer never reaches the caller"
+        );
+        assert!(h.parts.is_empty() && h.saved.is_empty());
+        assert!(matches!(
+            h.tx_err,
+            Some(TransferError::PeerCancelled {
+                reason: CancelReason::UnsafeName,
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn inconsistent_offers_are_refused() {
+    let cases: Vec<(Vec<OfferEntry>, &str)> = vec![
+        (
+            vec![OfferEntry::file("a", 1), OfferEntry::file("a", 1)],
+            "a name appears twice",
+        ),
+        (
+            vec![OfferEntry::file("a", 1), OfferEntry::file("a/b", 1)],
+            "a file is also used as a directory",
+        ),
+    ];
+    for (entries, why) in cases {
+        let sources = vec![vec![1u8]; entries.len()];
+        let mut h = Harness::new(entries, sources, 1024);
+        h.run();
+        assert_eq!(h.rx_err, Some(TransferError::BadOffer(why)));
+    }
+    // A lying total.
+    let mut rx = Receiver::new(Duration::ZERO);
+    let offer = frame::encode_control(&Control::Offer {
+        total_files: 1,
+        total_bytes: 99,
+        files: vec![OfferEntry::file("a", 1)],
+    });
+    assert_eq!(
+        rx.handle_frame(&offer, Duration::ZERO),
+        Err(TransferError::BadOffer(
+            "sizes do not add up to the announced total"
+        ))
+    );
+}
+
+#[test]
+fn garbled_truncated_and_oversized_frames_fail_cleanly() {
+    let bad: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0, b'{'],
+        vec![1, 0, 0, 0],
+        vec![7, 7, 7],
+        vec![0u8; MAX_FRAME + 1],
+        b"\x00{\"t\":\"offer\",\"total_files\":1}".to_vec(),
+    ];
+    for f in bad {
+        let mut rx = Receiver::new(Duration::ZERO);
+        let err = rx.handle_frame(&f, Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransferError::Malformed(_) | TransferError::Oversized { .. }
+            ),
+            "{err:?}"
+        );
+        // The receiver told the sender why, then stays quiet and inert.
+        let cancel = rx.poll_transmit(Duration::ZERO).expect("a cancel frame");
+        assert!(matches!(
+            frame::decode(&cancel),
+            Ok(frame::Frame::Control(Control::Cancel { .. }))
+        ));
+        assert_eq!(
+            rx.handle_frame(&[0, b'x'], Duration::ZERO),
+            Ok(Received::Nothing)
+        );
+    }
+}
+
+#[test]
+fn data_beyond_announced_size_is_refused() {
+    let mut h = Harness::new(vec![OfferEntry::file("f", 10)], vec![pattern(20, 0)], 1024);
+    // The sender's own bookkeeping refuses to frame more than the offer said…
+    h.tx = Sender::new(vec![OfferEntry::file("f", 10)], 1024, h.now);
+    h.sources[0].truncate(10);
+    h.run();
+    assert_eq!(h.rx_err, None);
+    // …and a receiver refuses extra bytes from a sender that lies.
+    let mut rx = Receiver::new(Duration::ZERO);
+    let offer = frame::encode_control(&Control::Offer {
+        total_files: 1,
+        total_bytes: 4,
+        files: vec![OfferEntry::file("f", 4)],
+    });
+    rx.handle_frame(&offer, Duration::ZERO).unwrap();
+    rx.accept().unwrap();
+    let mut data = vec![0u8; DATA_HEADER_LEN + 5];
+    frame::write_data_header(&mut data, 0, 0);
+    assert_eq!(
+        rx.handle_frame(&data, Duration::ZERO),
+        Err(TransferError::OutOfOrder)
+    );
+}
+
+#[test]
+fn decline_reaches_the_sender() {
+    let mut h = Harness::new(vec![OfferEntry::file("f", 3)], vec![b"abc".to_vec()], 1024);
+    h.accept = false;
+    h.run();
+    assert_eq!(h.tx_err, Some(TransferError::Declined("no thanks".into())));
+    assert!(h.saved.is_empty());
+}
+
+#[test]
+fn source_shrinking_mid_send_cancels() {
+    let mut h = Harness::new(vec![OfferEntry::file("f", 100)], vec![pattern(40, 0)], 16);
+    h.run();
+    assert!(matches!(
+        h.tx_err,
+        Some(TransferError::Cancelled {
+            reason: CancelReason::SourceChanged,
+            ..
+        })
+    ));
+    assert!(matches!(
+        h.rx_err,
+        Some(TransferError::PeerCancelled {
+            reason: CancelReason::SourceChanged,
+            ..
+        })
+    ));
+    assert!(h.saved.is_empty());
+}
+
+#[test]
+fn two_senders_are_told_apart() {
+    let mut a = Sender::with_default_chunk(vec![OfferEntry::file("a", 1)], Duration::ZERO);
+    let b_hello = Sender::with_default_chunk(vec![], Duration::ZERO)
+        .poll_transmit(Duration::ZERO)
+        .unwrap();
+    a.poll_transmit(Duration::ZERO);
+    assert_eq!(
+        a.handle_frame(&b_hello, Duration::ZERO),
+        Err(TransferError::SameRole("send"))
+    );
+}
+
+#[test]
+fn local_cancel_tells_the_peer() {
+    let mut h = Harness::new(
+        vec![OfferEntry::file("f", 1 << 20)],
+        vec![pattern(1 << 20, 5)],
+        64 * 1024,
+    );
+    for _ in 0..4 {
+        h.step();
+    }
+    let e = h.rx.cancel(CancelReason::NoSpace, "disk full");
+    assert!(matches!(
+        e,
+        TransferError::Cancelled {
+            reason: CancelReason::NoSpace,
+            ..
+        }
+    ));
+    h.run();
+    assert!(matches!(
+        h.tx_err,
+        Some(TransferError::PeerCancelled {
+            reason: CancelReason::NoSpace,
+            ..
+        })
+    ));
+    assert!(!h.tx.is_done());
+}
