@@ -1,1 +1,250 @@
-fn main() {}
+//! `native-peer`: send and receive files with punchdrop from the command line.
+//!
+//! `send FILES…` creates a room and prints a link, a code and a QR code (or joins a receiver's
+//! room with `--to`); `recv [LINK|CODE]` joins one, or creates a room for a sender when given
+//! none (the NAS case). Progress goes to a terminal as bars, or to programs as JSON lines
+//! with `--json`.
+
+mod files;
+mod output;
+mod rendezvous;
+mod rtc;
+mod transfer;
+mod tune;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use protocol::invite::Invitation;
+use protocol::signal::TransferRole;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use output::Output;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "punchdrop: send files straight to another device, through NATs"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Signalling server (a link carries its own).
+    #[arg(
+        long,
+        global = true,
+        env = "PUNCHDROP_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Print newline-delimited JSON events on stdout instead of progress bars.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Local address(es) to gather candidates on [default: all interfaces, or loopback when
+    /// the server is on loopback].
+    #[arg(long, global = true, env = "PUNCHDROP_BIND", value_delimiter = ',')]
+    bind: Vec<SocketAddr>,
+    /// Seconds to wait for a direct or relayed connection once both peers are in the room.
+    #[arg(long, global = true, default_value_t = 30)]
+    connect_timeout: u64,
+    /// Payload bytes per data-channel message.
+    #[arg(long, global = true, hide = true, env = "PUNCHDROP_CHUNK", default_value_t = protocol::transfer::DEFAULT_CHUNK)]
+    chunk: usize,
+    /// SCTP receive window in bytes.
+    #[arg(long, global = true, hide = true, env = "PUNCHDROP_SCTP_WINDOW", default_value_t = 4 * 1024 * 1024)]
+    sctp_window: u32,
+    /// UDP socket buffer size in bytes.
+    #[arg(long, global = true, hide = true, env = "PUNCHDROP_UDP_BUFFER", default_value_t = tune::UDP_BUFFER)]
+    udp_buffer: usize,
+    /// Data-channel send buffer limit in bytes (back-pressure).
+    #[arg(long, global = true, hide = true, env = "PUNCHDROP_SEND_BUFFER", default_value_t = 4 * 1024 * 1024)]
+    send_buffer: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send files and folders.
+    Send {
+        /// Join a room a receiver created instead of creating one.
+        #[arg(long, value_name = "LINK|CODE")]
+        to: Option<String>,
+        /// Files and folders to send.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Receive files into a folder.
+    Recv {
+        /// Folder to save into.
+        #[arg(long, short, default_value = ".")]
+        dir: PathBuf,
+        /// The link or code from the sender; without one, create a room for a sender to join.
+        invitation: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PUNCHDROP_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut out = Output::new(cli.common.json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli, &mut out) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // webrtc tasks may linger; do not wait for them.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            out.error(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn net_options(c: &Common, server: &str) -> rtc::NetOptions {
+    let bind = if c.bind.is_empty() {
+        default_bind(server)
+    } else {
+        c.bind.clone()
+    };
+    rtc::NetOptions {
+        bind,
+        udp_buffer: c.udp_buffer,
+        sctp_window: c.sctp_window,
+        send_buffer: c.send_buffer,
+        connect_timeout: Duration::from_secs(c.connect_timeout),
+    }
+}
+
+/// Peers that meet on a loopback server are on this machine: loopback host candidates are
+/// what connects them (and all webrtc-rs gathers on a wildcard bind skips loopback).
+fn default_bind(server: &str) -> Vec<SocketAddr> {
+    let loopback = url::Url::parse(server)
+        .ok()
+        .and_then(|u| {
+            let host = u
+                .host_str()?
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_string();
+            let port = u.port_or_known_default()?;
+            (host.as_str(), port).to_socket_addrs().ok()?.next()
+        })
+        .is_some_and(|a| a.ip().is_loopback());
+    if loopback {
+        vec![SocketAddr::from((IpAddr::from([127, 0, 0, 1]), 0))]
+    } else {
+        vec![SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0))]
+    }
+}
+
+async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
+    let c = &cli.common;
+    if c.chunk == 0 || c.chunk > protocol::transfer::MAX_FRAME - protocol::transfer::DATA_HEADER_LEN
+    {
+        bail!(
+            "--chunk must be between 1 and {}",
+            protocol::transfer::MAX_FRAME - protocol::transfer::DATA_HEADER_LEN
+        );
+    }
+    let path_opts = transfer::DataPath { chunk: c.chunk };
+    match &cli.command {
+        Command::Send { to, paths } => {
+            let sources = files::collect(paths)?;
+            let (session, server) = match to {
+                Some(inv) => {
+                    let inv = Invitation::parse(inv).context("cannot use that link or code")?;
+                    let server = server_of(&inv, &c.server);
+                    (rendezvous::join(&inv, &c.server).await?, server)
+                }
+                None => {
+                    let created = rendezvous::create(&c.server).await?;
+                    out.ready(
+                        &created.link.to_string(),
+                        &created.code.to_string(),
+                        "Open this link on the receiving device:",
+                    );
+                    (created.wait_for_peer().await?, c.server.clone())
+                }
+            };
+            let since_room = session.both_in_room;
+            let link = rtc::connect(
+                TransferRole::Sender,
+                session.spawn(),
+                &net_options(c, &server),
+            )
+            .await?;
+            out.connected(&link.path, since_room.elapsed());
+            let result = transfer::send(&link, sources, path_opts, out).await;
+            let _ = link.pc.close().await;
+            let s = result?;
+            out.done(s.files, s.bytes, s.seconds, &link.path, "Sent");
+        }
+        Command::Recv { dir, invitation } => {
+            let meta = std::fs::metadata(dir)
+                .with_context(|| format!("cannot use {} as the destination", dir.display()))?;
+            if !meta.is_dir() {
+                bail!("{} is not a folder", dir.display());
+            }
+            let (session, server) = match invitation {
+                Some(inv) => {
+                    let inv = Invitation::parse(inv).context("cannot use that link or code")?;
+                    let server = server_of(&inv, &c.server);
+                    (rendezvous::join(&inv, &c.server).await?, server)
+                }
+                None => {
+                    let created = rendezvous::create(&c.server).await?;
+                    out.ready(
+                        &created.link.to_string(),
+                        &created.code.to_string(),
+                        "Send files to this device with the link:",
+                    );
+                    (created.wait_for_peer().await?, c.server.clone())
+                }
+            };
+            let both_in_room: Instant = session.both_in_room;
+            let link = rtc::connect(
+                TransferRole::Receiver,
+                session.spawn(),
+                &net_options(c, &server),
+            )
+            .await?;
+            out.connected(&link.path, both_in_room.elapsed());
+            let result = transfer::receive(&link, dir, both_in_room, out).await;
+            let _ = link.pc.close().await;
+            let (s, saved) = result?;
+            out.done(s.files, s.bytes, s.seconds, &link.path, "Received");
+            if !out.is_json() {
+                for p in saved {
+                    out.note(&format!("  {}", p.display()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn server_of(inv: &Invitation, default: &str) -> String {
+    match inv {
+        Invitation::Link(l) => l.server.clone(),
+        Invitation::Code(_) => default.to_string(),
+    }
+}

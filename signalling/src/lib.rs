@@ -1,1 +1,187 @@
+//! The punchdrop signalling server.
+//!
+//! Peers meet in rooms over `/ws` and exchange sealed signalling (see
+//! [`protocol::signal`]); the server forwards it blind and never carries file bytes: messages
+//! are capped at [`protocol::signal::MAX_SIGNAL_MESSAGE`] and rate-limited per address. Once
+//! the peers' data channel is open they no longer need this server.
+//!
+//! Built like iroh-relay or mini-redis: [`Server::spawn`] binds (port 0 works), serves in the
+//! background and returns a [`ServerHandle`] with [`ServerHandle::local_addr`] and a graceful
+//! [`ServerHandle::shutdown`].
+//!
+//! Privacy invariant: logs and `/metrics` never contain secrets, file names or full IP
+//! addresses ([`limits::redact_ip`]).
 
+pub mod limits;
+pub mod metrics;
+mod rooms;
+mod web;
+mod ws;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long [`ServerHandle::shutdown`] waits for WebSocket connections to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Server settings. `Default` is what `signalling` runs with when given no flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// How long a room waits for its second peer.
+    pub room_ttl: Duration,
+    pub max_rooms: usize,
+    /// Signalling messages per second allowed from one address (sustained).
+    pub messages_per_sec: u32,
+    /// Burst of messages allowed from one address.
+    pub messages_burst: u32,
+    /// Rooms one address may create per minute.
+    pub rooms_per_min: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            room_ttl: Duration::from_secs(30 * 60),
+            max_rooms: 10_000,
+            messages_per_sec: 50,
+            messages_burst: 200,
+            rooms_per_min: 60,
+        }
+    }
+}
+
+/// Shared by every connection.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub rooms: rooms::Rooms,
+    pub limits: limits::Limits,
+    pub metrics: Arc<metrics::Metrics>,
+    pub shutdown: CancellationToken,
+    /// Upgraded WebSocket connections, which outlive the HTTP server's own connection tracking.
+    pub connections: TaskTracker,
+}
+
+#[derive(Debug)]
+pub struct Server;
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Bind `config.listen` and serve in the background.
+    pub async fn spawn(config: Config) -> anyhow::Result<ServerHandle> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let shutdown = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let state = Arc::new(AppState {
+            rooms: rooms::Rooms::new(config.room_ttl, config.max_rooms, metrics.clone()),
+            limits: limits::Limits::new(&config),
+            metrics,
+            shutdown: shutdown.clone(),
+            connections: connections.clone(),
+        });
+        let app = router(state.clone());
+
+        // Expire unjoined rooms and forget idle rate-limit entries.
+        let sweeper = {
+            let state = state.clone();
+            let token = shutdown.clone();
+            let period =
+                (config.room_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tick.tick() => {
+                            let n = state.rooms.sweep(std::time::Instant::now());
+                            state.metrics.rooms_expired.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            state.limits.forget_idle();
+                        }
+                    }
+                }
+            })
+        };
+
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(token.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "server stopped with an error");
+            }
+            sweeper.abort();
+        });
+        tracing::info!(addr = %local_addr, "signalling server listening");
+        Ok(ServerHandle {
+            local_addr,
+            shutdown,
+            connections,
+            task,
+        })
+    }
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://ADDR`, the base URL peers use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Stop accepting, tell connected peers, and wait for connections to close.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Wait until the server stops (after [`ServerHandle::shutdown`] or an error) and its
+    /// WebSocket connections have closed, for at most [`SHUTDOWN_GRACE`] after it stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+        // The HTTP server has stopped; WebSocket connections run on in their own tasks.
+        self.shutdown.cancel();
+        self.connections.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.connections.wait()).await;
+    }
+
+    /// A token that stops the server when cancelled (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(web::metrics))
+        .route("/", get(web::index))
+        .route("/r/{room}", get(web::share_page))
+        .with_state(state)
+}

@@ -1,0 +1,418 @@
+//! WebRTC setup: one peer connection, one reliable ordered data channel, negotiated through
+//! the sealed signalling of [`crate::rendezvous`].
+//!
+//! The file sender makes the offer and the channel; the receiver answers. Candidates are
+//! trickled both ways. When the channel opens, [`Link`] carries it plus the path that won
+//! (host / srflx / prflx / relay, UDP or TCP) and a watch on the connection state; the
+//! signalling task keeps running in the background for late candidates, and its loss is no
+//! longer fatal.
+
+use anyhow::{Context as _, anyhow, bail};
+use protocol::signal::{PeerSignal, SIGNAL_VERSION, SdpKind, TransferRole};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder,
+    StatsSelector,
+};
+
+use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
+
+use crate::rendezvous::Signals;
+use crate::tune::TunedRuntime;
+
+/// Network knobs of one connection.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    /// Local UDP addresses to gather host candidates on.
+    pub bind: Vec<SocketAddr>,
+    pub udp_buffer: usize,
+    /// SCTP receive window in bytes.
+    pub sctp_window: u32,
+    /// Data-channel send-buffer limit (back-pressure for `send`).
+    pub send_buffer: usize,
+    pub connect_timeout: Duration,
+}
+
+/// How the peers ended up connected.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PathInfo {
+    /// `direct` or `relay`.
+    pub kind: &'static str,
+    /// Local and remote candidate types, e.g. `host`, `srflx`, `prflx`, `relay`.
+    pub local: String,
+    pub remote: String,
+    /// `udp` or `tcp`.
+    pub protocol: String,
+}
+
+impl std::fmt::Display for PathInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} ↔ {}, {})",
+            self.kind, self.local, self.remote, self.protocol
+        )
+    }
+}
+
+/// An open data channel and what it runs on.
+pub struct Link {
+    pub pc: Arc<dyn PeerConnection>,
+    pub dc: Arc<dyn DataChannel>,
+    pub path: PathInfo,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Handler {
+    candidates: mpsc::UnboundedSender<Option<RTCIceCandidateInit>>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    channel: Mutex<Option<oneshot::Sender<Arc<dyn DataChannel>>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let _ = self.candidates.send(Some(init));
+            }
+            Err(e) => tracing::warn!("cannot encode a local candidate: {e}"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.candidates.send(None);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(%state, "connection state");
+        let _ = self.state.send(state);
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        if let Some(tx) = self
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(dc);
+        }
+    }
+}
+
+const CHANNEL_LABEL: &str = "punchdrop";
+
+/// Exchange hellos, negotiate, and wait for the data channel to open.
+pub async fn connect(
+    role: TransferRole,
+    mut signals: Signals,
+    opts: &NetOptions,
+) -> anyhow::Result<Link> {
+    let started = Instant::now();
+    signals
+        .outgoing
+        .send(PeerSignal::Hello {
+            version: SIGNAL_VERSION,
+            role,
+        })
+        .map_err(|_| anyhow!("lost the signalling server"))?;
+    match next_signal(&mut signals).await? {
+        PeerSignal::Hello {
+            version,
+            role: theirs,
+        } => {
+            if version != SIGNAL_VERSION {
+                bail!("the other peer runs an incompatible punchdrop (signalling v{version})");
+            }
+            if theirs == role {
+                bail!(match role {
+                    TransferRole::Sender => "the other peer is also sending: one side must receive",
+                    TransferRole::Receiver =>
+                        "the other peer is also receiving: one side must send",
+                });
+            }
+        }
+        other => bail!("the other peer skipped the hello: {other:?}"),
+    }
+
+    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+    let (dc_tx, dc_rx) = oneshot::channel();
+    let handler = Arc::new(Handler {
+        candidates: cand_tx,
+        state: state_tx,
+        channel: Mutex::new(Some(dc_tx)),
+    });
+
+    let is_loopback = opts.bind.iter().all(|a| a.ip().is_loopback());
+    let settings = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(is_loopback)
+        .with_sctp_max_receive_buffer_size(opts.sctp_window)
+        .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(
+            protocol::transfer::MAX_FRAME as u32,
+        ))
+        .with_host_acceptance_min_wait(Some(Duration::ZERO))
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_handler(handler)
+        .with_runtime(TunedRuntime::new(opts.udp_buffer))
+        .with_udp_addrs(opts.bind.clone())
+        .with_data_channel_send_buffer_limit(opts.send_buffer)
+        .build()
+        .await
+        .context("cannot set up WebRTC")?;
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+    let mut own_dc = None;
+    if role == TransferRole::Sender {
+        let init = RTCDataChannelInit {
+            ordered: true,
+            ..Default::default()
+        };
+        own_dc = Some(pc.create_data_channel(CHANNEL_LABEL, Some(init)).await?);
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer.clone()).await?;
+        let _ = signals.outgoing.send(PeerSignal::Description {
+            kind: SdpKind::Offer,
+            sdp: offer.sdp,
+        });
+    }
+
+    // Negotiate until the channel opens, the connection fails, or time runs out.
+    let mut remote_set = false;
+    let mut pending: Vec<RTCIceCandidateInit> = Vec::new();
+    let mut state = state_rx.clone();
+    let mut dc_rx = Some(dc_rx);
+    let deadline = tokio::time::sleep(opts.connect_timeout);
+    tokio::pin!(deadline);
+    let dc: Arc<dyn DataChannel> = loop {
+        if let Some(dc) = own_dc.clone() {
+            // The sender's channel exists from the start; wait for its open event below.
+            if remote_set {
+                break dc;
+            }
+        }
+        tokio::select! {
+            _ = &mut deadline => bail!("could not connect to the other peer within {:?}", opts.connect_timeout),
+            c = cand_rx.recv() => forward_candidate(&signals, c),
+            _ = state.changed() => {
+                if *state.borrow() == RTCPeerConnectionState::Failed {
+                    bail!("no network path to the other peer worked");
+                }
+            }
+            dc = async { dc_rx.as_mut().expect("polled until taken").await }, if dc_rx.is_some() => {
+                break dc.map_err(|_| anyhow!("the connection closed before a channel opened"))?;
+            }
+            sig = next_signal(&mut signals) => {
+                match sig? {
+                    PeerSignal::Description { kind, sdp } => {
+                        remote_set = true;
+                        apply_description(&*pc, role, kind, sdp, &signals).await?;
+                        for c in pending.drain(..) {
+                            add_candidate(&*pc, c).await;
+                        }
+                    }
+                    PeerSignal::Candidate { candidate, sdp_mid, sdp_mline_index } => {
+                        let init = RTCIceCandidateInit { candidate, sdp_mid, sdp_mline_index, ..Default::default() };
+                        if remote_set { add_candidate(&*pc, init).await } else { pending.push(init) }
+                    }
+                    PeerSignal::EndOfCandidates => {}
+                    PeerSignal::Hello { .. } => bail!("the other peer restarted the handshake"),
+                }
+            }
+        }
+    };
+
+    // Keep serving signalling in the background (late candidates) while waiting for open.
+    spawn_signalling(pc.clone(), signals, cand_rx);
+
+    loop {
+        tokio::select! {
+            _ = &mut deadline => bail!("could not connect to the other peer within {:?}", opts.connect_timeout),
+            _ = state.changed() => {
+                if *state.borrow() == RTCPeerConnectionState::Failed {
+                    bail!("no network path to the other peer worked");
+                }
+            }
+            ev = dc.poll() => match ev {
+                Some(DataChannelEvent::OnOpen) => break,
+                Some(DataChannelEvent::OnClose) | None => bail!("the data channel closed before it opened"),
+                Some(_) => {}
+            }
+        }
+    }
+    let path = selected_path(&*pc).await;
+    tracing::info!(ms = started.elapsed().as_millis() as u64, %path, "data channel open");
+    Ok(Link {
+        pc,
+        dc,
+        path,
+        state: state_rx,
+    })
+}
+
+async fn next_signal(signals: &mut Signals) -> anyhow::Result<PeerSignal> {
+    match signals.incoming.recv().await {
+        Some(r) => r,
+        None => bail!("lost the signalling server before the peers connected"),
+    }
+}
+
+fn forward_candidate(signals: &Signals, c: Option<Option<RTCIceCandidateInit>>) {
+    let msg = match c {
+        Some(Some(init)) => PeerSignal::Candidate {
+            candidate: init.candidate,
+            sdp_mid: init.sdp_mid,
+            sdp_mline_index: init.sdp_mline_index,
+        },
+        Some(None) => PeerSignal::EndOfCandidates,
+        None => return,
+    };
+    let _ = signals.outgoing.send(msg);
+}
+
+async fn add_candidate(pc: &dyn PeerConnection, init: RTCIceCandidateInit) {
+    if let Err(e) = pc.add_ice_candidate(init).await {
+        tracing::debug!("ignoring a remote candidate: {e}");
+    }
+}
+
+async fn apply_description(
+    pc: &dyn PeerConnection,
+    role: TransferRole,
+    kind: SdpKind,
+    sdp: String,
+    signals: &Signals,
+) -> anyhow::Result<()> {
+    match (role, kind) {
+        (TransferRole::Sender, SdpKind::Answer) => {
+            let desc =
+                RTCSessionDescription::answer(sdp).context("the other peer's answer is invalid")?;
+            pc.set_remote_description(desc)
+                .await
+                .context("cannot apply the other peer's answer")?;
+        }
+        (TransferRole::Receiver, SdpKind::Offer) => {
+            let desc =
+                RTCSessionDescription::offer(sdp).context("the other peer's offer is invalid")?;
+            pc.set_remote_description(desc)
+                .await
+                .context("cannot apply the other peer's offer")?;
+            let answer = pc.create_answer(None).await?;
+            pc.set_local_description(answer.clone()).await?;
+            let _ = signals.outgoing.send(PeerSignal::Description {
+                kind: SdpKind::Answer,
+                sdp: answer.sdp,
+            });
+        }
+        _ => bail!("the other peer sent an {kind:?} out of turn"),
+    }
+    Ok(())
+}
+
+/// After the channel is open: forward late candidates both ways until signalling ends. Losing
+/// the server here only costs late candidates.
+fn spawn_signalling(
+    pc: Arc<dyn PeerConnection>,
+    mut signals: Signals,
+    mut cand_rx: mpsc::UnboundedReceiver<Option<RTCIceCandidateInit>>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                c = cand_rx.recv() => {
+                    if c.is_none() { break; }
+                    forward_candidate(&signals, c);
+                }
+                sig = signals.incoming.recv() => match sig {
+                    Some(Ok(PeerSignal::Candidate { candidate, sdp_mid, sdp_mline_index })) => {
+                        let init = RTCIceCandidateInit { candidate, sdp_mid, sdp_mline_index, ..Default::default() };
+                        add_candidate(&*pc, init).await;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::info!("signalling ended ({e:#}); the transfer continues peer to peer");
+                        break;
+                    }
+                    None => {
+                        tracing::info!("signalling ended; the transfer continues peer to peer");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn candidate_type_name(t: RTCIceCandidateType) -> String {
+    match t {
+        RTCIceCandidateType::Host => "host".into(),
+        RTCIceCandidateType::Srflx => "srflx".into(),
+        RTCIceCandidateType::Prflx => "prflx".into(),
+        RTCIceCandidateType::Relay => "relay".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Read the nominated pair from the stats.
+pub async fn selected_path(pc: &dyn PeerConnection) -> PathInfo {
+    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+    let unknown = PathInfo {
+        kind: "direct",
+        local: "unknown".into(),
+        remote: "unknown".into(),
+        protocol: "udp".into(),
+    };
+    let Some(pair_id) = report
+        .transport()
+        .map(|t| t.selected_candidate_pair_id.clone())
+    else {
+        return unknown;
+    };
+    let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else {
+        return unknown;
+    };
+    let local = match report.get(&pair.local_candidate_id) {
+        Some(RTCStatsReportEntry::LocalCandidate(c)) => Some(c),
+        _ => None,
+    };
+    let remote = match report.get(&pair.remote_candidate_id) {
+        Some(RTCStatsReportEntry::RemoteCandidate(c)) => Some(c),
+        _ => None,
+    };
+    let lt = local.as_ref().map(|c| c.candidate_type).unwrap_or_default();
+    let rt = remote
+        .as_ref()
+        .map(|c| c.candidate_type)
+        .unwrap_or_default();
+    let relayed = lt == RTCIceCandidateType::Relay || rt == RTCIceCandidateType::Relay;
+    PathInfo {
+        kind: if relayed { "relay" } else { "direct" },
+        local: candidate_type_name(lt),
+        remote: candidate_type_name(rt),
+        protocol: local
+            .map(|c| c.protocol.to_lowercase())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "udp".into()),
+    }
+}

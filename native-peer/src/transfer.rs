@@ -1,0 +1,368 @@
+//! The data-channel adapter: drives [`protocol::transfer`]'s state machines with real
+//! messages, files and time. Only I/O lives here; every protocol decision is in `protocol`.
+//!
+//! One task reads data-channel events into a queue ([`spawn_inbox`]); the driving loop sends
+//! with `send().await`, which blocks while the channel's send buffer is over its limit
+//! (back-pressure), and watches the connection state so a dead peer ends a blocked send
+//! (the channel is closed, waking it) instead of hanging.
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use protocol::transfer::{
+    CancelReason, Received, Receiver, ReceiverEvent, Sender, SenderEvent, TransferError,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use crate::files::{self, Source, WriteCmd, WriteResult};
+use crate::output::Output;
+use crate::rtc::Link;
+
+/// Time for the state machines: a monotonic clock from an arbitrary start.
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(self) -> Duration {
+        self.0.elapsed()
+    }
+
+    fn at(self, t: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0 + t)
+    }
+}
+
+/// Forward incoming messages; the queue closes when the channel does.
+fn spawn_inbox(dc: Arc<dyn DataChannel>) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        while let Some(ev) = dc.poll().await {
+            match ev {
+                DataChannelEvent::OnMessage(m) => {
+                    if tx.send(m.data.freeze()).await.is_err() {
+                        break;
+                    }
+                }
+                DataChannelEvent::OnClose => break,
+                _ => {}
+            }
+        }
+    });
+    rx
+}
+
+/// Close the channel when the connection dies, which wakes a `send` blocked on back-pressure.
+fn spawn_watchdog(dc: Arc<dyn DataChannel>, mut state: watch::Receiver<RTCPeerConnectionState>) {
+    tokio::spawn(async move {
+        loop {
+            let s = *state.borrow_and_update();
+            if matches!(
+                s,
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+            ) {
+                tracing::info!(%s, "connection ended");
+                let _ = dc.close().await;
+                return;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+async fn send_frame(dc: &dyn DataChannel, frame: BytesMut) -> anyhow::Result<()> {
+    dc.send(frame)
+        .await
+        .map_err(|e| anyhow!("the connection to the other peer was lost ({e})"))
+}
+
+fn lost() -> anyhow::Error {
+    anyhow!("the other peer vanished: the connection closed before the transfer finished")
+}
+
+/// Settings of the data path.
+#[derive(Debug, Clone, Copy)]
+pub struct DataPath {
+    pub chunk: usize,
+}
+
+/// Everything a finished transfer reports.
+#[derive(Debug)]
+pub struct Summary {
+    pub files: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+pub async fn send(
+    link: &Link,
+    sources: Vec<Source>,
+    opts: DataPath,
+    out: &mut Output,
+) -> anyhow::Result<Summary> {
+    let clock = Clock(Instant::now());
+    let dc = link.dc.clone();
+    let mut inbox = spawn_inbox(dc.clone());
+    spawn_watchdog(dc.clone(), link.state.clone());
+    let entries = sources.iter().map(|s| s.entry.clone()).collect();
+    let mut sm = Sender::new(entries, opts.chunk, clock.now());
+    let files = sources.iter().filter(|s| !s.entry.dir).count();
+    let total = sm.total_bytes();
+    let mut reader: Option<mpsc::Receiver<std::io::Result<BytesMut>>> = None;
+    let mut sources = Some(sources);
+    let mut started = None;
+
+    let result: anyhow::Result<()> = async {
+        loop {
+            while let Some(f) = sm.poll_transmit(clock.now()) {
+                send_frame(&*dc, BytesMut::from(&f[..])).await?;
+            }
+            // Whatever has arrived first: acks and cancels are small and rare.
+            while let Ok(frame) = inbox.try_recv() {
+                sm.handle_frame(&frame, clock.now()).map_err(map_err)?;
+            }
+            while let Some(ev) = sm.poll_event() {
+                match ev {
+                    SenderEvent::Accepted => {
+                        started = Some(Instant::now());
+                        out.start(total);
+                        reader = Some(files::spawn_reader(
+                            sources.take().unwrap_or_default(),
+                            opts.chunk,
+                        ));
+                    }
+                    SenderEvent::FileAcked { .. } => {}
+                    SenderEvent::Completed => return Ok(()),
+                }
+            }
+            if sm.poll_read().is_some() {
+                let rd = reader.as_mut().expect("reading starts on accept");
+                let next = tokio::select! {
+                    biased;
+                    f = inbox.recv() => {
+                        let f = f.ok_or_else(lost)?;
+                        sm.handle_frame(&f, clock.now()).map_err(map_err)?;
+                        continue;
+                    }
+                    c = rd.recv() => c,
+                };
+                let mut buf = match next {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => {
+                        let err = sm.cancel(
+                            CancelReason::SourceChanged,
+                            "the sender could not read a file",
+                        );
+                        flush(&mut sm, &*dc, clock).await;
+                        return Err(anyhow!(e).context(err.to_string()));
+                    }
+                    None => BytesMut::zeroed(protocol::transfer::DATA_HEADER_LEN),
+                };
+                if let Err(e) = sm.encode_data(&mut buf) {
+                    flush(&mut sm, &*dc, clock).await;
+                    return Err(map_err(e));
+                }
+                send_frame(&*dc, buf).await?;
+                out.progress(sm.bytes_sent(), total);
+                continue;
+            }
+            let timer = sm.poll_timeout().map(|t| clock.at(t));
+            tokio::select! {
+                f = inbox.recv() => {
+                    let f = f.ok_or_else(lost)?;
+                    sm.handle_frame(&f, clock.now()).map_err(map_err)?;
+                }
+                _ = sleep_opt(timer) => sm.handle_timeout(clock.now()).map_err(map_err)?,
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        flush(&mut sm, &*dc, clock).await;
+        return Err(e);
+    }
+    let seconds = started
+        .map(|s| s.elapsed().as_secs_f64())
+        .unwrap_or_default();
+    Ok(Summary {
+        files,
+        bytes: total,
+        seconds,
+    })
+}
+
+async fn flush(sm: &mut Sender, dc: &dyn DataChannel, clock: Clock) {
+    while let Some(f) = sm.poll_transmit(clock.now()) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), dc.send(BytesMut::from(&f[..]))).await;
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn map_err(e: TransferError) -> anyhow::Error {
+    anyhow!(e)
+}
+
+/// Free space needed beyond the files themselves (filesystem metadata, `.part` slack).
+const SPACE_MARGIN: u64 = 1 << 20;
+
+pub async fn receive(
+    link: &Link,
+    dir: &Path,
+    both_in_room: Instant,
+    out: &mut Output,
+) -> anyhow::Result<(Summary, Vec<PathBuf>)> {
+    let clock = Clock(Instant::now());
+    let dc = link.dc.clone();
+    let mut inbox = spawn_inbox(dc.clone());
+    spawn_watchdog(dc.clone(), link.state.clone());
+    let mut sm = Receiver::new(clock.now());
+    let (writer, mut written) = files::spawn_writer();
+    let mut plan = None;
+    let mut saved = Vec::new();
+    let mut files_total = 0;
+    let mut started = None;
+    let mut first_byte = false;
+    let mut pending_saves = 0usize;
+
+    let result: anyhow::Result<()> = async {
+        loop {
+            while let Some(f) = sm.poll_transmit(clock.now()) {
+                send_frame(&*dc, BytesMut::from(&f[..])).await?;
+            }
+            if sm.is_done() && pending_saves == 0 {
+                return Ok(());
+            }
+            let timer = sm.poll_timeout().map(|t| clock.at(t));
+            tokio::select! {
+                f = inbox.recv() => {
+                    let Some(frame) = f else { return Err(lost()) };
+                    let data = match sm.handle_frame(&frame, clock.now()) {
+                        Ok(Received::Data { bytes, .. }) => Some(frame.slice_ref(bytes)),
+                        Ok(Received::Nothing) => None,
+                        Err(e) => return Err(map_err(e)),
+                    };
+                    while let Some(ev) = sm.poll_event() {
+                        match ev {
+                            ReceiverEvent::Offer(offer) => {
+                                files_total = offer.file_count();
+                                out.offer(files_total, offer.total_bytes);
+                                if let Err(msg) = check_space(dir, offer.total_bytes) {
+                                    sm.decline(&msg);
+                                    flush_rx(&mut sm, &*dc, clock).await;
+                                    bail!("{msg}");
+                                }
+                                plan = Some(files::plan(dir, &offer).map_err(|e| {
+                                    let err = sm.cancel(CancelReason::Io, "the receiver cannot create folders");
+                                    e.context(err.to_string())
+                                })?);
+                                sm.accept().map_err(map_err)?;
+                                started = Some(Instant::now());
+                                out.start(offer.total_bytes);
+                            }
+                            ReceiverEvent::FileStart { index } => {
+                                let target = plan.as_ref().and_then(|p| p.targets.get(&index)).cloned()
+                                    .ok_or_else(|| anyhow!("no destination for file #{index}"))?;
+                                writer_send(&writer, WriteCmd::Start { target }).await?;
+                            }
+                            ReceiverEvent::FileVerified { index } => {
+                                pending_saves += 1;
+                                writer_send(&writer, WriteCmd::Finish { index }).await?;
+                            }
+                            ReceiverEvent::Completed => {}
+                        }
+                    }
+                    if let Some(bytes) = data {
+                        if !first_byte {
+                            first_byte = true;
+                            out.first_byte(both_in_room.elapsed());
+                        }
+                        writer_send(&writer, WriteCmd::Data(bytes)).await?;
+                        out.progress(sm.bytes_received(), sm.total_bytes());
+                    }
+                }
+                r = written.recv() => match r {
+                    Some(WriteResult::Saved { index, path }) => {
+                        pending_saves -= 1;
+                        saved.push(path);
+                        sm.file_saved(index).map_err(map_err)?;
+                    }
+                    Some(WriteResult::Failed(e)) => {
+                        let (reason, msg) = if files::is_disk_full(&e) {
+                            (CancelReason::NoSpace, "the receiver's disk is full")
+                        } else {
+                            (CancelReason::Io, "the receiver could not write a file")
+                        };
+                        sm.cancel(reason, msg);
+                        return Err(anyhow!(e).context(msg));
+                    }
+                    None => bail!("the file writer stopped unexpectedly"),
+                },
+                _ = sleep_opt(timer) => sm.handle_timeout(clock.now()).map_err(map_err)?,
+            }
+        }
+    }
+    .await;
+    drop(writer);
+    if let Err(e) = result {
+        flush_rx(&mut sm, &*dc, clock).await;
+        // Let the writer thread remove its `.part` before we report.
+        while written.recv().await.is_some() {}
+        return Err(e);
+    }
+    // Give our final acknowledgements a moment to leave before the connection is torn down.
+    let _ = tokio::time::timeout(Duration::from_secs(2), inbox.recv()).await;
+    let seconds = started
+        .map(|s| s.elapsed().as_secs_f64())
+        .unwrap_or_default();
+    Ok((
+        Summary {
+            files: files_total,
+            bytes: sm.total_bytes(),
+            seconds,
+        },
+        saved,
+    ))
+}
+
+async fn writer_send(writer: &mpsc::Sender<WriteCmd>, cmd: WriteCmd) -> anyhow::Result<()> {
+    writer
+        .send(cmd)
+        .await
+        .map_err(|_| anyhow!("the file writer stopped"))
+        .context("cannot write the received file")
+}
+
+async fn flush_rx(sm: &mut Receiver, dc: &dyn DataChannel, clock: Clock) {
+    while let Some(f) = sm.poll_transmit(clock.now()) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), dc.send(BytesMut::from(&f[..]))).await;
+    }
+}
+
+fn check_space(dir: &Path, need: u64) -> Result<(), String> {
+    if std::env::var_os("PUNCHDROP_SKIP_SPACE_CHECK").is_some() {
+        return Ok(());
+    }
+    match fs4::available_space(dir) {
+        Ok(free) if free < need.saturating_add(SPACE_MARGIN) => Err(format!(
+            "not enough free space on the receiver: the files need {}, {} is free",
+            indicatif::HumanBytes(need),
+            indicatif::HumanBytes(free)
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!("cannot check free space: {e}");
+            Ok(())
+        }
+    }
+}

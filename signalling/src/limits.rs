@@ -1,0 +1,71 @@
+//! Per-address rate limits and address redaction for logs.
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+#[derive(Debug)]
+pub(crate) struct Limits {
+    messages: DefaultKeyedRateLimiter<IpAddr>,
+    rooms: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+fn nz(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v.max(1)).expect("max(1) is non-zero")
+}
+
+impl Limits {
+    pub fn new(c: &crate::Config) -> Self {
+        Self {
+            messages: RateLimiter::keyed(
+                Quota::per_second(nz(c.messages_per_sec)).allow_burst(nz(c.messages_burst)),
+            ),
+            rooms: RateLimiter::keyed(Quota::per_minute(nz(c.rooms_per_min))),
+        }
+    }
+
+    pub fn message(&self, ip: IpAddr) -> bool {
+        self.messages.check_key(&ip).is_ok()
+    }
+
+    pub fn room(&self, ip: IpAddr) -> bool {
+        self.rooms.check_key(&ip).is_ok()
+    }
+
+    pub fn forget_idle(&self) {
+        self.messages.retain_recent();
+        self.rooms.retain_recent();
+    }
+}
+
+/// An address fit for logs: IPv4 keeps its /24, IPv6 its /48, the rest is masked.
+pub fn redact_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.x", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return redact_ip(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::x", s[0], s[1], s[2])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_the_host_part() {
+        assert_eq!(redact_ip("198.51.100.77".parse().unwrap()), "198.51.100.x");
+        assert_eq!(
+            redact_ip("2001:db8:1:2::5".parse().unwrap()),
+            "2001:db8:1::x"
+        );
+        assert_eq!(redact_ip("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.x");
+    }
+}

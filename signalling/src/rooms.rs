@@ -1,0 +1,282 @@
+//! The room registry: who is waiting for whom, and forwarding between the two peers of a room.
+//!
+//! Invariants:
+//! - A room has one creator and at most one joiner, ever. Once someone joined, the room's
+//!   number is retired and no one else can join, so each room allows one PAKE attempt and a
+//!   typed code gets one guess.
+//! - Each peer sends at most one PAKE message.
+//! - When either peer leaves or aborts, the room is gone; the other peer is told.
+//! - Nothing here looks inside sealed payloads; they are forwarded as they came.
+
+use protocol::signal::{AbortReason, AuthKind, ErrorCode, RoomRef, ServerMessage};
+use rand::Rng as _;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// What a connection task is told to do.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Msg(ServerMessage),
+    /// Send this message, then close the connection.
+    Final(ServerMessage),
+}
+
+pub(crate) type Outbox = mpsc::Sender<Outgoing>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Creator,
+    Joiner,
+}
+
+/// A connection's place in a room.
+#[derive(Debug, Clone)]
+pub(crate) struct Membership {
+    pub room: String,
+    pub side: Side,
+}
+
+#[derive(Debug)]
+struct Slot {
+    tx: Outbox,
+    pake_sent: bool,
+}
+
+#[derive(Debug)]
+struct Room {
+    number: Option<u32>,
+    expires: Instant,
+    creator: Slot,
+    joiner: Option<Slot>,
+}
+
+impl Room {
+    fn slot(&mut self, side: Side) -> Option<&mut Slot> {
+        match side {
+            Side::Creator => Some(&mut self.creator),
+            Side::Joiner => self.joiner.as_mut(),
+        }
+    }
+
+    fn other(&mut self, side: Side) -> Option<&mut Slot> {
+        match side {
+            Side::Creator => self.joiner.as_mut(),
+            Side::Joiner => Some(&mut self.creator),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rooms: HashMap<String, Room>,
+    numbers: HashMap<u32, String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Rooms {
+    inner: Mutex<Inner>,
+    ttl: Duration,
+    max_rooms: usize,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+const ROOM_ID_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+
+fn new_room_id() -> String {
+    let mut rng = rand::thread_rng();
+    (0..16)
+        .map(|_| ROOM_ID_ALPHABET[rng.gen_range(0..ROOM_ID_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Deliver to a peer; a peer whose queue is full is not reading and gets nothing more.
+fn deliver(slot: &Slot, msg: ServerMessage) -> bool {
+    slot.tx.try_send(Outgoing::Msg(msg)).is_ok()
+}
+
+impl Rooms {
+    pub fn new(ttl: Duration, max_rooms: usize, metrics: std::sync::Arc<Metrics>) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            ttl,
+            max_rooms,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Short numbers stay short while few rooms are waiting: 3 digits, widening under load.
+    fn pick_number(inner: &Inner) -> Option<u32> {
+        let mut rng = rand::thread_rng();
+        for max in [999u32, 9_999, 99_999, protocol::invite::MAX_ROOM_NUMBER] {
+            if inner.numbers.len() * 2 > max as usize {
+                continue;
+            }
+            for _ in 0..32 {
+                let n = rng.gen_range(1..=max);
+                if !inner.numbers.contains_key(&n) {
+                    return Some(n);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn create(&self, tx: Outbox) -> Result<(Membership, u32), ErrorCode> {
+        let mut inner = self.lock();
+        if inner.rooms.len() >= self.max_rooms {
+            return Err(ErrorCode::ServerBusy);
+        }
+        let number = Self::pick_number(&inner).ok_or(ErrorCode::ServerBusy)?;
+        let mut id = new_room_id();
+        while inner.rooms.contains_key(&id) {
+            id = new_room_id();
+        }
+        inner.numbers.insert(number, id.clone());
+        inner.rooms.insert(
+            id.clone(),
+            Room {
+                number: Some(number),
+                expires: Instant::now() + self.ttl,
+                creator: Slot {
+                    tx,
+                    pake_sent: false,
+                },
+                joiner: None,
+            },
+        );
+        self.metrics.rooms_created.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            Membership {
+                room: id,
+                side: Side::Creator,
+            },
+            number,
+        ))
+    }
+
+    pub fn join(&self, tx: Outbox, which: &RoomRef) -> Result<Membership, ErrorCode> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let id = match which {
+            RoomRef::Id(id) => id.clone(),
+            RoomRef::Number(n) => inner.numbers.get(n).cloned().ok_or(ErrorCode::NoSuchRoom)?,
+        };
+        let room = inner.rooms.get_mut(&id).ok_or(ErrorCode::NoSuchRoom)?;
+        if room.joiner.is_some() {
+            return Err(ErrorCode::RoomFull);
+        }
+        if room.expires <= Instant::now() {
+            return Err(ErrorCode::NoSuchRoom);
+        }
+        room.joiner = Some(Slot {
+            tx,
+            pake_sent: false,
+        });
+        if let Some(n) = room.number.take() {
+            inner.numbers.remove(&n);
+        }
+        deliver(&room.creator, ServerMessage::PeerJoined);
+        self.metrics.rooms_joined.fetch_add(1, Ordering::Relaxed);
+        Ok(Membership {
+            room: id,
+            side: Side::Joiner,
+        })
+    }
+
+    pub fn pake(&self, m: &Membership, auth: AuthKind, msg: String) -> Result<(), ErrorCode> {
+        let mut inner = self.lock();
+        let room = inner.rooms.get_mut(&m.room).ok_or(ErrorCode::NoPeer)?;
+        if room.slot(m.side).ok_or(ErrorCode::NotInRoom)?.pake_sent {
+            return Err(ErrorCode::PakeAlreadySent);
+        }
+        // Only a PAKE that reaches the other peer uses up this peer's one attempt.
+        let other = room.other(m.side).ok_or(ErrorCode::NoPeer)?;
+        deliver(other, ServerMessage::Pake { auth, msg });
+        if let Some(me) = room.slot(m.side) {
+            me.pake_sent = true;
+        }
+        Ok(())
+    }
+
+    pub fn sealed(&self, m: &Membership, data: String) -> Result<(), ErrorCode> {
+        let mut inner = self.lock();
+        let room = inner.rooms.get_mut(&m.room).ok_or(ErrorCode::NoPeer)?;
+        let other = room.other(m.side).ok_or(ErrorCode::NoPeer)?;
+        self.metrics
+            .messages_relayed
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes_relayed
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        deliver(other, ServerMessage::Sealed { data });
+        Ok(())
+    }
+
+    /// A peer gave up: the other is told and the room is gone.
+    pub fn abort(&self, m: &Membership, reason: AbortReason) {
+        self.remove(m, ServerMessage::PeerAborted { reason });
+        if reason == AbortReason::WrongSecret {
+            self.metrics.pake_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A peer's connection closed.
+    pub fn leave(&self, m: &Membership) {
+        self.remove(m, ServerMessage::PeerLeft);
+    }
+
+    fn remove(&self, m: &Membership, tell_other: ServerMessage) {
+        let mut inner = self.lock();
+        if let Some(mut room) = inner.rooms.remove(&m.room) {
+            if let Some(n) = room.number {
+                inner.numbers.remove(&n);
+            }
+            if let Some(other) = room.other(m.side) {
+                deliver(other, tell_other);
+            }
+        }
+    }
+
+    /// Close rooms nobody joined in time. Returns how many went.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut inner = self.lock();
+        let expired: Vec<String> = inner
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.joiner.is_none() && r.expires <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            if let Some(room) = inner.rooms.remove(id) {
+                if let Some(n) = room.number {
+                    inner.numbers.remove(&n);
+                }
+                let _ = room
+                    .creator
+                    .tx
+                    .try_send(Outgoing::Final(ServerMessage::Error {
+                        code: ErrorCode::Expired,
+                        message: ErrorCode::Expired.explain().into(),
+                    }));
+            }
+        }
+        expired.len()
+    }
+
+    pub fn active(&self) -> usize {
+        self.lock().rooms.len()
+    }
+}

@@ -1,0 +1,872 @@
+//! End-to-end tests of the rendezvous server: a real [`signalling::Server`] on loopback, real
+//! WebSocket clients (tokio-tungstenite) and plain HTTP over a raw `TcpStream`.
+//!
+//! Every wait is bounded by a timeout, so a misbehaving server fails a test instead of hanging
+//! it. Each test spawns its own server, so rate limits and counters never leak between tests.
+
+use futures::{SinkExt as _, StreamExt as _};
+use protocol::signal::{
+    AbortReason, AuthKind, ClientMessage, ErrorCode, MAX_SIGNAL_MESSAGE, RoomRef, SIGNAL_VERSION,
+    ServerMessage,
+};
+use signalling::{Config, Server, ServerHandle};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Upper bound on any single wait in these tests.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// How long "nothing else arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(200);
+
+fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    }
+}
+
+async fn spawn(config: Config) -> ServerHandle {
+    timeout(WAIT, Server::spawn(config))
+        .await
+        .expect("server spawn timed out")
+        .expect("server spawns")
+}
+
+async fn connect(handle: &ServerHandle) -> Ws {
+    connect_addr(handle.local_addr()).await
+}
+
+async fn connect_addr(addr: SocketAddr) -> Ws {
+    let url = format!("ws://{addr}/ws");
+    let (ws, _response) = timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("WebSocket connect timed out")
+        .expect("WebSocket connects");
+    ws
+}
+
+async fn send_frame(ws: &mut Ws, frame: Message) {
+    timeout(WAIT, ws.send(frame))
+        .await
+        .expect("send timed out")
+        .expect("send succeeds");
+}
+
+async fn send(ws: &mut Ws, msg: &ClientMessage) {
+    send_frame(ws, Message::text(msg.to_json())).await;
+}
+
+/// The next server message, skipping pings and pongs. Panics on close, binary or timeout.
+async fn recv(ws: &mut Ws) -> ServerMessage {
+    loop {
+        let frame = timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a server message");
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str())
+                    .unwrap_or_else(|e| panic!("server sent invalid JSON {t:?}: {e}"));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a server message, got {other:?}"),
+        }
+    }
+}
+
+/// The connection ends within [`WAIT`] (close frame, EOF or reset) and sends no more messages.
+async fn expect_closed(ws: &mut Ws) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = timeout(left, ws.next())
+            .await
+            .expect("timed out waiting for the connection to close");
+        match frame {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("expected the connection to close, got {other:?}"),
+        }
+    }
+}
+
+/// Nothing arrives for [`QUIET`].
+async fn expect_silence(ws: &mut Ws) {
+    if let Ok(frame) = timeout(QUIET, ws.next()).await {
+        panic!("expected no message, got {frame:?}");
+    }
+}
+
+fn error(code: ErrorCode) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message: code.explain().to_string(),
+    }
+}
+
+fn create_msg() -> ClientMessage {
+    ClientMessage::Create {
+        version: SIGNAL_VERSION,
+    }
+}
+
+fn join_msg(room: RoomRef) -> ClientMessage {
+    ClientMessage::Join {
+        version: SIGNAL_VERSION,
+        room,
+    }
+}
+
+/// Create a room; returns (room id, room number, expires_in_secs).
+async fn create(ws: &mut Ws) -> (String, u32, u64) {
+    send(ws, &create_msg()).await;
+    match recv(ws).await {
+        ServerMessage::Created {
+            room,
+            number,
+            expires_in_secs,
+        } => (room, number, expires_in_secs),
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+/// A creator and a joiner in one room, with Created/Joined/PeerJoined consumed.
+async fn pair(handle: &ServerHandle) -> (Ws, Ws, String, u32) {
+    let mut creator = connect(handle).await;
+    let (room, number, _) = create(&mut creator).await;
+    let mut joiner = connect(handle).await;
+    send(&mut joiner, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Joined { room: room.clone() }
+    );
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
+    (creator, joiner, room, number)
+}
+
+/// `GET path` over HTTP/1.0; returns (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut tcp = TcpStream::connect(addr).await.expect("TCP connect");
+        tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .expect("write request");
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await.expect("read response");
+        raw
+    };
+    let raw = timeout(WAIT, exchange)
+        .await
+        .expect("HTTP request timed out");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head and body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (status, body.to_string())
+}
+
+/// The value of one `punchdrop_*` sample in `/metrics`.
+async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().expect("numeric sample"))
+        })
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+}
+
+/// Poll `/metrics` until `name` reads `value`, for at most [`WAIT`].
+async fn wait_for_metric(addr: SocketAddr, name: &str, value: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = metric(addr, name).await;
+        if now == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {now}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// 1.
+#[tokio::test]
+async fn create_join_pake_and_sealed_are_relayed() {
+    let handle = spawn(config()).await;
+    let mut creator = connect(&handle).await;
+    let (room, number, expires_in_secs) = create(&mut creator).await;
+    assert!(
+        protocol::invite::valid_room_id(&room),
+        "room id {room:?} is not a valid link room id"
+    );
+    assert!(
+        (1..=999).contains(&number),
+        "an idle server hands out 3-digit numbers, got {number}"
+    );
+    assert_eq!(expires_in_secs, Config::default().room_ttl.as_secs());
+
+    let mut joiner = connect(&handle).await;
+    send(&mut joiner, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Joined { room: room.clone() }
+    );
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
+
+    // The joiner picks the auth kind; the creator follows it.
+    send(
+        &mut joiner,
+        &ClientMessage::Pake {
+            auth: AuthKind::Link,
+            msg: "am9pbmVyLXBha2U=".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut creator).await,
+        ServerMessage::Pake {
+            auth: AuthKind::Link,
+            msg: "am9pbmVyLXBha2U=".into(),
+        }
+    );
+    send(
+        &mut creator,
+        &ClientMessage::Pake {
+            auth: AuthKind::Link,
+            msg: "Y3JlYXRvci1wYWtl".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Pake {
+            auth: AuthKind::Link,
+            msg: "Y3JlYXRvci1wYWtl".into(),
+        }
+    );
+
+    // Sealed payloads pass through untouched, in order, both ways.
+    let payloads = ["QQ==", "+/+/abc=", "x", &"Zm9v".repeat(500)];
+    for data in payloads {
+        send(&mut creator, &ClientMessage::Sealed { data: data.into() }).await;
+    }
+    for data in payloads {
+        assert_eq!(
+            recv(&mut joiner).await,
+            ServerMessage::Sealed { data: data.into() }
+        );
+    }
+    for data in payloads {
+        send(&mut joiner, &ClientMessage::Sealed { data: data.into() }).await;
+    }
+    for data in payloads {
+        assert_eq!(
+            recv(&mut creator).await,
+            ServerMessage::Sealed { data: data.into() }
+        );
+    }
+    // Nobody hears their own messages echoed back.
+    expect_silence(&mut creator).await;
+    expect_silence(&mut joiner).await;
+}
+
+// 2.
+#[tokio::test]
+async fn join_by_number_and_rooms_take_one_joiner() {
+    let handle = spawn(config()).await;
+    let mut creator = connect(&handle).await;
+    let (room, number, _) = create(&mut creator).await;
+
+    let mut joiner = connect(&handle).await;
+    send(&mut joiner, &join_msg(RoomRef::Number(number))).await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Joined { room: room.clone() }
+    );
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
+
+    // The number is retired once someone joined; the id still names a (full) room.
+    let mut late = connect(&handle).await;
+    send(&mut late, &join_msg(RoomRef::Number(number))).await;
+    assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
+    send(&mut late, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert_eq!(recv(&mut late).await, error(ErrorCode::RoomFull));
+
+    // The pair is undisturbed and still relays.
+    expect_silence(&mut creator).await;
+    send(
+        &mut joiner,
+        &ClientMessage::Pake {
+            auth: AuthKind::Code,
+            msg: "Y29kZQ==".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut creator).await,
+        ServerMessage::Pake {
+            auth: AuthKind::Code,
+            msg: "Y29kZQ==".into(),
+        }
+    );
+}
+
+// 3.
+#[tokio::test]
+async fn one_pake_per_peer() {
+    let handle = spawn(config()).await;
+    let (mut creator, mut joiner, _, _) = pair(&handle).await;
+    let pake = |msg: &str| ClientMessage::Pake {
+        auth: AuthKind::Code,
+        msg: msg.into(),
+    };
+
+    send(&mut joiner, &pake("Zmlyc3Q=")).await;
+    assert_eq!(
+        recv(&mut creator).await,
+        ServerMessage::Pake {
+            auth: AuthKind::Code,
+            msg: "Zmlyc3Q=".into(),
+        }
+    );
+    send(&mut joiner, &pake("c2Vjb25k")).await;
+    assert_eq!(recv(&mut joiner).await, error(ErrorCode::PakeAlreadySent));
+    // The second guess never reaches the creator.
+    expect_silence(&mut creator).await;
+
+    // The creator's own single message is still allowed, and also only once.
+    send(&mut creator, &pake("cmVwbHk=")).await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Pake {
+            auth: AuthKind::Code,
+            msg: "cmVwbHk=".into(),
+        }
+    );
+    send(&mut creator, &pake("YWdhaW4=")).await;
+    assert_eq!(recv(&mut creator).await, error(ErrorCode::PakeAlreadySent));
+    expect_silence(&mut joiner).await;
+}
+
+// 4.
+#[tokio::test]
+async fn abort_wrong_secret_reaches_peer_and_metrics() {
+    let handle = spawn(config()).await;
+    let addr = handle.local_addr();
+    assert_eq!(metric(addr, "punchdrop_pake_failures_total").await, 0);
+    let (mut creator, mut joiner, room, _) = pair(&handle).await;
+
+    send(
+        &mut joiner,
+        &ClientMessage::Abort {
+            reason: AbortReason::WrongSecret,
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut creator).await,
+        ServerMessage::PeerAborted {
+            reason: AbortReason::WrongSecret,
+        }
+    );
+    // The aborting peer is out of the room; its reply also proves the abort was fully handled.
+    send(&mut joiner, &ClientMessage::Sealed { data: "QQ".into() }).await;
+    assert_eq!(recv(&mut joiner).await, error(ErrorCode::NotInRoom));
+    // The room is gone for the other peer and for newcomers.
+    send(&mut creator, &ClientMessage::Sealed { data: "QQ".into() }).await;
+    assert_eq!(recv(&mut creator).await, error(ErrorCode::NoPeer));
+    let mut late = connect(&handle).await;
+    send(&mut late, &join_msg(RoomRef::Id(room))).await;
+    assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
+
+    assert_eq!(metric(addr, "punchdrop_pake_failures_total").await, 1);
+    assert_eq!(metric(addr, "punchdrop_rooms_active").await, 0);
+}
+
+#[tokio::test]
+async fn abort_cancelled_is_not_a_pake_failure() {
+    let handle = spawn(config()).await;
+    let (mut creator, mut joiner, _, _) = pair(&handle).await;
+    send(
+        &mut creator,
+        &ClientMessage::Abort {
+            reason: AbortReason::Cancelled,
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::PeerAborted {
+            reason: AbortReason::Cancelled,
+        }
+    );
+    send(&mut creator, &ClientMessage::Sealed { data: "QQ".into() }).await;
+    assert_eq!(recv(&mut creator).await, error(ErrorCode::NotInRoom));
+    assert_eq!(
+        metric(handle.local_addr(), "punchdrop_pake_failures_total").await,
+        0
+    );
+}
+
+// 5.
+#[tokio::test]
+async fn disconnect_tells_the_other_peer() {
+    let handle = spawn(config()).await;
+
+    // Joiner closes cleanly.
+    let (mut creator, mut joiner, _, _) = pair(&handle).await;
+    timeout(WAIT, joiner.close(None))
+        .await
+        .expect("close timed out")
+        .expect("close succeeds");
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerLeft);
+    send(&mut creator, &ClientMessage::Sealed { data: "QQ".into() }).await;
+    assert_eq!(recv(&mut creator).await, error(ErrorCode::NoPeer));
+
+    // Creator vanishes without a close handshake.
+    let (creator, mut joiner, room, _) = pair(&handle).await;
+    drop(creator);
+    assert_eq!(recv(&mut joiner).await, ServerMessage::PeerLeft);
+    let mut late = connect(&handle).await;
+    send(&mut late, &join_msg(RoomRef::Id(room))).await;
+    assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
+
+    // A creator leaving an unjoined room frees both its id and its number.
+    let mut lonely = connect(&handle).await;
+    let (room, number, _) = create(&mut lonely).await;
+    drop(lonely);
+    // The server notices the drop asynchronously.
+    wait_for_metric(handle.local_addr(), "punchdrop_rooms_active", 0).await;
+    let mut late = connect(&handle).await;
+    send(&mut late, &join_msg(RoomRef::Id(room))).await;
+    assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
+    send(&mut late, &join_msg(RoomRef::Number(number))).await;
+    assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
+}
+
+// 6.
+#[tokio::test]
+async fn bad_requests_get_exact_errors_and_connection_survives() {
+    let handle = spawn(config()).await;
+    let mut ws = connect(&handle).await;
+
+    send(&mut ws, &join_msg(RoomRef::Id("nosuchroom234567".into()))).await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::NoSuchRoom));
+    send(&mut ws, &join_msg(RoomRef::Number(123_456))).await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::NoSuchRoom));
+
+    send(
+        &mut ws,
+        &ClientMessage::Create {
+            version: SIGNAL_VERSION + 1,
+        },
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::UnsupportedVersion));
+    send(
+        &mut ws,
+        &ClientMessage::Join {
+            version: 0,
+            room: RoomRef::Number(1),
+        },
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::UnsupportedVersion));
+
+    for junk in [
+        "not json",
+        "",
+        r#"{"type":"create"}"#,
+        r#"{"type":"create","version":1,"extra":2}"#,
+        r#"{"type":"teleport","version":1}"#,
+        r#"{"type":"created","room":"r","number":1,"expires_in_secs":1}"#,
+    ] {
+        send_frame(&mut ws, Message::text(junk)).await;
+        assert_eq!(
+            recv(&mut ws).await,
+            error(ErrorCode::Malformed),
+            "for {junk:?}"
+        );
+    }
+    send_frame(
+        &mut ws,
+        Message::binary(create_msg().to_json().into_bytes()),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::Malformed));
+
+    // Still usable: none of the above put the connection in a room or closed it.
+    let (room, _, _) = create(&mut ws).await;
+    assert!(protocol::invite::valid_room_id(&room));
+}
+
+// 7.
+#[tokio::test]
+async fn oversized_message_is_refused_and_closes() {
+    let handle = spawn(config()).await;
+    let (mut creator, mut joiner, _, _) = pair(&handle).await;
+
+    // Exactly at the limit is fine.
+    let envelope = ClientMessage::Sealed {
+        data: String::new(),
+    }
+    .to_json()
+    .len();
+    let at_limit = "A".repeat(MAX_SIGNAL_MESSAGE - envelope);
+    let msg = ClientMessage::Sealed {
+        data: at_limit.clone(),
+    };
+    assert_eq!(msg.to_json().len(), MAX_SIGNAL_MESSAGE);
+    send(&mut creator, &msg).await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Sealed { data: at_limit }
+    );
+
+    // One byte over (and well under the 4x hard frame limit) gets a clear error, then close.
+    let over = ClientMessage::Sealed {
+        data: "A".repeat(MAX_SIGNAL_MESSAGE - envelope + 1),
+    };
+    assert_eq!(over.to_json().len(), MAX_SIGNAL_MESSAGE + 1);
+    send(&mut creator, &over).await;
+    assert_eq!(recv(&mut creator).await, error(ErrorCode::TooLarge));
+    expect_closed(&mut creator).await;
+    // Nothing was forwarded; the peer learns that the other side left.
+    assert_eq!(recv(&mut joiner).await, ServerMessage::PeerLeft);
+
+    // A big non-JSON text is also refused for size, not parsed.
+    let mut ws = connect(&handle).await;
+    send_frame(&mut ws, Message::text("x".repeat(3 * MAX_SIGNAL_MESSAGE))).await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::TooLarge));
+    expect_closed(&mut ws).await;
+}
+
+#[tokio::test]
+async fn frame_over_hard_limit_closes_connection() {
+    let handle = spawn(config()).await;
+    let mut ws = connect(&handle).await;
+    // The server may cut the connection while this is still being written.
+    let _ = timeout(
+        WAIT,
+        ws.send(Message::text("x".repeat(4 * MAX_SIGNAL_MESSAGE + 1))),
+    )
+    .await
+    .expect("send timed out");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, ws.next())
+            .await
+            .expect("connection stayed open")
+        {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Text(t))) => {
+                let m: ServerMessage = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(m, error(ErrorCode::TooLarge));
+            }
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    // The server itself is fine.
+    let (status, _) = http_get(handle.local_addr(), "/healthz").await;
+    assert_eq!(status, 200);
+}
+
+// 8.
+#[tokio::test]
+async fn message_rate_limit() {
+    let handle = spawn(Config {
+        messages_per_sec: 1,
+        messages_burst: 3,
+        ..config()
+    })
+    .await;
+    let mut ws = connect(&handle).await;
+    for _ in 0..10 {
+        send(&mut ws, &ClientMessage::Sealed { data: "QQ".into() }).await;
+    }
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        replies.push(recv(&mut ws).await);
+    }
+    // The burst passes through to the normal handling...
+    for r in &replies[..3] {
+        assert_eq!(*r, error(ErrorCode::NotInRoom));
+    }
+    // ...then the limiter answers (one more may pass if a second ticked by).
+    let limited = replies
+        .iter()
+        .filter(|r| **r == error(ErrorCode::RateLimited))
+        .count();
+    assert!(limited >= 1, "no RateLimited in {replies:?}");
+    assert!(
+        replies
+            .iter()
+            .all(|r| *r == error(ErrorCode::RateLimited) || *r == error(ErrorCode::NotInRoom)),
+        "{replies:?}"
+    );
+    assert!(metric(handle.local_addr(), "punchdrop_rate_limited_total").await >= 1);
+}
+
+#[tokio::test]
+async fn binary_frames_count_against_rate_limit() {
+    let handle = spawn(Config {
+        messages_per_sec: 1,
+        messages_burst: 3,
+        ..config()
+    })
+    .await;
+    let mut ws = connect(&handle).await;
+    for _ in 0..10 {
+        send_frame(&mut ws, Message::binary(vec![0u8; 16])).await;
+    }
+    let mut replies = Vec::new();
+    for _ in 0..10 {
+        replies.push(recv(&mut ws).await);
+    }
+    assert!(
+        replies.contains(&error(ErrorCode::RateLimited)),
+        "binary frames bypass the rate limit: {replies:?}"
+    );
+}
+
+#[tokio::test]
+async fn room_creation_rate_limit() {
+    let handle = spawn(Config {
+        rooms_per_min: 2,
+        ..config()
+    })
+    .await;
+    let mut first = connect(&handle).await;
+    create(&mut first).await;
+    let mut second = connect(&handle).await;
+    create(&mut second).await;
+    let mut third = connect(&handle).await;
+    send(&mut third, &create_msg()).await;
+    assert_eq!(recv(&mut third).await, error(ErrorCode::RateLimited));
+    // Joining is not room creation and is not held back by that limit.
+    send(&mut third, &join_msg(RoomRef::Number(999_999))).await;
+    assert_eq!(recv(&mut third).await, error(ErrorCode::NoSuchRoom));
+}
+
+// 9.
+#[tokio::test]
+async fn unjoined_room_expires() {
+    let ttl = Duration::from_millis(300);
+    let handle = spawn(Config {
+        room_ttl: ttl,
+        ..config()
+    })
+    .await;
+    let mut creator = connect(&handle).await;
+    let started = Instant::now();
+    let (room, number, expires_in_secs) = create(&mut creator).await;
+    assert_eq!(expires_in_secs, 0);
+
+    let expired = timeout(Duration::from_secs(2), recv(&mut creator))
+        .await
+        .expect("no Expired within 2 s");
+    assert_eq!(expired, error(ErrorCode::Expired));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= ttl, "expired early, after {elapsed:?}");
+    expect_closed(&mut creator).await;
+
+    let mut late = connect(&handle).await;
+    send(&mut late, &join_msg(RoomRef::Id(room))).await;
+    assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
+    send(&mut late, &join_msg(RoomRef::Number(number))).await;
+    assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
+
+    let addr = handle.local_addr();
+    assert_eq!(metric(addr, "punchdrop_rooms_expired_total").await, 1);
+    assert_eq!(metric(addr, "punchdrop_rooms_active").await, 0);
+}
+
+#[tokio::test]
+async fn joined_room_does_not_expire() {
+    let ttl = Duration::from_millis(300);
+    let handle = spawn(Config {
+        room_ttl: ttl,
+        ..config()
+    })
+    .await;
+    let (mut creator, mut joiner, _, _) = pair(&handle).await;
+    tokio::time::sleep(ttl * 3).await;
+    send(
+        &mut creator,
+        &ClientMessage::Sealed {
+            data: "c3RpbGw=".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Sealed {
+            data: "c3RpbGw=".into()
+        }
+    );
+    expect_silence(&mut creator).await;
+}
+
+// 10.
+#[tokio::test]
+async fn healthz_is_ok() {
+    let handle = spawn(config()).await;
+    let (status, body) = http_get(handle.local_addr(), "/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.trim(), "ok");
+}
+
+// 11.
+#[tokio::test]
+async fn graceful_shutdown_tells_clients() {
+    let handle = spawn(config()).await;
+    let addr = handle.local_addr();
+    let (mut creator, mut joiner, _, _) = pair(&handle).await;
+    let mut idle = connect(&handle).await;
+
+    timeout(WAIT, handle.shutdown())
+        .await
+        .expect("shutdown did not finish within 5 s");
+
+    for ws in [&mut creator, &mut joiner, &mut idle] {
+        // A room member may first hear that its peer (also shutting down) left.
+        let mut msg = recv(ws).await;
+        if msg == ServerMessage::PeerLeft {
+            msg = recv(ws).await;
+        }
+        assert_eq!(msg, error(ErrorCode::ShuttingDown));
+        expect_closed(ws).await;
+    }
+
+    // Nobody is listening any more.
+    let again = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out");
+    assert!(again.is_err(), "server still accepts connections");
+}
+
+/// Like `main`: the runtime goes away as soon as `shutdown` returns, so peers are only told if
+/// `shutdown` really waits for the connections.
+#[tokio::test]
+async fn shutdown_returns_after_peers_were_told() {
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let handle = rt.block_on(Server::spawn(config())).expect("server spawns");
+        let _ = addr_tx.send(handle.local_addr());
+        if rt.block_on(go_rx).is_ok() {
+            rt.block_on(handle.shutdown());
+        }
+        drop(rt);
+        let _ = done_tx.send(());
+    });
+    let addr = timeout(WAIT, addr_rx)
+        .await
+        .expect("server start timed out")
+        .expect("server started");
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(connect_addr(addr).await);
+    }
+    // Make sure the server has accepted every connection as a WebSocket peer.
+    for ws in &mut clients {
+        send(ws, &ClientMessage::Sealed { data: "QQ".into() }).await;
+        assert_eq!(recv(ws).await, error(ErrorCode::NotInRoom));
+    }
+    go_tx.send(()).expect("server thread alive");
+    timeout(WAIT, done_rx)
+        .await
+        .expect("shutdown did not finish within 5 s")
+        .expect("server thread finished");
+    for ws in &mut clients {
+        assert_eq!(recv(ws).await, error(ErrorCode::ShuttingDown));
+        expect_closed(ws).await;
+    }
+}
+
+// 12.
+#[tokio::test]
+async fn room_state_errors() {
+    let handle = spawn(config()).await;
+
+    // Not in a room yet.
+    let mut ws = connect(&handle).await;
+    send(
+        &mut ws,
+        &ClientMessage::Pake {
+            auth: AuthKind::Link,
+            msg: "QQ".into(),
+        },
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::NotInRoom));
+    send(&mut ws, &ClientMessage::Sealed { data: "QQ".into() }).await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::NotInRoom));
+    send(
+        &mut ws,
+        &ClientMessage::Abort {
+            reason: AbortReason::Cancelled,
+        },
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::NotInRoom));
+
+    // In a room, but alone.
+    let (room, _, _) = create(&mut ws).await;
+    send(&mut ws, &ClientMessage::Sealed { data: "QQ".into() }).await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::NoPeer));
+    send(
+        &mut ws,
+        &ClientMessage::Pake {
+            auth: AuthKind::Link,
+            msg: "ZWFybHk=".into(),
+        },
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::NoPeer));
+
+    // A PAKE that was refused for lack of a peer was never delivered, so it does not use up
+    // the creator's single attempt.
+    let mut joiner = connect(&handle).await;
+    send(&mut joiner, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert_eq!(recv(&mut joiner).await, ServerMessage::Joined { room });
+    assert_eq!(recv(&mut ws).await, ServerMessage::PeerJoined);
+    send(
+        &mut ws,
+        &ClientMessage::Pake {
+            auth: AuthKind::Link,
+            msg: "bm93".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Pake {
+            auth: AuthKind::Link,
+            msg: "bm93".into(),
+        }
+    );
+    expect_silence(&mut ws).await;
+}
