@@ -44,7 +44,8 @@ impl std::fmt::Debug for Session {
 
 async fn connect(server: &str) -> anyhow::Result<Ws> {
     let url = websocket_url(server)?;
-    let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+    // No Nagle: signalling is small messages whose latency is connection setup time.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
         .await
         .with_context(|| format!("cannot reach the signalling server at {server}"))?;
     Ok(ws)

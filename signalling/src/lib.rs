@@ -21,6 +21,7 @@ mod ws;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,10 @@ impl Server {
 
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
+            // Signalling is many tiny messages: Nagle plus delayed ACKs added ~40 ms per hop.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
