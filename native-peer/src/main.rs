@@ -78,6 +78,10 @@ enum Command {
         /// Files and folders to send.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Offer the first file under this exact name, unchecked. Exists to test that
+        /// receivers refuse hostile names; never needed otherwise.
+        #[arg(long, hide = true)]
+        offer_name_unchecked: Option<String>,
     },
     /// Receive files into a folder.
     Recv {
@@ -167,8 +171,15 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
     }
     let path_opts = transfer::DataPath { chunk: c.chunk };
     match &cli.command {
-        Command::Send { to, paths } => {
-            let sources = files::collect(paths)?;
+        Command::Send {
+            to,
+            paths,
+            offer_name_unchecked,
+        } => {
+            let mut sources = files::collect(paths)?;
+            if let (Some(name), Some(first)) = (offer_name_unchecked, sources.first_mut()) {
+                first.entry.path = name.clone();
+            }
             let (session, server) = match to {
                 Some(inv) => {
                     let inv = Invitation::parse(inv).context("cannot use that link or code")?;

@@ -56,15 +56,15 @@ impl Output {
             return;
         }
         println!("{role_hint}\n\n  {link}\n\nor type the code:  {code}\n");
-        if self.tty {
-            if let Ok(qr) = qrcode::QrCode::new(link.as_bytes()) {
-                let art = qr
-                    .render::<qrcode::render::unicode::Dense1x2>()
-                    .dark_color(qrcode::render::unicode::Dense1x2::Light)
-                    .light_color(qrcode::render::unicode::Dense1x2::Dark)
-                    .build();
-                println!("{art}\n");
-            }
+        if self.tty
+            && let Ok(qr) = qrcode::QrCode::new(link.as_bytes())
+        {
+            let art = qr
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build();
+            println!("{art}\n");
         }
         eprintln!("Waiting for the other peer…");
     }

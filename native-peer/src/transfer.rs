@@ -41,14 +41,13 @@ fn spawn_inbox(dc: Arc<dyn DataChannel>) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         while let Some(ev) = dc.poll().await {
-            match ev {
-                DataChannelEvent::OnMessage(m) => {
-                    if tx.send(m.data.freeze()).await.is_err() {
-                        break;
-                    }
-                }
+            let frame = match ev {
+                DataChannelEvent::OnMessage(m) => m.data.freeze(),
                 DataChannelEvent::OnClose => break,
-                _ => {}
+                _ => continue,
+            };
+            if tx.send(frame).await.is_err() {
+                break;
             }
         }
     });
@@ -120,7 +119,9 @@ pub async fn send(
     let result: anyhow::Result<()> = async {
         loop {
             while let Some(f) = sm.poll_transmit(clock.now()) {
-                send_frame(&*dc, BytesMut::from(&f[..])).await?;
+                if let Err(e) = send_frame(&*dc, BytesMut::from(&f[..])).await {
+                    return Err(explain_loss(&mut sm, &mut inbox, clock, e).await);
+                }
             }
             // Whatever has arrived first: acks and cancels are small and rare.
             while let Ok(frame) = inbox.try_recv() {
@@ -145,7 +146,9 @@ pub async fn send(
                 let next = tokio::select! {
                     biased;
                     f = inbox.recv() => {
-                        let f = f.ok_or_else(lost)?;
+                        let Some(f) = f else {
+                            return Err(explain_loss(&mut sm, &mut inbox, clock, lost()).await);
+                        };
                         sm.handle_frame(&f, clock.now()).map_err(map_err)?;
                         continue;
                     }
@@ -167,7 +170,9 @@ pub async fn send(
                     flush(&mut sm, &*dc, clock).await;
                     return Err(map_err(e));
                 }
-                send_frame(&*dc, buf).await?;
+                if let Err(e) = send_frame(&*dc, buf).await {
+                    return Err(explain_loss(&mut sm, &mut inbox, clock, e).await);
+                }
                 out.progress(sm.bytes_sent(), total);
                 continue;
             }
@@ -196,9 +201,39 @@ pub async fn send(
     })
 }
 
+/// The channel broke under us. If the receiver said why before it went (disk full, bad
+/// name…), that reason is the error, not the broken channel.
+async fn explain_loss(
+    sm: &mut Sender,
+    inbox: &mut mpsc::Receiver<Bytes>,
+    clock: Clock,
+    fallback: anyhow::Error,
+) -> anyhow::Error {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(f)) = tokio::time::timeout_at(deadline, inbox.recv()).await {
+        if let Err(e) = sm.handle_frame(&f, clock.now()) {
+            return map_err(e);
+        }
+    }
+    fallback
+}
+
 async fn flush(sm: &mut Sender, dc: &dyn DataChannel, clock: Clock) {
     while let Some(f) = sm.poll_transmit(clock.now()) {
         let _ = tokio::time::timeout(Duration::from_secs(1), dc.send(BytesMut::from(&f[..]))).await;
+    }
+    drained(dc).await;
+}
+
+/// Wait (briefly) until what we queued has left, so a last Cancel or Complete is not torn
+/// down with the connection.
+async fn drained(dc: &dyn DataChannel) {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        match dc.outstanding_bytes().await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
     }
 }
 
@@ -347,6 +382,7 @@ async fn flush_rx(sm: &mut Receiver, dc: &dyn DataChannel, clock: Clock) {
     while let Some(f) = sm.poll_transmit(clock.now()) {
         let _ = tokio::time::timeout(Duration::from_secs(1), dc.send(BytesMut::from(&f[..]))).await;
     }
+    drained(dc).await;
 }
 
 fn check_space(dir: &Path, need: u64) -> Result<(), String> {

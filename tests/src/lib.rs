@@ -1,1 +1,327 @@
+//! Harness for punchdrop's end-to-end tests: real `signalling` and `native-peer` processes on
+//! loopback, real files compared by hash.
+//!
+//! Binaries are found next to the test executable's `deps/` folder (`target/<profile>/`), or
+//! in `PUNCHDROP_BIN_DIR`; the README's test command builds them first.
 
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("PUNCHDROP_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run the README's test command (it builds the binaries first)",
+        p.display()
+    );
+    p
+}
+
+/// Are we root (needed for mount namespaces)?
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A running signalling server, killed on drop.
+#[derive(Debug)]
+pub struct Signalling {
+    child: Child,
+    pub url: String,
+}
+
+impl Signalling {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Self {
+        let mut child = Command::new(bin("signalling"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("PUNCHDROP_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start signalling");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let url = line.trim().rsplit(' ').next().expect("url").to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "unexpected ready line {line:?}"
+        );
+        Self { child, url }
+    }
+
+    /// SIGKILL: the server dies without any goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Signalling {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `native-peer` process with `--json`, its events collected as they come.
+#[derive(Debug)]
+pub struct Peer {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Peer {
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_cmd(Command::new(bin("native-peer")), args)
+    }
+
+    /// Run `native-peer` through a wrapper command (e.g. `unshare … sh -c`), which must exec
+    /// it with the arguments given after the wrapper's own.
+    pub fn spawn_cmd(mut cmd: Command, args: &[&str]) -> Self {
+        cmd.arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("PUNCHDROP_LOG").is_none() {
+            cmd.env("PUNCHDROP_LOG", "warn");
+        }
+        let mut child = cmd.spawn().expect("start native-peer");
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("[peer stdout, not JSON] {line}"),
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        let stderr_thread = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(err).read_to_string(&mut s);
+            sink.lock().unwrap().push_str(&s);
+        });
+        Self {
+            child,
+            events: rx,
+            seen: Vec::new(),
+            stderr,
+            stderr_thread: Some(stderr_thread),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the first event named `name` (an `error` event fails the wait).
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> anyhow::Result<Value> {
+        if let Some(v) = self.seen.iter().find(|v| v["event"] == name) {
+            return Ok(v.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == name {
+                        return Ok(v);
+                    }
+                    if v["event"] == "error" {
+                        bail!(
+                            "peer failed while waiting for {name}: {v}\nstderr: {}",
+                            self.stderr()
+                        );
+                    }
+                }
+                Err(_) => bail!(
+                    "no {name} event within {timeout:?}; events: {:?}\nstderr: {}",
+                    self.seen,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Wait for the process to exit; returns its status and every event it printed.
+    pub fn finish(self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<Value>)> {
+        self.finish_all(timeout).map(|(s, e, _)| (s, e))
+    }
+
+    /// Like [`Peer::finish`], with everything the process wrote to stderr.
+    pub fn finish_all(
+        mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(ExitStatus, Vec<Value>, String)> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!(
+                    "peer did not exit within {timeout:?}; events: {:?}\nstderr: {}",
+                    self.seen,
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread drains what is left once the pipe closes.
+        while let Ok(v) = self.events.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(v);
+        }
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        Ok((status, std::mem::take(&mut self.seen), self.stderr()))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `done` event of a finished peer, or a readable failure.
+pub fn expect_done(status: ExitStatus, events: &[Value]) -> Value {
+    let done = events.iter().find(|v| v["event"] == "done").cloned();
+    assert!(
+        status.success() && done.is_some(),
+        "peer failed ({status}): {events:?}"
+    );
+    done.unwrap()
+}
+
+/// The `error` message of a failed peer.
+pub fn expect_error(status: ExitStatus, events: &[Value]) -> String {
+    assert!(!status.success(), "peer should have failed: {events:?}");
+    let err = events
+        .iter()
+        .find(|v| v["event"] == "error")
+        .unwrap_or_else(|| panic!("no error event: {events:?}"));
+    err["message"].as_str().unwrap_or_default().to_string()
+}
+
+/// Write `len` pseudo-random bytes (seeded) to `path`, streaming.
+pub fn make_file(path: &Path, len: u64, seed: u64) {
+    use rand::{RngCore as _, SeedableRng as _};
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill_bytes(&mut buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+pub fn hash_file(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    h.finalize().to_hex().to_string()
+}
+
+/// Every file (hash) and directory ("dir") below `root`, by relative path.
+pub fn tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            if e.file_type().unwrap().is_dir() {
+                out.insert(rel, "dir".into());
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, hash_file(&p));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
+}
+
+/// Start a sender that creates a room; returns it and the link/code it printed.
+pub fn start_sender(
+    server: &str,
+    extra: &[&str],
+    paths: &[&Path],
+) -> anyhow::Result<(Peer, String, String)> {
+    let mut args: Vec<String> = vec!["--server".into(), server.into(), "send".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(paths.iter().map(|p| p.display().to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Peer::spawn(&argv);
+    let ready = p
+        .wait_event("ready", Duration::from_secs(10))
+        .context("sender never became ready")?;
+    let link = ready["link"].as_str().unwrap().to_string();
+    let code = ready["code"].as_str().unwrap().to_string();
+    Ok((p, link, code))
+}
+
+pub const LONG: Duration = Duration::from_secs(120);

@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(sanitize(&"x".repeat(256)), Err(NameError::ComponentTooLong));
         assert_eq!(sanitize(&"ab/".repeat(2000)), Err(NameError::PathTooLong));
         assert_eq!(
-            sanitize(&"a/".repeat(70).trim_end_matches('/')),
+            sanitize("a/".repeat(70).trim_end_matches('/')),
             Err(NameError::PathTooLong)
         );
         assert!(sanitize("com0").is_ok());

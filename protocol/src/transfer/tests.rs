@@ -4,6 +4,9 @@ use super::frame::{self, Control};
 use super::*;
 use std::collections::{BTreeMap, VecDeque};
 
+/// Rewrites the n-th frame on its way to the receiver.
+type Mangler = Box<dyn FnMut(usize, &mut Vec<u8>)>;
+
 /// In-memory stand-in for the files on each side and the channel between them.
 struct Harness {
     now: Duration,
@@ -23,7 +26,7 @@ struct Harness {
     sent_to_rx: usize,
     sent_to_tx: usize,
     /// Mangle frames on their way to the receiver.
-    mangle: Option<Box<dyn FnMut(usize, &mut Vec<u8>)>>,
+    mangle: Option<Mangler>,
     tx_err: Option<TransferError>,
     rx_err: Option<TransferError>,
     accept: bool,

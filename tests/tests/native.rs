@@ -1,0 +1,367 @@
+//! native-peer ↔ native-peer through a real signalling server on loopback.
+
+use punchdrop_e2e::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn recv_args<'a>(server: &'a str, dir: &'a Path, invitation: &'a str) -> Vec<String> {
+    vec![
+        "--server".into(),
+        server.into(),
+        "recv".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        invitation.into(),
+    ]
+}
+
+fn spawn(args: &[String]) -> Peer {
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    Peer::spawn(&argv)
+}
+
+#[test]
+fn one_file_by_link() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("report.pdf");
+    make_file(&file, 3_000_001, 1);
+    let (sender, link, _code) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    assert!(link.starts_with(&format!("{}/r/", sig.url)), "{link}");
+    let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(done["files"], 1);
+    assert_eq!(done["bytes"], 3_000_001);
+    assert_eq!(done["path"], "direct");
+    assert_eq!(hash_file(&dst.path().join("report.pdf")), hash_file(&file));
+    assert_eq!(
+        tree(dst.path()).len(),
+        1,
+        "no .part or stray files: {:?}",
+        tree(dst.path())
+    );
+    assert!(
+        revents.iter().any(|e| e["event"] == "progress"),
+        "progress events are printed"
+    );
+}
+
+#[test]
+fn nested_directories_many_files_and_empty_ones() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let root = src.path().join("album");
+    for i in 0..40u64 {
+        make_file(
+            &root.join(format!("day{}/img-{i:03}.raw", i % 4)),
+            1000 * i + 17,
+            i,
+        );
+    }
+    make_file(&root.join("deep/a/b/c/d/leaf.txt"), 5, 99);
+    make_file(&root.join("empty.txt"), 0, 0);
+    std::fs::create_dir_all(root.join("nothing/here")).unwrap();
+    let single = src.path().join("notes.md");
+    make_file(&single, 70_000, 7);
+
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&root, &single]).unwrap();
+    let (rs, revents) = spawn(&recv_args(&sig.url, dst.path(), &link))
+        .finish(LONG)
+        .unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(done["files"], 43);
+    assert_eq!(tree(&dst.path().join("album")), tree(&root));
+    assert_eq!(hash_file(&dst.path().join("notes.md")), hash_file(&single));
+    assert!(
+        dst.path().join("album/nothing/here").is_dir(),
+        "empty directories arrive too"
+    );
+}
+
+#[test]
+fn large_file_256_mib() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("disk.img");
+    make_file(&file, 256 << 20, 3);
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let (rs, revents) = spawn(&recv_args(&sig.url, dst.path(), &link))
+        .finish(LONG)
+        .unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("disk.img")), hash_file(&file));
+}
+
+#[test]
+fn typed_code_works_and_existing_files_are_not_overwritten() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("a.txt");
+    make_file(&file, 1234, 5);
+    std::fs::write(dst.path().join("a.txt"), b"precious").unwrap();
+    let (sender, link, code) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    assert!(code.split('-').count() == 4, "{code}");
+    assert!(!link.contains(&code), "the code is not the link secret");
+    let (rs, revents) = spawn(&recv_args(&sig.url, dst.path(), &code))
+        .finish(LONG)
+        .unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(
+        std::fs::read(dst.path().join("a.txt")).unwrap(),
+        b"precious"
+    );
+    assert_eq!(hash_file(&dst.path().join("a (1).txt")), hash_file(&file));
+}
+
+#[test]
+fn receiver_created_room_by_link_and_by_code() {
+    for by_code in [false, true] {
+        let sig = Signalling::start();
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let file = src.path().join("backup.tar");
+        make_file(&file, 2_500_000, 11);
+        let dir = dst.path().display().to_string();
+        let mut receiver = Peer::spawn(&["--server", &sig.url, "recv", "--dir", &dir]);
+        let ready = receiver
+            .wait_event("ready", Duration::from_secs(10))
+            .unwrap();
+        let invitation = if by_code {
+            ready["code"].as_str().unwrap()
+        } else {
+            ready["link"].as_str().unwrap()
+        };
+        let f = file.display().to_string();
+        let sender = Peer::spawn(&["--server", &sig.url, "send", "--to", invitation, &f]);
+        let (ss, sevents) = sender.finish(LONG).unwrap();
+        let (rs, revents) = receiver.finish(LONG).unwrap();
+        expect_done(ss, &sevents);
+        expect_done(rs, &revents);
+        assert_eq!(
+            hash_file(&dst.path().join("backup.tar")),
+            hash_file(&file),
+            "by_code={by_code}"
+        );
+    }
+}
+
+#[test]
+fn wrong_code_fails_cleanly_on_both_sides() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("secret.txt");
+    make_file(&file, 100, 1);
+    let (sender, _link, code) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    // Same room number, other words.
+    let number = code.split('-').next().unwrap();
+    let words: Vec<&str> = code.split('-').skip(1).collect();
+    let wrong_word = if words[0] == "acid" { "acorn" } else { "acid" };
+    let wrong = format!("{number}-{wrong_word}-{}-{}", words[1], words[2]);
+    let (rs, revents) = spawn(&recv_args(&sig.url, dst.path(), &wrong))
+        .finish(LONG)
+        .unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let rmsg = expect_error(rs, &revents);
+    let smsg = expect_error(ss, &sevents);
+    assert!(rmsg.contains("wrong"), "receiver: {rmsg}");
+    assert!(smsg.contains("wrong"), "sender: {smsg}");
+    assert!(tree(dst.path()).is_empty());
+    // One try per room: the right code no longer opens it.
+    let (rs, revents) = spawn(&recv_args(&sig.url, dst.path(), &code))
+        .finish(LONG)
+        .unwrap();
+    assert!(expect_error(rs, &revents).contains("no such room"));
+}
+
+#[test]
+fn malformed_links_and_codes_are_explained() {
+    let dst = tempfile::tempdir().unwrap();
+    for (bad, expect) in [
+        (
+            "12-notaword-acid-acorn",
+            "not one of punchdrop's code words",
+        ),
+        ("http://127.0.0.1:9/r/room1234", "no secret"),
+        ("hello", "123-word-word-word"),
+    ] {
+        let p = spawn(&recv_args("http://127.0.0.1:9", dst.path(), bad));
+        let (s, ev) = p.finish(LONG).unwrap();
+        let msg = expect_error(s, &ev);
+        assert!(msg.contains(expect), "{bad}: {msg}");
+    }
+    // Nothing listens there: a clear connection error, not a hang.
+    let p = spawn(&recv_args(
+        "http://127.0.0.1:9",
+        dst.path(),
+        "12-acid-acorn-actor",
+    ));
+    let (s, ev) = p.finish(LONG).unwrap();
+    let msg = expect_error(s, &ev);
+    assert!(msg.contains("cannot reach the signalling server"), "{msg}");
+}
+
+#[test]
+fn hostile_names_are_refused_and_nothing_escapes() {
+    let outer = tempfile::tempdir().unwrap();
+    let dst = outer.path().join("inbox");
+    std::fs::create_dir(&dst).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("x");
+    make_file(&file, 10, 1);
+    for hostile in [
+        "../escaped",
+        "/tmp/punchdrop-abs-escape",
+        "a/../../escaped",
+        "CON",
+        "sub/..",
+        "x\\..\\..\\y",
+    ] {
+        let sig = Signalling::start();
+        let (sender, link, _) =
+            start_sender(&sig.url, &["--offer-name-unchecked", hostile], &[&file]).unwrap();
+        let (rs, revents) = spawn(&recv_args(&sig.url, &dst, &link))
+            .finish(LONG)
+            .unwrap();
+        let (ss, sevents) = sender.finish(LONG).unwrap();
+        let rmsg = expect_error(rs, &revents);
+        let smsg = expect_error(ss, &sevents);
+        assert!(rmsg.contains("unsafe file name"), "{hostile}: {rmsg}");
+        assert!(
+            smsg.contains("cancelled") || smsg.contains("unsafe"),
+            "{hostile}: {smsg}"
+        );
+        assert!(
+            tree(outer.path()).keys().all(|k| k == "inbox"),
+            "{hostile}: {:?}",
+            tree(outer.path())
+        );
+        assert!(!Path::new("/tmp/punchdrop-abs-escape").exists());
+    }
+}
+
+#[test]
+fn signalling_server_killed_mid_transfer_and_the_file_still_arrives() {
+    let mut sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("movie.mkv");
+    make_file(&file, 200 << 20, 21);
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    receiver
+        .wait_event("progress", Duration::from_secs(30))
+        .unwrap();
+    sig.kill();
+    // The server is really gone.
+    assert!(std::net::TcpStream::connect(sig.url.trim_start_matches("http://")).is_err());
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    let last_progress = revents.iter().filter(|e| e["event"] == "progress").count();
+    assert!(last_progress >= 2, "the kill happened mid-transfer");
+    assert_eq!(hash_file(&dst.path().join("movie.mkv")), hash_file(&file));
+}
+
+#[test]
+fn sender_vanishing_mid_transfer_leaves_no_half_file() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    make_file(&file, 200 << 20, 8);
+    let (mut sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    receiver
+        .wait_event("progress", Duration::from_secs(30))
+        .unwrap();
+    sender.kill();
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let msg = expect_error(rs, &revents);
+    assert!(msg.contains("vanished") || msg.contains("lost"), "{msg}");
+    assert!(
+        tree(dst.path()).is_empty(),
+        "no final file and no .part: {:?}",
+        tree(dst.path())
+    );
+}
+
+/// Run the receiver with its destination on a small tmpfs in a private mount namespace; list
+/// what is left there before the namespace goes away.
+fn recv_on_tmpfs(
+    server: &str,
+    link: &str,
+    size: &str,
+    skip_space_check: bool,
+) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().display().to_string();
+    let script = format!(
+        "mount -t tmpfs -o size={size} punchdrop-test {m} || exit 97; \"$0\" \"$@\"; rc=$?; \
+         echo LISTING >&2; find {m} -mindepth 1 >&2; exit $rc"
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(bin("native-peer"));
+    if skip_space_check {
+        cmd.env("PUNCHDROP_SKIP_SPACE_CHECK", "1");
+    }
+    let p = Peer::spawn_cmd(cmd, &["--server", server, "recv", "--dir", &m, link]);
+    let (status, events, stderr) = p.finish_all(LONG).unwrap();
+    assert_ne!(status.code(), Some(97), "could not mount a tmpfs: {stderr}");
+    let listing = stderr
+        .split("LISTING")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no listing: {stderr}"))
+        .trim()
+        .to_string();
+    (status, events, listing)
+}
+
+#[test]
+fn receiver_disk_too_small_or_full_fails_cleanly() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for a private tmpfs mount");
+        return;
+    }
+    for skip_space_check in [false, true] {
+        let sig = Signalling::start();
+        let src = tempfile::tempdir().unwrap();
+        let file = src.path().join("huge.iso");
+        make_file(&file, 24 << 20, 4);
+        let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+        let (rs, revents, left) = recv_on_tmpfs(&sig.url, &link, "8m", skip_space_check);
+        assert!(left.is_empty(), "nothing is left on the full disk: {left}");
+        let (ss, sevents) = sender.finish(LONG).unwrap();
+        let rmsg = expect_error(rs, &revents);
+        let smsg = expect_error(ss, &sevents);
+        if skip_space_check {
+            assert!(rmsg.contains("disk is full"), "{rmsg}");
+            assert!(
+                smsg.contains("NoSpace") || smsg.contains("disk is full"),
+                "{smsg}"
+            );
+        } else {
+            assert!(rmsg.contains("not enough free space"), "{rmsg}");
+            assert!(
+                smsg.contains("declined") && smsg.contains("not enough free space"),
+                "{smsg}"
+            );
+        }
+    }
+}
