@@ -63,6 +63,9 @@ struct Common {
     /// UDP socket buffer size in bytes.
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_UDP_BUFFER", default_value_t = tune::UDP_BUFFER)]
     udp_buffer: usize,
+    /// Run the WebRTC driver on a dedicated reactor thread.
+    #[arg(long, global = true, hide = true, env = "PUNCHDROP_DEDICATED_REACTOR", default_value_t = false)]
+    dedicated_reactor: bool,
     /// Data-channel send buffer limit in bytes (back-pressure).
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_SEND_BUFFER", default_value_t = 4 * 1024 * 1024)]
     send_buffer: usize,
@@ -96,8 +99,11 @@ enum Command {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PUNCHDROP_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+            // webrtc-rs warns about routine events (early checks, DTLS server name); users
+            // only need its errors unless they ask.
+            tracing_subscriber::EnvFilter::try_from_env("PUNCHDROP_LOG").unwrap_or_else(|_| {
+                "warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -135,6 +141,7 @@ fn net_options(c: &Common, server: &str) -> rtc::NetOptions {
         udp_buffer: c.udp_buffer,
         sctp_window: c.sctp_window,
         send_buffer: c.send_buffer,
+        dedicated_reactor: c.dedicated_reactor,
         connect_timeout: Duration::from_secs(c.connect_timeout),
     }
 }

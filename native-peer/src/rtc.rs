@@ -37,6 +37,8 @@ pub struct NetOptions {
     pub sctp_window: u32,
     /// Data-channel send-buffer limit (back-pressure for `send`).
     pub send_buffer: usize,
+    /// Drive the connection on its own single-threaded reactor.
+    pub dedicated_reactor: bool,
     pub connect_timeout: Duration,
 }
 
@@ -194,6 +196,7 @@ pub async fn connect(
         .with_runtime(TunedRuntime::new(opts.udp_buffer))
         .with_udp_addrs(opts.bind.clone())
         .with_data_channel_send_buffer_limit(opts.send_buffer)
+        .with_dedicated_reactor_pool_size(usize::from(opts.dedicated_reactor))
         .build()
         .await
         .context("cannot set up WebRTC")?;
