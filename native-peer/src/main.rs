@@ -64,7 +64,13 @@ struct Common {
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_UDP_BUFFER", default_value_t = tune::UDP_BUFFER)]
     udp_buffer: usize,
     /// Run the WebRTC driver on a dedicated reactor thread.
-    #[arg(long, global = true, hide = true, env = "PUNCHDROP_DEDICATED_REACTOR", default_value_t = false)]
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "PUNCHDROP_DEDICATED_REACTOR",
+        default_value_t = false
+    )]
     dedicated_reactor: bool,
     /// Data-channel send buffer limit in bytes (back-pressure).
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_SEND_BUFFER", default_value_t = 4 * 1024 * 1024)]

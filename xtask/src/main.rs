@@ -41,7 +41,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// CPU seconds and peak RSS of a finished child, from `wait4`.
@@ -110,10 +113,19 @@ fn read_events(child: &mut Child) -> std::sync::mpsc::Receiver<Value> {
     rx
 }
 
-fn native_run(bin: &Path, server: &str, file: &Path, dst: &Path, env: &[(String, String)]) -> anyhow::Result<PeerRun> {
+fn native_run(
+    bin: &Path,
+    server: &str,
+    file: &Path,
+    dst: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<PeerRun> {
     let peer = |args: &[&str]| -> anyhow::Result<Child> {
         let mut c = Command::new(bin.join("native-peer"));
-        c.args(["--json", "--server", server]).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        c.args(["--json", "--server", server])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         for (k, v) in env {
             c.env(k, v);
         }
@@ -122,7 +134,9 @@ fn native_run(bin: &Path, server: &str, file: &Path, dst: &Path, env: &[(String,
     let mut sender = peer(&["send", &file.display().to_string()])?;
     let sender_events = read_events(&mut sender);
     let ready = loop {
-        let v = sender_events.recv_timeout(Duration::from_secs(10)).context("sender not ready")?;
+        let v = sender_events
+            .recv_timeout(Duration::from_secs(10))
+            .context("sender not ready")?;
         if v["event"] == "ready" {
             break v;
         }
@@ -193,8 +207,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let root = root();
     eprintln!("building release binaries…");
-    let st = Command::new(env!("CARGO")).current_dir(&root)
-        .args(["build", "--release", "-q", "-p", "signalling", "-p", "native-peer"]).status()?;
+    let st = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "signalling",
+            "-p",
+            "native-peer",
+        ])
+        .status()?;
     if !st.success() {
         bail!("build failed");
     }
@@ -202,7 +226,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let env: Vec<(String, String)> = args
         .peer_env
         .iter()
-        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).context("--peer-env wants K=V"))
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .context("--peer-env wants K=V")
+        })
         .collect::<anyhow::Result<_>>()?;
 
     let work = tempfile::tempdir()?;
@@ -219,7 +247,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .spawn()?;
     let mut line = String::new();
     BufReader::new(sig.stdout.take().expect("piped")).read_line(&mut line)?;
-    let server = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    let server = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
 
     let mut native = Vec::new();
     let mut tcp = Vec::new();
@@ -247,7 +280,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let t_mb = median(tcp.clone());
     let fb = median(native.iter().map(|r| r.first_byte_ms).collect());
     let med = |f: &dyn Fn(&PeerRun) -> f64| median(native.iter().map(f).collect());
-    println!("\npunchdrop benchmark: {} MiB file, loopback, median of {} runs\n", args.size_mib, args.reps);
+    println!(
+        "\npunchdrop benchmark: {} MiB file, loopback, median of {} runs\n",
+        args.size_mib, args.reps
+    );
     println!("| measure | value |");
     println!("|---|---|");
     println!("| native → native | {n_mb:.0} MB/s |");
@@ -256,8 +292,14 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     println!("| both in room → first byte | {fb:.1} ms |");
     println!("| sender CPU | {:.2} s |", med(&|r| r.sender.cpu_s));
     println!("| receiver CPU | {:.2} s |", med(&|r| r.receiver.cpu_s));
-    println!("| sender peak RSS | {:.1} MiB |", med(&|r| r.sender.max_rss_mib));
-    println!("| receiver peak RSS | {:.1} MiB |", med(&|r| r.receiver.max_rss_mib));
+    println!(
+        "| sender peak RSS | {:.1} MiB |",
+        med(&|r| r.sender.max_rss_mib)
+    );
+    println!(
+        "| receiver peak RSS | {:.1} MiB |",
+        med(&|r| r.receiver.max_rss_mib)
+    );
     if !env.is_empty() {
         println!("\npeer environment: {:?}", args.peer_env);
     }
