@@ -63,6 +63,15 @@ struct Common {
     /// UDP socket buffer size in bytes.
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_UDP_BUFFER", default_value_t = tune::UDP_BUFFER)]
     udp_buffer: usize,
+    /// Milliseconds between ICE connectivity checks.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "PUNCHDROP_ICE_CHECK_MS",
+        default_value_t = 50
+    )]
+    ice_check_ms: u64,
     /// Run the WebRTC driver on a dedicated reactor thread.
     #[arg(
         long,
@@ -148,6 +157,7 @@ fn net_options(c: &Common, server: &str) -> rtc::NetOptions {
         sctp_window: c.sctp_window,
         send_buffer: c.send_buffer,
         dedicated_reactor: c.dedicated_reactor,
+        ice_check_interval: Duration::from_millis(c.ice_check_ms.max(1)),
         connect_timeout: Duration::from_secs(c.connect_timeout),
     }
 }

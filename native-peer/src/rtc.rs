@@ -37,6 +37,8 @@ pub struct NetOptions {
     pub sctp_window: u32,
     /// Data-channel send-buffer limit (back-pressure for `send`).
     pub send_buffer: usize,
+    /// Time between ICE connectivity checks (RFC 8445's Ta).
+    pub ice_check_interval: Duration,
     /// Drive the connection on its own single-threaded reactor.
     pub dedicated_reactor: bool,
     pub connect_timeout: Duration,
@@ -121,7 +123,6 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 const CHANNEL_LABEL: &str = "punchdrop";
-const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Exchange hellos, negotiate, and wait for the data channel to open.
 pub async fn connect(
@@ -181,7 +182,7 @@ pub async fn connect(
         .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
         // 50 ms between checks (RFC 8445's Ta) instead of 200 ms: a direct path is found in
         // one round trip, and hole punching sends more often while both NATs open up.
-        .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(40))
+        .with_ice_connection_attempts(Some(opts.ice_check_interval), Some(40))
         // A vanished peer is noticed in seconds, not the default half-minute.
         .with_ice_timeouts(
             Some(Duration::from_secs(5)),

@@ -311,11 +311,33 @@ pub fn start_sender(
     extra: &[&str],
     paths: &[&Path],
 ) -> anyhow::Result<(Peer, String, String)> {
+    start_sender_with(Command::new(bin("native-peer")), server, extra, paths)
+}
+
+/// [`start_sender`] for one file, with extra environment variables.
+pub fn start_sender_env(
+    server: &str,
+    file: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Peer, String, String)> {
+    let mut cmd = Command::new(bin("native-peer"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    start_sender_with(cmd, server, &[], &[file])
+}
+
+fn start_sender_with(
+    cmd: Command,
+    server: &str,
+    extra: &[&str],
+    paths: &[&Path],
+) -> anyhow::Result<(Peer, String, String)> {
     let mut args: Vec<String> = vec!["--server".into(), server.into(), "send".into()];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(paths.iter().map(|p| p.display().to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut p = Peer::spawn(&argv);
+    let mut p = Peer::spawn_cmd(cmd, &argv);
     let ready = p
         .wait_event("ready", Duration::from_secs(10))
         .context("sender never became ready")?;

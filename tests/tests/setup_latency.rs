@@ -1,0 +1,45 @@
+//! Connection setup must not wait for timer ticks.
+//!
+//! webrtc-rs 0.21.1 held DTLS and SCTP handshake packets until the next timer tick (see
+//! `patches/README.md`). With the ICE check interval stretched to 2 s, a peer that depends on
+//! ticks needs ≈ 600 ms from "both in room" to the first byte (measured: 610 ms without the
+//! patches, every run); with the patches the handshakes run back to back (≈ 8–10 ms). This
+//! test fails if the patches are dropped or stop working. It is a separate test binary so it
+//! does not share the CPU with the other end-to-end tests.
+
+use punchdrop_e2e::*;
+
+#[test]
+fn handshakes_do_not_wait_for_timer_ticks() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("small.bin");
+    make_file(&file, 100_000, 1);
+    let mut first_bytes = Vec::new();
+    for _ in 0..3 {
+        let dst = tempfile::tempdir().unwrap();
+        // Peers inherit this: ICE checks every 2 s, so any wait for a tick shows.
+        let (sender, link, _) =
+            start_sender_env(&sig.url, &file, &[("PUNCHDROP_ICE_CHECK_MS", "2000")]).unwrap();
+        let dir = dst.path().display().to_string();
+        let mut cmd = std::process::Command::new(bin("native-peer"));
+        cmd.env("PUNCHDROP_ICE_CHECK_MS", "2000");
+        let receiver = Peer::spawn_cmd(cmd, &["--server", &sig.url, "recv", "--dir", &dir, &link]);
+        let (rs, revents) = receiver.finish(LONG).unwrap();
+        let (ss, sevents) = sender.finish(LONG).unwrap();
+        expect_done(rs, &revents);
+        expect_done(ss, &sevents);
+        let fb = revents
+            .iter()
+            .find(|e| e["event"] == "first_byte")
+            .expect("first_byte event");
+        first_bytes.push(fb["ms_since_room"].as_f64().unwrap());
+        assert_eq!(hash_file(&dst.path().join("small.bin")), hash_file(&file));
+    }
+    first_bytes.sort_by(f64::total_cmp);
+    let median = first_bytes[1];
+    assert!(
+        median < 150.0,
+        "both in room → first byte took {median:.0} ms (runs: {first_bytes:?}); the handshake is waiting for timer ticks — are patches/ applied?"
+    );
+}
