@@ -90,8 +90,25 @@ pub enum ServerMessage {
     PeerLeft,
     /// The other peer aborted the room.
     PeerAborted { reason: AbortReason },
+    /// STUN/TURN servers for this room, with short-lived credentials. Sent to each peer right
+    /// after `created`/`joined`; a server without TURN sends an empty list.
+    IceServers {
+        servers: Vec<IceServer>,
+        expires_in_secs: u64,
+    },
     /// A request failed; the connection may be closed after this.
     Error { code: ErrorCode, message: String },
+}
+
+/// One entry of [`ServerMessage::IceServers`], shaped like WebRTC's `RTCIceServer`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IceServer {
+    /// `stun:HOST:PORT`, `turn:HOST:PORT?transport=udp|tcp`, `turns:HOST:PORT`.
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Machine-readable reasons for [`ServerMessage::Error`].
@@ -269,6 +286,24 @@ mod tests {
                 r#"{"type":"sealed","data":"QQ"}"#,
             ),
             (ServerMessage::PeerLeft, r#"{"type":"peer_left"}"#),
+            (
+                ServerMessage::IceServers {
+                    servers: vec![
+                        IceServer {
+                            urls: vec!["stun:h:3478".into()],
+                            username: None,
+                            credential: None,
+                        },
+                        IceServer {
+                            urls: vec!["turn:h:3478?transport=udp".into()],
+                            username: Some("1700000000:r1".into()),
+                            credential: Some("c2VjcmV0".into()),
+                        },
+                    ],
+                    expires_in_secs: 86400,
+                },
+                r#"{"type":"ice_servers","servers":[{"urls":["stun:h:3478"]},{"urls":["turn:h:3478?transport=udp"],"username":"1700000000:r1","credential":"c2VjcmV0"}],"expires_in_secs":86400}"#,
+            ),
             (
                 ServerMessage::PeerAborted {
                     reason: AbortReason::Cancelled,

@@ -12,6 +12,7 @@
 //! Privacy invariant: logs and `/metrics` never contain secrets, file names or full IP
 //! addresses ([`limits::redact_ip`]).
 
+pub mod credentials;
 pub mod limits;
 pub mod metrics;
 mod rooms;
