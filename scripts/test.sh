@@ -4,8 +4,9 @@
 source "$(dirname "$0")/lib.sh"
 
 ensure_rust
-# unshare and mount (private tmpfs for the full-disk test) come with util-linux and mount.
-apt_install util-linux mount
+# unshare and mount (private tmpfs for the full-disk test) come with util-linux and mount;
+# coturn is the external TURN server the relay tests prove interoperability with.
+apt_install util-linux mount coturn
 
 log "formatting"
 cargo fmt --all -- --check

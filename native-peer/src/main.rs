@@ -51,6 +51,9 @@ struct Common {
     /// the server is on loopback].
     #[arg(long, global = true, env = "PUNCHDROP_BIND", value_delimiter = ',')]
     bind: Vec<SocketAddr>,
+    /// Use only relayed (TURN) candidates: for diagnostics and tests.
+    #[arg(long, global = true)]
+    relay_only: bool,
     /// Seconds to wait for a direct or relayed connection once both peers are in the room.
     #[arg(long, global = true, default_value_t = 30)]
     connect_timeout: u64,
@@ -157,6 +160,7 @@ fn net_options(c: &Common, server: &str) -> rtc::NetOptions {
         sctp_window: c.sctp_window,
         send_buffer: c.send_buffer,
         dedicated_reactor: c.dedicated_reactor,
+        relay_only: c.relay_only,
         ice_check_interval: Duration::from_millis(c.ice_check_ms.max(1)),
         connect_timeout: Duration::from_secs(c.connect_timeout),
     }
@@ -203,30 +207,14 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
             if let (Some(name), Some(first)) = (offer_name_unchecked, sources.first_mut()) {
                 first.entry.path = name.clone();
             }
-            let (session, server) = match to {
-                Some(inv) => {
-                    let inv = Invitation::parse(inv).context("cannot use that link or code")?;
-                    let server = server_of(&inv, &c.server);
-                    (rendezvous::join(&inv, &c.server).await?, server)
-                }
-                None => {
-                    let created = rendezvous::create(&c.server).await?;
-                    out.ready(
-                        &created.link.to_string(),
-                        &created.code.to_string(),
-                        "Open this link on the receiving device:",
-                    );
-                    (created.wait_for_peer().await?, c.server.clone())
-                }
-            };
-            let since_room = session.both_in_room;
-            let link = rtc::connect(
-                TransferRole::Sender,
-                session.spawn(),
-                &net_options(c, &server),
+            let (session, server) = meet(
+                to.as_deref(),
+                c,
+                out,
+                "Open this link on the receiving device:",
             )
             .await?;
-            out.connected(&link.path, since_room.elapsed());
+            let link = open(TransferRole::Sender, session, c, &server, out).await?;
             let result = transfer::send(&link, sources, path_opts, out).await;
             let _ = link.pc.close().await;
             let s = result?;
@@ -238,30 +226,15 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
             if !meta.is_dir() {
                 bail!("{} is not a folder", dir.display());
             }
-            let (session, server) = match invitation {
-                Some(inv) => {
-                    let inv = Invitation::parse(inv).context("cannot use that link or code")?;
-                    let server = server_of(&inv, &c.server);
-                    (rendezvous::join(&inv, &c.server).await?, server)
-                }
-                None => {
-                    let created = rendezvous::create(&c.server).await?;
-                    out.ready(
-                        &created.link.to_string(),
-                        &created.code.to_string(),
-                        "Send files to this device with the link:",
-                    );
-                    (created.wait_for_peer().await?, c.server.clone())
-                }
-            };
-            let both_in_room: Instant = session.both_in_room;
-            let link = rtc::connect(
-                TransferRole::Receiver,
-                session.spawn(),
-                &net_options(c, &server),
+            let (session, server) = meet(
+                invitation.as_deref(),
+                c,
+                out,
+                "Send files to this device with the link:",
             )
             .await?;
-            out.connected(&link.path, both_in_room.elapsed());
+            let both_in_room: Instant = session.both_in_room;
+            let link = open(TransferRole::Receiver, session, c, &server, out).await?;
             let result = transfer::receive(&link, dir, both_in_room, out).await;
             let _ = link.pc.close().await;
             let (s, saved) = result?;
@@ -274,6 +247,43 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Join the room an invitation names, or create one and print its link; returns the session
+/// once both peers are in and the PAKE is done, with the server it runs on.
+async fn meet(
+    invitation: Option<&str>,
+    c: &Common,
+    out: &Output,
+    hint: &str,
+) -> anyhow::Result<(rendezvous::Session, String)> {
+    match invitation {
+        Some(inv) => {
+            let inv = Invitation::parse(inv).context("cannot use that link or code")?;
+            let server = server_of(&inv, &c.server);
+            Ok((rendezvous::join(&inv, &c.server).await?, server))
+        }
+        None => {
+            let created = rendezvous::create(&c.server).await?;
+            out.ready(&created.link.to_string(), &created.code.to_string(), hint);
+            Ok((created.wait_for_peer().await?, c.server.clone()))
+        }
+    }
+}
+
+/// Negotiate the data channel and report the path it took.
+async fn open(
+    role: TransferRole,
+    session: rendezvous::Session,
+    c: &Common,
+    server: &str,
+    out: &Output,
+) -> anyhow::Result<rtc::Link> {
+    let both_in_room = session.both_in_room;
+    let ice = session.ice_servers.clone();
+    let link = rtc::connect(role, session.spawn(), &ice, &net_options(c, server)).await?;
+    out.connected(&link.path, both_in_room.elapsed());
+    Ok(link)
 }
 
 fn server_of(inv: &Invitation, default: &str) -> String {

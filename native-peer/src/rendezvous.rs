@@ -10,7 +10,8 @@ use futures::{SinkExt as _, StreamExt as _};
 use protocol::crypto::{Channel, Handshake, RoomRole};
 use protocol::invite::{Invitation, ShareLink, ShortCode, websocket_url};
 use protocol::signal::{
-    AbortReason, AuthKind, ClientMessage, PeerSignal, RoomRef, SIGNAL_VERSION, ServerMessage,
+    AbortReason, AuthKind, ClientMessage, IceServer, PeerSignal, RoomRef, SIGNAL_VERSION,
+    ServerMessage,
 };
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -26,6 +27,7 @@ pub struct Created {
     ws: Ws,
     pub link: ShareLink,
     pub code: ShortCode,
+    ice_servers: Vec<IceServer>,
 }
 
 /// A room with both peers in it and a key agreed.
@@ -34,6 +36,8 @@ pub struct Session {
     channel: Channel,
     /// When this peer learnt both peers were in the room.
     pub both_in_room: Instant,
+    /// STUN/TURN servers (with credentials) the server handed out for this room.
+    pub ice_servers: Vec<IceServer>,
 }
 
 impl std::fmt::Debug for Session {
@@ -101,7 +105,12 @@ pub async fn create(server: &str) -> anyhow::Result<Created> {
         ServerMessage::Created { room, number, .. } => {
             let link = ShareLink::new(server, &room, &protocol::invite::generate_secret());
             let code = ShortCode::generate(number);
-            Ok(Created { ws, link, code })
+            Ok(Created {
+                ws,
+                link,
+                code,
+                ice_servers: Vec::new(),
+            })
         }
         other => bail!("unexpected answer from the server: {other:?}"),
     }
@@ -114,6 +123,7 @@ impl Created {
         let (auth, msg) = loop {
             match recv(&mut self.ws).await? {
                 ServerMessage::PeerJoined => joined_at = Some(Instant::now()),
+                ServerMessage::IceServers { servers, .. } => self.ice_servers = servers,
                 ServerMessage::Pake { auth, msg } => break (auth, msg),
                 other => bail!("unexpected message while waiting for a peer: {other:?}"),
             }
@@ -129,6 +139,7 @@ impl Created {
             ws: self.ws,
             channel,
             both_in_room: joined_at.unwrap_or_else(Instant::now),
+            ice_servers: self.ice_servers,
         })
     }
 }
@@ -165,15 +176,20 @@ pub async fn join(invitation: &Invitation, default_server: &str) -> anyhow::Resu
     let both_in_room = Instant::now();
     let (hs, mine) = Handshake::start_b64(&password, &room, RoomRole::Joiner);
     send(&mut ws, &ClientMessage::Pake { auth, msg: mine }).await?;
-    let theirs = match recv(&mut ws).await? {
-        ServerMessage::Pake { msg, .. } => msg,
-        other => bail!("unexpected message during key exchange: {other:?}"),
+    let mut ice_servers = Vec::new();
+    let theirs = loop {
+        match recv(&mut ws).await? {
+            ServerMessage::Pake { msg, .. } => break msg,
+            ServerMessage::IceServers { servers, .. } => ice_servers = servers,
+            other => bail!("unexpected message during key exchange: {other:?}"),
+        }
     };
     let channel = hs.finish_b64(&theirs).map_err(|e| anyhow!("{e}"))?;
     Ok(Session {
         ws,
         channel,
         both_in_room,
+        ice_servers,
     })
 }
 
@@ -221,6 +237,8 @@ impl Session {
                                     Err(anyhow!("{e}"))
                                 }
                             },
+                            // Refreshed credentials: not needed once connected.
+                            Ok(ServerMessage::IceServers { .. }) => continue,
                             Ok(other) => Err(anyhow!("unexpected message from the server: {other:?}")),
                             Err(e) => {
                                 tracing::info!("signalling connection ended: {e:#}");

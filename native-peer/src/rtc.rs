@@ -8,7 +8,7 @@
 //! longer fatal.
 
 use anyhow::{Context as _, anyhow, bail};
-use protocol::signal::{PeerSignal, SIGNAL_VERSION, SdpKind, TransferRole};
+use protocol::signal::{IceServer, PeerSignal, SIGNAL_VERSION, SdpKind, TransferRole};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,9 +17,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder,
-    StatsSelector,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
 use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
@@ -37,6 +37,8 @@ pub struct NetOptions {
     pub sctp_window: u32,
     /// Data-channel send-buffer limit (back-pressure for `send`).
     pub send_buffer: usize,
+    /// Use relayed candidates only (diagnostics, tests).
+    pub relay_only: bool,
     /// Time between ICE connectivity checks (RFC 8445's Ta).
     pub ice_check_interval: Duration,
     /// Drive the connection on its own single-threaded reactor.
@@ -128,9 +130,14 @@ const CHANNEL_LABEL: &str = "punchdrop";
 pub async fn connect(
     role: TransferRole,
     mut signals: Signals,
+    ice_servers: &[IceServer],
     opts: &NetOptions,
 ) -> anyhow::Result<Link> {
     let started = Instant::now();
+    let has_turn = ice_servers.iter().flat_map(|s| &s.urls).any(|u| u.starts_with("turn"));
+    if opts.relay_only && !has_turn {
+        bail!("--relay-only needs a TURN server, and the signalling server offered none");
+    }
     signals
         .outgoing
         .send(PeerSignal::Hello {
@@ -180,6 +187,8 @@ pub async fn connect(
         .with_host_acceptance_min_wait(Some(Duration::ZERO))
         .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
         .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+        // A relay pair waits so a direct pair can win, unless relaying is all there is.
+        .with_relay_acceptance_min_wait(opts.relay_only.then_some(Duration::ZERO))
         // 50 ms between checks (RFC 8445's Ta) instead of 200 ms: a direct path is found in
         // one round trip, and hole punching sends more often while both NATs open up.
         .with_ice_connection_attempts(Some(opts.ice_check_interval), Some(40))
@@ -191,7 +200,16 @@ pub async fn connect(
         )
         .build();
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_ice_servers(ice_servers.iter().map(to_rtc_ice_server).collect())
+                .with_ice_transport_policy(if opts.relay_only {
+                    RTCIceTransportPolicy::Relay
+                } else {
+                    RTCIceTransportPolicy::All
+                })
+                .build(),
+        )
         .with_setting_engine(settings)
         .with_handler(handler)
         .with_runtime(TunedRuntime::new(opts.udp_buffer))
@@ -302,6 +320,14 @@ pub async fn connect(
         path,
         state: state_rx,
     })
+}
+
+fn to_rtc_ice_server(s: &IceServer) -> RTCIceServer {
+    RTCIceServer {
+        urls: s.urls.clone(),
+        username: s.username.clone().unwrap_or_default(),
+        credential: s.credential.clone().unwrap_or_default(),
+    }
 }
 
 /// How long a description waits for candidate gathering before it is sent anyway (the rest
@@ -471,10 +497,12 @@ pub async fn selected_path(pc: &dyn PeerConnection) -> PathInfo {
         _ => None,
     };
     let lt = local.as_ref().map(|c| c.candidate_type).unwrap_or_default();
+    // A remote candidate that never came through signalling was learnt from an incoming
+    // check: peer-reflexive by definition (webrtc-rs keeps no stats entry for it).
     let rt = remote
         .as_ref()
         .map(|c| c.candidate_type)
-        .unwrap_or_default();
+        .unwrap_or(RTCIceCandidateType::Prflx);
     let relayed = lt == RTCIceCandidateType::Relay || rt == RTCIceCandidateType::Relay;
     PathInfo {
         kind: if relayed { "relay" } else { "direct" },

@@ -46,6 +46,59 @@ pub struct Config {
     pub messages_burst: u32,
     /// Rooms one address may create per minute.
     pub rooms_per_min: u32,
+    /// STUN/TURN servers handed to peers in a room.
+    pub ice: IceSettings,
+}
+
+/// The STUN/TURN servers peers are told about, and how their TURN credentials are made.
+#[derive(Debug, Clone)]
+pub struct IceSettings {
+    /// Handed out as they are (no credentials): `stun:HOST:PORT`.
+    pub stun_urls: Vec<String>,
+    /// Handed out with REST-API credentials minted from `secret` for the peer's room.
+    pub turn_urls: Vec<String>,
+    pub secret: Option<credentials::TurnSecret>,
+    /// Lifetime of minted credentials; must outlive a long transfer, as allocations are
+    /// refreshed with the same credentials.
+    pub credential_ttl: Duration,
+}
+
+impl Default for IceSettings {
+    fn default() -> Self {
+        Self {
+            stun_urls: Vec::new(),
+            turn_urls: Vec::new(),
+            secret: None,
+            credential_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl IceSettings {
+    /// The `ice_servers` message for a peer of `room`.
+    pub fn message_for(&self, room: &str) -> protocol::signal::ServerMessage {
+        use protocol::signal::IceServer;
+        let mut servers = Vec::new();
+        if !self.stun_urls.is_empty() {
+            servers.push(IceServer {
+                urls: self.stun_urls.clone(),
+                username: None,
+                credential: None,
+            });
+        }
+        if let (false, Some(secret)) = (self.turn_urls.is_empty(), &self.secret) {
+            let (user, pass) = secret.mint(room, self.credential_ttl, std::time::SystemTime::now());
+            servers.push(IceServer {
+                urls: self.turn_urls.clone(),
+                username: Some(user),
+                credential: Some(pass),
+            });
+        }
+        protocol::signal::ServerMessage::IceServers {
+            servers,
+            expires_in_secs: self.credential_ttl.as_secs(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -57,6 +110,7 @@ impl Default for Config {
             messages_per_sec: 50,
             messages_burst: 200,
             rooms_per_min: 60,
+            ice: IceSettings::default(),
         }
     }
 }
@@ -67,6 +121,7 @@ pub(crate) struct AppState {
     pub rooms: rooms::Rooms,
     pub limits: limits::Limits,
     pub metrics: Arc<metrics::Metrics>,
+    pub ice: IceSettings,
     pub shutdown: CancellationToken,
     /// Upgraded WebSocket connections, which outlive the HTTP server's own connection tracking.
     pub connections: TaskTracker,
@@ -98,6 +153,7 @@ impl Server {
             rooms: rooms::Rooms::new(config.room_ttl, config.max_rooms, metrics.clone()),
             limits: limits::Limits::new(&config),
             metrics,
+            ice: config.ice.clone(),
             shutdown: shutdown.clone(),
             connections: connections.clone(),
         });

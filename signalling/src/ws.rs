@@ -111,7 +111,17 @@ async fn connection(socket: WebSocket, peer: SocketAddr, state: Arc<AppState>) {
                 };
                 match handle(&state, ip, &tx, &mut member, msg) {
                     Ok(Some(reply)) => {
+                        let room = match &reply {
+                            ServerMessage::Created { room, .. } | ServerMessage::Joined { room } => Some(room.clone()),
+                            _ => None,
+                        };
                         if sink.send(text(&reply)).await.is_err() { break; }
+                        // Each peer in a room learns its STUN/TURN servers and credentials.
+                        if let Some(room) = room
+                            && sink.send(text(&state.ice.message_for(&room))).await.is_err()
+                        {
+                            break;
+                        }
                     }
                     Ok(None) => {}
                     Err(code) => {

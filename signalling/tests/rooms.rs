@@ -64,7 +64,9 @@ async fn send(ws: &mut Ws, msg: &ClientMessage) {
     send_frame(ws, Message::text(msg.to_json())).await;
 }
 
-/// The next server message, skipping pings and pongs. Panics on close, binary or timeout.
+/// The next server message, skipping pings, pongs and `ice_servers` (which follows every
+/// `created`/`joined`; `ice_servers_follow_created_and_joined` checks it). Panics on close,
+/// binary or timeout.
 async fn recv(ws: &mut Ws) -> ServerMessage {
     loop {
         let frame = timeout(WAIT, ws.next())
@@ -72,8 +74,12 @@ async fn recv(ws: &mut Ws) -> ServerMessage {
             .expect("timed out waiting for a server message");
         match frame {
             Some(Ok(Message::Text(t))) => {
-                return serde_json::from_str(t.as_str())
+                let msg: ServerMessage = serde_json::from_str(t.as_str())
                     .unwrap_or_else(|e| panic!("server sent invalid JSON {t:?}: {e}"));
+                if matches!(msg, ServerMessage::IceServers { .. }) {
+                    continue;
+                }
+                return msg;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => panic!("expected a server message, got {other:?}"),
@@ -97,9 +103,15 @@ async fn expect_closed(ws: &mut Ws) {
     }
 }
 
-/// Nothing arrives for [`QUIET`].
+/// Nothing (but `ice_servers`) arrives for [`QUIET`].
 async fn expect_silence(ws: &mut Ws) {
-    if let Ok(frame) = timeout(QUIET, ws.next()).await {
+    let until = tokio::time::Instant::now() + QUIET;
+    while let Ok(frame) = tokio::time::timeout_at(until, ws.next()).await {
+        if let Some(Ok(Message::Text(t))) = &frame
+            && t.as_str().starts_with(r#"{"type":"ice_servers""#)
+        {
+            continue;
+        }
         panic!("expected no message, got {frame:?}");
     }
 }
@@ -869,4 +881,74 @@ async fn room_state_errors() {
         }
     );
     expect_silence(&mut ws).await;
+}
+
+#[tokio::test]
+async fn ice_servers_follow_created_and_joined() {
+    let secret = signalling::credentials::TurnSecret::new(b"shared".to_vec());
+    let handle = spawn(Config {
+        ice: signalling::IceSettings {
+            stun_urls: vec!["stun:198.51.100.1:3478".into()],
+            turn_urls: vec!["turn:198.51.100.1:3478?transport=udp".into()],
+            secret: Some(secret.clone()),
+            credential_ttl: Duration::from_secs(3600),
+        },
+        ..config()
+    })
+    .await;
+    let mut a = connect(&handle).await;
+    send(&mut a, &create_msg()).await;
+    let room = match next_raw(&mut a).await {
+        ServerMessage::Created { room, .. } => room,
+        other => panic!("{other:?}"),
+    };
+    let check = |msg: ServerMessage| match msg {
+        ServerMessage::IceServers {
+            servers,
+            expires_in_secs,
+        } => {
+            assert_eq!(expires_in_secs, 3600);
+            assert_eq!(servers[0].urls, vec!["stun:198.51.100.1:3478".to_string()]);
+            assert_eq!(servers[0].username, None);
+            let user = servers[1].username.clone().unwrap();
+            let pass = servers[1].credential.clone().unwrap();
+            let now = std::time::SystemTime::now();
+            assert_eq!(
+                secret.check(&user, now).unwrap(),
+                pass,
+                "a valid REST credential"
+            );
+            assert!(
+                user.ends_with(&secret.room_tag(&room)),
+                "bound to this room"
+            );
+            user
+        }
+        other => panic!("expected ice_servers, got {other:?}"),
+    };
+    let ua = check(next_raw(&mut a).await);
+    let mut b = connect(&handle).await;
+    send(&mut b, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert!(matches!(
+        next_raw(&mut b).await,
+        ServerMessage::Joined { .. }
+    ));
+    let ub = check(next_raw(&mut b).await);
+    assert_eq!(
+        ua.split(':').nth(1),
+        ub.split(':').nth(1),
+        "same room, same tag"
+    );
+    handle.shutdown().await;
+}
+
+/// The next message, `ice_servers` included.
+async fn next_raw(ws: &mut Ws) -> ServerMessage {
+    loop {
+        match timeout(WAIT, ws.next()).await.expect("timed out") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a server message, got {other:?}"),
+        }
+    }
 }

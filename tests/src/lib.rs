@@ -347,3 +347,84 @@ fn start_sender_with(
 }
 
 pub const LONG: Duration = Duration::from_secs(120);
+
+/// A free TCP+UDP port on loopback (racy by nature, fine for tests).
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Debian's coturn on loopback with a REST-API shared secret, killed on drop.
+#[derive(Debug)]
+pub struct Coturn {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Coturn {
+    pub fn start(secret: &str) -> anyhow::Result<Self> {
+        let port = free_port();
+        let dir = tempfile::tempdir()?;
+        let relay_min = 20000 + (port % 20000);
+        let child = Command::new("turnserver")
+            .args([
+                "-n",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--listening-ip=127.0.0.1",
+                "--relay-ip=127.0.0.1",
+            ])
+            .arg(format!("--listening-port={port}"))
+            .arg(format!("--min-port={relay_min}"))
+            .arg(format!("--max-port={}", relay_min + 200))
+            .args([
+                "--use-auth-secret",
+                "--realm=punchdrop",
+                "--allow-loopback-peers",
+                "--simple-log",
+            ])
+            .arg(format!("--static-auth-secret={secret}"))
+            .arg(format!("--userdb={}", dir.path().join("turndb").display()))
+            .arg(format!(
+                "--pidfile={}",
+                dir.path().join("turn.pid").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                dir.path().join("turn.log").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "cannot start coturn's turnserver (the test command installs Debian's coturn)",
+            )?;
+        // Ready when it answers on its TCP listener.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("coturn did not start listening on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

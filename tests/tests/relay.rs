@@ -1,0 +1,68 @@
+//! Relayed transfers: TURN servers on loopback, peers forced to relay candidates.
+
+use punchdrop_e2e::*;
+
+/// A transfer with `--relay-only` on both peers through the given signalling server; returns
+/// the receiver's `done` event after checking the bytes.
+fn relayed_transfer(sig: &Signalling, size: u64) -> serde_json::Value {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("relayed.bin");
+    make_file(&file, size, 77);
+    let (sender, link, _) = start_sender(&sig.url, &["--relay-only"], &[&file]).unwrap();
+    let dir = dst.path().display().to_string();
+    let receiver = Peer::spawn(&["--relay-only", "recv", "--dir", &dir, &link]);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    let sdone = expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("relayed.bin")), hash_file(&file));
+    assert_eq!(done["path"], "relay", "{done}");
+    assert_eq!(sdone["path"], "relay", "{sdone}");
+    let connected = revents.iter().find(|e| e["event"] == "connected").unwrap();
+    assert_eq!(connected["local"], "relay", "{connected}");
+    done
+}
+
+#[test]
+fn relay_only_through_external_coturn_with_shared_secret() {
+    let secret = "coturn-test-secret";
+    let coturn = Coturn::start(secret).unwrap();
+    let url = format!("turn:127.0.0.1:{}?transport=udp", coturn.port);
+    let sig = Signalling::start_with(&["--turn", &url, "--turn-secret", secret]);
+    let done = relayed_transfer(&sig, 3 << 20);
+    assert_eq!(done["protocol"], "udp");
+}
+
+#[test]
+fn relay_only_without_a_relay_fails_clearly() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("x");
+    make_file(&file, 10, 1);
+    let (sender, link, _) = start_sender(
+        &sig.url,
+        &["--relay-only", "--connect-timeout", "5"],
+        &[&file],
+    )
+    .unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let dir = dst.path().display().to_string();
+    let receiver = Peer::spawn(&[
+        "--relay-only",
+        "--connect-timeout",
+        "5",
+        "recv",
+        "--dir",
+        &dir,
+        &link,
+    ]);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let msg = expect_error(rs, &revents);
+    expect_error(ss, &sevents);
+    assert!(
+        msg.contains("needs a TURN server"),
+        "{msg}"
+    );
+}
