@@ -134,7 +134,10 @@ pub async fn connect(
     opts: &NetOptions,
 ) -> anyhow::Result<Link> {
     let started = Instant::now();
-    let has_turn = ice_servers.iter().flat_map(|s| &s.urls).any(|u| u.starts_with("turn"));
+    let has_turn = ice_servers
+        .iter()
+        .flat_map(|s| &s.urls)
+        .any(|u| u.starts_with("turn"));
     if opts.relay_only && !has_turn {
         bail!("--relay-only needs a TURN server, and the signalling server offered none");
     }

@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod limits;
 pub mod metrics;
 mod rooms;
+pub mod turn;
 mod web;
 mod ws;
 
@@ -48,6 +49,16 @@ pub struct Config {
     pub rooms_per_min: u32,
     /// STUN/TURN servers handed to peers in a room.
     pub ice: IceSettings,
+    /// Run the bundled TURN/STUN server; its URLs are added to `ice`, with `ice.secret`.
+    pub turn: Option<BundledTurn>,
+}
+
+/// The bundled TURN server's settings and the host name peers reach it by.
+#[derive(Debug, Clone)]
+pub struct BundledTurn {
+    pub config: turn::TurnConfig,
+    /// Host (name or IP) put in the `stun:`/`turn:` URLs handed to peers.
+    pub advertise_host: String,
 }
 
 /// The STUN/TURN servers peers are told about, and how their TURN credentials are made.
@@ -111,6 +122,7 @@ impl Default for Config {
             messages_burst: 200,
             rooms_per_min: 60,
             ice: IceSettings::default(),
+            turn: None,
         }
     }
 }
@@ -121,6 +133,7 @@ pub(crate) struct AppState {
     pub rooms: rooms::Rooms,
     pub limits: limits::Limits,
     pub metrics: Arc<metrics::Metrics>,
+    pub turn_metrics: Option<Arc<turn::TurnMetrics>>,
     pub ice: IceSettings,
     pub shutdown: CancellationToken,
     /// Upgraded WebSocket connections, which outlive the HTTP server's own connection tracking.
@@ -137,6 +150,7 @@ pub struct ServerHandle {
     shutdown: CancellationToken,
     connections: TaskTracker,
     task: JoinHandle<()>,
+    turn: Option<turn::TurnHandle>,
 }
 
 impl Server {
@@ -149,11 +163,20 @@ impl Server {
         let metrics = Arc::new(metrics::Metrics::default());
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
+        let mut ice = config.ice.clone();
+        let (turn_handle, turn_metrics) = match &config.turn {
+            Some(bundled) => {
+                let (handle, metrics) = spawn_bundled_turn(bundled, &mut ice).await?;
+                (Some(handle), Some(metrics))
+            }
+            None => (None, None),
+        };
         let state = Arc::new(AppState {
             rooms: rooms::Rooms::new(config.room_ttl, config.max_rooms, metrics.clone()),
             limits: limits::Limits::new(&config),
             metrics,
-            ice: config.ice.clone(),
+            turn_metrics,
+            ice,
             shutdown: shutdown.clone(),
             connections: connections.clone(),
         });
@@ -202,6 +225,7 @@ impl Server {
             shutdown,
             connections,
             task,
+            turn: turn_handle,
         })
     }
 }
@@ -209,6 +233,11 @@ impl Server {
 impl ServerHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bundled TURN server's UDP and TCP addresses, when it runs.
+    pub fn turn_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.turn.as_ref().map(|t| (t.udp_addr(), t.tcp_addr()))
     }
 
     /// `http://ADDR`, the base URL peers use.
@@ -226,6 +255,9 @@ impl ServerHandle {
     /// WebSocket connections have closed, for at most [`SHUTDOWN_GRACE`] after it stopped.
     pub async fn wait(self) {
         let _ = self.task.await;
+        if let Some(t) = self.turn {
+            t.shutdown().await;
+        }
         // The HTTP server has stopped; WebSocket connections run on in their own tasks.
         self.shutdown.cancel();
         self.connections.close();
@@ -236,6 +268,38 @@ impl ServerHandle {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// Start the bundled TURN server with the credentials secret of `ice` (made up if there is
+/// none) and add its URLs to what peers are told.
+async fn spawn_bundled_turn(
+    bundled: &BundledTurn,
+    ice: &mut IceSettings,
+) -> anyhow::Result<(turn::TurnHandle, Arc<turn::TurnMetrics>)> {
+    let secret = ice
+        .secret
+        .get_or_insert_with(credentials::TurnSecret::random)
+        .clone();
+    let mut config = bundled.config.clone();
+    config.secret = secret;
+    let metrics = Arc::new(turn::TurnMetrics::default());
+    let handle = turn::spawn(config, metrics.clone())
+        .await
+        .context("cannot start the bundled TURN server")?;
+    let host = &bundled.advertise_host;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let (udp, tcp) = (handle.udp_addr().port(), handle.tcp_addr().port());
+    ice.stun_urls.insert(0, format!("stun:{host}:{udp}"));
+    ice.turn_urls
+        .insert(0, format!("turn:{host}:{tcp}?transport=tcp"));
+    ice.turn_urls
+        .insert(0, format!("turn:{host}:{udp}?transport=udp"));
+    tracing::info!(udp = %handle.udp_addr(), tcp = %handle.tcp_addr(), "bundled TURN server listening");
+    Ok((handle, metrics))
 }
 
 fn router(state: Arc<AppState>) -> Router {

@@ -1,7 +1,8 @@
 //! `signalling`: run the punchdrop rendezvous server.
 
 use clap::Parser;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -42,6 +43,76 @@ struct Args {
     /// Lifetime of TURN credentials, in seconds.
     #[arg(long, env = "PUNCHDROP_TURN_TTL", default_value_t = 86_400)]
     turn_ttl: u64,
+    /// Do not run the bundled TURN/STUN server.
+    #[arg(long, env = "PUNCHDROP_NO_TURN")]
+    no_turn: bool,
+    /// Address of the bundled TURN server, UDP and TCP [default: the --listen IP, port 3478].
+    #[arg(long, env = "PUNCHDROP_TURN_LISTEN")]
+    turn_listen: Option<SocketAddr>,
+    /// Address relayed sockets bind to [default: the TURN listen IP].
+    #[arg(long, env = "PUNCHDROP_TURN_RELAY_IP")]
+    turn_relay_ip: Option<IpAddr>,
+    /// Host name or IP put in the TURN URLs peers get [default: the relay IP].
+    #[arg(long, env = "PUNCHDROP_TURN_PUBLIC_HOST")]
+    turn_public_host: Option<String>,
+    /// Port range for relayed sockets, LOW-HIGH (0-0: any ephemeral port).
+    #[arg(long, env = "PUNCHDROP_TURN_RELAY_PORTS", default_value = "49152-65535", value_parser = parse_range)]
+    turn_relay_ports: RangeInclusive<u16>,
+    /// Relay to loopback, private and link-local peers too (tests, LAN-only setups).
+    #[arg(long, env = "PUNCHDROP_TURN_ALLOW_PRIVATE_PEERS")]
+    turn_allow_private_peers: bool,
+    /// Bytes one allocation may relay before it is ended.
+    #[arg(long, env = "PUNCHDROP_TURN_MAX_BYTES", default_value_t = 16 << 30)]
+    turn_max_bytes: u64,
+    /// Seconds one allocation may live, however often refreshed.
+    #[arg(long, env = "PUNCHDROP_TURN_MAX_LIFETIME", default_value_t = 86_400)]
+    turn_max_lifetime: u64,
+}
+
+fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected LOW-HIGH, e.g. 49152-65535")?;
+    let a: u16 = a.trim().parse().map_err(|_| "bad low port")?;
+    let b: u16 = b.trim().parse().map_err(|_| "bad high port")?;
+    if a > b {
+        return Err("low port above high port".into());
+    }
+    Ok(a..=b)
+}
+
+fn bundled_turn(args: &Args) -> anyhow::Result<Option<signalling::BundledTurn>> {
+    if args.no_turn {
+        return Ok(None);
+    }
+    let listen = args
+        .turn_listen
+        .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 3478));
+    let relay_ip = match args.turn_relay_ip {
+        Some(ip) => ip,
+        None if listen.ip().is_unspecified() => anyhow::bail!(
+            "TURN listens on all interfaces: set --turn-relay-ip to the address peers reach \
+             this machine by (or --no-turn)"
+        ),
+        None => listen.ip(),
+    };
+    Ok(Some(signalling::BundledTurn {
+        config: signalling::turn::TurnConfig {
+            listen,
+            relay_ip,
+            relay_ports: args.turn_relay_ports.clone(),
+            realm: "punchdrop".into(),
+            // Replaced by the server with the credentials secret.
+            secret: signalling::credentials::TurnSecret::random(),
+            allow_private_peers: args.turn_allow_private_peers,
+            max_bytes_per_allocation: args.turn_max_bytes,
+            max_allocation_lifetime: Duration::from_secs(args.turn_max_lifetime),
+        },
+        advertise_host: args
+            .turn_public_host
+            .clone()
+            .unwrap_or_else(|| relay_ip.to_string()),
+    }))
 }
 
 #[tokio::main]
@@ -49,7 +120,9 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PUNCHDROP_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info".into())
+                // The turn crate logs full peer addresses; our TURN module logs redacted ones.
+                .add_directive("turn=off".parse().expect("static directive")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -70,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
             }),
             credential_ttl: Duration::from_secs(args.turn_ttl),
         },
+        turn: bundled_turn(&args)?,
     };
     if !args.turn.is_empty() && args.turn_secret.is_none() {
         anyhow::bail!("--turn needs --turn-secret (the secret the TURN servers share)");
@@ -77,6 +151,9 @@ async fn main() -> anyhow::Result<()> {
     let server = signalling::Server::spawn(config).await?;
     // The first stdout line is the ready signal scripts and tests wait for.
     println!("punchdrop signalling listening on {}", server.url());
+    if let Some((udp, tcp)) = server.turn_addrs() {
+        eprintln!("bundled TURN/STUN on udp {udp} and tcp {tcp}");
+    }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

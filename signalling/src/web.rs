@@ -11,10 +11,13 @@ use std::sync::Arc;
 use crate::AppState;
 
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.rooms.active()),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut text = state.metrics.render(state.rooms.active());
+        if let Some(t) = &state.turn_metrics {
+            text.push_str(&t.render());
+        }
+        text
+    })
 }
 
 const PAGE: &str = r#"<!doctype html>

@@ -53,8 +53,11 @@ impl Signalling {
     }
 
     pub fn start_with(args: &[&str]) -> Self {
+        // The bundled TURN server on ephemeral ports (tests run in parallel), relaying between
+        // loopback peers, which a real deployment refuses.
         let mut child = Command::new(bin("signalling"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0"])
+            .args(["--turn-relay-ports", "0-0", "--turn-allow-private-peers"])
             .args(args)
             .env("PUNCHDROP_LOG", "warn")
             .stdout(Stdio::piped())
@@ -71,6 +74,21 @@ impl Signalling {
             "unexpected ready line {line:?}"
         );
         Self { child, url }
+    }
+
+    /// `GET /metrics` and the value of one metric.
+    pub fn metric(&self, name: &str) -> u64 {
+        let addr = self.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("metrics connect");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// SIGKILL: the server dies without any goodbye.

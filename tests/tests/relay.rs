@@ -29,14 +29,30 @@ fn relay_only_through_external_coturn_with_shared_secret() {
     let secret = "coturn-test-secret";
     let coturn = Coturn::start(secret).unwrap();
     let url = format!("turn:127.0.0.1:{}?transport=udp", coturn.port);
-    let sig = Signalling::start_with(&["--turn", &url, "--turn-secret", secret]);
+    let sig = Signalling::start_with(&["--no-turn", "--turn", &url, "--turn-secret", secret]);
     let done = relayed_transfer(&sig, 3 << 20);
     assert_eq!(done["protocol"], "udp");
 }
 
 #[test]
-fn relay_only_without_a_relay_fails_clearly() {
+fn relay_only_through_the_bundled_turn_server() {
     let sig = Signalling::start();
+    let size = 5 << 20;
+    relayed_transfer(&sig, size);
+    assert_eq!(
+        sig.metric("punchdrop_turn_allocations_total"),
+        2,
+        "one allocation per peer"
+    );
+    // Both peers' allocations relay the whole file once each way (plus protocol overhead).
+    let relayed = sig.metric("punchdrop_turn_relayed_bytes_total");
+    assert!(relayed >= 2 * size, "relayed {relayed} bytes");
+    assert_eq!(sig.metric("punchdrop_turn_auth_refused_total"), 0);
+}
+
+#[test]
+fn relay_only_without_a_relay_fails_clearly() {
+    let sig = Signalling::start_with(&["--no-turn"]);
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("x");
     make_file(&file, 10, 1);
@@ -61,8 +77,5 @@ fn relay_only_without_a_relay_fails_clearly() {
     let (ss, sevents) = sender.finish(LONG).unwrap();
     let msg = expect_error(rs, &revents);
     expect_error(ss, &sevents);
-    assert!(
-        msg.contains("needs a TURN server"),
-        "{msg}"
-    );
+    assert!(msg.contains("needs a TURN server"), "{msg}");
 }

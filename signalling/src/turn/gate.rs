@@ -1,0 +1,336 @@
+//! The listener-side `Conn` the turn crate reads from: a thin wrapper over the UDP socket or
+//! the TCP listener ([`super::tcp::TcpConn`]) that looks at requests before the turn crate does.
+//!
+//! - Every request carrying MESSAGE-INTEGRITY is checked against our credentials, so refusals
+//!   (malformed, expired, forged or altered) are counted and logged once, without the
+//!   username. The request then goes on to the turn crate, which refuses it the same way.
+//! - An authenticated CreatePermission or ChannelBind naming a peer outside the allowed
+//!   ranges is answered here with 403 (Forbidden) and never reaches the turn crate, which has
+//!   no hook for refusing peers: no permission is installed, so no data flows to or from it.
+//! - It remembers which client sent the last message. The turn crate (0.17.2) handles one
+//!   message at a time, reading the next only after the previous one is handled, so while it
+//!   allocates a relay that is the client asking; the relay generator uses this to tie a TCP
+//!   client's allocations to its connection.
+//!
+//! Data (ChannelData, Send indications) passes with a constant-time look at the first bytes.
+
+use super::TurnMetrics;
+use super::auth::Auth;
+use super::peers;
+use crate::credentials::CredentialError;
+use crate::limits::redact_ip;
+use async_trait::async_trait;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS};
+use stun::error_code::{CODE_FORBIDDEN, ErrorCodeAttribute};
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, MAGIC_COOKIE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, Message,
+    MessageType, Setter,
+};
+use stun::textattrs::TextAttribute;
+use tokio_util::sync::CancellationToken;
+use webrtc_util::Conn;
+
+/// The client whose message the turn crate is handling (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct CurrentClient(Mutex<Option<SocketAddr>>);
+
+impl CurrentClient {
+    pub fn get(&self) -> Option<SocketAddr> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn set(&self, addr: SocketAddr) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    }
+}
+
+pub(crate) struct Gate {
+    inner: Arc<dyn Conn + Send + Sync>,
+    transport: &'static str,
+    auth: Arc<Auth>,
+    allow_private_peers: bool,
+    metrics: Arc<TurnMetrics>,
+    current: Arc<CurrentClient>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do with one inbound message.
+enum Verdict {
+    /// Hand it to the turn crate.
+    Pass,
+    /// Answered here: send this back and read the next message.
+    Answer(Vec<u8>),
+    /// Refused here without an answer.
+    Drop,
+}
+
+impl Gate {
+    pub fn new(
+        inner: Arc<dyn Conn + Send + Sync>,
+        transport: &'static str,
+        auth: Arc<Auth>,
+        allow_private_peers: bool,
+        metrics: Arc<TurnMetrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner,
+            transport,
+            auth,
+            allow_private_peers,
+            metrics,
+            current: Arc::default(),
+            shutdown,
+        }
+    }
+
+    pub fn current_client(&self) -> Arc<CurrentClient> {
+        self.current.clone()
+    }
+
+    fn inspect(&self, raw: &[u8], from: SocketAddr) -> Verdict {
+        if !stun::message::is_message(raw) {
+            return Verdict::Pass; // ChannelData
+        }
+        // Class bits C1 (0x0100) and C0 (0x0010) are both zero only for requests; indications
+        // (Send, the data path) are not decoded here.
+        if u16::from_be_bytes([raw[0], raw[1]]) & 0x0110 != 0 {
+            return Verdict::Pass;
+        }
+        let mut m = Message::new();
+        m.raw = raw.to_vec();
+        if m.decode().is_err() || !m.contains(ATTR_MESSAGE_INTEGRITY) {
+            return Verdict::Pass; // the turn crate answers 400 or 401
+        }
+        let key = match TextAttribute::get_from_as(&m, ATTR_USERNAME) {
+            Ok(user) => self.auth.key(&user.text),
+            Err(_) => Err(CredentialError::Malformed),
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(e) => {
+                self.refuse_auth(from, &e.to_string());
+                return Verdict::Pass;
+            }
+        };
+        if MessageIntegrity(key.clone()).check(&mut m).is_err() {
+            self.refuse_auth(from, "wrong password or altered username");
+            return Verdict::Pass;
+        }
+        let asks_for_peer =
+            m.typ.method == METHOD_CREATE_PERMISSION || m.typ.method == METHOD_CHANNEL_BIND;
+        if self.allow_private_peers || !asks_for_peer {
+            return Verdict::Pass;
+        }
+        let denied = xor_peer_addresses(&m)
+            .into_iter()
+            .flatten()
+            .find(|peer| !peers::is_public(peer.ip()));
+        let Some(peer) = denied else {
+            return Verdict::Pass;
+        };
+        self.metrics
+            .peer_refused_total
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            transport = self.transport,
+            client = %redact_ip(from.ip()),
+            peer = %redact_ip(peer.ip()),
+            "TURN peer refused (403)"
+        );
+        match forbidden(&m, key) {
+            Ok(raw) => Verdict::Answer(raw),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build a TURN 403 response");
+                // Still never let the turn crate install the permission.
+                Verdict::Drop
+            }
+        }
+    }
+
+    fn refuse_auth(&self, from: SocketAddr, reason: &str) {
+        self.metrics
+            .auth_refused_total
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            transport = self.transport,
+            client = %redact_ip(from.ip()),
+            reason,
+            "TURN credentials refused"
+        );
+    }
+}
+
+/// A 403 error response to `req`, signed with the requester's key as RFC 5389 §10.2.2 asks.
+fn forbidden(req: &Message, key: Vec<u8>) -> Result<Vec<u8>, stun::Error> {
+    let id = Message {
+        transaction_id: req.transaction_id,
+        ..Default::default()
+    };
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(id),
+        Box::new(MessageType::new(req.typ.method, CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code: CODE_FORBIDDEN,
+            reason: b"Forbidden".to_vec(),
+        }),
+        Box::new(MessageIntegrity(key)),
+        Box::new(FINGERPRINT),
+    ];
+    let mut msg = Message::new();
+    msg.build(&setters)?;
+    Ok(msg.raw)
+}
+
+/// Every XOR-PEER-ADDRESS in `m` (`None` for one that does not decode). The turn crate reads
+/// only the first one, however many there are, so each is decoded here by hand.
+fn xor_peer_addresses(m: &Message) -> Vec<Option<SocketAddr>> {
+    m.attributes
+        .0
+        .iter()
+        .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+        .map(|a| decode_xor_address(&a.value, &m.transaction_id.0))
+        .collect()
+}
+
+/// RFC 5389 §15.2: family, port XOR the cookie's high half, address XOR cookie (+ id for v6).
+fn decode_xor_address(v: &[u8], transaction_id: &[u8; 12]) -> Option<SocketAddr> {
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    let port = u16::from_be_bytes([*v.get(2)?, *v.get(3)?]) ^ (MAGIC_COOKIE >> 16) as u16;
+    let mut pad = [0u8; 16];
+    pad[..4].copy_from_slice(&cookie);
+    pad[4..].copy_from_slice(transaction_id);
+    let ip = match (v.get(1)?, v.len()) {
+        (0x01, 8) => {
+            let mut o = [0u8; 4];
+            for (i, b) in o.iter_mut().enumerate() {
+                *b = v[4 + i] ^ pad[i];
+            }
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        (0x02, 20) => {
+            let mut o = [0u8; 16];
+            for (i, b) in o.iter_mut().enumerate() {
+                *b = v[4 + i] ^ pad[i];
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn closed() -> webrtc_util::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "TURN server stopped").into()
+}
+
+#[async_trait]
+impl Conn for Gate {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
+    }
+
+    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(closed()),
+                r = self.inner.recv_from(buf) => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // The turn crate stops serving on the first error, so a transient
+                        // one (ENOBUFS, a stray ICMP report) must not reach it.
+                        tracing::debug!(transport = self.transport, error = %e, "TURN listener read failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            self.current.set(from);
+            match self.inspect(&buf[..n], from) {
+                Verdict::Pass => return Ok((n, from)),
+                Verdict::Drop => {}
+                Verdict::Answer(raw) => {
+                    if let Err(e) = self.inner.send_to(&raw, from).await {
+                        tracing::debug!(transport = self.transport, error = %e, "TURN answer not sent");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.inner.send_to(buf, target).await
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// Does nothing: the turn crate calls this on the listener whenever any one allocation
+    /// closes. The listener stops with the server's shutdown token.
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stun::agent::TransactionId;
+    use stun::message::CLASS_REQUEST;
+
+    #[test]
+    fn xor_peer_addresses_decode_every_attribute() {
+        let peers: [SocketAddr; 3] = [
+            "198.51.100.7:4000".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+            "[2001:db8::5]:65535".parse().unwrap(),
+        ];
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST)),
+        ];
+        for p in peers {
+            setters.push(Box::new(turn::proto::peeraddr::PeerAddress {
+                ip: p.ip(),
+                port: p.port(),
+            }));
+        }
+        let mut m = Message::new();
+        m.build(&setters).unwrap();
+        let mut decoded = Message::new();
+        decoded.raw = m.raw.clone();
+        decoded.decode().unwrap();
+        let got: Vec<_> = xor_peer_addresses(&decoded).into_iter().flatten().collect();
+        assert_eq!(got, peers);
+    }
+}

@@ -1,0 +1,303 @@
+//! The bundled TURN/STUN server: answers STUN binding requests and relays for peers that
+//! cannot reach each other directly (RFC 5766), over UDP and over TCP, on one address.
+//!
+//! Built on webrtc-rs's `turn` crate (its server does the protocol: nonces, allocations,
+//! permissions, channels), with our own pieces around it:
+//!
+//! - credentials are the short-lived REST-API ones from [`crate::credentials`], checked by
+//!   HMAC, so the signalling server can mint them per room with no shared state (`auth.rs`);
+//! - a gate in front of each listener counts refused credentials and refuses peers outside
+//!   the allowed ranges with 403 at CreatePermission/ChannelBind (`gate.rs`);
+//! - relay sockets are wrapped to drop traffic to or from refused peers, count bytes, and
+//!   end allocations at the byte quota or the hard lifetime (`relay.rs`);
+//! - TURN over TCP is a `Conn` that frames the stream (`tcp.rs`).
+//!
+//! Invariants: the relay never talks to loopback, private, link-local, multicast or other
+//! non-global addresses unless `allow_private_peers`; an allocation relays at most
+//! `max_bytes_per_allocation` bytes and lives at most `max_allocation_lifetime`; logs carry
+//! addresses only through [`crate::limits::redact_ip`] and never usernames or passwords;
+//! metrics are counts. (The turn crate itself logs full addresses through the `log` crate at
+//! debug/info/error level: keep the `turn` target off in production log filters.)
+//!
+//! This depends on how turn 0.17.2 drives its `Conn`s (one message handled at a time; an
+//! error from a relay socket's `recv_from` removes its allocation; `close` on the listener
+//! whenever any allocation closes), which is why the version is pinned.
+
+mod auth;
+mod gate;
+mod peers;
+mod relay;
+mod tcp;
+#[cfg(test)]
+mod tests;
+
+use anyhow::{Context as _, bail};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use turn::server::Server;
+use turn::server::config::{ConnConfig, ServerConfig};
+
+/// Most TURN-over-TCP connections at once; more are closed on accept.
+const MAX_TCP_CONNECTIONS: usize = 1024;
+/// How long [`TurnHandle::shutdown`] waits for tasks and relay sockets to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Socket buffer size asked for on the listener and relay sockets.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// Relayed traffic arrives in bursts of a whole SCTP window; the kernel's default 208 KiB
+/// receive buffer dropped hundreds of datagrams per 50 MB relayed, each a retransmission for
+/// the peers. The kernel caps the request at `net.core.rmem_max`/`wmem_max`.
+pub(crate) fn size_udp_buffers(sock: &UdpSocket) {
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+}
+
+/// TURN server settings.
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    /// UDP and TCP listen here (the TURN default port is 3478). With port 0 each gets its own
+    /// ephemeral port (the same one when it is free for both).
+    pub listen: SocketAddr,
+    /// The address relayed sockets bind to and advertise to clients.
+    pub relay_ip: IpAddr,
+    /// Ports for relayed sockets, e.g. `49152..=65535`; `0..=0` means any ephemeral port.
+    pub relay_ports: RangeInclusive<u16>,
+    pub realm: String,
+    pub secret: crate::credentials::TurnSecret,
+    /// Relay to loopback, private, link-local, multicast and other non-global peers too
+    /// (tests, LAN deployments). Off, such peers are refused.
+    pub allow_private_peers: bool,
+    /// Bytes an allocation may relay, both directions together, before it is ended.
+    pub max_bytes_per_allocation: u64,
+    /// How long an allocation may live, however often it is refreshed.
+    pub max_allocation_lifetime: Duration,
+}
+
+/// Counters for `/metrics`. Counts only: no addresses or credentials.
+#[derive(Debug, Default)]
+pub struct TurnMetrics {
+    pub allocations_total: AtomicU64,
+    pub allocations_active: AtomicU64,
+    pub relayed_bytes_total: AtomicU64,
+    pub auth_refused_total: AtomicU64,
+    pub peer_refused_total: AtomicU64,
+    pub quota_ended_total: AtomicU64,
+}
+
+impl TurnMetrics {
+    /// Prometheus text format, one `punchdrop_turn_*` metric per counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut put = |name: &str, kind: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP punchdrop_turn_{name} {help}\n# TYPE punchdrop_turn_{name} {kind}\npunchdrop_turn_{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        put(
+            "allocations_total",
+            "counter",
+            "TURN allocations made.",
+            &self.allocations_total,
+        );
+        put(
+            "allocations_active",
+            "gauge",
+            "TURN allocations currently relaying.",
+            &self.allocations_active,
+        );
+        put(
+            "relayed_bytes_total",
+            "counter",
+            "Bytes relayed by TURN allocations, both directions.",
+            &self.relayed_bytes_total,
+        );
+        put(
+            "auth_refused_total",
+            "counter",
+            "TURN requests refused for malformed, expired or wrong credentials.",
+            &self.auth_refused_total,
+        );
+        put(
+            "peer_refused_total",
+            "counter",
+            "TURN permissions and packets refused because of the peer address.",
+            &self.peer_refused_total,
+        );
+        put(
+            "quota_ended_total",
+            "counter",
+            "TURN allocations ended by the byte or lifetime quota.",
+            &self.quota_ended_total,
+        );
+        out
+    }
+}
+
+/// A running TURN server. Dropping it stops the server too, without waiting.
+pub struct TurnHandle {
+    udp_addr: SocketAddr,
+    tcp_addr: SocketAddr,
+    server: Server,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    live_relays: Arc<AtomicUsize>,
+    /// The listeners as the turn crate holds them: gone once it has let go of the sockets.
+    listeners: [Weak<gate::Gate>; 2],
+}
+
+impl std::fmt::Debug for TurnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnHandle")
+            .field("udp_addr", &self.udp_addr)
+            .field("tcp_addr", &self.tcp_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TurnHandle {
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// Stop listening, end every allocation and wait (briefly) until the listening and relay
+    /// ports are free.
+    pub async fn shutdown(self) {
+        // Ends every relay (their tokens are children of this one), the TCP connections and
+        // the listeners' reads, whatever state the turn crate is in.
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.server.close()).await;
+        self.tasks.close();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let _ = tokio::time::timeout_at(deadline, self.tasks.wait()).await;
+        // The turn crate lets go of its sockets a little after `close` returns.
+        while (self.live_relays.load(Ordering::Relaxed) > 0
+            || self.listeners.iter().any(|l| l.strong_count() > 0))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!("TURN server stopped");
+    }
+}
+
+impl Drop for TurnHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Bind `config.listen` (UDP and TCP) and serve in the background.
+pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Result<TurnHandle> {
+    let (lo, hi) = (*config.relay_ports.start(), *config.relay_ports.end());
+    if lo > hi || (lo == 0 && hi != 0) {
+        bail!("relay port range must be LOW..=HIGH with LOW >= 1, or 0..=0 for any port");
+    }
+    if config.relay_ip.is_unspecified() {
+        bail!("the relay address is advertised to clients: it cannot be unspecified");
+    }
+
+    let udp = UdpSocket::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen for TURN on UDP {}", config.listen))?;
+    size_udp_buffers(&udp);
+    let udp_addr = udp.local_addr()?;
+    let tcp = if config.listen.port() == 0 {
+        // Same port as UDP when it is free, so one `turn:HOST:PORT` URL covers both.
+        match TcpListener::bind(udp_addr).await {
+            Ok(l) => l,
+            Err(_) => TcpListener::bind(config.listen).await?,
+        }
+    } else {
+        TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen for TURN on TCP {}", config.listen))?
+    };
+    let tcp_addr = tcp.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let live_relays = Arc::new(AtomicUsize::new(0));
+    let auth = Arc::new(auth::Auth::new(config.secret, config.realm.clone()));
+    let policy = Arc::new(relay::RelayPolicy {
+        ip: config.relay_ip,
+        ports: config.relay_ports,
+        allow_private_peers: config.allow_private_peers,
+        max_bytes: config.max_bytes_per_allocation,
+        max_lifetime: config.max_allocation_lifetime,
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        live: live_relays.clone(),
+    });
+    let gate = |inner: Arc<dyn webrtc_util::Conn + Send + Sync>, transport| {
+        Arc::new(gate::Gate::new(
+            inner,
+            transport,
+            auth.clone(),
+            config.allow_private_peers,
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+    };
+
+    let udp_gate = gate(Arc::new(udp), "udp");
+    let tcp_conn = tcp::TcpConn::start(tcp, MAX_TCP_CONNECTIONS, shutdown.clone(), &tasks)?;
+    let tcp_links = tcp_conn.links();
+    let tcp_gate = gate(tcp_conn, "tcp");
+    let listeners = [Arc::downgrade(&udp_gate), Arc::downgrade(&tcp_gate)];
+    let conn_configs = vec![
+        ConnConfig {
+            relay_addr_generator: Box::new(relay::Generator {
+                policy: policy.clone(),
+                transport: "udp",
+                current: udp_gate.current_client(),
+                tcp: None,
+            }),
+            conn: udp_gate,
+        },
+        ConnConfig {
+            relay_addr_generator: Box::new(relay::Generator {
+                policy,
+                transport: "tcp",
+                current: tcp_gate.current_client(),
+                tcp: Some(tcp_links),
+            }),
+            conn: tcp_gate,
+        },
+    ];
+    let server = Server::new(ServerConfig {
+        conn_configs,
+        realm: config.realm,
+        auth_handler: auth,
+        // Zero means the turn crate's default (10 minutes).
+        channel_bind_timeout: Duration::ZERO,
+        // Not used: allocations our relay ends itself never reach it (see relay.rs).
+        alloc_close_notify: None,
+    })
+    .await
+    .context("cannot start the TURN server")?;
+    tracing::info!(udp = %udp_addr, tcp = %tcp_addr, "TURN server listening");
+    Ok(TurnHandle {
+        udp_addr,
+        tcp_addr,
+        server,
+        shutdown,
+        tasks,
+        live_relays,
+        listeners,
+    })
+}

@@ -1,0 +1,398 @@
+//! Relayed transport addresses: the UDP sockets an allocation relays through, wrapped so
+//! that policy holds whatever the turn crate does with them.
+//!
+//! [`Generator`] is the turn crate's `RelayAddressGenerator`: it binds a socket on the relay
+//! address within the port range and returns it as a [`RelayConn`]. The wrapper
+//!
+//! - drops traffic to and from peers outside the allowed ranges (defence in depth: the gate
+//!   already refuses their permissions with 403, so the turn crate should never try);
+//! - counts relayed bytes both ways and ends the allocation when it passes the byte quota or
+//!   its hard lifetime, whatever refreshes it got;
+//! - ends with the client's TCP connection, for allocations made over TCP.
+//!
+//! Ending means `recv_from` fails: the turn crate's relay loop then removes the allocation
+//! and drops the socket, which frees the port. An allocation counts as active from the first
+//! `recv_from` (the turn crate also binds throwaway sockets to probe for even ports) until
+//! it ends, exactly once.
+
+use super::TurnMetrics;
+use super::gate::CurrentClient;
+use super::peers;
+use super::tcp::Links;
+use crate::limits::redact_ip;
+use async_trait::async_trait;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use webrtc_util::Conn;
+
+/// Ports tried before an allocation fails with 508 (Insufficient Capacity).
+const MAX_BIND_TRIES: u32 = 64;
+
+/// What every relay of one server obeys.
+#[derive(Debug)]
+pub(crate) struct RelayPolicy {
+    pub ip: IpAddr,
+    pub ports: RangeInclusive<u16>,
+    pub allow_private_peers: bool,
+    pub max_bytes: u64,
+    pub max_lifetime: Duration,
+    pub metrics: Arc<TurnMetrics>,
+    pub shutdown: CancellationToken,
+    /// Relay sockets not yet dropped, so shutdown can wait for their ports to be free.
+    pub live: Arc<AtomicUsize>,
+}
+
+impl RelayPolicy {
+    fn peer_allowed(&self, ip: IpAddr) -> bool {
+        self.allow_private_peers || peers::is_public(ip)
+    }
+}
+
+/// One per listener: the turn crate keeps allocations per listener.
+pub(crate) struct Generator {
+    pub policy: Arc<RelayPolicy>,
+    pub transport: &'static str,
+    pub current: Arc<CurrentClient>,
+    /// For the TCP listener: the connections, so an allocation can end with its client's.
+    pub tcp: Option<Arc<Links>>,
+}
+
+impl Generator {
+    async fn bind(&self, requested: u16) -> Result<UdpSocket, turn::Error> {
+        let sock = self.bind_port(requested).await?;
+        super::size_udp_buffers(&sock);
+        Ok(sock)
+    }
+
+    async fn bind_port(&self, requested: u16) -> Result<UdpSocket, turn::Error> {
+        let ip = self.policy.ip;
+        let (lo, hi) = (*self.policy.ports.start(), *self.policy.ports.end());
+        let any_port = hi == 0;
+        if requested != 0 {
+            // EVEN-PORT / RESERVATION-TOKEN: the turn crate picked the port with us earlier.
+            if !any_port && !(lo..=hi).contains(&requested) {
+                return Err(turn::Error::Other(
+                    "requested port outside the relay range".into(),
+                ));
+            }
+            return Ok(UdpSocket::bind((ip, requested)).await?);
+        }
+        if any_port {
+            return Ok(UdpSocket::bind((ip, 0)).await?);
+        }
+        let span = u32::from(hi - lo) + 1;
+        let start = rand::random::<u32>() % span;
+        for i in 0..span.min(MAX_BIND_TRIES) {
+            let port = lo + ((start + i) % span) as u16;
+            match UdpSocket::bind((ip, port)).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(turn::Error::ErrMaxRetriesExceeded)
+    }
+}
+
+#[async_trait]
+impl turn::relay::RelayAddressGenerator for Generator {
+    fn validate(&self) -> Result<(), turn::Error> {
+        Ok(())
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        if use_ipv4 != self.policy.ip.is_ipv4() {
+            return Err(turn::Error::Other(
+                "requested address family is not relayed here".into(),
+            ));
+        }
+        let socket = self.bind(requested_port).await?;
+        let relay_addr = SocketAddr::new(self.policy.ip, socket.local_addr()?.port());
+        let client = self.current.get();
+        let client_gone = match (&self.tcp, client) {
+            (Some(links), Some(c)) => match links.closed_token(c) {
+                Some(t) => Some(t),
+                // The connection closed while its Allocate waited: relay nothing.
+                None => return Err(turn::Error::Other("client connection closed".into())),
+            },
+            _ => None,
+        };
+        let conn = RelayConn::new(
+            socket,
+            relay_addr,
+            self.policy.clone(),
+            self.transport,
+            client,
+            client_gone,
+        );
+        Ok((Arc::new(conn), relay_addr))
+    }
+}
+
+const CREATED: u8 = 0;
+const RELAYING: u8 = 1;
+const ENDED: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The turn crate closed it: expiry, a zero-lifetime Refresh, server shutdown.
+    Closed,
+    ByteQuota,
+    Lifetime,
+    ClientGone,
+    Shutdown,
+}
+
+pub(crate) struct RelayConn {
+    socket: UdpSocket,
+    relay_addr: SocketAddr,
+    policy: Arc<RelayPolicy>,
+    transport: &'static str,
+    client: Option<SocketAddr>,
+    client_gone: Option<CancellationToken>,
+    deadline: tokio::time::Instant,
+    bytes: AtomicU64,
+    state: AtomicU8,
+    /// Cancelled when the relay ends for any reason; a child of the server's (and for TCP,
+    /// the client connection's) token, so shutdown and disconnects reach it.
+    ended: CancellationToken,
+}
+
+impl std::fmt::Debug for RelayConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConn")
+            .field("relay_port", &self.relay_addr.port())
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayConn {
+    fn new(
+        socket: UdpSocket,
+        relay_addr: SocketAddr,
+        policy: Arc<RelayPolicy>,
+        transport: &'static str,
+        client: Option<SocketAddr>,
+        client_gone: Option<CancellationToken>,
+    ) -> Self {
+        let ended = client_gone
+            .as_ref()
+            .unwrap_or(&policy.shutdown)
+            .child_token();
+        policy.live.fetch_add(1, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        // A "no limit" lifetime like Duration::MAX must not overflow the clock.
+        let deadline = now
+            .checked_add(policy.max_lifetime)
+            .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        Self {
+            socket,
+            relay_addr,
+            deadline,
+            policy,
+            transport,
+            client,
+            client_gone,
+            bytes: AtomicU64::new(0),
+            state: AtomicU8::new(CREATED),
+            ended,
+        }
+    }
+
+    fn start(&self) {
+        if self
+            .state
+            .compare_exchange(CREATED, RELAYING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let m = &self.policy.metrics;
+            m.allocations_total.fetch_add(1, Ordering::Relaxed);
+            m.allocations_active.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                transport = self.transport,
+                client = %self.client_redacted(),
+                relay_port = self.relay_addr.port(),
+                "TURN allocation started"
+            );
+        }
+    }
+
+    /// Ends the relay once: later calls do nothing.
+    fn end(&self, why: End) {
+        let was = self.state.swap(ENDED, Ordering::AcqRel);
+        self.ended.cancel();
+        if was != RELAYING {
+            return;
+        }
+        let m = &self.policy.metrics;
+        m.allocations_active.fetch_sub(1, Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        if matches!(why, End::ByteQuota | End::Lifetime) {
+            m.quota_ended_total.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                transport = self.transport,
+                client = %self.client_redacted(),
+                reason = ?why,
+                bytes,
+                "TURN allocation ended by quota"
+            );
+        } else {
+            tracing::debug!(
+                transport = self.transport,
+                client = %self.client_redacted(),
+                reason = ?why,
+                bytes,
+                "TURN allocation ended"
+            );
+        }
+    }
+
+    /// Why `ended` fired, when nobody called [`RelayConn::end`] first.
+    fn cancel_reason(&self) -> End {
+        if self.policy.shutdown.is_cancelled() {
+            End::Shutdown
+        } else if self.client_gone.is_some() {
+            End::ClientGone
+        } else {
+            End::Closed
+        }
+    }
+
+    /// Counts `n` relayed bytes; false (and the relay ended) if they would pass the quota.
+    fn account(&self, n: usize) -> bool {
+        let n = n as u64;
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if total > self.policy.max_bytes {
+            self.end(End::ByteQuota);
+            return false;
+        }
+        self.policy
+            .metrics
+            .relayed_bytes_total
+            .fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
+    fn refuse_peer(&self, peer: SocketAddr, direction: &'static str) {
+        self.policy
+            .metrics
+            .peer_refused_total
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            transport = self.transport,
+            peer = %redact_ip(peer.ip()),
+            direction,
+            "TURN relay dropped a packet for a refused peer"
+        );
+    }
+
+    fn client_redacted(&self) -> String {
+        self.client
+            .map_or_else(|| "?".to_owned(), |c| redact_ip(c.ip()))
+    }
+}
+
+impl Drop for RelayConn {
+    fn drop(&mut self) {
+        self.end(End::Closed);
+        self.policy.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn ended_error() -> webrtc_util::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "TURN allocation ended").into()
+}
+
+#[async_trait]
+impl Conn for RelayConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
+    }
+
+    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        // The turn crate's relay loop polls this from the allocation's creation to its end,
+        // so this is where every end (quota, lifetime, disconnect, shutdown) is noticed.
+        self.start();
+        loop {
+            let (n, from) = tokio::select! {
+                biased;
+                _ = self.ended.cancelled() => {
+                    self.end(self.cancel_reason());
+                    return Err(ended_error());
+                }
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    self.end(End::Lifetime);
+                    return Err(ended_error());
+                }
+                r = self.socket.recv_from(buf) => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // An error here would end the allocation; UDP errors are transient.
+                        tracing::debug!(error = %e, "TURN relay read failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            if !self.policy.peer_allowed(from.ip()) {
+                self.refuse_peer(from, "inbound");
+                continue;
+            }
+            if !self.account(n) {
+                return Err(ended_error());
+            }
+            return Ok((n, from));
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if self.ended.is_cancelled() {
+            return Err(ended_error());
+        }
+        self.start();
+        if !self.policy.peer_allowed(target.ip()) {
+            self.refuse_peer(target, "outbound");
+            // Dropped like a datagram the network lost: the turn crate logs errors loudly.
+            return Ok(buf.len());
+        }
+        if !self.account(buf.len()) {
+            return Err(ended_error());
+        }
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        self.end(End::Closed);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}

@@ -1,0 +1,569 @@
+//! The TURN server against the turn crate's own client and raw sockets, on 127.0.0.1 with
+//! ephemeral ports. Every wait is bounded.
+
+use super::*;
+use crate::credentials::TurnSecret;
+use std::future::Future;
+use std::time::SystemTime;
+use stun::agent::TransactionId;
+use stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter as _, Message};
+use stun::xoraddr::XorMappedAddress;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use turn::client::{Client, ClientConfig};
+use turn::relay::RelayAddressGenerator as _;
+use webrtc_util::Conn;
+
+const WAIT: Duration = Duration::from_secs(5);
+/// How long "nothing arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(300);
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+struct Setup {
+    handle: TurnHandle,
+    metrics: Arc<TurnMetrics>,
+    secret: TurnSecret,
+}
+
+async fn start(tweak: impl FnOnce(&mut TurnConfig)) -> Setup {
+    let secret = TurnSecret::new(b"test secret".to_vec());
+    let mut config = TurnConfig {
+        listen: SocketAddr::new(LOCALHOST, 0),
+        relay_ip: LOCALHOST,
+        relay_ports: 0..=0,
+        realm: "punchdrop".into(),
+        secret: secret.clone(),
+        allow_private_peers: true,
+        max_bytes_per_allocation: u64::MAX,
+        max_allocation_lifetime: Duration::from_secs(3600),
+    };
+    tweak(&mut config);
+    let metrics = Arc::new(TurnMetrics::default());
+    let handle = spawn(config, metrics.clone()).await.unwrap();
+    Setup {
+        handle,
+        metrics,
+        secret,
+    }
+}
+
+fn creds(secret: &TurnSecret, room: &str) -> (String, String) {
+    secret.mint(room, Duration::from_secs(600), SystemTime::now())
+}
+
+async fn client_over(
+    conn: Arc<dyn Conn + Send + Sync>,
+    server: SocketAddr,
+    (username, password): (String, String),
+) -> Client {
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username,
+        password,
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
+async fn udp_client(server: SocketAddr, creds: (String, String)) -> (Client, SocketAddr) {
+    let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let local = sock.local_addr().unwrap();
+    (client_over(Arc::new(sock), server, creds).await, local)
+}
+
+async fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 2048];
+    let (n, from) = within("a datagram", sock.recv_from(&mut buf))
+        .await
+        .unwrap();
+    (buf[..n].to_vec(), from)
+}
+
+async fn assert_quiet(sock: &UdpSocket) {
+    let mut buf = vec![0u8; 2048];
+    if let Ok(r) = tokio::time::timeout(QUIET, sock.recv_from(&mut buf)).await {
+        panic!("nothing should arrive, got {r:?}");
+    }
+}
+
+/// Relays data from a turn client's allocation to a plain UDP peer and back.
+async fn relay_both_ways(relay: &impl Conn, peer: &UdpSocket) -> u64 {
+    let relay_addr = relay.local_addr().unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut bytes = 0;
+    // The first packets go as Send indications, the later ones as ChannelData once the
+    // client's ChannelBind is through.
+    for i in 0..20 {
+        let msg = format!("to the peer {i}");
+        within("relay send", relay.send_to(msg.as_bytes(), peer_addr))
+            .await
+            .unwrap();
+        assert_eq!(recv(peer).await, (msg.clone().into_bytes(), relay_addr));
+        bytes += msg.len() as u64;
+    }
+    for i in 0..20 {
+        let msg = format!("to the client {i}");
+        peer.send_to(msg.as_bytes(), relay_addr).await.unwrap();
+        let mut buf = vec![0u8; 1500];
+        let (n, from) = within("relay recv", relay.recv_from(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!((&buf[..n], from), (msg.as_bytes(), peer_addr));
+        bytes += msg.len() as u64;
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn stun_binding_returns_the_reflexive_address() {
+    let s = start(|_| {}).await;
+    // No credentials needed for STUN.
+    let (client, local) = udp_client(s.handle.udp_addr(), (String::new(), String::new())).await;
+    let mapped = within("binding", client.send_binding_request())
+        .await
+        .unwrap();
+    assert_eq!(mapped, local);
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn udp_allocation_relays_both_ways_and_is_counted() {
+    let s = start(|_| {}).await;
+    let (client, _) = udp_client(s.handle.udp_addr(), creds(&s.secret, "room-1")).await;
+    let relay = within("allocate", client.allocate()).await.unwrap();
+    assert_eq!(relay.local_addr().unwrap().ip(), LOCALHOST);
+    assert_eq!(get(&s.metrics.allocations_total), 1);
+    assert_eq!(get(&s.metrics.allocations_active), 1);
+
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let bytes = relay_both_ways(&relay, &peer).await;
+    // Payload bytes, both directions, nothing else (headers, STUN requests) counted.
+    assert_eq!(get(&s.metrics.relayed_bytes_total), bytes);
+
+    // A zero-lifetime Refresh ends the allocation; the gauge follows.
+    relay.close().await.unwrap();
+    eventually("allocation gone", || {
+        get(&s.metrics.allocations_active) == 0
+    })
+    .await;
+    assert_eq!(get(&s.metrics.quota_ended_total), 0);
+    assert_eq!(get(&s.metrics.auth_refused_total), 0);
+    let text = s.metrics.render();
+    assert!(
+        text.contains("\npunchdrop_turn_allocations_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\npunchdrop_turn_allocations_active 0\n"),
+        "{text}"
+    );
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn expired_forged_and_altered_credentials_are_refused() {
+    let s = start(|_| {}).await;
+    let now = SystemTime::now();
+    let expired = s.secret.mint(
+        "room",
+        Duration::from_secs(60),
+        now - Duration::from_secs(3600),
+    );
+    let (user, _) = creds(&s.secret, "room");
+    let forged = (user, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned());
+    // Room A's password under a username naming room B (same expiry).
+    let (user_a, pass_a) = creds(&s.secret, "room-a");
+    let expiry = user_a.split_once(':').unwrap().0;
+    let other_room = (format!("{expiry}:{}", s.secret.room_tag("room-b")), pass_a);
+    let other_secret = creds(&TurnSecret::new(b"not ours".to_vec()), "room");
+    let malformed = ("no-colon".to_owned(), "x".to_owned());
+
+    for (i, bad) in [expired, forged, other_room, other_secret, malformed]
+        .into_iter()
+        .enumerate()
+    {
+        let (client, _) = udp_client(s.handle.udp_addr(), bad).await;
+        let r = within("allocate", client.allocate()).await;
+        assert!(r.is_err(), "credential {i} must be refused");
+        assert_eq!(get(&s.metrics.auth_refused_total), i as u64 + 1);
+        client.close().await.unwrap();
+    }
+    assert_eq!(get(&s.metrics.allocations_total), 0);
+
+    // The same server still serves good credentials.
+    let (client, _) = udp_client(s.handle.udp_addr(), creds(&s.secret, "room")).await;
+    within("allocate", client.allocate()).await.unwrap();
+    assert_eq!(get(&s.metrics.auth_refused_total), 5);
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn private_peers_are_refused_with_403() {
+    let s = start(|c| c.allow_private_peers = false).await;
+    let (client, _) = udp_client(s.handle.udp_addr(), creds(&s.secret, "room")).await;
+    let relay = within("allocate", client.allocate()).await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+
+    // The client's CreatePermission is refused, so its send fails and nothing is relayed.
+    let err = within(
+        "send",
+        relay.send_to(b"to loopback", peer.local_addr().unwrap()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    assert_quiet(&peer).await;
+    assert_eq!(get(&s.metrics.peer_refused_total), 1);
+
+    // Packets from the refused peer to the relay are dropped and counted.
+    peer.send_to(b"from loopback", relay_addr).await.unwrap();
+    eventually("inbound refusal counted", || {
+        get(&s.metrics.peer_refused_total) == 2
+    })
+    .await;
+    let mut buf = vec![0u8; 1500];
+    assert!(
+        tokio::time::timeout(QUIET, relay.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+    assert_eq!(get(&s.metrics.relayed_bytes_total), 0);
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+/// The relay socket filter, below the 403: even a permission the turn crate installed would
+/// not let traffic through to or from a refused peer.
+#[tokio::test]
+async fn relay_socket_drops_refused_peers_both_ways() {
+    let metrics = Arc::new(TurnMetrics::default());
+    let generator = relay::Generator {
+        policy: Arc::new(relay::RelayPolicy {
+            ip: LOCALHOST,
+            ports: 0..=0,
+            allow_private_peers: false,
+            max_bytes: u64::MAX,
+            max_lifetime: Duration::from_secs(60),
+            metrics: metrics.clone(),
+            shutdown: CancellationToken::new(),
+            live: Arc::default(),
+        }),
+        transport: "udp",
+        current: Arc::default(),
+        tcp: None,
+    };
+    let (conn, relay_addr) = generator.allocate_conn(true, 0).await.unwrap();
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    assert_eq!(
+        conn.send_to(b"out", peer.local_addr().unwrap())
+            .await
+            .unwrap(),
+        3
+    );
+    assert_quiet(&peer).await;
+    peer.send_to(b"in", relay_addr).await.unwrap();
+    let mut buf = vec![0u8; 1500];
+    assert!(
+        tokio::time::timeout(QUIET, conn.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+    assert_eq!(get(&metrics.peer_refused_total), 2);
+    assert_eq!(get(&metrics.relayed_bytes_total), 0);
+}
+
+#[tokio::test]
+async fn byte_quota_ends_the_allocation() {
+    const QUOTA: u64 = 64 * 1024;
+    let s = start(|c| c.max_bytes_per_allocation = QUOTA).await;
+    let (client, _) = udp_client(s.handle.udp_addr(), creds(&s.secret, "room")).await;
+    let relay = within("allocate", client.allocate()).await.unwrap();
+    let peer = Arc::new(UdpSocket::bind((LOCALHOST, 0)).await.unwrap());
+    let peer_addr = peer.local_addr().unwrap();
+    let received = tokio::spawn({
+        let peer = peer.clone();
+        async move {
+            let mut total = 0u64;
+            let mut buf = vec![0u8; 2048];
+            // Until a second of silence, once packets have started to arrive.
+            loop {
+                let wait = if total == 0 {
+                    WAIT
+                } else {
+                    Duration::from_secs(1)
+                };
+                match tokio::time::timeout(wait, peer.recv_from(&mut buf)).await {
+                    Ok(Ok((n, _))) => total += n as u64,
+                    _ => break,
+                }
+            }
+            total
+        }
+    });
+
+    let chunk = vec![7u8; 1000];
+    for i in 0..100 {
+        // Errors are fine once the allocation is gone; the turn client may not notice.
+        let _ = within("relay send", relay.send_to(&chunk, peer_addr)).await;
+        if i % 8 == 7 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    eventually("quota end counted", || {
+        get(&s.metrics.quota_ended_total) == 1
+    })
+    .await;
+    eventually("allocation gone", || {
+        get(&s.metrics.allocations_active) == 0
+    })
+    .await;
+    // 65 whole packets fit in 64 KiB; the 66th would pass the quota and ended it instead.
+    let total = within("peer drained", received).await.unwrap();
+    assert_eq!(total, 65_000);
+    assert_eq!(get(&s.metrics.relayed_bytes_total), 65_000);
+
+    // Nothing more goes through, either way.
+    let _ = relay.send_to(b"after the end", peer_addr).await;
+    assert_quiet(&peer).await;
+    let _ = peer
+        .send_to(b"after the end", relay.local_addr().unwrap())
+        .await;
+    let mut buf = vec![0u8; 1500];
+    assert!(
+        tokio::time::timeout(QUIET, relay.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+    assert_eq!(get(&s.metrics.quota_ended_total), 1);
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn lifetime_cap_ends_the_allocation_despite_refreshes() {
+    let s = start(|c| c.max_allocation_lifetime = Duration::from_millis(300)).await;
+    let (client, _) = udp_client(s.handle.udp_addr(), creds(&s.secret, "room")).await;
+    let relay = within("allocate", client.allocate()).await.unwrap();
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    relay
+        .send_to(b"before", peer.local_addr().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(recv(&peer).await.0, b"before");
+    eventually("lifetime end", || {
+        get(&s.metrics.quota_ended_total) == 1 && get(&s.metrics.allocations_active) == 0
+    })
+    .await;
+    let _ = relay.send_to(b"after", peer.local_addr().unwrap()).await;
+    assert_quiet(&peer).await;
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_allocations_and_frees_every_port() {
+    let s = start(|_| {}).await;
+    let (client, _) = udp_client(s.handle.udp_addr(), creds(&s.secret, "room")).await;
+    let relay = within("allocate", client.allocate()).await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let (udp_addr, tcp_addr) = (s.handle.udp_addr(), s.handle.tcp_addr());
+    assert_eq!(get(&s.metrics.allocations_active), 1);
+    within("shutdown", s.handle.shutdown()).await;
+    assert_eq!(get(&s.metrics.allocations_active), 0);
+    assert_eq!(get(&s.metrics.quota_ended_total), 0);
+    UdpSocket::bind(relay_addr)
+        .await
+        .expect("relay port released");
+    UdpSocket::bind(udp_addr).await.expect("UDP port released");
+    TcpListener::bind(tcp_addr)
+        .await
+        .expect("TCP port released");
+    client.close().await.unwrap();
+}
+
+fn binding_request() -> Message {
+    let mut m = Message::new();
+    m.build(&[Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)])
+        .unwrap();
+    m
+}
+
+#[tokio::test]
+async fn tcp_answers_stun_binding_requests() {
+    let s = start(|_| {}).await;
+    let mut stream = TcpStream::connect(s.handle.tcp_addr()).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    // Two requests in one write: the server must frame them by length, not by reads.
+    let (a, b) = (binding_request(), binding_request());
+    stream
+        .write_all(&[a.raw.clone(), b.raw.clone()].concat())
+        .await
+        .unwrap();
+    for req in [a, b] {
+        let raw = within("response", tcp::read_frame(&mut stream))
+            .await
+            .unwrap();
+        let mut res = Message::new();
+        res.raw = raw;
+        res.decode().unwrap();
+        assert_eq!(res.typ, BINDING_SUCCESS);
+        assert_eq!(res.transaction_id, req.transaction_id);
+        let mut mapped = XorMappedAddress::default();
+        mapped.get_from(&res).unwrap();
+        assert_eq!(SocketAddr::new(mapped.ip, mapped.port), local);
+    }
+
+    // Garbage closes the connection.
+    stream.write_all(&[0xff; 64]).await.unwrap();
+    let closed = within("close on garbage", tcp::read_frame(&mut stream)).await;
+    assert!(closed.is_err());
+    s.handle.shutdown().await;
+}
+
+/// A turn client's `Conn` over one TCP connection to the server, framed like the server.
+struct TcpClientConn {
+    rd: tokio::sync::Mutex<OwnedReadHalf>,
+    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    local: SocketAddr,
+    server: SocketAddr,
+}
+
+impl TcpClientConn {
+    async fn connect(server: SocketAddr) -> Arc<Self> {
+        let stream = TcpStream::connect(server).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        let (rd, wr) = stream.into_split();
+        Arc::new(Self {
+            rd: rd.into(),
+            wr: wr.into(),
+            local,
+            server,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Conn for TcpClientConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let frame = tcp::read_frame(&mut *self.rd.lock().await).await?;
+        buf[..frame.len()].copy_from_slice(&frame);
+        Ok((frame.len(), self.server))
+    }
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.send_to(buf, self.server).await
+    }
+    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+        let mut frame = buf.to_vec();
+        tcp::pad_channel_data(&mut frame);
+        self.wr.lock().await.write_all(&frame).await?;
+        Ok(buf.len())
+    }
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.server)
+    }
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(self.wr.lock().await.shutdown().await?)
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[tokio::test]
+async fn tcp_allocation_relays_and_ends_with_its_connection() {
+    let s = start(|_| {}).await;
+    let conn = TcpClientConn::connect(s.handle.tcp_addr()).await;
+    let client = client_over(conn.clone(), s.handle.tcp_addr(), creds(&s.secret, "room")).await;
+    let relay = within("allocate over TCP", client.allocate())
+        .await
+        .unwrap();
+    assert_eq!(get(&s.metrics.allocations_active), 1);
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let bytes = relay_both_ways(&relay, &peer).await;
+    assert_eq!(get(&s.metrics.relayed_bytes_total), bytes);
+
+    // Closing the TCP connection ends its allocation (no Refresh sent) and frees the port.
+    let relay_addr = relay.local_addr().unwrap();
+    conn.close().await.unwrap();
+    eventually("allocation gone with its connection", || {
+        get(&s.metrics.allocations_active) == 0
+    })
+    .await;
+    within("relay port released", async {
+        while UdpSocket::bind(relay_addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(get(&s.metrics.quota_ended_total), 0);
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn tcp_connections_beyond_the_limit_are_closed() {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let conn = tcp::TcpConn::start(listener, 1, shutdown.clone(), &tasks).unwrap();
+
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(&binding_request().raw).await.unwrap();
+    let mut buf = vec![0u8; 1500];
+    let (_, from) = within("first frame", conn.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(from, first.local_addr().unwrap());
+
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let closed = within("second closed", tcp::read_frame(&mut second)).await;
+    assert_eq!(
+        closed.unwrap_err().kind(),
+        std::io::ErrorKind::UnexpectedEof
+    );
+    shutdown.cancel();
+    tasks.close();
+    within("tasks stop", tasks.wait()).await;
+}
