@@ -11,6 +11,7 @@ mod rendezvous;
 mod rtc;
 mod transfer;
 mod tune;
+mod turn_tcp;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,9 @@ struct Common {
     /// Use only relayed (TURN) candidates: for diagnostics and tests.
     #[arg(long, global = true)]
     relay_only: bool,
+    /// Use only TURN servers reached over this transport.
+    #[arg(long, global = true, value_enum)]
+    relay_transport: Option<rtc::RelayTransport>,
     /// Seconds to wait for a direct or relayed connection once both peers are in the room.
     #[arg(long, global = true, default_value_t = 30)]
     connect_timeout: u64,
@@ -161,6 +165,7 @@ fn net_options(c: &Common, server: &str) -> rtc::NetOptions {
         send_buffer: c.send_buffer,
         dedicated_reactor: c.dedicated_reactor,
         relay_only: c.relay_only,
+        relay_transport: c.relay_transport,
         ice_check_interval: Duration::from_millis(c.ice_check_ms.max(1)),
         connect_timeout: Duration::from_secs(c.connect_timeout),
     }

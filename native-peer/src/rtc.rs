@@ -26,6 +26,7 @@ use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 
 use crate::rendezvous::Signals;
 use crate::tune::TunedRuntime;
+use crate::turn_tcp::{self, Bridges};
 
 /// Network knobs of one connection.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct NetOptions {
     pub send_buffer: usize,
     /// Use relayed candidates only (diagnostics, tests).
     pub relay_only: bool,
+    /// Keep only TURN servers of this transport (diagnostics, tests).
+    pub relay_transport: Option<RelayTransport>,
     /// Time between ICE connectivity checks (RFC 8445's Ta).
     pub ice_check_interval: Duration,
     /// Drive the connection on its own single-threaded reactor.
@@ -74,6 +77,8 @@ pub struct Link {
     pub dc: Arc<dyn DataChannel>,
     pub path: PathInfo,
     pub state: watch::Receiver<RTCPeerConnectionState>,
+    /// TURN-over-TCP bridges this connection may be relaying through.
+    _bridges: Bridges,
 }
 
 impl std::fmt::Debug for Link {
@@ -177,6 +182,7 @@ pub async fn connect(
         channel: Mutex::new(Some(dc_tx)),
     });
 
+    let (rtc_servers, bridges) = prepare_ice_servers(ice_servers, opts.relay_transport).await?;
     let is_loopback = opts.bind.iter().all(|a| a.ip().is_loopback());
     let settings = SettingEngineBuilder::new()
         .with_include_loopback_candidate(is_loopback)
@@ -205,7 +211,7 @@ pub async fn connect(
     let pc = PeerConnectionBuilder::new()
         .with_configuration(
             RTCConfigurationBuilder::new()
-                .with_ice_servers(ice_servers.iter().map(to_rtc_ice_server).collect())
+                .with_ice_servers(rtc_servers)
                 .with_ice_transport_policy(if opts.relay_only {
                     RTCIceTransportPolicy::Relay
                 } else {
@@ -315,22 +321,15 @@ pub async fn connect(
             }
         }
     }
-    let path = selected_path(&*pc).await;
+    let path = selected_path(&*pc, &bridges.urls).await;
     tracing::info!(ms = started.elapsed().as_millis() as u64, %path, "data channel open");
     Ok(Link {
         pc,
         dc,
         path,
         state: state_rx,
+        _bridges: bridges,
     })
-}
-
-fn to_rtc_ice_server(s: &IceServer) -> RTCIceServer {
-    RTCIceServer {
-        urls: s.urls.clone(),
-        username: s.username.clone().unwrap_or_default(),
-        credential: s.credential.clone().unwrap_or_default(),
-    }
 }
 
 /// How long a description waits for candidate gathering before it is sent anyway (the rest
@@ -468,7 +467,7 @@ fn candidate_type_name(t: RTCIceCandidateType) -> String {
 }
 
 /// Read the nominated pair from the stats.
-pub async fn selected_path(pc: &dyn PeerConnection) -> PathInfo {
+pub async fn selected_path(pc: &dyn PeerConnection, tcp_bridges: &[String]) -> PathInfo {
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
     let unknown = PathInfo {
         kind: "direct",
@@ -511,9 +510,59 @@ pub async fn selected_path(pc: &dyn PeerConnection) -> PathInfo {
         kind: if relayed { "relay" } else { "direct" },
         local: candidate_type_name(lt),
         remote: candidate_type_name(rt),
-        protocol: local
-            .map(|c| c.protocol.to_lowercase())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "udp".into()),
+        // A relay reached through a TURN-over-TCP bridge looks like UDP to webrtc-rs.
+        protocol: match local {
+            Some(c) if tcp_bridges.contains(&c.url) => "tcp".into(),
+            Some(c) if !c.protocol.is_empty() => c.protocol.to_lowercase(),
+            _ => "udp".into(),
+        },
     }
+}
+
+/// Which TURN transports to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayTransport {
+    Udp,
+    Tcp,
+}
+
+/// The ICE servers for webrtc-rs: `transport=tcp` TURN servers are reached through local
+/// bridges (webrtc-rs's client speaks UDP only); `only` keeps one TURN transport.
+async fn prepare_ice_servers(
+    servers: &[IceServer],
+    only: Option<RelayTransport>,
+) -> anyhow::Result<(Vec<RTCIceServer>, Bridges)> {
+    let mut bridges = Bridges::default();
+    let mut out = Vec::new();
+    for s in servers {
+        let mut urls = Vec::new();
+        for url in &s.urls {
+            match turn_tcp::tcp_turn_target(url) {
+                Some(_) if only == Some(RelayTransport::Udp) => {}
+                Some(target) => {
+                    let addr = tokio::net::lookup_host(&target)
+                        .await
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .with_context(|| format!("cannot resolve the TURN server {target}"))?;
+                    urls.push(
+                        bridges
+                            .add(addr)
+                            .await
+                            .context("cannot start a TURN-over-TCP bridge")?,
+                    );
+                }
+                None if only == Some(RelayTransport::Tcp) && url.starts_with("turn") => {}
+                None => urls.push(url.clone()),
+            }
+        }
+        if !urls.is_empty() {
+            out.push(RTCIceServer {
+                urls,
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            });
+        }
+    }
+    Ok((out, bridges))
 }

@@ -5,13 +5,21 @@ use punchdrop_e2e::*;
 /// A transfer with `--relay-only` on both peers through the given signalling server; returns
 /// the receiver's `done` event after checking the bytes.
 fn relayed_transfer(sig: &Signalling, size: u64) -> serde_json::Value {
+    relayed_transfer_with(sig, size, &[])
+}
+
+fn relayed_transfer_with(sig: &Signalling, size: u64, extra: &[&str]) -> serde_json::Value {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let file = src.path().join("relayed.bin");
     make_file(&file, size, 77);
-    let (sender, link, _) = start_sender(&sig.url, &["--relay-only"], &[&file]).unwrap();
+    let mut flags = vec!["--relay-only"];
+    flags.extend_from_slice(extra);
+    let (sender, link, _) = start_sender(&sig.url, &flags, &[&file]).unwrap();
     let dir = dst.path().display().to_string();
-    let receiver = Peer::spawn(&["--relay-only", "recv", "--dir", &dir, &link]);
+    let mut args = flags.clone();
+    args.extend(["recv", "--dir", &dir, &link]);
+    let receiver = Peer::spawn(&args);
     let (rs, revents) = receiver.finish(LONG).unwrap();
     let (ss, sevents) = sender.finish(LONG).unwrap();
     let done = expect_done(rs, &revents);
@@ -38,7 +46,7 @@ fn relay_only_through_external_coturn_with_shared_secret() {
 fn relay_only_through_the_bundled_turn_server() {
     let sig = Signalling::start();
     let size = 5 << 20;
-    relayed_transfer(&sig, size);
+    relayed_transfer_with(&sig, size, &["--relay-transport", "udp"]);
     assert_eq!(
         sig.metric("punchdrop_turn_allocations_total"),
         2,
@@ -78,4 +86,22 @@ fn relay_only_without_a_relay_fails_clearly() {
     let msg = expect_error(rs, &revents);
     expect_error(ss, &sevents);
     assert!(msg.contains("needs a TURN server"), "{msg}");
+}
+
+#[test]
+fn relay_only_over_tcp_through_the_bundled_turn_server() {
+    let sig = Signalling::start();
+    let done = relayed_transfer_with(&sig, 4 << 20, &["--relay-transport", "tcp"]);
+    assert_eq!(done["protocol"], "tcp", "{done}");
+    assert_eq!(sig.metric("punchdrop_turn_allocations_total"), 2);
+}
+
+#[test]
+fn relay_only_over_tcp_through_external_coturn() {
+    let secret = "coturn-tcp-secret";
+    let coturn = Coturn::start(secret).unwrap();
+    let url = format!("turn:127.0.0.1:{}?transport=tcp", coturn.port);
+    let sig = Signalling::start_with(&["--no-turn", "--turn", &url, "--turn-secret", secret]);
+    let done = relayed_transfer_with(&sig, 3 << 20, &["--relay-transport", "tcp"]);
+    assert_eq!(done["protocol"], "tcp", "{done}");
 }

@@ -1,0 +1,244 @@
+//! TURN over TCP for webrtc-rs, whose TURN client speaks UDP only.
+//!
+//! A bridge listens on a loopback UDP port and stands in for one `turn:HOST:PORT?transport=tcp`
+//! server: every local UDP source (one per ICE socket, so one per allocation) gets its own TCP
+//! connection to the real server, and messages are carried across as RFC 5766 §2.1 frames —
+//! STUN messages as they are, ChannelData padded to a multiple of four bytes on the stream and
+//! unpadded on the way back. TURN's integrity protection does not cover the transport, so the
+//! server sees an ordinary TURN-over-TCP client. This is what lets a peer behind a network
+//! that drops all UDP still reach a relay.
+//!
+//! Invariant: a bridge lives as long as its peer connection ([`Bridges`] aborts on drop).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+/// Largest TURN frame: ChannelData/STUN lengths are 16-bit.
+const MAX_FRAME: usize = 4 + 65535 + 3;
+
+/// Total length on the wire of the frame starting with `head` (≥ 4 bytes), or `None` if it is
+/// neither STUN nor ChannelData.
+fn frame_len(head: &[u8], padded: bool) -> Option<usize> {
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    match head[0] >> 6 {
+        0b00 => Some(20 + len),
+        0b01 => Some(if padded {
+            (4 + len).div_ceil(4) * 4
+        } else {
+            4 + len
+        }),
+        _ => None,
+    }
+}
+
+/// Running bridges for one peer connection; dropping them stops them.
+#[derive(Debug, Default)]
+pub struct Bridges {
+    tasks: Vec<JoinHandle<()>>,
+    /// The stand-in URLs handed to webrtc-rs, to tell TCP relays apart in the stats.
+    pub urls: Vec<String>,
+}
+
+impl Drop for Bridges {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Bridges {
+    /// Start a bridge to `server`; returns the `turn:` URL that reaches it over UDP.
+    pub async fn add(&mut self, server: SocketAddr) -> io::Result<String> {
+        let udp = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
+        let url = format!("turn:{}?transport=udp", udp.local_addr()?);
+        self.tasks.push(tokio::spawn(run(udp, server)));
+        self.urls.push(url.clone());
+        Ok(url)
+    }
+}
+
+async fn run(udp: Arc<UdpSocket>, server: SocketAddr) {
+    let streams: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>> = Arc::default();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, src)) = udp.recv_from(&mut buf).await else {
+            return;
+        };
+        // webrtc-rs pads ChannelData to four bytes even over UDP; accept either form.
+        let (Some(exact), Some(padded)) = (
+            (n >= 4).then(|| frame_len(&buf[..n], false)).flatten(),
+            (n >= 4).then(|| frame_len(&buf[..n], true)).flatten(),
+        ) else {
+            continue;
+        };
+        if n != exact && n != padded {
+            continue;
+        }
+        // On a stream, ChannelData must be padded to four bytes.
+        let mut frame = buf[..exact].to_vec();
+        frame.resize(padded, 0);
+        let tx = {
+            let mut map = streams.lock().await;
+            match map.get(&src) {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(256);
+                    tokio::spawn(connection(server, src, udp.clone(), rx, streams.clone()));
+                    map.insert(src, tx.clone());
+                    tx
+                }
+            }
+        };
+        // A full queue means the server is not keeping up: drop, as a UDP path would.
+        let _ = tx.try_send(frame);
+    }
+}
+
+/// One TCP connection carrying the traffic of local source `src`.
+async fn connection(
+    server: SocketAddr,
+    src: SocketAddr,
+    udp: Arc<UdpSocket>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    streams: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>,
+) {
+    let result: io::Result<()> = async {
+        let tcp = TcpStream::connect(server).await?;
+        tcp.set_nodelay(true)?;
+        let (mut rd, mut wr) = tcp.into_split();
+        let to_server = async {
+            while let Some(frame) = rx.recv().await {
+                wr.write_all(&frame).await?;
+            }
+            io::Result::Ok(())
+        };
+        let from_server = async {
+            let mut acc = Vec::with_capacity(MAX_FRAME * 2);
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = rd.read(&mut chunk).await?;
+                if n == 0 {
+                    return io::Result::Ok(());
+                }
+                acc.extend_from_slice(&chunk[..n]);
+                while acc.len() >= 4 {
+                    let (Some(wire), Some(msg)) = (frame_len(&acc, true), frame_len(&acc, false))
+                    else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "not a TURN stream",
+                        ));
+                    };
+                    if acc.len() < wire {
+                        break;
+                    }
+                    let _ = udp.send_to(&acc[..msg], src).await;
+                    acc.drain(..wire);
+                }
+            }
+        };
+        tokio::select! {
+            r = to_server => r,
+            r = from_server => r,
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!("TURN-over-TCP bridge connection ended: {e}");
+    }
+    streams.lock().await.remove(&src);
+}
+
+/// `HOST:PORT` of a `turn:` URL with `transport=tcp`, if it is one.
+pub fn tcp_turn_target(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("turn:")?;
+    let (hostport, query) = rest.split_once('?')?;
+    query
+        .split('&')
+        .any(|kv| kv.eq_ignore_ascii_case("transport=tcp"))
+        .then(|| hostport.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_lengths() {
+        let stun = [0x00, 0x01, 0x00, 0x08];
+        assert_eq!(frame_len(&stun, true), Some(28));
+        let chan = [0x40, 0x00, 0x00, 0x05];
+        assert_eq!(frame_len(&chan, false), Some(9));
+        assert_eq!(frame_len(&chan, true), Some(12));
+        assert_eq!(
+            frame_len(&[0x80, 0, 0, 0], true),
+            None,
+            "RTP/DTLS is not TURN"
+        );
+    }
+
+    #[test]
+    fn only_tcp_turn_urls_are_bridged() {
+        assert_eq!(
+            tcp_turn_target("turn:h:3478?transport=tcp").as_deref(),
+            Some("h:3478")
+        );
+        assert_eq!(tcp_turn_target("turn:h:3478?transport=udp"), None);
+        assert_eq!(tcp_turn_target("turn:h:3478"), None);
+        assert_eq!(tcp_turn_target("stun:h:3478?transport=tcp"), None);
+    }
+
+    /// A fake TURN-over-TCP server echoes frames back; the bridge must split the stream into
+    /// datagrams, pad ChannelData on the way in and unpad it on the way out.
+    #[tokio::test]
+    async fn bridge_frames_both_ways() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let echo = tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            let mut got = vec![0u8; 12 + 28];
+            s.read_exact(&mut got).await.unwrap();
+            // Padded ChannelData (12 bytes) then a STUN message (28), echoed in one write.
+            s.write_all(&got).await.unwrap();
+            got
+        });
+        let mut bridges = Bridges::default();
+        let url = bridges.add(addr).await.unwrap();
+        let local: SocketAddr = url
+            .trim_start_matches("turn:")
+            .split('?')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let chan = [0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
+        let mut stun = vec![0x00, 0x01, 0x00, 0x08];
+        stun.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        stun.extend_from_slice(&[9u8; 12]);
+        stun.extend_from_slice(&[7u8; 8]);
+        // Padded, as webrtc-rs sends ChannelData even over UDP.
+        let mut padded_chan = chan.to_vec();
+        padded_chan.extend_from_slice(&[0, 0, 0]);
+        client.send_to(&padded_chan, local).await.unwrap();
+        client.send_to(&stun, local).await.unwrap();
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(5), echo)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&sent[..9], &chan);
+        assert_eq!(&sent[9..12], &[0, 0, 0], "ChannelData padded on the stream");
+        let mut buf = [0u8; 100];
+        let (n, _) = client.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &chan, "unpadded on the way back");
+        let (n, _) = client.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &stun[..]);
+    }
+}
