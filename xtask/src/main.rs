@@ -29,6 +29,12 @@ struct BenchArgs {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Also measure relayed transfers (bundled TURN, and coturn when installed).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    relay: bool,
+    /// Repetitions of each relayed measurement.
+    #[arg(long, default_value_t = 1)]
+    relay_reps: usize,
     /// Extra environment for both peers, e.g. PUNCHDROP_CHUNK=131072 (repeatable).
     #[arg(long = "peer-env", value_name = "K=V")]
     peer_env: Vec<String>,
@@ -113,16 +119,80 @@ fn read_events(child: &mut Child) -> std::sync::mpsc::Receiver<Value> {
     rx
 }
 
+fn start_signalling(bin: &Path, extra: &[&str]) -> anyhow::Result<(Child, String)> {
+    let mut sig = Command::new(bin.join("signalling"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("PUNCHDROP_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(sig.stdout.take().expect("piped")).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((sig, url))
+}
+
+/// coturn on loopback with a REST secret, if Debian's `turnserver` is installed.
+fn start_coturn(dir: &Path, secret: &str) -> anyhow::Result<Option<(Child, u16)>> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = match Command::new("turnserver")
+        .args([
+            "-n",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--listening-ip=127.0.0.1",
+        ])
+        .args([
+            "--relay-ip=127.0.0.1",
+            "--use-auth-secret",
+            "--realm=punchdrop",
+        ])
+        .args([
+            "--allow-loopback-peers",
+            "--min-port=40000",
+            "--max-port=40999",
+        ])
+        .arg(format!("--listening-port={port}"))
+        .arg(format!("--static-auth-secret={secret}"))
+        .arg(format!("--userdb={}", dir.join("turndb").display()))
+        .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
+        .arg(format!("--log-file={}", dir.join("turn.log").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(_) => return Ok(None),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("coturn did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Some((child, port)))
+}
+
 fn native_run(
     bin: &Path,
     server: &str,
     file: &Path,
     dst: &Path,
     env: &[(String, String)],
+    extra: &[&str],
 ) -> anyhow::Result<PeerRun> {
     let peer = |args: &[&str]| -> anyhow::Result<Child> {
         let mut c = Command::new(bin.join("native-peer"));
         c.args(["--json", "--server", server])
+            .args(extra)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -240,27 +310,16 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     make_file(&file, size)?;
     let want = hash(&file)?;
 
-    let mut sig = Command::new(bin.join("signalling"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(sig.stdout.take().expect("piped")).read_line(&mut line)?;
-    let server = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-
+    // Direct runs meet on a server without TURN; relayed runs use the bundled one (relaying
+    // between loopback peers, which a deployment refuses) or coturn.
+    let (mut sig, server) = start_signalling(&bin, &["--no-turn"])?;
     let mut native = Vec::new();
     let mut tcp = Vec::new();
     for rep in 0..args.reps {
         let dst = tempfile::tempdir_in(work.path())?;
         tcp.push(tcp_run(&file, dst.path())?);
         let dst = tempfile::tempdir_in(work.path())?;
-        let r = native_run(&bin, &server, &file, dst.path(), &env)?;
+        let r = native_run(&bin, &server, &file, dst.path(), &env, &[])?;
         if hash(&dst.path().join("bench.bin"))? != want {
             bail!("received file differs from the original");
         }
@@ -275,6 +334,80 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let _ = sig.kill();
     let _ = sig.wait();
+
+    // Relayed: both peers --relay-only over UDP, through the bundled TURN and through coturn.
+    let relay_flags = ["--relay-only", "--relay-transport", "udp"];
+    let mut relayed: Vec<(&str, f64, f64)> = Vec::new();
+    if args.relay {
+        let (mut sig, server) = start_signalling(
+            &bin,
+            &[
+                "--turn-listen",
+                "127.0.0.1:0",
+                "--turn-relay-ports",
+                "0-0",
+                "--turn-allow-private-peers",
+            ],
+        )?;
+        let mut runs = Vec::new();
+        for _ in 0..args.relay_reps {
+            let dst = tempfile::tempdir_in(work.path())?;
+            runs.push(native_run(
+                &bin,
+                &server,
+                &file,
+                dst.path(),
+                &env,
+                &relay_flags,
+            )?);
+            eprintln!(
+                "relayed (bundled TURN): {:.1} MB/s",
+                runs.last().map(|r| r.mb_s).unwrap_or_default()
+            );
+        }
+        let _ = sig.kill();
+        let _ = sig.wait();
+        relayed.push((
+            "bundled TURN",
+            median(runs.iter().map(|r| r.mb_s).collect()),
+            median(runs.iter().map(|r| r.first_byte_ms).collect()),
+        ));
+        let secret = "bench-secret";
+        if let Some((mut coturn, port)) = start_coturn(work.path(), secret)? {
+            let url = format!("turn:127.0.0.1:{port}?transport=udp");
+            let (mut sig, server) = start_signalling(
+                &bin,
+                &["--no-turn", "--turn", &url, "--turn-secret", secret],
+            )?;
+            let mut runs = Vec::new();
+            for _ in 0..args.relay_reps {
+                let dst = tempfile::tempdir_in(work.path())?;
+                runs.push(native_run(
+                    &bin,
+                    &server,
+                    &file,
+                    dst.path(),
+                    &env,
+                    &relay_flags,
+                )?);
+                eprintln!(
+                    "relayed (coturn): {:.1} MB/s",
+                    runs.last().map(|r| r.mb_s).unwrap_or_default()
+                );
+            }
+            let _ = sig.kill();
+            let _ = sig.wait();
+            let _ = coturn.kill();
+            let _ = coturn.wait();
+            relayed.push((
+                "coturn 4.6",
+                median(runs.iter().map(|r| r.mb_s).collect()),
+                median(runs.iter().map(|r| r.first_byte_ms).collect()),
+            ));
+        } else {
+            eprintln!("turnserver (Debian's coturn) not installed: skipping the coturn comparison");
+        }
+    }
 
     let n_mb = median(native.iter().map(|r| r.mb_s).collect());
     let t_mb = median(tcp.clone());
@@ -300,6 +433,13 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "| receiver peak RSS | {:.1} MiB |",
         med(&|r| r.receiver.max_rss_mib)
     );
+    for (name, mb, fb) in &relayed {
+        println!("| relayed via {name} (UDP) | {mb:.1} MB/s, first byte {fb:.0} ms |");
+        println!("| ratio relayed ({name}) / direct | {:.2}× |", mb / n_mb);
+    }
+    if let [(_, bundled, _), (_, coturn, _)] = relayed.as_slice() {
+        println!("| ratio bundled TURN / coturn | {:.2}× |", bundled / coturn);
+    }
     if !env.is_empty() {
         println!("\npeer environment: {:?}", args.peer_env);
     }
