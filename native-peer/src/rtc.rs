@@ -146,13 +146,18 @@ pub async fn connect(
     if opts.relay_only && !has_turn {
         bail!("--relay-only needs a TURN server, and the signalling server offered none");
     }
-    signals
-        .outgoing
-        .send(PeerSignal::Hello {
-            version: SIGNAL_VERSION,
-            role,
-        })
-        .map_err(|_| anyhow!("lost the signalling server"))?;
+    let hello = PeerSignal::Hello {
+        version: SIGNAL_VERSION,
+        role,
+    };
+    if signals.outgoing.send(hello).is_err() {
+        // The signalling task already ended; what ended it (e.g. the other peer's hello did
+        // not open: wrong secret) is waiting on `incoming`.
+        return Err(match next_signal(&mut signals).await {
+            Err(e) => e,
+            Ok(_) => anyhow!("lost the signalling server"),
+        });
+    }
     match next_signal(&mut signals).await? {
         PeerSignal::Hello {
             version,
