@@ -850,6 +850,11 @@ where
             self.poll_writes().await?;
             self.poll_events().await;
             self.poll_reads().await?;
+            // punchdrop patch: reads handed over by the TURN relayer in poll_reads raise
+            // events (DTLS done, SCTP established, channel open) after poll_events ran; handle
+            // them now rather than at the next timer tick (~200 ms per handshake step on a
+            // relayed path).
+            self.poll_events().await;
             // punchdrop patch: handling events and reads queues packets (DTLS flights, SCTP
             // INIT/COOKIE, DCEP open, acks). Send them now; otherwise they wait in the core
             // until the next timer tick, ~200 ms later, once per handshake step.

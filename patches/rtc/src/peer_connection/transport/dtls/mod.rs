@@ -256,6 +256,11 @@ impl DtlsTransport {
                 .with_verify_peer_certificate(verify_peer_certificate)
                 .with_extended_master_secret(::dtls::config::ExtendedMasterSecretType::Require)
                 .with_replay_protection_window(self.replay_protection.dtls)
+                // punchdrop patch: first retransmission after 100 ms, not 1 s (WebRTC stacks use
+                // tens of milliseconds). A ClientHello that reaches the other side a moment before
+                // its ICE agent selected the pair is dropped; on a relayed path that race cost a
+                // full second of setup. Retransmissions still back off exponentially.
+                .with_flight_interval(std::time::Duration::from_millis(100))
                 .build(self.dtls_role == RTCDtlsRole::Client, None)?,
         ))
     }
