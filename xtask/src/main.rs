@@ -338,72 +338,42 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // Relayed: both peers --relay-only over UDP, through the bundled TURN and through coturn.
     let relay_flags = ["--relay-only", "--relay-transport", "udp"];
     let mut relayed: Vec<(&str, f64, f64)> = Vec::new();
-    if args.relay {
-        let (mut sig, server) = start_signalling(
-            &bin,
-            &[
-                "--turn-listen",
-                "127.0.0.1:0",
-                "--turn-relay-ports",
-                "0-0",
-                "--turn-allow-private-peers",
-            ],
-        )?;
+    // One series of relayed runs through a signalling server started with `sig_args`:
+    // (median MB/s, median first byte ms).
+    let relay_series = |name: &str, sig_args: &[&str]| -> anyhow::Result<(f64, f64)> {
+        let (mut sig, server) = start_signalling(&bin, sig_args)?;
         let mut runs = Vec::new();
         for _ in 0..args.relay_reps {
             let dst = tempfile::tempdir_in(work.path())?;
-            runs.push(native_run(
-                &bin,
-                &server,
-                &file,
-                dst.path(),
-                &env,
-                &relay_flags,
-            )?);
-            eprintln!(
-                "relayed (bundled TURN): {:.1} MB/s",
-                runs.last().map(|r| r.mb_s).unwrap_or_default()
-            );
+            let r = native_run(&bin, &server, &file, dst.path(), &env, &relay_flags)?;
+            eprintln!("relayed ({name}): {:.1} MB/s", r.mb_s);
+            runs.push(r);
         }
         let _ = sig.kill();
         let _ = sig.wait();
-        relayed.push((
-            "bundled TURN",
+        Ok((
             median(runs.iter().map(|r| r.mb_s).collect()),
             median(runs.iter().map(|r| r.first_byte_ms).collect()),
-        ));
+        ))
+    };
+    if args.relay {
+        let bundled = ["--turn-listen", "127.0.0.1:0", "--turn-relay-ports", "0-0"];
+        let (mb, fb) = relay_series(
+            "bundled TURN",
+            &[&bundled[..], &["--turn-allow-private-peers"]].concat(),
+        )?;
+        relayed.push(("bundled TURN", mb, fb));
         let secret = "bench-secret";
         if let Some((mut coturn, port)) = start_coturn(work.path(), secret)? {
             let url = format!("turn:127.0.0.1:{port}?transport=udp");
-            let (mut sig, server) = start_signalling(
-                &bin,
+            let result = relay_series(
+                "coturn",
                 &["--no-turn", "--turn", &url, "--turn-secret", secret],
-            )?;
-            let mut runs = Vec::new();
-            for _ in 0..args.relay_reps {
-                let dst = tempfile::tempdir_in(work.path())?;
-                runs.push(native_run(
-                    &bin,
-                    &server,
-                    &file,
-                    dst.path(),
-                    &env,
-                    &relay_flags,
-                )?);
-                eprintln!(
-                    "relayed (coturn): {:.1} MB/s",
-                    runs.last().map(|r| r.mb_s).unwrap_or_default()
-                );
-            }
-            let _ = sig.kill();
-            let _ = sig.wait();
+            );
             let _ = coturn.kill();
             let _ = coturn.wait();
-            relayed.push((
-                "coturn 4.6",
-                median(runs.iter().map(|r| r.mb_s).collect()),
-                median(runs.iter().map(|r| r.first_byte_ms).collect()),
-            ));
+            let (mb, fb) = result?;
+            relayed.push(("coturn 4.6", mb, fb));
         } else {
             eprintln!("turnserver (Debian's coturn) not installed: skipping the coturn comparison");
         }

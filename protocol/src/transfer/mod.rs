@@ -32,6 +32,22 @@ pub use sender::{ReadRequest, Sender, SenderEvent};
 
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// The Cancel frame that tells the peer why we stopped, unless the peer stopped first (then
+/// it knows) or we already failed (then it was told).
+fn cancel_frame(e: &TransferError, was_live: bool) -> Option<Vec<u8>> {
+    let peer_ended = matches!(
+        e,
+        TransferError::PeerCancelled { .. } | TransferError::Declined(_)
+    );
+    (was_live && !peer_ended).then(|| {
+        frame::encode_control(&Control::Cancel {
+            reason: e.cancel_reason(),
+            message: e.to_string(),
+        })
+    })
+}
 
 /// Version of the transfer protocol spoken by this build.
 pub const TRANSFER_VERSION: u32 = 1;
@@ -205,6 +221,28 @@ impl HelloState {
 
     fn timeout(&self) -> Option<Duration> {
         (!self.peer_seen).then_some(self.next_send)
+    }
+
+    /// What an endpoint sends next: queued control frames first, then a due Hello while it is
+    /// still `greeting` (waiting for the peer's Hello).
+    fn transmit(
+        &mut self,
+        out: &mut VecDeque<Vec<u8>>,
+        greeting: bool,
+        now: Duration,
+    ) -> Option<Vec<u8>> {
+        out.pop_front().or_else(|| {
+            if greeting {
+                self.poll(now).ok().flatten()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Has the peer failed to say hello in time?
+    fn expired(&self, greeting: bool, now: Duration) -> bool {
+        greeting && now.saturating_sub(self.started) >= HELLO_TIMEOUT
     }
 
     /// The peer's Hello. Returns a Hello to send back when the peer has not seen ours yet.

@@ -360,22 +360,12 @@ impl Receiver {
     fn fail(&mut self, e: &TransferError) {
         let was_live = self.state != State::Failed;
         self.state = State::Failed;
-        if was_live && !matches!(e, TransferError::PeerCancelled { .. }) {
-            self.out.push_back(frame::encode_control(&Control::Cancel {
-                reason: e.cancel_reason(),
-                message: e.to_string(),
-            }));
-        }
+        self.out.extend(super::cancel_frame(e, was_live));
     }
 
     pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
-        if let Some(f) = self.out.pop_front() {
-            return Some(f);
-        }
-        if self.state == State::Hello {
-            return self.hello.poll(now).ok().flatten();
-        }
-        None
+        self.hello
+            .transmit(&mut self.out, self.state == State::Hello, now)
     }
 
     pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
@@ -383,17 +373,11 @@ impl Receiver {
     }
 
     pub fn poll_timeout(&self) -> Option<Duration> {
-        if self.state == State::Hello {
-            self.hello.timeout()
-        } else {
-            None
-        }
+        self.hello.timeout().filter(|_| self.state == State::Hello)
     }
 
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), TransferError> {
-        if self.state == State::Hello
-            && now.saturating_sub(self.hello.started) >= super::HELLO_TIMEOUT
-        {
+        if self.hello.expired(self.state == State::Hello, now) {
             let e = TransferError::Timeout;
             self.fail(&e);
             return Err(e);

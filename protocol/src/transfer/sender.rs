@@ -277,30 +277,15 @@ impl Sender {
         if let Err(e) = &r {
             let was_live = self.state != State::Failed;
             self.state = State::Failed;
-            if was_live
-                && !matches!(
-                    e,
-                    TransferError::PeerCancelled { .. } | TransferError::Declined(_)
-                )
-            {
-                self.out.push_back(frame::encode_control(&Control::Cancel {
-                    reason: e.cancel_reason(),
-                    message: e.to_string(),
-                }));
-            }
+            self.out.extend(super::cancel_frame(e, was_live));
         }
         r
     }
 
     /// Control frames to send, oldest first.
     pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
-        if let Some(f) = self.out.pop_front() {
-            return Some(f);
-        }
-        if self.state == State::Hello {
-            return self.hello.poll(now).ok().flatten();
-        }
-        None
+        self.hello
+            .transmit(&mut self.out, self.state == State::Hello, now)
     }
 
     pub fn poll_event(&mut self) -> Option<SenderEvent> {
@@ -309,17 +294,11 @@ impl Sender {
 
     /// When [`Sender::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        if self.state == State::Hello {
-            self.hello.timeout()
-        } else {
-            None
-        }
+        self.hello.timeout().filter(|_| self.state == State::Hello)
     }
 
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), TransferError> {
-        if self.state == State::Hello
-            && now.saturating_sub(self.hello.started) >= super::HELLO_TIMEOUT
-        {
+        if self.hello.expired(self.state == State::Hello, now) {
             return self.fail_on_error(Err(TransferError::Timeout));
         }
         Ok(())
