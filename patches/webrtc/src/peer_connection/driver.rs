@@ -1984,25 +1984,14 @@ where
         self.flush_writes(writes).await;
 
         // punchdrop patch: relay-bound packets from 1.c were just queued in the TURN relayer
-        // (wrapped in Send indications / ChannelData). Drain them now instead of on the next
-        // pass, which may be a whole timer tick away.
-        while let Some(msg) = self.turn_relayer.poll_write() {
-            let four_tuple: FourTuple = FourTuple::from(&msg.transport);
-            if let Err(err) = self.handle_write(msg).await {
-                error!(
-                    "Failed to write packet to {:?} from {:?}: {}",
-                    four_tuple.peer_addr, four_tuple.local_addr, err
-                );
-                if let Err(err) = self
-                    .turn_relayer
-                    .handle_event(RTCTurnRelayEventIn::SocketWriteFailure(four_tuple))
-                {
-                    error!(
-                        "Failed to handle event in turn_relayer to {:?} from {:?}: {}",
-                        four_tuple.peer_addr, four_tuple.local_addr, err
-                    );
-                }
-            }
+        // (wrapped in Send indications / ChannelData). Send them now instead of on the next
+        // pass, which may be a whole timer tick away, and through `flush_writes` so runs of
+        // same-size ChannelData to the TURN server go out as one GSO send rather than one
+        // `sendto` each (relayed bulk data is exactly such a run).
+        let relayed: Vec<TaggedBytesMut> =
+            std::iter::from_fn(|| self.turn_relayer.poll_write()).collect();
+        if !relayed.is_empty() {
+            self.flush_writes(relayed).await;
         }
 
         Ok(())
