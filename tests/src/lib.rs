@@ -45,6 +45,7 @@ pub fn is_root() -> bool {
 pub struct Signalling {
     child: Child,
     pub url: String,
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Signalling {
@@ -53,15 +54,20 @@ impl Signalling {
     }
 
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_logging("warn", args)
+    }
+
+    /// Start with log filter `level`, keeping what the server logs (see [`Signalling::logs`]).
+    pub fn start_logging(level: &str, args: &[&str]) -> Self {
         // The bundled TURN server on ephemeral ports (tests run in parallel), relaying between
         // loopback peers, which a real deployment refuses.
         let mut child = Command::new(bin("signalling"))
             .args(["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0"])
             .args(["--turn-relay-ports", "0-0", "--turn-allow-private-peers"])
             .args(args)
-            .env("PUNCHDROP_LOG", "warn")
+            .env("PUNCHDROP_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start signalling");
         let mut line = String::new();
@@ -73,16 +79,37 @@ impl Signalling {
             url.starts_with("http://127.0.0.1:"),
             "unexpected ready line {line:?}"
         );
-        Self { child, url }
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = logs.clone();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Self { child, url, logs }
     }
 
-    /// `GET /metrics` and the value of one metric.
-    pub fn metric(&self, name: &str) -> u64 {
+    /// Everything the server wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The body of `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
         let addr = self.url.trim_start_matches("http://");
         let mut s = std::net::TcpStream::connect(addr).expect("metrics connect");
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    /// `GET /metrics` and the value of one metric.
+    pub fn metric(&self, name: &str) -> u64 {
+        let body = self.metrics_text();
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
             .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
