@@ -18,7 +18,7 @@ log "protocol builds for wasm32"
 wasm_build --release -p punchdrop-protocol
 
 log "building the binaries the end-to-end tests run"
-cargo build --release -p signalling -p native-peer
+cargo build --release --workspace
 
 log "tests"
 cargo test --release --workspace
