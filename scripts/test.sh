@@ -21,4 +21,9 @@ log "building the binaries the end-to-end tests run"
 cargo build --release --workspace
 
 log "tests"
-cargo test --release --workspace
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+cargo test --release --workspace 2>&1 | tee "$out"
+# One closing line for the whole run: cargo's own last line belongs to whichever test binary
+# ran last (often one with no tests).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
