@@ -161,13 +161,13 @@ pub async fn send(
                             CancelReason::SourceChanged,
                             "the sender could not read a file",
                         );
-                        flush(&mut sm, &*dc, clock).await;
+                        flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                         return Err(anyhow!(e).context(err.to_string()));
                     }
                     None => BytesMut::zeroed(protocol::transfer::DATA_HEADER_LEN),
                 };
                 if let Err(e) = sm.encode_data(&mut buf) {
-                    flush(&mut sm, &*dc, clock).await;
+                    flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                     return Err(map_err(e));
                 }
                 if let Err(e) = send_frame(&*dc, buf).await {
@@ -188,7 +188,7 @@ pub async fn send(
     }
     .await;
     if let Err(e) = result {
-        flush(&mut sm, &*dc, clock).await;
+        flush(|| sm.poll_transmit(clock.now()), &*dc).await;
         return Err(e);
     }
     let seconds = started
@@ -218,8 +218,9 @@ async fn explain_loss(
     fallback
 }
 
-async fn flush(sm: &mut Sender, dc: &dyn DataChannel, clock: Clock) {
-    while let Some(f) = sm.poll_transmit(clock.now()) {
+/// Send the control frames still queued (a Cancel, the last acks), then let them drain.
+async fn flush(mut next: impl FnMut() -> Option<Vec<u8>>, dc: &dyn DataChannel) {
+    while let Some(f) = next() {
         let _ = tokio::time::timeout(Duration::from_secs(1), dc.send(BytesMut::from(&f[..]))).await;
     }
     drained(dc).await;
@@ -294,7 +295,7 @@ pub async fn receive(
                                 out.offer(files_total, offer.total_bytes);
                                 if let Err(msg) = check_space(dir, offer.total_bytes) {
                                     sm.decline(&msg);
-                                    flush_rx(&mut sm, &*dc, clock).await;
+                                    flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                                     bail!("{msg}");
                                 }
                                 plan = Some(files::plan(dir, &offer).map_err(|e| {
@@ -350,7 +351,7 @@ pub async fn receive(
     .await;
     drop(writer);
     if let Err(e) = result {
-        flush_rx(&mut sm, &*dc, clock).await;
+        flush(|| sm.poll_transmit(clock.now()), &*dc).await;
         // Let the writer thread remove its `.part` before we report.
         while written.recv().await.is_some() {}
         return Err(e);
@@ -378,13 +379,6 @@ async fn writer_send(writer: &mpsc::Sender<WriteCmd>, cmd: WriteCmd) -> anyhow::
         .await
         .map_err(|_| anyhow!("the file writer stopped"))
         .context("cannot write the received file")
-}
-
-async fn flush_rx(sm: &mut Receiver, dc: &dyn DataChannel, clock: Clock) {
-    while let Some(f) = sm.poll_transmit(clock.now()) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), dc.send(BytesMut::from(&f[..]))).await;
-    }
-    drained(dc).await;
 }
 
 fn check_space(dir: &Path, need: u64) -> Result<(), String> {
