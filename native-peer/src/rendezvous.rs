@@ -21,6 +21,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How long a joiner waits for the room's creator to answer the key exchange (the creator
+/// is already there; only a broken peer or server takes longer).
+const PEER_ANSWER: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long connecting to the signalling server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A room this peer created, waiting for the other peer.
 #[derive(Debug)]
 pub struct Created {
@@ -49,9 +55,14 @@ impl std::fmt::Debug for Session {
 async fn connect(server: &str) -> anyhow::Result<Ws> {
     let url = websocket_url(server)?;
     // No Nagle: signalling is small messages whose latency is connection setup time.
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-        .await
-        .with_context(|| format!("cannot reach the signalling server at {server}"))?;
+    let (ws, _) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
+    )
+    .await
+    .map_err(|_| anyhow!("timed out"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| format!("cannot reach the signalling server at {server}"))?;
     Ok(ws)
 }
 
@@ -177,13 +188,17 @@ pub async fn join(invitation: &Invitation, default_server: &str) -> anyhow::Resu
     let (hs, mine) = Handshake::start_b64(&password, &room, RoomRole::Joiner);
     send(&mut ws, &ClientMessage::Pake { auth, msg: mine }).await?;
     let mut ice_servers = Vec::new();
-    let theirs = loop {
-        match recv(&mut ws).await? {
-            ServerMessage::Pake { msg, .. } => break msg,
-            ServerMessage::IceServers { servers, .. } => ice_servers = servers,
-            other => bail!("unexpected message during key exchange: {other:?}"),
+    let theirs = tokio::time::timeout(PEER_ANSWER, async {
+        loop {
+            match recv(&mut ws).await? {
+                ServerMessage::Pake { msg, .. } => break Ok(msg),
+                ServerMessage::IceServers { servers, .. } => ice_servers = servers,
+                other => bail!("unexpected message during key exchange: {other:?}"),
+            }
         }
-    };
+    })
+    .await
+    .map_err(|_| anyhow!("the other peer did not answer the key exchange"))??;
     let channel = hs.finish_b64(&theirs).map_err(|e| anyhow!("{e}"))?;
     Ok(Session {
         ws,

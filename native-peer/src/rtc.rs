@@ -158,7 +158,15 @@ pub async fn connect(
             Ok(_) => anyhow!("lost the signalling server"),
         });
     }
-    match next_signal(&mut signals).await? {
+    let peer_hello = tokio::time::timeout(opts.connect_timeout, next_signal(&mut signals))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the other peer did not answer within {:?}",
+                opts.connect_timeout
+            )
+        })??;
+    match peer_hello {
         PeerSignal::Hello {
             version,
             role: theirs,

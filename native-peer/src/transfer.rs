@@ -6,7 +6,7 @@
 //! (back-pressure), and watches the connection state so a dead peer ends a blocked send
 //! (the channel is closed, waking it) instead of hanging.
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use protocol::transfer::{
     CancelReason, Received, Receiver, ReceiverEvent, Sender, SenderEvent, TransferError,
@@ -309,11 +309,15 @@ pub async fn receive(
                             ReceiverEvent::FileStart { index } => {
                                 let target = plan.as_ref().and_then(|p| p.targets.get(&index)).cloned()
                                     .ok_or_else(|| anyhow!("no destination for file #{index}"))?;
-                                writer_send(&writer, WriteCmd::Start { target }).await?;
+                                if writer.send(WriteCmd::Start { target }).await.is_err() {
+                                    return Err(writer_failed(&mut sm, &mut written).await);
+                                }
                             }
                             ReceiverEvent::FileVerified { index } => {
                                 pending_saves += 1;
-                                writer_send(&writer, WriteCmd::Finish { index }).await?;
+                                if writer.send(WriteCmd::Finish { index }).await.is_err() {
+                                    return Err(writer_failed(&mut sm, &mut written).await);
+                                }
                             }
                             ReceiverEvent::Completed => {}
                         }
@@ -323,7 +327,9 @@ pub async fn receive(
                             first_byte = true;
                             out.first_byte(both_in_room.elapsed());
                         }
-                        writer_send(&writer, WriteCmd::Data(bytes)).await?;
+                        if writer.send(WriteCmd::Data(bytes)).await.is_err() {
+                            return Err(writer_failed(&mut sm, &mut written).await);
+                        }
                         out.progress(sm.bytes_received(), sm.total_bytes());
                     }
                 }
@@ -333,16 +339,8 @@ pub async fn receive(
                         saved.push(path);
                         sm.file_saved(index).map_err(map_err)?;
                     }
-                    Some(WriteResult::Failed(e)) => {
-                        let (reason, msg) = if files::is_disk_full(&e) {
-                            (CancelReason::NoSpace, "the receiver's disk is full")
-                        } else {
-                            (CancelReason::Io, "the receiver could not write a file")
-                        };
-                        sm.cancel(reason, msg);
-                        return Err(anyhow!(e).context(msg));
-                    }
-                    None => bail!("the file writer stopped unexpectedly"),
+                    Some(WriteResult::Failed(e)) => return Err(write_error(&mut sm, e)),
+                    None => return Err(writer_failed(&mut sm, &mut written).await),
                 },
                 _ = sleep_opt(timer) => sm.handle_timeout(clock.now()).map_err(map_err)?,
             }
@@ -373,12 +371,30 @@ pub async fn receive(
     ))
 }
 
-async fn writer_send(writer: &mpsc::Sender<WriteCmd>, cmd: WriteCmd) -> anyhow::Result<()> {
-    writer
-        .send(cmd)
-        .await
-        .map_err(|_| anyhow!("the file writer stopped"))
-        .context("cannot write the received file")
+/// The writer thread stopped (its queue refused a command): find out why, tell the sender,
+/// and return the error. One path for every way a write can fail, so the sender always hears
+/// the real reason (e.g. a full disk) instead of a dropped connection.
+async fn writer_failed(
+    sm: &mut Receiver,
+    written: &mut mpsc::UnboundedReceiver<WriteResult>,
+) -> anyhow::Error {
+    loop {
+        match written.recv().await {
+            Some(WriteResult::Failed(e)) => return write_error(sm, e),
+            Some(WriteResult::Saved { .. }) => continue,
+            None => return write_error(sm, std::io::Error::other("the file writer stopped")),
+        }
+    }
+}
+
+fn write_error(sm: &mut Receiver, e: std::io::Error) -> anyhow::Error {
+    let (reason, msg) = if files::is_disk_full(&e) {
+        (CancelReason::NoSpace, "the receiver's disk is full")
+    } else {
+        (CancelReason::Io, "the receiver could not write a file")
+    };
+    sm.cancel(reason, msg);
+    anyhow!(e).context(msg)
 }
 
 fn check_space(dir: &Path, need: u64) -> Result<(), String> {

@@ -258,7 +258,18 @@ impl Receiver {
         self.state = State::Receiving;
         self.cur = 0;
         self.skip_dirs();
+        // An offer of folders only is complete once accepted.
+        self.complete_if_all_saved();
         Ok(())
+    }
+
+    fn complete_if_all_saved(&mut self) {
+        if self.saved == self.to_save {
+            self.out
+                .push_back(frame::encode_control(&Control::Complete));
+            self.state = State::Done;
+            self.events.push_back(ReceiverEvent::Completed);
+        }
     }
 
     /// Decline the offer; the sender is told `message`.
@@ -338,12 +349,7 @@ impl Receiver {
         self.out
             .push_back(frame::encode_control(&Control::FileAck { index }));
         self.saved += 1;
-        if self.saved == self.to_save {
-            self.out
-                .push_back(frame::encode_control(&Control::Complete));
-            self.state = State::Done;
-            self.events.push_back(ReceiverEvent::Completed);
-        }
+        self.complete_if_all_saved();
         Ok(())
     }
 

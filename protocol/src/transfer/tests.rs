@@ -553,3 +553,16 @@ fn local_cancel_tells_the_peer() {
     ));
     assert!(!h.tx.is_done());
 }
+
+#[test]
+fn an_offer_of_empty_folders_only_completes() {
+    let entries = vec![OfferEntry::dir("empty"), OfferEntry::dir("empty/inner")];
+    let mut h = Harness::new(entries, vec![Vec::new(), Vec::new()], 1024);
+    h.run();
+    assert_eq!((h.tx_err.clone(), h.rx_err.clone()), (None, None));
+    assert!(
+        h.tx.is_done() && h.rx.is_done(),
+        "both ends finish, nothing to acknowledge"
+    );
+    assert!(h.saved.is_empty());
+}
