@@ -221,7 +221,7 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
             .await?;
             let link = open(TransferRole::Sender, session, c, &server, out).await?;
             let result = transfer::send(&link, sources, path_opts, out).await;
-            let _ = link.pc.close().await;
+            close(&link).await;
             let s = result?;
             out.done(s.files, s.bytes, s.seconds, &link.path, "Sent");
         }
@@ -241,7 +241,7 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
             let both_in_room: Instant = session.both_in_room;
             let link = open(TransferRole::Receiver, session, c, &server, out).await?;
             let result = transfer::receive(&link, dir, both_in_room, out).await;
-            let _ = link.pc.close().await;
+            close(&link).await;
             let (s, saved) = result?;
             out.done(s.files, s.bytes, s.seconds, &link.path, "Received");
             if !out.is_json() {
@@ -273,6 +273,17 @@ async fn meet(
             out.ready(&created.link.to_string(), &created.code.to_string(), hint);
             Ok((created.wait_for_peer().await?, c.server.clone()))
         }
+    }
+}
+
+/// Close the connection, but never hang on it: the outcome is already decided, and webrtc-rs's
+/// close can wait on a peer that is gone.
+async fn close(link: &rtc::Link) {
+    if tokio::time::timeout(Duration::from_secs(2), link.pc.close())
+        .await
+        .is_err()
+    {
+        tracing::debug!("closing the peer connection timed out");
     }
 }
 

@@ -161,10 +161,33 @@ impl Output {
         if let Some(b) = self.bar.take() {
             b.abandon();
         }
+        // Error text can quote the other peer (a cancel or decline reason): never let it
+        // drive the terminal.
+        let message = printable(&format!("{err:#}"));
         if self.json {
-            self.emit(json!({"event": "error", "message": format!("{err:#}")}));
+            self.emit(json!({"event": "error", "message": message}));
         } else {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {message}");
         }
+    }
+}
+
+/// `s` with control and bidirectional-override characters replaced, and capped in length.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .take(1000)
+        .map(|c| {
+            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+            if c.is_control() || bidi { '?' } else { c }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peer_text_cannot_drive_the_terminal() {
+        assert_eq!(super::printable("a\u{1b}[2Jb\u{202e}c\nd"), "a?[2Jb?c?d");
+        assert_eq!(super::printable(&"x".repeat(5000)).len(), 1000);
     }
 }

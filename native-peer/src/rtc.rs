@@ -553,17 +553,22 @@ async fn prepare_ice_servers(
             match turn_tcp::tcp_turn_target(url) {
                 Some(_) if only == Some(RelayTransport::Udp) => {}
                 Some(target) => {
-                    let addr = tokio::net::lookup_host(&target)
-                        .await
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .with_context(|| format!("cannot resolve the TURN server {target}"))?;
-                    urls.push(
-                        bridges
-                            .add(addr)
-                            .await
-                            .context("cannot start a TURN-over-TCP bridge")?,
-                    );
+                    // A TURN server we cannot reach by TCP is skipped, not fatal: a direct
+                    // path or another relay may still work.
+                    let lookup = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio::net::lookup_host(&target),
+                    )
+                    .await;
+                    let Some(addr) = lookup.ok().and_then(Result::ok).and_then(|mut a| a.next())
+                    else {
+                        tracing::warn!("cannot resolve a TURN server; skipping it");
+                        continue;
+                    };
+                    match bridges.add(addr).await {
+                        Ok(url) => urls.push(url),
+                        Err(e) => tracing::warn!("cannot start a TURN-over-TCP bridge: {e}"),
+                    }
                 }
                 None if only == Some(RelayTransport::Tcp) && url.starts_with("turn") => {}
                 None => urls.push(url.clone()),

@@ -45,7 +45,7 @@ pub struct Config {
     pub messages_per_sec: u32,
     /// Burst of messages allowed from one address.
     pub messages_burst: u32,
-    /// Rooms one address may create per minute.
+    /// Rooms one client (IPv4 address or IPv6 /64) may create, or join by number, per minute.
     pub rooms_per_min: u32,
     /// STUN/TURN servers handed to peers in a room.
     pub ice: IceSettings,

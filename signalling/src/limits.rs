@@ -25,16 +25,31 @@ impl Limits {
     }
 
     pub fn message(&self, ip: IpAddr) -> bool {
-        self.messages.check_key(&ip).is_ok()
+        self.messages.check_key(&subscriber(ip)).is_ok()
     }
 
+    /// Creating a room, or joining one by its short number (which would otherwise let one
+    /// client sweep the number space and sit in every waiting room).
     pub fn room(&self, ip: IpAddr) -> bool {
-        self.rooms.check_key(&ip).is_ok()
+        self.rooms.check_key(&subscriber(ip)).is_ok()
     }
 
     pub fn forget_idle(&self) {
         self.messages.retain_recent();
         self.rooms.retain_recent();
+    }
+}
+
+/// The unit limits apply to: one IPv4 address, or one IPv6 /64 (what one subscriber gets, so
+/// rotating through it does not multiply the allowance).
+fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked above")),
+        v4 => v4,
     }
 }
 
@@ -58,6 +73,21 @@ pub fn redact_ip(ip: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_apply_per_ipv6_64() {
+        let a: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(subscriber(a), subscriber(b));
+        assert_ne!(
+            subscriber(a),
+            subscriber("2001:db8:1:3::5".parse().unwrap())
+        );
+        assert_eq!(
+            subscriber("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn redaction_hides_the_host_part() {

@@ -26,7 +26,7 @@ struct Args {
     /// Message burst per client address.
     #[arg(long, env = "PUNCHDROP_MSG_BURST", default_value_t = 200)]
     msg_burst: u32,
-    /// Rooms one client address may create per minute.
+    /// Rooms one client (IPv4 address or IPv6 /64) may create, or join by number, per minute.
     #[arg(long, env = "PUNCHDROP_ROOM_RATE", default_value_t = 60)]
     room_rate: u32,
     /// Extra STUN server URL handed to peers (repeatable), e.g. stun:stun.example.org:3478.

@@ -172,6 +172,10 @@ fn handle(
             if member.is_some() {
                 return Err(ErrorCode::RoomFull);
             }
+            if matches!(room, protocol::signal::RoomRef::Number(_)) && !state.limits.room(ip) {
+                state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Err(ErrorCode::RateLimited);
+            }
             let m = state.rooms.join(tx.clone(), &room)?;
             let reply = ServerMessage::Joined {
                 room: m.room.clone(),

@@ -671,8 +671,11 @@ async fn room_creation_rate_limit() {
     let mut third = connect(&handle).await;
     send(&mut third, &create_msg()).await;
     assert_eq!(recv(&mut third).await, error(ErrorCode::RateLimited));
-    // Joining is not room creation and is not held back by that limit.
+    // Joining by number shares that limit (sweeping the short numbers is how rooms would be
+    // squatted); joining by a link's room id does not.
     send(&mut third, &join_msg(RoomRef::Number(999_999))).await;
+    assert_eq!(recv(&mut third).await, error(ErrorCode::RateLimited));
+    send(&mut third, &join_msg(RoomRef::Id("nosuchroom1234".into()))).await;
     assert_eq!(recv(&mut third).await, error(ErrorCode::NoSuchRoom));
 }
 

@@ -241,6 +241,9 @@ impl Peer {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
+                let _ = self.child.wait();
+                std::thread::sleep(Duration::from_millis(200));
+                self.seen.extend(self.events.try_iter());
                 bail!(
                     "peer did not exit within {timeout:?}; events: {:?}\nstderr: {}",
                     self.seen,
