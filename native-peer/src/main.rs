@@ -136,10 +136,18 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
-        tokio::select! {
-            r = run(cli, &mut out) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        }
+        // Ctrl-C asks the current step to stop: a transfer then tells the other side and
+        // cleans up its `.part`. A second Ctrl-C exits at once.
+        let (stop, interrupt) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = stop.send(true);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+        run(cli, &mut out, interrupt).await
     });
     // webrtc tasks may linger; do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(200));
@@ -192,7 +200,18 @@ fn default_bind(server: &str) -> Vec<SocketAddr> {
     }
 }
 
-async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
+/// `fut`, unless the user interrupts first.
+async fn until_interrupted<T>(
+    interrupt: &mut transfer::Interrupt,
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = fut => r,
+        _ = transfer::interrupted(interrupt) => Err(anyhow::anyhow!("interrupted")),
+    }
+}
+
+async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> anyhow::Result<()> {
     let c = &cli.common;
     if c.chunk == 0 || c.chunk > protocol::transfer::MAX_FRAME - protocol::transfer::DATA_HEADER_LEN
     {
@@ -212,15 +231,15 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
             if let (Some(name), Some(first)) = (offer_name_unchecked, sources.first_mut()) {
                 first.entry.path = name.clone();
             }
-            let (session, server) = meet(
-                to.as_deref(),
-                c,
-                out,
-                "Open this link on the receiving device:",
+            let hint = "Open this link on the receiving device:";
+            let (session, server) =
+                until_interrupted(&mut interrupt, meet(to.as_deref(), c, out, hint)).await?;
+            let link = until_interrupted(
+                &mut interrupt,
+                open(TransferRole::Sender, session, c, &server, out),
             )
             .await?;
-            let link = open(TransferRole::Sender, session, c, &server, out).await?;
-            let result = transfer::send(&link, sources, path_opts, out).await;
+            let result = transfer::send(&link, sources, path_opts, out, &mut interrupt).await;
             close(&link).await;
             let s = result?;
             out.done(s.files, s.bytes, s.seconds, &link.path, "Sent");
@@ -231,16 +250,17 @@ async fn run(cli: Cli, out: &mut Output) -> anyhow::Result<()> {
             if !meta.is_dir() {
                 bail!("{} is not a folder", dir.display());
             }
-            let (session, server) = meet(
-                invitation.as_deref(),
-                c,
-                out,
-                "Send files to this device with the link:",
+            let hint = "Send files to this device with the link:";
+            let (session, server) =
+                until_interrupted(&mut interrupt, meet(invitation.as_deref(), c, out, hint))
+                    .await?;
+            let both_in_room: Instant = session.both_in_room;
+            let link = until_interrupted(
+                &mut interrupt,
+                open(TransferRole::Receiver, session, c, &server, out),
             )
             .await?;
-            let both_in_room: Instant = session.both_in_room;
-            let link = open(TransferRole::Receiver, session, c, &server, out).await?;
-            let result = transfer::receive(&link, dir, both_in_room, out).await;
+            let result = transfer::receive(&link, dir, both_in_room, out, &mut interrupt).await;
             close(&link).await;
             let (s, saved) = result?;
             out.done(s.files, s.bytes, s.seconds, &link.path, "Received");

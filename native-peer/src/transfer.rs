@@ -84,6 +84,25 @@ fn lost() -> anyhow::Error {
     anyhow!("the other peer vanished: the connection closed before the transfer finished")
 }
 
+/// Becomes `true` when the user interrupts (Ctrl-C).
+pub type Interrupt = watch::Receiver<bool>;
+
+/// What the other side is told when this one is interrupted.
+const STOPPED: &str = "the other side stopped the transfer";
+
+/// Resolves once the user interrupts; never if the interrupt source is gone.
+pub async fn interrupted(interrupt: &mut Interrupt) {
+    if interrupt.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The error for a transfer this side stopped; the cancel frame `sm.cancel` queued is sent by
+/// the caller's error path.
+fn stopped(_cancel: TransferError) -> anyhow::Error {
+    anyhow!("interrupted: the transfer was stopped and the other side told")
+}
+
 /// Settings of the data path.
 #[derive(Debug, Clone, Copy)]
 pub struct DataPath {
@@ -103,6 +122,7 @@ pub async fn send(
     sources: Vec<Source>,
     opts: DataPath,
     out: &mut Output,
+    interrupt: &mut Interrupt,
 ) -> anyhow::Result<Summary> {
     let clock = Clock(Instant::now());
     let dc = link.dc.clone();
@@ -145,6 +165,7 @@ pub async fn send(
                 let rd = reader.as_mut().expect("reading starts on accept");
                 let next = tokio::select! {
                     biased;
+                    _ = interrupted(interrupt) => return Err(stopped(sm.cancel(CancelReason::Cancelled, STOPPED))),
                     f = inbox.recv() => {
                         let Some(f) = f else {
                             return Err(explain_loss(&mut sm, &mut inbox, clock, lost()).await);
@@ -178,6 +199,7 @@ pub async fn send(
             }
             let timer = sm.poll_timeout().map(|t| clock.at(t));
             tokio::select! {
+                _ = interrupted(interrupt) => return Err(stopped(sm.cancel(CancelReason::Cancelled, STOPPED))),
                 f = inbox.recv() => {
                     let f = f.ok_or_else(lost)?;
                     sm.handle_frame(&f, clock.now()).map_err(map_err)?;
@@ -257,6 +279,7 @@ pub async fn receive(
     dir: &Path,
     both_in_room: Instant,
     out: &mut Output,
+    interrupt: &mut Interrupt,
 ) -> anyhow::Result<(Summary, Vec<PathBuf>)> {
     let clock = Clock(Instant::now());
     let dc = link.dc.clone();
@@ -281,6 +304,7 @@ pub async fn receive(
             }
             let timer = sm.poll_timeout().map(|t| clock.at(t));
             tokio::select! {
+                _ = interrupted(interrupt) => return Err(stopped(sm.cancel(CancelReason::Cancelled, STOPPED))),
                 f = inbox.recv() => {
                     let Some(frame) = f else { return Err(lost()) };
                     let data = match sm.handle_frame(&frame, clock.now()) {

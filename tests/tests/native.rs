@@ -365,3 +365,36 @@ fn receiver_disk_too_small_or_full_fails_cleanly() {
         }
     }
 }
+
+#[test]
+fn ctrl_c_on_the_receiver_tells_the_sender_and_leaves_no_part_file() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("long.bin");
+    make_file(&file, 200 << 20, 12);
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    receiver
+        .wait_event("progress", std::time::Duration::from_secs(30))
+        .unwrap();
+    let ok = Command::new("kill")
+        .args(["-INT", &receiver.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let rmsg = expect_error(rs, &revents);
+    let smsg = expect_error(ss, &sevents);
+    assert!(rmsg.contains("interrupted"), "{rmsg}");
+    assert!(
+        smsg.contains("stopped the transfer"),
+        "the sender is told why: {smsg}"
+    );
+    assert!(
+        tree(dst.path()).is_empty(),
+        "no .part left: {:?}",
+        tree(dst.path())
+    );
+}
