@@ -75,10 +75,18 @@ fn spawn_watchdog(dc: Arc<dyn DataChannel>, mut state: watch::Receiver<RTCPeerCo
 }
 
 async fn send_frame(dc: &dyn DataChannel, frame: BytesMut) -> anyhow::Result<()> {
-    dc.send(frame)
-        .await
-        .map_err(|e| anyhow!("the connection to the other peer was lost ({e})"))
+    match tokio::time::timeout(SEND_STALL, dc.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow!("the connection to the other peer was lost ({e})")),
+        Err(_) => Err(anyhow!(
+            "the connection stalled: nothing could be sent for {} s",
+            SEND_STALL.as_secs()
+        )),
+    }
 }
+
+/// A send that waits this long for buffer space means the path is dead, not slow.
+const SEND_STALL: Duration = Duration::from_secs(30);
 
 fn lost() -> anyhow::Error {
     anyhow!("the other peer vanished: the connection closed before the transfer finished")
@@ -251,13 +259,17 @@ async fn flush(mut next: impl FnMut() -> Option<Vec<u8>>, dc: &dyn DataChannel) 
 /// Wait (briefly) until what we queued has left, so a last Cancel or Complete is not torn
 /// down with the connection.
 async fn drained(dc: &dyn DataChannel) {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < deadline {
-        match dc.outstanding_bytes().await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+    // Bounded as a whole: every call here goes through the connection's driver, and a
+    // transfer that already ended must not hang on a connection that is going away.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match dc.outstanding_bytes().await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
         }
-    }
+    })
+    .await;
 }
 
 async fn sleep_opt(at: Option<tokio::time::Instant>) {
@@ -375,7 +387,10 @@ pub async fn receive(
     if let Err(e) = result {
         flush(|| sm.poll_transmit(clock.now()), &*dc).await;
         // Let the writer thread remove its `.part` before we report.
-        while written.recv().await.is_some() {}
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while written.recv().await.is_some() {}
+        })
+        .await;
         return Err(e);
     }
     let seconds = started
