@@ -5,8 +5,9 @@ source "$(dirname "$0")/lib.sh"
 
 ensure_rust
 # unshare and mount (private tmpfs for the full-disk test) come with util-linux and mount;
-# coturn is the external TURN server the relay tests prove interoperability with.
-apt_install util-linux mount coturn
+# coturn is the external TURN server the relay tests prove interoperability with; chromium
+# (driven over CDP) and iproute2 (`ip`, loopback in a fresh namespace) run the browser tests.
+apt_install util-linux mount coturn chromium iproute2
 
 log "formatting"
 cargo fmt --all -- --check

@@ -4,6 +4,8 @@
 //! Binaries are found next to the test executable's `deps/` folder (`target/<profile>/`), or
 //! in `PUNCHDROP_BIN_DIR`; the README's test command builds them first.
 
+pub mod browser;
+
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 use std::collections::BTreeMap;
