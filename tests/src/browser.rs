@@ -10,16 +10,25 @@
 //! Every browser test runs inside [`in_loopback_netns`]: a fresh network namespace that has
 //! only `lo`, so no ICE candidate can point off the machine.
 //!
-//! What Chromium needs here (found by experiment on Chromium 156, see [`Chromium::FLAGS`] and
-//! the tests in `tests/tests/browser.rs` that check each point):
-//! - `--allow-loopback-in-peer-connection`, else no candidate at all in a namespace with only
-//!   `lo`.
-//! - `--disable-features=WebRtcHideLocalIpsWithMdns`, else host candidates are `UUID.local`
-//!   mDNS names, which webrtc-rs (the native peer) does not resolve. (A granted media
-//!   permission also unmasks them, but only after the page calls `getUserMedia`.)
-//! - Downloads need `Browser.setDownloadBehavior` (done at launch, into a temp folder).
-//! - Chromium's crash handler (crashpad) daemonises out of the browser's process group; every
-//!   process Chromium starts carries a marker in its environment and is killed by pid on drop.
+//! What Chromium needs here (found by experiment on Debian's Chromium 156; the harness tests in
+//! `tests/tests/browser.rs` check each point):
+//! - WebRTC on loopback needs **both** `--allow-loopback-in-peer-connection` and a media
+//!   permission, which `--use-fake-ui-for-media-stream` stands for: without either one there
+//!   is no candidate at all in a namespace with only `lo` (ICE stays `new`). With both, host
+//!   candidates are plain `127.0.0.1` (no mDNS `*.local` names, which webrtc-rs cannot
+//!   resolve) even without `--disable-features=WebRtcHideLocalIpsWithMdns`; the flag is kept
+//!   so that this does not hinge on how Chromium ties mDNS to the media permission.
+//! - Downloads need `Browser.setDownloadBehavior` (done at launch, into a temp folder). Then
+//!   `<a download>` of a Blob, and hidden-iframe navigations answered by a service worker with
+//!   a streamed `Content-Disposition: attachment` response, land as files: several from one
+//!   page with no prompt, also when started seconds after the last user gesture; non-ASCII
+//!   names via `filename*=UTF-8''…` are kept.
+//! - A service worker registers on `http://127.0.0.1:PORT` (a secure context);
+//!   `navigator.serviceWorker.ready` can resolve while the worker is still `activating`.
+//! - The `/usr/bin/chromium` wrapper prints `[: … unexpected operator` (its /dev/shm check
+//!   meets two mounts): harmless. Chromium's crash handler daemonises out of the browser's
+//!   process group, so every process Chromium starts carries a marker in its environment and
+//!   is killed by pid on drop; `HOME` points into the temp dir so nothing lands in `~`.
 
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::{Value, json};
