@@ -486,41 +486,41 @@ impl Chromium {
         Ok(())
     }
 
-    /// PNG of the viewport (1280×900).
+    /// PNG of the page in a 1280×800 desktop viewport.
     pub fn screenshot(&mut self, path: &Path) -> anyhow::Result<()> {
-        let page = self.page.clone();
-        self.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")?;
-        let r = self.cdp.call(
-            Some(&page),
-            "Page.captureScreenshot",
-            json!({"format": "png"}),
+        self.capture(path, 1280, 800, 1, false)
+    }
+
+    /// PNG as a phone would show the page (390×844 CSS pixels, 2× density, mobile).
+    pub fn screenshot_phone(&mut self, path: &Path) -> anyhow::Result<()> {
+        self.capture(path, 390, 844, 2, true)
+    }
+
+    fn capture(
+        &mut self,
+        path: &Path,
+        width: u32,
+        height: u32,
+        scale: u32,
+        mobile: bool,
+    ) -> anyhow::Result<()> {
+        self.page_call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile}),
         )?;
+        let shot = self
+            .eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            .and_then(|_| self.page_call("Page.captureScreenshot", json!({"format": "png"})));
+        self.page_call("Emulation.clearDeviceMetricsOverride", json!({}))?;
         use base64::Engine as _;
         let png = base64::engine::general_purpose::STANDARD
-            .decode(r["data"].as_str().unwrap_or_default())
+            .decode(shot?["data"].as_str().unwrap_or_default())
             .context("screenshot data")?;
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
         }
         std::fs::write(path, png)?;
         Ok(())
-    }
-
-    /// PNG as a phone would show the page (390×844 CSS pixels, 2× density, mobile).
-    pub fn screenshot_phone(&mut self, path: &Path) -> anyhow::Result<()> {
-        let page = self.page.clone();
-        self.cdp.call(
-            Some(&page),
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
-        )?;
-        let r = self.screenshot(path);
-        self.cdp.call(
-            Some(&page),
-            "Emulation.clearDeviceMetricsOverride",
-            json!({}),
-        )?;
-        r
     }
 
     /// Desktop and phone screenshots as `DIR/NAME-desktop.png` and `DIR/NAME-phone.png`;

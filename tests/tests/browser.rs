@@ -722,3 +722,55 @@ fn signalling_killed_mid_transfer_browser_transfer_completes() {
     })
     .unwrap();
 }
+
+/// The harness's own input helpers on a plain page: files chosen on an input (with a
+/// `change` event), clicks as real mouse events, covered elements refused, screenshots.
+#[test]
+fn harness_set_files_click_and_screenshots() {
+    in_loopback_netns(|| {
+        let server = StaticServer::start(vec![page(
+            r#"<input type="file" id="f" multiple>
+            <button id="b" onclick="window.clicks = (window.clicks || 0) + 1">go</button>
+            <div style="position: relative"><button id="under">under</button>
+              <div style="position: absolute; inset: 0; background: #fff"></div></div>"#,
+        )])?;
+        let dir = tempfile::tempdir()?;
+        let a = dir.path().join("a.txt");
+        let b = dir.path().join("b ä.bin");
+        make_file(&a, 10, 1);
+        make_file(&b, 2000, 2);
+        let mut c = Chromium::launch()?;
+        c.goto(&format!("{}/", server.url))?;
+        c.set_files("#f", &[&a, &b])?;
+        let got = c.eval(
+            "Array.from(document.querySelector('#f').files, f => f.name + ':' + f.size).join(',')",
+        )?;
+        assert_eq!(got, "a.txt:10,b ä.bin:2000");
+        c.click("#b")?;
+        c.click("#b")?;
+        assert_eq!(c.eval("window.clicks")?, 2);
+        let err = c.click("#under").unwrap_err().to_string();
+        assert!(err.contains("covered"), "{err}");
+        assert!(c.click("#nothing").is_err());
+        let err = c.wait_for("false", SECS(1)).unwrap_err().to_string();
+        assert!(
+            err.contains("timed out") && err.contains("punchdropEvents is undefined"),
+            "{err}"
+        );
+        let shot = dir.path().join("s.png");
+        c.screenshot_phone(&shot)?;
+        let png = std::fs::read(&shot)?;
+        assert_eq!(&png[1..4], b"PNG");
+        // IHDR width and height: 390×844 CSS pixels at 2×.
+        assert_eq!((be_at(&png, 16), be_at(&png, 20)), (780, 1688));
+        c.screenshot(&shot)?;
+        let png = std::fs::read(&shot)?;
+        assert_eq!((be_at(&png, 16), be_at(&png, 20)), (1280, 800));
+        Ok(())
+    })
+    .unwrap();
+}
+
+fn be_at(b: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes(b[i..i + 4].try_into().unwrap())
+}
