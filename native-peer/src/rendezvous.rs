@@ -79,18 +79,9 @@ async fn recv(ws: &mut Ws) -> anyhow::Result<ServerMessage> {
             Some(Ok(Message::Text(t))) => {
                 let msg: ServerMessage = serde_json::from_str(t.as_str())
                     .context("the signalling server sent something unreadable")?;
-                return match msg {
-                    ServerMessage::Error { code, .. } => Err(anyhow!("server: {}", code.explain())),
-                    ServerMessage::PeerAborted {
-                        reason: AbortReason::WrongSecret,
-                    } => Err(anyhow!(
-                        "wrong code or link: the other peer's secret does not match"
-                    )),
-                    ServerMessage::PeerAborted { .. } => Err(anyhow!("the other peer gave up")),
-                    ServerMessage::PeerLeft => {
-                        Err(anyhow!("the other peer left before connecting"))
-                    }
-                    other => Ok(other),
+                return match msg.failure() {
+                    Some(text) => Err(anyhow!(text)),
+                    None => Ok(msg),
                 };
             }
             Some(Ok(Message::Close(_))) | None => {

@@ -309,5 +309,6 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(web::metrics))
         .route("/", get(web::index))
         .route("/r/{room}", get(web::share_page))
+        .route("/{*asset}", get(web::asset))
         .with_state(state)
 }

@@ -14,11 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod web;
+
 #[derive(Parser, Debug)]
 #[command(about = "punchdrop project tasks")]
 enum Task {
     /// Measure native↔native throughput and setup against a plain TCP copy.
     Bench(BenchArgs),
+    /// Build the browser app (wasm-client → web/pkg).
+    Web,
 }
 
 #[derive(Parser, Debug)]
@@ -43,6 +47,7 @@ struct BenchArgs {
 fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Bench(args) => bench(args),
+        Task::Web => web::build(&root()),
     }
 }
 

@@ -1,0 +1,45 @@
+//! What can go wrong in the browser client, phrased for the person at the page.
+
+use protocol::transfer::TransferError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The signalling server could not be reached or went away before the peers connected.
+    #[error("{0}")]
+    Signalling(String),
+    /// The other peer's secret differs: a wrong or mistyped link or code.
+    #[error("wrong code or link: the other peer's secret does not match")]
+    WrongSecret,
+    /// The two peers could not open a connection.
+    #[error("{0}")]
+    Connect(String),
+    /// The transfer protocol ended with an error (peer cancelled, hash mismatch, …).
+    #[error("{0}")]
+    Transfer(#[from] TransferError),
+    /// The data channel closed before the transfer finished.
+    #[error("the other peer vanished: the connection closed before the transfer finished")]
+    Vanished,
+    /// Reading a file to send failed.
+    #[error("cannot read {0}: the file changed or is no longer readable")]
+    Read(String),
+    /// Saving a received file failed.
+    #[error("cannot save a received file: {0}")]
+    Write(String),
+    /// This side stopped.
+    #[error("stopped: the transfer was cancelled and the other side told")]
+    Cancelled,
+    /// The browser lacks something punchdrop needs.
+    #[error("this browser cannot run punchdrop: {0}")]
+    Unsupported(String),
+    /// The page called the client in a way that makes no sense (a bug in the page).
+    #[error("{0}")]
+    Usage(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for wasm_bindgen::JsValue {
+    fn from(e: Error) -> Self {
+        js_sys::Error::new(&e.to_string()).into()
+    }
+}

@@ -1,0 +1,308 @@
+//! punchdrop in the browser: Rust compiled to wasm32 that drives the browser's
+//! RTCPeerConnection and runs the same signalling, PAKE sealing and transfer state machines
+//! as the native peer (all from `protocol`). The page (`web/`) is a thin shell: it collects
+//! files, shows events and provides storage sinks; it never speaks the protocol itself.
+//!
+//! JS API ([`Client`]):
+//! - `new Client(serverOrigin, onEvent)`; `onEvent` receives plain objects (see [`events`]).
+//! - `share(entries)`: create a room for `[{path, file}|{path, dir: true}]`; emits `ready`
+//!   with the link and code, resolves when the receiver has every file.
+//! - `open(linkOrCode)`: join a room. If the other side sends, emits `offer` and waits for
+//!   `accept(sinkFactory)` or `decline()`; if it receives, emits `pick` and waits for
+//!   `provideFiles(entries)`.
+//! - `cancel()` stops whatever runs; the other side is told.
+//!
+//! Invariants: one session per client at a time; every browser callback is owned and freed
+//! ([`js::Listener`]); received bytes go to a sink as they arrive, never into one buffer.
+
+mod error;
+mod events;
+mod js;
+mod peer;
+mod signalling;
+mod transfer;
+
+use futures::channel::mpsc;
+use futures::{FutureExt as _, StreamExt as _};
+use protocol::invite::Invitation;
+use protocol::signal::{AbortReason, TransferRole};
+use protocol::transfer::OfferEntry;
+use serde_json::json;
+use std::cell::RefCell;
+use std::future::Future;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+use error::{Error, Result};
+use events::Events;
+use transfer::{SinkFactory, Source, Summary};
+
+/// What the page tells a running session.
+pub(crate) enum Command {
+    /// Files to send (answer to `pick`).
+    Files(Vec<Source>),
+    /// Save the offered files here.
+    Accept(SinkFactory),
+    Decline,
+    Cancel,
+}
+
+#[wasm_bindgen(start)]
+fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        web_sys::console::error_1(&format!("punchdrop: {info}").into());
+    }));
+}
+
+/// A QR code of `text` as an SVG document (for the share link).
+#[wasm_bindgen(js_name = qrSvg)]
+pub fn qr_svg(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color>()
+            .min_dimensions(200, 200)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+/// One page's punchdrop client.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Client {
+    server: String,
+    events: Events,
+    cmds: RefCell<Option<mpsc::UnboundedSender<Command>>>,
+}
+
+#[wasm_bindgen]
+impl Client {
+    /// `server` is the signalling server's origin, e.g. `https://drop.example`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(server: String, on_event: js_sys::Function) -> Client {
+        Client {
+            server,
+            events: Events::new(on_event),
+            cmds: RefCell::new(None),
+        }
+    }
+
+    /// Share `entries` (`[{path, file}]` or `[{path, dir: true}]`).
+    pub fn share(&self, entries: js_sys::Array) -> Result<js_sys::Promise, JsValue> {
+        let sources = parse_sources(&entries)?;
+        let rx = self.begin();
+        let (server, events) = (self.server.clone(), self.events.clone());
+        Ok(self.run(share_flow(server, sources, events, rx)))
+    }
+
+    /// Join the room of a share link or typed code.
+    pub fn open(&self, invitation: String) -> js_sys::Promise {
+        let rx = self.begin();
+        let (server, events) = (self.server.clone(), self.events.clone());
+        self.run(open_flow(server, invitation, events, rx))
+    }
+
+    /// Accept the pending offer and save through `sinks`.
+    pub fn accept(&self, sinks: SinkFactory) {
+        self.command(Command::Accept(sinks));
+    }
+
+    pub fn decline(&self) {
+        self.command(Command::Decline);
+    }
+
+    /// The files to send, after a `pick` event.
+    #[wasm_bindgen(js_name = provideFiles)]
+    pub fn provide_files(&self, entries: js_sys::Array) -> Result<(), JsValue> {
+        let sources = parse_sources(&entries)?;
+        self.command(Command::Files(sources));
+        Ok(())
+    }
+
+    pub fn cancel(&self) {
+        self.command(Command::Cancel);
+    }
+}
+
+impl Client {
+    fn begin(&self) -> mpsc::UnboundedReceiver<Command> {
+        let (tx, rx) = mpsc::unbounded();
+        if let Some(old) = self.cmds.replace(Some(tx)) {
+            let _ = old.unbounded_send(Command::Cancel);
+        }
+        rx
+    }
+
+    fn command(&self, c: Command) {
+        if let Some(tx) = self.cmds.borrow().as_ref() {
+            let _ = tx.unbounded_send(c);
+        }
+    }
+
+    /// Run a flow as a promise; its error is also emitted as an `error` event.
+    fn run(&self, flow: impl Future<Output = Result<()>> + 'static) -> js_sys::Promise {
+        let events = self.events.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            match flow.await {
+                Ok(()) => Ok(JsValue::UNDEFINED),
+                Err(e) => {
+                    events.emit(json!({"event": "error", "message": e.to_string()}));
+                    Err(e.into())
+                }
+            }
+        })
+    }
+}
+
+fn parse_sources(entries: &js_sys::Array) -> Result<Vec<Source>> {
+    let mut out = Vec::with_capacity(entries.length() as usize);
+    for v in entries.iter() {
+        let path = js::get_str(&v, "path")
+            .ok_or(Error::Usage("every entry needs a path"))?
+            .trim_start_matches('/')
+            .to_string();
+        if js::get(&v, "dir").as_bool() == Some(true) {
+            out.push(Source {
+                entry: OfferEntry::dir(path),
+                file: None,
+            });
+            continue;
+        }
+        let file: web_sys::File = js::get(&v, "file")
+            .dyn_into()
+            .map_err(|_| Error::Usage("every file entry needs a File"))?;
+        out.push(Source {
+            entry: OfferEntry::file(path, file.size() as u64),
+            file: Some(file),
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::Usage("nothing to send"));
+    }
+    Ok(out)
+}
+
+/// Run `fut` unless the page cancels first.
+async fn or_cancel<T>(
+    fut: impl Future<Output = Result<T>>,
+    cmds: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<T> {
+    let fut = fut.fuse();
+    futures::pin_mut!(fut);
+    loop {
+        futures::select! {
+            r = fut => return r,
+            c = cmds.next() => match c {
+                Some(Command::Cancel) | None => return Err(Error::Cancelled),
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+fn connected(events: &Events, link: &peer::Link) {
+    let p = &link.path;
+    events.emit(json!({
+        "event": "connected", "path": p.kind, "local": p.local, "remote": p.remote,
+        "protocol": p.protocol,
+        "ms_since_room": (js::now() - events.both_in_room()).as_secs_f64() * 1e3,
+    }));
+}
+
+fn done(events: &Events, s: Summary, link: &peer::Link) {
+    let p = &link.path;
+    events.emit(json!({
+        "event": "done", "files": s.files, "bytes": s.bytes, "seconds": s.seconds,
+        "path": p.kind, "local": p.local, "remote": p.remote,
+        "candidates": format!("{}-{}", p.local, p.remote), "protocol": p.protocol,
+    }));
+}
+
+fn same_role(role: TransferRole) -> Error {
+    Error::Connect(
+        match role {
+            TransferRole::Sender => "the other peer is also sending: one side must receive",
+            TransferRole::Receiver => "the other peer is also receiving: one side must send",
+        }
+        .into(),
+    )
+}
+
+async fn share_flow(
+    server: String,
+    sources: Vec<Source>,
+    events: Events,
+    mut cmds: mpsc::UnboundedReceiver<Command>,
+) -> Result<()> {
+    let created = or_cancel(signalling::create(&server), &mut cmds).await?;
+    let link_text = created.link.to_string();
+    events.emit(json!({
+        "event": "ready", "link": link_text, "code": created.code.to_string(),
+    }));
+    let mut session = or_cancel(created.wait_for_peer(), &mut cmds).await?;
+    events.set_both_in_room(session.both_in_room);
+    events.emit(json!({"event": "joined"}));
+    session.send_hello(TransferRole::Sender)?;
+    let theirs = or_cancel(session.recv_hello(), &mut cmds).await?;
+    if theirs == TransferRole::Sender {
+        session.abort(AbortReason::Failed);
+        return Err(same_role(theirs));
+    }
+    send_over(session, sources, &events, &mut cmds).await
+}
+
+async fn send_over(
+    session: signalling::Session,
+    sources: Vec<Source>,
+    events: &Events,
+    cmds: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<()> {
+    let mut link = or_cancel(peer::connect(TransferRole::Sender, session), cmds).await?;
+    connected(events, &link);
+    let summary = transfer::send(&mut link, sources, events, cmds).await?;
+    done(events, summary, &link);
+    Ok(())
+}
+
+async fn open_flow(
+    server: String,
+    invitation: String,
+    events: Events,
+    mut cmds: mpsc::UnboundedReceiver<Command>,
+) -> Result<()> {
+    let inv = Invitation::parse(invitation.trim())
+        .map_err(|e| Error::Signalling(format!("cannot use that link or code: {e}")))?;
+    let mut session = or_cancel(signalling::join(&inv, &server), &mut cmds).await?;
+    events.set_both_in_room(session.both_in_room);
+    events.emit(json!({"event": "joined"}));
+    // The creator said what it does; this page takes the other side.
+    let theirs = or_cancel(session.recv_hello(), &mut cmds).await?;
+    match theirs {
+        TransferRole::Sender => {
+            session.send_hello(TransferRole::Receiver)?;
+            let mut link =
+                or_cancel(peer::connect(TransferRole::Receiver, session), &mut cmds).await?;
+            connected(&events, &link);
+            match transfer::receive(&mut link, &events, &mut cmds).await? {
+                Some(summary) => done(&events, summary, &link),
+                None => events.emit(json!({"event": "declined"})),
+            }
+            Ok(())
+        }
+        TransferRole::Receiver => {
+            events.emit(json!({"event": "pick"}));
+            let sources = loop {
+                match cmds.next().await {
+                    Some(Command::Files(s)) => break s,
+                    Some(Command::Cancel) | None => {
+                        session.abort(AbortReason::Cancelled);
+                        return Err(Error::Cancelled);
+                    }
+                    Some(_) => {}
+                }
+            };
+            session.send_hello(TransferRole::Sender)?;
+            send_over(session, sources, &events, &mut cmds).await
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! The data-channel adapter: drives [`protocol::transfer`]'s state machines with the
+//! browser's data channel, `File` slices and storage sinks. Only I/O lives here; every
+//! protocol decision is made by `protocol`, exactly as for the native peer.
+//!
+//! Back-pressure: a frame is sent only while the channel buffers less than [`HIGH_WATER`];
+//! above it we wait for `bufferedamountlow` (threshold [`LOW_WATER`]). Chromium fails
+//! `send()` past 16 MiB buffered, so the high mark stays far below that. Received data is
+//! written to a sink (a file in a folder the user picked, or a streamed download) before
+//! the next frame is handled, so memory holds at most what the browser queued for us.
+
+use core::time::Duration;
+use futures::channel::mpsc;
+use futures::{FutureExt as _, StreamExt as _};
+use protocol::transfer::names::{self, SafePath};
+use protocol::transfer::{
+    CancelReason, DATA_HEADER_LEN, OfferEntry, ReadRequest, Received, Receiver, ReceiverEvent,
+    Sender, SenderEvent,
+};
+use serde_json::json;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{MessageEvent, RtcDataChannel, RtcDataChannelState, RtcPeerConnectionState};
+
+use crate::Command;
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::js::{self, Listener};
+use crate::peer::Link;
+
+/// Wait for `bufferedamountlow` above this many queued bytes.
+const HIGH_WATER: u32 = 4 << 20;
+const LOW_WATER: u32 = 1 << 20;
+/// Bytes read from a `File` per `arrayBuffer()` call; frames are cut from this block.
+const READ_BLOCK: u64 = 1 << 20;
+/// A send that waits this long for buffer space means the path is dead, not slow.
+const SEND_STALL: Duration = Duration::from_secs(30);
+/// Progress events at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// What the other side is told when this one stops.
+const STOPPED: &str = "the other side stopped the transfer";
+
+#[wasm_bindgen]
+extern "C" {
+    /// Where received files go; provided by the page (a folder from the File System Access
+    /// API, streamed downloads through the service worker, or memory).
+    #[derive(Debug, Clone)]
+    pub type SinkFactory;
+    /// Open `path` (relative, `/`-separated) for `size` bytes. Resolves to a [`Sink`], or
+    /// `null` when that name is taken (the caller then tries a numbered name).
+    #[wasm_bindgen(method, catch)]
+    fn open(this: &SinkFactory, path: &str, size: f64) -> Result<js_sys::Promise, JsValue>;
+
+    /// One file being written. Nothing appears under the final name before `close`.
+    #[derive(Debug, Clone)]
+    pub type Sink;
+    #[wasm_bindgen(method, catch)]
+    fn write(this: &Sink, chunk: js_sys::Uint8Array) -> Result<js_sys::Promise, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn close(this: &Sink) -> Result<js_sys::Promise, JsValue>;
+    #[wasm_bindgen(method)]
+    fn abort(this: &Sink, reason: &str);
+}
+
+/// One thing to send: a file (with its `File`) or a folder.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub entry: OfferEntry,
+    pub file: Option<web_sys::File>,
+}
+
+/// What a finished transfer reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub files: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+enum Incoming {
+    Frame(Vec<u8>),
+    Closed,
+}
+
+/// The data channel with its inbox and back-pressure signal.
+struct Wire {
+    dc: RtcDataChannel,
+    inbox: mpsc::UnboundedReceiver<Incoming>,
+    low: mpsc::UnboundedReceiver<()>,
+    _listeners: [Listener; 4],
+}
+
+impl Wire {
+    fn new(dc: &RtcDataChannel) -> Self {
+        dc.set_buffered_amount_low_threshold(LOW_WATER);
+        let (tx, inbox) = mpsc::unbounded();
+        let (low_tx, low) = mpsc::unbounded();
+        let t: &web_sys::EventTarget = dc.unchecked_ref();
+        let (a, b, c) = (tx.clone(), tx.clone(), tx);
+        let listeners = [
+            Listener::new(t, "message", move |e: MessageEvent| {
+                let data = js_sys::Uint8Array::new(&e.data()).to_vec();
+                let _ = a.unbounded_send(Incoming::Frame(data));
+            }),
+            Listener::new(t, "close", move |_: web_sys::Event| {
+                let _ = b.unbounded_send(Incoming::Closed);
+            }),
+            Listener::new(t, "error", move |_: web_sys::Event| {
+                let _ = c.unbounded_send(Incoming::Closed);
+            }),
+            Listener::new(t, "bufferedamountlow", move |_: web_sys::Event| {
+                let _ = low_tx.unbounded_send(());
+            }),
+        ];
+        Self {
+            dc: dc.clone(),
+            inbox,
+            low,
+            _listeners: listeners,
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.dc.ready_state() == RtcDataChannelState::Open
+    }
+
+    /// Send one frame, waiting for buffer space first.
+    async fn send(&mut self, frame: &[u8]) -> Result<()> {
+        let stall = js::now() + SEND_STALL;
+        while self.dc.buffered_amount() > HIGH_WATER {
+            if !self.open() {
+                return Err(Error::Vanished);
+            }
+            if js::now() > stall {
+                return Err(Error::Connect(format!(
+                    "the connection stalled: nothing could be sent for {} s",
+                    SEND_STALL.as_secs()
+                )));
+            }
+            while self.low.try_recv().is_ok() {}
+            // The event is the fast path; the short sleep covers a missed or stale one.
+            futures::select! {
+                _ = self.low.next() => {}
+                _ = js::sleep(Duration::from_millis(50)).fuse() => {}
+            }
+        }
+        self.dc
+            .send_with_u8_array(frame)
+            .map_err(|_| Error::Vanished)
+    }
+
+    /// Send queued control frames (a Cancel, last acks) and give them a moment to leave.
+    async fn flush(&mut self, mut next: impl FnMut() -> Option<Vec<u8>>) {
+        while let Some(f) = next() {
+            if !self.open() || self.dc.send_with_u8_array(&f).is_err() {
+                return;
+            }
+        }
+        self.drained().await;
+    }
+
+    /// Wait (briefly) until what we queued has left.
+    async fn drained(&self) {
+        let until = js::now() + Duration::from_millis(500);
+        while self.open() && self.dc.buffered_amount() > 0 && js::now() < until {
+            js::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Reads the bytes a [`ReadRequest`] names, a block at a time.
+struct BlobReader {
+    block: Vec<u8>,
+    index: u32,
+    start: u64,
+}
+
+impl BlobReader {
+    async fn read(
+        &mut self,
+        sources: &[Source],
+        req: ReadRequest,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let src = &sources[req.index as usize];
+        let end = req.offset + req.len as u64;
+        let covered = self.index == req.index
+            && req.offset >= self.start
+            && end <= self.start + self.block.len() as u64;
+        if !covered {
+            let file = src
+                .file
+                .as_ref()
+                .ok_or(Error::Usage("a folder has no bytes"))?;
+            let size = src.entry.size;
+            let block_end = (req.offset + READ_BLOCK).min(size).max(end);
+            let unreadable = || Error::Read(display_name(&src.entry.path));
+            let blob = file
+                .slice_with_f64_and_f64(req.offset as f64, block_end as f64)
+                .map_err(|_| unreadable())?;
+            let buf = js::wait(blob.array_buffer())
+                .await
+                .map_err(|_| unreadable())?;
+            self.block = js_sys::Uint8Array::new(&buf).to_vec();
+            self.index = req.index;
+            self.start = req.offset;
+            if (self.block.len() as u64) < end - req.offset {
+                return Err(unreadable());
+            }
+        }
+        let from = (req.offset - self.start) as usize;
+        out.extend_from_slice(&self.block[from..from + req.len]);
+        Ok(())
+    }
+}
+
+/// A file name safe to show: the last component only (full paths can be private).
+fn display_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+/// Throttles progress events.
+struct Progress {
+    next: Duration,
+}
+
+impl Progress {
+    fn report(&mut self, events: &Events, bytes: u64, total: u64) {
+        let now = js::now();
+        if now >= self.next || bytes == total {
+            self.next = now + PROGRESS_EVERY;
+            events.emit(json!({"event": "progress", "bytes": bytes, "total": total}));
+        }
+    }
+}
+
+fn closed_or_frame(inc: Option<Incoming>) -> Result<Vec<u8>> {
+    match inc {
+        Some(Incoming::Frame(f)) => Ok(f),
+        _ => Err(Error::Vanished),
+    }
+}
+
+/// The connection failed under a live channel: close the channel so waits end.
+fn watch_state(link: &mut Link) -> bool {
+    while let Ok(s) = link.state.try_recv() {
+        if matches!(
+            s,
+            RtcPeerConnectionState::Failed | RtcPeerConnectionState::Closed
+        ) {
+            link.dc.close();
+            return true;
+        }
+    }
+    false
+}
+
+/// If the channel broke, a reason the peer sent just before (disk full, bad name…) beats
+/// "vanished".
+async fn explain_loss(sm: &mut Sender, wire: &mut Wire, fallback: Error) -> Error {
+    let until = js::now() + Duration::from_millis(500);
+    loop {
+        futures::select! {
+            inc = wire.inbox.next() => match inc {
+                Some(Incoming::Frame(f)) => {
+                    if let Err(e) = sm.handle_frame(&f, js::now()) {
+                        return e.into();
+                    }
+                }
+                _ => return fallback,
+            },
+            _ = js::sleep_until(Some(until)).fuse() => return fallback,
+        }
+    }
+}
+
+pub async fn send(
+    link: &mut Link,
+    sources: Vec<Source>,
+    events: &Events,
+    cmds: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<Summary> {
+    let mut wire = Wire::new(&link.dc);
+    let entries = sources.iter().map(|s| s.entry.clone()).collect();
+    let mut sm = Sender::with_default_chunk(entries, js::now());
+    let files = sources.iter().filter(|s| !s.entry.dir).count();
+    let total = sm.total_bytes();
+    let mut reader = BlobReader {
+        block: Vec::new(),
+        index: u32::MAX,
+        start: 0,
+    };
+    let mut progress = Progress { next: js::now() };
+    let mut started = None;
+
+    let result: Result<()> = async {
+        loop {
+            while let Some(f) = sm.poll_transmit(js::now()) {
+                if let Err(e) = wire.send(&f).await {
+                    return Err(explain_loss(&mut sm, &mut wire, e).await);
+                }
+            }
+            while let Ok(inc) = wire.inbox.try_recv() {
+                let f = match closed_or_frame(Some(inc)) {
+                    Ok(f) => f,
+                    Err(e) => return Err(explain_loss(&mut sm, &mut wire, e).await),
+                };
+                sm.handle_frame(&f, js::now())?;
+            }
+            while let Some(ev) = sm.poll_event() {
+                match ev {
+                    SenderEvent::Accepted => {
+                        started = Some(js::now());
+                        events.emit(json!({"event": "accepted", "files": files, "bytes": total}));
+                    }
+                    SenderEvent::FileAcked { index } => {
+                        events.emit(json!({"event": "file_done", "index": index}));
+                    }
+                    SenderEvent::Completed => return Ok(()),
+                }
+            }
+            if let Ok(Command::Cancel) = cmds.try_recv() {
+                sm.cancel(CancelReason::Cancelled, STOPPED);
+                return Err(Error::Cancelled);
+            }
+            if watch_state(link) {
+                return Err(explain_loss(&mut sm, &mut wire, Error::Vanished).await);
+            }
+            if let Some(req) = sm.poll_read() {
+                let mut buf = Vec::with_capacity(DATA_HEADER_LEN + req.len);
+                buf.resize(DATA_HEADER_LEN, 0);
+                if let Err(e) = reader.read(&sources, req, &mut buf).await {
+                    sm.cancel(
+                        CancelReason::SourceChanged,
+                        "the sender could not read a file",
+                    );
+                    return Err(e);
+                }
+                sm.encode_data(&mut buf)?;
+                if let Err(e) = wire.send(&buf).await {
+                    return Err(explain_loss(&mut sm, &mut wire, e).await);
+                }
+                progress.report(events, sm.bytes_sent(), total);
+                continue;
+            }
+            futures::select! {
+                inc = wire.inbox.next() => {
+                    let f = match closed_or_frame(inc) {
+                        Ok(f) => f,
+                        Err(e) => return Err(explain_loss(&mut sm, &mut wire, e).await),
+                    };
+                    sm.handle_frame(&f, js::now())?;
+                }
+                cmd = cmds.next() => if let Some(Command::Cancel) = cmd {
+                    sm.cancel(CancelReason::Cancelled, STOPPED);
+                    return Err(Error::Cancelled);
+                },
+                _ = js::sleep_until(sm.poll_timeout()).fuse() => sm.handle_timeout(js::now())?,
+                // Connection state changes arrive here too.
+                _ = js::sleep(Duration::from_millis(500)).fuse() => {}
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        wire.flush(|| sm.poll_transmit(js::now())).await;
+        return Err(e);
+    }
+    let seconds = started
+        .map(|s| (js::now() - s).as_secs_f64())
+        .unwrap_or_default();
+    Ok(Summary {
+        files,
+        bytes: total,
+        seconds,
+    })
+}
+
+/// The file being written.
+struct Current {
+    sink: Sink,
+}
+
+/// Open a sink for `path`, numbering the name while it is taken.
+async fn open_sink(factory: &SinkFactory, path: &SafePath, size: u64) -> Result<Sink> {
+    let full = path.as_str();
+    let (dir, name) = match full.rsplit_once('/') {
+        Some((d, n)) => (Some(d), n),
+        None => (None, full),
+    };
+    for n in 0..1000 {
+        let candidate = if n == 0 {
+            name.to_string()
+        } else {
+            names::numbered(name, n)
+        };
+        let p = match dir {
+            Some(d) => format!("{d}/{candidate}"),
+            None => candidate,
+        };
+        let promise = factory
+            .open(&p, size as f64)
+            .map_err(|e| Error::Write(js::message(&e)))?;
+        let sink = js::wait(promise).await.map_err(Error::Write)?;
+        if !sink.is_null() && !sink.is_undefined() {
+            return Ok(sink.unchecked_into());
+        }
+    }
+    Err(Error::Write("too many files with that name".into()))
+}
+
+/// Result of a receive: the summary, or `None` when the person declined the offer.
+pub async fn receive(
+    link: &mut Link,
+    events: &Events,
+    cmds: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<Option<Summary>> {
+    let mut wire = Wire::new(&link.dc);
+    let mut sm = Receiver::new(js::now());
+    let mut factory: Option<SinkFactory> = None;
+    let mut offer = None;
+    let mut current: Option<Current> = None;
+    let mut files_total = 0;
+    let mut started = None;
+    let mut first_byte = false;
+    let mut progress = Progress { next: js::now() };
+    let both_in_room = events.both_in_room();
+
+    let result: Result<bool> = async {
+        loop {
+            while let Some(f) = sm.poll_transmit(js::now()) {
+                wire.send(&f).await?;
+            }
+            if sm.is_done() {
+                return Ok(true);
+            }
+            if watch_state(link) {
+                return Err(Error::Vanished);
+            }
+            futures::select! {
+                inc = wire.inbox.next() => {
+                    let frame = closed_or_frame(inc)?;
+                    let data = match sm.handle_frame(&frame, js::now())? {
+                        Received::Data { bytes, .. } => Some(js_sys::Uint8Array::from(bytes)),
+                        Received::Nothing => None,
+                    };
+                    while let Some(ev) = sm.poll_event() {
+                        match ev {
+                            ReceiverEvent::Offer(o) => {
+                                files_total = o.file_count();
+                                let list: Vec<_> = o.entries.iter().map(|(safe, e)| {
+                                    json!({"path": safe.as_str(), "size": e.size, "dir": e.dir})
+                                }).collect();
+                                events.emit(json!({
+                                    "event": "offer", "files": files_total, "bytes": o.total_bytes,
+                                    "entries": list,
+                                }));
+                                match decide(&mut wire, &mut sm, cmds).await? {
+                                    Some(f) => {
+                                        factory = Some(f);
+                                        sm.accept()?;
+                                        started = Some(js::now());
+                                        events.emit(json!({"event": "accepted", "files": files_total, "bytes": o.total_bytes}));
+                                    }
+                                    None => {
+                                        sm.decline("the receiver declined the files");
+                                        return Ok(false);
+                                    }
+                                }
+                                offer = Some(o);
+                            }
+                            ReceiverEvent::FileStart { index } => {
+                                let (path, entry) = offer.as_ref().and_then(|o| o.entries.get(index as usize))
+                                    .ok_or(Error::Usage("file outside the offer"))?;
+                                let f = factory.as_ref().ok_or(Error::Usage("no destination"))?;
+                                let sink = match open_sink(f, path, entry.size).await {
+                                    Ok(s) => s,
+                                    Err(e) => {
+                                        sm.cancel(CancelReason::Io, "the receiver could not write a file");
+                                        return Err(e);
+                                    }
+                                };
+                                current = Some(Current { sink });
+                            }
+                            ReceiverEvent::FileVerified { index } => {
+                                // Empty files have no data frames, hence no FileStart.
+                                let cur = match current.take() {
+                                    Some(c) => c,
+                                    None => {
+                                        let (path, _) = offer.as_ref().and_then(|o| o.entries.get(index as usize))
+                                            .ok_or(Error::Usage("file outside the offer"))?;
+                                        let f = factory.as_ref().ok_or(Error::Usage("no destination"))?;
+                                        Current { sink: open_sink(f, path, 0).await? }
+                                    }
+                                };
+                                let closed = match cur.sink.close() {
+                                    Ok(p) => js::wait(p).await,
+                                    Err(e) => Err(js::message(&e)),
+                                };
+                                if let Err(e) = closed {
+                                    sm.cancel(CancelReason::Io, "the receiver could not write a file");
+                                    return Err(Error::Write(e));
+                                }
+                                sm.file_saved(index)?;
+                                events.emit(json!({"event": "file_done", "index": index}));
+                            }
+                            ReceiverEvent::Completed => {}
+                        }
+                    }
+                    if let Some(bytes) = data {
+                        if !first_byte {
+                            first_byte = true;
+                            events.emit(json!({"event": "first_byte",
+                                "ms_since_room": (js::now() - both_in_room).as_secs_f64() * 1e3}));
+                        }
+                        let cur = current.as_ref().ok_or(Error::Usage("data before file start"))?;
+                        let written = match cur.sink.write(bytes) {
+                            Ok(p) => js::wait(p).await,
+                            Err(e) => Err(js::message(&e)),
+                        };
+                        if let Err(e) = written {
+                            sm.cancel(CancelReason::Io, "the receiver could not write a file");
+                            return Err(Error::Write(e));
+                        }
+                        progress.report(events, sm.bytes_received(), sm.total_bytes());
+                    }
+                }
+                cmd = cmds.next() => if let Some(Command::Cancel) = cmd {
+                    sm.cancel(CancelReason::Cancelled, STOPPED);
+                    return Err(Error::Cancelled);
+                },
+                _ = js::sleep_until(sm.poll_timeout()).fuse() => sm.handle_timeout(js::now())?,
+                _ = js::sleep(Duration::from_millis(500)).fuse() => {}
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            // Our last acknowledgements must leave before the connection is torn down.
+            wire.drained().await;
+            let seconds = started
+                .map(|s| (js::now() - s).as_secs_f64())
+                .unwrap_or_default();
+            Ok(Some(Summary {
+                files: files_total,
+                bytes: sm.total_bytes(),
+                seconds,
+            }))
+        }
+        Ok(false) => {
+            wire.flush(|| sm.poll_transmit(js::now())).await;
+            Ok(None)
+        }
+        Err(e) => {
+            if let Some(cur) = current.take() {
+                cur.sink.abort(&e.to_string());
+            }
+            wire.flush(|| sm.poll_transmit(js::now())).await;
+            Err(e)
+        }
+    }
+}
+
+/// Wait for the person's answer to an offer, while watching for the sender giving up.
+async fn decide(
+    wire: &mut Wire,
+    sm: &mut Receiver,
+    cmds: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<Option<SinkFactory>> {
+    loop {
+        futures::select! {
+            cmd = cmds.next() => match cmd {
+                Some(Command::Accept(f)) => return Ok(Some(f)),
+                Some(Command::Decline) => return Ok(None),
+                Some(Command::Cancel) | None => {
+                    sm.cancel(CancelReason::Cancelled, STOPPED);
+                    return Err(Error::Cancelled);
+                }
+                Some(Command::Files(_)) => {}
+            },
+            inc = wire.inbox.next() => {
+                let f = closed_or_frame(inc)?;
+                sm.handle_frame(&f, js::now())?;
+            }
+        }
+    }
+}

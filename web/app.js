@@ -1,0 +1,304 @@
+// The page: a thin shell around the WASM client (wasm-client/). It gathers files, shows the
+// client's events and offers storage for received files. The protocol, the PAKE and the
+// connection all live in the WASM.
+//
+// For tests and tools, every client event is appended to window.punchdropEvents, and the
+// current view is document.body.dataset.state: loading, ready, pick, waiting, connecting,
+// offer, transferring, done, error.
+
+import init, { Client, qrSvg } from '/pkg/wasm_client.js';
+import { registerWorker, downloadSinks, folderSinks, memorySinks } from '/sinks.js';
+
+const $ = (id) => document.getElementById(id);
+window.punchdropEvents = [];
+
+let client = null;
+let worker = null;
+let sending = false;
+let total = 0;
+let startedAt = 0;
+let lastPath = null;
+
+function setState(state) {
+  document.body.dataset.state = state;
+}
+
+function fail(message) {
+  $('error').textContent = message;
+  setState('error');
+}
+
+function human(bytes) {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let n = bytes;
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
+  return `${n.toFixed(n < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
+}
+
+function duration(seconds) {
+  if (!Number.isFinite(seconds)) return '';
+  if (seconds < 60) return `${Math.max(1, Math.round(seconds))} s`;
+  const m = Math.floor(seconds / 60);
+  if (m < 60) return `${m} min ${Math.round(seconds % 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function describePath(ev) {
+  const how = ev.path === 'relay'
+    ? 'Relayed through the server (still end-to-end encrypted)'
+    : 'Direct connection';
+  return `${how} · ${ev.local} ↔ ${ev.remote}, ${ev.protocol.toUpperCase()}`;
+}
+
+function fillList(list, entries) {
+  list.replaceChildren();
+  const shown = entries.slice(0, 200);
+  for (const e of shown) {
+    const li = document.createElement('li');
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = e.dir ? `${e.path}/` : e.path;
+    const size = document.createElement('span');
+    size.className = 'size';
+    size.textContent = e.dir ? 'folder' : human(e.size);
+    li.append(name, size);
+    list.append(li);
+  }
+  if (entries.length > shown.length) {
+    const li = document.createElement('li');
+    li.className = 'more';
+    li.textContent = `and ${entries.length - shown.length} more`;
+    list.append(li);
+  }
+}
+
+function onEvent(ev) {
+  window.punchdropEvents.push(ev);
+  switch (ev.event) {
+    case 'ready': {
+      const link = $('share-link');
+      link.href = ev.link;
+      link.textContent = ev.link;
+      $('share-code').textContent = ev.code;
+      $('qr').innerHTML = qrSvg(ev.link) ?? '';
+      setState('waiting');
+      break;
+    }
+    case 'joined':
+      $('progress-title').textContent = 'Connecting…';
+      setState('connecting');
+      break;
+    case 'pick':
+      $('send-title').textContent = 'Choose what to send';
+      $('send-hint').textContent = 'The other device is connected and waiting to receive.';
+      setState('pick');
+      break;
+    case 'connected':
+      lastPath = ev;
+      $('path-text').textContent = describePath(ev);
+      $('progress-title').textContent = sending
+        ? 'Waiting for the receiver to accept…'
+        : 'Connected';
+      break;
+    case 'offer': {
+      const n = ev.files;
+      $('offer-summary').textContent = `${n} file${n === 1 ? '' : 's'}, ${human(ev.bytes)}. Save them?`;
+      fillList($('offer-list'), ev.entries);
+      $('accept-folder').hidden = typeof window.showDirectoryPicker !== 'function';
+      $('save-note').textContent = worker || window.showDirectoryPicker
+        ? ''
+        : 'This page is not served securely, so files are kept in memory until complete.';
+      setState('offer');
+      break;
+    }
+    case 'accepted':
+      total = ev.bytes;
+      startedAt = performance.now();
+      $('progress-title').textContent = sending ? 'Sending…' : 'Receiving…';
+      progress(0);
+      setState('transferring');
+      break;
+    case 'progress':
+      progress(ev.bytes);
+      break;
+    case 'done': {
+      progress(total || ev.bytes);
+      const rate = ev.seconds > 0 ? ` at ${human(ev.bytes / ev.seconds)}/s` : '';
+      $('progress-title').textContent = sending ? 'Sent' : 'Received';
+      $('progress-bytes').textContent = `${ev.files} file${ev.files === 1 ? '' : 's'}, ${human(ev.bytes)}`;
+      $('progress-rate').textContent = `${duration(ev.seconds)}${rate}`;
+      if (lastPath) $('path-text').textContent = describePath(lastPath);
+      setState('done');
+      break;
+    }
+    case 'declined':
+      fail('You declined the files. Nothing was saved.');
+      break;
+    case 'error':
+      fail(ev.message);
+      break;
+    default:
+      break;
+  }
+}
+
+function progress(bytes) {
+  const pct = total > 0 ? (bytes / total) * 100 : 100;
+  $('bar-fill').style.width = `${pct.toFixed(1)}%`;
+  $('bar-fill').parentElement.setAttribute('aria-valuenow', pct.toFixed(0));
+  const secs = (performance.now() - startedAt) / 1000;
+  const rate = secs > 0.2 ? bytes / secs : 0;
+  $('progress-bytes').textContent = `${human(bytes)} of ${human(total)}`;
+  $('progress-rate').textContent = rate > 0
+    ? `${human(rate)}/s · ${duration((total - bytes) / rate)} left`
+    : '';
+}
+
+// --- choosing files -------------------------------------------------------------------
+
+function fromInput(input) {
+  return Array.from(input.files, (file) => ({ file, path: file.webkitRelativePath || file.name }));
+}
+
+async function readDirectory(dirEntry, out) {
+  const reader = dirEntry.createReader();
+  let children = [];
+  // readEntries answers in batches until it returns none.
+  for (;;) {
+    const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+    if (batch.length === 0) break;
+    children = children.concat(batch);
+  }
+  out.push({ path: dirEntry.fullPath.replace(/^\//, ''), dir: true });
+  for (const child of children) await walk(child, out);
+}
+
+async function walk(entry, out) {
+  if (entry.isFile) {
+    const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+    out.push({ file, path: entry.fullPath.replace(/^\//, '') });
+  } else if (entry.isDirectory) {
+    await readDirectory(entry, out);
+  }
+}
+
+async function fromDrop(dataTransfer) {
+  const entries = Array.from(dataTransfer.items ?? [])
+    .filter((i) => i.kind === 'file')
+    .map((i) => (i.webkitGetAsEntry ? i.webkitGetAsEntry() : null));
+  if (entries.length === 0 || entries.some((e) => e === null)) {
+    return Array.from(dataTransfer.files, (file) => ({ file, path: file.name }));
+  }
+  const out = [];
+  for (const e of entries) await walk(e, out);
+  return out;
+}
+
+function send(entries) {
+  if (entries.length === 0) return;
+  sending = true;
+  fillList($('send-list'), entries.map((e) => ({ path: e.path, size: e.file?.size ?? 0, dir: e.dir })));
+  if (document.body.dataset.state === 'pick') {
+    setState('connecting');
+    client.provideFiles(entries);
+    return;
+  }
+  setState('connecting');
+  $('progress-title').textContent = 'Creating a link…';
+  client.share(entries).catch(() => {});
+}
+
+function wire() {
+  for (const id of ['file-input', 'folder-input']) {
+    $(id).addEventListener('change', (e) => {
+      const entries = fromInput(e.target);
+      e.target.value = '';
+      send(entries);
+    });
+  }
+  const drop = $('drop');
+  drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', async (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    try {
+      send(await fromDrop(e.dataTransfer));
+    } catch (err) {
+      fail(`Cannot read what was dropped: ${err.message}`);
+    }
+  });
+  // Dropping anywhere else must not navigate away from a running transfer.
+  window.addEventListener('dragover', (e) => e.preventDefault());
+  window.addEventListener('drop', (e) => e.preventDefault());
+
+  $('code-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const code = $('code-input').value.trim();
+    if (!code) return;
+    setState('connecting');
+    $('progress-title').textContent = 'Looking for the sender…';
+    client.open(code).catch(() => {});
+  });
+  $('copy-link').addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText($('share-link').href);
+      $('copy-link').textContent = 'Copied';
+    } catch {
+      $('copy-link').textContent = 'Select and copy the link';
+    }
+  });
+  $('accept').addEventListener('click', () => {
+    client.accept(worker ? downloadSinks(worker) : memorySinks());
+    setState('transferring');
+  });
+  $('accept-folder').addEventListener('click', async () => {
+    let dir;
+    try {
+      dir = await window.showDirectoryPicker({ mode: 'readwrite' });
+    } catch {
+      return; // picker dismissed: still deciding
+    }
+    client.accept(folderSinks(dir));
+    setState('transferring');
+  });
+  $('decline').addEventListener('click', () => client.decline());
+  $('cancel').addEventListener('click', () => client.cancel());
+  $('stop-sharing').addEventListener('click', () => { client.cancel(); location.assign('/'); });
+  window.addEventListener('beforeunload', (e) => {
+    if (['waiting', 'connecting', 'transferring', 'offer'].includes(document.body.dataset.state)) {
+      e.preventDefault();
+    }
+  });
+}
+
+async function main() {
+  if (typeof RTCPeerConnection !== 'function' || typeof WebAssembly !== 'object') {
+    fail('This browser cannot run punchdrop: it lacks WebRTC or WebAssembly. Use a current Chrome, Edge, Firefox or Safari.');
+    return;
+  }
+  try {
+    await init({ module_or_path: '/pkg/wasm_client_bg.wasm' });
+  } catch (e) {
+    fail(`Could not load punchdrop: ${e.message}`);
+    return;
+  }
+  worker = await registerWorker();
+  client = new Client(location.origin, onEvent);
+  wire();
+  const room = /^\/r\/[^/]+$/.test(location.pathname);
+  if (!room) {
+    setState('ready');
+    return;
+  }
+  if (location.hash.length < 2) {
+    fail('This link is incomplete: the part after “#” is missing. Ask the sender for the whole link.');
+    return;
+  }
+  setState('connecting');
+  $('progress-title').textContent = 'Connecting to the other device…';
+  client.open(location.href).catch(() => {});
+}
+
+main();
