@@ -130,6 +130,8 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 const CHANNEL_LABEL: &str = "punchdrop";
+/// How long to wait for the other peer's hello (it may be a person choosing files).
+const PEER_HELLO_WAIT: Duration = Duration::from_secs(10 * 60);
 
 /// Exchange hellos, negotiate, and wait for the data channel to open.
 pub async fn connect(
@@ -158,12 +160,14 @@ pub async fn connect(
             Ok(_) => anyhow!("lost the signalling server"),
         });
     }
-    let peer_hello = tokio::time::timeout(opts.connect_timeout, next_signal(&mut signals))
+    // A browser that opened our link as the sender says hello only once its user has picked
+    // the files, so this wait is for a person. The room tells us if that peer leaves.
+    let peer_hello = tokio::time::timeout(PEER_HELLO_WAIT, next_signal(&mut signals))
         .await
         .map_err(|_| {
             anyhow!(
-                "the other peer did not answer within {:?}",
-                opts.connect_timeout
+                "the other peer did not start within {} minutes",
+                PEER_HELLO_WAIT.as_secs() / 60
             )
         })??;
     match peer_hello {
