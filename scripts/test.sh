@@ -15,8 +15,8 @@ cargo fmt --all -- --check
 log "lints"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
-log "protocol builds for wasm32"
-wasm_build --release -p punchdrop-protocol
+log "web app: wasm-client for wasm32 (checks protocol builds there too) + JS glue"
+cargo xtask web
 
 log "building the binaries the end-to-end tests run"
 cargo build --release --workspace
