@@ -44,7 +44,8 @@ use std::time::{Duration, Instant};
 /// Browser tests share two cores: one at a time (each may run two Chromiums).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Run `f` on a new thread inside a new network namespace that has only `lo` (up).
+/// Run `f` on a new thread inside a new network namespace that has only `lo` (up, with a
+/// route for multicast).
 ///
 /// Everything `f` starts (servers, peers, Chromium) and every socket it opens lives in that
 /// namespace; threads spawned from `f` inherit it too. Needs root. Calls are serialised
@@ -63,15 +64,25 @@ pub fn in_loopback_netns<T: Send + 'static>(
         .name("loopback-netns".into())
         .spawn(move || -> anyhow::Result<T> {
             enter_new_netns()?;
-            let out = Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .output()
-                .context("running `ip link set lo up` (package iproute2)")?;
-            if !out.status.success() {
-                bail!(
-                    "ip link set lo up: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+            // A multicast route too, as any host with a default route has: webrtc-rs (the
+            // native peer) opens an mDNS socket by default, and joining 224.0.0.251 fails
+            // with ENODEV ("cannot set up WebRTC: No such device") when no route covers it.
+            for cmd in [
+                &["link", "set", "lo", "up"][..],
+                &["link", "set", "lo", "multicast", "on"],
+                &["route", "add", "224.0.0.0/4", "dev", "lo"],
+            ] {
+                let out = Command::new("ip")
+                    .args(cmd)
+                    .output()
+                    .context("running `ip` (package iproute2)")?;
+                if !out.status.success() {
+                    bail!(
+                        "ip {}: {}",
+                        cmd.join(" "),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
             }
             let links = Command::new("ip").args(["-o", "link"]).output()?;
             let links = String::from_utf8_lossy(&links.stdout);

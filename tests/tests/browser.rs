@@ -441,6 +441,19 @@ fn expect_page_done(c: &mut Chromium, files: usize, bytes: u64) -> anyhow::Resul
     Ok(done)
 }
 
+/// On loopback both sides have host candidates: the path must be direct, never the relay.
+/// `path` as native-peer prints it ("direct") or as an object with a `kind`.
+fn assert_direct(who: &str, done: &Value) {
+    let kind = done["path"]
+        .as_str()
+        .or_else(|| done["path"]["kind"].as_str());
+    assert_eq!(
+        kind,
+        Some("direct"),
+        "{who} took a relayed path on loopback: {done}"
+    );
+}
+
 /// Every file arrived in the browser's download folder, same bytes.
 fn expect_downloads(c: &mut Chromium, files: &[PathBuf]) -> anyhow::Result<()> {
     for f in files {
@@ -515,7 +528,11 @@ fn native_sends_to_browser() {
         c.click("#accept")?;
         expect_downloads(&mut c, &files)?;
         let done = expect_page_done(&mut c, files.len(), total_len(&files))?;
-        assert_eq!(done["path"]["kind"], "direct", "{done}");
+        // `path` as native-peer prints it ("direct") or as an object with a `kind`.
+        let kind = done["path"]
+            .as_str()
+            .or_else(|| done["path"]["kind"].as_str());
+        assert_eq!(kind, Some("direct"), "{done}");
         let (status, events) = sender.finish(LONG)?;
         expect_done(status, &events);
         Ok(())
@@ -565,10 +582,12 @@ fn browser_to_browser_with_screenshots() {
         expect_downloads(&mut bob, &files)?;
         let n = files.len();
         let bytes = total_len(&files);
-        expect_page_done(&mut bob, n, bytes)?;
-        expect_page_done(&mut alice, n, bytes)?;
+        let bob_done = expect_page_done(&mut bob, n, bytes)?;
+        let alice_done = expect_page_done(&mut alice, n, bytes)?;
         bob.screenshots(&shots, "4-receive-done")?;
         alice.screenshots(&shots, "5-send-done")?;
+        assert_direct("bob", &bob_done);
+        assert_direct("alice", &alice_done);
         Ok(())
     })
     .unwrap();
@@ -670,7 +689,7 @@ fn one_gib_to_browser_in_bounded_memory() {
             t.elapsed(),
             mem.report()
         );
-        expect_page_done(&mut c, 1, size)?;
+        let page_done = expect_page_done(&mut c, 1, size)?;
         mem.assert_streaming();
         assert!(
             c.profile_bytes() < 100 << 20,
@@ -680,6 +699,7 @@ fn one_gib_to_browser_in_bounded_memory() {
         assert_eq!(hash_file(&got), hash_file(&file));
         let (status, events) = sender.finish(LONG)?;
         expect_done(status, &events);
+        assert_direct("browser", &page_done);
         Ok(())
     })
     .unwrap();
@@ -714,10 +734,11 @@ fn signalling_killed_mid_transfer_browser_transfer_completes() {
             at_kill.last()
         );
         let got = c.wait_download("movie.mkv", size, LONG)?;
-        expect_page_done(&mut c, 1, size)?;
+        let page_done = expect_page_done(&mut c, 1, size)?;
         assert_eq!(hash_file(&got), hash_file(&file));
         let (status, events) = sender.finish(LONG)?;
         expect_done(status, &events);
+        assert_direct("browser", &page_done);
         Ok(())
     })
     .unwrap();
