@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 /// Browser tests share two cores: one at a time (each may run two Chromiums).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Run `f` on a new thread inside a new network namespace that has only `lo` (up, with a
-/// route for multicast).
+/// Run `f` on a new thread inside a new network namespace that has only `lo` (up, and no
+/// route for multicast: native-peer must cope, see patches/webrtc-0.21.1-mdns-optional.patch).
 ///
 /// Everything `f` starts (servers, peers, Chromium) and every socket it opens lives in that
 /// namespace; threads spawned from `f` inherit it too. Needs root. Calls are serialised
@@ -64,14 +64,7 @@ pub fn in_loopback_netns<T: Send + 'static>(
         .name("loopback-netns".into())
         .spawn(move || -> anyhow::Result<T> {
             enter_new_netns()?;
-            // A multicast route too, as any host with a default route has: webrtc-rs (the
-            // native peer) opens an mDNS socket by default, and joining 224.0.0.251 fails
-            // with ENODEV ("cannot set up WebRTC: No such device") when no route covers it.
-            for cmd in [
-                &["link", "set", "lo", "up"][..],
-                &["link", "set", "lo", "multicast", "on"],
-                &["route", "add", "224.0.0.0/4", "dev", "lo"],
-            ] {
+            for cmd in [&["link", "set", "lo", "up"][..]] {
                 let out = Command::new("ip")
                     .args(cmd)
                     .output()

@@ -20,7 +20,7 @@ pub fn build(root: &Path) -> anyhow::Result<()> {
         .current_dir(root)
         .args([
             "-c",
-            r#"source scripts/lib.sh && wasm_build --release -p wasm-client"#,
+            r#"source scripts/lib.sh && wasm_build --profile wasm-release -p wasm-client"#,
         ])
         .status()
         .context("cannot run bash to build the WASM")?;
@@ -48,8 +48,8 @@ pub fn build(root: &Path) -> anyhow::Result<()> {
 /// The client built by whichever toolchain `wasm_build` used (rustup's target or Debian's).
 fn newest_artifact(root: &Path) -> anyhow::Result<PathBuf> {
     let candidates = [
-        "target/wasm32-unknown-unknown/release/wasm_client.wasm",
-        "target/wasm-debian/wasm32-unknown-unknown/release/wasm_client.wasm",
+        "target/wasm32-unknown-unknown/wasm-release/wasm_client.wasm",
+        "target/wasm-debian/wasm32-unknown-unknown/wasm-release/wasm_client.wasm",
     ];
     candidates
         .iter()

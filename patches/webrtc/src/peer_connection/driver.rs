@@ -642,7 +642,14 @@ where
         self.tcp_transport = RTCTcpTransport::new(HashMap::new());
 
         if self.mdns_mode != MulticastDnsMode::Disabled {
-            self.mdns_socket = Some(runtime.wrap_udp_socket(MulticastSocket::new().into_std()?)?);
+            // punchdrop patch: a host whose interfaces cannot join the mDNS group (a network
+            // namespace with only `lo`, a LAN without a default or multicast route) failed the
+            // whole connection with "No such device". Go on without mDNS instead, as a peer
+            // with mDNS disabled would: only remote `.local` candidates are lost.
+            match MulticastSocket::new().into_std() {
+                Ok(socket) => self.mdns_socket = Some(runtime.wrap_udp_socket(socket)?),
+                Err(err) => warn!("mDNS unavailable, continuing without it: {err}"),
+            }
         }
 
         // Resolve here, not at construction: this runs again on every ICE-restart rebind, which
