@@ -7,6 +7,7 @@
 
 mod files;
 mod output;
+mod portmap;
 mod rendezvous;
 mod rtc;
 mod transfer;
@@ -52,6 +53,16 @@ struct Common {
     /// the server is on loopback].
     #[arg(long, global = true, env = "PUNCHDROP_BIND", value_delimiter = ',')]
     bind: Vec<SocketAddr>,
+    /// Bind ICE to this UDP port (on every interface): for a port forwarded by hand on the
+    /// router, together with --public-addr.
+    #[arg(long, global = true, env = "PUNCHDROP_PORT")]
+    port: Option<u16>,
+    /// The router's public IP: advertise PUBLIC_ADDR:PORT as a candidate (needs --port).
+    #[arg(long, global = true, env = "PUNCHDROP_PUBLIC_ADDR", requires = "port")]
+    public_addr: Option<IpAddr>,
+    /// Do not ask the router for a port mapping (UPnP IGD).
+    #[arg(long, global = true, env = "PUNCHDROP_NO_PORTMAP")]
+    no_portmap: bool,
     /// Use only relayed (TURN) candidates: for diagnostics and tests.
     #[arg(long, global = true)]
     relay_only: bool,
@@ -160,13 +171,53 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn net_options(c: &Common, server: &str) -> rtc::NetOptions {
-    let bind = if c.bind.is_empty() {
+/// Where ICE binds, and the fixed port (if any) a mapping or forwarded port points at.
+fn ice_bind(c: &Common, server: &str) -> anyhow::Result<(Vec<SocketAddr>, Option<u16>)> {
+    let mut bind = if c.bind.is_empty() {
         default_bind(server)
     } else {
         c.bind.clone()
     };
+    if let Some(port) = c.port {
+        if bind.iter().any(|a| a.port() != 0) {
+            bail!("--port and a --bind with a port cannot be combined");
+        }
+        for a in &mut bind {
+            a.set_port(port);
+        }
+        return Ok((bind, Some(port)));
+    }
+    if c.no_portmap || c.relay_only || bind.iter().all(|a| a.ip().is_loopback()) {
+        return Ok((bind, None));
+    }
+    // A mapping must name the port ICE will bind before ICE exists (it runs alongside
+    // signalling): take a free one now. Another program could take it in between; ICE then
+    // fails to bind that address and says so.
+    let probe = std::net::UdpSocket::bind((bind[0].ip(), 0))
+        .context("cannot find a free UDP port for ICE")?;
+    let port = probe.local_addr()?.port();
+    drop(probe);
+    for a in &mut bind {
+        a.set_port(port);
+    }
+    Ok((bind, Some(port)))
+}
+
+fn net_options(
+    c: &Common,
+    bind: Vec<SocketAddr>,
+    port: Option<u16>,
+    portmap: &portmap::PortMapper,
+) -> rtc::NetOptions {
     rtc::NetOptions {
+        advertise: rtc::Advertise {
+            forwarded: c
+                .public_addr
+                .zip(port)
+                .map(|(ip, port)| SocketAddr::new(ip, port)),
+            port,
+            portmap: portmap.watch(),
+        },
         bind,
         udp_buffer: c.udp_buffer,
         sctp_window: c.sctp_window,
@@ -220,6 +271,35 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
             protocol::transfer::MAX_FRAME - protocol::transfer::DATA_HEADER_LEN
         );
     }
+    let server = match &cli.command {
+        Command::Send { to: Some(inv), .. }
+        | Command::Recv {
+            invitation: Some(inv),
+            ..
+        } => Invitation::parse(inv)
+            .map(|i| server_of(&i, &c.server))
+            .unwrap_or_else(|_| c.server.clone()),
+        _ => c.server.clone(),
+    };
+    let (bind, port) = ice_bind(c, &server)?;
+    // Port mapping runs alongside signalling; connection setup never waits for it.
+    let portmap = match port {
+        Some(p) if !c.no_portmap && !c.relay_only && c.public_addr.is_none() => portmap::start(p),
+        _ => portmap::PortMapper::off(),
+    };
+    let net = net_options(c, bind, port, &portmap);
+    let result = transfer_files(&cli, net, out, &mut interrupt).await;
+    portmap.release().await;
+    result
+}
+
+async fn transfer_files(
+    cli: &Cli,
+    net: rtc::NetOptions,
+    out: &mut Output,
+    interrupt: &mut transfer::Interrupt,
+) -> anyhow::Result<()> {
+    let c = &cli.common;
     let path_opts = transfer::DataPath { chunk: c.chunk };
     match &cli.command {
         Command::Send {
@@ -232,14 +312,11 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
                 first.entry.path = name.clone();
             }
             let hint = "Open this link on the receiving device:";
-            let (session, server) =
-                until_interrupted(&mut interrupt, meet(to.as_deref(), c, out, hint)).await?;
-            let link = until_interrupted(
-                &mut interrupt,
-                open(TransferRole::Sender, session, c, &server, out),
-            )
-            .await?;
-            let result = transfer::send(&link, sources, path_opts, out, &mut interrupt).await;
+            let (session, _server) =
+                until_interrupted(interrupt, meet(to.as_deref(), c, out, hint)).await?;
+            let link = until_interrupted(interrupt, open(TransferRole::Sender, session, &net, out))
+                .await?;
+            let result = transfer::send(&link, sources, path_opts, out, interrupt).await;
             close(&link).await;
             let s = result?;
             out.done(s.files, s.bytes, s.seconds, &link.path, "Sent");
@@ -251,16 +328,13 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
                 bail!("{} is not a folder", dir.display());
             }
             let hint = "Send files to this device with the link:";
-            let (session, server) =
-                until_interrupted(&mut interrupt, meet(invitation.as_deref(), c, out, hint))
-                    .await?;
+            let (session, _server) =
+                until_interrupted(interrupt, meet(invitation.as_deref(), c, out, hint)).await?;
             let both_in_room: Instant = session.both_in_room;
-            let link = until_interrupted(
-                &mut interrupt,
-                open(TransferRole::Receiver, session, c, &server, out),
-            )
-            .await?;
-            let result = transfer::receive(&link, dir, both_in_room, out, &mut interrupt).await;
+            let link =
+                until_interrupted(interrupt, open(TransferRole::Receiver, session, &net, out))
+                    .await?;
+            let result = transfer::receive(&link, dir, both_in_room, out, interrupt).await;
             close(&link).await;
             let (s, saved) = result?;
             out.done(s.files, s.bytes, s.seconds, &link.path, "Received");
@@ -311,13 +385,12 @@ async fn close(link: &rtc::Link) {
 async fn open(
     role: TransferRole,
     session: rendezvous::Session,
-    c: &Common,
-    server: &str,
+    net: &rtc::NetOptions,
     out: &Output,
 ) -> anyhow::Result<rtc::Link> {
     let both_in_room = session.both_in_room;
     let ice = session.ice_servers.clone();
-    let link = rtc::connect(role, session.spawn(), &ice, &net_options(c, server)).await?;
+    let link = rtc::connect(role, session.spawn(), &ice, net).await?;
     out.connected(&link.path, both_in_room.elapsed());
     Ok(link)
 }

@@ -1,9 +1,11 @@
 //! What the user sees: progress bars and plain lines for people, or newline-delimited JSON
 //! events (`--json`) for programs. Bars appear only when stdout is a terminal.
 //!
-//! JSON events: `ready {link, code}`, `connected {path, local, remote, protocol, ms_since_room}`,
+//! JSON events: `ready {link, code}`,
+//! `connected {path, local, remote, protocol, reason, portmap, ms_since_room}`,
 //! `offer {files, bytes}`, `first_byte {ms_since_room}`, `progress {bytes, total}`,
-//! `done {files, bytes, seconds, path}`, `error {message}`.
+//! `done {files, bytes, seconds, path, candidates, protocol, reason}`, `error {message}`.
+//! `path` is `direct`, `mapped`, `forwarded` or `relay`; `reason` says why a relay was needed.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -73,7 +75,8 @@ impl Output {
         if self.json {
             self.emit(json!({
                 "event": "connected", "path": path.kind, "local": path.local, "remote": path.remote,
-                "protocol": path.protocol, "ms_since_room": since_room.as_secs_f64() * 1e3,
+                "protocol": path.protocol, "reason": path.reason, "portmap": path.portmap,
+                "ms_since_room": since_room.as_secs_f64() * 1e3,
             }));
         } else {
             eprintln!("Connected: {path}");
@@ -141,6 +144,7 @@ impl Output {
             self.emit(json!({
                 "event": "done", "files": files, "bytes": bytes, "seconds": seconds, "path": path.kind,
                 "candidates": format!("{}-{}", path.local, path.remote), "protocol": path.protocol,
+                "reason": path.reason,
             }));
         } else {
             let rate = if seconds > 0.0 {
@@ -154,6 +158,9 @@ impl Output {
                 indicatif::HumanBytes(rate as u64),
                 path.kind
             );
+            if let Some(why) = &path.reason {
+                eprintln!("Relayed because: {why}");
+            }
         }
     }
 

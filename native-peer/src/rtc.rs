@@ -24,13 +24,26 @@ use webrtc::peer_connection::{
 
 use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 
+use crate::portmap;
 use crate::rendezvous::Signals;
 use crate::tune::TunedRuntime;
 use crate::turn_tcp::{self, Bridges};
 
+/// Candidates this peer advertises beyond what ICE gathers (ladder steps 1 and 2).
+#[derive(Debug, Clone)]
+pub struct Advertise {
+    /// `--public-addr`:`--port`, a port the user forwarded by hand.
+    pub forwarded: Option<SocketAddr>,
+    /// The fixed UDP port ICE binds (`--port`, or the one picked for port mapping).
+    pub port: Option<u16>,
+    /// The router port mapping's progress; its external address is advertised when it comes.
+    pub portmap: watch::Receiver<portmap::State>,
+}
+
 /// Network knobs of one connection.
 #[derive(Debug, Clone)]
 pub struct NetOptions {
+    pub advertise: Advertise,
     /// Local UDP addresses to gather host candidates on.
     pub bind: Vec<SocketAddr>,
     pub udp_buffer: usize,
@@ -52,22 +65,38 @@ pub struct NetOptions {
 /// How the peers ended up connected.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PathInfo {
-    /// `direct` or `relay`.
+    /// `direct`, `mapped` (through our router's port mapping), `forwarded` (through the port
+    /// given with `--port`/`--public-addr`) or `relay`.
     pub kind: &'static str,
     /// Local and remote candidate types, e.g. `host`, `srflx`, `prflx`, `relay`.
     pub local: String,
     pub remote: String,
     /// `udp` or `tcp`.
     pub protocol: String,
+    /// Why a faster path was not taken (relayed paths only).
+    pub reason: Option<String>,
+    /// Port mapping outcome: `off`, `pending`, `mapped` or `failed`.
+    pub portmap: &'static str,
 }
 
 impl std::fmt::Display for PathInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match (self.kind, self.local.as_str(), self.remote.as_str()) {
+            ("relay", ..) => "relayed",
+            ("mapped", ..) => "through the router's port mapping",
+            ("forwarded", ..) => "through the forwarded port",
+            (_, "host", "host") => "on the local network",
+            _ => "hole punched",
+        };
         write!(
             f,
-            "{} ({} ↔ {}, {})",
+            "{} path, {how} ({} ↔ {}, {})",
             self.kind, self.local, self.remote, self.protocol
-        )
+        )?;
+        if let Some(r) = &self.reason {
+            write!(f, ": {r}")?;
+        }
+        Ok(())
     }
 }
 
@@ -132,6 +161,8 @@ impl PeerConnectionEventHandler for Handler {
 const CHANNEL_LABEL: &str = "punchdrop";
 /// How long to wait for the other peer's hello (it may be a person choosing files).
 const PEER_HELLO_WAIT: Duration = Duration::from_secs(10 * 60);
+/// How long a working relay pair waits for a direct pair before it is accepted.
+const RELAY_WAIT: Duration = Duration::from_secs(1);
 
 /// Exchange hellos, negotiate, and wait for the data channel to open.
 pub async fn connect(
@@ -190,6 +221,10 @@ pub async fn connect(
     }
 
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "hello exchanged");
+    // Advertised addresses go out as trickled candidates; the other side keeps them until its
+    // remote description is set, so they may go before our description.
+    let mut adverts = Adverts::new(&opts.advertise, opts.relay_only);
+    adverts.send_ready(&signals);
     let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
     let (dc_tx, dc_rx) = oneshot::channel();
@@ -213,8 +248,16 @@ pub async fn connect(
         .with_host_acceptance_min_wait(Some(Duration::ZERO))
         .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
         .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
-        // A relay pair waits so a direct pair can win, unless relaying is all there is.
-        .with_relay_acceptance_min_wait(opts.relay_only.then_some(Duration::ZERO))
+        // A relay pair waits so a direct pair can win, unless relaying is all there is: 1 s
+        // (the library's default is 2 s). In the NAT lab direct pairs succeed within a few
+        // round trips (< 100 ms at 20 ms RTT, < 600 ms with 100 ms + 5 % loss on one side);
+        // 1 s leaves room for 300 ms paths and halves the wait of peers that need the relay.
+        // A peer-reflexive candidate learnt from a relayed check waits the same (patches/).
+        .with_relay_acceptance_min_wait(Some(if opts.relay_only {
+            Duration::ZERO
+        } else {
+            RELAY_WAIT
+        }))
         // 50 ms between checks (RFC 8445's Ta) instead of 200 ms: a direct path is found in
         // one round trip, and hole punching sends more often while both NATs open up.
         .with_ice_connection_attempts(Some(opts.ice_check_interval), Some(40))
@@ -287,6 +330,7 @@ pub async fn connect(
                 tracing::debug!(ms = started.elapsed().as_millis() as u64, "local candidate");
                 forward_candidate(&signals, c)
             }
+            () = adverts.changed(), if adverts.waiting() => adverts.send_ready(&signals),
             _ = state.changed() => {
                 if *state.borrow() == RTCPeerConnectionState::Failed {
                     bail!("no network path to the other peer worked");
@@ -321,11 +365,13 @@ pub async fn connect(
         ms = started.elapsed().as_millis() as u64,
         "channel announced"
     );
+    let late_signals = signals.outgoing.clone();
     spawn_signalling(pc.clone(), signals, cand_rx);
 
     loop {
         tokio::select! {
             _ = &mut deadline => bail!("could not connect to the other peer within {:?}", opts.connect_timeout),
+            () = adverts.changed(), if adverts.waiting() => adverts.send_ready_to(&late_signals),
             _ = state.changed() => {
                 if *state.borrow() == RTCPeerConnectionState::Failed {
                     bail!("no network path to the other peer worked");
@@ -338,7 +384,7 @@ pub async fn connect(
             }
         }
     }
-    let path = selected_path(&*pc, &bridges.urls).await;
+    let path = selected_path(&*pc, &bridges.urls, &PathContext::of(opts)).await;
     tracing::info!(ms = started.elapsed().as_millis() as u64, %path, "data channel open");
     Ok(Link {
         pc,
@@ -473,6 +519,101 @@ fn spawn_signalling(
     });
 }
 
+/// Sends the candidates of [`Advertise`] once each: the forwarded port at once, the mapped
+/// port when (if) the router grants it.
+#[derive(Debug)]
+struct Adverts {
+    forwarded: Option<SocketAddr>,
+    portmap: watch::Receiver<portmap::State>,
+    /// Still watching the port mapping.
+    watching: bool,
+}
+
+impl Adverts {
+    fn new(a: &Advertise, relay_only: bool) -> Self {
+        Self {
+            // Relay-only peers advertise nothing direct.
+            forwarded: a.forwarded.filter(|_| !relay_only),
+            portmap: a.portmap.clone(),
+            watching: !relay_only,
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.watching
+    }
+
+    /// The port mapping's state moved (or its task ended).
+    async fn changed(&mut self) {
+        if self.portmap.changed().await.is_err() {
+            // The mapping task ended and its last state was already seen: nothing will come.
+            self.watching = false;
+        }
+    }
+
+    fn send_ready(&mut self, signals: &Signals) {
+        self.send_ready_to(&signals.outgoing);
+    }
+
+    fn send_ready_to(&mut self, out: &mpsc::UnboundedSender<PeerSignal>) {
+        let send = |addr: SocketAddr, tag: u32| {
+            let _ = out.send(PeerSignal::Candidate {
+                candidate: portmap::candidate_line(addr, tag),
+                sdp_mid: Some(String::new()),
+                sdp_mline_index: Some(0),
+            });
+        };
+        if let Some(addr) = self.forwarded.take() {
+            tracing::debug!("advertising the forwarded port");
+            send(addr, 0);
+        }
+        if !self.watching {
+            return;
+        }
+        let state = self.portmap.borrow_and_update().clone();
+        match state {
+            portmap::State::Mapped(m) => {
+                tracing::debug!("advertising the mapped port");
+                send(m.external, 1);
+                self.watching = false;
+            }
+            portmap::State::Pending => {}
+            portmap::State::Off | portmap::State::Failed(_) => self.watching = false,
+        }
+    }
+}
+
+/// What [`selected_path`] needs to know beyond the stats.
+#[derive(Debug, Clone)]
+pub struct PathContext {
+    relay_only: bool,
+    relay_transport: Option<RelayTransport>,
+    /// The local port behind an advertised address, and which kind of path it makes.
+    advertised_port: Option<(u16, &'static str)>,
+    portmap: portmap::State,
+}
+
+impl PathContext {
+    pub fn of(opts: &NetOptions) -> Self {
+        let portmap = opts.advertise.portmap.borrow().clone();
+        let advertised_port = match (&portmap, opts.advertise.forwarded) {
+            (_, Some(f)) => opts
+                .advertise
+                .port
+                .or(Some(f.port()))
+                .map(|p| (p, "forwarded")),
+            (portmap::State::Mapped(m), None) => Some((m.internal.port(), "mapped")),
+            _ => None,
+        };
+        Self {
+            relay_only: opts.relay_only,
+            relay_transport: opts.relay_transport,
+            advertised_port,
+            portmap,
+        }
+    }
+}
+
 fn candidate_type_name(t: RTCIceCandidateType) -> String {
     match t {
         RTCIceCandidateType::Host => "host".into(),
@@ -483,14 +624,20 @@ fn candidate_type_name(t: RTCIceCandidateType) -> String {
     }
 }
 
-/// Read the nominated pair from the stats.
-pub async fn selected_path(pc: &dyn PeerConnection, tcp_bridges: &[String]) -> PathInfo {
+/// Read the nominated pair from the stats, and say why a faster path lost when relayed.
+pub async fn selected_path(
+    pc: &dyn PeerConnection,
+    tcp_bridges: &[String],
+    ctx: &PathContext,
+) -> PathInfo {
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
     let unknown = PathInfo {
         kind: "direct",
         local: "unknown".into(),
         remote: "unknown".into(),
         protocol: "udp".into(),
+        reason: None,
+        portmap: ctx.portmap.word(),
     };
     let Some(pair_id) = report
         .transport()
@@ -507,33 +654,143 @@ pub async fn selected_path(pc: &dyn PeerConnection, tcp_bridges: &[String]) -> P
             .get(id)
             .or_else(|| report.get(&format!("{prefix}{id}")))
     };
-    let local = match find("RTCLocalIceCandidate_", &pair.local_candidate_id) {
+    let local_of = |id: &str| match find("RTCLocalIceCandidate_", id) {
         Some(RTCStatsReportEntry::LocalCandidate(c)) => Some(c),
         _ => None,
     };
-    let remote = match find("RTCRemoteIceCandidate_", &pair.remote_candidate_id) {
+    let remote_of = |id: &str| match find("RTCRemoteIceCandidate_", id) {
         Some(RTCStatsReportEntry::RemoteCandidate(c)) => Some(c),
         _ => None,
     };
+    let local = local_of(&pair.local_candidate_id);
+    let remote = remote_of(&pair.remote_candidate_id);
     let lt = local.as_ref().map(|c| c.candidate_type).unwrap_or_default();
     // A remote candidate that never came through signalling was learnt from an incoming
-    // check: peer-reflexive by definition (webrtc-rs keeps no stats entry for it).
-    let rt = remote
-        .as_ref()
-        .map(|c| c.candidate_type)
-        .unwrap_or(RTCIceCandidateType::Prflx);
+    // check: peer-reflexive by definition (webrtc-rs keeps no stats entry for it). One whose
+    // priority is a relay's (type preference 0, below 2^24; the patched rtc-ice takes it
+    // from the check) came from the other peer's TURN allocation: the path is relayed.
+    let rt = match remote.as_ref() {
+        Some(c) => c.candidate_type,
+        None => match selected_remote_priority(pc).await {
+            Some(p) if p < (1 << 24) => RTCIceCandidateType::Relay,
+            _ => RTCIceCandidateType::Prflx,
+        },
+    };
     let relayed = lt == RTCIceCandidateType::Relay || rt == RTCIceCandidateType::Relay;
+    // A relay reached through a TURN-over-TCP bridge looks like UDP to webrtc-rs.
+    let protocol = match local {
+        Some(c) if tcp_bridges.contains(&c.url) => "tcp".to_string(),
+        Some(c) if !c.protocol.is_empty() => c.protocol.to_lowercase(),
+        _ => "udp".to_string(),
+    };
+    // Our socket behind an advertised address (mapped or forwarded), talking to a peer that
+    // is not on our network: the router let it in through that port. (A cone NAT could also
+    // have let it in by hole punching on the same socket; the path is the same.)
+    let advertised = match (ctx.advertised_port, local) {
+        (Some((port, kind)), Some(c))
+            if lt == RTCIceCandidateType::Host
+                && c.port == port
+                && rt != RTCIceCandidateType::Host =>
+        {
+            Some(kind)
+        }
+        _ => None,
+    };
+    let kind = if relayed {
+        "relay"
+    } else {
+        advertised.unwrap_or("direct")
+    };
+    let reason = if relayed {
+        let (locals, remotes) = ice_candidates(pc).await;
+        Some(relay_reason(ctx, &protocol, &locals, &remotes))
+    } else {
+        None
+    };
     PathInfo {
-        kind: if relayed { "relay" } else { "direct" },
+        kind,
         local: candidate_type_name(lt),
         remote: candidate_type_name(rt),
-        // A relay reached through a TURN-over-TCP bridge looks like UDP to webrtc-rs.
-        protocol: match local {
-            Some(c) if tcp_bridges.contains(&c.url) => "tcp".into(),
-            Some(c) if !c.protocol.is_empty() => c.protocol.to_lowercase(),
-            _ => "udp".into(),
-        },
+        protocol,
+        reason,
+        portmap: ctx.portmap.word(),
     }
+}
+
+/// The remote candidate priority of the nominated pair, from the ICE transport (the stats
+/// have no entry for peer-reflexive candidates).
+async fn selected_remote_priority(pc: &dyn PeerConnection) -> Option<u32> {
+    let sctp = pc.sctp().await?;
+    let pair = sctp
+        .transport()
+        .ice_transport()
+        .get_selected_candidate_pair()
+        .await
+        .ok()??;
+    Some(pair.remote().priority)
+}
+
+/// The local and remote candidate types ICE knows (the stats miss those that came in a
+/// description).
+async fn ice_candidates(
+    pc: &dyn PeerConnection,
+) -> (Vec<RTCIceCandidateType>, Vec<RTCIceCandidateType>) {
+    let Some(sctp) = pc.sctp().await else {
+        return (Vec::new(), Vec::new());
+    };
+    let ice = sctp.transport().ice_transport();
+    let types = |v: Vec<webrtc::peer_connection::RTCIceCandidate>| {
+        v.into_iter().map(|c| c.typ).collect::<Vec<_>>()
+    };
+    (
+        ice.get_local_candidates()
+            .await
+            .map(types)
+            .unwrap_or_default(),
+        ice.get_remote_candidates()
+            .await
+            .map(types)
+            .unwrap_or_default(),
+    )
+}
+
+/// Why a relay carries the connection, from the candidates each side had.
+fn relay_reason(
+    ctx: &PathContext,
+    protocol: &str,
+    locals: &[RTCIceCandidateType],
+    remotes: &[RTCIceCandidateType],
+) -> String {
+    if ctx.relay_only {
+        return "relay forced (--relay-only)".into();
+    }
+    let direct = |v: &[RTCIceCandidateType]| {
+        v.iter()
+            .filter(|t| **t != RTCIceCandidateType::Relay)
+            .count()
+    };
+    let has_srflx = |v: &[RTCIceCandidateType]| v.contains(&RTCIceCandidateType::Srflx);
+    let mut why = if protocol == "tcp"
+        && !has_srflx(locals)
+        && ctx.relay_transport != Some(RelayTransport::Tcp)
+    {
+        // No STUN answer over UDP, while TURN over TCP worked.
+        "UDP blocked: relayed over TCP".to_string()
+    } else if direct(remotes) == 0 {
+        "the other peer offered no direct candidates".to_string()
+    } else if !has_srflx(remotes) {
+        "no direct candidate pair succeeded; the other peer got no STUN answer (UDP blocked on its side?)"
+            .to_string()
+    } else {
+        format!(
+            "no direct candidate pair succeeded ({} tried; symmetric NAT on either side?)",
+            direct(locals) * direct(remotes)
+        )
+    };
+    if let portmap::State::Failed(e) = &ctx.portmap {
+        why.push_str(&format!("; no port mapping: {e}"));
+    }
+    why
 }
 
 /// Which TURN transports to use.
