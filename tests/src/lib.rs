@@ -5,6 +5,7 @@
 //! in `PUNCHDROP_BIN_DIR`; the README's test command builds them first.
 
 pub mod browser;
+pub mod lab;
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
@@ -377,7 +378,8 @@ pub fn start_sender_env(
     start_sender_with(cmd, server, &[], &[file])
 }
 
-fn start_sender_with(
+/// [`start_sender`] through a wrapper command (see [`Peer::spawn_cmd`]).
+pub fn start_sender_with(
     cmd: Command,
     server: &str,
     extra: &[&str],

@@ -1,0 +1,683 @@
+//! NAT lab: a small internet in network namespaces, built and torn down by each test.
+//!
+//! ```text
+//!   {p}s  signalling + TURN      198.18.0.1 ─┐
+//!                                            ├─ br0 in {p}p (the "internet", 198.18.0.0/24)
+//!   {p}ra router A  wan 198.18.0.2 ─────────┤
+//!   {p}rb router B  wan 198.18.0.3 ─────────┘
+//!   {p}ha host A 10.0.1.2 ── lan bridge of A (10.0.1.1)
+//!   {p}hb host B 10.0.2.2 ── lan bridge of B (10.0.2.1), or 10.0.1.3 behind A ("same LAN")
+//! ```
+//!
+//! - 198.18.0.0/15 (benchmarking space) stands in for the internet, inside these namespaces
+//!   only. The bundled TURN refuses that range as relay peers like any non-public range, so the
+//!   server runs with `--turn-allow-private-peers` (the routers' WAN addresses are the peers).
+//! - Routers: `cone` is iptables MASQUERADE (endpoint-independent mapping, port-restricted
+//!   filtering); `symmetric` adds `--random-fully` (a new port per destination);
+//!   `udp-blocked` forwards only TCP outward; `upnp` is symmetric NAT written in nftables
+//!   plus `miniupnpd-nftables` (UPnP IGD and NAT-PMP), which keeps its mappings in its own
+//!   nft chains. Unsolicited inbound packets are dropped in INPUT, never answered with ICMP
+//!   (an ICMP error makes a conntrack entry that breaks simultaneous punching); conntrack is
+//!   flushed after the rules are set; `ip_forward` is switched on (0 in a new namespace).
+//! - Invariants: every namespace has a name unique to this process and lab (`pd` + pid +
+//!   counter, so parallel tests never collide; interface names are per namespace and can be
+//!   fixed), and [`Lab`]'s drop kills what runs inside and deletes them, even when the test
+//!   panicked. Namespaces left by a killed test process are removed by the next lab.
+//! - Delay and loss ([`Spec::wan`]) come from [`wire`], a userspace link: this kernel has no
+//!   netem.
+//! - Needs root and the tools `ip`, `iptables`, `nft`, `conntrack`, `miniupnpd`
+//!   (the README's test command installs them); without them a lab fails loudly.
+
+mod wire;
+
+pub use wire::Impair;
+
+use crate::{Peer, bin, is_root, start_sender_with};
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The server's address on the lab's internet.
+pub const SERVER_IP: &str = "198.18.0.1";
+
+/// How a router treats traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// MASQUERADE: endpoint-independent mapping, hole-punchable.
+    Cone,
+    /// MASQUERADE --random-fully: a new mapping per destination.
+    Symmetric,
+    /// Cone NAT that forwards no UDP outward (TCP only).
+    UdpBlocked,
+    /// Symmetric NAT whose router grants port mappings (miniupnpd: UPnP IGD, NAT-PMP).
+    Upnp,
+}
+
+/// Where host B sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum B {
+    /// Behind its own router.
+    Behind(Nat),
+    /// On host A's LAN, behind A's router.
+    SameLan,
+}
+
+/// What to build.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub a: Nat,
+    pub b: B,
+    /// Delay and loss on what router A and router B send out of their WAN side (netem-like):
+    /// a peer-to-peer round trip is delayed by both, a peer-to-server one by its own.
+    pub wan: [Impair; 2],
+}
+
+impl Spec {
+    pub fn new(a: Nat, b: B) -> Self {
+        Self {
+            a,
+            b,
+            wan: [Impair::default(); 2],
+        }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A built lab; dropping it tears everything down.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    /// Created namespaces, in creation order.
+    namespaces: Vec<String>,
+    daemons: Vec<Child>,
+    server: Option<Child>,
+    /// Impaired WAN links; dropped after the namespaces (fields drop after `Drop::drop`).
+    wires: Vec<wire::Wire>,
+    server_log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+    /// Where `signalling` and `native-peer` are.
+    bins: std::path::PathBuf,
+    pub url: String,
+}
+
+/// Run a command; its stderr becomes the error.
+fn run(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run a command inside namespace `ns`.
+fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    run(&v)
+}
+
+/// Fail clearly when the lab cannot be built here.
+fn preflight() {
+    assert!(
+        is_root(),
+        "the NAT lab needs root (network namespaces, iptables); CI runs the tests as root"
+    );
+    for tool in ["ip", "iptables", "nft", "conntrack", "miniupnpd"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .chain(["/usr/sbin".into(), "/sbin".into()])
+                    .any(|d| d.join(tool).exists())
+            })
+            .unwrap_or(false);
+        assert!(
+            found,
+            "the NAT lab needs `{tool}`: run ./scripts/test.sh, which installs iproute2, \
+             iptables, nftables, conntrack and miniupnpd-nftables"
+        );
+    }
+}
+
+/// Remove lab namespaces whose test process is gone (killed before its labs dropped).
+fn sweep_stale() {
+    let Ok(list) = run(&["ip", "netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix("pd") else {
+            continue;
+        };
+        let Some((pid_hex, _)) = rest.split_once('x') else {
+            continue;
+        };
+        let Ok(pid) = u32::from_str_radix(pid_hex, 16) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+impl Lab {
+    /// Build the lab and start the signalling server (and any UPnP daemon) in it.
+    pub fn new(spec: Spec) -> anyhow::Result<Self> {
+        let bins = bin("native-peer")
+            .parent()
+            .expect("binary folder")
+            .to_path_buf();
+        Self::with_bins(spec, bins)
+    }
+
+    /// [`Lab::new`] with the binaries taken from `bins` (for `cargo xtask bench-lab`).
+    pub fn with_bins(spec: Spec, bins: std::path::PathBuf) -> anyhow::Result<Self> {
+        preflight();
+        sweep_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // `pd<pid hex>x<n>`: unique per process and lab; the pid lets a later run sweep it.
+        let prefix = format!("pd{:x}x{n}", std::process::id());
+        let mut lab = Lab {
+            prefix,
+            namespaces: Vec::new(),
+            daemons: Vec::new(),
+            server: None,
+            wires: Vec::new(),
+            server_log: Arc::default(),
+            _dir: tempfile::tempdir()?,
+            bins,
+            url: format!("http://{SERVER_IP}:8080"),
+        };
+        lab.build(spec)?;
+        Ok(lab)
+    }
+
+    /// Namespace name of a lab role: `s` server, `p` internet, `ra`/`rb` routers,
+    /// `ha`/`hb` hosts.
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    fn add_ns(&mut self, role: &str) -> anyhow::Result<String> {
+        let ns = self.ns(role);
+        run(&["ip", "netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A veth pair: `a_if` in `a`, `b_if` in `b`, both up.
+    fn veth(a: &str, a_if: &str, b: &str, b_if: &str) -> anyhow::Result<()> {
+        run(&[
+            "ip", "-n", a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
+        ])?;
+        run(&["ip", "-n", a, "link", "set", a_if, "up"])?;
+        run(&["ip", "-n", b, "link", "set", b_if, "up"])?;
+        Ok(())
+    }
+
+    fn build(&mut self, spec: Spec) -> anyhow::Result<()> {
+        let internet = self.add_ns("p")?;
+        run(&[
+            "ip", "-n", &internet, "link", "add", "br0", "type", "bridge",
+        ])?;
+        run(&["ip", "-n", &internet, "link", "set", "br0", "up"])?;
+
+        let srv = self.add_ns("s")?;
+        Self::veth(&srv, "eth0", &internet, "srv")?;
+        run(&["ip", "-n", &internet, "link", "set", "srv", "master", "br0"])?;
+        run(&[
+            "ip",
+            "-n",
+            &srv,
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        self.start_server(&srv)?;
+
+        let routers: Vec<(&str, Nat, u8)> = match spec.b {
+            B::Behind(b) => vec![("a", spec.a, 1), ("b", b, 2)],
+            B::SameLan => vec![("a", spec.a, 1)],
+        };
+        for &(name, nat, subnet) in &routers {
+            let r = self.add_ns(&format!("r{name}"))?;
+            let impair = spec.wan[usize::from(subnet - 1)];
+            if impair.is_none() {
+                Self::veth(&r, "wan", &internet, &format!("r{name}"))?;
+            } else {
+                self.wire(&r, &internet, name, impair)?;
+            }
+            run(&[
+                "ip",
+                "-n",
+                &internet,
+                "link",
+                "set",
+                &format!("r{name}"),
+                "master",
+                "br0",
+            ])?;
+            let wan_ip = format!("198.18.0.{}/24", 1 + subnet);
+            run(&["ip", "-n", &r, "addr", "add", &wan_ip, "dev", "wan"])?;
+            run(&["ip", "-n", &r, "link", "add", "lan", "type", "bridge"])?;
+            run(&["ip", "-n", &r, "link", "set", "lan", "up"])?;
+            let lan_ip = format!("10.0.{subnet}.1/24");
+            run(&["ip", "-n", &r, "addr", "add", &lan_ip, "dev", "lan"])?;
+            in_ns(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            self.nat_rules(&r, nat, subnet)?;
+        }
+        self.add_host("a", "a", 1, 2)?;
+        match spec.b {
+            B::Behind(_) => self.add_host("b", "b", 2, 2)?,
+            B::SameLan => self.add_host("b", "a", 1, 3)?,
+        }
+        for &(name, nat, subnet) in &routers {
+            if nat == Nat::Upnp {
+                // After the server: miniupnpd asks its STUN for the public address at start.
+                self.start_miniupnpd(&self.ns(&format!("r{name}")), subnet)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Router `name`'s WAN link as an impaired [`wire::Wire`]: `wan` in `r`, `r{name}` in
+    /// the internet namespace.
+    fn wire(&mut self, r: &str, internet: &str, name: &str, impair: Impair) -> anyhow::Result<()> {
+        // Created in our namespace under names unique to this lab, then moved and renamed.
+        let (wan, port) = (
+            format!("{}{name}w", self.prefix),
+            format!("{}{name}i", self.prefix),
+        );
+        let w = wire::Wire::new(&wan, &port, impair).context("create TAP devices")?;
+        self.wires.push(w);
+        run(&["ip", "link", "set", &wan, "netns", r])?;
+        run(&["ip", "-n", r, "link", "set", &wan, "name", "wan"])?;
+        run(&["ip", "-n", r, "link", "set", "wan", "up"])?;
+        let inside = format!("r{name}");
+        run(&["ip", "link", "set", &port, "netns", internet])?;
+        run(&["ip", "-n", internet, "link", "set", &port, "name", &inside])?;
+        run(&["ip", "-n", internet, "link", "set", &inside, "up"])?;
+        Ok(())
+    }
+
+    /// Host `name` on router `router`'s LAN at 10.0.`subnet`.`last`.
+    fn add_host(&mut self, name: &str, router: &str, subnet: u8, last: u8) -> anyhow::Result<()> {
+        let h = self.add_ns(&format!("h{name}"))?;
+        let r = self.ns(&format!("r{router}"));
+        let port = format!("h{name}");
+        Self::veth(&h, "eth0", &r, &port)?;
+        run(&["ip", "-n", &r, "link", "set", &port, "master", "lan"])?;
+        let ip = format!("10.0.{subnet}.{last}/24");
+        run(&["ip", "-n", &h, "addr", "add", &ip, "dev", "eth0"])?;
+        let gw = format!("10.0.{subnet}.1");
+        run(&["ip", "-n", &h, "route", "add", "default", "via", &gw])?;
+        Ok(())
+    }
+
+    fn nat_rules(&self, r: &str, nat: Nat, subnet: u8) -> anyhow::Result<()> {
+        let lan = format!("10.0.{subnet}.0/24");
+        if nat == Nat::Upnp {
+            // nftables throughout: miniupnpd-nftables adds its forwards to the chains named
+            // in its config (`miniupnpd`, `prerouting_miniupnpd`, `postrouting_miniupnpd`).
+            // Only LAN traffic is masqueraded, so miniupnpd's own STUN check sees the WAN
+            // address unmapped and enables port forwarding.
+            let rules = format!(
+                "table inet filter {{
+  chain miniupnpd {{
+  }}
+  chain prerouting_miniupnpd {{
+  }}
+  chain postrouting_miniupnpd {{
+  }}
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    iifname \"wan\" ct state established,related accept
+    iifname \"wan\" drop
+  }}
+  chain forward {{
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname \"lan\" accept
+    iifname \"wan\" jump miniupnpd
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority -100; policy accept;
+    jump prerouting_miniupnpd
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority 100; policy accept;
+    jump postrouting_miniupnpd
+    ip saddr {lan} oifname \"wan\" masquerade fully-random
+  }}
+}}
+"
+            );
+            let file = self._dir.path().join(format!("{r}.nft"));
+            std::fs::write(&file, rules)?;
+            in_ns(r, &["nft", "-f", &file.display().to_string()])?;
+        } else {
+            let ipt = |args: &[&str]| {
+                let mut v = vec!["iptables", "-w"];
+                v.extend_from_slice(args);
+                in_ns(r, &v)
+            };
+            let mut masq = vec![
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                &lan,
+                "-o",
+                "wan",
+                "-j",
+                "MASQUERADE",
+            ];
+            if nat == Nat::Symmetric {
+                masq.push("--random-fully");
+            }
+            ipt(&masq)?;
+            let est = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"];
+            let mut input_est = vec!["-A", "INPUT", "-i", "wan"];
+            input_est.extend_from_slice(&est);
+            input_est.extend_from_slice(&["-j", "ACCEPT"]);
+            ipt(&input_est)?;
+            // Silently: an ICMP answer would create state that breaks punching.
+            ipt(&["-A", "INPUT", "-i", "wan", "-j", "DROP"])?;
+            ipt(&["-P", "FORWARD", "DROP"])?;
+            let mut fwd_est = vec!["-A", "FORWARD"];
+            fwd_est.extend_from_slice(&est);
+            fwd_est.extend_from_slice(&["-j", "ACCEPT"]);
+            ipt(&fwd_est)?;
+            if nat == Nat::UdpBlocked {
+                ipt(&[
+                    "-A", "FORWARD", "-i", "lan", "-o", "wan", "-p", "udp", "-j", "DROP",
+                ])?;
+            }
+            ipt(&["-A", "FORWARD", "-i", "lan", "-j", "ACCEPT"])?;
+        }
+        // State from before the rules (there should be none) must not outlive them.
+        let _ = in_ns(r, &["conntrack", "-F"]);
+        Ok(())
+    }
+
+    fn start_server(&mut self, srv: &str) -> anyhow::Result<()> {
+        let listen = format!("{SERVER_IP}:8080");
+        let turn = format!("{SERVER_IP}:3478");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", srv])
+            .arg(self.bins.join("signalling"))
+            .args(["--listen", &listen, "--turn-listen", &turn])
+            // 198.18/15 is refused as a relay peer by default (not public); it is this lab's
+            // internet.
+            .arg("--turn-allow-private-peers")
+            .env("PUNCHDROP_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start signalling in the lab")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .context("signalling ready line")?;
+        let sink = self.server_log.clone();
+        let err = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&l);
+                s.push('\n');
+            }
+        });
+        self.server = Some(child);
+        if !line.contains(&self.url) {
+            bail!(
+                "signalling did not start in the lab: {line:?}\n{}",
+                self.server_log()
+            );
+        }
+        Ok(())
+    }
+
+    fn start_miniupnpd(&mut self, r: &str, subnet: u8) -> anyhow::Result<()> {
+        let dir = self._dir.path();
+        let conf = dir.join(format!("{r}-miniupnpd.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname=wan
+listening_ip=lan
+http_port=0
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=yes
+uuid=3f1a7c1e-0b5d-4b8e-9c1e-00000000000{subnet}
+upnp_table_name=filter
+upnp_nat_table_name=filter
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+lease_file={lease}
+ext_perform_stun=yes
+ext_stun_host={SERVER_IP}
+ext_stun_port=3478
+allow 1024-65535 10.0.{subnet}.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+",
+                lease = dir.join(format!("{r}.leases")).display()
+            ),
+        )?;
+        let pid = dir.join(format!("{r}-miniupnpd.pid"));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", r, "miniupnpd", "-d", "-f"])
+            .arg(&conf)
+            .arg("-P")
+            .arg(&pid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start miniupnpd (package miniupnpd-nftables)")?;
+        // Ready once it listens for SOAP, which it does after deciding on port forwarding.
+        let err = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    // Keep draining so the daemon never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        self.daemons.push(child);
+        let mut log = String::new();
+        let mut enabled = false;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(l) = rx.recv_timeout(left) else {
+                bail!("miniupnpd did not become ready:\n{log}");
+            };
+            log.push_str(&l);
+            log.push('\n');
+            enabled |= l.contains("Port forwarding is now enabled");
+            if l.contains("HTTP listening on port") {
+                break;
+            }
+        }
+        if !enabled {
+            bail!("miniupnpd did not enable port forwarding:\n{log}");
+        }
+        Ok(())
+    }
+
+    /// Forward UDP `port` on router `name`'s WAN address to the same port of its host, as a
+    /// user does by hand in a router's settings (iptables routers only).
+    pub fn forward_port(&self, name: &str, port: u16) -> anyhow::Result<()> {
+        let r = self.ns(&format!("r{name}"));
+        let subnet = if name == "a" { 1 } else { 2 };
+        let host = format!("10.0.{subnet}.2");
+        let p = port.to_string();
+        let to = format!("{host}:{port}");
+        in_ns(
+            &r,
+            &[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-i",
+                "wan",
+                "-p",
+                "udp",
+                "--dport",
+                &p,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        )?;
+        in_ns(
+            &r,
+            &[
+                "iptables", "-w", "-I", "FORWARD", "-i", "wan", "-p", "udp", "-d", &host,
+                "--dport", &p, "-j", "ACCEPT",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Cut the signalling server (and its TURN) off the internet: its link goes down.
+    pub fn cut_server(&self) -> anyhow::Result<()> {
+        run(&["ip", "-n", &self.ns("p"), "link", "set", "srv", "down"])?;
+        Ok(())
+    }
+
+    /// What the signalling server logged so far.
+    pub fn server_log(&self) -> String {
+        self.server_log.lock().unwrap().clone()
+    }
+
+    /// `native-peer` run inside host `name`'s namespace.
+    pub fn peer_cmd(&self, name: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(&format!("h{name}"))])
+            .arg(self.bins.join("native-peer"));
+        cmd
+    }
+
+    /// Start a sender on host A that creates a room; returns it and its link.
+    pub fn sender(&self, flags: &[&str], files: &[&Path]) -> anyhow::Result<(Peer, String)> {
+        let (p, link, _) = start_sender_with(self.peer_cmd("a"), &self.url, flags, files)?;
+        Ok((p, link))
+    }
+
+    /// Start a receiver on host B joining `link`, saving into `dir`.
+    pub fn receiver(&self, flags: &[&str], dir: &Path, link: &str) -> Peer {
+        let d = dir.display().to_string();
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["recv", "--dir", &d, link]);
+        Peer::spawn_cmd(self.peer_cmd("b"), &args)
+    }
+
+    /// Send a `size`-byte file from host A to host B and check it arrived intact.
+    pub fn transfer(&self, size: u64, a_flags: &[&str], b_flags: &[&str]) -> Outcome {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let file = src.path().join("lab.bin");
+        crate::make_file(&file, size, size ^ 0x5eed);
+        let (sender, link) = self.sender(a_flags, &[&file]).unwrap();
+        let receiver = self.receiver(b_flags, dst.path(), &link);
+        let (rs, revents, rerr) = receiver
+            .finish_all(crate::LONG)
+            .unwrap_or_else(|e| panic!("{e:#}\nserver:\n{}", self.server_log()));
+        let (ss, sevents, serr) = sender.finish_all(crate::LONG).unwrap();
+        if std::env::var_os("PUNCHDROP_LAB_LOGS").is_some() {
+            eprintln!("--- sender (A) stderr:\n{serr}\n--- receiver (B) stderr:\n{rerr}");
+        }
+        let receiver_done = crate::expect_done(rs, &revents);
+        let sender_done = crate::expect_done(ss, &sevents);
+        assert_eq!(
+            crate::hash_file(&dst.path().join("lab.bin")),
+            crate::hash_file(&file),
+            "the file arrived altered"
+        );
+        Outcome::new(sender_done, receiver_done, &sevents, &revents)
+    }
+}
+
+/// What a lab transfer reported, both sides.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub sender_done: Value,
+    pub receiver_done: Value,
+    pub sender_connected: Value,
+    pub receiver_connected: Value,
+    /// Receiver's both-in-room → first byte, ms.
+    pub first_byte_ms: f64,
+}
+
+impl Outcome {
+    pub fn new(sender_done: Value, receiver_done: Value, s: &[Value], r: &[Value]) -> Self {
+        let find = |events: &[Value], name: &str| {
+            events
+                .iter()
+                .find(|e| e["event"] == name)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        Self {
+            sender_done,
+            receiver_done,
+            sender_connected: find(s, "connected"),
+            receiver_connected: find(r, "connected"),
+            first_byte_ms: find(r, "first_byte")["ms_since_room"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        }
+    }
+
+    /// `path` of each side's `connected` event: (sender on A, receiver on B).
+    pub fn paths(&self) -> (&str, &str) {
+        (
+            self.sender_connected["path"].as_str().unwrap_or("?"),
+            self.receiver_connected["path"].as_str().unwrap_or("?"),
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for mut c in self.daemons.drain(..).chain(self.server.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            // Anything still running inside (a peer a failed test left) dies with its lab.
+            if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
+                for pid in pids.split_whitespace() {
+                    let _ = run(&["kill", "-9", pid]);
+                }
+            }
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
