@@ -209,8 +209,11 @@ fn connected(events: &Events, link: &peer::Link) {
     }));
 }
 
-fn done(events: &Events, s: Summary, link: &peer::Link) {
-    let p = &link.path;
+/// The path as it is now: ICE may have moved since the channel opened (a relayed pair used
+/// until the nominated direct one took over, or the relay died).
+async fn done(events: &Events, s: Summary, link: &peer::Link) {
+    let now = peer::path_of(&link.pc).await;
+    let p = now.as_ref().unwrap_or(&link.path);
     events.emit(json!({
         "event": "done", "files": s.files, "bytes": s.bytes, "seconds": s.seconds,
         "path": p.kind, "local": p.local, "remote": p.remote,
@@ -260,7 +263,7 @@ async fn send_over(
     let mut link = or_cancel(peer::connect(TransferRole::Sender, session), cmds).await?;
     connected(events, &link);
     let summary = transfer::send(&mut link, sources, events, cmds).await?;
-    done(events, summary, &link);
+    done(events, summary, &link).await;
     Ok(())
 }
 
@@ -284,7 +287,7 @@ async fn open_flow(
                 or_cancel(peer::connect(TransferRole::Receiver, session), &mut cmds).await?;
             connected(&events, &link);
             match transfer::receive(&mut link, &events, &mut cmds).await? {
-                Some(summary) => done(&events, summary, &link),
+                Some(summary) => done(&events, summary, &link).await,
                 None => events.emit(json!({"event": "declined"})),
             }
             Ok(())

@@ -22,7 +22,7 @@ use crate::js::{self, Listener};
 use crate::signalling::Session;
 
 const CHANNEL_LABEL: &str = "punchdrop";
-/// How long to let candidates gather into the description before sending it; the rest
+/// How long an offer waits for candidates to gather into it before it is sent; the rest
 /// trickle. Host candidates are there at once, STUN answers on a LAN within a few ms.
 const GATHER_WAIT: Duration = Duration::from_millis(150);
 /// How long opening the connection may take once both peers said hello.
@@ -190,7 +190,13 @@ pub async fn connect(role: TransferRole, mut session: Session) -> Result<Link> {
                             .map_err(rtc_error("cannot create an answer"))?;
                         js::wait(pc.set_local_description(answer.unchecked_ref())).await
                             .map_err(rtc_error("cannot use the answer"))?;
-                        describe = Some((js::now() + GATHER_WAIT, SdpKind::Answer));
+                        // The answer goes out at once, candidates trickle: the browser starts
+                        // its checks as soon as the answer is set, and checks that reach a
+                        // webrtc-rs offerer before it has the answer are lost (it has no
+                        // credentials yet) while its role is still undecided; Chromium then
+                        // kept a relayed pair for good on loopback. Answering first, direct
+                        // pairs win.
+                        describe = Some((js::now(), SdpKind::Answer));
                     }
                 }
                 PeerSignal::Candidate { candidate, sdp_mid, sdp_mline_index } => {
@@ -330,7 +336,7 @@ fn no_path(session: &Session) -> String {
 }
 
 /// The selected candidate pair, from the connection's statistics.
-async fn path_of(pc: &RtcPeerConnection) -> Option<PathInfo> {
+pub async fn path_of(pc: &RtcPeerConnection) -> Option<PathInfo> {
     let report = js::wait(pc.get_stats()).await.ok()?;
     let map: &js_sys::Map = report.unchecked_ref();
     let mut pair_id: Option<String> = None;
