@@ -540,6 +540,59 @@ fn native_sends_to_browser() {
     .unwrap();
 }
 
+/// Receiving with a typed code on the start page (the code, not the link, carries the PAKE
+/// password), then the same offer declined: the sender is told and nothing is saved.
+#[test]
+fn browser_receives_with_typed_code_and_can_decline() {
+    in_loopback_netns(|| {
+        let sig = Signalling::start();
+        let src = tempfile::tempdir()?;
+        let files = some_files(src.path(), 30);
+        let (sender, _link, code) =
+            start_sender(&sig.url, &["--bind", "127.0.0.1:0"], &refs(&files))?;
+        let mut c = Chromium::launch_named("receiver")?;
+        c.goto(&format!("{}/", sig.url))?;
+        c.wait_state("ready", SECS(30))?;
+        c.eval(&format!(
+            "document.querySelector('#code-input').value = {}",
+            serde_json::to_string(&code)?
+        ))?;
+        c.click("#code-go")?;
+        c.wait_state("offer", SECS(30))?;
+        c.click("#accept")?;
+        expect_downloads(&mut c, &files)?;
+        let done = expect_page_done(&mut c, files.len(), total_len(&files))?;
+        assert_direct("browser", &done);
+        let (status, events) = sender.finish(LONG)?;
+        expect_done(status, &events);
+
+        // Declined: the native sender fails with the reason, the page says nothing was saved.
+        let (sender, link, _code) =
+            start_sender(&sig.url, &["--bind", "127.0.0.1:0"], &refs(&files))?;
+        let mut c = Chromium::launch_named("decliner")?;
+        open_offer(&mut c, &link, &files)?;
+        c.click("#decline")?;
+        c.wait_state("error", SECS(30))?;
+        let text = c.eval("document.querySelector('#error').textContent")?;
+        assert!(
+            text.as_str().unwrap_or_default().contains("declined"),
+            "{text}"
+        );
+        let (status, events) = sender.finish(LONG)?;
+        assert!(!status.success(), "the sender must fail: {events:?}");
+        let err = events
+            .iter()
+            .find(|e| e["event"] == "error")
+            .map(|e| e["message"].to_string())
+            .unwrap_or_default();
+        assert!(err.contains("declined"), "{events:?}");
+        let dl: Vec<_> = std::fs::read_dir(&c.downloads)?.collect();
+        assert!(dl.is_empty(), "a declined offer saved {dl:?}");
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Scenario 3: browser to browser, two Chromiums; screenshots of every step.
 #[test]
 fn browser_to_browser_with_screenshots() {
