@@ -64,18 +64,15 @@ pub fn in_loopback_netns<T: Send + 'static>(
         .name("loopback-netns".into())
         .spawn(move || -> anyhow::Result<T> {
             enter_new_netns()?;
-            for cmd in [&["link", "set", "lo", "up"][..]] {
-                let out = Command::new("ip")
-                    .args(cmd)
-                    .output()
-                    .context("running `ip` (package iproute2)")?;
-                if !out.status.success() {
-                    bail!(
-                        "ip {}: {}",
-                        cmd.join(" "),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+            let out = Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .output()
+                .context("running `ip` (package iproute2)")?;
+            if !out.status.success() {
+                bail!(
+                    "ip link set lo up: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             let links = Command::new("ip").args(["-o", "link"]).output()?;
             let links = String::from_utf8_lossy(&links.stdout);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod browser;
 mod web;
 
 #[derive(Parser, Debug)]
@@ -21,6 +22,8 @@ mod web;
 enum Task {
     /// Measure native↔native throughput and setup against a plain TCP copy.
     Bench(BenchArgs),
+    /// Browser → native, native → browser and Chromium ↔ Chromium throughput (root only).
+    BenchBrowser(browser::Args),
     /// Build the browser app (wasm-client → web/pkg).
     Web,
 }
@@ -42,11 +45,17 @@ struct BenchArgs {
     /// Extra environment for both peers, e.g. PUNCHDROP_CHUNK=131072 (repeatable).
     #[arg(long = "peer-env", value_name = "K=V")]
     peer_env: Vec<String>,
+    /// Then the browser section (see bench-browser; skipped if Chromium is missing).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    browser: bool,
+    #[command(flatten)]
+    browser_args: browser::Args,
 }
 
 fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Bench(args) => bench(args),
+        Task::BenchBrowser(args) => browser::bench(&root(), args),
         Task::Web => web::build(&root()),
     }
 }
@@ -281,6 +290,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let root = root();
+    let browser = browser::Section::check(&root, args.browser)?;
     eprintln!("building release binaries…");
     let st = Command::new(env!("CARGO"))
         .current_dir(&root)
@@ -418,5 +428,5 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if !env.is_empty() {
         println!("\npeer environment: {:?}", args.peer_env);
     }
-    Ok(())
+    browser.run(&root, &args.browser_args)
 }
