@@ -165,6 +165,12 @@ async fn pair(handle: &ServerHandle) -> (Ws, Ws, String, u32) {
 
 /// `GET path` over HTTP/1.0; returns (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_full(addr, path).await;
+    (status, body)
+}
+
+/// `GET path` over HTTP/1.0; returns (status, lowercased head, body).
+async fn http_get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let exchange = async {
         let mut tcp = TcpStream::connect(addr).await.expect("TCP connect");
         tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -184,7 +190,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    (status, body.to_string())
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 /// The value of one `punchdrop_*` sample in `/metrics`.
@@ -745,6 +751,58 @@ async fn healthz_is_ok() {
     let (status, body) = http_get(handle.local_addr(), "/healthz").await;
     assert_eq!(status, 200);
     assert_eq!(body.trim(), "ok");
+}
+
+// 10b. The web app: the page for `/` and share links (or, in a build without the generated
+// client, how to build it), its static files with their types, and nothing else.
+#[tokio::test]
+async fn web_app_and_share_pages_are_served() {
+    let handle = spawn(config()).await;
+    let addr = handle.local_addr();
+    let (status, head, body) = http_get_full(addr, "/").await;
+    match status {
+        200 => {
+            assert!(head.contains("content-type: text/html"), "{head}");
+            assert!(
+                head.contains("content-security-policy: default-src 'self'"),
+                "{head}"
+            );
+            assert!(body.contains("/app.js"), "{body}");
+            let (status, _, share) = http_get_full(addr, "/r/abcdefghjkmnpqrs").await;
+            assert_eq!(status, 200);
+            assert_eq!(share, body, "a share link serves the app");
+        }
+        503 => assert!(body.contains("cargo xtask web"), "{body}"),
+        other => panic!("GET / answered {other}: {body}"),
+    }
+    for (path, kind) in [
+        ("/app.js", "text/javascript"),
+        ("/sinks.js", "text/javascript"),
+        ("/sw.js", "text/javascript"),
+        ("/style.css", "text/css"),
+        ("/icon.svg", "image/svg+xml"),
+    ] {
+        let (status, head, _) = http_get_full(addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            head.contains(&format!("content-type: {kind}")),
+            "{path}: {head}"
+        );
+        assert!(
+            head.contains("x-content-type-options: nosniff"),
+            "{path}: {head}"
+        );
+    }
+    for path in [
+        "/r/not-a-room!",
+        "/index.html",
+        "/../Cargo.toml",
+        "/%2e%2e/Cargo.toml",
+        "/nope.js",
+    ] {
+        let (status, _, _) = http_get_full(addr, path).await;
+        assert_eq!(status, 404, "{path}");
+    }
 }
 
 // 11.
