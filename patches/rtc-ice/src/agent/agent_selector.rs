@@ -549,7 +549,21 @@ impl ControlledSelector for Agent {
                     // previously sent by this pair produced a successful response and
                     // generated a valid pair (Section 7.2.5.3.2).  The agent sets the
                     // nominated flag value of the valid pair to true.
-                    if self.get_selected_pair().is_none() {
+                    //
+                    // punchdrop patch: RFC 8445 §8.1.1 — of several nominated pairs the
+                    // controlled agent uses the one with the highest priority. Chromium,
+                    // controlling, nominates the best pair it has *so far*, and nominates
+                    // again when a better one becomes writable; keeping the first one left
+                    // this side sending through its TURN relay while Chromium sent direct.
+                    let better = match self.get_selected_pair() {
+                        None => true,
+                        Some(selected) => {
+                            selected != pair_index
+                                && self.candidate_pairs[pair_index].priority()
+                                    > self.candidate_pairs[selected].priority()
+                        }
+                    };
+                    if better {
                         self.set_selected_pair(Some(now), Some(pair_index));
                     }
                     self.send_binding_success(now, m, local_index, remote_index);
