@@ -498,6 +498,8 @@ fn browser_sends_to_native_receiver() {
         let (status, events) = receiver.finish(LONG)?;
         let done = expect_done(status, &events);
         assert_eq!(done["files"], files.len() as u64);
+        // Both ends must be direct: each side sends on the pair it selected.
+        assert_direct("native receiver", &done);
         for f in &files {
             let name = f.file_name().unwrap();
             assert_eq!(hash_file(&dst.path().join(name)), hash_file(f), "{name:?}");
@@ -534,7 +536,8 @@ fn native_sends_to_browser() {
             .or_else(|| done["path"]["kind"].as_str());
         assert_eq!(kind, Some("direct"), "{done}");
         let (status, events) = sender.finish(LONG)?;
-        expect_done(status, &events);
+        let done = expect_done(status, &events);
+        assert_direct("native sender", &done);
         Ok(())
     })
     .unwrap();
