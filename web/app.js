@@ -18,6 +18,7 @@ let sending = false;
 let total = 0;
 let startedAt = 0;
 let lastPath = null;
+let savedWhere = '';
 
 function setState(state) {
   document.body.dataset.state = state;
@@ -129,6 +130,7 @@ function onEvent(ev) {
       $('progress-bytes').textContent = `${ev.files} file${ev.files === 1 ? '' : 's'}, ${human(ev.bytes)}`;
       $('progress-rate').textContent = `${duration(ev.seconds)}${rate}`;
       if (lastPath) $('path-text').textContent = describePath(lastPath);
+      $('done-note').textContent = sending ? '' : savedWhere;
       setState('done');
       break;
     }
@@ -251,6 +253,7 @@ function wire() {
   });
   $('accept').addEventListener('click', () => {
     client.accept(worker ? downloadSinks(worker) : memorySinks());
+    savedWhere = 'Every file was verified and saved to your downloads folder.';
     setState('transferring');
   });
   $('accept-folder').addEventListener('click', async () => {
@@ -261,6 +264,7 @@ function wire() {
       return; // picker dismissed: still deciding
     }
     client.accept(folderSinks(dir));
+    savedWhere = `Every file was verified and saved in “${dir.name}”.`;
     setState('transferring');
   });
   $('decline').addEventListener('click', () => client.decline());
