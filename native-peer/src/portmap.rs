@@ -144,10 +144,7 @@ pub fn start(port: u16) -> PortMapper {
     PortMapper { state, held }
 }
 
-async fn map(
-    port: u16,
-    held: &Held,
-) -> Result<Mapping, PortmapError> {
+async fn map(port: u16, held: &Held) -> Result<Mapping, PortmapError> {
     let mut opts = SearchOptions::default();
     opts.timeout = Some(SEARCH_TIMEOUT);
     opts.single_search_timeout = Some(SEARCH_TIMEOUT);
