@@ -612,6 +612,7 @@ deny 0-65535 0.0.0.0/0 0-65535
         let (ss, sevents, serr) = sender.finish_all(crate::LONG).unwrap();
         if std::env::var_os("PUNCHDROP_LAB_LOGS").is_some() {
             eprintln!("--- sender (A) stderr:\n{serr}\n--- receiver (B) stderr:\n{rerr}");
+            eprintln!("--- receiver (B) events:\n{revents:?}");
         }
         let receiver_done = crate::expect_done(rs, &revents);
         let sender_done = crate::expect_done(ss, &sevents);

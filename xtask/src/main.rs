@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod browser;
+mod lab;
 mod web;
 
 #[derive(Parser, Debug)]
@@ -22,6 +23,8 @@ mod web;
 enum Task {
     /// Measure native↔native throughput and setup against a plain TCP copy.
     Bench(BenchArgs),
+    /// Setup time and throughput per NAT scenario in the namespace lab (root only).
+    BenchLab(lab::Args),
     /// Browser → native, native → browser and Chromium ↔ Chromium throughput (root only).
     BenchBrowser(browser::Args),
     /// Build the browser app (wasm-client → web/pkg).
@@ -55,6 +58,7 @@ struct BenchArgs {
 fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Bench(args) => bench(args),
+        Task::BenchLab(args) => lab::bench(&root(), args),
         Task::BenchBrowser(args) => browser::bench(&root(), args),
         Task::Web => web::build(&root()),
     }
