@@ -161,6 +161,8 @@ impl PeerConnectionEventHandler for Handler {
 const CHANNEL_LABEL: &str = "punchdrop";
 /// How long to wait for the other peer's hello (it may be a person choosing files).
 const PEER_HELLO_WAIT: Duration = Duration::from_secs(10 * 60);
+/// How long UDP may take to reach the TURN server before TCP relays are kept as well.
+const UDP_PROBE_WAIT: Duration = Duration::from_millis(600);
 /// How long a working relay pair waits for a direct pair before it is accepted.
 const RELAY_WAIT: Duration = Duration::from_secs(1);
 
@@ -179,6 +181,22 @@ pub async fn connect(
     if opts.relay_only && !has_turn {
         bail!("--relay-only needs a TURN server, and the signalling server offered none");
     }
+    // Does UDP reach the TURN server? Asked now, answered by the time the hellos are
+    // exchanged (one round trip through the server either way).
+    let udp_probe = ice_servers
+        .iter()
+        .flat_map(|s| &s.urls)
+        .find_map(|u| turn_tcp::udp_turn_target(u))
+        .filter(|_| {
+            opts.relay_transport.is_none()
+                && ice_servers
+                    .iter()
+                    .flat_map(|s| &s.urls)
+                    .any(|u| turn_tcp::tcp_turn_target(u).is_some())
+        })
+        .map(|target| {
+            tokio::spawn(async move { turn_tcp::udp_answers(&target, UDP_PROBE_WAIT).await })
+        });
     let hello = PeerSignal::Hello {
         version: SIGNAL_VERSION,
         role,
@@ -234,7 +252,19 @@ pub async fn connect(
         channel: Mutex::new(Some(dc_tx)),
     });
 
-    let (rtc_servers, bridges) = prepare_ice_servers(ice_servers, opts.relay_transport).await?;
+    // Relay over TCP only when UDP does not reach the TURN server (ladder: relay over UDP,
+    // then TCP). Both kinds of relay candidate look alike to webrtc-rs (a TCP relay is a
+    // local UDP bridge), so with both a TCP relay could win where a UDP one works (the NAT
+    // lab saw it between two symmetric NATs). The probe ran during the hello exchange.
+    let transport = match (opts.relay_transport, udp_probe) {
+        (Some(t), _) => Some(t),
+        (None, Some(probe)) => match probe.await {
+            Ok(true) => Some(RelayTransport::Udp),
+            _ => None,
+        },
+        (None, None) => None,
+    };
+    let (rtc_servers, bridges) = prepare_ice_servers(ice_servers, transport).await?;
     let is_loopback = opts.bind.iter().all(|a| a.ip().is_loopback());
     let settings = SettingEngineBuilder::new()
         .with_include_loopback_candidate(is_loopback)

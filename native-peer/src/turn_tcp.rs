@@ -166,9 +166,70 @@ pub fn tcp_turn_target(url: &str) -> Option<String> {
         .then(|| hostport.to_string())
 }
 
+/// `host:port` of a `turn:` URL reached over UDP (no transport, or `transport=udp`).
+pub fn udp_turn_target(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("turn:")?;
+    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let tcp = query
+        .split('&')
+        .any(|kv| kv.eq_ignore_ascii_case("transport=tcp"));
+    (!tcp).then(|| hostport.to_string())
+}
+
+/// Does a STUN Binding request over UDP to `target` get an answer within `wait`? Asked
+/// three times (at 0, ⅓ and ⅔ of `wait`) so one lost datagram does not decide.
+pub async fn udp_answers(target: &str, wait: std::time::Duration) -> bool {
+    let Ok(Some(addr)) = tokio::time::timeout(wait, tokio::net::lookup_host(target))
+        .await
+        .map(|r| r.ok().and_then(|mut a| a.next()))
+    else {
+        return false;
+    };
+    let bind: std::net::SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
+        return false;
+    };
+    // Binding request: type 0x0001, length 0, magic cookie, 12-byte transaction id.
+    let mut req = [0u8; 20];
+    req[1] = 0x01;
+    req[4..8].copy_from_slice(&0x2112_a442u32.to_be_bytes());
+    let id: [u8; 12] = std::array::from_fn(|i| (std::process::id() as u8) ^ (i as u8 * 37));
+    req[8..20].copy_from_slice(&id);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    for attempt in 0..3u32 {
+        let _ = sock.send_to(&req, addr).await;
+        let until = (tokio::time::Instant::now() + wait / 3).min(deadline);
+        while let Ok(Ok((n, from))) = tokio::time::timeout_at(until, sock.recv_from(&mut buf)).await
+        {
+            // A success or error response to our request, from the server.
+            if from == addr && n >= 20 && buf[0] & 0xc0 == 0 && buf[8..20] == id {
+                return true;
+            }
+        }
+        tracing::debug!(attempt, "no STUN answer over UDP yet");
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_targets() {
+        assert_eq!(
+            udp_turn_target("turn:198.18.0.1:3478?transport=udp").as_deref(),
+            Some("198.18.0.1:3478")
+        );
+        assert_eq!(udp_turn_target("turn:h:3478").as_deref(), Some("h:3478"));
+        assert_eq!(udp_turn_target("turn:h:3478?transport=tcp"), None);
+        assert_eq!(udp_turn_target("stun:h:3478"), None);
+    }
 
     #[test]
     fn frame_lengths() {
