@@ -191,7 +191,7 @@ fn loss_and_delay_on_a_router_still_deliver_intact() {
     let (a, b) = o.paths();
     assert_eq!(a, b, "{}", show(&o));
     // Usually the punched path; when 5 % loss eats enough of the first checks the relay
-    // wins its 1 s race instead (about 1 run in 6 here), and must say why.
+    // wins its 1 s race instead (3 of 16 runs here), and must say why.
     match a {
         "direct" => {}
         "relay" => {
