@@ -39,7 +39,7 @@ impl TunedRuntime {
 
 /// Set a socket buffer, forcing past the sysctl cap when allowed. Returns what the kernel
 /// granted (Linux reports twice the requested size for its bookkeeping).
-fn size_buffers(sock: &std::net::UdpSocket, want: usize) -> (usize, usize) {
+pub(crate) fn size_buffers(sock: &std::net::UdpSocket, want: usize) -> (usize, usize) {
     let s = SockRef::from(sock);
     let _ = s.set_recv_buffer_size(want);
     let _ = s.set_send_buffer_size(want);
