@@ -8,8 +8,6 @@
 //! Two roles exist: the controlling agent nominates the pair that will carry media, the
 //! controlled agent accepts that choice. Which side controls is decided by which offered, and the
 //! two must not agree — see [`Credentials`] and [`Agent::set_role`].
-#[cfg(test)]
-mod agent_test;
 
 /// Configuration for a new [`Agent`]: servers, timeouts and role.
 pub mod agent_config;

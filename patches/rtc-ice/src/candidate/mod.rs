@@ -12,17 +12,6 @@
 //! Each type has its own constructor module (`candidate_host`, `candidate_relay`, …), all
 //! built on the shared [`CandidateConfig`](crate::candidate::CandidateConfig).
 
-#[cfg(test)]
-mod candidate_pair_test;
-#[cfg(test)]
-mod candidate_test;
-
-//TODO: #[cfg(test)]
-//TODO: mod candidate_relay_test;
-/*TODO: #[cfg(test)]
-TODO: mod candidate_server_reflexive_test;
-*/
-
 /// Host candidates: an address on a local interface.
 pub mod candidate_host;
 /// A local/remote candidate pair and its check state.

@@ -1,5 +1,3 @@
-//#[cfg(test)]
-//mod mdns_test;
 
 use mdns::Mdns;
 use mdns::MdnsConfig;

@@ -2,8 +2,6 @@ use crypto::RTCRandom;
 use shared::error::{Error, Result};
 use shared::util::generate_crypto_random_string;
 
-#[cfg(test)]
-mod rand_test;
 
 const RUNES_ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const RUNES_CANDIDATE_ID_FOUNDATION: &[u8] =

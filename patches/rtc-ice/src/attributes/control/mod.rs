@@ -1,5 +1,3 @@
-#[cfg(test)]
-mod control_test;
 
 use std::fmt;
 
