@@ -240,13 +240,17 @@ fn closed_or_frame(inc: Option<Incoming>) -> Result<Vec<u8>> {
     }
 }
 
+fn is_dead(s: RtcPeerConnectionState) -> bool {
+    matches!(
+        s,
+        RtcPeerConnectionState::Failed | RtcPeerConnectionState::Closed
+    )
+}
+
 /// The connection failed under a live channel: close the channel so waits end.
 fn watch_state(link: &mut Link) -> bool {
     while let Ok(s) = link.state.try_recv() {
-        if matches!(
-            s,
-            RtcPeerConnectionState::Failed | RtcPeerConnectionState::Closed
-        ) {
+        if is_dead(s) {
             link.dc.close();
             return true;
         }
@@ -355,8 +359,10 @@ pub async fn send(
                     return Err(Error::Cancelled);
                 },
                 _ = js::sleep_until(sm.poll_timeout()).fuse() => sm.handle_timeout(js::now())?,
-                // Connection state changes arrive here too.
-                _ = js::sleep(Duration::from_millis(500)).fuse() => {}
+                s = link.state.select_next_some() => if is_dead(s) {
+                    link.dc.close();
+                    return Err(explain_loss(&mut sm, &mut wire, Error::Vanished).await);
+                },
             }
         }
     }
@@ -529,7 +535,10 @@ pub async fn receive(
                     return Err(Error::Cancelled);
                 },
                 _ = js::sleep_until(sm.poll_timeout()).fuse() => sm.handle_timeout(js::now())?,
-                _ = js::sleep(Duration::from_millis(500)).fuse() => {}
+                s = link.state.select_next_some() => if is_dead(s) {
+                    link.dc.close();
+                    return Err(Error::Vanished);
+                },
             }
         }
     }
