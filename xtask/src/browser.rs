@@ -91,13 +91,7 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
     if let Section::Skip(why) = Section::check(root, true)? {
         bail!("cannot run the browser benchmark: {why}");
     }
-    eprintln!("building release binaries…");
-    let st = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args(["build", "--release", "-q", "-p", "signalling", "-p"])
-        .arg("native-peer")
-        .status()?;
-    anyhow::ensure!(st.success(), "build failed");
+    crate::build_binaries(root)?;
     run(root, &args)
 }
 

@@ -41,20 +41,7 @@ const SCENARIOS: &[(&str, Nat, B)] = &[
 ];
 
 pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
-    eprintln!("building release binaries…");
-    let st = std::process::Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "signalling",
-            "-p",
-            "native-peer",
-        ])
-        .status()?;
-    anyhow::ensure!(st.success(), "build failed");
+    crate::build_binaries(root)?;
     let bins = root.join("target/release");
     println!(
         "NAT lab, {} MiB, {} ms peer RTT, median of {}\n",

@@ -156,47 +156,23 @@ fn start_signalling(bin: &Path, extra: &[&str]) -> anyhow::Result<(Child, String
     Ok((sig, url))
 }
 
-/// coturn on loopback with a REST secret, if Debian's `turnserver` is installed.
-fn start_coturn(dir: &Path, secret: &str) -> anyhow::Result<Option<(Child, u16)>> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = match Command::new("turnserver")
+/// Build the binaries every benchmark runs (release, as the tests use them).
+fn build_binaries(root: &Path) -> anyhow::Result<()> {
+    eprintln!("building release binaries…");
+    let st = Command::new(env!("CARGO"))
+        .current_dir(root)
         .args([
-            "-n",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--listening-ip=127.0.0.1",
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "signalling",
+            "-p",
+            "native-peer",
         ])
-        .args([
-            "--relay-ip=127.0.0.1",
-            "--use-auth-secret",
-            "--realm=punchdrop",
-        ])
-        .args([
-            "--allow-loopback-peers",
-            "--min-port=40000",
-            "--max-port=40999",
-        ])
-        .arg(format!("--listening-port={port}"))
-        .arg(format!("--static-auth-secret={secret}"))
-        .arg(format!("--userdb={}", dir.join("turndb").display()))
-        .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
-        .arg(format!("--log-file={}", dir.join("turn.log").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(_) => return Ok(None),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("coturn did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Some((child, port)))
+        .status()?;
+    anyhow::ensure!(st.success(), "build failed");
+    Ok(())
 }
 
 fn native_run(
@@ -295,22 +271,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let root = root();
     let browser = browser::Section::check(&root, args.browser)?;
-    eprintln!("building release binaries…");
-    let st = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "signalling",
-            "-p",
-            "native-peer",
-        ])
-        .status()?;
-    if !st.success() {
-        bail!("build failed");
-    }
+    build_binaries(&root)?;
     let bin = root.join("target/release");
     let env: Vec<(String, String)> = args
         .peer_env
@@ -383,18 +344,17 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         )?;
         relayed.push(("bundled TURN", mb, fb));
         let secret = "bench-secret";
-        if let Some((mut coturn, port)) = start_coturn(work.path(), secret)? {
-            let url = format!("turn:127.0.0.1:{port}?transport=udp");
-            let result = relay_series(
-                "coturn",
-                &["--no-turn", "--turn", &url, "--turn-secret", secret],
-            );
-            let _ = coturn.kill();
-            let _ = coturn.wait();
-            let (mb, fb) = result?;
-            relayed.push(("coturn 4.6", mb, fb));
-        } else {
-            eprintln!("turnserver (Debian's coturn) not installed: skipping the coturn comparison");
+        // The same coturn setup the relay tests prove interoperability with.
+        match punchdrop_e2e::Coturn::start(secret) {
+            Ok(coturn) => {
+                let url = format!("turn:127.0.0.1:{}?transport=udp", coturn.port);
+                let (mb, fb) = relay_series(
+                    "coturn",
+                    &["--no-turn", "--turn", &url, "--turn-secret", secret],
+                )?;
+                relayed.push(("coturn 4.6", mb, fb));
+            }
+            Err(e) => eprintln!("skipping the coturn comparison: {e:#}"),
         }
     }
 
