@@ -442,13 +442,10 @@ fn expect_page_done(c: &mut Chromium, files: usize, bytes: u64) -> anyhow::Resul
 }
 
 /// On loopback both sides have host candidates: the path must be direct, never the relay.
-/// `path` as native-peer prints it ("direct") or as an object with a `kind`.
+/// `path` is the same word in the page's events and native-peer's.
 fn assert_direct(who: &str, done: &Value) {
-    let kind = done["path"]
-        .as_str()
-        .or_else(|| done["path"]["kind"].as_str());
     assert_eq!(
-        kind,
+        done["path"].as_str(),
         Some("direct"),
         "{who} took a relayed path on loopback: {done}"
     );
@@ -530,11 +527,7 @@ fn native_sends_to_browser() {
         c.click("#accept")?;
         expect_downloads(&mut c, &files)?;
         let done = expect_page_done(&mut c, files.len(), total_len(&files))?;
-        // `path` as native-peer prints it ("direct") or as an object with a `kind`.
-        let kind = done["path"]
-            .as_str()
-            .or_else(|| done["path"]["kind"].as_str());
-        assert_eq!(kind, Some("direct"), "{done}");
+        assert_direct("browser", &done);
         let (status, events) = sender.finish(LONG)?;
         let done = expect_done(status, &events);
         assert_direct("native sender", &done);
