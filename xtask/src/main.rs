@@ -42,8 +42,8 @@ struct BenchArgs {
     /// Also measure relayed transfers (bundled TURN, and coturn when installed).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     relay: bool,
-    /// Repetitions of each relayed measurement.
-    #[arg(long, default_value_t = 1)]
+    /// Repetitions of each relayed measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
     relay_reps: usize,
     /// Extra environment for both peers, e.g. PUNCHDROP_CHUNK=131072 (repeatable).
     #[arg(long = "peer-env", value_name = "K=V")]

@@ -51,6 +51,9 @@ impl CurrentClient {
 
 pub(crate) struct Gate {
     inner: Arc<dyn Conn + Send + Sync>,
+    /// The turn crate asks for it on every ChannelData it relays; asking the socket each
+    /// time cost a `getsockname` syscall per packet.
+    local: SocketAddr,
     transport: &'static str,
     auth: Arc<Auth>,
     allow_private_peers: bool,
@@ -85,8 +88,9 @@ impl Gate {
         allow_private_peers: bool,
         metrics: Arc<TurnMetrics>,
         shutdown: CancellationToken,
-    ) -> Self {
-        Self {
+    ) -> webrtc_util::Result<Self> {
+        Ok(Self {
+            local: inner.local_addr()?,
             inner,
             transport,
             auth,
@@ -94,7 +98,7 @@ impl Gate {
             metrics,
             current: Arc::default(),
             shutdown,
-        }
+        })
     }
 
     pub fn current_client(&self) -> Arc<CurrentClient> {
@@ -284,7 +288,7 @@ impl Conn for Gate {
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        self.inner.local_addr()
+        Ok(self.local)
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {

@@ -8,8 +8,11 @@
 //!   HMAC, so the signalling server can mint them per room with no shared state (`auth.rs`);
 //! - a gate in front of each listener counts refused credentials and refuses peers outside
 //!   the allowed ranges with 403 at CreatePermission/ChannelBind (`gate.rs`);
-//! - relay sockets are wrapped to drop traffic to or from refused peers, count bytes, and
-//!   end allocations at the byte quota or the hard lifetime (`relay.rs`);
+//! - relay sockets are wrapped to drop traffic to or from refused peers, count bytes, end
+//!   allocations at the byte quota or the hard lifetime, and hand traffic between two of our
+//!   own relays over in memory (`relay.rs`);
+//! - the UDP listener and relay sockets are read and written in GRO/GSO batches under the
+//!   crate's one-datagram-at-a-time `Conn` (`udp.rs`);
 //! - TURN over TCP is a `Conn` that frames the stream (`tcp.rs`).
 //!
 //! Invariants: the relay never talks to loopback, private, link-local, multicast or other
@@ -21,7 +24,9 @@
 //!
 //! This depends on how turn 0.17.2 drives its `Conn`s (one message handled at a time; an
 //! error from a relay socket's `recv_from` removes its allocation; `close` on the listener
-//! whenever any allocation closes), which is why the version is pinned.
+//! whenever any allocation closes; every socket read in a loop that calls `recv_from`
+//! again after handling, which is where queued writes are flushed), which is why the
+//! version is pinned.
 
 mod auth;
 mod gate;
@@ -30,6 +35,7 @@ mod relay;
 mod tcp;
 #[cfg(test)]
 mod tests;
+mod udp;
 
 use anyhow::{Context as _, bail};
 use std::fmt::Write as _;
@@ -232,6 +238,8 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let live_relays = Arc::new(AtomicUsize::new(0));
+    let flusher = Arc::new(udp::Flusher::default());
+    tasks.spawn(flusher.clone().run(shutdown.clone()));
     let auth = Arc::new(auth::Auth::new(config.secret, config.realm.clone()));
     let policy = Arc::new(relay::RelayPolicy {
         ip: config.relay_ip,
@@ -242,22 +250,26 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         live: live_relays.clone(),
+        local: relay::LocalRelays::default(),
+        flusher: flusher.clone(),
     });
     let gate = |inner: Arc<dyn webrtc_util::Conn + Send + Sync>, transport| {
-        Arc::new(gate::Gate::new(
+        gate::Gate::new(
             inner,
             transport,
             auth.clone(),
             config.allow_private_peers,
             metrics.clone(),
             shutdown.clone(),
-        ))
+        )
+        .map(Arc::new)
     };
 
-    let udp_gate = gate(Arc::new(udp), "udp");
+    // Four GRO buffers per read: the listener hears from every client.
+    let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp")?;
     let tcp_conn = tcp::TcpConn::start(tcp, MAX_TCP_CONNECTIONS, shutdown.clone(), &tasks)?;
     let tcp_links = tcp_conn.links();
-    let tcp_gate = gate(tcp_conn, "tcp");
+    let tcp_gate = gate(tcp_conn, "tcp")?;
     let listeners = [Arc::downgrade(&udp_gate), Arc::downgrade(&tcp_gate)];
     let conn_configs = vec![
         ConnConfig {

@@ -264,26 +264,33 @@ async fn private_peers_are_refused_with_403() {
     s.handle.shutdown().await;
 }
 
-/// The relay socket filter, below the 403: even a permission the turn crate installed would
-/// not let traffic through to or from a refused peer.
-#[tokio::test]
-async fn relay_socket_drops_refused_peers_both_ways() {
-    let metrics = Arc::new(TurnMetrics::default());
-    let generator = relay::Generator {
+/// A relay generator outside any server: its relays are driven by the test alone.
+fn bare_generator(allow_private_peers: bool, metrics: &Arc<TurnMetrics>) -> relay::Generator {
+    relay::Generator {
         policy: Arc::new(relay::RelayPolicy {
             ip: LOCALHOST,
             ports: 0..=0,
-            allow_private_peers: false,
+            allow_private_peers,
             max_bytes: u64::MAX,
             max_lifetime: Duration::from_secs(60),
             metrics: metrics.clone(),
             shutdown: CancellationToken::new(),
             live: Arc::default(),
+            local: Default::default(),
+            flusher: Default::default(),
         }),
         transport: "udp",
         current: Arc::default(),
         tcp: None,
-    };
+    }
+}
+
+/// The relay socket filter, below the 403: even a permission the turn crate installed would
+/// not let traffic through to or from a refused peer.
+#[tokio::test]
+async fn relay_socket_drops_refused_peers_both_ways() {
+    let metrics = Arc::new(TurnMetrics::default());
+    let generator = bare_generator(false, &metrics);
     let (conn, relay_addr) = generator.allocate_conn(true, 0).await.unwrap();
     let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
     assert_eq!(
@@ -566,4 +573,57 @@ async fn tcp_connections_beyond_the_limit_are_closed() {
     shutdown.cancel();
     tasks.close();
     within("tasks stop", tasks.wait()).await;
+}
+
+/// Two relays of one server talking to each other (both peers relayed here) go through
+/// memory, not the kernel, and must look the same to the turn crate: the datagram comes from
+/// the sender's relayed address, both sides count it, and peer policy still holds.
+#[tokio::test]
+async fn relay_to_relay_hop_keeps_addresses_counts_and_policy() {
+    for allow_private_peers in [true, false] {
+        let metrics = Arc::new(TurnMetrics::default());
+        let generator = bare_generator(allow_private_peers, &metrics);
+        let (a, a_addr) = generator.allocate_conn(true, 0).await.unwrap();
+        let (b, b_addr) = generator.allocate_conn(true, 0).await.unwrap();
+        let mut buf = vec![0u8; 1500];
+        for i in 0..100u32 {
+            let msg = i.to_be_bytes().repeat(i as usize % 300 + 1);
+            assert_eq!(a.send_to(&msg, b_addr).await.unwrap(), msg.len());
+            if !allow_private_peers {
+                continue;
+            }
+            let (n, from) = within("hop", b.recv_from(&mut buf)).await.unwrap();
+            assert_eq!((&buf[..n], from), (&msg[..], a_addr));
+        }
+        // And back, interleaved with a plain peer writing to the same relay socket.
+        let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        if allow_private_peers {
+            b.send_to(b"back", a_addr).await.unwrap();
+            peer.send_to(b"kernel", a_addr).await.unwrap();
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let (n, from) = within("both", a.recv_from(&mut buf)).await.unwrap();
+                got.push((buf[..n].to_vec(), from));
+            }
+            got.sort();
+            assert_eq!(
+                got,
+                [
+                    (b"back".to_vec(), b_addr),
+                    (b"kernel".to_vec(), peer.local_addr().unwrap())
+                ]
+            );
+            let relayed: u64 = (0..100u64).map(|i| 4 * (i % 300 + 1)).sum::<u64>() + 4 + 6;
+            // The hop counts on both relays, the kernel datagram once.
+            assert_eq!(get(&metrics.relayed_bytes_total), 2 * relayed - 6);
+        } else {
+            assert!(
+                tokio::time::timeout(QUIET, b.recv_from(&mut buf))
+                    .await
+                    .is_err()
+            );
+            assert_eq!(get(&metrics.peer_refused_total), 100);
+            assert_eq!(get(&metrics.relayed_bytes_total), 0);
+        }
+    }
 }
