@@ -17,6 +17,7 @@
 use super::TurnMetrics;
 use super::auth::Auth;
 use super::peers;
+use super::udp::Flusher;
 use crate::credentials::CredentialError;
 use crate::limits::redact_ip;
 use async_trait::async_trait;
@@ -60,6 +61,9 @@ pub(crate) struct Gate {
     metrics: Arc<TurnMetrics>,
     current: Arc<CurrentClient>,
     shutdown: CancellationToken,
+    /// For a listener that does not flush the server's queued writes itself (TCP): flushed
+    /// before each read, since the turn crate's writes to relay sockets only queue.
+    flush_before_read: Option<Arc<Flusher>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -88,6 +92,7 @@ impl Gate {
         allow_private_peers: bool,
         metrics: Arc<TurnMetrics>,
         shutdown: CancellationToken,
+        flush_before_read: Option<Arc<Flusher>>,
     ) -> webrtc_util::Result<Self> {
         Ok(Self {
             local: inner.local_addr()?,
@@ -98,6 +103,7 @@ impl Gate {
             metrics,
             current: Arc::default(),
             shutdown,
+            flush_before_read,
         })
     }
 
@@ -253,6 +259,9 @@ impl Conn for Gate {
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
+            if let Some(f) = &self.flush_before_read {
+                f.flush_all();
+            }
             let (n, from) = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(closed()),
                 r = self.inner.recv_from(buf) => match r {

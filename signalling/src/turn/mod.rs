@@ -253,7 +253,7 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         local: relay::LocalRelays::default(),
         flusher: flusher.clone(),
     });
-    let gate = |inner: Arc<dyn webrtc_util::Conn + Send + Sync>, transport| {
+    let gate = |inner: Arc<dyn webrtc_util::Conn + Send + Sync>, transport, flush| {
         gate::Gate::new(
             inner,
             transport,
@@ -261,15 +261,16 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
             config.allow_private_peers,
             metrics.clone(),
             shutdown.clone(),
+            flush,
         )
         .map(Arc::new)
     };
 
     // Four GRO buffers per read: the listener hears from every client.
-    let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp")?;
+    let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp", None)?;
     let tcp_conn = tcp::TcpConn::start(tcp, MAX_TCP_CONNECTIONS, shutdown.clone(), &tasks)?;
     let tcp_links = tcp_conn.links();
-    let tcp_gate = gate(tcp_conn, "tcp")?;
+    let tcp_gate = gate(tcp_conn, "tcp", Some(flusher.clone()))?;
     let listeners = [Arc::downgrade(&udp_gate), Arc::downgrade(&tcp_gate)];
     let conn_configs = vec![
         ConnConfig {

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -114,21 +114,31 @@ impl Inbox {
     fn push(&self, data: &[u8], from: SocketAddr) -> bool {
         {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.1 + data.len() > Self::MAX_BYTES {
+            if q.1 + Self::cost(data) > Self::MAX_BYTES {
                 return false;
             }
-            q.1 += data.len();
+            q.1 += Self::cost(data);
             q.0.push_back((data.to_vec(), from));
         }
         self.ready.notify_one();
         true
     }
 
-    fn pop(&self) -> Option<(Vec<u8>, SocketAddr)> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let d = q.0.pop_front()?;
-        q.1 -= d.0.len();
-        Some(d)
+    /// Bytes a datagram counts against [`Inbox::MAX_BYTES`]: empty ones cost something too.
+    fn cost(data: &[u8]) -> usize {
+        data.len().max(64)
+    }
+
+    fn pop_into(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        let (data, from) = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let d = q.0.pop_front()?;
+            q.1 -= Self::cost(&d.0);
+            d
+        };
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        Some((n, from))
     }
 }
 
@@ -235,6 +245,8 @@ pub(crate) struct RelayConn {
     socket: Arc<BatchedUdp>,
     relay_addr: SocketAddr,
     inbox: Arc<Inbox>,
+    /// Whether the next read tries the inbox before the socket.
+    inbox_first: AtomicBool,
     policy: Arc<RelayPolicy>,
     transport: &'static str,
     client: Option<SocketAddr>,
@@ -283,6 +295,7 @@ impl RelayConn {
             socket,
             relay_addr,
             inbox,
+            inbox_first: AtomicBool::new(false),
             deadline,
             policy,
             transport,
@@ -381,6 +394,18 @@ impl RelayConn {
         );
     }
 
+    /// The next datagram from the socket: a receive syscall only if it was seen readable.
+    fn socket_pop(&self, buf: &mut [u8]) -> std::io::Result<Option<(usize, SocketAddr)>> {
+        if let Some(v) = self.socket.pop(buf) {
+            return Ok(Some(v));
+        }
+        Ok(if self.socket.try_fill()? {
+            self.socket.pop(buf)
+        } else {
+            None
+        })
+    }
+
     /// Policy and accounting for a datagram read from the socket or handed over in memory:
     /// `None` if it is dropped and the next one should be read.
     fn inbound(
@@ -433,35 +458,37 @@ impl Conn for RelayConn {
         // The turn crate's relay loop polls this from the allocation's creation to its end,
         // so this is where every end (quota, lifetime, disconnect, shutdown) is noticed.
         self.start();
+        // Datagrams from memory never make the task wait: let tokio's budget make it yield.
+        tokio::task::consume_budget().await;
         loop {
             if self.ended.is_cancelled() {
                 self.end(self.cancel_reason());
                 return Err(ended_error());
             }
-            // The socket first, so in-memory traffic cannot starve it; `try_fill` makes no
-            // syscall unless the socket was seen readable.
-            if let Some(v) = self.socket.pop(buf) {
-                match self.inbound(v) {
+            // The two sources take turns going first, so neither starves the other.
+            let inbox_first = self.inbox_first.fetch_xor(true, Ordering::Relaxed);
+            let got = if inbox_first {
+                match self.inbox.pop_into(buf) {
+                    Some(v) => Ok(Some(v)),
+                    None => self.socket_pop(buf),
+                }
+            } else {
+                match self.socket_pop(buf) {
+                    Ok(None) => Ok(self.inbox.pop_into(buf)),
+                    r => r,
+                }
+            };
+            match got {
+                Ok(Some(v)) => match self.inbound(v) {
                     Some(r) => return r,
                     None => continue,
-                }
-            }
-            match self.socket.try_fill() {
-                Ok(true) => continue,
-                Ok(false) => {}
+                },
+                Ok(None) => {}
                 Err(e) => {
                     // An error here would end the allocation; UDP errors are transient.
                     tracing::debug!(error = %e, "TURN relay read failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
-                }
-            }
-            if let Some((data, from)) = self.inbox.pop() {
-                let n = data.len().min(buf.len());
-                buf[..n].copy_from_slice(&data[..n]);
-                match self.inbound((n, from)) {
-                    Some(r) => return r,
-                    None => continue,
                 }
             }
             // Nothing left to relay: what the turn crate queued for clients goes out now.

@@ -16,7 +16,10 @@
 //!
 //! Invariants: datagrams leave a socket in the order they were queued (one lock covers
 //! queueing and flushing); nothing queued is held past the next flush except behind a full
-//! socket buffer; a datagram the kernel refuses is dropped, as UDP would.
+//! socket buffer; a queue holds at most [`MAX_QUEUED`] bytes and a datagram the kernel or a
+//! full queue refuses is dropped, as UDP would. Sockets fragment as the kernel's default
+//! allows (quinn-udp forbids it; that is undone here), and only datagrams that fit a
+//! 1500-byte MTU are sent as GSO runs; a run the kernel refuses is sent one by one.
 
 use async_trait::async_trait;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -34,6 +37,12 @@ use webrtc_util::Conn;
 const GRO_BUF: usize = 1 << 16;
 /// Largest UDP payload in one GSO send (IPv4: 65535 - 20 - 8).
 const MAX_GSO_BYTES: usize = 65_507;
+/// Largest datagram sent as part of a GSO run: a GSO segment above the path MTU fails the
+/// whole send (and quinn-udp then turns GSO off for the socket), so only what fits a
+/// 1500-byte MTU under IPv6 and UDP headers is batched. WebRTC's packets are ≈ 1200 bytes.
+const MAX_GSO_SEGMENT: usize = 1500 - 40 - 8;
+/// Bytes a socket's write queue may hold (what the kernel's send buffer would).
+pub(crate) const MAX_QUEUED: usize = super::UDP_BUFFER;
 /// How long a queued datagram may wait for a reader's flush before the background task
 /// sends it.
 const STRAGGLER_DELAY: Duration = Duration::from_millis(1);
@@ -95,13 +104,14 @@ impl Rx {
     fn pop(&mut self, out: &mut [u8]) -> Option<(usize, SocketAddr)> {
         while self.msg < self.msgs {
             let m = &self.meta[self.msg];
-            if self.offset < m.len {
+            // An empty datagram is a datagram too (offset 0 → 1 marks it taken).
+            if self.offset < m.len || (m.len == 0 && self.offset == 0) {
                 let stride = if m.stride == 0 { m.len } else { m.stride };
                 let end = (self.offset + stride).min(m.len);
                 let d = &self.bufs[self.msg][self.offset..end];
                 let n = d.len().min(out.len());
                 out[..n].copy_from_slice(&d[..n]);
-                self.offset = end;
+                self.offset = end.max(1);
                 return Some((n, m.addr));
             }
             self.msg += 1;
@@ -138,7 +148,9 @@ impl BatchedUdp {
         messages: usize,
         flusher: Arc<Flusher>,
     ) -> std::io::Result<Arc<Self>> {
+        let pmtu = PathMtu::save(&socket);
         let state = UdpSocketState::new((&socket).into())?;
+        pmtu.restore(&socket);
         let local = socket.local_addr()?;
         Ok(Arc::new_cyclic(|this| Self {
             socket,
@@ -165,18 +177,21 @@ impl BatchedUdp {
         lock(&self.rx).pop(buf)
     }
 
-    /// One receive syscall if the socket was seen readable: true if it brought datagrams.
-    /// Call only once [`BatchedUdp::pop`] returned `None`.
+    /// One receive syscall if the socket was seen readable (the server's queued writes are
+    /// flushed first): true if it brought datagrams. Call only once [`BatchedUdp::pop`]
+    /// returned `None`.
     pub fn try_fill(&self) -> std::io::Result<bool> {
         let mut rx = lock(&self.rx);
         let rx = &mut *rx;
-        if rx.bufs.is_empty() {
-            rx.bufs = vec![vec![0u8; GRO_BUF]; self.messages];
-            rx.meta = vec![RecvMeta::default(); self.messages];
-        }
-        let mut slices: Vec<IoSliceMut<'_>> =
-            rx.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let r = self.socket.try_io(Interest::READABLE, || {
+            self.flusher.flush_all();
+            // Allocated on the first datagram: many relays never read one.
+            if rx.bufs.is_empty() {
+                rx.bufs = vec![vec![0u8; GRO_BUF]; self.messages];
+                rx.meta = vec![RecvMeta::default(); self.messages];
+            }
+            let mut slices: Vec<IoSliceMut<'_>> =
+                rx.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
             self.state
                 .recv((&self.socket).into(), &mut slices, &mut rx.meta)
         });
@@ -197,10 +212,14 @@ impl BatchedUdp {
         self.socket.readable().await
     }
 
-    /// Queues one datagram; it leaves at the next flush.
+    /// Queues one datagram; it leaves at the next flush. Dropped if the queue is full.
     pub fn queue(&self, data: &[u8], to: SocketAddr) {
         let first = {
             let mut tx = lock(&self.tx);
+            if tx.bytes.len() + data.len() > MAX_QUEUED {
+                tracing::trace!("TURN write queue full: datagram dropped");
+                return;
+            }
             tx.bytes.extend_from_slice(data);
             tx.datagrams.push((to, data.len()));
             tx.datagrams.len() == 1
@@ -220,7 +239,11 @@ impl BatchedUdp {
             let (to, size) = tx.datagrams[i];
             let mut j = i + 1;
             let mut len = size;
-            let limit = max_segments.min((MAX_GSO_BYTES / size.max(1)).max(1));
+            let limit = if size == 0 || size > MAX_GSO_SEGMENT {
+                1
+            } else {
+                max_segments.min(MAX_GSO_BYTES / size)
+            };
             while j < tx.datagrams.len() && j - i < limit {
                 let (t, s) = tx.datagrams[j];
                 if t != to || s > size {
@@ -233,16 +256,21 @@ impl BatchedUdp {
                     break;
                 }
             }
-            let t = Transmit {
-                destination: to,
-                ecn: None,
-                contents: &tx.bytes[start..start + len],
-                segment_size: (j - i > 1).then_some(size),
-                src_ip: None,
-            };
-            match self.state.try_send((&self.socket).into(), &t) {
+            let contents = &tx.bytes[start..start + len];
+            let mut r = self.send(to, contents, (j - i > 1).then_some(size));
+            if r.as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
+                && j - i > 1
+            {
+                // The kernel refused the GSO run (no offload, a smaller MTU): one by one.
+                r = contents
+                    .chunks(size)
+                    .try_for_each(|d| self.send(to, d, None).or_else(ignore_refused));
+            }
+            match r {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // A partly sent run is sent again whole: a duplicate UDP may deliver anyway.
                     tx.bytes.drain(..start);
                     tx.datagrams.drain(..i);
                     drop(tx);
@@ -256,6 +284,82 @@ impl BatchedUdp {
         }
         tx.bytes.clear();
         tx.datagrams.clear();
+        // A burst's worth of capacity is not kept for good.
+        if tx.bytes.capacity() > MAX_QUEUED / 4 {
+            tx.bytes.shrink_to(GRO_BUF);
+            tx.datagrams.shrink_to(64);
+        }
+    }
+
+    fn send(
+        &self,
+        to: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> std::io::Result<()> {
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        self.state.try_send((&self.socket).into(), &t)
+    }
+}
+
+/// A datagram the kernel refuses outright is lost like any other; only a full buffer stops
+/// the flush.
+fn ignore_refused(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        return Err(e);
+    }
+    tracing::debug!(error = %e, "TURN datagram dropped: send failed");
+    Ok(())
+}
+
+/// The socket's path-MTU setting before quinn-udp forbade fragmentation, to put back: a TURN
+/// server fragments what does not fit unless the client asks otherwise (RFC 5766 §9).
+struct PathMtu {
+    #[cfg(target_os = "linux")]
+    v4: Option<rustix::net::sockopt::Ipv4PathMtuDiscovery>,
+    #[cfg(target_os = "linux")]
+    v6: Option<rustix::net::sockopt::Ipv6PathMtuDiscovery>,
+}
+
+impl PathMtu {
+    fn save(socket: &UdpSocket) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::net::sockopt;
+            let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+            Self {
+                v4: sockopt::ip_mtu_discover(socket).ok(),
+                v6: v6
+                    .then(|| sockopt::ipv6_mtu_discover(socket).ok())
+                    .flatten(),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = socket;
+            Self {}
+        }
+    }
+
+    fn restore(self, socket: &UdpSocket) {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::net::sockopt;
+            if let Some(v) = self.v4 {
+                let _ = sockopt::set_ip_mtu_discover(socket, v);
+            }
+            if let Some(v) = self.v6 {
+                let _ = sockopt::set_ipv6_mtu_discover(socket, v);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = socket;
     }
 }
 
@@ -271,13 +375,15 @@ impl Conn for BatchedUdp {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        // Datagrams from memory never make the task wait: let tokio's budget make it yield.
+        tokio::task::consume_budget().await;
         loop {
             if let Some(v) = self.pop(buf) {
                 return Ok(v);
             }
-            // What handling the last batch produced goes out before the next is read.
-            self.flusher.flush_all();
             if !self.try_fill()? {
+                // What handling the last batch produced goes out before waiting.
+                self.flusher.flush_all();
                 self.readable().await?;
             }
         }
@@ -399,5 +505,50 @@ mod tests {
             .unwrap();
         assert_eq!(&buf[..n], b"late");
         stop.cancel();
+    }
+
+    /// Datagrams above a GSO segment go one by one and arrive whole; an empty datagram is
+    /// delivered as one; the fragmentation setting is the kernel's default again.
+    #[tokio::test]
+    async fn big_and_empty_datagrams_and_fragmentation() {
+        let (flusher, a, _) = pair().await;
+        let (_, r, plain) = pair().await;
+        for i in 0..8u8 {
+            a.queue(&[i; 3000], r.local());
+        }
+        flusher.flush_all();
+        plain.send_to(&[], r.local()).await.unwrap();
+        plain.send_to(b"after", r.local()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        for i in 0..8u8 {
+            let (n, from) = r.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], from), (&[i; 3000][..], a.local()));
+        }
+        let plain_addr = plain.local_addr().unwrap();
+        assert_eq!(r.recv_from(&mut buf).await.unwrap(), (0, plain_addr));
+        let (n, _) = r.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"after");
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            rustix::net::sockopt::ip_mtu_discover(&r.socket)
+                .map(|v| v.as_raw())
+                .unwrap(),
+            rustix::net::sockopt::ip_mtu_discover(&plain)
+                .map(|v| v.as_raw())
+                .unwrap(),
+        );
+    }
+
+    /// With nothing flushing, the queue stops at its cap instead of growing.
+    #[tokio::test]
+    async fn write_queue_is_bounded() {
+        let (_, a, b) = pair().await;
+        let to = b.local_addr().unwrap();
+        for _ in 0..2 * MAX_QUEUED / 1000 {
+            a.queue(&[7; 1000], to);
+        }
+        let tx = lock(&a.tx);
+        assert_eq!(tx.datagrams.len(), MAX_QUEUED / 1000);
+        assert!(tx.bytes.len() <= MAX_QUEUED);
     }
 }
