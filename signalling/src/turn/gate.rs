@@ -1,5 +1,6 @@
-//! The listener-side `Conn` the turn crate reads from: a thin wrapper over the UDP socket or
-//! the TCP listener ([`super::tcp::TcpConn`]) that looks at requests before the turn crate does.
+//! The listener-side `Conn` the turn crate reads from: a thin wrapper over a [`Listener`], the
+//! UDP socket ([`super::udp::BatchedUdp`]) or the TCP listener ([`super::tcp::TcpConn`]),
+//! that looks at requests before the turn crate does.
 //!
 //! - Every request carrying MESSAGE-INTEGRITY is checked against our credentials, so refusals
 //!   (malformed, expired, forged or altered) are counted and logged once, without the
@@ -17,7 +18,6 @@
 use super::TurnMetrics;
 use super::auth::Auth;
 use super::peers;
-use super::udp::Flusher;
 use crate::credentials::CredentialError;
 use crate::limits::redact_ip;
 use async_trait::async_trait;
@@ -37,33 +37,35 @@ use stun::textattrs::TextAttribute;
 use tokio_util::sync::CancellationToken;
 use webrtc_util::Conn;
 
+/// What a gate reads from and answers through: the part of `Conn` a listener needs.
+#[async_trait]
+pub(crate) trait Listener: Send + Sync {
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)>;
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize>;
+    fn local_addr(&self) -> SocketAddr;
+}
+
 /// The client whose message the turn crate is handling (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct CurrentClient(Mutex<Option<SocketAddr>>);
 
 impl CurrentClient {
     pub fn get(&self) -> Option<SocketAddr> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *super::lock(&self.0)
     }
     fn set(&self, addr: SocketAddr) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+        *super::lock(&self.0) = Some(addr);
     }
 }
 
 pub(crate) struct Gate {
-    inner: Arc<dyn Conn + Send + Sync>,
-    /// The turn crate asks for it on every ChannelData it relays; asking the socket each
-    /// time cost a `getsockname` syscall per packet.
-    local: SocketAddr,
+    inner: Arc<dyn Listener>,
     transport: &'static str,
     auth: Arc<Auth>,
     allow_private_peers: bool,
     metrics: Arc<TurnMetrics>,
     current: Arc<CurrentClient>,
     shutdown: CancellationToken,
-    /// For a listener that does not flush the server's queued writes itself (TCP): flushed
-    /// before each read, since the turn crate's writes to relay sockets only queue.
-    flush_before_read: Option<Arc<Flusher>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -86,16 +88,14 @@ enum Verdict {
 
 impl Gate {
     pub fn new(
-        inner: Arc<dyn Conn + Send + Sync>,
+        inner: Arc<dyn Listener>,
         transport: &'static str,
         auth: Arc<Auth>,
         allow_private_peers: bool,
         metrics: Arc<TurnMetrics>,
         shutdown: CancellationToken,
-        flush_before_read: Option<Arc<Flusher>>,
-    ) -> webrtc_util::Result<Self> {
-        Ok(Self {
-            local: inner.local_addr()?,
+    ) -> Self {
+        Self {
             inner,
             transport,
             auth,
@@ -103,8 +103,7 @@ impl Gate {
             metrics,
             current: Arc::default(),
             shutdown,
-            flush_before_read,
-        })
+        }
     }
 
     pub fn current_client(&self) -> Arc<CurrentClient> {
@@ -259,9 +258,6 @@ impl Conn for Gate {
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
-            if let Some(f) = &self.flush_before_read {
-                f.flush_all();
-            }
             let (n, from) = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(closed()),
                 r = self.inner.recv_from(buf) => match r {
@@ -297,7 +293,8 @@ impl Conn for Gate {
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.local)
+        // The turn crate asks on every ChannelData: the listeners keep it, no syscall.
+        Ok(self.inner.local_addr())
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {

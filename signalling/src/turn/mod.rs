@@ -55,6 +55,12 @@ const MAX_TCP_CONNECTIONS: usize = 1024;
 /// How long [`TurnHandle::shutdown`] waits for tasks and relay sockets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// A lock whose data stays usable after a panic elsewhere: every lock here guards plain
+/// bookkeeping that a panicking holder cannot leave half-updated.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Socket buffer size asked for on the listener and relay sockets.
 const UDP_BUFFER: usize = 4 << 20;
 
@@ -253,24 +259,28 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         local: relay::LocalRelays::default(),
         flusher: flusher.clone(),
     });
-    let gate = |inner: Arc<dyn webrtc_util::Conn + Send + Sync>, transport, flush| {
-        gate::Gate::new(
+    let gate = |inner: Arc<dyn gate::Listener>, transport| {
+        Arc::new(gate::Gate::new(
             inner,
             transport,
             auth.clone(),
             config.allow_private_peers,
             metrics.clone(),
             shutdown.clone(),
-            flush,
-        )
-        .map(Arc::new)
+        ))
     };
 
     // Four GRO buffers per read: the listener hears from every client.
-    let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp", None)?;
-    let tcp_conn = tcp::TcpConn::start(tcp, MAX_TCP_CONNECTIONS, shutdown.clone(), &tasks)?;
+    let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp");
+    let tcp_conn = tcp::TcpConn::start(
+        tcp,
+        MAX_TCP_CONNECTIONS,
+        flusher.clone(),
+        shutdown.clone(),
+        &tasks,
+    )?;
     let tcp_links = tcp_conn.links();
-    let tcp_gate = gate(tcp_conn, "tcp", Some(flusher.clone()))?;
+    let tcp_gate = gate(tcp_conn, "tcp");
     let listeners = [Arc::downgrade(&udp_gate), Arc::downgrade(&tcp_gate)];
     let conn_configs = vec![
         ConnConfig {

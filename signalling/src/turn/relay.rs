@@ -23,11 +23,11 @@
 //! they do for any other peer. Like a socket's receive buffer the hand-over queue is
 //! bounded, and a datagram that does not fit is dropped.
 
-use super::TurnMetrics;
 use super::gate::CurrentClient;
 use super::peers;
 use super::tcp::Links;
 use super::udp::{BatchedUdp, Flusher};
+use super::{TurnMetrics, lock};
 use crate::limits::redact_ip;
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
@@ -71,16 +71,12 @@ impl RelayPolicy {
 pub(crate) struct LocalRelays(Mutex<HashMap<SocketAddr, Weak<Inbox>>>);
 
 impl LocalRelays {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Weak<Inbox>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn insert(&self, addr: SocketAddr, inbox: &Arc<Inbox>) {
-        self.map().insert(addr, Arc::downgrade(inbox));
+        lock(&self.0).insert(addr, Arc::downgrade(inbox));
     }
 
     fn remove(&self, addr: SocketAddr, inbox: &Arc<Inbox>) {
-        let mut map = self.map();
+        let mut map = lock(&self.0);
         if map
             .get(&addr)
             .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(inbox)))
@@ -90,7 +86,7 @@ impl LocalRelays {
     }
 
     fn get(&self, addr: &SocketAddr) -> Option<Arc<Inbox>> {
-        self.map().get(addr).and_then(Weak::upgrade)
+        lock(&self.0).get(addr).and_then(Weak::upgrade)
     }
 }
 
@@ -113,7 +109,7 @@ impl Inbox {
     /// False when the datagram does not fit and is dropped.
     fn push(&self, data: &[u8], from: SocketAddr) -> bool {
         {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = lock(&self.queue);
             if q.1 + Self::cost(data) > Self::MAX_BYTES {
                 return false;
             }
@@ -131,7 +127,7 @@ impl Inbox {
 
     fn pop_into(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
         let (data, from) = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = lock(&self.queue);
             let d = q.0.pop_front()?;
             q.1 -= Self::cost(&d.0);
             d
@@ -394,18 +390,6 @@ impl RelayConn {
         );
     }
 
-    /// The next datagram from the socket: a receive syscall only if it was seen readable.
-    fn socket_pop(&self, buf: &mut [u8]) -> std::io::Result<Option<(usize, SocketAddr)>> {
-        if let Some(v) = self.socket.pop(buf) {
-            return Ok(Some(v));
-        }
-        Ok(if self.socket.try_fill()? {
-            self.socket.pop(buf)
-        } else {
-            None
-        })
-    }
-
     /// Policy and accounting for a datagram read from the socket or handed over in memory:
     /// `None` if it is dropped and the next one should be read.
     fn inbound(
@@ -470,10 +454,10 @@ impl Conn for RelayConn {
             let got = if inbox_first {
                 match self.inbox.pop_into(buf) {
                     Some(v) => Ok(Some(v)),
-                    None => self.socket_pop(buf),
+                    None => self.socket.try_recv(buf),
                 }
             } else {
-                match self.socket_pop(buf) {
+                match self.socket.try_recv(buf) {
                     Ok(None) => Ok(self.inbox.pop_into(buf)),
                     r => r,
                 }

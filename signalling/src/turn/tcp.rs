@@ -1,5 +1,5 @@
 //! TURN over TCP (RFC 5766 §2.1): the same STUN and ChannelData messages on a byte stream,
-//! presented to the turn crate as one datagram-like `Conn`.
+//! presented to the turn crate, through the gate, as one datagram-like listener.
 //!
 //! Framing: a STUN message is its 20-byte header plus the length in bytes 2..4; ChannelData
 //! is its 4-byte header plus the length, padded to a multiple of 4 on TCP. The first two bits
@@ -20,6 +20,8 @@
 //!   as UDP would; a STUN response cannot be (clients do not retransmit over TCP), so then
 //!   the connection is closed instead.
 
+use super::gate::Listener;
+use super::udp::Flusher;
 use crate::limits::redact_ip;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -33,7 +35,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use webrtc_util::Conn;
 
 /// Frames waiting for the turn crate, from all connections (back-pressure beyond).
 const INBOUND_QUEUE: usize = 256;
@@ -59,7 +60,7 @@ struct Link {
 
 impl Links {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Link>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.map)
     }
 
     /// Cancelled when the connection from `peer` closes; `None` if it is not open.
@@ -97,12 +98,13 @@ impl Links {
     }
 }
 
-/// The TCP listener as a `Conn`.
+/// The TCP listener as one datagram-like [`Listener`].
 #[derive(Debug)]
 pub(crate) struct TcpConn {
     local: SocketAddr,
     inbound: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
     links: Arc<Links>,
+    flusher: Arc<Flusher>,
 }
 
 impl TcpConn {
@@ -110,6 +112,7 @@ impl TcpConn {
     pub fn start(
         listener: TcpListener,
         max_connections: usize,
+        flusher: Arc<Flusher>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> io::Result<Arc<Self>> {
@@ -128,6 +131,7 @@ impl TcpConn {
             local,
             inbound: tokio::sync::Mutex::new(in_rx),
             links,
+            flusher,
         }))
     }
 
@@ -277,19 +281,19 @@ fn not_connected() -> webrtc_util::Error {
 }
 
 #[async_trait]
-impl Conn for TcpConn {
-    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
-        Err(io::Error::from(io::ErrorKind::Unsupported).into())
-    }
-
-    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        Err(io::Error::from(io::ErrorKind::Unsupported).into())
-    }
-
+impl Listener for TcpConn {
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         let mut inbound = self.inbound.lock().await;
         loop {
-            let (frame, from) = inbound.recv().await.ok_or_else(not_connected)?;
+            let (frame, from) = match inbound.try_recv() {
+                Ok(v) => v,
+                Err(_) => {
+                    // What handling the last frames queued on relay sockets goes out before
+                    // waiting (see `udp.rs`).
+                    self.flusher.flush_all();
+                    inbound.recv().await.ok_or_else(not_connected)?
+                }
+            };
             if frame.len() > buf.len() {
                 // The turn crate reads 1500 bytes at a time, as over UDP; a UDP datagram this
                 // large would have been truncated and then refused anyway.
@@ -299,10 +303,6 @@ impl Conn for TcpConn {
             buf[..frame.len()].copy_from_slice(&frame);
             return Ok((frame.len(), from));
         }
-    }
-
-    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
-        Err(io::Error::from(io::ErrorKind::Unsupported).into())
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
@@ -323,22 +323,8 @@ impl Conn for TcpConn {
         }
     }
 
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        None
-    }
-
-    /// Does nothing: the turn crate calls this whenever one allocation closes. Connections
-    /// stop with the server's shutdown token.
-    async fn close(&self) -> webrtc_util::Result<()> {
-        Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
+    fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }
 

@@ -1,6 +1,7 @@
 //! The TURN server against the turn crate's own client and raw sockets, on 127.0.0.1 with
 //! ephemeral ports. Every wait is bounded.
 
+use super::gate::Listener as _;
 use super::*;
 use crate::credentials::TurnSecret;
 use std::future::Future;
@@ -554,7 +555,8 @@ async fn tcp_connections_beyond_the_limit_are_closed() {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let conn = tcp::TcpConn::start(listener, 1, shutdown.clone(), &tasks).unwrap();
+    let conn =
+        tcp::TcpConn::start(listener, 1, Default::default(), shutdown.clone(), &tasks).unwrap();
 
     let mut first = TcpStream::connect(addr).await.unwrap();
     first.write_all(&binding_request().raw).await.unwrap();

@@ -1,5 +1,5 @@
 //! Batched UDP for the TURN server's sockets (the UDP listener and every relay socket):
-//! GRO on receive, GSO on send, under the turn crate's one-datagram-at-a-time `Conn`.
+//! GRO on receive, GSO on send, under the turn crate's one-datagram-at-a-time `Conn`s.
 //!
 //! Relayed bulk traffic is runs of same-size datagrams between the same two addresses, and
 //! the peers already send and receive them in GSO/GRO batches. A relay that reads and writes
@@ -21,17 +21,18 @@
 //! allows (quinn-udp forbids it; that is undone here), and only datagrams that fit a
 //! 1500-byte MTU are sent as GSO runs; a run the kernel refuses is sent one by one.
 
+use super::gate::Listener;
+use super::lock;
 use async_trait::async_trait;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use webrtc_util::Conn;
 
 /// The kernel coalesces at most 64 KiB into one GRO datagram.
 const GRO_BUF: usize = 1 << 16;
@@ -46,10 +47,6 @@ pub(crate) const MAX_QUEUED: usize = super::UDP_BUFFER;
 /// How long a queued datagram may wait for a reader's flush before the background task
 /// sends it.
 const STRAGGLER_DELAY: Duration = Duration::from_millis(1);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The server's sockets with queued datagrams.
 #[derive(Debug, Default)]
@@ -172,17 +169,22 @@ impl BatchedUdp {
         &self.flusher
     }
 
-    /// The next datagram already received, if any; no syscall.
-    pub fn pop(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        lock(&self.rx).pop(buf)
+    /// The next datagram without waiting: from the last batch, else from one receive syscall
+    /// if the socket was seen readable (the server's queued writes are flushed first).
+    pub fn try_recv(&self, buf: &mut [u8]) -> std::io::Result<Option<(usize, SocketAddr)>> {
+        let mut rx = lock(&self.rx);
+        if let Some(v) = rx.pop(buf) {
+            return Ok(Some(v));
+        }
+        Ok(if self.fill(&mut rx)? {
+            rx.pop(buf)
+        } else {
+            None
+        })
     }
 
-    /// One receive syscall if the socket was seen readable (the server's queued writes are
-    /// flushed first): true if it brought datagrams. Call only once [`BatchedUdp::pop`]
-    /// returned `None`.
-    pub fn try_fill(&self) -> std::io::Result<bool> {
-        let mut rx = lock(&self.rx);
-        let rx = &mut *rx;
+    /// Refills the batch: true if the syscall brought datagrams.
+    fn fill(&self, rx: &mut Rx) -> std::io::Result<bool> {
         let r = self.socket.try_io(Interest::READABLE, || {
             self.flusher.flush_all();
             // Allocated on the first datagram: many relays never read one.
@@ -363,34 +365,20 @@ impl PathMtu {
     }
 }
 
-/// The UDP listener as the turn crate's `Conn` (behind the gate).
+/// The UDP listener, behind the gate.
 #[async_trait]
-impl Conn for BatchedUdp {
-    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
-        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
-    }
-
-    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
-    }
-
+impl Listener for BatchedUdp {
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         // Datagrams from memory never make the task wait: let tokio's budget make it yield.
         tokio::task::consume_budget().await;
         loop {
-            if let Some(v) = self.pop(buf) {
+            if let Some(v) = self.try_recv(buf)? {
                 return Ok(v);
             }
-            if !self.try_fill()? {
-                // What handling the last batch produced goes out before waiting.
-                self.flusher.flush_all();
-                self.readable().await?;
-            }
+            // What handling the last batch produced goes out before waiting.
+            self.flusher.flush_all();
+            self.readable().await?;
         }
-    }
-
-    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
-        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
@@ -398,20 +386,8 @@ impl Conn for BatchedUdp {
         Ok(buf.len())
     }
 
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        None
-    }
-
-    async fn close(&self) -> webrtc_util::Result<()> {
-        Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
+    fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }
 
