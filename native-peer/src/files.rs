@@ -13,10 +13,10 @@
 use anyhow::{Context as _, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use protocol::names::{SafePath, numbered};
-use protocol::transfer::{DATA_HEADER_LEN, Offer, OfferEntry};
+use protocol::transfer::{DATA_HEADER_LEN, Offer, OfferEntry, ReadRequest};
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
@@ -107,64 +107,86 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<Source>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Payload sizes of a transfer's first data frames, before the configured chunk size.
-const FIRST_FRAMES: [usize; 3] = [2 << 10, 8 << 10, 32 << 10];
+/// Reads the reader thread may have outstanding ahead of the sender (8 × 64 KiB).
+pub const READ_AHEAD: usize = 8;
 
-/// Read every file's bytes in offer order on a blocking thread, `chunk` at a time (the first
-/// frames smaller, see [`FIRST_FRAMES`]), each chunk in a buffer with [`DATA_HEADER_LEN`]
-/// spare bytes in front. A file that ends early yields what it had, then one empty chunk,
-/// then nothing more.
-pub fn spawn_reader(sources: Vec<Source>, chunk: usize) -> mpsc::Receiver<io::Result<BytesMut>> {
-    let (tx, rx) = mpsc::channel(8);
+/// A thread reading exactly the byte ranges the sender asks for.
+#[derive(Debug)]
+pub struct Reader {
+    requests: mpsc::Sender<ReadRequest>,
+    pub results: mpsc::Receiver<io::Result<BytesMut>>,
+    /// Requests sent and not yet answered.
+    pub outstanding: usize,
+}
+
+impl Reader {
+    /// Ask for one more range (at most [`READ_AHEAD`] outstanding). Answers come in order
+    /// on `results`: each a buffer with [`DATA_HEADER_LEN`] spare bytes in front of the
+    /// payload, which is shorter than asked only where the file ended early on disk.
+    pub fn request(&mut self, req: ReadRequest) {
+        if self.requests.try_send(req).is_ok() {
+            self.outstanding += 1;
+        }
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.outstanding < READ_AHEAD
+    }
+}
+
+/// Start the reader thread for the offered `sources` (indexed as in the offer).
+pub fn spawn_reader(sources: Vec<Source>) -> Reader {
+    let (req_tx, mut req_rx) = mpsc::channel::<ReadRequest>(READ_AHEAD);
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
     std::thread::Builder::new()
         .name("punchdrop-reader".into())
         .spawn(move || {
-            // The transfer's first frames grow from 2 KiB: SCTP starts with a congestion
-            // window of ≈ 4 KiB, so a first 64 KiB message takes ≈ 4 round trips to arrive
-            // whole (160 ms at 40 ms RTT in the NAT lab); these reach the receiver in one.
-            let mut ramp = FIRST_FRAMES.iter().copied();
-            for s in sources.iter().filter(|s| !s.entry.dir && s.entry.size > 0) {
-                let mut file = match File::open(&s.path) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(io::Error::new(
-                            e.kind(),
-                            format!("cannot open {}: {e}", s.path.display()),
-                        )));
-                        return;
-                    }
-                };
-                let mut left = s.entry.size;
-                while left > 0 {
-                    let want = left.min(ramp.next().unwrap_or(chunk).min(chunk) as u64) as usize;
-                    let mut buf = BytesMut::zeroed(DATA_HEADER_LEN + want);
-                    let mut got = 0;
-                    while got < want {
-                        match file.read(&mut buf[DATA_HEADER_LEN + got..]) {
-                            Ok(0) => break,
-                            Ok(n) => got += n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                let _ = tx.blocking_send(Err(e));
-                                return;
-                            }
-                        }
-                    }
-                    buf.truncate(DATA_HEADER_LEN + got);
-                    let short = got < want;
-                    if tx.blocking_send(Ok(buf)).is_err() {
-                        return;
-                    }
-                    if short {
-                        let _ = tx.blocking_send(Ok(BytesMut::zeroed(DATA_HEADER_LEN)));
-                        return;
-                    }
-                    left -= got as u64;
+            let mut open: Option<(u32, File)> = None;
+            while let Some(req) = req_rx.blocking_recv() {
+                let result = read_range(&sources, &mut open, req);
+                let failed = result.is_err();
+                if tx.blocking_send(result).is_err() || failed {
+                    return;
                 }
             }
         })
         .expect("spawning a thread");
-    rx
+    Reader {
+        requests: req_tx,
+        results: rx,
+        outstanding: 0,
+    }
+}
+
+/// The bytes of `req`, read with `pread` from the file it names (kept open between calls).
+fn read_range(
+    sources: &[Source],
+    open: &mut Option<(u32, File)>,
+    req: ReadRequest,
+) -> io::Result<BytesMut> {
+    use std::os::unix::fs::FileExt as _;
+    let src = sources
+        .get(req.index as usize)
+        .ok_or_else(|| io::Error::other("a read outside the offer"))?;
+    if open.as_ref().is_none_or(|(i, _)| *i != req.index) {
+        let f = File::open(&src.path).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open {}: {e}", src.path.display()))
+        })?;
+        *open = Some((req.index, f));
+    }
+    let (_, file) = open.as_ref().expect("opened above");
+    let mut buf = BytesMut::zeroed(DATA_HEADER_LEN + req.len);
+    let mut got = 0;
+    while got < req.len {
+        match file.read_at(&mut buf[DATA_HEADER_LEN + got..], req.offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(DATA_HEADER_LEN + got);
+    Ok(buf)
 }
 
 /// Where each offered entry lands below the destination folder.

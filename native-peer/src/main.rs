@@ -17,12 +17,13 @@ mod turn_tcp;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use protocol::invite::Invitation;
-use protocol::signal::TransferRole;
+use protocol::rendezvous::{self as rv, Rendezvous, Want};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use output::Output;
+use rendezvous::Clock;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,7 +80,7 @@ struct Common {
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_SCTP_WINDOW", default_value_t = 4 * 1024 * 1024)]
     sctp_window: u32,
     /// UDP socket buffer size in bytes.
-    #[arg(long, global = true, hide = true, env = "PUNCHDROP_UDP_BUFFER", default_value_t = tune::UDP_BUFFER)]
+    #[arg(long, global = true, hide = true, env = "PUNCHDROP_UDP_BUFFER", default_value_t = net::UDP_BUFFER)]
     udp_buffer: usize,
     /// Milliseconds between ICE connectivity checks.
     #[arg(
@@ -90,15 +91,6 @@ struct Common {
         default_value_t = 50
     )]
     ice_check_ms: u64,
-    /// Run the WebRTC driver on a dedicated reactor thread.
-    #[arg(
-        long,
-        global = true,
-        hide = true,
-        env = "PUNCHDROP_DEDICATED_REACTOR",
-        default_value_t = false
-    )]
-    dedicated_reactor: bool,
     /// Data-channel send buffer limit in bytes (back-pressure).
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_SEND_BUFFER", default_value_t = 4 * 1024 * 1024)]
     send_buffer: usize,
@@ -114,8 +106,9 @@ enum Command {
         /// Files and folders to send.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Offer the first file under this exact name, unchecked. Exists to test that
-        /// receivers refuse hostile names; never needed otherwise.
+        /// Offer the first file under this exact name, unchecked: tests use it to see that
+        /// receivers refuse hostile names. Only in builds with the `test-hooks` feature.
+        #[cfg(feature = "test-hooks")]
         #[arg(long, hide = true)]
         offer_name_unchecked: Option<String>,
     },
@@ -222,11 +215,9 @@ fn net_options(
         udp_buffer: c.udp_buffer,
         sctp_window: c.sctp_window,
         send_buffer: c.send_buffer,
-        dedicated_reactor: c.dedicated_reactor,
         relay_only: c.relay_only,
         relay_transport: c.relay_transport,
         ice_check_interval: Duration::from_millis(c.ice_check_ms.max(1)),
-        connect_timeout: Duration::from_secs(c.connect_timeout),
     }
 }
 
@@ -251,17 +242,6 @@ fn default_bind(server: &str) -> Vec<SocketAddr> {
     }
 }
 
-/// `fut`, unless the user interrupts first.
-async fn until_interrupted<T>(
-    interrupt: &mut transfer::Interrupt,
-    fut: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::select! {
-        r = fut => r,
-        _ = transfer::interrupted(interrupt) => Err(anyhow::anyhow!("interrupted")),
-    }
-}
-
 async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> anyhow::Result<()> {
     let c = &cli.common;
     if c.chunk == 0 || c.chunk > protocol::transfer::MAX_FRAME - protocol::transfer::DATA_HEADER_LEN
@@ -271,133 +251,102 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
             protocol::transfer::MAX_FRAME - protocol::transfer::DATA_HEADER_LEN
         );
     }
-    let server = match &cli.command {
-        Command::Send { to: Some(inv), .. }
-        | Command::Recv {
-            invitation: Some(inv),
-            ..
-        } => Invitation::parse(inv)
-            .map(|i| server_of(&i, &c.server))
-            .unwrap_or_else(|_| c.server.clone()),
-        _ => c.server.clone(),
+    let (invitation, want) = match &cli.command {
+        Command::Send { to, .. } => (to.as_deref(), Want::Send),
+        Command::Recv { invitation, .. } => (invitation.as_deref(), Want::Receive),
     };
-    let (bind, port) = ice_bind(c, &server)?;
+    let invitation = invitation
+        .map(Invitation::parse)
+        .transpose()
+        .context("cannot use that link or code")?;
+    // The work before anyone waits: files to send must exist, a folder to receive into too.
+    let sources = match &cli.command {
+        Command::Send { paths, .. } => Some(sources(&cli.command, paths)?),
+        Command::Recv { dir, .. } => {
+            let meta = std::fs::metadata(dir)
+                .with_context(|| format!("cannot use {} as the destination", dir.display()))?;
+            if !meta.is_dir() {
+                bail!("{} is not a folder", dir.display());
+            }
+            None
+        }
+    };
+    let clock = Clock::start();
+    let config = rv::Config {
+        connect_timeout: Duration::from_secs(c.connect_timeout),
+        ..rv::Config::default()
+    };
+    let rendezvous = match &invitation {
+        Some(inv) => Rendezvous::join(inv, &c.server, want, config, clock.now()),
+        None => Rendezvous::create(&c.server, want, config, clock.now()),
+    };
+    let (bind, port) = ice_bind(c, rendezvous.server())?;
     // Port mapping runs alongside signalling; connection setup never waits for it.
     let portmap = match port {
         Some(p) if !c.no_portmap && !c.relay_only && c.public_addr.is_none() => portmap::start(p),
         _ => portmap::PortMapper::off(),
     };
     let net = net_options(c, bind, port, &portmap);
-    let result = transfer_files(&cli, net, out, &mut interrupt).await;
+    out.hint = match want {
+        Want::Receive => "Send files to this device with the link:",
+        _ => "Open this link on the receiving device:",
+    };
+    let result = async {
+        let link = rendezvous::connect(rendezvous, clock, &net, out, &mut interrupt).await?;
+        out.role = Some(link.role);
+        if let (protocol::path::PathKind::Relay, portmap::State::Failed(e)) =
+            (link.path.kind, &*net.advertise.portmap.borrow())
+        {
+            out.note(&format!("(no port mapping: {e})"));
+        }
+        let result = match (&cli.command, sources) {
+            (Command::Recv { dir, .. }, _) => {
+                transfer::receive(&link, dir, out, &mut interrupt).await
+            }
+            (Command::Send { .. }, Some(sources)) => {
+                transfer::send(&link, sources, c.chunk, out, &mut interrupt)
+                    .await
+                    .map(|summary| (summary, Vec::new()))
+            }
+            (Command::Send { .. }, None) => unreachable!("sources are collected for send"),
+        };
+        let done = match &result {
+            Ok((summary, _)) => Some(summary.done(&link).await),
+            Err(_) => None,
+        };
+        link.close().await;
+        let (_, saved) = result?;
+        if let Some(done) = done {
+            out.event(&done);
+        }
+        if !out.is_json() {
+            for p in saved {
+                out.note(&format!("  {}", p.display()));
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
     portmap.release().await;
     result
 }
 
-async fn transfer_files(
-    cli: &Cli,
-    net: rtc::NetOptions,
-    out: &mut Output,
-    interrupt: &mut transfer::Interrupt,
-) -> anyhow::Result<()> {
-    let c = &cli.common;
-    let path_opts = transfer::DataPath { chunk: c.chunk };
-    match &cli.command {
-        Command::Send {
-            to,
-            paths,
-            offer_name_unchecked,
-        } => {
-            let mut sources = files::collect(paths)?;
-            if let (Some(name), Some(first)) = (offer_name_unchecked, sources.first_mut()) {
-                first.entry.path = name.clone();
-            }
-            let hint = "Open this link on the receiving device:";
-            let (session, _server) =
-                until_interrupted(interrupt, meet(to.as_deref(), c, out, hint)).await?;
-            let link = until_interrupted(interrupt, open(TransferRole::Sender, session, &net, out))
-                .await?;
-            let result = transfer::send(&link, sources, path_opts, out, interrupt).await;
-            close(&link).await;
-            let s = result?;
-            out.done(s.files, s.bytes, s.seconds, &link.path, "Sent");
+/// What `send` offers: the paths given, expanded.
+fn sources(command: &Command, paths: &[PathBuf]) -> anyhow::Result<Vec<files::Source>> {
+    let sources = files::collect(paths)?;
+    #[cfg(feature = "test-hooks")]
+    let sources = {
+        let mut sources = sources;
+        if let Command::Send {
+            offer_name_unchecked: Some(name),
+            ..
+        } = command
+            && let Some(first) = sources.first_mut()
+        {
+            first.entry.path = name.clone();
         }
-        Command::Recv { dir, invitation } => {
-            let meta = std::fs::metadata(dir)
-                .with_context(|| format!("cannot use {} as the destination", dir.display()))?;
-            if !meta.is_dir() {
-                bail!("{} is not a folder", dir.display());
-            }
-            let hint = "Send files to this device with the link:";
-            let (session, _server) =
-                until_interrupted(interrupt, meet(invitation.as_deref(), c, out, hint)).await?;
-            let both_in_room: Instant = session.both_in_room;
-            let link =
-                until_interrupted(interrupt, open(TransferRole::Receiver, session, &net, out))
-                    .await?;
-            let result = transfer::receive(&link, dir, both_in_room, out, interrupt).await;
-            close(&link).await;
-            let (s, saved) = result?;
-            out.done(s.files, s.bytes, s.seconds, &link.path, "Received");
-            if !out.is_json() {
-                for p in saved {
-                    out.note(&format!("  {}", p.display()));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Join the room an invitation names, or create one and print its link; returns the session
-/// once both peers are in and the PAKE is done, with the server it runs on.
-async fn meet(
-    invitation: Option<&str>,
-    c: &Common,
-    out: &Output,
-    hint: &str,
-) -> anyhow::Result<(rendezvous::Session, String)> {
-    match invitation {
-        Some(inv) => {
-            let inv = Invitation::parse(inv).context("cannot use that link or code")?;
-            let server = server_of(&inv, &c.server);
-            Ok((rendezvous::join(&inv, &c.server).await?, server))
-        }
-        None => {
-            let created = rendezvous::create(&c.server).await?;
-            out.ready(&created.link.to_string(), &created.code.to_string(), hint);
-            Ok((created.wait_for_peer().await?, c.server.clone()))
-        }
-    }
-}
-
-/// Close the connection, but never hang on it: the outcome is already decided, and webrtc-rs's
-/// close can wait on a peer that is gone.
-async fn close(link: &rtc::Link) {
-    if tokio::time::timeout(Duration::from_secs(2), link.pc.close())
-        .await
-        .is_err()
-    {
-        tracing::debug!("closing the peer connection timed out");
-    }
-}
-
-/// Negotiate the data channel and report the path it took.
-async fn open(
-    role: TransferRole,
-    session: rendezvous::Session,
-    net: &rtc::NetOptions,
-    out: &Output,
-) -> anyhow::Result<rtc::Link> {
-    let both_in_room = session.both_in_room;
-    let ice = session.ice_servers.clone();
-    let link = rtc::connect(role, session.spawn(), &ice, net).await?;
-    out.connected(&link.path, both_in_room.elapsed());
-    Ok(link)
-}
-
-fn server_of(inv: &Invitation, default: &str) -> String {
-    match inv {
-        Invitation::Link(l) => l.server.clone(),
-        Invitation::Code(_) => default.to_string(),
-    }
+        sources
+    };
+    let _ = command;
+    Ok(sources)
 }

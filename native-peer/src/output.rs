@@ -1,18 +1,15 @@
-//! What the user sees: progress bars and plain lines for people, or newline-delimited JSON
-//! events (`--json`) for programs. Bars appear only when stdout is a terminal.
-//!
-//! JSON events: `ready {link, code}`,
-//! `connected {path, local, remote, protocol, reason, portmap, ms_since_room}`,
-//! `offer {files, bytes}`, `first_byte {ms_since_room}`, `progress {bytes, total}`,
-//! `done {files, bytes, seconds, path, candidates, protocol, reason}`, `error {message}`.
-//! `path` is `direct`, `mapped`, `forwarded` or `relay`; `reason` says why a relay was needed.
+//! What the user sees: [`protocol::event::Event`]s, as progress bars and plain lines for
+//! people or as newline-delimited JSON for programs (`--json`). Bars appear only when stdout
+//! is a terminal. The events and their fields are the README's list (checked by a test).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{Value, json};
+use protocol::event::{self, Event};
+use protocol::signal::TransferRole;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
-use crate::rtc::PathInfo;
+/// `progress` lines at most this often with `--json` (the last one always).
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
 pub struct Output {
@@ -20,6 +17,10 @@ pub struct Output {
     tty: bool,
     bar: Option<ProgressBar>,
     last_progress: Option<Instant>,
+    /// What this side does, for the closing line ("Sent"/"Received").
+    pub role: Option<TransferRole>,
+    /// What `ready` tells a person to do with the link.
+    pub hint: &'static str,
 }
 
 impl Output {
@@ -29,17 +30,13 @@ impl Output {
             tty: std::io::stdout().is_terminal(),
             bar: None,
             last_progress: None,
+            role: None,
+            hint: "Open this link on the other device:",
         }
     }
 
     pub fn is_json(&self) -> bool {
         self.json
-    }
-
-    fn emit(&self, v: Value) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{v}");
-        let _ = out.flush();
     }
 
     /// A human line on stderr (kept off stdout so links stay easy to pipe).
@@ -52,14 +49,59 @@ impl Output {
         }
     }
 
-    pub fn ready(&self, link: &str, code: &str, role_hint: &str) {
+    /// Show one event.
+    pub fn event(&mut self, e: &Event) {
+        if let Event::Progress(p) = e {
+            return self.progress(p);
+        }
         if self.json {
-            self.emit(json!({"event": "ready", "link": link, "code": code}));
+            self.emit(e);
             return;
         }
-        println!("{role_hint}\n\n  {link}\n\nor type the code:  {code}\n");
+        match e {
+            Event::Ready(r) => self.ready(r),
+            Event::Joined => eprintln!("The other peer is here; checking the secret…"),
+            Event::Verify(v) => eprintln!(
+                "Verification words: {} (the other device shows the same)",
+                v.words.join(" ")
+            ),
+            Event::Connected(c) => eprintln!("Connected: {}", c.path),
+            Event::Offer(o) => eprintln!("{} file(s), {}", o.files, indicatif::HumanBytes(o.bytes)),
+            Event::Accepted(a) => self.start(a.bytes),
+            Event::Done(d) => self.done(d),
+            Event::Error(f) => {
+                if let Some(b) = self.bar.take() {
+                    b.abandon();
+                }
+                eprintln!("error: {}", f.message);
+            }
+            Event::FirstByte(_)
+            | Event::FileDone(_)
+            | Event::Pick
+            | Event::Declined
+            | Event::Progress(_) => {}
+        }
+    }
+
+    /// Report a failure as the `error` event. Its text can quote the other peer (a cancel or
+    /// decline reason): it never drives the terminal.
+    pub fn error(&mut self, err: &anyhow::Error) {
+        self.event(&Event::error(printable(&format!("{err:#}"))));
+    }
+
+    fn emit(&self, e: &Event) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", e.to_json());
+        let _ = out.flush();
+    }
+
+    fn ready(&self, r: &event::Ready) {
+        println!(
+            "{}\n\n  {}\n\nor type the code:  {}\n",
+            self.hint, r.link, r.code
+        );
         if self.tty
-            && let Ok(qr) = qrcode::QrCode::new(link.as_bytes())
+            && let Ok(qr) = qrcode::QrCode::new(r.link.as_bytes())
         {
             let art = qr
                 .render::<qrcode::render::unicode::Dense1x2>()
@@ -71,38 +113,7 @@ impl Output {
         eprintln!("Waiting for the other peer…");
     }
 
-    pub fn connected(&self, path: &PathInfo, since_room: Duration) {
-        if self.json {
-            self.emit(json!({
-                "event": "connected", "path": path.kind, "local": path.local, "remote": path.remote,
-                "protocol": path.protocol, "reason": path.reason, "portmap": path.portmap,
-                "ms_since_room": since_room.as_secs_f64() * 1e3,
-            }));
-        } else {
-            eprintln!("Connected: {path}");
-        }
-    }
-
-    pub fn offer(&self, files: usize, bytes: u64) {
-        if self.json {
-            self.emit(json!({"event": "offer", "files": files, "bytes": bytes}));
-        } else {
-            eprintln!("{files} file(s), {}", indicatif::HumanBytes(bytes));
-        }
-    }
-
-    pub fn first_byte(&self, since_room: Duration) {
-        if self.json {
-            self.emit(
-                json!({"event": "first_byte", "ms_since_room": since_room.as_secs_f64() * 1e3}),
-            );
-        }
-    }
-
-    pub fn start(&mut self, total: u64) {
-        if self.json {
-            return;
-        }
+    fn start(&mut self, total: u64) {
         let target = if self.tty {
             ProgressDrawTarget::stderr()
         } else {
@@ -119,62 +130,42 @@ impl Output {
         self.bar = Some(bar);
     }
 
-    pub fn progress(&mut self, bytes: u64, total: u64) {
+    fn progress(&mut self, p: &event::Progress) {
         if let Some(b) = &self.bar {
-            b.set_position(bytes);
+            b.set_position(p.bytes);
         }
         if self.json {
             let now = Instant::now();
-            if self
-                .last_progress
-                .is_none_or(|t| now - t >= Duration::from_millis(250))
-                || bytes == total
-            {
+            if self.last_progress.is_none_or(|t| now - t >= PROGRESS_EVERY) || p.bytes == p.total {
                 self.last_progress = Some(now);
-                self.emit(json!({"event": "progress", "bytes": bytes, "total": total}));
+                self.emit(&Event::Progress(p.clone()));
             }
         }
     }
 
-    pub fn done(&mut self, files: usize, bytes: u64, seconds: f64, path: &PathInfo, what: &str) {
+    fn done(&mut self, d: &event::Done) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        if self.json {
-            self.emit(json!({
-                "event": "done", "files": files, "bytes": bytes, "seconds": seconds, "path": path.kind,
-                "candidates": format!("{}-{}", path.local, path.remote), "protocol": path.protocol,
-                "reason": path.reason,
-            }));
+        let rate = if d.seconds > 0.0 {
+            d.bytes as f64 / d.seconds
         } else {
-            let rate = if seconds > 0.0 {
-                bytes as f64 / seconds
-            } else {
-                0.0
-            };
-            eprintln!(
-                "{what} {files} file(s), {} in {seconds:.2} s ({}/s) over a {} path",
-                indicatif::HumanBytes(bytes),
-                indicatif::HumanBytes(rate as u64),
-                path.kind
-            );
-            if let Some(why) = &path.reason {
-                eprintln!("Relayed because: {why}");
-            }
-        }
-    }
-
-    pub fn error(&mut self, err: &anyhow::Error) {
-        if let Some(b) = self.bar.take() {
-            b.abandon();
-        }
-        // Error text can quote the other peer (a cancel or decline reason): never let it
-        // drive the terminal.
-        let message = printable(&format!("{err:#}"));
-        if self.json {
-            self.emit(json!({"event": "error", "message": message}));
-        } else {
-            eprintln!("error: {message}");
+            0.0
+        };
+        let what = match self.role {
+            Some(TransferRole::Sender) => "Sent",
+            _ => "Received",
+        };
+        eprintln!(
+            "{what} {} file(s), {} in {:.2} s ({}/s) over a {} path",
+            d.files,
+            indicatif::HumanBytes(d.bytes),
+            d.seconds,
+            indicatif::HumanBytes(rate as u64),
+            d.path.kind.as_str(),
+        );
+        if let Some(why) = d.path.reason {
+            eprintln!("Relayed because: {why}");
         }
     }
 }

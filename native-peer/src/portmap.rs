@@ -62,13 +62,14 @@ pub enum State {
 }
 
 impl State {
-    /// Short status word for reports (`--json`'s `portmap`).
-    pub fn word(&self) -> &'static str {
+    /// Where the mapping stands, for the path report.
+    pub fn report(&self) -> protocol::path::PortmapState {
+        use protocol::path::PortmapState;
         match self {
-            State::Off => "off",
-            State::Pending => "pending",
-            State::Mapped(_) => "mapped",
-            State::Failed(_) => "failed",
+            State::Off => PortmapState::Off,
+            State::Pending => PortmapState::Pending,
+            State::Mapped(_) => PortmapState::Mapped,
+            State::Failed(_) => PortmapState::Failed,
         }
     }
 }

@@ -1,269 +1,501 @@
-//! The peer's side of signalling: create or join a room, run the PAKE, then exchange sealed
-//! [`PeerSignal`]s with the other peer through the server.
+//! The native driver of [`protocol::rendezvous`]: a tokio-tungstenite WebSocket to the
+//! signalling server, webrtc-rs ([`crate::rtc`]), the port mapping, Ctrl-C and the clock.
 //!
-//! Once the PAKE is done, [`Session::spawn`] moves the WebSocket into a background task and
-//! hands back channels. That task ending (server gone) closes the incoming channel; callers
-//! treat that as fatal only while the data channel is not yet open.
+//! [`connect`] runs the machine until the data channel is open, doing what its outputs say
+//! and feeding it what happens. Every protocol decision (messages, PAKE, roles, order,
+//! deadlines) is the machine's. Once the channel is open, a background task keeps feeding it
+//! late candidates both ways until the server goes away or the link is dropped; the transfer
+//! never waits for it, so losing the server then costs nothing.
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::Context as _;
 use futures::{SinkExt as _, StreamExt as _};
-use protocol::crypto::{Channel, Handshake, RoomRole};
-use protocol::invite::{Invitation, ShareLink, ShortCode, websocket_url};
-use protocol::signal::{
-    AbortReason, AuthKind, ClientMessage, IceServer, PeerSignal, RoomRef, SIGNAL_VERSION,
-    ServerMessage,
-};
-use std::time::Instant;
+use protocol::path::{PathContext, PathReport};
+use protocol::rendezvous::{IceCandidate, LocalIce, Output, PeerSetup, Rendezvous};
+use protocol::signal::ClientMessage;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use webrtc::data_channel::DataChannelEvent;
+use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
+
+use crate::output::Output as Screen;
+use crate::portmap;
+use crate::rtc::{Link, NetOptions, PcEvent, Peer};
+use crate::transfer::{Interrupt, interrupted};
+use crate::turn_tcp;
+
+/// How long UDP may take to reach the TURN server before TCP relays are kept as well.
+const UDP_PROBE_WAIT: Duration = Duration::from_millis(600);
+
+/// Time for the state machines: a monotonic clock from an arbitrary start.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    pub fn now(self) -> Duration {
+        self.0.elapsed()
+    }
+
+    pub fn at(self, t: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0 + t)
+    }
+}
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Connecting = Pin<Box<dyn Future<Output = anyhow::Result<Ws>> + Send>>;
 
-/// How long a joiner waits for the room's creator to answer the key exchange (the creator
-/// is already there; only a broken peer or server takes longer).
-const PEER_ANSWER: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long connecting to the signalling server may take.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// A room this peer created, waiting for the other peer.
-#[derive(Debug)]
-pub struct Created {
-    ws: Ws,
-    pub link: ShareLink,
-    pub code: ShortCode,
-    ice_servers: Vec<IceServer>,
+/// The socket to the signalling server.
+enum Server {
+    Connecting(Connecting),
+    Open(Box<Ws>),
+    Closed,
 }
 
-/// A room with both peers in it and a key agreed.
-pub struct Session {
-    ws: Ws,
-    channel: Channel,
-    /// When this peer learnt both peers were in the room.
-    pub both_in_room: Instant,
-    /// STUN/TURN servers (with credentials) the server handed out for this room.
-    pub ice_servers: Vec<IceServer>,
+enum ServerEvent {
+    Open,
+    Text(String),
+    Closed,
 }
 
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").finish_non_exhaustive()
+impl Server {
+    fn connect(base: &str) -> Self {
+        let url = protocol::invite::websocket_url(base);
+        Self::Connecting(Box::pin(async move {
+            let url = url?;
+            // No Nagle: signalling is small messages whose latency is connection setup time.
+            let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+                .await
+                .context("WebSocket")?;
+            Ok(ws)
+        }))
+    }
+
+    /// The next thing the server side does; never resolves once closed.
+    async fn next(&mut self) -> ServerEvent {
+        match self {
+            Self::Connecting(fut) => match fut.await {
+                Ok(ws) => {
+                    *self = Self::Open(Box::new(ws));
+                    ServerEvent::Open
+                }
+                Err(e) => {
+                    tracing::debug!("cannot reach the signalling server: {e:#}");
+                    *self = Self::Closed;
+                    ServerEvent::Closed
+                }
+            },
+            Self::Open(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return ServerEvent::Text(t.to_string()),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        *self = Self::Closed;
+                        return ServerEvent::Closed;
+                    }
+                    Some(Ok(_)) => {}
+                }
+            },
+            Self::Closed => std::future::pending().await,
+        }
+    }
+
+    /// Send; `false` if the socket is (now) closed.
+    async fn send(&mut self, msg: &ClientMessage) -> bool {
+        let Self::Open(ws) = self else {
+            return false;
+        };
+        if ws.send(Message::text(msg.to_json())).await.is_err() {
+            *self = Self::Closed;
+            return false;
+        }
+        true
+    }
+
+    async fn close(&mut self) {
+        if let Self::Open(ws) = self {
+            let _ = tokio::time::timeout(Duration::from_millis(200), (**ws).close(None)).await;
+        }
+        *self = Self::Closed;
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<Ws> {
-    let url = websocket_url(server)?;
-    // No Nagle: signalling is small messages whose latency is connection setup time.
-    let (ws, _) = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
-    )
-    .await
-    .map_err(|_| anyhow!("timed out"))
-    .and_then(|r| r.map_err(anyhow::Error::from))
-    .with_context(|| format!("cannot reach the signalling server at {server}"))?;
-    Ok(ws)
+/// Sends the candidates of [`crate::rtc::Advertise`] once each: the forwarded port at once,
+/// the mapped port when (if) the router grants it.
+#[derive(Debug)]
+struct Adverts {
+    forwarded: Option<SocketAddr>,
+    portmap: watch::Receiver<portmap::State>,
+    /// Still watching the port mapping.
+    watching: bool,
 }
 
-async fn send(ws: &mut Ws, msg: &ClientMessage) -> anyhow::Result<()> {
-    ws.send(Message::text(msg.to_json()))
-        .await
-        .context("lost the signalling server")
+impl Adverts {
+    fn new(net: &NetOptions) -> Self {
+        Self {
+            // Relay-only peers advertise nothing direct.
+            forwarded: net.advertise.forwarded.filter(|_| !net.relay_only),
+            portmap: net.advertise.portmap.clone(),
+            watching: !net.relay_only,
+        }
+    }
+
+    /// The port mapping's state moved (or its task ended).
+    async fn changed(&mut self) {
+        if !self.watching {
+            return std::future::pending().await;
+        }
+        if self.portmap.changed().await.is_err() {
+            // The mapping task ended and its last state was already seen: nothing will come.
+            self.watching = false;
+        }
+    }
+
+    /// Candidates ready to advertise now.
+    fn ready(&mut self) -> Vec<IceCandidate> {
+        let line = |addr: SocketAddr, tag: u32| IceCandidate {
+            candidate: portmap::candidate_line(addr, tag),
+            sdp_mid: Some(String::new()),
+            sdp_mline_index: Some(0),
+        };
+        let mut out = Vec::new();
+        if let Some(addr) = self.forwarded.take() {
+            tracing::debug!("advertising the forwarded port");
+            out.push(line(addr, 0));
+        }
+        if self.watching {
+            match self.portmap.borrow_and_update().clone() {
+                portmap::State::Mapped(m) => {
+                    tracing::debug!("advertising the mapped port");
+                    out.push(line(m.external, 1));
+                    self.watching = false;
+                }
+                portmap::State::Pending => {}
+                portmap::State::Off | portmap::State::Failed(_) => self.watching = false,
+            }
+        }
+        out
+    }
 }
 
-/// Next message from the server; server errors become errors here.
-async fn recv(ws: &mut Ws) -> anyhow::Result<ServerMessage> {
+/// Start asking the TURN server over UDP as soon as the room hands out servers: the answer
+/// comes back during the hello exchange, in time to decide whether TCP relays are needed.
+fn start_udp_probe(rv: &Rendezvous, net: &NetOptions) -> Option<tokio::task::JoinHandle<bool>> {
+    let urls = || rv.ice_servers().iter().flat_map(|s| &s.urls);
+    if net.relay_transport.is_some() || !urls().any(|u| turn_tcp::tcp_turn_target(u).is_some()) {
+        return None;
+    }
+    let target = urls().find_map(|u| turn_tcp::udp_turn_target(u))?;
+    Some(tokio::spawn(async move {
+        turn_tcp::udp_answers(&target, UDP_PROBE_WAIT).await
+    }))
+}
+
+/// What woke the driver.
+enum Wake {
+    Server(ServerEvent),
+    Pc(Option<PcEvent>),
+    State(RTCPeerConnectionState),
+    Channel(Option<DataChannelEvent>),
+    Advert,
+    Interrupt,
+    Timer,
+}
+
+struct Driver<'a> {
+    clock: Clock,
+    rv: Rendezvous,
+    server: Server,
+    net: &'a NetOptions,
+    peer: Option<Peer>,
+    adverts: Adverts,
+    probe: Option<tokio::task::JoinHandle<bool>>,
+    probed: bool,
+    /// The path the channel opened on, and what describing it took.
+    opened: Option<(PathReport, PathContext)>,
+}
+
+/// Run the rendezvous until the data channel is open.
+pub async fn connect(
+    rv: Rendezvous,
+    clock: Clock,
+    net: &NetOptions,
+    screen: &mut Screen,
+    interrupt: &mut Interrupt,
+) -> anyhow::Result<Link> {
+    let mut d = Driver {
+        clock,
+        server: Server::connect(rv.server()),
+        rv,
+        net,
+        peer: None,
+        adverts: Adverts::new(net),
+        probe: None,
+        probed: false,
+        opened: None,
+    };
+    for c in d.adverts.ready() {
+        d.rv.advertise(c, clock.now());
+    }
     loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                let msg: ServerMessage = serde_json::from_str(t.as_str())
-                    .context("the signalling server sent something unreadable")?;
-                return match msg.failure() {
-                    Some(text) => Err(anyhow!(text)),
-                    None => Ok(msg),
-                };
+        match d.rv.poll_output() {
+            Output::Event(e) => screen.event(&e),
+            Output::Failed(e) => {
+                d.server.close().await;
+                return Err(e.into());
             }
-            Some(Ok(Message::Close(_))) | None => {
-                bail!("the signalling server closed the connection")
+            Output::Timeout(_) if d.rv.is_connected() => return d.into_link(),
+            Output::Timeout(t) => {
+                let wake = d.wait(t, interrupt).await;
+                d.wake(wake).await;
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e).context("lost the signalling server"),
+            other => d.act(other).await,
         }
     }
 }
 
-/// Create a room on `server`.
-pub async fn create(server: &str) -> anyhow::Result<Created> {
-    let mut ws = connect(server).await?;
-    send(
-        &mut ws,
-        &ClientMessage::Create {
-            version: SIGNAL_VERSION,
-        },
-    )
-    .await?;
-    match recv(&mut ws).await? {
-        ServerMessage::Created { room, number, .. } => {
-            let link = ShareLink::new(server, &room, &protocol::invite::generate_secret());
-            let code = ShortCode::generate(number);
-            Ok(Created {
-                ws,
-                link,
-                code,
-                ice_servers: Vec::new(),
-            })
-        }
-        other => bail!("unexpected answer from the server: {other:?}"),
-    }
-}
-
-impl Created {
-    /// Wait for the other peer to join and run the PAKE with the password it chose.
-    pub async fn wait_for_peer(mut self) -> anyhow::Result<Session> {
-        let mut joined_at = None;
-        let (auth, msg) = loop {
-            match recv(&mut self.ws).await? {
-                ServerMessage::PeerJoined => joined_at = Some(Instant::now()),
-                ServerMessage::IceServers { servers, .. } => self.ice_servers = servers,
-                ServerMessage::Pake { auth, msg } => break (auth, msg),
-                other => bail!("unexpected message while waiting for a peer: {other:?}"),
+impl Driver<'_> {
+    /// Carry out one output of the machine.
+    async fn act(&mut self, out: Output) {
+        let now = self.clock.now();
+        let result = match out {
+            Output::ToServer(m) => {
+                if !self.server.send(&m).await {
+                    self.rv.server_closed(now);
+                }
+                Ok(())
             }
+            Output::StartPeer(setup) => self.start_peer(setup).await,
+            Output::CreateDescription(kind) => match &self.peer {
+                Some(p) => p
+                    .create_description(kind)
+                    .await
+                    .map(|()| self.rv.handle_local(LocalIce::DescriptionCreated, now)),
+                None => Ok(()),
+            },
+            Output::ReadLocalDescription => match &self.peer {
+                Some(p) => p
+                    .local_description()
+                    .await
+                    .map(|sdp| self.rv.handle_local(LocalIce::Description(sdp), now)),
+                None => Ok(()),
+            },
+            Output::ApplyDescription { kind, sdp } => match &self.peer {
+                Some(p) => p
+                    .apply(kind, sdp)
+                    .await
+                    .map(|()| self.rv.handle_local(LocalIce::RemoteApplied, now)),
+                None => Ok(()),
+            },
+            Output::AddCandidate(c) => {
+                if let Some(p) = &self.peer {
+                    p.add_candidate(c).await;
+                }
+                Ok(())
+            }
+            Output::Event(_) | Output::Failed(_) | Output::Timeout(_) => Ok(()),
         };
-        let password = match auth {
-            AuthKind::Link => self.link.password(),
-            AuthKind::Code => self.code.password(),
-        };
-        let (hs, mine) = Handshake::start_b64(&password, &self.link.room, RoomRole::Creator);
-        send(&mut self.ws, &ClientMessage::Pake { auth, msg: mine }).await?;
-        let channel = hs.finish_b64(&msg).map_err(|e| anyhow!("{e}"))?;
-        Ok(Session {
-            ws: self.ws,
-            channel,
-            both_in_room: joined_at.unwrap_or_else(Instant::now),
-            ice_servers: self.ice_servers,
-        })
-    }
-}
-
-/// Join the room an invitation names. `default_server` is used for typed codes.
-pub async fn join(invitation: &Invitation, default_server: &str) -> anyhow::Result<Session> {
-    let (server, room_ref, password, auth) = match invitation {
-        Invitation::Link(l) => (
-            l.server.as_str(),
-            RoomRef::Id(l.room.clone()),
-            l.password(),
-            AuthKind::Link,
-        ),
-        Invitation::Code(c) => (
-            default_server,
-            RoomRef::Number(c.number),
-            c.password(),
-            AuthKind::Code,
-        ),
-    };
-    let mut ws = connect(server).await?;
-    send(
-        &mut ws,
-        &ClientMessage::Join {
-            version: SIGNAL_VERSION,
-            room: room_ref,
-        },
-    )
-    .await?;
-    let room = match recv(&mut ws).await? {
-        ServerMessage::Joined { room } => room,
-        other => bail!("unexpected answer from the server: {other:?}"),
-    };
-    let both_in_room = Instant::now();
-    let (hs, mine) = Handshake::start_b64(&password, &room, RoomRole::Joiner);
-    send(&mut ws, &ClientMessage::Pake { auth, msg: mine }).await?;
-    let mut ice_servers = Vec::new();
-    let theirs = tokio::time::timeout(PEER_ANSWER, async {
-        loop {
-            match recv(&mut ws).await? {
-                ServerMessage::Pake { msg, .. } => break Ok(msg),
-                ServerMessage::IceServers { servers, .. } => ice_servers = servers,
-                other => bail!("unexpected message during key exchange: {other:?}"),
-            }
+        if let Err(e) = result {
+            self.rv.local_error(format!("{e:#}"), self.clock.now());
         }
-    })
-    .await
-    .map_err(|_| anyhow!("the other peer did not answer the key exchange"))??;
-    let channel = hs.finish_b64(&theirs).map_err(|e| anyhow!("{e}"))?;
-    Ok(Session {
-        ws,
-        channel,
-        both_in_room,
-        ice_servers,
-    })
-}
+    }
 
-/// The live signalling link after the PAKE.
-#[derive(Debug)]
-pub struct Signals {
-    pub outgoing: mpsc::UnboundedSender<PeerSignal>,
-    /// Closes when the server connection ends (or the peer's messages stop making sense).
-    pub incoming: mpsc::UnboundedReceiver<anyhow::Result<PeerSignal>>,
-}
+    async fn start_peer(&mut self, setup: PeerSetup) -> anyhow::Result<()> {
+        let udp_reaches_turn = match self.probe.take() {
+            Some(probe) => Some(probe.await.unwrap_or(false)),
+            None => None,
+        };
+        let peer = Peer::start(&setup, udp_reaches_turn, self.net).await?;
+        tracing::debug!(
+            ms = self.clock.now().as_millis() as u64,
+            "peer connection built"
+        );
+        self.peer = Some(peer);
+        Ok(())
+    }
 
-impl Session {
-    /// Move the WebSocket into a background task. The first message each way is sealed
-    /// `hello`; a peer whose hello fails to open used another secret: the room is aborted and
-    /// the error is the first thing on `incoming`.
-    pub fn spawn(self) -> Signals {
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<PeerSignal>();
-        let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let Session {
-            mut ws,
-            mut channel,
-            ..
-        } = self;
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    out = out_rx.recv() => {
-                        let Some(sig) = out else { break };
-                        let json = serde_json::to_vec(&sig).expect("peer signals serialise");
-                        let data = channel.seal_b64(&json);
-                        if send(&mut ws, &ClientMessage::Sealed { data }).await.is_err() {
-                            tracing::info!("signalling connection lost while sending");
-                            break;
-                        }
-                    }
-                    msg = recv(&mut ws) => {
-                        let item = match msg {
-                            Ok(ServerMessage::Sealed { data }) => match channel.open_b64(&data) {
-                                Ok(plain) => serde_json::from_slice::<PeerSignal>(&plain)
-                                    .map_err(|_| anyhow!("the other peer sent an unreadable signal")),
-                                Err(e) => {
-                                    if e == protocol::crypto::CryptoError::WrongSecret {
-                                        let _ = send(&mut ws, &ClientMessage::Abort { reason: AbortReason::WrongSecret }).await;
-                                    }
-                                    Err(anyhow!("{e}"))
-                                }
-                            },
-                            // Refreshed credentials: not needed once connected.
-                            Ok(ServerMessage::IceServers { .. }) => continue,
-                            Ok(other) => Err(anyhow!("unexpected message from the server: {other:?}")),
-                            Err(e) => {
-                                tracing::info!("signalling connection ended: {e:#}");
-                                let _ = in_tx.send(Err(e));
-                                break;
-                            }
-                        };
-                        let fatal = item.is_err();
-                        if in_tx.send(item).is_err() || fatal {
-                            break;
-                        }
-                    }
+    /// Wait for the next thing to happen, or `until`.
+    async fn wait(&mut self, until: Duration, interrupt: &mut Interrupt) -> Wake {
+        let peer = self.peer.as_mut();
+        let (events, state, channel) = match peer {
+            Some(p) => (Some(&mut p.events), Some(&mut p.state), p.channel.clone()),
+            None => (None, None, None),
+        };
+        tokio::select! {
+            ev = self.server.next() => Wake::Server(ev),
+            ev = async { events.expect("guarded").recv().await }, if events.is_some() => Wake::Pc(ev),
+            s = async {
+                let state = state.expect("guarded");
+                match state.changed().await {
+                    Ok(()) => *state.borrow_and_update(),
+                    Err(_) => std::future::pending().await,
+                }
+            }, if state.is_some() => Wake::State(s),
+            ev = async { channel.expect("guarded").poll().await }, if channel.is_some() => Wake::Channel(ev),
+            () = self.adverts.changed() => Wake::Advert,
+            () = interrupted(interrupt) => Wake::Interrupt,
+            () = tokio::time::sleep_until(self.clock.at(until)) => Wake::Timer,
+        }
+    }
+
+    /// Feed the machine what happened.
+    async fn wake(&mut self, wake: Wake) {
+        let now = self.clock.now();
+        match wake {
+            Wake::Server(ServerEvent::Open) => self.rv.server_open(now),
+            Wake::Server(ServerEvent::Text(t)) => {
+                self.rv.handle_server_text(&t, now);
+                if !self.probed && !self.rv.ice_servers().is_empty() {
+                    self.probed = true;
+                    self.probe = start_udp_probe(&self.rv, self.net);
                 }
             }
-            let _ = ws.close(None).await;
-        });
-        Signals {
-            outgoing: out_tx,
-            incoming: in_rx,
+            Wake::Server(ServerEvent::Closed) => self.rv.server_closed(now),
+            Wake::Pc(Some(PcEvent::Candidate(c))) => {
+                self.rv.handle_local(LocalIce::Candidate(c), now)
+            }
+            Wake::Pc(Some(PcEvent::GatheringDone)) => {
+                self.rv.handle_local(LocalIce::GatheringDone, now)
+            }
+            Wake::Pc(Some(PcEvent::Channel(dc))) => {
+                if let Some(p) = self.peer.as_mut() {
+                    p.channel.get_or_insert(dc);
+                }
+            }
+            Wake::Pc(None) => {}
+            Wake::State(RTCPeerConnectionState::Failed) => self.rv.connection_failed(now),
+            Wake::State(_) => {}
+            Wake::Channel(Some(DataChannelEvent::OnOpen)) => self.opened().await,
+            Wake::Channel(Some(DataChannelEvent::OnClose) | None) => self
+                .rv
+                .local_error("the data channel closed before it opened", now),
+            Wake::Channel(Some(_)) => {}
+            Wake::Advert => {
+                for c in self.adverts.ready() {
+                    self.rv.advertise(c, now);
+                }
+            }
+            Wake::Interrupt => self.rv.cancel(now),
+            Wake::Timer => self.rv.handle_timeout(now),
+        }
+    }
+
+    /// The channel opened: tell the machine over which path.
+    async fn opened(&mut self) {
+        let Some(p) = &self.peer else { return };
+        let ctx = p.path_context(self.net);
+        let path = p.path(&ctx).await;
+        let now = self.clock.now();
+        tracing::info!(ms = now.as_millis() as u64, %path, "data channel open");
+        self.rv.channel_open(path.clone(), now);
+        self.opened = Some((path, ctx));
+    }
+
+    /// Hand over the open link, leaving the signalling to run on in the background.
+    fn into_link(self) -> anyhow::Result<Link> {
+        let Driver {
+            clock,
+            rv,
+            server,
+            peer,
+            adverts,
+            opened,
+            ..
+        } = self;
+        let mut peer = peer.context("connected without a peer connection")?;
+        let dc = peer
+            .channel
+            .clone()
+            .context("connected without a channel")?;
+        let role = rv.role().context("connected without a role")?;
+        let (path, ctx) = opened.context("connected without a path")?;
+        let both_in_room = rv
+            .both_in_room()
+            .map(|t| clock.0 + t)
+            .unwrap_or_else(Instant::now);
+        let events = peer.take_events();
+        let late = tokio::spawn(late_signalling(
+            clock,
+            rv,
+            server,
+            peer.pc.clone(),
+            events,
+            adverts,
+        ));
+        Ok(Link::new(
+            peer,
+            dc,
+            path,
+            both_in_room,
+            role,
+            ctx,
+            late.abort_handle(),
+        ))
+    }
+}
+
+/// After the channel opened: forward late candidates both ways until signalling ends.
+async fn late_signalling(
+    clock: Clock,
+    mut rv: Rendezvous,
+    mut server: Server,
+    pc: Arc<dyn PeerConnection>,
+    mut events: mpsc::UnboundedReceiver<PcEvent>,
+    mut adverts: Adverts,
+) {
+    loop {
+        let now = clock.now();
+        match rv.poll_output() {
+            Output::ToServer(m) if !server.send(&m).await => rv.server_closed(now),
+            Output::ToServer(_) => {}
+            Output::AddCandidate(c) => {
+                let init = webrtc::peer_connection::RTCIceCandidateInit {
+                    candidate: c.candidate,
+                    sdp_mid: c.sdp_mid,
+                    sdp_mline_index: c.sdp_mline_index,
+                    ..Default::default()
+                };
+                if let Err(e) = pc.add_ice_candidate(init).await {
+                    tracing::debug!("ignoring a late remote candidate: {e}");
+                }
+            }
+            Output::Failed(e) => {
+                tracing::info!("signalling ended ({e}); the transfer continues peer to peer");
+                return;
+            }
+            Output::Timeout(t) => {
+                if matches!(server, Server::Closed) {
+                    tracing::info!("signalling ended; the transfer continues peer to peer");
+                    return;
+                }
+                tokio::select! {
+                    ev = server.next() => match ev {
+                        ServerEvent::Text(t) => rv.handle_server_text(&t, clock.now()),
+                        ServerEvent::Closed => rv.server_closed(clock.now()),
+                        ServerEvent::Open => {}
+                    },
+                    ev = events.recv() => match ev {
+                        Some(PcEvent::Candidate(c)) => rv.handle_local(LocalIce::Candidate(c), clock.now()),
+                        Some(PcEvent::GatheringDone) => rv.handle_local(LocalIce::GatheringDone, clock.now()),
+                        Some(PcEvent::Channel(_)) => {}
+                        None => return,
+                    },
+                    () = adverts.changed() => for c in adverts.ready() {
+                        rv.advertise(c, clock.now());
+                    },
+                    () = tokio::time::sleep_until(clock.at(t)) => rv.handle_timeout(clock.now()),
+                }
+            }
+            // Nothing else follows an open channel.
+            _ => {}
         }
     }
 }

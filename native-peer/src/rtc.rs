@@ -1,20 +1,22 @@
-//! WebRTC setup: one peer connection, one reliable ordered data channel, negotiated through
-//! the sealed signalling of [`crate::rendezvous`].
+//! webrtc-rs under the rendezvous: one peer connection with one reliable, ordered data channel.
 //!
-//! The file sender makes the offer and the channel; the receiver answers. Candidates are
-//! trickled both ways. When the channel opens, [`Link`] carries it plus the path that won
-//! (host / srflx / prflx / relay, UDP or TCP) and a watch on the connection state; the
-//! signalling task keeps running in the background for late candidates, and its loss is no
-//! longer fatal.
+//! [`crate::rendezvous`] drives this as `protocol::rendezvous` asks: [`Peer::start`] builds
+//! the connection (ICE timers, socket buffers, TURN-over-TCP bridges, relay transport), and
+//! the other methods create, read and apply descriptions and candidates. Events webrtc-rs
+//! raises come back as [`PcEvent`]s. [`Peer::path`] reads the selected pair off the stats for
+//! `protocol::path` to describe. No protocol decision is made here.
 
-use anyhow::{Context as _, anyhow, bail};
-use protocol::signal::{IceServer, PeerSignal, SIGNAL_VERSION, SdpKind, TransferRole};
-use serde::Serialize;
+use anyhow::{Context as _, bail};
+use protocol::path::{
+    self, CandidateType, PathContext, PathKind, PathReport, SelectedPair, Transport,
+};
+use protocol::rendezvous::{IceCandidate, PeerSetup};
+use protocol::signal::{IceServer, SdpKind, TransferRole};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
-use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
@@ -25,9 +27,13 @@ use webrtc::peer_connection::{
 use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 
 use crate::portmap;
-use crate::rendezvous::Signals;
 use crate::tune::TunedRuntime;
 use crate::turn_tcp::{self, Bridges};
+
+/// The data channel's label.
+const CHANNEL_LABEL: &str = "punchdrop";
+/// How long a working relay pair waits for a direct pair before it is accepted.
+const RELAY_WAIT: Duration = Duration::from_secs(1);
 
 /// Candidates this peer advertises beyond what ICE gathers (ladder steps 1 and 2).
 #[derive(Debug, Clone)]
@@ -57,46 +63,84 @@ pub struct NetOptions {
     pub relay_transport: Option<RelayTransport>,
     /// Time between ICE connectivity checks (RFC 8445's Ta).
     pub ice_check_interval: Duration,
-    /// Drive the connection on its own single-threaded reactor.
-    pub dedicated_reactor: bool,
-    pub connect_timeout: Duration,
 }
 
-/// How the peers ended up connected.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PathInfo {
-    /// `direct`, `mapped` (through our router's port mapping), `forwarded` (through the port
-    /// given with `--port`/`--public-addr`) or `relay`.
-    pub kind: &'static str,
-    /// Local and remote candidate types, e.g. `host`, `srflx`, `prflx`, `relay`.
-    pub local: String,
-    pub remote: String,
-    /// `udp` or `tcp`.
-    pub protocol: String,
-    /// Why a faster path was not taken (relayed paths only).
-    pub reason: Option<String>,
-    /// Port mapping outcome: `off`, `pending`, `mapped` or `failed`.
-    pub portmap: &'static str,
+/// Which TURN transports to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayTransport {
+    Udp,
+    Tcp,
 }
 
-impl std::fmt::Display for PathInfo {
+/// What webrtc-rs reported, in the order it did.
+pub enum PcEvent {
+    Candidate(IceCandidate),
+    GatheringDone,
+    /// The other peer's data channel (the receiving side's only channel).
+    Channel(Arc<dyn DataChannel>),
+}
+
+impl std::fmt::Debug for PcEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let how = match (self.kind, self.local.as_str(), self.remote.as_str()) {
-            ("relay", ..) => "relayed",
-            ("mapped", ..) => "through the router's port mapping",
-            ("forwarded", ..) => "through the forwarded port",
-            (_, "host", "host") => "on the local network",
-            _ => "hole punched",
-        };
-        write!(
-            f,
-            "{} path, {how} ({} ↔ {}, {})",
-            self.kind, self.local, self.remote, self.protocol
-        )?;
-        if let Some(r) = &self.reason {
-            write!(f, ": {r}")?;
+        match self {
+            Self::Candidate(c) => f.debug_tuple("Candidate").field(c).finish(),
+            Self::GatheringDone => f.write_str("GatheringDone"),
+            Self::Channel(_) => f.write_str("Channel"),
         }
-        Ok(())
+    }
+}
+
+struct Handler {
+    events: mpsc::UnboundedSender<PcEvent>,
+    state: watch::Sender<RTCPeerConnectionState>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let _ = self.events.send(PcEvent::Candidate(IceCandidate {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_mline_index: init.sdp_mline_index,
+                }));
+            }
+            Err(e) => tracing::warn!("cannot encode a local candidate: {e}"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.events.send(PcEvent::GatheringDone);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(%state, "connection state");
+        let _ = self.state.send(state);
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        let _ = self.events.send(PcEvent::Channel(dc));
+    }
+}
+
+/// One peer connection while it is being negotiated.
+pub struct Peer {
+    pub pc: Arc<dyn PeerConnection>,
+    pub events: mpsc::UnboundedReceiver<PcEvent>,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    /// The data channel: the sender's own from the start, the receiver's once announced.
+    pub channel: Option<Arc<dyn DataChannel>>,
+    /// TURN-over-TCP bridges this connection may relay through; they live as long as it.
+    pub bridges: Bridges,
+    relay_transport: Option<RelayTransport>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").finish_non_exhaustive()
     }
 }
 
@@ -104,10 +148,16 @@ impl std::fmt::Display for PathInfo {
 pub struct Link {
     pub pc: Arc<dyn PeerConnection>,
     pub dc: Arc<dyn DataChannel>,
-    pub path: PathInfo,
     pub state: watch::Receiver<RTCPeerConnectionState>,
-    /// TURN-over-TCP bridges this connection may be relaying through.
-    _bridges: Bridges,
+    /// The path at open.
+    pub path: PathReport,
+    /// When both peers were in the room (for `first_byte`).
+    pub both_in_room: Instant,
+    pub role: TransferRole,
+    path_ctx: PathContext,
+    tcp_bridges: Vec<String>,
+    /// Dropped with the link: the bridges, and the signalling that carries late candidates.
+    _keep: (Bridges, tokio::task::AbortHandle),
 }
 
 impl std::fmt::Debug for Link {
@@ -118,155 +168,219 @@ impl std::fmt::Debug for Link {
     }
 }
 
-struct Handler {
-    candidates: mpsc::UnboundedSender<Option<RTCIceCandidateInit>>,
-    state: watch::Sender<RTCPeerConnectionState>,
-    channel: Mutex<Option<oneshot::Sender<Arc<dyn DataChannel>>>>,
+impl Drop for Link {
+    fn drop(&mut self) {
+        self._keep.1.abort();
+    }
 }
 
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        match event.candidate.to_json() {
-            Ok(init) => {
-                let _ = self.candidates.send(Some(init));
-            }
-            Err(e) => tracing::warn!("cannot encode a local candidate: {e}"),
+impl Link {
+    /// The link over `peer`'s connection, whose events were taken for the signalling that
+    /// goes on after open (`signalling`, stopped with the link).
+    pub fn new(
+        peer: Peer,
+        dc: Arc<dyn DataChannel>,
+        path: PathReport,
+        both_in_room: Instant,
+        role: TransferRole,
+        path_ctx: PathContext,
+        signalling: tokio::task::AbortHandle,
+    ) -> Self {
+        Self {
+            pc: peer.pc,
+            dc,
+            state: peer.state,
+            path,
+            both_in_room,
+            role,
+            path_ctx,
+            tcp_bridges: peer.bridges.urls.clone(),
+            _keep: (peer.bridges, signalling),
         }
     }
 
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            let _ = self.candidates.send(None);
-        }
+    /// The path as it is now: ICE may have moved since the channel opened.
+    pub async fn path_now(&self) -> PathReport {
+        selected_path(&*self.pc, &self.tcp_bridges, &self.path_ctx).await
     }
 
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        tracing::debug!(%state, "connection state");
-        let _ = self.state.send(state);
-    }
-
-    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
-        if let Some(tx) = self
-            .channel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+    /// Close the connection, but never hang on it: the outcome is already decided, and
+    /// webrtc-rs's close can wait on a peer that is gone.
+    pub async fn close(&self) {
+        if tokio::time::timeout(Duration::from_secs(2), self.pc.close())
+            .await
+            .is_err()
         {
-            let _ = tx.send(dc);
+            tracing::debug!("closing the peer connection timed out");
         }
     }
 }
 
-const CHANNEL_LABEL: &str = "punchdrop";
-/// How long to wait for the other peer's hello (it may be a person choosing files).
-const PEER_HELLO_WAIT: Duration = Duration::from_secs(10 * 60);
-/// How long UDP may take to reach the TURN server before TCP relays are kept as well.
-const UDP_PROBE_WAIT: Duration = Duration::from_millis(600);
-/// How long a working relay pair waits for a direct pair before it is accepted.
-const RELAY_WAIT: Duration = Duration::from_secs(1);
-
-/// Exchange hellos, negotiate, and wait for the data channel to open.
-pub async fn connect(
-    role: TransferRole,
-    mut signals: Signals,
-    ice_servers: &[IceServer],
-    opts: &NetOptions,
-) -> anyhow::Result<Link> {
-    let started = Instant::now();
-    let has_turn = ice_servers
-        .iter()
-        .flat_map(|s| &s.urls)
-        .any(|u| u.starts_with("turn"));
-    if opts.relay_only && !has_turn {
-        bail!("--relay-only needs a TURN server, and the signalling server offered none");
-    }
-    // Does UDP reach the TURN server? Asked now, answered by the time the hellos are
-    // exchanged (one round trip through the server either way).
-    let udp_probe = ice_servers
-        .iter()
-        .flat_map(|s| &s.urls)
-        .find_map(|u| turn_tcp::udp_turn_target(u))
-        .filter(|_| {
-            opts.relay_transport.is_none()
-                && ice_servers
-                    .iter()
-                    .flat_map(|s| &s.urls)
-                    .any(|u| turn_tcp::tcp_turn_target(u).is_some())
-        })
-        .map(|target| {
-            tokio::spawn(async move { turn_tcp::udp_answers(&target, UDP_PROBE_WAIT).await })
-        });
-    let hello = PeerSignal::Hello {
-        version: SIGNAL_VERSION,
-        role,
-    };
-    if signals.outgoing.send(hello).is_err() {
-        // The signalling task already ended; what ended it (e.g. the other peer's hello did
-        // not open: wrong secret) is waiting on `incoming`.
-        return Err(match next_signal(&mut signals).await {
-            Err(e) => e,
-            Ok(_) => anyhow!("lost the signalling server"),
-        });
-    }
-    // A browser that opened our link as the sender says hello only once its user has picked
-    // the files, so this wait is for a person. The room tells us if that peer leaves.
-    let peer_hello = tokio::time::timeout(PEER_HELLO_WAIT, next_signal(&mut signals))
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "the other peer did not start within {} minutes",
-                PEER_HELLO_WAIT.as_secs() / 60
-            )
-        })??;
-    match peer_hello {
-        PeerSignal::Hello {
-            version,
-            role: theirs,
-        } => {
-            if version != SIGNAL_VERSION {
-                bail!("the other peer runs an incompatible punchdrop (signalling v{version})");
-            }
-            if theirs == role {
-                bail!(match role {
-                    TransferRole::Sender => "the other peer is also sending: one side must receive",
-                    TransferRole::Receiver =>
-                        "the other peer is also receiving: one side must send",
-                });
-            }
+impl Peer {
+    /// Build the peer connection the rendezvous asked for. `udp_reaches_turn` is the answer of
+    /// the UDP probe of the TURN server (`None`: not probed).
+    pub async fn start(
+        setup: &PeerSetup,
+        udp_reaches_turn: Option<bool>,
+        opts: &NetOptions,
+    ) -> anyhow::Result<Peer> {
+        let has_turn = setup
+            .ice_servers
+            .iter()
+            .flat_map(|s| &s.urls)
+            .any(|u| u.starts_with("turn"));
+        if opts.relay_only && !has_turn {
+            bail!("--relay-only needs a TURN server, and the signalling server offered none");
         }
-        other => bail!("the other peer skipped the hello: {other:?}"),
+        // Relay over TCP only when UDP does not reach the TURN server (ladder: relay over
+        // UDP, then TCP). Both kinds of relay candidate look alike to webrtc-rs (a TCP relay
+        // is a local UDP bridge), so with both a TCP relay could win where a UDP one works
+        // (the NAT lab saw it between two symmetric NATs).
+        let relay_transport = opts.relay_transport.or(match udp_reaches_turn {
+            Some(true) => Some(RelayTransport::Udp),
+            _ => None,
+        });
+        let (servers, bridges) = prepare_ice_servers(&setup.ice_servers, relay_transport).await;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let handler = Arc::new(Handler {
+            events: events_tx,
+            state: state_tx,
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_ice_servers(servers)
+                    .with_ice_transport_policy(if opts.relay_only {
+                        RTCIceTransportPolicy::Relay
+                    } else {
+                        RTCIceTransportPolicy::All
+                    })
+                    .build(),
+            )
+            .with_setting_engine(settings(opts))
+            .with_handler(handler)
+            .with_runtime(TunedRuntime::new(opts.udp_buffer))
+            .with_udp_addrs(opts.bind.clone())
+            .with_data_channel_send_buffer_limit(opts.send_buffer)
+            .build()
+            .await
+            .context("cannot set up WebRTC")?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        // The file sender opens the channel.
+        let channel = match setup.role {
+            TransferRole::Sender => {
+                let init = RTCDataChannelInit {
+                    ordered: true,
+                    ..Default::default()
+                };
+                Some(
+                    pc.create_data_channel(CHANNEL_LABEL, Some(init))
+                        .await
+                        .context("cannot create the data channel")?,
+                )
+            }
+            TransferRole::Receiver => None,
+        };
+        Ok(Peer {
+            pc,
+            events,
+            state,
+            channel,
+            bridges,
+            relay_transport: opts.relay_transport,
+        })
     }
 
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "hello exchanged");
-    // Advertised addresses go out as trickled candidates; the other side keeps them until its
-    // remote description is set, so they may go before our description.
-    let mut adverts = Adverts::new(&opts.advertise, opts.relay_only);
-    adverts.send_ready(&signals);
-    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
-    let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
-    let (dc_tx, dc_rx) = oneshot::channel();
-    let handler = Arc::new(Handler {
-        candidates: cand_tx,
-        state: state_tx,
-        channel: Mutex::new(Some(dc_tx)),
-    });
+    /// Take the event stream (for whoever forwards late candidates once the channel is open).
+    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<PcEvent> {
+        std::mem::replace(&mut self.events, mpsc::unbounded_channel().1)
+    }
 
-    // Relay over TCP only when UDP does not reach the TURN server (ladder: relay over UDP,
-    // then TCP). Both kinds of relay candidate look alike to webrtc-rs (a TCP relay is a
-    // local UDP bridge), so with both a TCP relay could win where a UDP one works (the NAT
-    // lab saw it between two symmetric NATs). The probe ran during the hello exchange.
-    let transport = match (opts.relay_transport, udp_probe) {
-        (Some(t), _) => Some(t),
-        (None, Some(probe)) => match probe.await {
-            Ok(true) => Some(RelayTransport::Udp),
+    /// Create an offer or an answer and set it as the local description.
+    pub async fn create_description(&self, kind: SdpKind) -> anyhow::Result<()> {
+        let desc = match kind {
+            SdpKind::Offer => self.pc.create_offer(None).await,
+            SdpKind::Answer => self.pc.create_answer(None).await,
+        }
+        .with_context(|| format!("cannot create an {}", kind_name(kind)))?;
+        self.pc
+            .set_local_description(desc)
+            .await
+            .with_context(|| format!("cannot use our own {}", kind_name(kind)))
+    }
+
+    /// The local description as it stands, with the candidates gathered so far.
+    pub async fn local_description(&self) -> anyhow::Result<String> {
+        Ok(self
+            .pc
+            .local_description()
+            .await
+            .context("no local description")?
+            .sdp)
+    }
+
+    pub async fn apply(&self, kind: SdpKind, sdp: String) -> anyhow::Result<()> {
+        let desc = match kind {
+            SdpKind::Offer => RTCSessionDescription::offer(sdp),
+            SdpKind::Answer => RTCSessionDescription::answer(sdp),
+        }
+        .with_context(|| format!("the other peer's {} is invalid", kind_name(kind)))?;
+        self.pc
+            .set_remote_description(desc)
+            .await
+            .with_context(|| format!("cannot apply the other peer's {}", kind_name(kind)))
+    }
+
+    /// Add a remote candidate; one the stack cannot use is not fatal.
+    pub async fn add_candidate(&self, c: IceCandidate) {
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index,
+            ..Default::default()
+        };
+        if let Err(e) = self.pc.add_ice_candidate(init).await {
+            tracing::debug!("ignoring a remote candidate: {e}");
+        }
+    }
+
+    /// What [`protocol::path::describe`] needs besides the pair.
+    pub fn path_context(&self, opts: &NetOptions) -> PathContext {
+        let portmap = opts.advertise.portmap.borrow().clone();
+        let advertised = match (&portmap, opts.advertise.forwarded) {
+            (_, Some(f)) => Some((opts.advertise.port.unwrap_or(f.port()), PathKind::Forwarded)),
+            (portmap::State::Mapped(m), None) => Some((m.internal.port(), PathKind::Mapped)),
             _ => None,
-        },
-        (None, None) => None,
-    };
-    let (rtc_servers, bridges) = prepare_ice_servers(ice_servers, transport).await?;
+        };
+        PathContext {
+            relay_only: opts.relay_only,
+            relay_transport: self.relay_transport.map(|t| match t {
+                RelayTransport::Udp => Transport::Udp,
+                RelayTransport::Tcp => Transport::Tcp,
+            }),
+            advertised,
+            portmap: Some(portmap.report()),
+            local_candidates: Vec::new(),
+            remote_candidates: Vec::new(),
+        }
+    }
+
+    pub async fn path(&self, ctx: &PathContext) -> PathReport {
+        selected_path(&*self.pc, &self.bridges.urls, ctx).await
+    }
+}
+
+fn kind_name(kind: SdpKind) -> &'static str {
+    match kind {
+        SdpKind::Offer => "offer",
+        SdpKind::Answer => "answer",
+    }
+}
+
+fn settings(opts: &NetOptions) -> webrtc::peer_connection::SettingEngine {
     let is_loopback = opts.bind.iter().all(|a| a.ip().is_loopback());
-    let settings = SettingEngineBuilder::new()
+    SettingEngineBuilder::new()
         .with_include_loopback_candidate(is_loopback)
         .with_sctp_max_receive_buffer_size(opts.sctp_window)
         .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(
@@ -297,382 +411,44 @@ pub async fn connect(
             Some(Duration::from_secs(15)),
             Some(Duration::from_secs(2)),
         )
-        .build();
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(
-            RTCConfigurationBuilder::new()
-                .with_ice_servers(rtc_servers)
-                .with_ice_transport_policy(if opts.relay_only {
-                    RTCIceTransportPolicy::Relay
-                } else {
-                    RTCIceTransportPolicy::All
-                })
-                .build(),
-        )
-        .with_setting_engine(settings)
-        .with_handler(handler)
-        .with_runtime(TunedRuntime::new(opts.udp_buffer))
-        .with_udp_addrs(opts.bind.clone())
-        .with_data_channel_send_buffer_limit(opts.send_buffer)
-        .with_dedicated_reactor_pool_size(usize::from(opts.dedicated_reactor))
         .build()
-        .await
-        .context("cannot set up WebRTC")?;
-    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-    tracing::debug!(
-        ms = started.elapsed().as_millis() as u64,
-        "peer connection built"
-    );
-
-    let mut own_dc = None;
-    if role == TransferRole::Sender {
-        let init = RTCDataChannelInit {
-            ordered: true,
-            ..Default::default()
-        };
-        own_dc = Some(pc.create_data_channel(CHANNEL_LABEL, Some(init)).await?);
-        let offer = pc.create_offer(None).await?;
-        pc.set_local_description(offer).await?;
-        let sdp = gathered_description(&*pc, &mut cand_rx).await?;
-        let _ = signals.outgoing.send(PeerSignal::Description {
-            kind: SdpKind::Offer,
-            sdp,
-        });
-    }
-
-    // Negotiate until the channel opens, the connection fails, or time runs out.
-    let mut remote_set = false;
-    let mut pending: Vec<RTCIceCandidateInit> = Vec::new();
-    let mut state = state_rx.clone();
-    let mut dc_rx = Some(dc_rx);
-    let deadline = tokio::time::sleep(opts.connect_timeout);
-    tokio::pin!(deadline);
-    let dc: Arc<dyn DataChannel> = loop {
-        if let Some(dc) = own_dc.clone() {
-            // The sender's channel exists from the start; wait for its open event below.
-            if remote_set {
-                break dc;
-            }
-        }
-        tokio::select! {
-            _ = &mut deadline => bail!("could not connect to the other peer within {:?}", opts.connect_timeout),
-            c = cand_rx.recv() => {
-                tracing::debug!(ms = started.elapsed().as_millis() as u64, "local candidate");
-                forward_candidate(&signals, c)
-            }
-            () = adverts.changed(), if adverts.waiting() => adverts.send_ready(&signals),
-            _ = state.changed() => {
-                if *state.borrow() == RTCPeerConnectionState::Failed {
-                    bail!("no network path to the other peer worked");
-                }
-            }
-            dc = async { dc_rx.as_mut().expect("polled until taken").await }, if dc_rx.is_some() => {
-                break dc.map_err(|_| anyhow!("the connection closed before a channel opened"))?;
-            }
-            sig = next_signal(&mut signals) => {
-                match sig? {
-                    PeerSignal::Description { kind, sdp } => {
-                        remote_set = true;
-                        apply_description(&*pc, role, kind, sdp, &signals, &mut cand_rx).await?;
-                        tracing::debug!(ms = started.elapsed().as_millis() as u64, "remote description applied");
-                        for c in pending.drain(..) {
-                            add_candidate(&*pc, c).await;
-                        }
-                    }
-                    PeerSignal::Candidate { candidate, sdp_mid, sdp_mline_index } => {
-                        let init = RTCIceCandidateInit { candidate, sdp_mid, sdp_mline_index, ..Default::default() };
-                        if remote_set { add_candidate(&*pc, init).await } else { pending.push(init) }
-                    }
-                    PeerSignal::EndOfCandidates => {}
-                    PeerSignal::Hello { .. } => bail!("the other peer restarted the handshake"),
-                }
-            }
-        }
-    };
-
-    // Keep serving signalling in the background (late candidates) while waiting for open.
-    tracing::debug!(
-        ms = started.elapsed().as_millis() as u64,
-        "channel announced"
-    );
-    let late_signals = signals.outgoing.clone();
-    spawn_signalling(pc.clone(), signals, cand_rx);
-
-    loop {
-        tokio::select! {
-            _ = &mut deadline => bail!("could not connect to the other peer within {:?}", opts.connect_timeout),
-            () = adverts.changed(), if adverts.waiting() => adverts.send_ready_to(&late_signals),
-            _ = state.changed() => {
-                if *state.borrow() == RTCPeerConnectionState::Failed {
-                    bail!("no network path to the other peer worked");
-                }
-            }
-            ev = dc.poll() => match ev {
-                Some(DataChannelEvent::OnOpen) => break,
-                Some(DataChannelEvent::OnClose) | None => bail!("the data channel closed before it opened"),
-                Some(_) => {}
-            }
-        }
-    }
-    let path = selected_path(&*pc, &bridges.urls, &PathContext::of(opts)).await;
-    tracing::info!(ms = started.elapsed().as_millis() as u64, %path, "data channel open");
-    Ok(Link {
-        pc,
-        dc,
-        path,
-        state: state_rx,
-        _bridges: bridges,
-    })
 }
 
-/// How long a description waits for candidate gathering before it is sent anyway (the rest
-/// trickle). Host candidates take about a millisecond; STUN answers one round trip.
-const GATHER_WAIT: Duration = Duration::from_millis(150);
-
-/// The local description with the candidates gathered so far: all of them if gathering ends
-/// within [`GATHER_WAIT`], or as soon as a server-reflexive one is in (relay candidates take
-/// two more round trips to the TURN server and are only needed if no direct pair works: they
-/// trickle; in the NAT lab at 20 ms RTT this saved ≈ 20 ms per side). Candidates in the
-/// description make pairs the moment the other side applies it; trickling host and srflx
-/// ones raced the first checks and cost a check interval.
-async fn gathered_description(
-    pc: &dyn PeerConnection,
-    cand_rx: &mut mpsc::UnboundedReceiver<Option<RTCIceCandidateInit>>,
-) -> anyhow::Result<String> {
-    let deadline = tokio::time::sleep(GATHER_WAIT);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            c = cand_rx.recv() => match c {
-                Some(Some(c)) if c.candidate.contains(" typ srflx") => break,
-                Some(Some(_)) => {}
-                Some(None) | None => break,
-            },
-        }
-    }
-    Ok(pc
-        .local_description()
-        .await
-        .context("no local description")?
-        .sdp)
-}
-
-async fn next_signal(signals: &mut Signals) -> anyhow::Result<PeerSignal> {
-    match signals.incoming.recv().await {
-        Some(r) => r,
-        None => bail!("lost the signalling server before the peers connected"),
-    }
-}
-
-fn forward_candidate(signals: &Signals, c: Option<Option<RTCIceCandidateInit>>) {
-    let msg = match c {
-        Some(Some(init)) => PeerSignal::Candidate {
-            candidate: init.candidate,
-            sdp_mid: init.sdp_mid,
-            sdp_mline_index: init.sdp_mline_index,
-        },
-        Some(None) => PeerSignal::EndOfCandidates,
-        None => return,
-    };
-    let _ = signals.outgoing.send(msg);
-}
-
-async fn add_candidate(pc: &dyn PeerConnection, init: RTCIceCandidateInit) {
-    if let Err(e) = pc.add_ice_candidate(init).await {
-        tracing::debug!("ignoring a remote candidate: {e}");
-    }
-}
-
-async fn apply_description(
-    pc: &dyn PeerConnection,
-    role: TransferRole,
-    kind: SdpKind,
-    sdp: String,
-    signals: &Signals,
-    cand_rx: &mut mpsc::UnboundedReceiver<Option<RTCIceCandidateInit>>,
-) -> anyhow::Result<()> {
-    match (role, kind) {
-        (TransferRole::Sender, SdpKind::Answer) => {
-            let desc =
-                RTCSessionDescription::answer(sdp).context("the other peer's answer is invalid")?;
-            pc.set_remote_description(desc)
-                .await
-                .context("cannot apply the other peer's answer")?;
-        }
-        (TransferRole::Receiver, SdpKind::Offer) => {
-            let desc =
-                RTCSessionDescription::offer(sdp).context("the other peer's offer is invalid")?;
-            pc.set_remote_description(desc)
-                .await
-                .context("cannot apply the other peer's offer")?;
-            let answer = pc.create_answer(None).await?;
-            pc.set_local_description(answer).await?;
-            let sdp = gathered_description(pc, cand_rx).await?;
-            let _ = signals.outgoing.send(PeerSignal::Description {
-                kind: SdpKind::Answer,
-                sdp,
-            });
-        }
-        _ => bail!("the other peer sent an {kind:?} out of turn"),
-    }
-    Ok(())
-}
-
-/// After the channel is open: forward late candidates both ways until signalling ends. Losing
-/// the server here only costs late candidates.
-fn spawn_signalling(
-    pc: Arc<dyn PeerConnection>,
-    mut signals: Signals,
-    mut cand_rx: mpsc::UnboundedReceiver<Option<RTCIceCandidateInit>>,
-) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                c = cand_rx.recv() => {
-                    if c.is_none() { break; }
-                    forward_candidate(&signals, c);
-                }
-                sig = signals.incoming.recv() => match sig {
-                    Some(Ok(PeerSignal::Candidate { candidate, sdp_mid, sdp_mline_index })) => {
-                        let init = RTCIceCandidateInit { candidate, sdp_mid, sdp_mline_index, ..Default::default() };
-                        add_candidate(&*pc, init).await;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::info!("signalling ended ({e:#}); the transfer continues peer to peer");
-                        break;
-                    }
-                    None => {
-                        tracing::info!("signalling ended; the transfer continues peer to peer");
-                        break;
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Sends the candidates of [`Advertise`] once each: the forwarded port at once, the mapped
-/// port when (if) the router grants it.
-#[derive(Debug)]
-struct Adverts {
-    forwarded: Option<SocketAddr>,
-    portmap: watch::Receiver<portmap::State>,
-    /// Still watching the port mapping.
-    watching: bool,
-}
-
-impl Adverts {
-    fn new(a: &Advertise, relay_only: bool) -> Self {
-        Self {
-            // Relay-only peers advertise nothing direct.
-            forwarded: a.forwarded.filter(|_| !relay_only),
-            portmap: a.portmap.clone(),
-            watching: !relay_only,
-        }
-    }
-
-    fn waiting(&self) -> bool {
-        self.watching
-    }
-
-    /// The port mapping's state moved (or its task ended).
-    async fn changed(&mut self) {
-        if self.portmap.changed().await.is_err() {
-            // The mapping task ended and its last state was already seen: nothing will come.
-            self.watching = false;
-        }
-    }
-
-    fn send_ready(&mut self, signals: &Signals) {
-        self.send_ready_to(&signals.outgoing);
-    }
-
-    fn send_ready_to(&mut self, out: &mpsc::UnboundedSender<PeerSignal>) {
-        let send = |addr: SocketAddr, tag: u32| {
-            let _ = out.send(PeerSignal::Candidate {
-                candidate: portmap::candidate_line(addr, tag),
-                sdp_mid: Some(String::new()),
-                sdp_mline_index: Some(0),
-            });
-        };
-        if let Some(addr) = self.forwarded.take() {
-            tracing::debug!("advertising the forwarded port");
-            send(addr, 0);
-        }
-        if !self.watching {
-            return;
-        }
-        let state = self.portmap.borrow_and_update().clone();
-        match state {
-            portmap::State::Mapped(m) => {
-                tracing::debug!("advertising the mapped port");
-                send(m.external, 1);
-                self.watching = false;
-            }
-            portmap::State::Pending => {}
-            portmap::State::Off | portmap::State::Failed(_) => self.watching = false,
-        }
-    }
-}
-
-/// What [`selected_path`] needs to know beyond the stats.
-#[derive(Debug, Clone)]
-pub struct PathContext {
-    relay_only: bool,
-    relay_transport: Option<RelayTransport>,
-    /// The local port behind an advertised address, and which kind of path it makes.
-    advertised_port: Option<(u16, &'static str)>,
-    portmap: portmap::State,
-}
-
-impl PathContext {
-    pub fn of(opts: &NetOptions) -> Self {
-        let portmap = opts.advertise.portmap.borrow().clone();
-        let advertised_port = match (&portmap, opts.advertise.forwarded) {
-            (_, Some(f)) => opts
-                .advertise
-                .port
-                .or(Some(f.port()))
-                .map(|p| (p, "forwarded")),
-            (portmap::State::Mapped(m), None) => Some((m.internal.port(), "mapped")),
-            _ => None,
-        };
-        Self {
-            relay_only: opts.relay_only,
-            relay_transport: opts.relay_transport,
-            advertised_port,
-            portmap,
-        }
-    }
-}
-
-fn candidate_type_name(t: RTCIceCandidateType) -> String {
+fn candidate_type(t: RTCIceCandidateType) -> CandidateType {
     match t {
-        RTCIceCandidateType::Host => "host".into(),
-        RTCIceCandidateType::Srflx => "srflx".into(),
-        RTCIceCandidateType::Prflx => "prflx".into(),
-        RTCIceCandidateType::Relay => "relay".into(),
-        other => other.to_string(),
+        RTCIceCandidateType::Host => CandidateType::Host,
+        RTCIceCandidateType::Srflx => CandidateType::Srflx,
+        RTCIceCandidateType::Prflx => CandidateType::Prflx,
+        RTCIceCandidateType::Relay => CandidateType::Relay,
+        _ => CandidateType::Unknown,
     }
 }
 
-/// Read the nominated pair from the stats, and say why a faster path lost when relayed.
-pub async fn selected_path(
+/// Read the nominated pair off the stats and describe the path it makes.
+async fn selected_path(
     pc: &dyn PeerConnection,
     tcp_bridges: &[String],
     ctx: &PathContext,
-) -> PathInfo {
-    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
-    let unknown = PathInfo {
-        kind: "direct",
-        local: "unknown".into(),
-        remote: "unknown".into(),
-        protocol: "udp".into(),
-        reason: None,
-        portmap: ctx.portmap.word(),
+) -> PathReport {
+    let pair = selected_pair(pc, tcp_bridges).await;
+    let mut ctx = ctx.clone();
+    if pair.local == CandidateType::Relay || pair.remote == CandidateType::Relay {
+        // Only a relayed path needs a reason, and the reason needs every candidate.
+        let (locals, remotes) = ice_candidates(pc).await;
+        ctx.local_candidates = locals;
+        ctx.remote_candidates = remotes;
+    }
+    path::describe(pair, &ctx)
+}
+
+async fn selected_pair(pc: &dyn PeerConnection, tcp_bridges: &[String]) -> SelectedPair {
+    let unknown = SelectedPair {
+        local: CandidateType::Unknown,
+        remote: CandidateType::Unknown,
+        protocol: Transport::Udp,
+        local_port: None,
     };
+    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
     let Some(pair_id) = report
         .transport()
         .map(|t| t.selected_candidate_pair_id.clone())
@@ -688,66 +464,38 @@ pub async fn selected_path(
             .get(id)
             .or_else(|| report.get(&format!("{prefix}{id}")))
     };
-    let local_of = |id: &str| match find("RTCLocalIceCandidate_", id) {
+    let local = match find("RTCLocalIceCandidate_", &pair.local_candidate_id) {
         Some(RTCStatsReportEntry::LocalCandidate(c)) => Some(c),
         _ => None,
     };
-    let remote_of = |id: &str| match find("RTCRemoteIceCandidate_", id) {
+    let remote = match find("RTCRemoteIceCandidate_", &pair.remote_candidate_id) {
         Some(RTCStatsReportEntry::RemoteCandidate(c)) => Some(c),
         _ => None,
     };
-    let local = local_of(&pair.local_candidate_id);
-    let remote = remote_of(&pair.remote_candidate_id);
-    let lt = local.as_ref().map(|c| c.candidate_type).unwrap_or_default();
     // A remote candidate that never came through signalling was learnt from an incoming
     // check: peer-reflexive by definition (webrtc-rs keeps no stats entry for it). One whose
     // priority is a relay's (type preference 0, below 2^24; the patched rtc-ice takes it
     // from the check) came from the other peer's TURN allocation: the path is relayed.
-    let rt = match remote.as_ref() {
-        Some(c) => c.candidate_type,
+    let remote_type = match remote {
+        Some(c) => candidate_type(c.candidate_type),
         None => match selected_remote_priority(pc).await {
-            Some(p) if p < (1 << 24) => RTCIceCandidateType::Relay,
-            _ => RTCIceCandidateType::Prflx,
+            Some(p) if p < (1 << 24) => CandidateType::Relay,
+            _ => CandidateType::Prflx,
         },
     };
-    let relayed = lt == RTCIceCandidateType::Relay || rt == RTCIceCandidateType::Relay;
     // A relay reached through a TURN-over-TCP bridge looks like UDP to webrtc-rs.
     let protocol = match local {
-        Some(c) if tcp_bridges.contains(&c.url) => "tcp".to_string(),
-        Some(c) if !c.protocol.is_empty() => c.protocol.to_lowercase(),
-        _ => "udp".to_string(),
+        Some(c) if tcp_bridges.contains(&c.url) => Transport::Tcp,
+        Some(c) => Transport::parse(&c.protocol),
+        None => Transport::Udp,
     };
-    // Our socket behind an advertised address (mapped or forwarded), talking to a peer that
-    // is not on our network: the router let it in through that port. (A cone NAT could also
-    // have let it in by hole punching on the same socket; the path is the same.)
-    let advertised = match (ctx.advertised_port, local) {
-        (Some((port, kind)), Some(c))
-            if lt == RTCIceCandidateType::Host
-                && c.port == port
-                && rt != RTCIceCandidateType::Host =>
-        {
-            Some(kind)
-        }
-        _ => None,
-    };
-    let kind = if relayed {
-        "relay"
-    } else {
-        advertised.unwrap_or("direct")
-    };
-    let reason = if relayed {
-        let (locals, remotes) = ice_candidates(pc).await;
-        Some(relay_reason(ctx, &protocol, &locals, &remotes))
-    } else {
-        None
-    };
-    PathInfo {
-        kind,
-        local: candidate_type_name(lt),
-        remote: candidate_type_name(rt),
+    SelectedPair {
+        local: local
+            .map(|c| candidate_type(c.candidate_type))
+            .unwrap_or_default(),
+        remote: remote_type,
         protocol,
-        reason,
-        portmap: ctx.portmap.word(),
+        local_port: local.map(|c| c.port),
     }
 }
 
@@ -766,15 +514,15 @@ async fn selected_remote_priority(pc: &dyn PeerConnection) -> Option<u32> {
 
 /// The local and remote candidate types ICE knows (the stats miss those that came in a
 /// description).
-async fn ice_candidates(
-    pc: &dyn PeerConnection,
-) -> (Vec<RTCIceCandidateType>, Vec<RTCIceCandidateType>) {
+async fn ice_candidates(pc: &dyn PeerConnection) -> (Vec<CandidateType>, Vec<CandidateType>) {
     let Some(sctp) = pc.sctp().await else {
         return (Vec::new(), Vec::new());
     };
     let ice = sctp.transport().ice_transport();
     let types = |v: Vec<webrtc::peer_connection::RTCIceCandidate>| {
-        v.into_iter().map(|c| c.typ).collect::<Vec<_>>()
+        v.into_iter()
+            .map(|c| candidate_type(c.typ))
+            .collect::<Vec<_>>()
     };
     (
         ice.get_local_candidates()
@@ -788,58 +536,12 @@ async fn ice_candidates(
     )
 }
 
-/// Why a relay carries the connection, from the candidates each side had.
-fn relay_reason(
-    ctx: &PathContext,
-    protocol: &str,
-    locals: &[RTCIceCandidateType],
-    remotes: &[RTCIceCandidateType],
-) -> String {
-    if ctx.relay_only {
-        return "relay forced (--relay-only)".into();
-    }
-    let direct = |v: &[RTCIceCandidateType]| {
-        v.iter()
-            .filter(|t| **t != RTCIceCandidateType::Relay)
-            .count()
-    };
-    let has_srflx = |v: &[RTCIceCandidateType]| v.contains(&RTCIceCandidateType::Srflx);
-    let mut why = if protocol == "tcp"
-        && !has_srflx(locals)
-        && ctx.relay_transport != Some(RelayTransport::Tcp)
-    {
-        // No STUN answer over UDP, while TURN over TCP worked.
-        "UDP blocked: relayed over TCP".to_string()
-    } else if direct(remotes) == 0 {
-        "the other peer offered no direct candidates".to_string()
-    } else if !has_srflx(remotes) {
-        "no direct candidate pair succeeded; the other peer got no STUN answer (UDP blocked on its side?)"
-            .to_string()
-    } else {
-        format!(
-            "no direct candidate pair succeeded ({} tried; symmetric NAT on either side?)",
-            direct(locals) * direct(remotes)
-        )
-    };
-    if let portmap::State::Failed(e) = &ctx.portmap {
-        why.push_str(&format!("; no port mapping: {e}"));
-    }
-    why
-}
-
-/// Which TURN transports to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RelayTransport {
-    Udp,
-    Tcp,
-}
-
 /// The ICE servers for webrtc-rs: `transport=tcp` TURN servers are reached through local
 /// bridges (webrtc-rs's client speaks UDP only); `only` keeps one TURN transport.
 async fn prepare_ice_servers(
     servers: &[IceServer],
     only: Option<RelayTransport>,
-) -> anyhow::Result<(Vec<RTCIceServer>, Bridges)> {
+) -> (Vec<RTCIceServer>, Bridges) {
     let mut bridges = Bridges::default();
     let mut out = Vec::new();
     for s in servers {
@@ -877,5 +579,5 @@ async fn prepare_ice_servers(
             });
         }
     }
-    Ok((out, bridges))
+    (out, bridges)
 }

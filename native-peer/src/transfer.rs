@@ -8,8 +8,10 @@
 
 use anyhow::{anyhow, bail};
 use bytes::{Bytes, BytesMut};
+use protocol::event::{self, Event};
 use protocol::transfer::{
-    CancelReason, Received, Receiver, ReceiverEvent, Sender, SenderEvent, TransferError,
+    CancelReason, Received, Receiver, ReceiverEvent, SEND_STALL, STOPPED, Sender, SenderEvent,
+    TransferError,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,21 +22,8 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::files::{self, Source, WriteCmd, WriteResult};
 use crate::output::Output;
+use crate::rendezvous::Clock;
 use crate::rtc::Link;
-
-/// Time for the state machines: a monotonic clock from an arbitrary start.
-#[derive(Debug, Clone, Copy)]
-struct Clock(Instant);
-
-impl Clock {
-    fn now(self) -> Duration {
-        self.0.elapsed()
-    }
-
-    fn at(self, t: Duration) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.0 + t)
-    }
-}
 
 /// Forward incoming messages; the queue closes when the channel does.
 fn spawn_inbox(dc: Arc<dyn DataChannel>) -> mpsc::Receiver<Bytes> {
@@ -85,18 +74,12 @@ async fn send_frame(dc: &dyn DataChannel, frame: BytesMut) -> anyhow::Result<()>
     }
 }
 
-/// A send that waits this long for buffer space means the path is dead, not slow.
-const SEND_STALL: Duration = Duration::from_secs(30);
-
 fn lost() -> anyhow::Error {
     anyhow!("the other peer vanished: the connection closed before the transfer finished")
 }
 
 /// Becomes `true` when the user interrupts (Ctrl-C).
 pub type Interrupt = watch::Receiver<bool>;
-
-/// What the other side is told when this one is interrupted.
-const STOPPED: &str = "the other side stopped the transfer";
 
 /// Resolves once the user interrupts; never if the interrupt source is gone.
 pub async fn interrupted(interrupt: &mut Interrupt) {
@@ -111,12 +94,6 @@ fn stopped(_cancel: TransferError) -> anyhow::Error {
     anyhow!("interrupted: the transfer was stopped and the other side told")
 }
 
-/// Settings of the data path.
-#[derive(Debug, Clone, Copy)]
-pub struct DataPath {
-    pub chunk: usize,
-}
-
 /// Everything a finished transfer reports.
 #[derive(Debug)]
 pub struct Summary {
@@ -125,22 +102,35 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+impl Summary {
+    /// The `done` event, with the path as it is now.
+    pub async fn done(&self, link: &Link) -> Event {
+        event::Done {
+            files: self.files,
+            bytes: self.bytes,
+            seconds: self.seconds,
+            path: link.path_now().await,
+        }
+        .into()
+    }
+}
+
 pub async fn send(
     link: &Link,
     sources: Vec<Source>,
-    opts: DataPath,
+    chunk: usize,
     out: &mut Output,
     interrupt: &mut Interrupt,
 ) -> anyhow::Result<Summary> {
-    let clock = Clock(Instant::now());
+    let clock = Clock::start();
     let dc = link.dc.clone();
     let mut inbox = spawn_inbox(dc.clone());
     spawn_watchdog(dc.clone(), link.state.clone());
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
-    let mut sm = Sender::new(entries, opts.chunk, clock.now());
+    let mut sm = Sender::new(entries, chunk, clock.now());
     let files = sources.iter().filter(|s| !s.entry.dir).count();
     let total = sm.total_bytes();
-    let mut reader: Option<mpsc::Receiver<std::io::Result<BytesMut>>> = None;
+    let mut reader: Option<files::Reader> = None;
     let mut sources = Some(sources);
     let mut started = None;
 
@@ -159,18 +149,23 @@ pub async fn send(
                 match ev {
                     SenderEvent::Accepted => {
                         started = Some(Instant::now());
-                        out.start(total);
-                        reader = Some(files::spawn_reader(
-                            sources.take().unwrap_or_default(),
-                            opts.chunk,
-                        ));
+                        out.event(&event::Accepted { files, bytes: total }.into());
+                        reader = Some(files::spawn_reader(sources.take().unwrap_or_default()));
                     }
-                    SenderEvent::FileAcked { .. } => {}
+                    SenderEvent::FileAcked { index } => {
+                        out.event(&event::FileDone { index }.into());
+                    }
                     SenderEvent::Completed => return Ok(()),
                 }
             }
-            if sm.poll_read().is_some() {
-                let rd = reader.as_mut().expect("reading starts on accept");
+            // Keep the reader ahead: the state machine says which bytes, in which sizes.
+            if let Some(rd) = reader.as_mut() {
+                while rd.has_room() {
+                    let Some(req) = sm.poll_read() else { break };
+                    rd.request(req);
+                }
+            }
+            if let Some(rd) = reader.as_mut().filter(|r| r.outstanding > 0) {
                 let next = tokio::select! {
                     biased;
                     _ = interrupted(interrupt) => return Err(stopped(sm.cancel(CancelReason::Cancelled, STOPPED))),
@@ -181,8 +176,9 @@ pub async fn send(
                         sm.handle_frame(&f, clock.now()).map_err(map_err)?;
                         continue;
                     }
-                    c = rd.recv() => c,
+                    c = rd.results.recv() => c,
                 };
+                rd.outstanding -= 1;
                 let mut buf = match next {
                     Some(Ok(b)) => b,
                     Some(Err(e)) => {
@@ -193,7 +189,7 @@ pub async fn send(
                         flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                         return Err(anyhow!(e).context(err.to_string()));
                     }
-                    None => BytesMut::zeroed(protocol::transfer::DATA_HEADER_LEN),
+                    None => bail!("the file reader stopped"),
                 };
                 if let Err(e) = sm.encode_data(&mut buf) {
                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
@@ -202,7 +198,7 @@ pub async fn send(
                 if let Err(e) = send_frame(&*dc, buf).await {
                     return Err(explain_loss(&mut sm, &mut inbox, clock, e).await);
                 }
-                out.progress(sm.bytes_sent(), total);
+                out.event(&event::Progress { bytes: sm.bytes_sent(), total }.into());
                 continue;
             }
             let timer = sm.poll_timeout().map(|t| clock.at(t));
@@ -289,11 +285,10 @@ const SPACE_MARGIN: u64 = 1 << 20;
 pub async fn receive(
     link: &Link,
     dir: &Path,
-    both_in_room: Instant,
     out: &mut Output,
     interrupt: &mut Interrupt,
 ) -> anyhow::Result<(Summary, Vec<PathBuf>)> {
-    let clock = Clock(Instant::now());
+    let clock = Clock::start();
     let dc = link.dc.clone();
     let mut inbox = spawn_inbox(dc.clone());
     spawn_watchdog(dc.clone(), link.state.clone());
@@ -328,7 +323,7 @@ pub async fn receive(
                         match ev {
                             ReceiverEvent::Offer(offer) => {
                                 files_total = offer.file_count();
-                                out.offer(files_total, offer.total_bytes);
+                                out.event(&event::Offer::from(&offer).into());
                                 if let Err(msg) = check_space(dir, offer.total_bytes) {
                                     sm.decline(&msg);
                                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
@@ -340,7 +335,7 @@ pub async fn receive(
                                 })?);
                                 sm.accept().map_err(map_err)?;
                                 started = Some(Instant::now());
-                                out.start(offer.total_bytes);
+                                out.event(&event::Accepted { files: files_total, bytes: offer.total_bytes }.into());
                             }
                             ReceiverEvent::FileStart { index } => {
                                 let target = plan.as_ref().and_then(|p| p.targets.get(&index)).cloned()
@@ -361,12 +356,13 @@ pub async fn receive(
                     if let Some(bytes) = data {
                         if !first_byte {
                             first_byte = true;
-                            out.first_byte(both_in_room.elapsed());
+                            let ms_since_room = link.both_in_room.elapsed().as_secs_f64() * 1e3;
+                            out.event(&event::FirstByte { ms_since_room }.into());
                         }
                         if writer.send(WriteCmd::Data(bytes)).await.is_err() {
                             return Err(writer_failed(&mut sm, &mut written).await);
                         }
-                        out.progress(sm.bytes_received(), sm.total_bytes());
+                        out.event(&event::Progress { bytes: sm.bytes_received(), total: sm.total_bytes() }.into());
                     }
                 }
                 r = written.recv() => match r {
@@ -374,6 +370,7 @@ pub async fn receive(
                         pending_saves -= 1;
                         saved.push(path);
                         sm.file_saved(index).map_err(map_err)?;
+                        out.event(&event::FileDone { index }.into());
                     }
                     Some(WriteResult::Failed(e)) => return Err(write_error(&mut sm, e)),
                     None => return Err(writer_failed(&mut sm, &mut written).await),
@@ -437,6 +434,8 @@ fn write_error(sm: &mut Receiver, e: std::io::Error) -> anyhow::Error {
 }
 
 fn check_space(dir: &Path, need: u64) -> Result<(), String> {
+    // Tests fill a small disk on purpose to see writing fail; users never skip the check.
+    #[cfg(feature = "test-hooks")]
     if std::env::var_os("PUNCHDROP_SKIP_SPACE_CHECK").is_some() {
         return Ok(());
     }

@@ -58,7 +58,7 @@ impl Bridges {
     pub async fn add(&mut self, server: SocketAddr) -> io::Result<String> {
         let std_udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
         // Bursts from webrtc-rs must not be dropped here while the TCP side catches up.
-        crate::tune::size_buffers(&std_udp, crate::tune::UDP_BUFFER);
+        net::size_udp_buffers(&std_udp, net::UDP_BUFFER);
         std_udp.set_nonblocking(true)?;
         let udp = Arc::new(UdpSocket::from_std(std_udp)?);
         let url = format!("turn:{}?transport=udp", udp.local_addr()?);

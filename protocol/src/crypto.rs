@@ -23,7 +23,7 @@ use spake2::{Ed25519Group, Identity, Password, Spake2};
 const SALT: &[u8] = b"punchdrop/v1";
 const AAD: &[u8] = b"punchdrop/v1 signal";
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
     #[error("the other peer's key exchange message is malformed")]
     BadPakeMessage,

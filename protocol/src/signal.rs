@@ -204,25 +204,20 @@ impl ServerMessage {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("signalling messages always serialise")
     }
-
-    /// For a message that ends this peer's part in the room, what the user should read;
-    /// `None` for every other message. Both clients phrase room failures through this.
-    pub fn failure(&self) -> Option<String> {
-        Some(match self {
-            Self::Error { code, .. } => format!("server: {}", code.explain()),
-            Self::PeerAborted {
-                reason: AbortReason::WrongSecret,
-            } => WRONG_SECRET.to_string(),
-            Self::PeerAborted { .. } => "the other peer gave up".to_string(),
-            Self::PeerLeft => "the other peer left before connecting".to_string(),
-            _ => return None,
-        })
-    }
 }
 
 /// What a peer reads when the two secrets differ (its own key confirmation failed, or the
 /// other peer's did).
 pub const WRONG_SECRET: &str = "wrong code or link: the other peer's secret does not match";
+
+/// What a peer reads when both peers want the same side of the transfer (said at the
+/// rendezvous, and again by the transfer protocol should two peers get that far).
+pub fn role_clash(both: TransferRole) -> &'static str {
+    match both {
+        TransferRole::Sender => "the other peer is also sending: one side must receive",
+        TransferRole::Receiver => "the other peer is also receiving: one side must send",
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -134,7 +134,8 @@ impl Rooms {
         None
     }
 
-    pub fn create(&self, tx: Outbox) -> Result<(Membership, u32), ErrorCode> {
+    /// Create a room at `now` (it expires unjoined `ttl` later).
+    pub fn create(&self, tx: Outbox, now: Instant) -> Result<(Membership, u32), ErrorCode> {
         let mut inner = self.lock();
         if inner.rooms.len() >= self.max_rooms {
             return Err(ErrorCode::ServerBusy);
@@ -149,7 +150,7 @@ impl Rooms {
             id.clone(),
             Room {
                 number: Some(number),
-                expires: Instant::now() + self.ttl,
+                expires: now + self.ttl,
                 creator: Slot {
                     tx,
                     pake_sent: false,
@@ -167,7 +168,8 @@ impl Rooms {
         ))
     }
 
-    pub fn join(&self, tx: Outbox, which: &RoomRef) -> Result<Membership, ErrorCode> {
+    /// Join at `now`: an expired room counts as gone even before the sweeper removes it.
+    pub fn join(&self, tx: Outbox, which: &RoomRef, now: Instant) -> Result<Membership, ErrorCode> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let id = match which {
@@ -178,7 +180,7 @@ impl Rooms {
         if room.joiner.is_some() {
             return Err(ErrorCode::RoomFull);
         }
-        if room.expires <= Instant::now() {
+        if room.expires <= now {
             return Err(ErrorCode::NoSuchRoom);
         }
         room.joiner = Some(Slot {
@@ -278,5 +280,87 @@ impl Rooms {
 
     pub fn active(&self) -> usize {
         self.lock().rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(1800);
+
+    fn rooms() -> Rooms {
+        Rooms::new(TTL, 100, Default::default())
+    }
+
+    fn outbox() -> (Outbox, mpsc::Receiver<Outgoing>) {
+        mpsc::channel(16)
+    }
+
+    fn next(rx: &mut mpsc::Receiver<Outgoing>) -> Option<ServerMessage> {
+        match rx.try_recv().ok()? {
+            Outgoing::Msg(m) | Outgoing::Final(m) => Some(m),
+        }
+    }
+
+    #[test]
+    fn an_unjoined_room_expires_on_time_and_not_before() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, mut creator) = outbox();
+        let (m, number) = r.create(tx, t0).unwrap();
+        assert_eq!(r.sweep(t0 + TTL - Duration::from_millis(1)), 0);
+        // At the deadline it is gone for joiners, by id and by number, before any sweep.
+        let (j, _) = outbox();
+        assert_eq!(
+            r.join(j.clone(), &RoomRef::Id(m.room.clone()), t0 + TTL)
+                .unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
+        assert_eq!(r.sweep(t0 + TTL), 1);
+        assert_eq!(
+            next(&mut creator),
+            Some(ServerMessage::Error {
+                code: ErrorCode::Expired,
+                message: ErrorCode::Expired.explain().into()
+            })
+        );
+        assert_eq!(
+            r.join(j, &RoomRef::Number(number), t0 + TTL).unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
+        assert_eq!(r.active(), 0);
+    }
+
+    #[test]
+    fn a_joined_room_does_not_expire() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, mut creator) = outbox();
+        let (m, number) = r.create(tx, t0).unwrap();
+        let (jtx, mut joiner) = outbox();
+        let j = r.join(jtx, &RoomRef::Number(number), t0 + TTL / 2).unwrap();
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        assert_eq!(r.sweep(t0 + TTL * 10), 0);
+        r.sealed(&m, "c3RpbGw=".into()).unwrap();
+        assert_eq!(
+            next(&mut joiner),
+            Some(ServerMessage::Sealed {
+                data: "c3RpbGw=".into()
+            })
+        );
+        r.sealed(&j, "YmFjaw==".into()).unwrap();
+        assert_eq!(
+            next(&mut creator),
+            Some(ServerMessage::Sealed {
+                data: "YmFjaw==".into()
+            })
+        );
+        // Its number was retired on join.
+        let (x, _) = outbox();
+        assert_eq!(
+            r.join(x, &RoomRef::Number(number), t0 + TTL).unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
     }
 }

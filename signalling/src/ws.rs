@@ -159,7 +159,7 @@ fn handle(
                 state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(ErrorCode::RateLimited);
             }
-            let (m, number) = state.rooms.create(tx.clone())?;
+            let (m, number) = state.rooms.create(tx.clone(), std::time::Instant::now())?;
             let reply = ServerMessage::Created {
                 room: m.room.clone(),
                 number,
@@ -176,7 +176,9 @@ fn handle(
                 state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(ErrorCode::RateLimited);
             }
-            let m = state.rooms.join(tx.clone(), &room)?;
+            let m = state
+                .rooms
+                .join(tx.clone(), &room, std::time::Instant::now())?;
             let reply = ServerMessage::Joined {
                 room: m.room.clone(),
             };

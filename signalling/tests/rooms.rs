@@ -718,31 +718,7 @@ async fn unjoined_room_expires() {
     assert_eq!(metric(addr, "punchdrop_rooms_active").await, 0);
 }
 
-#[tokio::test]
-async fn joined_room_does_not_expire() {
-    let ttl = Duration::from_millis(300);
-    let handle = spawn(Config {
-        room_ttl: ttl,
-        ..config()
-    })
-    .await;
-    let (mut creator, mut joiner, _, _) = pair(&handle).await;
-    tokio::time::sleep(ttl * 3).await;
-    send(
-        &mut creator,
-        &ClientMessage::Sealed {
-            data: "c3RpbGw=".into(),
-        },
-    )
-    .await;
-    assert_eq!(
-        recv(&mut joiner).await,
-        ServerMessage::Sealed {
-            data: "c3RpbGw=".into()
-        }
-    );
-    expect_silence(&mut creator).await;
-}
+// A joined room never expiring is a unit test of `rooms` on virtual time.
 
 // 10.
 #[tokio::test]

@@ -1,16 +1,17 @@
 //! What can go wrong in the browser client, phrased for the person at the page.
 
+use protocol::rendezvous::RendezvousError;
 use protocol::transfer::TransferError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The signalling server could not be reached or went away before the peers connected.
+    /// The link or code could not be used.
+    #[error("cannot use that link or code: {0}")]
+    Invitation(#[from] protocol::invite::InviteError),
+    /// The rendezvous failed: server, secret, the other peer, or no path.
     #[error("{0}")]
-    Signalling(String),
-    /// The other peer's secret differs: a wrong or mistyped link or code.
-    #[error("wrong code or link: the other peer's secret does not match")]
-    WrongSecret,
-    /// The two peers could not open a connection.
+    Rendezvous(#[from] RendezvousError),
+    /// The browser's WebRTC stack refused something.
     #[error("{0}")]
     Connect(String),
     /// The transfer protocol ended with an error (peer cancelled, hash mismatch, …).

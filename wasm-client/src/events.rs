@@ -1,8 +1,8 @@
-//! Events for the page, shaped like the native peer's `--json` events so tests and tools read
-//! both the same way: `ready`, `joined`, `pick`, `connected`, `offer`, `accepted`,
-//! `first_byte`, `progress`, `file_done`, `done`, `error`.
+//! Events for the page: [`protocol::event::Event`], the same vocabulary as native-peer's
+//! `--json` lines, handed to the page's callback as plain objects.
 
 use core::time::Duration;
+use protocol::event::Event;
 use std::cell::Cell;
 
 use crate::js;
@@ -22,11 +22,12 @@ impl Events {
         }
     }
 
-    pub fn emit(&self, event: serde_json::Value) {
+    pub fn emit(&self, event: &Event) {
+        let value = serde_json::to_value(event).expect("events serialise");
         // A throwing callback is the page's bug; the transfer goes on.
         let _ = self
             .callback
-            .call1(&wasm_bindgen::JsValue::NULL, &js::to_js(&event));
+            .call1(&wasm_bindgen::JsValue::NULL, &js::to_js(&value));
     }
 
     /// Remember when both peers were in the room (for `first_byte` timing).

@@ -4,12 +4,16 @@
 //! files, shows events and provides storage sinks; it never speaks the protocol itself.
 //!
 //! JS API ([`Client`]):
-//! - `new Client(serverOrigin, onEvent)`; `onEvent` receives plain objects (see [`events`]).
+//! - `new Client(serverOrigin, onEvent)`; `onEvent` receives plain objects, the events of
+//!   `protocol::event` (the README lists them).
 //! - `share(entries)`: create a room for `[{path, file}|{path, dir: true}]`; emits `ready`
 //!   with the link and code, resolves when the receiver has every file.
 //! - `open(linkOrCode)`: join a room. If the other side sends, emits `offer` and waits for
 //!   `accept(sinkFactory)` or `decline()`; if it receives, emits `pick` and waits for
 //!   `provideFiles(entries)`.
+//!
+//! The rendezvous is `protocol::rendezvous` driven by [`rendezvous`]; the transfer is
+//! `protocol::transfer` driven by [`transfer`].
 //! - `cancel()` stops whatever runs; the other side is told.
 //!
 //! Invariants: one session per client at a time; every browser callback is owned and freed
@@ -19,15 +23,16 @@ mod error;
 mod events;
 mod js;
 mod peer;
+mod rendezvous;
 mod signalling;
 mod transfer;
 
 use futures::channel::mpsc;
-use futures::{FutureExt as _, StreamExt as _};
+use protocol::event::{self, Event};
 use protocol::invite::Invitation;
-use protocol::signal::{AbortReason, TransferRole};
+use protocol::rendezvous::{Config, Rendezvous, Want};
+use protocol::signal::TransferRole;
 use protocol::transfer::OfferEntry;
-use serde_json::json;
 use std::cell::RefCell;
 use std::future::Future;
 use wasm_bindgen::JsCast;
@@ -35,7 +40,8 @@ use wasm_bindgen::prelude::*;
 
 use error::{Error, Result};
 use events::Events;
-use transfer::{SinkFactory, Source, Summary};
+use rendezvous::Link;
+use transfer::{SinkFactory, Source};
 
 /// What the page tells a running session.
 pub(crate) enum Command {
@@ -146,7 +152,7 @@ impl Client {
             match flow.await {
                 Ok(()) => Ok(JsValue::UNDEFINED),
                 Err(e) => {
-                    events.emit(json!({"event": "error", "message": e.to_string()}));
+                    events.emit(&Event::error(e.to_string()));
                     Err(e.into())
                 }
             }
@@ -182,53 +188,34 @@ fn parse_sources(entries: &js_sys::Array) -> Result<Vec<Source>> {
     Ok(out)
 }
 
-/// Run `fut` unless the page cancels first.
-async fn or_cancel<T>(
-    fut: impl Future<Output = Result<T>>,
+/// Send or receive over an open link, as the rendezvous settled.
+async fn transfer_over(
+    mut link: Link,
+    sources: Option<Vec<Source>>,
+    events: &Events,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
-) -> Result<T> {
-    let fut = fut.fuse();
-    futures::pin_mut!(fut);
-    loop {
-        futures::select! {
-            r = fut => return r,
-            c = cmds.next() => match c {
-                Some(Command::Cancel) | None => return Err(Error::Cancelled),
-                Some(_) => {}
-            },
+) -> Result<()> {
+    let summary = match (link.role, sources) {
+        (TransferRole::Sender, Some(sources)) => {
+            Some(transfer::send(&mut link, sources, events, cmds).await?)
         }
+        (TransferRole::Sender, None) => return Err(Error::Usage("sending without files")),
+        (TransferRole::Receiver, _) => transfer::receive(&mut link, events, cmds).await?,
+    };
+    match summary {
+        Some(s) => {
+            // The path as it is now: ICE may have moved since the channel opened.
+            let done = event::Done {
+                files: s.files,
+                bytes: s.bytes,
+                seconds: s.seconds,
+                path: link.path_now().await,
+            };
+            events.emit(&done.into());
+        }
+        None => events.emit(&Event::Declined),
     }
-}
-
-fn connected(events: &Events, link: &peer::Link) {
-    let p = &link.path;
-    events.emit(json!({
-        "event": "connected", "path": p.kind, "local": p.local, "remote": p.remote,
-        "protocol": p.protocol,
-        "ms_since_room": (js::now() - events.both_in_room()).as_secs_f64() * 1e3,
-    }));
-}
-
-/// The path as it is now: ICE may have moved since the channel opened (a relayed pair used
-/// until the nominated direct one took over, or the relay died).
-async fn done(events: &Events, s: Summary, link: &peer::Link) {
-    let now = peer::path_of(&link.pc).await;
-    let p = now.as_ref().unwrap_or(&link.path);
-    events.emit(json!({
-        "event": "done", "files": s.files, "bytes": s.bytes, "seconds": s.seconds,
-        "path": p.kind, "local": p.local, "remote": p.remote,
-        "candidates": format!("{}-{}", p.local, p.remote), "protocol": p.protocol,
-    }));
-}
-
-fn same_role(role: TransferRole) -> Error {
-    Error::Connect(
-        match role {
-            TransferRole::Sender => "the other peer is also sending: one side must receive",
-            TransferRole::Receiver => "the other peer is also receiving: one side must send",
-        }
-        .into(),
-    )
+    Ok(())
 }
 
 async fn share_flow(
@@ -237,34 +224,9 @@ async fn share_flow(
     events: Events,
     mut cmds: mpsc::UnboundedReceiver<Command>,
 ) -> Result<()> {
-    let created = or_cancel(signalling::create(&server), &mut cmds).await?;
-    let link_text = created.link.to_string();
-    events.emit(json!({
-        "event": "ready", "link": link_text, "code": created.code.to_string(),
-    }));
-    let mut session = or_cancel(created.wait_for_peer(), &mut cmds).await?;
-    events.set_both_in_room(session.both_in_room);
-    events.emit(json!({"event": "joined"}));
-    session.send_hello(TransferRole::Sender)?;
-    let theirs = or_cancel(session.recv_hello(), &mut cmds).await?;
-    if theirs == TransferRole::Sender {
-        session.abort(AbortReason::Failed);
-        return Err(same_role(theirs));
-    }
-    send_over(session, sources, &events, &mut cmds).await
-}
-
-async fn send_over(
-    session: signalling::Session,
-    sources: Vec<Source>,
-    events: &Events,
-    cmds: &mut mpsc::UnboundedReceiver<Command>,
-) -> Result<()> {
-    let mut link = or_cancel(peer::connect(TransferRole::Sender, session), cmds).await?;
-    connected(events, &link);
-    let summary = transfer::send(&mut link, sources, events, cmds).await?;
-    done(events, summary, &link).await;
-    Ok(())
+    let rv = Rendezvous::create(&server, Want::Send, Config::default(), js::now());
+    let (link, _) = rendezvous::connect(rv, &events, &mut cmds).await?;
+    transfer_over(link, Some(sources), &events, &mut cmds).await
 }
 
 async fn open_flow(
@@ -273,39 +235,10 @@ async fn open_flow(
     events: Events,
     mut cmds: mpsc::UnboundedReceiver<Command>,
 ) -> Result<()> {
-    let inv = Invitation::parse(invitation.trim())
-        .map_err(|e| Error::Signalling(format!("cannot use that link or code: {e}")))?;
-    let mut session = or_cancel(signalling::join(&inv, &server), &mut cmds).await?;
-    events.set_both_in_room(session.both_in_room);
-    events.emit(json!({"event": "joined"}));
-    // The creator said what it does; this page takes the other side.
-    let theirs = or_cancel(session.recv_hello(), &mut cmds).await?;
-    match theirs {
-        TransferRole::Sender => {
-            session.send_hello(TransferRole::Receiver)?;
-            let mut link =
-                or_cancel(peer::connect(TransferRole::Receiver, session), &mut cmds).await?;
-            connected(&events, &link);
-            match transfer::receive(&mut link, &events, &mut cmds).await? {
-                Some(summary) => done(&events, summary, &link).await,
-                None => events.emit(json!({"event": "declined"})),
-            }
-            Ok(())
-        }
-        TransferRole::Receiver => {
-            events.emit(json!({"event": "pick"}));
-            let sources = loop {
-                match cmds.next().await {
-                    Some(Command::Files(s)) => break s,
-                    Some(Command::Cancel) | None => {
-                        session.abort(AbortReason::Cancelled);
-                        return Err(Error::Cancelled);
-                    }
-                    Some(_) => {}
-                }
-            };
-            session.send_hello(TransferRole::Sender)?;
-            send_over(session, sources, &events, &mut cmds).await
-        }
-    }
+    let inv = Invitation::parse(invitation.trim())?;
+    // The creator said what it does; this page takes the other side (and asks its person
+    // for files when that side is sending).
+    let rv = Rendezvous::join(&inv, &server, Want::Opposite, Config::default(), js::now());
+    let (link, picked) = rendezvous::connect(rv, &events, &mut cmds).await?;
+    transfer_over(link, picked, &events, &mut cmds).await
 }

@@ -1,303 +1,178 @@
-//! The browser's RTCPeerConnection: one reliable, ordered data channel negotiated through the
-//! sealed signalling of [`crate::signalling`], exactly as the native peer does it (the file
-//! sender offers and opens the channel; candidates travel in the description and trickle).
+//! The browser's RTCPeerConnection under the rendezvous: one reliable, ordered data channel.
 //!
-//! After the channel opens, the signalling session keeps running in a background task so
-//! late candidates still arrive; its loss is then harmless.
+//! [`crate::rendezvous`] drives this as `protocol::rendezvous` asks: [`Peer::start`] builds the
+//! connection (the file sender also opens the channel), the other methods create, read and
+//! apply descriptions and candidates, and what the browser raises comes back as [`Local`]
+//! events. [`path_of`] reads the selected pair off `getStats()` for `protocol::path` to
+//! describe. No protocol decision is made here.
 
-use core::time::Duration;
 use futures::channel::mpsc;
-use futures::{FutureExt as _, StreamExt as _};
-use protocol::signal::{IceServer, PeerSignal, SdpKind, TransferRole};
-use serde::Serialize;
+use protocol::path::{self, CandidateType, PathContext, PathReport, SelectedPair, Transport};
+use protocol::rendezvous::{IceCandidate, PeerSetup};
+use protocol::signal::{SdpKind, TransferRole};
 use wasm_bindgen::JsCast;
 use web_sys::{
     RtcDataChannel, RtcDataChannelEvent, RtcDataChannelInit, RtcDataChannelState,
-    RtcDataChannelType, RtcIceCandidateInit, RtcPeerConnection, RtcPeerConnectionIceEvent,
-    RtcPeerConnectionState, RtcSdpType, RtcSessionDescriptionInit,
+    RtcIceCandidateInit, RtcPeerConnection, RtcPeerConnectionIceEvent, RtcPeerConnectionState,
+    RtcSdpType, RtcSessionDescriptionInit,
 };
 
 use crate::error::{Error, Result};
 use crate::js::{self, Listener};
-use crate::signalling::Session;
 
+/// The data channel's label.
 const CHANNEL_LABEL: &str = "punchdrop";
-/// How long an offer waits for candidates to gather into it before it is sent; the rest
-/// trickle. Host candidates are there at once, STUN answers on a LAN within a few ms.
-const GATHER_WAIT: Duration = Duration::from_millis(150);
-/// How long opening the connection may take once both peers said hello.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How the peers ended up connected; same fields as the native peer reports.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
-pub struct PathInfo {
-    /// `direct` or `relay`.
-    pub kind: String,
-    /// Local and remote candidate types: `host`, `srflx`, `prflx`, `relay`.
-    pub local: String,
-    pub remote: String,
-    /// `udp` or `tcp` (for a relay: how this side reaches the relay).
-    pub protocol: String,
-}
-
-/// An open data channel and its connection. Closing happens on drop.
-pub struct Link {
-    pub pc: RtcPeerConnection,
-    pub dc: RtcDataChannel,
-    pub path: PathInfo,
-    /// Connection state changes after the channel opened (`failed`/`closed` end a transfer).
-    pub state: mpsc::UnboundedReceiver<RtcPeerConnectionState>,
-    _listeners: Vec<Listener>,
-}
-
-impl std::fmt::Debug for Link {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link").field("path", &self.path).finish()
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.dc.close();
-        self.pc.close();
-    }
-}
-
-enum Local {
-    Candidate(Option<PeerSignal>),
+/// What the browser raised, in the order it did.
+pub enum Local {
+    Candidate(IceCandidate),
+    GatheringDone,
     Channel(RtcDataChannel),
     Open,
     State(RtcPeerConnectionState),
+}
+
+/// One peer connection, its listeners and what they report.
+pub struct Peer {
+    pub pc: RtcPeerConnection,
+    pub events: mpsc::UnboundedReceiver<Local>,
+    tx: mpsc::UnboundedSender<Local>,
+    /// The data channel: the sender's own from the start, the receiver's once announced.
+    pub channel: Option<RtcDataChannel>,
+    pub listeners: Vec<Listener>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").finish_non_exhaustive()
+    }
 }
 
 fn rtc_error(what: &str) -> impl Fn(String) -> Error + '_ {
     move |m| Error::Connect(format!("{what}: {m}"))
 }
 
-fn configuration(ice_servers: &[IceServer]) -> Result<web_sys::RtcConfiguration> {
-    // RTCIceServer has the same JSON shape as ours.
-    let servers = serde_json::to_value(ice_servers).expect("ice servers serialise");
-    let cfg = js::to_js(&serde_json::json!({ "iceServers": servers }));
-    Ok(cfg.unchecked_into())
+fn kind_name(kind: SdpKind) -> &'static str {
+    match kind {
+        SdpKind::Offer => "offer",
+        SdpKind::Answer => "answer",
+    }
 }
 
-/// Negotiate with the other peer (hellos already exchanged) and wait for the channel to open.
-pub async fn connect(role: TransferRole, mut session: Session) -> Result<Link> {
-    let pc = RtcPeerConnection::new_with_configuration(&configuration(&session.ice_servers)?)
-        .map_err(|e| Error::Unsupported(format!("no WebRTC ({})", js::message(&e))))?;
-    let (tx, mut rx) = mpsc::unbounded::<Local>();
-    let t: &web_sys::EventTarget = pc.unchecked_ref();
-    let mut listeners = Vec::new();
-    {
-        let tx = tx.clone();
+impl Peer {
+    /// Build the peer connection the rendezvous asked for.
+    pub fn start(setup: &PeerSetup) -> Result<Peer> {
+        // RTCIceServer has the same JSON shape as ours.
+        let servers = serde_json::to_value(&setup.ice_servers).expect("ice servers serialise");
+        let cfg = js::to_js(&serde_json::json!({ "iceServers": servers }));
+        let pc = RtcPeerConnection::new_with_configuration(cfg.unchecked_ref())
+            .map_err(|e| Error::Unsupported(format!("no WebRTC ({})", js::message(&e))))?;
+        let (tx, events) = mpsc::unbounded::<Local>();
+        let t: &web_sys::EventTarget = pc.unchecked_ref();
+        let mut listeners = Vec::new();
+        let on = tx.clone();
         listeners.push(Listener::new(
             t,
             "icecandidate",
             move |e: RtcPeerConnectionIceEvent| {
-                let sig = e.candidate().and_then(|c| {
-                    let candidate = c.candidate();
-                    // The empty candidate is the old end-of-candidates marker.
-                    (!candidate.is_empty()).then(|| PeerSignal::Candidate {
-                        candidate,
+                // No candidate, or the empty one, is the end of gathering.
+                let ev = match e.candidate().filter(|c| !c.candidate().is_empty()) {
+                    Some(c) => Local::Candidate(IceCandidate {
+                        candidate: c.candidate(),
                         sdp_mid: c.sdp_mid(),
                         sdp_mline_index: c.sdp_m_line_index(),
-                    })
-                });
-                let _ = tx.unbounded_send(Local::Candidate(sig));
+                    }),
+                    None => Local::GatheringDone,
+                };
+                let _ = on.unbounded_send(ev);
             },
         ));
-    }
-    {
-        let tx = tx.clone();
-        let pc2 = pc.clone();
+        let (on, pc2) = (tx.clone(), pc.clone());
         listeners.push(Listener::new(
             t,
             "connectionstatechange",
             move |_: web_sys::Event| {
-                let _ = tx.unbounded_send(Local::State(pc2.connection_state()));
+                let _ = on.unbounded_send(Local::State(pc2.connection_state()));
             },
         ));
-    }
-    let dc = match role {
-        TransferRole::Sender => {
-            let init = RtcDataChannelInit::new();
-            init.set_ordered(true);
-            let dc = pc.create_data_channel_with_data_channel_dict(CHANNEL_LABEL, &init);
-            Some(dc)
-        }
-        TransferRole::Receiver => {
-            let tx = tx.clone();
-            listeners.push(Listener::new(
-                t,
-                "datachannel",
-                move |e: RtcDataChannelEvent| {
-                    let _ = tx.unbounded_send(Local::Channel(e.channel()));
-                },
-            ));
-            None
-        }
-    };
-    let mut dc = dc;
-    if let Some(dc) = &dc {
-        listeners.push(open_listener(dc, &tx));
+        let channel = match setup.role {
+            TransferRole::Sender => {
+                let init = RtcDataChannelInit::new();
+                init.set_ordered(true);
+                let dc = pc.create_data_channel_with_data_channel_dict(CHANNEL_LABEL, &init);
+                listeners.push(open_listener(&dc, &tx));
+                Some(dc)
+            }
+            TransferRole::Receiver => {
+                let on = tx.clone();
+                listeners.push(Listener::new(
+                    t,
+                    "datachannel",
+                    move |e: RtcDataChannelEvent| {
+                        let _ = on.unbounded_send(Local::Channel(e.channel()));
+                    },
+                ));
+                None
+            }
+        };
+        Ok(Peer {
+            pc,
+            events,
+            tx,
+            channel,
+            listeners,
+        })
     }
 
-    let mut remote_set = false;
-    let mut pending: Vec<RtcIceCandidateInit> = Vec::new();
-    // The description goes out once gathering ends or GATHER_WAIT passed, whichever is
-    // first; candidates found until then are in it, later ones trickle.
-    let mut describe: Option<(Duration, SdpKind)> = None;
-    let mut described = false;
-    if role == TransferRole::Sender {
-        let offer = js::wait(pc.create_offer())
+    /// The other peer's channel was announced: watch it open.
+    pub fn announced(&mut self, ch: RtcDataChannel) {
+        self.listeners.push(open_listener(&ch, &self.tx));
+        if ch.ready_state() == RtcDataChannelState::Open {
+            let _ = self.tx.unbounded_send(Local::Open);
+        }
+        self.channel.get_or_insert(ch);
+    }
+
+    /// Create an offer or an answer and set it as the local description.
+    pub async fn create_description(&self, kind: SdpKind) -> Result<()> {
+        let promise = match kind {
+            SdpKind::Offer => self.pc.create_offer(),
+            SdpKind::Answer => self.pc.create_answer(),
+        };
+        let desc = js::wait(promise)
             .await
-            .map_err(rtc_error("cannot create an offer"))?;
-        js::wait(pc.set_local_description(offer.unchecked_ref()))
+            .map_err(rtc_error(&format!("cannot create an {}", kind_name(kind))))?;
+        js::wait(self.pc.set_local_description(desc.unchecked_ref()))
             .await
-            .map_err(rtc_error("cannot use the offer"))?;
-        describe = Some((js::now() + GATHER_WAIT, SdpKind::Offer));
+            .map_err(rtc_error(&format!(
+                "cannot use our own {}",
+                kind_name(kind)
+            )))?;
+        Ok(())
     }
 
-    let deadline = js::now() + CONNECT_TIMEOUT;
-    let mut open = false;
-    loop {
-        if open {
-            break;
-        }
-        futures::select! {
-            sig = session.recv().fuse() => match sig? {
-                PeerSignal::Description { kind, sdp } => {
-                    let want = match role {
-                        TransferRole::Sender => SdpKind::Answer,
-                        TransferRole::Receiver => SdpKind::Offer,
-                    };
-                    if kind != want || remote_set {
-                        return Err(Error::Connect("the other peer sent an unexpected description".into()));
-                    }
-                    let desc = RtcSessionDescriptionInit::new(match kind {
-                        SdpKind::Offer => RtcSdpType::Offer,
-                        SdpKind::Answer => RtcSdpType::Answer,
-                    });
-                    desc.set_sdp(&sdp);
-                    js::wait(pc.set_remote_description(&desc)).await
-                        .map_err(rtc_error("the other peer's description is unusable"))?;
-                    remote_set = true;
-                    for c in pending.drain(..) {
-                        add_candidate(&pc, &c).await;
-                    }
-                    if role == TransferRole::Receiver {
-                        let answer = js::wait(pc.create_answer()).await
-                            .map_err(rtc_error("cannot create an answer"))?;
-                        js::wait(pc.set_local_description(answer.unchecked_ref())).await
-                            .map_err(rtc_error("cannot use the answer"))?;
-                        // The answer goes out at once, candidates trickle: the browser starts
-                        // its checks as soon as the answer is set, and checks that reach a
-                        // webrtc-rs offerer before it has the answer are lost (it has no
-                        // credentials yet) while its role is still undecided; Chromium then
-                        // kept a relayed pair for good on loopback. Answering first, direct
-                        // pairs win.
-                        describe = Some((js::now(), SdpKind::Answer));
-                    }
-                }
-                PeerSignal::Candidate { candidate, sdp_mid, sdp_mline_index } => {
-                    let init = RtcIceCandidateInit::new(&candidate);
-                    init.set_sdp_mid(sdp_mid.as_deref());
-                    init.set_sdp_m_line_index(sdp_mline_index);
-                    if remote_set { add_candidate(&pc, &init).await } else { pending.push(init) }
-                }
-                PeerSignal::EndOfCandidates => {}
-                PeerSignal::Hello { .. } => return Err(Error::Connect("the other peer restarted the handshake".into())),
-            },
-            ev = rx.next() => match ev {
-                Some(Local::Candidate(sig)) if described => {
-                    let _ = session.send(&sig.unwrap_or(PeerSignal::EndOfCandidates));
-                }
-                Some(Local::Candidate(None)) => {
-                    if let Some((_, kind)) = describe.take() {
-                        send_description(&pc, &mut session, kind)?;
-                        described = true;
-                    }
-                }
-                Some(Local::Candidate(Some(_))) => {}
-                Some(Local::Channel(ch)) => {
-                    listeners.push(open_listener(&ch, &tx));
-                    if ch.ready_state() == RtcDataChannelState::Open {
-                        open = true;
-                    }
-                    dc = Some(ch);
-                }
-                Some(Local::Open) => open = true,
-                Some(Local::State(s)) => {
-                    if s == RtcPeerConnectionState::Failed {
-                        return Err(Error::Connect(no_path(&session)));
-                    }
-                }
-                None => unreachable!("the sender half lives in this function"),
-            },
-            _ = js::sleep_until(describe.map(|(t, _)| t)).fuse() => {
-                if let Some((_, kind)) = describe.take() {
-                    send_description(&pc, &mut session, kind)?;
-                    described = true;
-                }
-            }
-            _ = js::sleep_until(Some(deadline)).fuse() => {
-                return Err(Error::Connect(format!(
-                    "could not connect to the other peer within {} s: {}",
-                    CONNECT_TIMEOUT.as_secs(), no_path(&session)
-                )));
-            }
-        }
+    /// The local description as it stands, with the candidates gathered so far.
+    pub fn local_description(&self) -> Result<String> {
+        self.pc
+            .local_description()
+            .map(|d| d.sdp())
+            .ok_or_else(|| Error::Connect("no local description".into()))
     }
-    let dc = dc.expect("open implies a channel");
-    dc.set_binary_type(RtcDataChannelType::Arraybuffer);
-    let path = path_of(&pc).await.unwrap_or_default();
 
-    // Late candidates and state changes keep flowing; the session lives on in the
-    // background until the server goes away or the link is dropped (its listeners hold the
-    // last senders of `rx`).
-    drop(tx);
-    let (state_tx, state_rx) = mpsc::unbounded();
-    let task_pc = pc.clone();
-    wasm_bindgen_futures::spawn_local(async move {
-        let mut signalling_up = true;
-        loop {
-            futures::select! {
-                sig = session.recv().fuse() => match sig {
-                    Ok(PeerSignal::Candidate { candidate, sdp_mid, sdp_mline_index }) if signalling_up => {
-                        let init = RtcIceCandidateInit::new(&candidate);
-                        init.set_sdp_mid(sdp_mid.as_deref());
-                        init.set_sdp_m_line_index(sdp_mline_index);
-                        add_candidate(&task_pc, &init).await;
-                    }
-                    Ok(_) => {}
-                    // The server may die now; the transfer does not need it.
-                    Err(_) => signalling_up = false,
-                },
-                ev = rx.next() => match ev {
-                    Some(Local::State(s)) => { let _ = state_tx.unbounded_send(s); }
-                    Some(Local::Candidate(Some(sig))) if signalling_up => { let _ = session.send(&sig); }
-                    Some(_) => {}
-                    None => break,
-                },
-            }
-            if !signalling_up {
-                // Only state changes matter from here on.
-                while let Some(ev) = rx.next().await {
-                    if let Local::State(s) = ev {
-                        let _ = state_tx.unbounded_send(s);
-                    }
-                }
-                break;
-            }
-        }
-    });
-    Ok(Link {
-        pc,
-        dc,
-        path,
-        state: state_rx,
-        _listeners: listeners,
-    })
+    pub async fn apply(&self, kind: SdpKind, sdp: &str) -> Result<()> {
+        let desc = RtcSessionDescriptionInit::new(match kind {
+            SdpKind::Offer => RtcSdpType::Offer,
+            SdpKind::Answer => RtcSdpType::Answer,
+        });
+        desc.set_sdp(sdp);
+        js::wait(self.pc.set_remote_description(&desc))
+            .await
+            .map_err(rtc_error(&format!(
+                "the other peer's {} is unusable",
+                kind_name(kind)
+            )))?;
+        Ok(())
+    }
 }
 
 fn open_listener(dc: &RtcDataChannel, tx: &mpsc::UnboundedSender<Local>) -> Listener {
@@ -307,71 +182,58 @@ fn open_listener(dc: &RtcDataChannel, tx: &mpsc::UnboundedSender<Local>) -> List
     })
 }
 
-async fn add_candidate(pc: &RtcPeerConnection, init: &RtcIceCandidateInit) {
-    // A candidate the browser cannot use (e.g. another address family) is not fatal: the
-    // other candidates may still connect.
-    let _ = js::wait(pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(init))).await;
+/// Add a remote candidate; one the browser cannot use (another address family, say) is not
+/// fatal: the others may still connect.
+pub async fn add_candidate(pc: &RtcPeerConnection, c: IceCandidate) {
+    let init = RtcIceCandidateInit::new(&c.candidate);
+    init.set_sdp_mid(c.sdp_mid.as_deref());
+    init.set_sdp_m_line_index(c.sdp_mline_index);
+    let _ = js::wait(pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(&init))).await;
 }
 
-fn send_description(pc: &RtcPeerConnection, session: &mut Session, kind: SdpKind) -> Result<()> {
-    let sdp = pc
-        .local_description()
-        .map(|d| d.sdp())
-        .ok_or_else(|| Error::Connect("no local description".into()))?;
-    session.send(&PeerSignal::Description { kind, sdp })
-}
-
-/// Why no connection: the likely cause for a person to act on.
-fn no_path(session: &Session) -> String {
-    let has_turn = session
-        .ice_servers
-        .iter()
-        .flat_map(|s| &s.urls)
-        .any(|u| u.starts_with("turn"));
-    if has_turn {
-        "no direct or relayed path worked (a firewall may block WebRTC)".into()
-    } else {
-        "no direct path worked and the server offers no relay".into()
-    }
-}
-
-/// The selected candidate pair, from the connection's statistics.
-pub async fn path_of(pc: &RtcPeerConnection) -> Option<PathInfo> {
+/// The path of the selected candidate pair, from the connection's statistics.
+pub async fn path_of(pc: &RtcPeerConnection) -> Option<PathReport> {
     let report = js::wait(pc.get_stats()).await.ok()?;
     let map: &js_sys::Map = report.unchecked_ref();
     let mut pair_id: Option<String> = None;
     let mut nominated: Option<String> = None;
-    map.for_each(&mut |v, _k| match js::get_str(&v, "type").as_deref() {
-        Some("transport") => {
-            if let Some(id) = js::get_str(&v, "selectedCandidatePairId") {
-                pair_id = Some(id);
+    let mut ctx = PathContext::default();
+    map.for_each(&mut |v, _k| {
+        let kind = || CandidateType::parse(&js::get_str(&v, "candidateType").unwrap_or_default());
+        match js::get_str(&v, "type").as_deref() {
+            Some("transport") => {
+                if let Some(id) = js::get_str(&v, "selectedCandidatePairId") {
+                    pair_id = Some(id);
+                }
             }
-        }
-        Some("candidate-pair") => {
-            let ok = js::get(&v, "nominated").as_bool() == Some(true)
-                && js::get_str(&v, "state").as_deref() == Some("succeeded");
-            if ok && nominated.is_none() {
-                nominated = js::get_str(&v, "id");
+            Some("candidate-pair") => {
+                let ok = js::get(&v, "nominated").as_bool() == Some(true)
+                    && js::get_str(&v, "state").as_deref() == Some("succeeded");
+                if ok && nominated.is_none() {
+                    nominated = js::get_str(&v, "id");
+                }
             }
+            Some("local-candidate") => ctx.local_candidates.push(kind()),
+            Some("remote-candidate") => ctx.remote_candidates.push(kind()),
+            _ => {}
         }
-        _ => {}
     });
     let pair = map.get(&pair_id.or(nominated)?.into());
     let local = map.get(&js::get(&pair, "localCandidateId"));
     let remote = map.get(&js::get(&pair, "remoteCandidateId"));
-    let local_type = js::get_str(&local, "candidateType")?;
-    let remote_type = js::get_str(&remote, "candidateType").unwrap_or_default();
-    let relayed = local_type == "relay" || remote_type == "relay";
-    let protocol = if local_type == "relay" {
-        js::get_str(&local, "relayProtocol").or_else(|| js::get_str(&local, "protocol"))
-    } else {
-        js::get_str(&local, "protocol")
+    let local_type = CandidateType::parse(&js::get_str(&local, "candidateType")?);
+    // A relayed local candidate reaches its relay by `relayProtocol`.
+    let protocol = match local_type {
+        CandidateType::Relay => js::get_str(&local, "relayProtocol"),
+        _ => None,
     }
+    .or_else(|| js::get_str(&local, "protocol"))
     .unwrap_or_default();
-    Some(PathInfo {
-        kind: if relayed { "relay" } else { "direct" }.into(),
+    let pair = SelectedPair {
         local: local_type,
-        remote: remote_type,
-        protocol,
-    })
+        remote: CandidateType::parse(&js::get_str(&remote, "candidateType").unwrap_or_default()),
+        protocol: Transport::parse(&protocol),
+        local_port: js::get(&local, "port").as_f64().map(|p| p as u16),
+    };
+    Some(path::describe(pair, &ctx))
 }

@@ -11,12 +11,12 @@
 use core::time::Duration;
 use futures::channel::mpsc;
 use futures::{FutureExt as _, StreamExt as _};
+use protocol::event;
 use protocol::transfer::names::{self, SafePath};
 use protocol::transfer::{
     CancelReason, DATA_HEADER_LEN, OfferEntry, ReadRequest, Received, Receiver, ReceiverEvent,
-    Sender, SenderEvent,
+    SEND_STALL, STOPPED, Sender, SenderEvent,
 };
-use serde_json::json;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{MessageEvent, RtcDataChannel, RtcDataChannelState, RtcPeerConnectionState};
@@ -25,19 +25,15 @@ use crate::Command;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::js::{self, Listener};
-use crate::peer::Link;
+use crate::rendezvous::Link;
 
 /// Wait for `bufferedamountlow` above this many queued bytes.
 const HIGH_WATER: u32 = 4 << 20;
 const LOW_WATER: u32 = 1 << 20;
 /// Bytes read from a `File` per `arrayBuffer()` call; frames are cut from this block.
 const READ_BLOCK: u64 = 1 << 20;
-/// A send that waits this long for buffer space means the path is dead, not slow.
-const SEND_STALL: Duration = Duration::from_secs(30);
 /// Progress events at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
-/// What the other side is told when this one stops.
-const STOPPED: &str = "the other side stopped the transfer";
 
 #[wasm_bindgen]
 extern "C" {
@@ -228,7 +224,7 @@ impl Progress {
         let now = js::now();
         if now >= self.next || bytes == total {
             self.next = now + PROGRESS_EVERY;
-            events.emit(json!({"event": "progress", "bytes": bytes, "total": total}));
+            events.emit(&event::Progress { bytes, total }.into());
         }
     }
 }
@@ -314,10 +310,16 @@ pub async fn send(
                 match ev {
                     SenderEvent::Accepted => {
                         started = Some(js::now());
-                        events.emit(json!({"event": "accepted", "files": files, "bytes": total}));
+                        events.emit(
+                            &event::Accepted {
+                                files,
+                                bytes: total,
+                            }
+                            .into(),
+                        );
                     }
                     SenderEvent::FileAcked { index } => {
-                        events.emit(json!({"event": "file_done", "index": index}));
+                        events.emit(&event::FileDone { index }.into());
                     }
                     SenderEvent::Completed => return Ok(()),
                 }
@@ -453,19 +455,13 @@ pub async fn receive(
                         match ev {
                             ReceiverEvent::Offer(o) => {
                                 files_total = o.file_count();
-                                let list: Vec<_> = o.entries.iter().map(|(safe, e)| {
-                                    json!({"path": safe.as_str(), "size": e.size, "dir": e.dir})
-                                }).collect();
-                                events.emit(json!({
-                                    "event": "offer", "files": files_total, "bytes": o.total_bytes,
-                                    "entries": list,
-                                }));
+                                events.emit(&event::Offer::from(&o).into());
                                 match decide(&mut wire, &mut sm, cmds).await? {
                                     Some(f) => {
                                         factory = Some(f);
                                         sm.accept()?;
                                         started = Some(js::now());
-                                        events.emit(json!({"event": "accepted", "files": files_total, "bytes": o.total_bytes}));
+                                        events.emit(&event::Accepted { files: files_total, bytes: o.total_bytes }.into());
                                     }
                                     None => {
                                         sm.decline("the receiver declined the files");
@@ -507,7 +503,7 @@ pub async fn receive(
                                     return Err(Error::Write(e));
                                 }
                                 sm.file_saved(index)?;
-                                events.emit(json!({"event": "file_done", "index": index}));
+                                events.emit(&event::FileDone { index }.into());
                             }
                             ReceiverEvent::Completed => {}
                         }
@@ -515,8 +511,8 @@ pub async fn receive(
                     if let Some(bytes) = data {
                         if !first_byte {
                             first_byte = true;
-                            events.emit(json!({"event": "first_byte",
-                                "ms_since_room": (js::now() - both_in_room).as_secs_f64() * 1e3}));
+                            let ms_since_room = (js::now() - both_in_room).as_secs_f64() * 1e3;
+                            events.emit(&event::FirstByte { ms_since_room }.into());
                         }
                         let cur = current.as_ref().ok_or(Error::Usage("data before file start"))?;
                         let written = match cur.sink.write(bytes) {

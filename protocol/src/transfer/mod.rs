@@ -58,6 +58,11 @@ pub const DEFAULT_CHUNK: usize = 64 * 1024;
 pub const HELLO_RESEND: Duration = Duration::from_millis(250);
 /// How long to wait for the peer's Hello before giving up.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// A send that waits this long for buffer space means the path is dead, not slow: the
+/// transfer fails with that said.
+pub const SEND_STALL: Duration = Duration::from_secs(30);
+/// What the other side is told when a person stops the transfer on this side.
+pub const STOPPED: &str = "the other side stopped the transfer";
 /// Most entries one offer may list.
 pub const MAX_OFFER_ENTRIES: usize = 1_000_000;
 
@@ -138,8 +143,8 @@ pub enum TransferError {
         "the peer speaks transfer protocol version {0}, this build speaks {TRANSFER_VERSION}: update punchdrop"
     )]
     Version(u32),
-    #[error("both peers want to {0}: one must send and the other receive")]
-    SameRole(&'static str),
+    #[error("{}", crate::signal::role_clash(*.0))]
+    SameRole(Role),
     #[error("the sender offered an unsafe file name ({0}); nothing was written")]
     UnsafeName(NameError),
     #[error("the offer is inconsistent: {0}")]
@@ -256,10 +261,7 @@ impl HelloState {
             return Err(TransferError::Version(version));
         }
         if role == self.role {
-            return Err(TransferError::SameRole(match role {
-                Role::Sender => "send",
-                Role::Receiver => "receive",
-            }));
+            return Err(TransferError::SameRole(role));
         }
         self.peer_seen = true;
         Ok((!seen_peer).then(|| self.frame()))

@@ -10,8 +10,23 @@ use std::collections::VecDeque;
 pub struct ReadRequest {
     pub index: u32,
     pub offset: u64,
-    /// At most this many payload bytes.
+    /// Exactly this many payload bytes (fewer means the file shrank on disk).
     pub len: usize,
+}
+
+/// Payload sizes of a transfer's first data frames, before the configured chunk size. SCTP
+/// starts with a congestion window of about 4 KiB and delivers a message only whole, so a
+/// first 64 KiB message takes about four round trips to arrive (160 ms at 40 ms RTT in the
+/// NAT lab); these reach the receiver in one, and the frames grow as the window does.
+pub const FIRST_FRAMES: [usize; 3] = [2 << 10, 8 << 10, 32 << 10];
+
+/// A position in the byte stream of a transfer: what has been asked for (or framed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Cursor {
+    file: usize,
+    offset: u64,
+    /// Data frames before this position.
+    frames: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +58,12 @@ pub struct Sender {
     chunk: usize,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<SenderEvent>,
+    /// Framing position: the current file and the offset in it.
     cur: usize,
     offset: u64,
+    frames: usize,
+    /// How far reads were handed out ([`Sender::poll_read`]); never behind the framing.
+    requested: Cursor,
     hasher: blake3::Hasher,
     acked: usize,
     to_ack: usize,
@@ -67,6 +86,8 @@ impl Sender {
             events: VecDeque::new(),
             cur: 0,
             offset: 0,
+            frames: 0,
+            requested: Cursor::default(),
             hasher: blake3::Hasher::new(),
             acked: 0,
             to_ack,
@@ -210,51 +231,83 @@ impl Sender {
         self.offset = 0;
     }
 
-    /// What to read next, if the transfer is sending. Call again after each
-    /// [`Sender::encode_data`]; drain [`Sender::poll_transmit`] first so control frames keep
-    /// their place between data frames.
-    pub fn poll_read(&self) -> Option<ReadRequest> {
+    /// The read after `at`, and the position after it: directories and empty files have
+    /// none; a file's reads are cut to the frame size, which grows over the first frames.
+    fn read_after(&self, mut at: Cursor) -> Option<(ReadRequest, Cursor)> {
+        while let Some(e) = self.files.get(at.file) {
+            if !e.dir && at.offset < e.size {
+                break;
+            }
+            at.file += 1;
+            at.offset = 0;
+        }
+        let e = self.files.get(at.file)?;
+        let frame = FIRST_FRAMES.get(at.frames).copied().unwrap_or(self.chunk);
+        let len = (e.size - at.offset).min(frame.min(self.chunk) as u64) as usize;
+        let req = ReadRequest {
+            index: at.file as u32,
+            offset: at.offset,
+            len,
+        };
+        at.offset += len as u64;
+        at.frames += 1;
+        Some((req, at))
+    }
+
+    /// The next read to make, if the transfer is sending. Each call hands out the read after
+    /// the previous one, so a caller may read several ahead; their payloads go to
+    /// [`Sender::encode_data`] in the order handed out. Drain [`Sender::poll_transmit`] first
+    /// so control frames keep their place between data frames.
+    pub fn poll_read(&mut self) -> Option<ReadRequest> {
         if self.state != State::Sending {
             return None;
         }
-        let e = &self.files[self.cur];
-        let left = e.size - self.offset;
-        Some(ReadRequest {
-            index: self.cur as u32,
-            offset: self.offset,
-            len: (left.min(self.chunk as u64)) as usize,
-        })
+        let (req, next) = self.read_after(self.requested)?;
+        self.requested = next;
+        Some(req)
     }
 
-    /// Turn `buf` (`DATA_HEADER_LEN` spare bytes, then the payload just read for the current
-    /// [`ReadRequest`]) into a data frame in place, hashing the payload.
+    /// Turn `buf` (`DATA_HEADER_LEN` spare bytes, then the payload of the oldest
+    /// [`ReadRequest`] not yet encoded) into a data frame in place, hashing the payload.
     ///
-    /// An empty payload means the file ended early on disk: that cancels the transfer.
+    /// A payload shorter than its request means the file shrank on disk (an empty one: it
+    /// ended early): that cancels the transfer.
     pub fn encode_data(&mut self, buf: &mut [u8]) -> Result<(), TransferError> {
         let result = self.on_data(buf);
         self.fail_on_error(result)
     }
 
     fn on_data(&mut self, buf: &mut [u8]) -> Result<(), TransferError> {
-        let req = self
-            .poll_read()
-            .ok_or(TransferError::Usage("encode_data while not sending"))?;
+        if self.state != State::Sending {
+            return Err(TransferError::Usage("encode_data while not sending"));
+        }
+        let here = Cursor {
+            file: self.cur,
+            offset: self.offset,
+            frames: self.frames,
+        };
+        let (req, _) = self
+            .read_after(here)
+            .filter(|_| here.frames < self.requested.frames)
+            .ok_or(TransferError::Usage("encode_data without a read request"))?;
         let n = buf
             .len()
             .checked_sub(DATA_HEADER_LEN)
             .ok_or(TransferError::Usage("buffer too short"))?;
-        if n == 0 {
+        if n < req.len {
             return Err(TransferError::Cancelled {
                 reason: CancelReason::SourceChanged,
                 message: "a file became shorter while it was being sent".into(),
             });
         }
         if n > req.len {
-            return Err(TransferError::Usage("payload longer than the read request"));
+            return Err(TransferError::Usage("payload longer than its read request"));
         }
         frame::write_data_header(buf, req.index, req.offset);
         self.hasher.update(&buf[DATA_HEADER_LEN..]);
-        self.offset += n as u64;
+        self.cur = req.index as usize;
+        self.offset = req.offset + n as u64;
+        self.frames += 1;
         self.bytes_framed += n as u64;
         if self.offset == self.files[self.cur].size {
             self.end_file();

@@ -30,6 +30,8 @@ struct Harness {
     tx_err: Option<TransferError>,
     rx_err: Option<TransferError>,
     accept: bool,
+    /// Reads handed out by the sender and not yet encoded.
+    reads: VecDeque<ReadRequest>,
 }
 
 impl Harness {
@@ -53,6 +55,7 @@ impl Harness {
             tx_err: None,
             rx_err: None,
             accept: true,
+            reads: VecDeque::new(),
         }
     }
 
@@ -84,12 +87,19 @@ impl Harness {
             self.push_to_rx(f);
             busy = true;
         }
-        // Sender reads at most a few chunks per round so frames interleave with acks.
+        // Sender reads at most a few chunks per round so frames interleave with acks, and
+        // keeps reads outstanding ahead of framing as a real reader does.
         for _ in 0..4 {
             if self.tx_err.is_some() {
                 break;
             }
-            let Some(req) = self.tx.poll_read() else {
+            while self.reads.len() < 3 {
+                match self.tx.poll_read() {
+                    Some(r) => self.reads.push_back(r),
+                    None => break,
+                }
+            }
+            let Some(req) = self.reads.pop_front() else {
                 break;
             };
             let src = &self.sources[req.index as usize];
@@ -306,9 +316,10 @@ fn wrong_hash_is_caught_and_nothing_is_saved() {
         vec![data],
         32 * 1024,
     );
-    // Flip one payload byte in the second data frame, as a faulty path might.
+    // Flip one payload byte in the second data frame (after the first, 2 KiB), as a faulty
+    // path might.
     h.mangle = Some(Box::new(|_, f| {
-        if f[0] == 1 && u64::from_be_bytes(f[5..13].try_into().unwrap()) == 32 * 1024 {
+        if f[0] == 1 && u64::from_be_bytes(f[5..13].try_into().unwrap()) == 2048 {
             f[100] ^= 0xff;
         }
     }));
@@ -521,7 +532,7 @@ fn two_senders_are_told_apart() {
     a.poll_transmit(Duration::ZERO);
     assert_eq!(
         a.handle_frame(&b_hello, Duration::ZERO),
-        Err(TransferError::SameRole("send"))
+        Err(TransferError::SameRole(Role::Sender))
     );
 }
 
@@ -565,4 +576,64 @@ fn an_offer_of_empty_folders_only_completes() {
         "both ends finish, nothing to acknowledge"
     );
     assert!(h.saved.is_empty());
+}
+
+#[test]
+fn the_sender_paces_its_first_frames_and_reads_ahead() {
+    let entries = vec![
+        OfferEntry::dir("d"),
+        OfferEntry::file("d/empty", 0),
+        OfferEntry::file("d/a", 100_000),
+        OfferEntry::file("b", 5),
+    ];
+    let mut tx = Sender::new(entries, 40_000, Duration::ZERO);
+    let mut rx = Receiver::new(Duration::ZERO);
+    // Hello both ways, offer, accept.
+    let mut to_rx: Vec<Vec<u8>> = std::iter::from_fn(|| tx.poll_transmit(Duration::ZERO)).collect();
+    assert!(
+        tx.poll_read().is_none(),
+        "nothing to read before the receiver accepts"
+    );
+    while !to_rx.is_empty() || !rx.is_done() {
+        for f in to_rx.drain(..) {
+            rx.handle_frame(&f, Duration::ZERO).unwrap();
+        }
+        while let Some(ev) = rx.poll_event() {
+            if let ReceiverEvent::Offer(_) = ev {
+                rx.accept().unwrap();
+            }
+        }
+        let mut back = false;
+        while let Some(f) = rx.poll_transmit(Duration::ZERO) {
+            tx.handle_frame(&f, Duration::ZERO).unwrap();
+            back = true;
+        }
+        to_rx.extend(std::iter::from_fn(|| tx.poll_transmit(Duration::ZERO)));
+        if !back && to_rx.is_empty() {
+            break;
+        }
+    }
+    // Every read at once, before any is encoded: the first frames grow, then the chunk size;
+    // directories and empty files have no reads.
+    let reads: Vec<(u32, u64, usize)> = std::iter::from_fn(|| tx.poll_read())
+        .map(|r| (r.index, r.offset, r.len))
+        .collect();
+    assert_eq!(
+        reads,
+        [
+            (2, 0, 2048),
+            (2, 2048, 8192),
+            (2, 10_240, 32_768),
+            (2, 43_008, 40_000),
+            (2, 83_008, 16_992),
+            (3, 0, 5),
+        ]
+    );
+    // Payloads go in the order handed out; one more than was asked for is a caller's bug.
+    for (_, _, len) in &reads {
+        let mut buf = vec![7u8; DATA_HEADER_LEN + len];
+        tx.encode_data(&mut buf).unwrap();
+    }
+    assert_eq!(tx.bytes_sent(), 100_005);
+    assert!(tx.encode_data(&mut [0u8; DATA_HEADER_LEN + 1]).is_err());
 }

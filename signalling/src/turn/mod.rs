@@ -61,16 +61,13 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Socket buffer size asked for on the listener and relay sockets.
-const UDP_BUFFER: usize = 4 << 20;
+/// Socket buffer size asked for on the listener and relay sockets: relayed traffic arrives in
+/// bursts of a whole SCTP window; the kernel's default 208 KiB receive buffer dropped hundreds
+/// of datagrams per 50 MB relayed, each a retransmission for the peers.
+const UDP_BUFFER: usize = net::UDP_BUFFER;
 
-/// Relayed traffic arrives in bursts of a whole SCTP window; the kernel's default 208 KiB
-/// receive buffer dropped hundreds of datagrams per 50 MB relayed, each a retransmission for
-/// the peers. The kernel caps the request at `net.core.rmem_max`/`wmem_max`.
 pub(crate) fn size_udp_buffers(sock: &UdpSocket) {
-    let s = socket2::SockRef::from(sock);
-    let _ = s.set_recv_buffer_size(UDP_BUFFER);
-    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    net::size_udp_buffers(sock, UDP_BUFFER);
 }
 
 /// TURN server settings.

@@ -1,0 +1,380 @@
+//! How two peers ended up connected, described once for both clients.
+//!
+//! Each client reads the selected candidate pair off its own ICE stack (webrtc-rs's stats
+//! and ICE transport, or the browser's `getStats()`), turns it into a [`SelectedPair`] and a
+//! [`PathContext`], and [`describe`] decides the rest: the kind of path, and why a relay was
+//! needed. The result, [`PathReport`], is what the `connected` and `done` events carry and
+//! what people read.
+//!
+//! Invariant: the kind is `relay` whenever either end of the pair is a relay candidate, so a
+//! relayed path is never reported as direct on one side only because that side's end is not
+//! the relay.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The rung of the ladder a connection stands on.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// Straight between the peers: same network, or a hole punched through the NATs.
+    Direct,
+    /// Through the port this side's router mapped for it (UPnP IGD).
+    Mapped,
+    /// Through a port the user forwarded by hand (`--port` with `--public-addr`).
+    Forwarded,
+    /// Through a TURN relay.
+    Relay,
+}
+
+impl PathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Mapped => "mapped",
+            Self::Forwarded => "forwarded",
+            Self::Relay => "relay",
+        }
+    }
+}
+
+/// An ICE candidate type (RFC 8445 §5.1.1).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidateType {
+    Host,
+    Srflx,
+    Prflx,
+    Relay,
+    /// The ICE stack did not say.
+    #[default]
+    Unknown,
+}
+
+impl CandidateType {
+    /// From the names ICE stacks use: `host`, `srflx`, `prflx`, `relay`, and the long forms
+    /// of the stats specification (`serverreflexive`, …).
+    pub fn parse(s: &str) -> Self {
+        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "host" => Self::Host,
+            "srflx" | "serverreflexive" => Self::Srflx,
+            "prflx" | "peerreflexive" => Self::Prflx,
+            "relay" | "relayed" => Self::Relay,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Not a relay: a candidate a direct pair can be made of.
+    pub fn is_direct(self) -> bool {
+        self != Self::Relay
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Srflx => "srflx",
+            Self::Prflx => "prflx",
+            Self::Relay => "relay",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How this side's packets travel: for a relayed local candidate, how it reaches the relay.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// From `udp`, `tcp`, `tls` in any case; anything else is UDP, what ICE speaks by default.
+    pub fn parse(s: &str) -> Self {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Self::Tcp,
+            "tls" => Self::Tls,
+            _ => Self::Udp,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+/// Where this side's router port mapping stands (native peers only; browsers cannot map).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PortmapState {
+    /// Not asked for (`--no-portmap`, a fixed `--port`, relay only, loopback).
+    Off,
+    /// Asked for, no answer yet.
+    Pending,
+    /// The router mapped a port; its address was offered to the other peer.
+    Mapped,
+    /// The router refused or did not answer.
+    Failed,
+}
+
+/// Why a relay carries the connection.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayReason {
+    /// This side asked for relays only (`--relay-only`).
+    Forced,
+    /// This side got no STUN answer over UDP, while TURN over TCP worked.
+    UdpBlocked,
+    /// The other peer offered relay candidates only.
+    PeerOfferedNoDirect,
+    /// The other peer had no server-reflexive candidate: its STUN got no answer.
+    PeerGotNoStun,
+    /// Both sides had direct candidates and no pair of them worked (symmetric NAT, firewall).
+    NoDirectPair,
+}
+
+impl RelayReason {
+    /// What a person reads.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Forced => "relay forced (--relay-only)",
+            Self::UdpBlocked => "UDP blocked: relayed over TCP",
+            Self::PeerOfferedNoDirect => "the other peer offered no direct candidates",
+            Self::PeerGotNoStun => {
+                "no direct candidate pair succeeded; the other peer got no STUN answer (UDP blocked on its side?)"
+            }
+            Self::NoDirectPair => {
+                "no direct candidate pair succeeded (symmetric NAT on either side?)"
+            }
+        }
+    }
+}
+
+impl fmt::Display for RelayReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.explain())
+    }
+}
+
+/// The path a connection takes, as both clients report it at `connected` and `done`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PathReport {
+    #[serde(rename = "path")]
+    pub kind: PathKind,
+    /// This side's candidate of the selected pair.
+    pub local: CandidateType,
+    /// The other side's candidate of the selected pair, as this side knows it (a candidate
+    /// learnt from a check rather than signalled is `prflx`).
+    pub remote: CandidateType,
+    pub protocol: Transport,
+    /// Why a relay was needed (relayed paths only).
+    pub reason: Option<RelayReason>,
+    /// This side's port mapping (native peers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portmap: Option<PortmapState>,
+}
+
+impl fmt::Display for PathReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = match (self.kind, self.local, self.remote) {
+            (PathKind::Relay, ..) => "relayed",
+            (PathKind::Mapped, ..) => "through the router's port mapping",
+            (PathKind::Forwarded, ..) => "through the forwarded port",
+            (_, CandidateType::Host, CandidateType::Host) => "on the local network",
+            _ => "hole punched",
+        };
+        write!(
+            f,
+            "{} path, {how} ({} ↔ {}, {})",
+            self.kind.as_str(),
+            self.local.as_str(),
+            self.remote.as_str(),
+            self.protocol.as_str()
+        )?;
+        if let Some(r) = self.reason {
+            write!(f, ": {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The selected candidate pair, as a client reads it off its ICE stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectedPair {
+    pub local: CandidateType,
+    pub remote: CandidateType,
+    /// How this side's packets leave (for a relay: how it reaches the relay).
+    pub protocol: Transport,
+    /// The local candidate's port (to recognise the socket behind an advertised address).
+    pub local_port: Option<u16>,
+}
+
+/// What [`describe`] needs beyond the pair.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathContext {
+    /// This side used relay candidates only.
+    pub relay_only: bool,
+    /// This side restricted TURN to one transport (diagnostics).
+    pub relay_transport: Option<Transport>,
+    /// The local port behind an address this side advertised, and what it makes of a path
+    /// through it ([`PathKind::Mapped`] or [`PathKind::Forwarded`]).
+    pub advertised: Option<(u16, PathKind)>,
+    pub portmap: Option<PortmapState>,
+    /// Types of every local and remote candidate ICE had (for the relay reason).
+    pub local_candidates: Vec<CandidateType>,
+    pub remote_candidates: Vec<CandidateType>,
+}
+
+/// Decide the path's kind and, for a relay, why.
+pub fn describe(pair: SelectedPair, ctx: &PathContext) -> PathReport {
+    let relayed = pair.local == CandidateType::Relay || pair.remote == CandidateType::Relay;
+    // Our host socket behind an advertised address, talking to a peer that is not on our
+    // network: the router let it in through that port. (A cone NAT could also have let it
+    // in by hole punching on the same socket; the path is the same.)
+    let advertised = ctx.advertised.and_then(|(port, kind)| {
+        (pair.local == CandidateType::Host
+            && pair.local_port == Some(port)
+            && pair.remote != CandidateType::Host)
+            .then_some(kind)
+    });
+    let kind = if relayed {
+        PathKind::Relay
+    } else {
+        advertised.unwrap_or(PathKind::Direct)
+    };
+    PathReport {
+        kind,
+        local: pair.local,
+        remote: pair.remote,
+        protocol: pair.protocol,
+        reason: relayed.then(|| relay_reason(pair.protocol, ctx)),
+        portmap: ctx.portmap,
+    }
+}
+
+/// Why a relay carries the connection, from the candidates each side had.
+fn relay_reason(protocol: Transport, ctx: &PathContext) -> RelayReason {
+    let direct = |v: &[CandidateType]| v.iter().filter(|t| t.is_direct()).count();
+    let has_srflx = |v: &[CandidateType]| v.contains(&CandidateType::Srflx);
+    if ctx.relay_only {
+        RelayReason::Forced
+    } else if protocol != Transport::Udp
+        && !has_srflx(&ctx.local_candidates)
+        && ctx.relay_transport.is_none()
+    {
+        RelayReason::UdpBlocked
+    } else if direct(&ctx.remote_candidates) == 0 {
+        RelayReason::PeerOfferedNoDirect
+    } else if !has_srflx(&ctx.remote_candidates) {
+        RelayReason::PeerGotNoStun
+    } else {
+        RelayReason::NoDirectPair
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CandidateType::*;
+
+    fn pair(local: CandidateType, remote: CandidateType) -> SelectedPair {
+        SelectedPair {
+            local,
+            remote,
+            protocol: Transport::Udp,
+            local_port: Some(4000),
+        }
+    }
+
+    #[test]
+    fn either_relay_end_makes_a_relayed_path() {
+        let ctx = PathContext {
+            local_candidates: vec![Host, Srflx, Relay],
+            remote_candidates: vec![Host, Srflx, Relay],
+            ..Default::default()
+        };
+        for (l, r) in [(Relay, Srflx), (Host, Relay), (Relay, Relay)] {
+            let p = describe(pair(l, r), &ctx);
+            assert_eq!(p.kind, PathKind::Relay);
+            assert_eq!(p.reason, Some(RelayReason::NoDirectPair));
+        }
+        let p = describe(pair(Srflx, Prflx), &ctx);
+        assert_eq!((p.kind, p.reason), (PathKind::Direct, None));
+    }
+
+    #[test]
+    fn advertised_port_makes_mapped_or_forwarded_unless_the_peer_is_local() {
+        let mut ctx = PathContext {
+            advertised: Some((4000, PathKind::Mapped)),
+            portmap: Some(PortmapState::Mapped),
+            ..Default::default()
+        };
+        assert_eq!(describe(pair(Host, Prflx), &ctx).kind, PathKind::Mapped);
+        assert_eq!(describe(pair(Host, Host), &ctx).kind, PathKind::Direct);
+        ctx.advertised = Some((4001, PathKind::Forwarded));
+        assert_eq!(describe(pair(Host, Srflx), &ctx).kind, PathKind::Direct);
+        ctx.advertised = Some((4000, PathKind::Forwarded));
+        assert_eq!(describe(pair(Host, Srflx), &ctx).kind, PathKind::Forwarded);
+    }
+
+    #[test]
+    fn relay_reasons() {
+        let with = |local: Vec<CandidateType>, remote: Vec<CandidateType>, protocol| {
+            let ctx = PathContext {
+                local_candidates: local,
+                remote_candidates: remote,
+                ..Default::default()
+            };
+            let mut p = pair(Relay, Relay);
+            p.protocol = protocol;
+            describe(p, &ctx).reason.unwrap()
+        };
+        use RelayReason::*;
+        assert_eq!(
+            with(vec![Host, Relay], vec![Host], Transport::Tcp),
+            UdpBlocked
+        );
+        assert_eq!(
+            with(vec![Host, Srflx], vec![Relay], Transport::Udp),
+            PeerOfferedNoDirect
+        );
+        assert_eq!(
+            with(vec![Host, Srflx], vec![Host, Relay], Transport::Udp),
+            PeerGotNoStun
+        );
+        assert_eq!(
+            with(vec![Host, Srflx], vec![Srflx, Relay], Transport::Udp),
+            NoDirectPair
+        );
+        let forced = PathContext {
+            relay_only: true,
+            ..Default::default()
+        };
+        assert_eq!(describe(pair(Relay, Relay), &forced).reason, Some(Forced));
+    }
+
+    #[test]
+    fn candidate_names_from_either_stack() {
+        assert_eq!(CandidateType::parse("srflx"), Srflx);
+        assert_eq!(CandidateType::parse("serverreflexive"), Srflx);
+        assert_eq!(CandidateType::parse("peer-reflexive"), Prflx);
+        assert_eq!(CandidateType::parse("Relay"), Relay);
+        assert_eq!(CandidateType::parse("?"), Unknown);
+        assert_eq!(Transport::parse("TCP"), Transport::Tcp);
+    }
+
+    #[test]
+    fn one_line_for_people() {
+        let p = describe(pair(Relay, Srflx), &PathContext::default());
+        assert_eq!(
+            p.to_string(),
+            "relay path, relayed (relay ↔ srflx, udp): the other peer offered no direct candidates"
+        );
+    }
+}

@@ -1,0 +1,963 @@
+//! The rendezvous: everything between "open a WebSocket to the signalling server" and "the data
+//! channel is open", as one sans-IO state machine that both clients drive.
+//!
+//! Shaped after str0m's `Rtc` and quinn-proto: the driver feeds inputs (server messages, the
+//! socket opening or closing, its ICE stack's local events, the person's choices, time) and
+//! drains [`Rendezvous::poll_output`] until it returns [`Output::Timeout`], then waits for the
+//! next input or that moment. The machine owns every protocol decision of this stage:
+//! create or join, the PAKE and which password, the ICE servers, the sealed hello and the
+//! roles, offer/answer order, when a description goes out, candidate buffering until the
+//! remote description is applied, end-of-candidates, the other peer leaving or aborting, and
+//! every deadline. The driver owns only sockets, the ICE stack and the screen.
+//!
+//! ```text
+//!  creator                                        joiner
+//!  server_open → create                           server_open → join
+//!  created → Event::Ready(link, code)             joined → Event::Joined, pake
+//!  peer_joined → Event::Joined
+//!  pake → pake (same password kind)               pake → key
+//!  ── sealed hello{role} ⇄ sealed hello{role}: opening it confirms the key → Event::Verify
+//!  StartPeer; the file sender: CreateDescription(offer) → (gather ≤ 150 ms) → description
+//!  the receiver: ApplyDescription(offer) → CreateDescription(answer) → description at once
+//!  candidates trickle both ways; the driver's channel_open → Event::Connected
+//! ```
+//!
+//! Invariants:
+//! - The first sealed message each way is `hello`; a failure to open it is a wrong secret,
+//!   and the room is aborted so the other side learns it too.
+//! - A remote candidate is handed to the driver only after the remote description is applied.
+//! - Exactly one `Output::Failed` ends a machine; nothing but timeouts follows it. A failure
+//!   while the room is still open tells the server (`abort`), so the other side never waits
+//!   for a peer that gave up.
+//! - After the channel opened, losing the server or the other peer's signalling is not an
+//!   error: the transfer goes on peer to peer.
+
+use core::time::Duration;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+use crate::crypto::{Channel, CryptoError, Handshake, RoomRole};
+use crate::event::{self, Event};
+use crate::invite::{Invitation, ShareLink, ShortCode};
+use crate::path::PathReport;
+use crate::signal::{
+    AbortReason, AuthKind, ClientMessage, ErrorCode, IceServer, PeerSignal, RoomRef,
+    SIGNAL_VERSION, SdpKind, ServerMessage, TransferRole, WRONG_SECRET,
+};
+
+/// The deadlines of a rendezvous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// The signalling server opens the socket and answers create/join within this.
+    pub server_answer: Duration,
+    /// A joiner waits this long for the creator's key exchange message (the creator is
+    /// already there: only a broken peer or server takes longer).
+    pub peer_answer: Duration,
+    /// How long to wait for the other peer's hello. Long: a browser that opened our link to
+    /// send says hello only once its user has picked the files.
+    pub hello_wait: Duration,
+    /// How long an offer waits for candidates to gather into it (the rest trickle).
+    pub gather_wait: Duration,
+    /// How long opening the connection may take once both peers said hello.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_answer: Duration::from_secs(15),
+            peer_answer: Duration::from_secs(30),
+            hello_wait: Duration::from_secs(10 * 60),
+            gather_wait: Duration::from_millis(150),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which side of the transfer this peer wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Send,
+    Receive,
+    /// Whatever the other peer does not: a page opened on a link. If the other side receives,
+    /// the machine asks for files ([`Event::Pick`], answered by [`Rendezvous::files_picked`]).
+    Opposite,
+}
+
+impl Want {
+    fn role(self) -> Option<TransferRole> {
+        match self {
+            Self::Send => Some(TransferRole::Sender),
+            Self::Receive => Some(TransferRole::Receiver),
+            Self::Opposite => None,
+        }
+    }
+}
+
+/// An ICE candidate as both ICE stacks exchange it (`RTCIceCandidateInit`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IceCandidate {
+    pub candidate: String,
+    pub sdp_mid: Option<String>,
+    pub sdp_mline_index: Option<u16>,
+}
+
+impl IceCandidate {
+    /// A candidate's type from its SDP line (`… typ srflx …`).
+    pub fn kind(&self) -> crate::path::CandidateType {
+        let mut words = self.candidate.split_whitespace();
+        match words.position(|w| w == "typ").and_then(|_| words.next()) {
+            Some(t) => crate::path::CandidateType::parse(t),
+            None => crate::path::CandidateType::Unknown,
+        }
+    }
+
+    fn into_signal(self) -> PeerSignal {
+        PeerSignal::Candidate {
+            candidate: self.candidate,
+            sdp_mid: self.sdp_mid,
+            sdp_mline_index: self.sdp_mline_index,
+        }
+    }
+}
+
+/// What the driver's ICE stack did, fed back with [`Rendezvous::handle_local`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalIce {
+    /// The description [`Output::CreateDescription`] asked for is set as the local one.
+    DescriptionCreated,
+    /// The local description as it stands now (answer to [`Output::ReadLocalDescription`]).
+    Description(String),
+    /// The description of [`Output::ApplyDescription`] is set as the remote one.
+    RemoteApplied,
+    /// A local candidate was gathered.
+    Candidate(IceCandidate),
+    /// Gathering finished.
+    GatheringDone,
+}
+
+/// Build the peer connection: both peers are in, the key is confirmed, roles are settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSetup {
+    /// This side's role. The file sender creates the data channel and makes the offer.
+    pub role: TransferRole,
+    /// STUN/TURN servers the signalling server handed out for this room.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send this to the signalling server (sealed peer signals are already inside).
+    ToServer(ClientMessage),
+    /// Show this to the person (or print it for a program).
+    Event(Event),
+    /// Create the peer connection (and, for the sender, the data channel).
+    StartPeer(PeerSetup),
+    /// Create an offer or answer and set it as the local description; then
+    /// `handle_local(LocalIce::DescriptionCreated)`.
+    CreateDescription(SdpKind),
+    /// Read the local description now, with the candidates gathered so far, and pass it to
+    /// `handle_local(LocalIce::Description(sdp))`.
+    ReadLocalDescription,
+    /// Set the other peer's description; then `handle_local(LocalIce::RemoteApplied)`.
+    ApplyDescription { kind: SdpKind, sdp: String },
+    /// Add the other peer's candidate (a candidate the stack rejects is not fatal).
+    AddCandidate(IceCandidate),
+    /// The rendezvous failed; nothing more will happen. Whatever the room had to be told was
+    /// queued before this.
+    Failed(RendezvousError),
+    /// Nothing more to do until new input or this moment ([`Rendezvous::handle_timeout`]).
+    Timeout(Duration),
+}
+
+/// Why a rendezvous failed, phrased for the person at the screen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RendezvousError {
+    #[error("cannot reach the signalling server at {0}")]
+    Unreachable(String),
+    #[error("the signalling server at {0} did not answer")]
+    ServerSilent(String),
+    #[error("lost the signalling server before the peers connected")]
+    ServerLost,
+    #[error("the signalling server sent something unreadable")]
+    Unreadable,
+    #[error("server: {}", .0.explain())]
+    Server(ErrorCode),
+    #[error("{WRONG_SECRET}")]
+    WrongSecret,
+    #[error("{0}")]
+    Crypto(CryptoError),
+    #[error("the other peer left before connecting")]
+    PeerLeft,
+    #[error("the other peer gave up")]
+    PeerGaveUp,
+    #[error("the other peer did not answer the key exchange")]
+    PeerSilent,
+    #[error("the other peer did not start within {} minutes", .0.as_secs().div_ceil(60))]
+    NoHello(Duration),
+    #[error("the other peer runs an incompatible punchdrop (signalling v{0})")]
+    Incompatible(u32),
+    #[error("{}", crate::signal::role_clash(*.0))]
+    SameRole(TransferRole),
+    #[error("the {0} broke the protocol: {1}")]
+    Unexpected(Party, &'static str),
+    #[error("could not connect to the other peer within {} s: {}", .timeout.as_secs(), no_path(*.relay_offered))]
+    ConnectTimeout {
+        timeout: Duration,
+        relay_offered: bool,
+    },
+    #[error("{}", no_path(*.relay_offered))]
+    NoPath { relay_offered: bool },
+    /// This side's WebRTC stack failed (the driver's words).
+    #[error("{0}")]
+    Local(String),
+    #[error("stopped before the peers connected")]
+    Cancelled,
+}
+
+/// Who broke the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Server,
+    Peer,
+}
+
+impl core::fmt::Display for Party {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Server => "signalling server",
+            Self::Peer => "other peer",
+        })
+    }
+}
+
+fn no_path(relay_offered: bool) -> &'static str {
+    if relay_offered {
+        "no direct or relayed path to the other peer worked (a firewall may block WebRTC)"
+    } else {
+        "no direct path to the other peer worked and the server offers no relay"
+    }
+}
+
+/// How this peer entered the room.
+#[derive(Debug)]
+enum Entry {
+    Create,
+    Join {
+        room: RoomRef,
+        password: Vec<u8>,
+        auth: AuthKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// The socket to the server is not open yet.
+    Connecting,
+    /// `create` sent.
+    AwaitCreated,
+    /// The room exists; waiting for a joiner's PAKE message.
+    AwaitPeer,
+    /// `join` sent.
+    AwaitJoined,
+    /// Our PAKE message sent; waiting for the creator's.
+    AwaitPake,
+    /// Key agreed; hellos being exchanged.
+    Hello,
+    /// The other peer receives; waiting for this side's person to pick files.
+    Pick,
+    Negotiating,
+    Connected,
+    Failed,
+}
+
+/// Which deadline is armed, and so which error its expiry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    ServerAnswer,
+    PeerAnswer,
+    Hello,
+    Connect,
+}
+
+/// The offer/answer of this side.
+#[derive(Debug, Default)]
+struct Negotiation {
+    /// A local description was created and is not sent yet.
+    describing: Option<SdpKind>,
+    /// When that description goes out at the latest.
+    gather_deadline: Option<Duration>,
+    /// [`Output::ReadLocalDescription`] is out for it.
+    read_requested: bool,
+    /// Our description went out: later candidates trickle.
+    described: bool,
+    gathering_done: bool,
+    /// The other peer's description arrived / is applied.
+    remote_seen: bool,
+    remote_applied: bool,
+    /// Remote candidates waiting for the remote description.
+    pending_remote: Vec<IceCandidate>,
+    /// Candidates this side advertises beyond ICE's own (a mapped or forwarded port), held
+    /// until the hellos are through.
+    adverts: Vec<IceCandidate>,
+}
+
+/// One peer's rendezvous. See the module documentation.
+#[derive(Debug)]
+pub struct Rendezvous {
+    config: Config,
+    server: String,
+    entry: Entry,
+    stage: Stage,
+    now: Duration,
+    deadline: Option<(Duration, Deadline)>,
+    /// Creator only: what the room can be joined with.
+    invite: Option<(ShareLink, ShortCode)>,
+    room: Option<String>,
+    handshake: Option<Handshake>,
+    channel: Option<Channel>,
+    ice_servers: Vec<IceServer>,
+    both_in_room: Option<Duration>,
+    role: Option<TransferRole>,
+    peer_role: Option<TransferRole>,
+    neg: Negotiation,
+    server_up: bool,
+    out: VecDeque<Output>,
+}
+
+/// How far ahead [`Output::Timeout`] points when nothing is pending.
+const IDLE: Duration = Duration::from_secs(3600);
+
+impl Rendezvous {
+    /// Create a room on `server` (its base URL, which links will carry).
+    pub fn create(server: &str, want: Want, config: Config, now: Duration) -> Self {
+        Self::new(server, Entry::Create, want, config, now)
+    }
+
+    /// Join the room `invitation` names; typed codes meet on `default_server`.
+    pub fn join(
+        invitation: &Invitation,
+        default_server: &str,
+        want: Want,
+        config: Config,
+        now: Duration,
+    ) -> Self {
+        let (server, entry) = match invitation {
+            Invitation::Link(l) => (
+                l.server.as_str(),
+                Entry::Join {
+                    room: RoomRef::Id(l.room.clone()),
+                    password: l.password(),
+                    auth: AuthKind::Link,
+                },
+            ),
+            Invitation::Code(c) => (
+                default_server,
+                Entry::Join {
+                    room: RoomRef::Number(c.number),
+                    password: c.password(),
+                    auth: AuthKind::Code,
+                },
+            ),
+        };
+        Self::new(server, entry, want, config, now)
+    }
+
+    fn new(server: &str, entry: Entry, want: Want, config: Config, now: Duration) -> Self {
+        Self {
+            config,
+            server: server.trim_end_matches('/').to_string(),
+            entry,
+            stage: Stage::Connecting,
+            now,
+            deadline: Some((now + config.server_answer, Deadline::ServerAnswer)),
+            invite: None,
+            room: None,
+            handshake: None,
+            channel: None,
+            ice_servers: Vec::new(),
+            both_in_room: None,
+            role: want.role(),
+            peer_role: None,
+            neg: Negotiation::default(),
+            server_up: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The signalling server's base URL: open a WebSocket to
+    /// [`crate::invite::websocket_url`] of it.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// When this side learnt both peers were in the room.
+    pub fn both_in_room(&self) -> Option<Duration> {
+        self.both_in_room
+    }
+
+    /// This side's transfer role, once settled.
+    pub fn role(&self) -> Option<TransferRole> {
+        self.role.filter(|_| self.stage >= Stage::Negotiating)
+    }
+
+    /// The data channel is open.
+    pub fn is_connected(&self) -> bool {
+        self.stage == Stage::Connected
+    }
+
+    /// The STUN/TURN servers handed out so far (drivers may start probing them early).
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
+    }
+
+    /// Milliseconds since both peers were in the room (0 before).
+    pub fn ms_since_room(&self, now: Duration) -> f64 {
+        self.both_in_room
+            .map(|t| now.saturating_sub(t).as_secs_f64() * 1e3)
+            .unwrap_or_default()
+    }
+
+    // ── inputs ────────────────────────────────────────────────────────────────────────────
+
+    /// The socket to the server is open.
+    pub fn server_open(&mut self, now: Duration) {
+        self.now = now;
+        if self.stage != Stage::Connecting {
+            return;
+        }
+        self.server_up = true;
+        let msg = match &self.entry {
+            Entry::Create => {
+                self.stage = Stage::AwaitCreated;
+                ClientMessage::Create {
+                    version: SIGNAL_VERSION,
+                }
+            }
+            Entry::Join { room, .. } => {
+                self.stage = Stage::AwaitJoined;
+                ClientMessage::Join {
+                    version: SIGNAL_VERSION,
+                    room: room.clone(),
+                }
+            }
+        };
+        self.arm(Deadline::ServerAnswer, self.config.server_answer);
+        self.out.push_back(Output::ToServer(msg));
+    }
+
+    /// The socket to the server closed (or never opened).
+    pub fn server_closed(&mut self, now: Duration) {
+        self.now = now;
+        let was_up = std::mem::replace(&mut self.server_up, false);
+        match self.stage {
+            Stage::Connecting => self.fail(RendezvousError::Unreachable(self.server.clone())),
+            Stage::Connected | Stage::Failed => {}
+            _ if was_up => self.fail(RendezvousError::ServerLost),
+            _ => {}
+        }
+    }
+
+    /// A text frame from the server.
+    pub fn handle_server_text(&mut self, text: &str, now: Duration) {
+        match serde_json::from_str::<ServerMessage>(text) {
+            Ok(msg) => self.handle_server(msg, now),
+            Err(_) => {
+                self.now = now;
+                if self.stage < Stage::Connected {
+                    self.abort_and_fail(AbortReason::Failed, RendezvousError::Unreadable);
+                }
+            }
+        }
+    }
+
+    /// A message from the server.
+    pub fn handle_server(&mut self, msg: ServerMessage, now: Duration) {
+        self.now = now;
+        if self.stage == Stage::Failed {
+            return;
+        }
+        match msg {
+            ServerMessage::IceServers { servers, .. } => self.ice_servers = servers,
+            ServerMessage::Error { code, .. } => self.room_ended(RendezvousError::Server(code)),
+            ServerMessage::PeerLeft => self.room_ended(RendezvousError::PeerLeft),
+            ServerMessage::PeerAborted { reason } => self.room_ended(match reason {
+                AbortReason::WrongSecret => RendezvousError::WrongSecret,
+                _ => RendezvousError::PeerGaveUp,
+            }),
+            ServerMessage::Created { room, number, .. } => self.on_created(room, number),
+            ServerMessage::Joined { room } => self.on_joined(room),
+            ServerMessage::PeerJoined => {
+                if self.stage == Stage::AwaitPeer {
+                    self.mark_both_in_room();
+                }
+            }
+            ServerMessage::Pake { auth, msg } => self.on_pake(auth, &msg),
+            ServerMessage::Sealed { data } => self.on_sealed(&data),
+        }
+    }
+
+    /// The person picked the files to send (after [`Event::Pick`]).
+    pub fn files_picked(&mut self, now: Duration) {
+        self.now = now;
+        if self.stage == Stage::Pick {
+            self.send_hello(TransferRole::Sender);
+            self.start_negotiation();
+        }
+    }
+
+    /// What the ICE stack did.
+    pub fn handle_local(&mut self, ev: LocalIce, now: Duration) {
+        self.now = now;
+        if !matches!(self.stage, Stage::Negotiating | Stage::Connected) {
+            return;
+        }
+        match ev {
+            LocalIce::DescriptionCreated => match self.neg.describing {
+                Some(SdpKind::Offer) => {
+                    self.neg.gather_deadline = Some(now + self.config.gather_wait);
+                }
+                // The answer goes out at once and its candidates trickle: a browser starts
+                // its checks the moment the answer is set, and checks that reach an offerer
+                // before it has the answer are lost (it has no credentials yet). Answering
+                // first lets direct pairs win (Chromium kept a relayed pair on loopback
+                // otherwise).
+                Some(SdpKind::Answer) => self.request_description(),
+                None => {}
+            },
+            LocalIce::Description(sdp) => {
+                let Some(kind) = self.neg.describing.take() else {
+                    return;
+                };
+                self.neg.gather_deadline = None;
+                self.neg.described = true;
+                self.send_sealed(&PeerSignal::Description { kind, sdp });
+                if self.neg.gathering_done {
+                    self.send_sealed(&PeerSignal::EndOfCandidates);
+                }
+            }
+            LocalIce::RemoteApplied => {
+                if self.neg.remote_applied || !self.neg.remote_seen {
+                    return;
+                }
+                self.neg.remote_applied = true;
+                for c in std::mem::take(&mut self.neg.pending_remote) {
+                    self.out.push_back(Output::AddCandidate(c));
+                }
+                if self.role == Some(TransferRole::Receiver) {
+                    self.describe(SdpKind::Answer);
+                }
+            }
+            LocalIce::Candidate(c) => {
+                if self.neg.described {
+                    self.send_sealed(&c.into_signal());
+                } else if self.neg.describing == Some(SdpKind::Offer)
+                    && c.kind() == crate::path::CandidateType::Srflx
+                {
+                    // A server-reflexive candidate is what a punched path needs; relay
+                    // candidates take two more round trips to the TURN server and are only
+                    // needed if nothing direct works: they trickle.
+                    self.request_description();
+                }
+                // Otherwise the candidate is part of the description still to be read.
+            }
+            LocalIce::GatheringDone => {
+                self.neg.gathering_done = true;
+                if self.neg.described {
+                    self.send_sealed(&PeerSignal::EndOfCandidates);
+                } else if self.neg.describing.is_some() {
+                    self.request_description();
+                }
+            }
+        }
+    }
+
+    /// Offer the other peer a candidate ICE did not gather itself (a router's mapped port,
+    /// a port forwarded by hand). It goes out once the hellos are through.
+    pub fn advertise(&mut self, candidate: IceCandidate, now: Duration) {
+        self.now = now;
+        match self.stage {
+            Stage::Negotiating | Stage::Connected => self.send_sealed(&candidate.into_signal()),
+            Stage::Failed => {}
+            _ => self.neg.adverts.push(candidate),
+        }
+    }
+
+    /// The data channel is open, over `path`.
+    pub fn channel_open(&mut self, path: PathReport, now: Duration) {
+        self.now = now;
+        if self.stage != Stage::Negotiating {
+            return;
+        }
+        self.stage = Stage::Connected;
+        self.deadline = None;
+        let ms_since_room = self.ms_since_room(now);
+        self.emit(event::Connected {
+            path,
+            ms_since_room,
+        });
+    }
+
+    /// The connection failed before the channel opened (ICE found no path).
+    pub fn connection_failed(&mut self, now: Duration) {
+        self.now = now;
+        if self.stage == Stage::Negotiating {
+            let relay_offered = self.relay_offered();
+            self.abort_and_fail(
+                AbortReason::Failed,
+                RendezvousError::NoPath { relay_offered },
+            );
+        }
+    }
+
+    /// The driver's WebRTC stack failed (creating or applying a description…).
+    pub fn local_error(&mut self, message: impl Into<String>, now: Duration) {
+        self.now = now;
+        if self.stage < Stage::Connected {
+            self.abort_and_fail(AbortReason::Failed, RendezvousError::Local(message.into()));
+        }
+    }
+
+    /// The person stopped. The room is told, so the other side does not wait.
+    pub fn cancel(&mut self, now: Duration) {
+        self.now = now;
+        if self.stage < Stage::Connected {
+            self.abort_and_fail(AbortReason::Cancelled, RendezvousError::Cancelled);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.now = now;
+        if self.neg.gather_deadline.is_some_and(|t| t <= now) {
+            self.neg.gather_deadline = None;
+            self.request_description();
+        }
+        let Some((at, which)) = self.deadline else {
+            return;
+        };
+        if at > now {
+            return;
+        }
+        self.deadline = None;
+        match which {
+            Deadline::ServerAnswer if self.stage == Stage::Connecting => {
+                self.fail(RendezvousError::Unreachable(self.server.clone()))
+            }
+            Deadline::ServerAnswer => self.fail(RendezvousError::ServerSilent(self.server.clone())),
+            Deadline::PeerAnswer => {
+                self.abort_and_fail(AbortReason::Failed, RendezvousError::PeerSilent)
+            }
+            Deadline::Hello => self.abort_and_fail(
+                AbortReason::Failed,
+                RendezvousError::NoHello(self.config.hello_wait),
+            ),
+            Deadline::Connect => {
+                let e = RendezvousError::ConnectTimeout {
+                    timeout: self.config.connect_timeout,
+                    relay_offered: self.relay_offered(),
+                };
+                self.abort_and_fail(AbortReason::Failed, e)
+            }
+        }
+    }
+
+    /// The next thing to do; [`Output::Timeout`] when there is nothing until then.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        let next = [
+            self.deadline.map(|(t, _)| t),
+            self.neg.gather_deadline,
+            Some(self.now + IDLE),
+        ];
+        Output::Timeout(next.into_iter().flatten().min().expect("one is always set"))
+    }
+
+    // ── steps ─────────────────────────────────────────────────────────────────────────────
+
+    fn arm(&mut self, which: Deadline, after: Duration) {
+        self.deadline = Some((self.now + after, which));
+    }
+
+    fn emit(&mut self, e: impl Into<Event>) {
+        self.out.push_back(Output::Event(e.into()));
+    }
+
+    fn fail(&mut self, e: RendezvousError) {
+        if self.stage == Stage::Failed {
+            return;
+        }
+        self.stage = Stage::Failed;
+        self.deadline = None;
+        self.neg.gather_deadline = None;
+        self.out.push_back(Output::Failed(e));
+    }
+
+    /// Fail, telling the room first when there is one to tell.
+    /// Once connected, nothing here can fail the transfer: it is ignored.
+    fn abort_and_fail(&mut self, reason: AbortReason, e: RendezvousError) {
+        if self.stage >= Stage::Connected {
+            return;
+        }
+        if self.server_up && self.room.is_some() {
+            self.out
+                .push_back(Output::ToServer(ClientMessage::Abort { reason }));
+        }
+        self.fail(e);
+    }
+
+    /// The server ended the room, or the other peer left it. Before the channel is open
+    /// that ends this rendezvous; after, the transfer needs neither.
+    fn room_ended(&mut self, e: RendezvousError) {
+        if self.stage < Stage::Connected {
+            self.fail(e);
+        }
+    }
+
+    fn relay_offered(&self) -> bool {
+        self.ice_servers
+            .iter()
+            .flat_map(|s| &s.urls)
+            .any(|u| u.starts_with("turn"))
+    }
+
+    fn unexpected(&mut self, who: Party, what: &'static str) {
+        self.abort_and_fail(AbortReason::Failed, RendezvousError::Unexpected(who, what));
+    }
+
+    fn mark_both_in_room(&mut self) {
+        if self.both_in_room.is_none() {
+            self.both_in_room = Some(self.now);
+            self.emit(Event::Joined);
+        }
+    }
+
+    fn on_created(&mut self, room: String, number: u32) {
+        if self.stage != Stage::AwaitCreated {
+            // A repeated answer changes nothing.
+            return;
+        }
+        let link = ShareLink::new(&self.server, &room, &crate::invite::generate_secret());
+        let code = ShortCode::generate(number);
+        self.emit(event::Ready {
+            link: link.to_string(),
+            code: code.to_string(),
+        });
+        self.invite = Some((link, code));
+        self.room = Some(room);
+        self.stage = Stage::AwaitPeer;
+        // Waiting for a joiner has no deadline of ours: the room expires on the server.
+        self.deadline = None;
+    }
+
+    fn on_joined(&mut self, room: String) {
+        if self.stage != Stage::AwaitJoined {
+            return;
+        }
+        let Entry::Join { password, auth, .. } = &self.entry else {
+            return;
+        };
+        let (hs, mine) = Handshake::start_b64(password, &room, RoomRole::Joiner);
+        let auth = *auth;
+        self.room = Some(room);
+        self.handshake = Some(hs);
+        self.mark_both_in_room();
+        self.out
+            .push_back(Output::ToServer(ClientMessage::Pake { auth, msg: mine }));
+        self.stage = Stage::AwaitPake;
+        self.arm(Deadline::PeerAnswer, self.config.peer_answer);
+    }
+
+    fn on_pake(&mut self, auth: AuthKind, theirs: &str) {
+        let hs = match self.stage {
+            Stage::AwaitPeer => {
+                // The creator follows the joiner's choice of password.
+                let (Some((link, code)), Some(room)) = (&self.invite, &self.room) else {
+                    return;
+                };
+                let password = match auth {
+                    AuthKind::Link => link.password(),
+                    AuthKind::Code => code.password(),
+                };
+                let (hs, mine) = Handshake::start_b64(&password, room, RoomRole::Creator);
+                self.mark_both_in_room();
+                self.out
+                    .push_back(Output::ToServer(ClientMessage::Pake { auth, msg: mine }));
+                hs
+            }
+            Stage::AwaitPake => match self.handshake.take() {
+                Some(hs) => hs,
+                None => return,
+            },
+            // A repeated key exchange message changes nothing once the key is agreed.
+            s if s > Stage::AwaitPake => return,
+            _ => return self.unexpected(Party::Server, "a key exchange message before joining"),
+        };
+        match hs.finish_b64(theirs) {
+            Ok(channel) => {
+                self.channel = Some(channel);
+                self.key_agreed();
+            }
+            Err(e) => self.abort_and_fail(AbortReason::Failed, RendezvousError::Crypto(e)),
+        }
+    }
+
+    fn key_agreed(&mut self) {
+        self.stage = Stage::Hello;
+        self.arm(Deadline::Hello, self.config.hello_wait);
+        if let Some(role) = self.role {
+            self.send_hello(role);
+        }
+    }
+
+    fn send_sealed(&mut self, sig: &PeerSignal) {
+        let Some(channel) = self.channel.as_mut() else {
+            return;
+        };
+        if !self.server_up {
+            return;
+        }
+        let json = serde_json::to_vec(sig).expect("peer signals serialise");
+        let data = channel.seal_b64(&json);
+        self.out
+            .push_back(Output::ToServer(ClientMessage::Sealed { data }));
+    }
+
+    fn send_hello(&mut self, role: TransferRole) {
+        self.role = Some(role);
+        self.send_sealed(&PeerSignal::Hello {
+            version: SIGNAL_VERSION,
+            role,
+        });
+    }
+
+    fn on_sealed(&mut self, data: &str) {
+        if self.stage < Stage::Hello {
+            return self.unexpected(Party::Server, "a sealed message before the key exchange");
+        }
+        let Some(channel) = self.channel.as_mut() else {
+            return;
+        };
+        let plain = match channel.open_b64(data) {
+            Ok(p) => p,
+            // Too late to matter once connected (a stray late candidate).
+            Err(_) if self.stage == Stage::Connected => return,
+            Err(CryptoError::WrongSecret) => {
+                return self.abort_and_fail(AbortReason::WrongSecret, RendezvousError::WrongSecret);
+            }
+            Err(e) => return self.abort_and_fail(AbortReason::Failed, RendezvousError::Crypto(e)),
+        };
+        match serde_json::from_slice::<PeerSignal>(&plain) {
+            Ok(sig) => self.on_signal(sig),
+            Err(_) => self.unexpected(Party::Peer, "an unreadable signal"),
+        }
+    }
+
+    fn on_signal(&mut self, sig: PeerSignal) {
+        match sig {
+            PeerSignal::Hello { version, role } => self.on_hello(version, role),
+            _ if self.peer_role.is_none() => self.unexpected(Party::Peer, "it skipped the hello"),
+            PeerSignal::Description { kind, sdp } => self.on_description(kind, sdp),
+            PeerSignal::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
+                let c = IceCandidate {
+                    candidate,
+                    sdp_mid,
+                    sdp_mline_index,
+                };
+                if self.neg.remote_applied {
+                    self.out.push_back(Output::AddCandidate(c));
+                } else {
+                    self.neg.pending_remote.push(c);
+                }
+            }
+            // Nothing waits for it: ICE ends on success or its own timers.
+            PeerSignal::EndOfCandidates => {}
+        }
+    }
+
+    fn on_hello(&mut self, version: u32, theirs: TransferRole) {
+        if self.peer_role.is_some() {
+            return self.unexpected(Party::Peer, "it restarted the handshake");
+        }
+        if version != SIGNAL_VERSION {
+            return self
+                .abort_and_fail(AbortReason::Failed, RendezvousError::Incompatible(version));
+        }
+        self.peer_role = Some(theirs);
+        // Opening the hello confirmed the key: the words now mean something.
+        if let Some(words) = self.channel.as_ref().map(Channel::verification_words) {
+            self.emit(event::Verify {
+                words: words.map(str::to_string),
+            });
+        }
+        match (self.role, theirs) {
+            (Some(mine), theirs) if mine == theirs => {
+                self.abort_and_fail(AbortReason::Failed, RendezvousError::SameRole(mine))
+            }
+            (Some(_), _) => self.start_negotiation(),
+            (None, TransferRole::Sender) => {
+                self.send_hello(TransferRole::Receiver);
+                self.start_negotiation();
+            }
+            (None, TransferRole::Receiver) => {
+                // A person is choosing files; the other side waits on its own deadline.
+                self.stage = Stage::Pick;
+                self.deadline = None;
+                self.emit(Event::Pick);
+            }
+        }
+    }
+
+    fn start_negotiation(&mut self) {
+        let role = self.role.expect("a role is settled before negotiating");
+        self.stage = Stage::Negotiating;
+        self.arm(Deadline::Connect, self.config.connect_timeout);
+        self.out.push_back(Output::StartPeer(PeerSetup {
+            role,
+            ice_servers: self.ice_servers.clone(),
+        }));
+        for c in std::mem::take(&mut self.neg.adverts) {
+            self.send_sealed(&c.into_signal());
+        }
+        if role == TransferRole::Sender {
+            self.describe(SdpKind::Offer);
+        }
+    }
+
+    fn describe(&mut self, kind: SdpKind) {
+        self.neg.describing = Some(kind);
+        self.neg.read_requested = false;
+        self.out.push_back(Output::CreateDescription(kind));
+    }
+
+    /// Ask for the local description to send, once per description.
+    fn request_description(&mut self) {
+        if self.neg.describing.is_some() && !self.neg.read_requested {
+            self.neg.read_requested = true;
+            self.neg.gather_deadline = None;
+            self.out.push_back(Output::ReadLocalDescription);
+        }
+    }
+
+    fn on_description(&mut self, kind: SdpKind, sdp: String) {
+        let role = self.role.expect("hellos exchanged");
+        let expected = match role {
+            TransferRole::Sender => SdpKind::Answer,
+            TransferRole::Receiver => SdpKind::Offer,
+        };
+        if kind != expected || self.neg.remote_seen || self.stage != Stage::Negotiating {
+            return self.unexpected(Party::Peer, "a description out of turn");
+        }
+        self.neg.remote_seen = true;
+        self.out.push_back(Output::ApplyDescription { kind, sdp });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1212 @@
+//! Two rendezvous machines, a stand-in signalling server and two stand-in ICE stacks, on
+//! virtual time: every path through the rendezvous, with server messages lost, duplicated,
+//! delayed and reordered, and every deadline run out, before any socket exists.
+
+use super::*;
+use crate::event::Payload;
+use crate::invite::Invitation;
+use crate::path::{CandidateType, PathKind, Transport};
+use std::collections::BTreeMap;
+
+const HOP: Duration = Duration::from_millis(10);
+const T0: Duration = Duration::from_secs(1000);
+const SERVER: &str = "https://drop.example";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    A,
+    B,
+}
+
+impl Who {
+    fn other(self) -> Self {
+        match self {
+            Self::A => Self::B,
+            Self::B => Self::A,
+        }
+    }
+}
+
+/// What happens to one server → peer message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Deliver,
+    Drop,
+    Duplicate,
+    /// Deliver this much later (which reorders it behind later messages).
+    Delay(Duration),
+}
+
+/// Decides the fate of the n-th message the server sends to a peer (n counts per peer).
+type Faults = Box<dyn FnMut(Who, usize, &ServerMessage) -> Fate>;
+
+#[derive(Debug)]
+enum Wire {
+    ToServer(Who, ClientMessage),
+    ToPeer(Who, ServerMessage),
+    /// A peer's socket closed (as the server sees it).
+    Closed(Who),
+    /// The server's socket to a peer closed (as the peer sees it).
+    ServerGone(Who),
+    Local(Who, LocalIce),
+    Open(Who),
+}
+
+/// The server's one room.
+#[derive(Debug, Default)]
+struct Room {
+    creator: Option<Who>,
+    joiner: Option<Who>,
+    pake_sent: Vec<Who>,
+    gone: bool,
+}
+
+/// A peer: its machine, its stand-in ICE stack, and what it showed.
+struct Peer {
+    rv: Rendezvous,
+    /// `None` for a peer whose socket never opens.
+    connects: bool,
+    events: Vec<Event>,
+    failed: Option<RendezvousError>,
+    sent: Vec<ClientMessage>,
+    setup: Option<PeerSetup>,
+    /// Local candidates gathered so far (what a description read now contains).
+    local: Vec<String>,
+    remote_description: Option<String>,
+    remote_applied: bool,
+    remote_candidates: Vec<String>,
+    /// Candidates this ICE stack gathers after a description is created: (delay, line).
+    gathers: Vec<(Duration, &'static str)>,
+    gathering_done_after: Option<Duration>,
+    /// When the local description was created, and when it was read and sent.
+    created_at: Option<Duration>,
+    described_at: Option<Duration>,
+    open: bool,
+}
+
+impl Peer {
+    fn new(rv: Rendezvous) -> Self {
+        Self {
+            rv,
+            connects: true,
+            events: Vec::new(),
+            failed: None,
+            sent: Vec::new(),
+            setup: None,
+            local: Vec::new(),
+            remote_description: None,
+            remote_applied: false,
+            remote_candidates: Vec::new(),
+            gathers: vec![
+                (
+                    Duration::from_millis(1),
+                    "candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host",
+                ),
+                (
+                    Duration::from_millis(40),
+                    "candidate:2 1 udp 1694498815 198.51.100.2 6000 typ srflx",
+                ),
+                (
+                    Duration::from_millis(90),
+                    "candidate:3 1 udp 16777215 203.0.113.9 7000 typ relay",
+                ),
+            ],
+            gathering_done_after: Some(Duration::from_millis(91)),
+            created_at: None,
+            described_at: None,
+            open: false,
+        }
+    }
+
+    fn event<T: Payload + Clone>(&self) -> Option<T> {
+        crate::event::find::<T>(&self.events).cloned()
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        self.events.iter().map(Event::name).collect()
+    }
+
+    fn aborted(&self) -> Option<AbortReason> {
+        self.sent.iter().find_map(|m| match m {
+            ClientMessage::Abort { reason } => Some(*reason),
+            _ => None,
+        })
+    }
+}
+
+struct World {
+    now: Duration,
+    peers: BTreeMap<Who, Peer>,
+    /// (delivery time, sequence, what): delivered in time order, then sending order.
+    wire: Vec<(Duration, u64, Wire)>,
+    seq: u64,
+    room: Room,
+    faults: Faults,
+    sent_to: BTreeMap<Who, usize>,
+    ice_servers: Vec<IceServer>,
+}
+
+fn link_and_code(world: &World) -> (String, String) {
+    let r = world.peers[&Who::A]
+        .event::<event::Ready>()
+        .expect("A made a room");
+    (r.link, r.code)
+}
+
+impl World {
+    /// A creates a room (wanting `a`); B will join with whatever `join` returns from A's
+    /// link and code.
+    fn new(a: Want) -> Self {
+        let rv = Rendezvous::create(SERVER, a, Config::default(), T0);
+        let mut peers = BTreeMap::new();
+        peers.insert(Who::A, Peer::new(rv));
+        Self {
+            now: T0,
+            peers,
+            wire: Vec::new(),
+            seq: 0,
+            room: Room::default(),
+            faults: Box::new(|_, _, _| Fate::Deliver),
+            sent_to: BTreeMap::new(),
+            ice_servers: vec![
+                IceServer {
+                    urls: vec!["stun:drop.example:3478".into()],
+                    username: None,
+                    credential: None,
+                },
+                IceServer {
+                    urls: vec!["turn:drop.example:3478?transport=udp".into()],
+                    username: Some("1:tag".into()),
+                    credential: Some("pw".into()),
+                },
+            ],
+        }
+    }
+
+    /// Open A's socket and run until A has a link (or gave up).
+    fn with_room(a: Want) -> Self {
+        let mut w = Self::new(a);
+        w.open_socket(Who::A);
+        w.run_until(|w| {
+            w.peers[&Who::A].event::<event::Ready>().is_some() || w.peers[&Who::A].failed.is_some()
+        });
+        w
+    }
+
+    /// B joins by `how` (the link, the code, or anything else) wanting `b`.
+    fn join(&mut self, invitation: &str, b: Want) {
+        let inv = Invitation::parse(invitation).expect("a valid invitation");
+        let rv = Rendezvous::join(&inv, SERVER, b, Config::default(), self.now);
+        self.peers.insert(Who::B, Peer::new(rv));
+        self.open_socket(Who::B);
+    }
+
+    fn open_socket(&mut self, who: Who) {
+        let now = self.now;
+        let p = self.peers.get_mut(&who).unwrap();
+        if p.connects {
+            p.rv.server_open(now);
+        }
+    }
+
+    fn schedule(&mut self, after: Duration, what: Wire) {
+        self.seq += 1;
+        self.wire.push((self.now + after, self.seq, what));
+    }
+
+    fn tell(&mut self, who: Who, msg: ServerMessage) {
+        let n = self.sent_to.entry(who).or_default();
+        let fate = (self.faults)(who, *n, &msg);
+        *n += 1;
+        match fate {
+            Fate::Deliver => self.schedule(HOP, Wire::ToPeer(who, msg)),
+            Fate::Drop => {}
+            Fate::Duplicate => {
+                self.schedule(HOP, Wire::ToPeer(who, msg.clone()));
+                self.schedule(HOP, Wire::ToPeer(who, msg));
+            }
+            Fate::Delay(d) => self.schedule(HOP + d, Wire::ToPeer(who, msg)),
+        }
+    }
+
+    /// The stand-in signalling server: one room, the real server's rules.
+    fn server(&mut self, from: Who, msg: ClientMessage) {
+        let other = from.other();
+        let in_room = |r: &Room, w: Who| r.creator == Some(w) || r.joiner == Some(w);
+        match msg {
+            ClientMessage::Create { .. } => {
+                self.room.creator = Some(from);
+                self.tell(
+                    from,
+                    ServerMessage::Created {
+                        room: "room1234".into(),
+                        number: 7,
+                        expires_in_secs: 1800,
+                    },
+                );
+                self.ice(from);
+            }
+            ClientMessage::Join { room, .. } => {
+                let ok = match room {
+                    RoomRef::Id(id) => id == "room1234",
+                    RoomRef::Number(n) => n == 7,
+                };
+                if !ok || self.room.gone || self.room.creator.is_none() {
+                    return self.error(from, ErrorCode::NoSuchRoom);
+                }
+                if self.room.joiner.is_some() {
+                    return self.error(from, ErrorCode::RoomFull);
+                }
+                self.room.joiner = Some(from);
+                self.tell(
+                    from,
+                    ServerMessage::Joined {
+                        room: "room1234".into(),
+                    },
+                );
+                self.ice(from);
+                self.tell(other, ServerMessage::PeerJoined);
+            }
+            ClientMessage::Pake { auth, msg } => {
+                if self.room.gone || !in_room(&self.room, other) {
+                    return self.error(from, ErrorCode::NoPeer);
+                }
+                if self.room.pake_sent.contains(&from) {
+                    return self.error(from, ErrorCode::PakeAlreadySent);
+                }
+                self.room.pake_sent.push(from);
+                self.tell(other, ServerMessage::Pake { auth, msg });
+            }
+            ClientMessage::Sealed { data } => {
+                if !self.room.gone && in_room(&self.room, other) {
+                    self.tell(other, ServerMessage::Sealed { data });
+                }
+            }
+            ClientMessage::Abort { reason } => {
+                if !self.room.gone && in_room(&self.room, other) {
+                    self.tell(other, ServerMessage::PeerAborted { reason });
+                }
+                self.room.gone = true;
+            }
+        }
+    }
+
+    fn ice(&mut self, to: Who) {
+        let servers = self.ice_servers.clone();
+        self.tell(
+            to,
+            ServerMessage::IceServers {
+                servers,
+                expires_in_secs: 3600,
+            },
+        );
+    }
+
+    fn error(&mut self, to: Who, code: ErrorCode) {
+        self.tell(
+            to,
+            ServerMessage::Error {
+                code,
+                message: code.explain().into(),
+            },
+        );
+    }
+
+    /// Carry out everything the machines asked for.
+    fn drain(&mut self) {
+        loop {
+            let mut did = false;
+            for who in [Who::A, Who::B] {
+                while let Some(p) = self.peers.get_mut(&who) {
+                    let out = p.rv.poll_output();
+                    if matches!(out, Output::Timeout(_)) {
+                        break;
+                    }
+                    did = true;
+                    self.act(who, out);
+                }
+            }
+            if !did {
+                return;
+            }
+        }
+    }
+
+    /// The stand-in driver and ICE stack.
+    fn act(&mut self, who: Who, out: Output) {
+        let now = self.now;
+        match out {
+            Output::ToServer(m) => {
+                self.peers.get_mut(&who).unwrap().sent.push(m.clone());
+                self.schedule(HOP, Wire::ToServer(who, m));
+            }
+            Output::Event(e) => self.peers.get_mut(&who).unwrap().events.push(e),
+            Output::Failed(e) => {
+                let p = self.peers.get_mut(&who).unwrap();
+                assert!(p.failed.is_none(), "{who:?} failed twice");
+                p.failed = Some(e);
+            }
+            Output::StartPeer(setup) => {
+                let p = self.peers.get_mut(&who).unwrap();
+                assert!(p.setup.is_none(), "{who:?} started two peer connections");
+                p.setup = Some(setup);
+            }
+            Output::CreateDescription(_) => {
+                self.schedule(
+                    Duration::from_millis(1),
+                    Wire::Local(who, LocalIce::DescriptionCreated),
+                );
+                let p = &self.peers[&who];
+                let gathers = p.gathers.clone();
+                let done = p.gathering_done_after;
+                for (after, line) in gathers {
+                    let c = IceCandidate {
+                        candidate: line.into(),
+                        sdp_mid: Some("0".into()),
+                        sdp_mline_index: Some(0),
+                    };
+                    self.schedule(after, Wire::Local(who, LocalIce::Candidate(c)));
+                }
+                if let Some(after) = done {
+                    self.schedule(after, Wire::Local(who, LocalIce::GatheringDone));
+                }
+            }
+            Output::ReadLocalDescription => {
+                let p = self.peers.get_mut(&who).unwrap();
+                let sdp = format!("v=0 {who:?} [{}]", p.local.join(","));
+                p.described_at = Some(now);
+                p.rv.handle_local(LocalIce::Description(sdp), now);
+            }
+            Output::ApplyDescription { sdp, .. } => {
+                let p = self.peers.get_mut(&who).unwrap();
+                assert!(
+                    p.remote_description.is_none(),
+                    "{who:?}: two remote descriptions"
+                );
+                p.remote_description = Some(sdp);
+                self.schedule(
+                    Duration::from_millis(1),
+                    Wire::Local(who, LocalIce::RemoteApplied),
+                );
+            }
+            Output::AddCandidate(c) => {
+                let p = self.peers.get_mut(&who).unwrap();
+                assert!(
+                    p.remote_applied,
+                    "{who:?}: a remote candidate before the remote description"
+                );
+                p.remote_candidates.push(c.candidate);
+            }
+            Output::Timeout(_) => unreachable!(),
+        }
+    }
+
+    fn deliver(&mut self, what: Wire) {
+        let now = self.now;
+        match what {
+            Wire::ToServer(from, m) => self.server(from, m),
+            Wire::ToPeer(to, m) => {
+                if let Some(p) = self.peers.get_mut(&to) {
+                    p.rv.handle_server(m, now);
+                }
+            }
+            Wire::Closed(who) => {
+                let other = who.other();
+                if !self.room.gone {
+                    self.room.gone = true;
+                    if self.peers.contains_key(&other) {
+                        self.tell(other, ServerMessage::PeerLeft);
+                    }
+                }
+            }
+            Wire::ServerGone(who) => {
+                if let Some(p) = self.peers.get_mut(&who) {
+                    p.rv.server_closed(now);
+                }
+            }
+            Wire::Local(who, ev) => {
+                let p = self.peers.get_mut(&who).unwrap();
+                match &ev {
+                    LocalIce::Candidate(c) => p.local.push(c.candidate.clone()),
+                    LocalIce::RemoteApplied => p.remote_applied = true,
+                    LocalIce::DescriptionCreated => p.created_at = Some(now),
+                    _ => {}
+                }
+                p.rv.handle_local(ev, now);
+            }
+            Wire::Open(who) => {
+                let p = self.peers.get_mut(&who).unwrap();
+                p.open = true;
+                let path = PathReport {
+                    kind: PathKind::Direct,
+                    local: CandidateType::Srflx,
+                    remote: CandidateType::Srflx,
+                    protocol: Transport::Udp,
+                    reason: None,
+                    portmap: None,
+                };
+                p.rv.channel_open(path, now);
+            }
+        }
+    }
+
+    /// ICE connects once both sides applied the other's description and know one of its
+    /// candidates; the channel opens a few milliseconds later on both sides.
+    fn maybe_connect(&mut self) {
+        let ready = |p: &Peer| {
+            p.remote_applied
+                && !p.open
+                && (p
+                    .remote_description
+                    .as_ref()
+                    .is_some_and(|d| d.contains("typ"))
+                    || !p.remote_candidates.is_empty())
+        };
+        let (Some(a), Some(b)) = (self.peers.get(&Who::A), self.peers.get(&Who::B)) else {
+            return;
+        };
+        if ready(a) && ready(b) && !self.wire.iter().any(|(_, _, w)| matches!(w, Wire::Open(_))) {
+            self.schedule(Duration::from_millis(5), Wire::Open(Who::A));
+            self.schedule(Duration::from_millis(5), Wire::Open(Who::B));
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.peers
+            .values()
+            .all(|p| p.failed.is_some() || p.rv.is_connected())
+    }
+
+    /// Run until `done` holds, nothing is left to happen, or 20 virtual minutes passed.
+    fn run_until(&mut self, done: impl Fn(&World) -> bool) {
+        let limit = self.now + Duration::from_secs(20 * 60);
+        self.run_until_at(done, limit);
+    }
+
+    /// Run for `d` of virtual time, whatever happens.
+    fn run_for(&mut self, d: Duration) {
+        let limit = self.now + d;
+        self.run_until_at(|_| false, limit);
+        self.now = limit;
+    }
+
+    fn run_until_at(&mut self, done: impl Fn(&World) -> bool, limit: Duration) {
+        loop {
+            self.drain();
+            self.maybe_connect();
+            if done(self) {
+                return;
+            }
+            let timers = self.peers.values_mut().map(|p| match p.rv.poll_output() {
+                Output::Timeout(t) => t,
+                other => panic!("undrained output {other:?}"),
+            });
+            let timer = timers.min();
+            let next_wire = self.wire.iter().map(|(t, s, _)| (*t, *s)).min();
+            let next = match (next_wire, timer) {
+                (Some((tw, _)), Some(tt)) => tw.min(tt),
+                (Some((tw, _)), None) => tw,
+                (None, Some(tt)) => tt,
+                (None, None) => return,
+            };
+            if next > limit {
+                return;
+            }
+            self.now = self.now.max(next);
+            if let Some((_, seq)) = next_wire.filter(|(t, _)| *t <= self.now) {
+                let i = self.wire.iter().position(|(_, s, _)| *s == seq).unwrap();
+                let (_, _, what) = self.wire.remove(i);
+                self.deliver(what);
+            } else {
+                let now = self.now;
+                for p in self.peers.values_mut() {
+                    p.rv.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    /// Run until both sides connected or failed and nothing is in flight any more.
+    fn run(&mut self) {
+        self.run_until(|w| w.settled() && w.wire.is_empty());
+    }
+
+    fn a(&self) -> &Peer {
+        &self.peers[&Who::A]
+    }
+
+    fn b(&self) -> &Peer {
+        &self.peers[&Who::B]
+    }
+}
+
+fn connected(w: &World) {
+    for (who, p) in &w.peers {
+        assert!(
+            p.rv.is_connected(),
+            "{who:?} did not connect: failed {:?}, events {:?}",
+            p.failed,
+            p.names()
+        );
+    }
+}
+
+/// A sender shares, a receiver joins by link.
+fn share_and_receive(faults: Faults) -> World {
+    let mut w = World::with_room(Want::Send);
+    w.faults = faults;
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Receive);
+    w.run();
+    w
+}
+
+#[test]
+fn sender_shares_receiver_joins_by_link() {
+    let w = share_and_receive(Box::new(|_, _, _| Fate::Deliver));
+    connected(&w);
+    assert_eq!(w.a().names(), ["ready", "joined", "verify", "connected"]);
+    assert_eq!(w.b().names(), ["joined", "verify", "connected"]);
+    let (a, b) = (
+        w.a().event::<event::Verify>(),
+        w.b().event::<event::Verify>(),
+    );
+    assert_eq!(a, b, "both sides show the same words");
+    assert_eq!(w.a().setup.as_ref().unwrap().role, TransferRole::Sender);
+    assert_eq!(w.b().setup.as_ref().unwrap().role, TransferRole::Receiver);
+    assert_eq!(w.a().setup.as_ref().unwrap().ice_servers, w.ice_servers);
+    // The offer waited for the srflx candidate (40 ms), not for the relay (90 ms).
+    let offer = w.b().remote_description.as_ref().unwrap();
+    assert!(
+        offer.contains("typ srflx") && !offer.contains("typ relay"),
+        "{offer}"
+    );
+    // The answer went out at once, its candidates trickled.
+    let answer = w.a().remote_description.as_ref().unwrap();
+    assert!(!answer.contains("typ"), "{answer}");
+    assert_eq!(w.a().remote_candidates.len(), 3);
+    // The relay candidate trickled after the offer.
+    assert!(
+        w.b()
+            .remote_candidates
+            .iter()
+            .any(|c| c.contains("typ relay"))
+    );
+    // Link, code and times.
+    let ready = w.a().event::<event::Ready>().unwrap();
+    assert!(
+        ready.link.starts_with("https://drop.example/r/room1234#"),
+        "{}",
+        ready.link
+    );
+    assert!(ready.code.starts_with("7-"), "{}", ready.code);
+    let c = w.b().event::<event::Connected>().unwrap();
+    assert!(
+        c.ms_since_room > 0.0 && c.ms_since_room < 500.0,
+        "{}",
+        c.ms_since_room
+    );
+    // Nothing was sealed before the hello: the hello is each side's first sealed message.
+    for p in w.peers.values() {
+        assert!(p.aborted().is_none());
+    }
+}
+
+#[test]
+fn receiver_creates_the_room_sender_joins_by_code() {
+    let mut w = World::with_room(Want::Receive);
+    let (_, code) = link_and_code(&w);
+    w.join(&code, Want::Send);
+    w.run();
+    connected(&w);
+    assert_eq!(w.a().setup.as_ref().unwrap().role, TransferRole::Receiver);
+    assert!(w.a().event::<event::Verify>() == w.b().event::<event::Verify>());
+    // The creator followed the joiner's choice of password.
+    assert!(w.b().sent.iter().any(|m| matches!(
+        m,
+        ClientMessage::Pake {
+            auth: AuthKind::Code,
+            ..
+        }
+    )));
+    assert!(w.a().sent.iter().any(|m| matches!(
+        m,
+        ClientMessage::Pake {
+            auth: AuthKind::Code,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_page_on_a_link_takes_the_other_side() {
+    // The creator sends: the page receives without being asked.
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Opposite);
+    w.run();
+    connected(&w);
+    assert_eq!(w.b().setup.as_ref().unwrap().role, TransferRole::Receiver);
+    assert!(!w.b().names().contains(&"pick"));
+
+    // The creator receives (the NAS case): the page asks its person for files, and nothing
+    // is negotiated until they are picked.
+    let mut w = World::with_room(Want::Receive);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Opposite);
+    w.run_until(|w| w.b().names().contains(&"pick"));
+    w.run_for(Duration::from_secs(300));
+    assert!(
+        w.peers
+            .values()
+            .all(|p| p.setup.is_none() && p.failed.is_none())
+    );
+    let now = w.now;
+    w.peers.get_mut(&Who::B).unwrap().rv.files_picked(now);
+    w.run();
+    connected(&w);
+    assert_eq!(w.b().setup.as_ref().unwrap().role, TransferRole::Sender);
+    assert_eq!(w.b().names(), ["joined", "verify", "pick", "connected"]);
+}
+
+#[test]
+fn a_person_who_never_picks_is_given_up_on_by_the_other_side() {
+    let mut w = World::with_room(Want::Receive);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Opposite);
+    w.run();
+    assert_eq!(
+        w.a().failed,
+        Some(RendezvousError::NoHello(Config::default().hello_wait))
+    );
+    assert_eq!(w.a().aborted(), Some(AbortReason::Failed));
+    assert_eq!(w.b().failed, Some(RendezvousError::PeerGaveUp));
+}
+
+#[test]
+fn wrong_code_fails_on_both_sides_with_the_same_words() {
+    let mut w = World::with_room(Want::Send);
+    let (_, code) = link_and_code(&w);
+    let mut parts: Vec<&str> = code.split('-').collect();
+    parts[1] = if parts[1] == "acid" { "acorn" } else { "acid" };
+    w.join(&parts.join("-"), Want::Receive);
+    w.run();
+    for p in w.peers.values() {
+        assert_eq!(p.failed, Some(RendezvousError::WrongSecret));
+        assert!(p.setup.is_none(), "no connection with a wrong secret");
+        assert!(p.event::<event::Verify>().is_none());
+        assert!(
+            p.failed
+                .as_ref()
+                .unwrap()
+                .to_string()
+                .contains("wrong code or link")
+        );
+    }
+    // Whoever noticed first told the room, so the other side learnt it without a timeout.
+    assert!(w.now < T0 + Duration::from_secs(1));
+    assert!(
+        w.peers
+            .values()
+            .any(|p| p.aborted() == Some(AbortReason::WrongSecret))
+    );
+}
+
+#[test]
+fn both_want_to_send() {
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Send);
+    w.run();
+    for p in w.peers.values() {
+        let e = p.failed.clone().expect("failed");
+        assert!(
+            e == RendezvousError::SameRole(TransferRole::Sender)
+                || e == RendezvousError::PeerGaveUp,
+            "{e:?}"
+        );
+        assert!(p.setup.is_none());
+    }
+    assert!(
+        w.peers
+            .values()
+            .any(|p| p.failed == Some(RendezvousError::SameRole(TransferRole::Sender)))
+    );
+    assert!(
+        w.a()
+            .failed
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("also sending")
+    );
+}
+
+#[test]
+fn joiner_leaving_mid_pake() {
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    // The creator never gets B's key exchange message; B's socket then closes.
+    w.faults = Box::new(|to, _, m| match (to, m) {
+        (Who::A, ServerMessage::Pake { .. }) => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    w.join(&link, Want::Receive);
+    w.run_until(|w| w.b().rv.stage == Stage::AwaitPake);
+    w.peers.remove(&Who::B);
+    w.schedule(HOP, Wire::Closed(Who::B));
+    w.run();
+    assert_eq!(w.a().failed, Some(RendezvousError::PeerLeft));
+    assert_eq!(w.a().names(), ["ready", "joined"]);
+}
+
+#[test]
+fn creator_leaving_mid_pake() {
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    // B's PAKE reaches A; A's answer (and its hello after it) are lost, then A goes away.
+    w.faults = Box::new(|to, _, m| match (to, m) {
+        (Who::B, ServerMessage::Pake { .. } | ServerMessage::Sealed { .. }) => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    w.join(&link, Want::Receive);
+    w.run_until(|w| w.a().rv.stage == Stage::Hello);
+    w.peers.remove(&Who::A);
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.run();
+    assert_eq!(w.b().failed, Some(RendezvousError::PeerLeft));
+}
+
+#[test]
+fn lost_key_exchange_answer_shows_at_the_next_message() {
+    // The creator's PAKE message is lost; its sealed hello right behind it is then a sealed
+    // message before any key: the server lost something, said at once.
+    let w = share_and_receive(Box::new(|to, _, m| match (to, m) {
+        (Who::B, ServerMessage::Pake { .. }) => Fate::Drop,
+        _ => Fate::Deliver,
+    }));
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::Unexpected(
+            Party::Server,
+            "a sealed message before the key exchange"
+        ))
+    );
+    assert_eq!(w.b().aborted(), Some(AbortReason::Failed));
+    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+    assert!(w.now < T0 + Duration::from_secs(1));
+}
+
+#[test]
+fn silent_creator_times_out_and_tells_the_room() {
+    let w = share_and_receive(Box::new(|to, _, m| match (to, m) {
+        (Who::B, ServerMessage::Pake { .. } | ServerMessage::Sealed { .. }) => Fate::Drop,
+        _ => Fate::Deliver,
+    }));
+    assert_eq!(w.b().failed, Some(RendezvousError::PeerSilent));
+    assert_eq!(w.b().aborted(), Some(AbortReason::Failed));
+    // A learns from the room, long before its own 10-minute hello wait.
+    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+    assert!(w.now < T0 + Config::default().peer_answer + Duration::from_secs(1));
+}
+
+#[test]
+fn lost_hello_ends_in_seconds_not_minutes() {
+    // B's hello to A is lost (the first sealed message the server sends to A).
+    let mut first_sealed = true;
+    let w = share_and_receive(Box::new(move |to, _, m| match (to, m) {
+        (Who::A, ServerMessage::Sealed { .. }) if first_sealed => {
+            first_sealed = false;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    }));
+    // B had A's hello and started; no offer came within its connect timeout, so it gave up
+    // and told the room; A, still waiting for a hello, learnt it from there.
+    assert!(
+        matches!(w.b().failed, Some(RendezvousError::ConnectTimeout { .. })),
+        "{:?}",
+        w.b().failed
+    );
+    assert_eq!(w.b().aborted(), Some(AbortReason::Failed));
+    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+    assert!(w.a().setup.is_none());
+    assert!(w.now < T0 + Config::default().connect_timeout + Duration::from_secs(1));
+}
+
+#[test]
+fn lost_description_times_out_with_the_likely_cause() {
+    // A's offer (its second sealed message, after the hello) and all after it never reach
+    // B. (Dropping the offer alone shows at the next message: see the tampering test.)
+    let mut sealed = 0;
+    let w = share_and_receive(Box::new(move |to, _, m| match (to, m) {
+        (Who::B, ServerMessage::Sealed { .. }) => {
+            sealed += 1;
+            if sealed >= 2 {
+                Fate::Drop
+            } else {
+                Fate::Deliver
+            }
+        }
+        _ => Fate::Deliver,
+    }));
+    let timed_out: Vec<String> = w
+        .peers
+        .values()
+        .filter_map(|p| match p.failed.clone().unwrap() {
+            e @ RendezvousError::ConnectTimeout {
+                relay_offered: true,
+                ..
+            } => Some(e.to_string()),
+            RendezvousError::PeerGaveUp => None,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    // B negotiated first (it had A's hello first), so its deadline came first.
+    assert!(!timed_out.is_empty());
+    let msg = &timed_out[0];
+    assert!(
+        msg.contains("within 30 s") && msg.contains("firewall"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn server_that_never_opens_or_never_answers() {
+    // The socket never opens.
+    let mut w = World::new(Want::Send);
+    w.peers.get_mut(&Who::A).unwrap().connects = false;
+    w.run();
+    assert_eq!(
+        w.a().failed,
+        Some(RendezvousError::Unreachable(SERVER.into()))
+    );
+    assert_eq!(w.now, T0 + Config::default().server_answer);
+
+    // It opens, and `created` is lost.
+    let mut w = World::new(Want::Send);
+    w.faults = Box::new(|_, _, m| match m {
+        ServerMessage::Created { .. } => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    w.open_socket(Who::A);
+    w.run();
+    assert_eq!(
+        w.a().failed,
+        Some(RendezvousError::ServerSilent(SERVER.into()))
+    );
+
+    // The socket closes before it ever opened: unreachable at once.
+    let mut w = World::new(Want::Send);
+    w.peers.get_mut(&Who::A).unwrap().connects = false;
+    w.schedule(Duration::from_millis(3), Wire::ServerGone(Who::A));
+    w.run();
+    assert_eq!(w.now, T0 + Duration::from_millis(3));
+    assert!(
+        w.a().failed.as_ref().unwrap().to_string()
+            == "cannot reach the signalling server at https://drop.example"
+    );
+}
+
+#[test]
+fn server_errors_are_explained() {
+    let mut w = World::with_room(Want::Send);
+    w.join(
+        "https://drop.example/r/nosuchroom#AAAAAAAAAAAAAAAAAAAAAA",
+        Want::Receive,
+    );
+    w.run_until(|w| w.b().failed.is_some());
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::Server(ErrorCode::NoSuchRoom))
+    );
+    assert!(w.b().aborted().is_none(), "not in a room: nothing to abort");
+    assert!(
+        w.b()
+            .failed
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .starts_with("server: no such room")
+    );
+}
+
+#[test]
+fn server_lost_before_connecting_is_fatal_after_is_not() {
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Receive);
+    w.run_until(|w| w.b().event::<event::Verify>().is_some());
+    w.schedule(Duration::ZERO, Wire::ServerGone(Who::B));
+    w.run_until(|w| w.b().failed.is_some());
+    assert_eq!(w.b().failed, Some(RendezvousError::ServerLost));
+
+    let mut w = share_and_receive(Box::new(|_, _, _| Fate::Deliver));
+    connected(&w);
+    for who in [Who::A, Who::B] {
+        w.schedule(Duration::ZERO, Wire::ServerGone(who));
+    }
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.run_until(|w| w.wire.is_empty());
+    connected(&w);
+    assert!(w.peers.values().all(|p| p.failed.is_none()));
+}
+
+#[test]
+fn repeated_server_messages_change_nothing() {
+    let w = share_and_receive(Box::new(|_, _, m| match m {
+        ServerMessage::Sealed { .. } => Fate::Deliver,
+        _ => Fate::Duplicate,
+    }));
+    connected(&w);
+    assert_eq!(w.a().names(), ["ready", "joined", "verify", "connected"]);
+}
+
+#[test]
+fn lost_peer_joined_is_no_loss() {
+    let w = share_and_receive(Box::new(|_, _, m| match m {
+        ServerMessage::PeerJoined | ServerMessage::IceServers { .. } => Fate::Drop,
+        _ => Fate::Deliver,
+    }));
+    connected(&w);
+    assert_eq!(w.a().names(), ["ready", "joined", "verify", "connected"]);
+    // B never had ICE servers (A had its own before the faults began): it goes without.
+    assert!(w.b().setup.as_ref().unwrap().ice_servers.is_empty());
+}
+
+#[test]
+fn a_replayed_or_reordered_sealed_message_is_tampering() {
+    // Duplicate the second sealed message to B (the offer): the copy fails to open.
+    let mut sealed = 0;
+    let w = share_and_receive(Box::new(move |to, _, m| match (to, m) {
+        (Who::B, ServerMessage::Sealed { .. }) => {
+            sealed += 1;
+            if sealed == 2 {
+                Fate::Duplicate
+            } else {
+                Fate::Deliver
+            }
+        }
+        _ => Fate::Deliver,
+    }));
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::Crypto(CryptoError::Tampered))
+    );
+    assert_eq!(w.b().aborted(), Some(AbortReason::Failed));
+    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+
+    // Hold back A's offer behind its first trickled candidate.
+    let mut sealed = 0;
+    let w = share_and_receive(Box::new(move |to, _, m| match (to, m) {
+        (Who::B, ServerMessage::Sealed { .. }) => {
+            sealed += 1;
+            if sealed == 2 {
+                Fate::Delay(Duration::from_millis(500))
+            } else {
+                Fate::Deliver
+            }
+        }
+        _ => Fate::Deliver,
+    }));
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::Crypto(CryptoError::Tampered))
+    );
+    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+}
+
+#[test]
+fn a_late_joined_only_delays() {
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    w.faults = Box::new(|to, _, m| match (to, m) {
+        (Who::B, ServerMessage::Joined { .. }) => Fate::Delay(Duration::from_millis(200)),
+        _ => Fate::Deliver,
+    });
+    w.join(&link, Want::Receive);
+    w.run();
+    connected(&w);
+}
+
+#[test]
+fn key_exchange_before_joined_is_refused() {
+    // A server that forwards a key exchange message before saying the peer joined the room
+    // (a joiner cannot start its PAKE without the room id a code does not carry).
+    let inv = Invitation::parse("7-acid-acorn-actor").unwrap();
+    let mut rv = Rendezvous::join(&inv, SERVER, Want::Receive, Config::default(), T0);
+    rv.server_open(T0);
+    assert!(matches!(
+        rv.poll_output(),
+        Output::ToServer(ClientMessage::Join { .. })
+    ));
+    rv.handle_server(
+        ServerMessage::Pake {
+            auth: AuthKind::Code,
+            msg: "QUJD".into(),
+        },
+        T0,
+    );
+    assert_eq!(
+        rv.poll_output(),
+        Output::Failed(RendezvousError::Unexpected(
+            Party::Server,
+            "a key exchange message before joining"
+        ))
+    );
+}
+
+#[test]
+fn offer_goes_out_after_the_gather_wait_without_a_srflx_candidate() {
+    let mut w = World::with_room(Want::Send);
+    // A has a host candidate only and gathering never says it is done.
+    let a = w.peers.get_mut(&Who::A).unwrap();
+    a.gathers.truncate(1);
+    a.gathering_done_after = None;
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Receive);
+    w.run();
+    connected(&w);
+    let a = w.a();
+    assert_eq!(
+        a.described_at.unwrap() - a.created_at.unwrap(),
+        Config::default().gather_wait
+    );
+    assert!(
+        w.b()
+            .remote_description
+            .as_ref()
+            .unwrap()
+            .contains("typ host")
+    );
+
+    // With gathering complete quickly, it goes at once.
+    let mut w = World::with_room(Want::Send);
+    let a = w.peers.get_mut(&Who::A).unwrap();
+    a.gathers.truncate(1);
+    a.gathering_done_after = Some(Duration::from_millis(2));
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Receive);
+    w.run();
+    connected(&w);
+    let a = w.a();
+    assert_eq!(
+        a.described_at.unwrap() - a.created_at.unwrap(),
+        Duration::from_millis(1)
+    );
+    assert!(
+        w.b()
+            .remote_description
+            .as_ref()
+            .unwrap()
+            .contains("typ host")
+    );
+}
+
+#[test]
+fn remote_candidates_wait_for_the_remote_description() {
+    // A advertises a mapped port before the hellos are through: it is held, sent once
+    // negotiating, and B keeps it until A's offer is applied (the stand-in ICE stack fails
+    // the test on any candidate before the description).
+    let mut w = World::with_room(Want::Send);
+    let now = w.now;
+    let mapped = IceCandidate {
+        candidate: "candidate:4000000001 1 udp 1 198.51.100.7 4000 typ srflx raddr 0.0.0.0 rport 0"
+            .into(),
+        sdp_mid: Some(String::new()),
+        sdp_mline_index: Some(0),
+    };
+    w.peers
+        .get_mut(&Who::A)
+        .unwrap()
+        .rv
+        .advertise(mapped.clone(), now);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Receive);
+    w.run();
+    connected(&w);
+    assert!(w.b().remote_candidates.contains(&mapped.candidate));
+    // The hello was A's first sealed message (B opened it, so it was).
+    assert!(w.b().event::<event::Verify>().is_some());
+}
+
+#[test]
+fn cancelling_tells_the_other_side() {
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Receive);
+    w.run_until(|w| w.b().event::<event::Verify>().is_some());
+    let now = w.now;
+    w.peers.get_mut(&Who::B).unwrap().rv.cancel(now);
+    w.run();
+    assert_eq!(w.b().failed, Some(RendezvousError::Cancelled));
+    assert_eq!(w.b().aborted(), Some(AbortReason::Cancelled));
+    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+}
+
+#[test]
+fn ice_failure_and_local_errors_end_the_room() {
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Receive);
+    w.run_until(|w| w.b().setup.is_some());
+    let now = w.now;
+    w.peers.get_mut(&Who::B).unwrap().rv.connection_failed(now);
+    w.run();
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::NoPath {
+            relay_offered: true
+        })
+    );
+    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+
+    let mut w = World::with_room(Want::Send);
+    let (link, _) = link_and_code(&w);
+    w.join(&link, Want::Receive);
+    w.run_until(|w| w.a().setup.is_some());
+    let now = w.now;
+    w.peers
+        .get_mut(&Who::A)
+        .unwrap()
+        .rv
+        .local_error("cannot create an offer: boom", now);
+    w.run();
+    assert_eq!(
+        w.a().failed,
+        Some(RendezvousError::Local(
+            "cannot create an offer: boom".into()
+        ))
+    );
+    assert_eq!(w.b().failed, Some(RendezvousError::PeerGaveUp));
+}
+
+#[test]
+fn unreadable_server_text_is_an_error_not_a_hang() {
+    let mut rv = Rendezvous::create(SERVER, Want::Send, Config::default(), T0);
+    rv.server_open(T0);
+    assert!(matches!(
+        rv.poll_output(),
+        Output::ToServer(ClientMessage::Create { .. })
+    ));
+    rv.handle_server_text("{not json", T0);
+    assert_eq!(
+        rv.poll_output(),
+        Output::Failed(RendezvousError::Unreadable)
+    );
+    assert!(matches!(rv.poll_output(), Output::Timeout(_)));
+}
+
+#[test]
+fn timeouts_point_at_the_next_deadline() {
+    let mut rv = Rendezvous::create(SERVER, Want::Send, Config::default(), T0);
+    assert_eq!(
+        rv.poll_output(),
+        Output::Timeout(T0 + Config::default().server_answer)
+    );
+    rv.handle_timeout(T0 + Duration::from_secs(1));
+    assert_eq!(
+        rv.poll_output(),
+        Output::Timeout(T0 + Config::default().server_answer)
+    );
+}

@@ -1,0 +1,287 @@
+//! The browser driver of [`protocol::rendezvous`]: a WebSocket to the signalling server, the
+//! browser's RTCPeerConnection ([`crate::peer`]), the page's commands and the clock.
+//!
+//! [`connect`] runs the machine until the data channel is open, doing what its outputs say
+//! and feeding it what happens; every protocol decision is the machine's, exactly as in
+//! native-peer. Once open, a task keeps feeding it late candidates both ways and forwards
+//! connection-state changes to the [`Link`] until the link is dropped; the transfer never
+//! waits for the server.
+
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt as _, StreamExt as _};
+use protocol::event::Event;
+use protocol::path::PathReport;
+use protocol::rendezvous::{LocalIce, Output, Rendezvous};
+use protocol::signal::TransferRole;
+use web_sys::{RtcDataChannel, RtcDataChannelType, RtcPeerConnection, RtcPeerConnectionState};
+
+use crate::Command;
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::js::{self, Listener};
+use crate::peer::{self, Local, Peer};
+use crate::signalling::{Ws, WsEvent};
+use crate::transfer::Source;
+
+/// An open data channel and its connection. Closing happens on drop.
+pub struct Link {
+    pub pc: RtcPeerConnection,
+    pub dc: RtcDataChannel,
+    pub role: TransferRole,
+    /// The path at open.
+    pub path: PathReport,
+    /// Connection state changes after the channel opened (`failed`/`closed` end a transfer).
+    pub state: mpsc::UnboundedReceiver<RtcPeerConnectionState>,
+    _listeners: Vec<Listener>,
+    /// Dropping it stops the signalling that carries late candidates.
+    _stop: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").field("role", &self.role).finish()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.dc.close();
+        self.pc.close();
+    }
+}
+
+impl Link {
+    /// The path as it is now: ICE may have moved since the channel opened.
+    pub async fn path_now(&self) -> PathReport {
+        peer::path_of(&self.pc)
+            .await
+            .unwrap_or_else(|| self.path.clone())
+    }
+}
+
+/// What woke the driver.
+enum Wake {
+    Server(Option<WsEvent>),
+    Pc(Option<Local>),
+    Command(Option<Command>),
+    Timer,
+}
+
+/// Run the rendezvous until the data channel is open. Files picked on the way (after a
+/// `pick` event) come back with the link.
+pub async fn connect(
+    mut rv: Rendezvous,
+    events: &Events,
+    cmds: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<(Link, Option<Vec<Source>>)> {
+    let mut ws = Ws::open(rv.server());
+    let mut peer: Option<Peer> = None;
+    let mut picked = None;
+    let mut opened = None;
+    loop {
+        let now = js::now();
+        match rv.poll_output() {
+            Output::ToServer(m) if !ws.send(&m) => rv.server_closed(now),
+            Output::ToServer(_) => {}
+            Output::Event(e) => {
+                if let (Event::Joined, Some(t)) = (&e, rv.both_in_room()) {
+                    events.set_both_in_room(t);
+                }
+                events.emit(&e);
+            }
+            Output::StartPeer(setup) => match Peer::start(&setup) {
+                Ok(p) => peer = Some(p),
+                Err(e) => rv.local_error(e.to_string(), now),
+            },
+            Output::CreateDescription(kind) => {
+                if let Some(p) = &peer {
+                    match p.create_description(kind).await {
+                        Ok(()) => rv.handle_local(LocalIce::DescriptionCreated, js::now()),
+                        Err(e) => rv.local_error(e.to_string(), js::now()),
+                    }
+                }
+            }
+            Output::ReadLocalDescription => {
+                if let Some(p) = &peer {
+                    match p.local_description() {
+                        Ok(sdp) => rv.handle_local(LocalIce::Description(sdp), now),
+                        Err(e) => rv.local_error(e.to_string(), now),
+                    }
+                }
+            }
+            Output::ApplyDescription { kind, sdp } => {
+                if let Some(p) = &peer {
+                    match p.apply(kind, &sdp).await {
+                        Ok(()) => rv.handle_local(LocalIce::RemoteApplied, js::now()),
+                        Err(e) => rv.local_error(e.to_string(), js::now()),
+                    }
+                }
+            }
+            Output::AddCandidate(c) => {
+                if let Some(p) = &peer {
+                    peer::add_candidate(&p.pc, c).await;
+                }
+            }
+            Output::Failed(e) => return Err(Error::Rendezvous(e)),
+            Output::Timeout(_) if rv.is_connected() => {
+                let (p, path) = peer
+                    .zip(opened)
+                    .ok_or(Error::Usage("connected without a path"))?;
+                return Ok((into_link(rv, ws, p, path)?, picked));
+            }
+            Output::Timeout(t) => {
+                let wake = futures::select! {
+                    ev = ws.events.next() => Wake::Server(ev),
+                    ev = async {
+                        match peer.as_mut() {
+                            Some(p) => p.events.next().await,
+                            None => std::future::pending().await,
+                        }
+                    }.fuse() => Wake::Pc(ev),
+                    c = cmds.next() => Wake::Command(c),
+                    _ = js::sleep_until(Some(t)).fuse() => Wake::Timer,
+                };
+                let now = js::now();
+                match wake {
+                    Wake::Server(Some(WsEvent::Open)) => rv.server_open(now),
+                    Wake::Server(Some(WsEvent::Text(t))) => rv.handle_server_text(&t, now),
+                    Wake::Server(Some(WsEvent::Closed) | None) => rv.server_closed(now),
+                    Wake::Pc(Some(ev)) => {
+                        if let Some(path) = on_local(&mut rv, peer.as_mut(), ev).await {
+                            opened = Some(path);
+                        }
+                    }
+                    Wake::Pc(None) => {}
+                    Wake::Command(Some(Command::Files(sources))) if picked.is_none() => {
+                        picked = Some(sources);
+                        rv.files_picked(now);
+                    }
+                    Wake::Command(Some(Command::Cancel) | None) => rv.cancel(now),
+                    Wake::Command(Some(_)) => {}
+                    Wake::Timer => rv.handle_timeout(now),
+                }
+            }
+        }
+    }
+}
+
+/// Feed the machine what the peer connection did; the path when the channel opened.
+async fn on_local(rv: &mut Rendezvous, peer: Option<&mut Peer>, ev: Local) -> Option<PathReport> {
+    let now = js::now();
+    match ev {
+        Local::Candidate(c) => rv.handle_local(LocalIce::Candidate(c), now),
+        Local::GatheringDone => rv.handle_local(LocalIce::GatheringDone, now),
+        Local::Channel(ch) => {
+            if let Some(p) = peer {
+                p.announced(ch);
+            }
+        }
+        Local::Open => {
+            let p = peer?;
+            let path = peer::path_of(&p.pc).await.unwrap_or(PathReport {
+                kind: protocol::path::PathKind::Direct,
+                local: Default::default(),
+                remote: Default::default(),
+                protocol: Default::default(),
+                reason: None,
+                portmap: None,
+            });
+            rv.channel_open(path.clone(), js::now());
+            return Some(path);
+        }
+        Local::State(RtcPeerConnectionState::Failed) => rv.connection_failed(now),
+        Local::State(_) => {}
+    }
+    None
+}
+
+/// Hand over the open link; the signalling goes on in the background until it is dropped.
+fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> {
+    let role = rv.role().ok_or(Error::Usage("connected without a role"))?;
+    let dc = p
+        .channel
+        .clone()
+        .ok_or(Error::Usage("connected without a channel"))?;
+    dc.set_binary_type(RtcDataChannelType::Arraybuffer);
+    let (state_tx, state) = mpsc::unbounded();
+    let (stop, stopped) = oneshot::channel();
+    let Peer {
+        pc,
+        events,
+        listeners,
+        ..
+    } = p;
+    wasm_bindgen_futures::spawn_local(late_signalling(
+        rv,
+        ws,
+        pc.clone(),
+        events,
+        state_tx,
+        stopped,
+    ));
+    Ok(Link {
+        pc,
+        dc,
+        role,
+        path,
+        state,
+        _listeners: listeners,
+        _stop: stop,
+    })
+}
+
+/// After the channel opened: forward late candidates both ways while the server is there, and
+/// connection-state changes to the link for as long as it lives.
+async fn late_signalling(
+    mut rv: Rendezvous,
+    mut ws: Ws,
+    pc: RtcPeerConnection,
+    mut events: mpsc::UnboundedReceiver<Local>,
+    state: mpsc::UnboundedSender<RtcPeerConnectionState>,
+    stopped: oneshot::Receiver<()>,
+) {
+    let mut stopped = stopped.fuse();
+    let mut server_up = true;
+    loop {
+        let now = js::now();
+        match rv.poll_output() {
+            Output::ToServer(m) if !ws.send(&m) => {
+                server_up = false;
+                rv.server_closed(now);
+            }
+            Output::ToServer(_) => {}
+            Output::AddCandidate(c) => peer::add_candidate(&pc, c).await,
+            Output::Timeout(t) => {
+                let up = server_up;
+                let server = async {
+                    match up {
+                        true => ws.events.next().await,
+                        false => std::future::pending().await,
+                    }
+                };
+                futures::select! {
+                    _ = stopped => return,
+                    ev = server.fuse() => match ev {
+                        Some(WsEvent::Text(t)) => rv.handle_server_text(&t, js::now()),
+                        Some(WsEvent::Open) => {}
+                        // The server may go now; the transfer does not need it.
+                        Some(WsEvent::Closed) | None => {
+                            server_up = false;
+                            rv.server_closed(js::now());
+                        }
+                    },
+                    ev = events.next() => match ev {
+                        Some(Local::Candidate(c)) => rv.handle_local(LocalIce::Candidate(c), js::now()),
+                        Some(Local::GatheringDone) => rv.handle_local(LocalIce::GatheringDone, js::now()),
+                        Some(Local::State(s)) => { let _ = state.unbounded_send(s); }
+                        Some(_) => {}
+                        None => return,
+                    },
+                    _ = js::sleep_until(Some(t)).fuse() => rv.handle_timeout(js::now()),
+                }
+            }
+            // Nothing else follows an open channel; a failure only ends the signalling.
+            _ => {}
+        }
+    }
+}
