@@ -17,7 +17,6 @@ let worker = null;
 let sending = false;
 let total = 0;
 let startedAt = 0;
-let lastPath = null;
 let savedWhere = '';
 
 function setState(state) {
@@ -45,11 +44,21 @@ function duration(seconds) {
   return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
+// Why a relay was needed, for each `reason` the client reports (protocol::path::RelayReason).
+const RELAY_REASONS = {
+  forced: 'relay forced',
+  udp_blocked: 'UDP is blocked here, so the relay is reached over TCP',
+  peer_offered_no_direct: 'the other device offered no direct address',
+  peer_got_no_stun: 'the other device could not learn its public address (UDP blocked there?)',
+  no_direct_pair: 'no direct route worked (a strict NAT or firewall on either side)',
+};
+
 function describePath(ev) {
   const how = ev.path === 'relay'
     ? 'Relayed through the server (still end-to-end encrypted)'
     : 'Direct connection';
-  return `${how} · ${ev.local} ↔ ${ev.remote}, ${ev.protocol.toUpperCase()}`;
+  const why = ev.reason ? ` · ${RELAY_REASONS[ev.reason] ?? ev.reason}` : '';
+  return `${how} · ${ev.local} ↔ ${ev.remote}, ${ev.protocol.toUpperCase()}${why}`;
 }
 
 function fillList(list, entries) {
@@ -90,13 +99,16 @@ function onEvent(ev) {
       $('progress-title').textContent = 'Connecting…';
       setState('connecting');
       break;
+    case 'verify':
+      for (const el of document.querySelectorAll('.verify-words')) el.textContent = ev.words.join(' ');
+      for (const el of document.querySelectorAll('.verify')) el.hidden = false;
+      break;
     case 'pick':
       $('send-title').textContent = 'Choose what to send';
       $('send-hint').textContent = 'The other device is connected and waiting to receive.';
       setState('pick');
       break;
     case 'connected':
-      lastPath = ev;
       $('path-text').textContent = describePath(ev);
       $('progress-title').textContent = sending
         ? 'Waiting for the receiver to accept…'
@@ -129,7 +141,7 @@ function onEvent(ev) {
       $('progress-title').textContent = sending ? 'Sent' : 'Received';
       $('progress-bytes').textContent = `${ev.files} file${ev.files === 1 ? '' : 's'}, ${human(ev.bytes)}`;
       $('progress-rate').textContent = `${duration(ev.seconds)}${rate}`;
-      if (lastPath) $('path-text').textContent = describePath(lastPath);
+      $('path-text').textContent = describePath(ev);
       $('done-note').textContent = sending ? '' : savedWhere;
       setState('done');
       break;

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use protocol::path::{
     self, CandidateType, PathContext, PathKind, PathReport, SelectedPair, Transport,
 };
-use protocol::rendezvous::{IceCandidate, PeerSetup};
+use protocol::rendezvous::{CHANNEL_LABEL, IceCandidate, PeerSetup};
 use protocol::signal::{IceServer, SdpKind, TransferRole};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,8 +30,6 @@ use crate::portmap;
 use crate::tune::TunedRuntime;
 use crate::turn_tcp::{self, Bridges};
 
-/// The data channel's label.
-const CHANNEL_LABEL: &str = "punchdrop";
 /// How long a working relay pair waits for a direct pair before it is accepted.
 const RELAY_WAIT: Duration = Duration::from_secs(1);
 

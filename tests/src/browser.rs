@@ -30,6 +30,7 @@
 //!   process group, so every process Chromium starts carries a marker in its environment and
 //!   is killed by pid on drop; `HOME` points into the temp dir so nothing lands in `~`.
 
+use crate::{Event, Payload};
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -387,30 +388,41 @@ impl Chromium {
             .to_string())
     }
 
-    /// A copy of `window.punchdropEvents`.
-    pub fn events(&mut self) -> anyhow::Result<Vec<Value>> {
+    /// A copy of `window.punchdropEvents`, each one of the events the README lists.
+    pub fn events(&mut self) -> anyhow::Result<Vec<Event>> {
         let v = self.eval("window.punchdropEvents || []")?;
-        Ok(v.as_array().cloned().unwrap_or_default())
+        v.as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                serde_json::from_value(e.clone()).with_context(|| {
+                    format!("the page reported something that is not an event: {e}")
+                })
+            })
+            .collect()
     }
 
-    /// Wait for the first entry of `window.punchdropEvents` with `event == name`. An `error`
-    /// event fails the wait at once.
-    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> anyhow::Result<Value> {
+    /// Wait for the first page event of kind `T`. An `error` event fails the wait at once.
+    pub fn wait<T: Payload + Clone>(&mut self, timeout: Duration) -> anyhow::Result<T> {
         let js = format!(
             "(() => {{ const e = window.punchdropEvents || []; \
               return e.find(x => x.event === {n}) || e.find(x => x.event === 'error') || null; }})()",
-            n = Value::from(name)
+            n = Value::from(T::NAME)
         );
         let v = self.wait_for(&js, timeout)?;
-        if v["event"] != name {
-            let (name, diag) = (self.name.clone(), self.diagnostics());
-            bail!(
-                "{}: page reported an error while waiting for {name}: {v}\n{}",
-                name,
-                diag
-            );
+        let ev: Event = serde_json::from_value(v.clone())
+            .with_context(|| format!("the page reported something that is not an event: {v}"))?;
+        match T::of(&ev) {
+            Some(p) => Ok(p.clone()),
+            None => {
+                let (name, diag) = (self.name.clone(), self.diagnostics());
+                bail!(
+                    "{name}: page reported an error while waiting for {}: {v}\n{diag}",
+                    T::NAME
+                )
+            }
         }
-        Ok(v)
     }
 
     /// Choose files on an `<input type=file>` (as a user would); checks that `change` fired.

@@ -32,9 +32,9 @@ mod wire;
 
 pub use wire::Impair;
 
+use crate::{Event, PathKind, event};
 use crate::{Peer, bin, is_root, start_sender_with};
 use anyhow::{Context as _, bail};
-use serde_json::Value;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -628,39 +628,42 @@ deny 0-65535 0.0.0.0/0 0-65535
 /// What a lab transfer reported, both sides.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub sender_done: Value,
-    pub receiver_done: Value,
-    pub sender_connected: Value,
-    pub receiver_connected: Value,
+    pub sender_done: event::Done,
+    pub receiver_done: event::Done,
+    pub sender_connected: event::Connected,
+    pub receiver_connected: event::Connected,
     /// Receiver's both-in-room → first byte, ms.
     pub first_byte_ms: f64,
 }
 
 impl Outcome {
-    pub fn new(sender_done: Value, receiver_done: Value, s: &[Value], r: &[Value]) -> Self {
-        let find = |events: &[Value], name: &str| {
-            events
-                .iter()
-                .find(|e| e["event"] == name)
+    pub fn new(
+        sender_done: event::Done,
+        receiver_done: event::Done,
+        s: &[Event],
+        r: &[Event],
+    ) -> Self {
+        let connected = |events: &[Event]| {
+            event::find::<event::Connected>(events)
                 .cloned()
-                .unwrap_or(Value::Null)
+                .unwrap_or_else(|| panic!("no connected event: {events:?}"))
         };
         Self {
             sender_done,
             receiver_done,
-            sender_connected: find(s, "connected"),
-            receiver_connected: find(r, "connected"),
-            first_byte_ms: find(r, "first_byte")["ms_since_room"]
-                .as_f64()
+            sender_connected: connected(s),
+            receiver_connected: connected(r),
+            first_byte_ms: event::find::<event::FirstByte>(r)
+                .map(|f| f.ms_since_room)
                 .unwrap_or(f64::NAN),
         }
     }
 
-    /// `path` of each side's `connected` event: (sender on A, receiver on B).
-    pub fn paths(&self) -> (&str, &str) {
+    /// The path kind of each side's `connected` event: (sender on A, receiver on B).
+    pub fn paths(&self) -> (PathKind, PathKind) {
         (
-            self.sender_connected["path"].as_str().unwrap_or("?"),
-            self.receiver_connected["path"].as_str().unwrap_or("?"),
+            self.sender_connected.path.kind,
+            self.receiver_connected.path.kind,
         )
     }
 }

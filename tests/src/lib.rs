@@ -8,7 +8,8 @@ pub mod browser;
 pub mod lab;
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
+pub use protocol::event::{self, Event, Payload};
+pub use protocol::path::{CandidateType, PathKind, PortmapState, RelayReason, Transport};
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ pub struct Signalling {
     child: Child,
     pub url: String,
     logs: std::sync::Arc<std::sync::Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Signalling {
@@ -85,19 +87,33 @@ impl Signalling {
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = logs.clone();
         let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        Self { child, url, logs }
+        Self {
+            child,
+            url,
+            logs,
+            log_reader: Some(log_reader),
+        }
     }
 
     /// Everything the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Stop the server and return everything it ever logged.
+    pub fn stop_and_logs(&mut self) -> String {
+        self.kill();
+        if let Some(t) = self.log_reader.take() {
+            let _ = t.join();
+        }
+        self.logs()
     }
 
     /// The body of `GET /metrics`.
@@ -138,8 +154,8 @@ impl Drop for Signalling {
 #[derive(Debug)]
 pub struct Peer {
     child: Child,
-    events: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
+    events: mpsc::Receiver<Event>,
+    seen: Vec<Event>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -166,13 +182,12 @@ impl Peer {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(v) => {
-                        if tx.send(v).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => eprintln!("[peer stdout, not JSON] {line}"),
+                // Every line is an event of the one vocabulary; anything else fails the test.
+                let ev = serde_json::from_str::<Event>(&line).unwrap_or_else(|e| {
+                    Event::error(format!("harness: not an event ({e}): {line}"))
+                });
+                if tx.send(ev).is_err() {
+                    break;
                 }
             }
         });
@@ -197,29 +212,32 @@ impl Peer {
         self.child.id()
     }
 
-    /// Wait for the first event named `name` (an `error` event fails the wait).
-    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> anyhow::Result<Value> {
-        if let Some(v) = self.seen.iter().find(|v| v["event"] == name) {
+    /// Wait for the first event of kind `T` (an `error` event fails the wait).
+    pub fn wait<T: Payload + Clone>(&mut self, timeout: Duration) -> anyhow::Result<T> {
+        if let Some(v) = event::find::<T>(&self.seen) {
             return Ok(v.clone());
         }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if v["event"] == name {
-                        return Ok(v);
+                Ok(e) => {
+                    self.seen.push(e.clone());
+                    if let Some(v) = T::of(&e) {
+                        return Ok(v.clone());
                     }
-                    if v["event"] == "error" {
+                    if let Event::Error(f) = &e {
                         bail!(
-                            "peer failed while waiting for {name}: {v}\nstderr: {}",
+                            "peer failed while waiting for {}: {}\nstderr: {}",
+                            T::NAME,
+                            f.message,
                             self.stderr()
                         );
                     }
                 }
                 Err(_) => bail!(
-                    "no {name} event within {timeout:?}; events: {:?}\nstderr: {}",
+                    "no {} event within {timeout:?}; events: {:?}\nstderr: {}",
+                    T::NAME,
                     self.seen,
                     self.stderr()
                 ),
@@ -227,8 +245,14 @@ impl Peer {
         }
     }
 
+    /// The events seen so far, with those already printed and waiting in the pipe.
+    pub fn events_so_far(&mut self) -> &[Event] {
+        self.seen.extend(self.events.try_iter());
+        &self.seen
+    }
+
     /// Wait for the process to exit; returns its status and every event it printed.
-    pub fn finish(self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<Value>)> {
+    pub fn finish(self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<Event>)> {
         self.finish_all(timeout).map(|(s, e, _)| (s, e))
     }
 
@@ -236,7 +260,7 @@ impl Peer {
     pub fn finish_all(
         mut self,
         timeout: Duration,
-    ) -> anyhow::Result<(ExitStatus, Vec<Value>, String)> {
+    ) -> anyhow::Result<(ExitStatus, Vec<Event>, String)> {
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(s) = self.child.try_wait()? {
@@ -283,23 +307,25 @@ impl Drop for Peer {
 }
 
 /// The `done` event of a finished peer, or a readable failure.
-pub fn expect_done(status: ExitStatus, events: &[Value]) -> Value {
-    let done = events.iter().find(|v| v["event"] == "done").cloned();
-    assert!(
-        status.success() && done.is_some(),
-        "peer failed ({status}): {events:?}"
-    );
-    done.unwrap()
+pub fn expect_done(status: ExitStatus, events: &[Event]) -> event::Done {
+    match event::find::<event::Done>(events) {
+        Some(done) if status.success() => done.clone(),
+        _ => panic!("peer failed ({status}): {events:?}"),
+    }
 }
 
 /// The `error` message of a failed peer.
-pub fn expect_error(status: ExitStatus, events: &[Value]) -> String {
+pub fn expect_error(status: ExitStatus, events: &[Event]) -> String {
     assert!(!status.success(), "peer should have failed: {events:?}");
-    let err = events
-        .iter()
-        .find(|v| v["event"] == "error")
-        .unwrap_or_else(|| panic!("no error event: {events:?}"));
-    err["message"].as_str().unwrap_or_default().to_string()
+    event::find::<event::Failure>(events)
+        .unwrap_or_else(|| panic!("no error event: {events:?}"))
+        .message
+        .clone()
+}
+
+/// How many events of kind `T` there are.
+pub fn count<T: Payload>(events: &[Event]) -> usize {
+    events.iter().filter(|e| T::of(e).is_some()).count()
 }
 
 /// Write `len` pseudo-random bytes (seeded) to `path`, streaming.
@@ -390,12 +416,10 @@ pub fn start_sender_with(
     args.extend(paths.iter().map(|p| p.display().to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut p = Peer::spawn_cmd(cmd, &argv);
-    let ready = p
-        .wait_event("ready", Duration::from_secs(10))
+    let ready: event::Ready = p
+        .wait(Duration::from_secs(10))
         .context("sender never became ready")?;
-    let link = ready["link"].as_str().unwrap().to_string();
-    let code = ready["code"].as_str().unwrap().to_string();
-    Ok((p, link, code))
+    Ok((p, ready.link, ready.code))
 }
 
 pub const LONG: Duration = Duration::from_secs(120);

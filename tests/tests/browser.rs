@@ -7,7 +7,6 @@
 
 use punchdrop_e2e::browser::{Chromium, StaticServer, in_loopback_netns};
 use punchdrop_e2e::*;
-use serde_json::Value;
 
 use std::time::Duration;
 
@@ -424,30 +423,29 @@ fn native_receiver(server: &str, dir: &Path) -> anyhow::Result<(Peer, String)> {
         "--dir",
         &d,
     ]);
-    let ready = p.wait_event("ready", SECS(10))?;
-    let link = ready["link"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("ready without a link: {ready}"))?
-        .to_string();
-    Ok((p, link))
+    let ready: event::Ready = p.wait(SECS(10))?;
+    Ok((p, ready.link))
 }
 
 /// The page's `done` event, checked against what was sent.
-fn expect_page_done(c: &mut Chromium, files: usize, bytes: u64) -> anyhow::Result<Value> {
+fn expect_page_done(c: &mut Chromium, files: usize, bytes: u64) -> anyhow::Result<event::Done> {
     c.wait_state("done", LONG)?;
-    let done = c.wait_event("done", SECS(5))?;
-    assert_eq!(done["files"], files as u64, "{done}");
-    assert_eq!(done["bytes"], bytes, "{done}");
+    let done: event::Done = c.wait(SECS(5))?;
+    assert_eq!((done.files, done.bytes), (files, bytes), "{done:?}");
+    // The page showed the same verification words as the other side did.
+    let words = c.eval("document.querySelector('#verify-words').textContent")?;
+    let shown = event::find::<event::Verify>(&c.events()?).map(|v| v.words.join(" "));
+    assert_eq!(words.as_str(), shown.as_deref(), "words on the page");
     Ok(done)
 }
 
 /// On loopback both sides have host candidates: the path must be direct, never the relay.
 /// `path` is the same word in the page's events and native-peer's.
-fn assert_direct(who: &str, done: &Value) {
+fn assert_direct(who: &str, done: &event::Done) {
     assert_eq!(
-        done["path"].as_str(),
-        Some("direct"),
-        "{who} took a relayed path on loopback: {done}"
+        done.path.kind,
+        PathKind::Direct,
+        "{who} took a relayed path on loopback: {done:?}"
     );
 }
 
@@ -494,7 +492,7 @@ fn browser_sends_to_native_receiver() {
         c.set_files("#file-input", &refs(&files))?;
         let (status, events) = receiver.finish(LONG)?;
         let done = expect_done(status, &events);
-        assert_eq!(done["files"], files.len() as u64);
+        assert_eq!(done.files, files.len());
         // Both ends must be direct: each side sends on the pair it selected.
         assert_direct("native receiver", &done);
         for f in &files {
@@ -576,10 +574,8 @@ fn browser_receives_with_typed_code_and_can_decline() {
         );
         let (status, events) = sender.finish(LONG)?;
         assert!(!status.success(), "the sender must fail: {events:?}");
-        let err = events
-            .iter()
-            .find(|e| e["event"] == "error")
-            .map(|e| e["message"].to_string())
+        let err = event::find::<event::Failure>(&events)
+            .map(|e| e.message.clone())
             .unwrap_or_default();
         assert!(err.contains("declined"), "{events:?}");
         let dl: Vec<_> = std::fs::read_dir(&c.downloads)?.collect();
@@ -620,8 +616,8 @@ fn browser_to_browser_with_screenshots() {
             true,
             "QR as inline SVG"
         );
-        let ready = alice.wait_event("ready", SECS(5))?;
-        assert_eq!(ready["link"], link.as_str(), "{ready}");
+        let ready: event::Ready = alice.wait(SECS(5))?;
+        assert_eq!(ready.link, link, "{ready:?}");
         alice.screenshots(&shots, "2-send-link")?;
 
         let mut bob = Chromium::launch_named("bob (receives)")?;
@@ -661,7 +657,7 @@ fn expect_page_error(c: &mut Chromium) -> anyhow::Result<String> {
     );
     let events = c.events()?;
     assert!(
-        events.iter().any(|e| e["event"] == "error"),
+        event::find::<event::Failure>(&events).is_some(),
         "an error event: {events:?}"
     );
     Ok(msg)
@@ -778,7 +774,7 @@ fn signalling_killed_mid_transfer_browser_transfer_completes() {
         );
         let at_kill = c.events()?;
         assert!(
-            !at_kill.iter().any(|e| e["event"] == "done"),
+            event::find::<event::Done>(&at_kill).is_none(),
             "the kill must come mid-transfer (use a bigger file): {:?}",
             at_kill.last()
         );

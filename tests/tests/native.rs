@@ -34,10 +34,11 @@ fn one_file_by_link() {
     let (rs, revents) = receiver.finish(LONG).unwrap();
     let (ss, sevents) = sender.finish(LONG).unwrap();
     let done = expect_done(rs, &revents);
-    expect_done(ss, &sevents);
-    assert_eq!(done["files"], 1);
-    assert_eq!(done["bytes"], 3_000_001);
-    assert_eq!(done["path"], "direct");
+    let sdone = expect_done(ss, &sevents);
+    assert_eq!((done.files, done.bytes), (1, 3_000_001));
+    assert_eq!((sdone.files, sdone.bytes), (1, 3_000_001));
+    assert_eq!(done.path.kind, PathKind::Direct);
+    assert_eq!(sdone.path.kind, PathKind::Direct);
     assert_eq!(hash_file(&dst.path().join("report.pdf")), hash_file(&file));
     assert_eq!(
         tree(dst.path()).len(),
@@ -46,8 +47,31 @@ fn one_file_by_link() {
         tree(dst.path())
     );
     assert!(
-        revents.iter().any(|e| e["event"] == "progress"),
-        "progress events are printed"
+        count::<event::Progress>(&revents) > 0,
+        "progress is printed"
+    );
+    // Both sides showed the same verification words, and every event a receiver prints, in
+    // the order they happen.
+    let words = |events: &[Event]| event::find::<event::Verify>(events).cloned();
+    assert!(words(&revents).is_some());
+    assert_eq!(words(&revents), words(&sevents));
+    let order: Vec<&str> = revents
+        .iter()
+        .map(Event::name)
+        .filter(|n| *n != "progress")
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "joined",
+            "verify",
+            "connected",
+            "offer",
+            "accepted",
+            "first_byte",
+            "file_done",
+            "done"
+        ]
     );
 }
 
@@ -77,7 +101,9 @@ fn nested_directories_many_files_and_empty_ones() {
     let (ss, sevents) = sender.finish(LONG).unwrap();
     let done = expect_done(rs, &revents);
     expect_done(ss, &sevents);
-    assert_eq!(done["files"], 43);
+    assert_eq!(done.files, 43);
+    assert_eq!(count::<event::FileDone>(&revents), 43);
+    assert_eq!(count::<event::FileDone>(&sevents), 43);
     assert_eq!(tree(&dst.path().join("album")), tree(&root));
     assert_eq!(hash_file(&dst.path().join("notes.md")), hash_file(&single));
     assert!(
@@ -137,14 +163,8 @@ fn receiver_created_room_by_link_and_by_code() {
         make_file(&file, 2_500_000, 11);
         let dir = dst.path().display().to_string();
         let mut receiver = Peer::spawn(&["--server", &sig.url, "recv", "--dir", &dir]);
-        let ready = receiver
-            .wait_event("ready", Duration::from_secs(10))
-            .unwrap();
-        let invitation = if by_code {
-            ready["code"].as_str().unwrap()
-        } else {
-            ready["link"].as_str().unwrap()
-        };
+        let ready: event::Ready = receiver.wait(Duration::from_secs(10)).unwrap();
+        let invitation = if by_code { &ready.code } else { &ready.link };
         let f = file.display().to_string();
         let sender = Peer::spawn(&["--server", &sig.url, "send", "--to", invitation, &f]);
         let (ss, sevents) = sender.finish(LONG).unwrap();
@@ -264,17 +284,21 @@ fn signalling_server_killed_mid_transfer_and_the_file_still_arrives() {
     let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
     let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
     receiver
-        .wait_event("progress", Duration::from_secs(30))
+        .wait::<event::Progress>(Duration::from_secs(30))
         .unwrap();
     sig.kill();
+    // The transfer was not over when the server died: the file is linked into place only once
+    // verified, before either side's `done`.
+    assert!(
+        !dst.path().join("movie.mkv").exists(),
+        "the transfer had finished before the kill"
+    );
     // The server is really gone.
     assert!(std::net::TcpStream::connect(sig.url.trim_start_matches("http://")).is_err());
     let (rs, revents) = receiver.finish(LONG).unwrap();
     let (ss, sevents) = sender.finish(LONG).unwrap();
     expect_done(rs, &revents);
     expect_done(ss, &sevents);
-    let last_progress = revents.iter().filter(|e| e["event"] == "progress").count();
-    assert!(last_progress >= 2, "the kill happened mid-transfer");
     assert_eq!(hash_file(&dst.path().join("movie.mkv")), hash_file(&file));
 }
 
@@ -288,9 +312,13 @@ fn sender_vanishing_mid_transfer_leaves_no_half_file() {
     let (mut sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
     let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
     receiver
-        .wait_event("progress", Duration::from_secs(30))
+        .wait::<event::Progress>(Duration::from_secs(30))
         .unwrap();
     sender.kill();
+    assert!(
+        event::find::<event::Done>(receiver.events_so_far()).is_none(),
+        "the sender died mid-transfer"
+    );
     let (rs, revents) = receiver.finish(LONG).unwrap();
     let msg = expect_error(rs, &revents);
     assert!(msg.contains("vanished") || msg.contains("lost"), "{msg}");
@@ -308,7 +336,7 @@ fn recv_on_tmpfs(
     link: &str,
     size: &str,
     skip_space_check: bool,
-) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+) -> (std::process::ExitStatus, Vec<Event>, String) {
     let mnt = tempfile::tempdir().unwrap();
     let m = mnt.path().display().to_string();
     let script = format!(
@@ -335,10 +363,10 @@ fn recv_on_tmpfs(
 
 #[test]
 fn receiver_disk_too_small_or_full_fails_cleanly() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root for a private tmpfs mount");
-        return;
-    }
+    assert!(
+        is_root(),
+        "needs root for a private tmpfs mount (CI runs as root)"
+    );
     for skip_space_check in [false, true] {
         let sig = Signalling::start();
         let src = tempfile::tempdir().unwrap();
@@ -376,7 +404,7 @@ fn ctrl_c_on_the_receiver_tells_the_sender_and_leaves_no_part_file() {
     let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
     let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
     receiver
-        .wait_event("progress", std::time::Duration::from_secs(30))
+        .wait::<event::Progress>(Duration::from_secs(30))
         .unwrap();
     let ok = Command::new("kill")
         .args(["-INT", &receiver.pid().to_string()])

@@ -4,11 +4,11 @@ use punchdrop_e2e::*;
 
 /// A transfer with `--relay-only` on both peers through the given signalling server; returns
 /// the receiver's `done` event after checking the bytes.
-fn relayed_transfer(sig: &Signalling, size: u64) -> serde_json::Value {
+fn relayed_transfer(sig: &Signalling, size: u64) -> event::Done {
     relayed_transfer_with(sig, size, &[])
 }
 
-fn relayed_transfer_with(sig: &Signalling, size: u64, extra: &[&str]) -> serde_json::Value {
+fn relayed_transfer_with(sig: &Signalling, size: u64, extra: &[&str]) -> event::Done {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let file = src.path().join("relayed.bin");
@@ -25,10 +25,11 @@ fn relayed_transfer_with(sig: &Signalling, size: u64, extra: &[&str]) -> serde_j
     let done = expect_done(rs, &revents);
     let sdone = expect_done(ss, &sevents);
     assert_eq!(hash_file(&dst.path().join("relayed.bin")), hash_file(&file));
-    assert_eq!(done["path"], "relay", "{done}");
-    assert_eq!(sdone["path"], "relay", "{sdone}");
-    let connected = revents.iter().find(|e| e["event"] == "connected").unwrap();
-    assert_eq!(connected["local"], "relay", "{connected}");
+    assert_eq!(done.path.kind, PathKind::Relay, "{done:?}");
+    assert_eq!(sdone.path.kind, PathKind::Relay, "{sdone:?}");
+    assert_eq!(done.path.reason, Some(RelayReason::Forced), "{done:?}");
+    let connected = event::find::<event::Connected>(&revents).unwrap();
+    assert_eq!(connected.path.local, CandidateType::Relay, "{connected:?}");
     done
 }
 
@@ -39,7 +40,7 @@ fn relay_only_through_external_coturn_with_shared_secret() {
     let url = format!("turn:127.0.0.1:{}?transport=udp", coturn.port);
     let sig = Signalling::start_with(&["--no-turn", "--turn", &url, "--turn-secret", secret]);
     let done = relayed_transfer(&sig, 3 << 20);
-    assert_eq!(done["protocol"], "udp");
+    assert_eq!(done.path.protocol, Transport::Udp);
 }
 
 #[test]
@@ -92,7 +93,7 @@ fn relay_only_without_a_relay_fails_clearly() {
 fn relay_only_over_tcp_through_the_bundled_turn_server() {
     let sig = Signalling::start();
     let done = relayed_transfer_with(&sig, 4 << 20, &["--relay-transport", "tcp"]);
-    assert_eq!(done["protocol"], "tcp", "{done}");
+    assert_eq!(done.path.protocol, Transport::Tcp, "{done:?}");
     assert_eq!(sig.metric("punchdrop_turn_allocations_total"), 2);
 }
 
@@ -103,5 +104,5 @@ fn relay_only_over_tcp_through_external_coturn() {
     let url = format!("turn:127.0.0.1:{}?transport=tcp", coturn.port);
     let sig = Signalling::start_with(&["--no-turn", "--turn", &url, "--turn-secret", secret]);
     let done = relayed_transfer_with(&sig, 3 << 20, &["--relay-transport", "tcp"]);
-    assert_eq!(done["protocol"], "tcp", "{done}");
+    assert_eq!(done.path.protocol, Transport::Tcp, "{done:?}");
 }

@@ -29,11 +29,8 @@ fn handshakes_do_not_wait_for_timer_ticks() {
         let (ss, sevents) = sender.finish(LONG).unwrap();
         expect_done(rs, &revents);
         expect_done(ss, &sevents);
-        let fb = revents
-            .iter()
-            .find(|e| e["event"] == "first_byte")
-            .expect("first_byte event");
-        first_bytes.push(fb["ms_since_room"].as_f64().unwrap());
+        let fb = event::find::<event::FirstByte>(&revents).expect("first_byte event");
+        first_bytes.push(fb.ms_since_room);
         assert_eq!(hash_file(&dst.path().join("small.bin")), hash_file(&file));
     }
     first_bytes.sort_by(f64::total_cmp);

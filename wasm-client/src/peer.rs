@@ -8,7 +8,7 @@
 
 use futures::channel::mpsc;
 use protocol::path::{self, CandidateType, PathContext, PathReport, SelectedPair, Transport};
-use protocol::rendezvous::{IceCandidate, PeerSetup};
+use protocol::rendezvous::{CHANNEL_LABEL, IceCandidate, PeerSetup};
 use protocol::signal::{SdpKind, TransferRole};
 use wasm_bindgen::JsCast;
 use web_sys::{
@@ -19,9 +19,6 @@ use web_sys::{
 
 use crate::error::{Error, Result};
 use crate::js::{self, Listener};
-
-/// The data channel's label.
-const CHANNEL_LABEL: &str = "punchdrop";
 
 /// What the browser raised, in the order it did.
 pub enum Local {

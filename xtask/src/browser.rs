@@ -19,6 +19,7 @@
 
 use anyhow::{Context as _, bail};
 use punchdrop_e2e::browser::{Chromium, chromium_path, in_loopback_netns};
+use punchdrop_e2e::event;
 use punchdrop_e2e::{Peer, Signalling, hash_file, is_root, make_file, start_sender};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -253,25 +254,24 @@ fn browser_to_native(ctx: &Ctx) -> anyhow::Result<Run> {
         &d,
     ];
     let mut receiver = Peer::spawn(&args);
-    let ready = receiver.wait_event("ready", Duration::from_secs(10))?;
-    let link = ready["link"].as_str().context("ready without a link")?;
+    let ready: event::Ready = receiver.wait(Duration::from_secs(10))?;
     let mut c = launch("browser (sends)")?;
-    c.goto(link)?;
+    c.goto(&ready.link)?;
     c.wait_state("pick", Duration::from_secs(30))?;
     c.set_files("#file-input", &[&ctx.file])?;
     let (status, events) = receiver.finish(ctx.timeout)?;
-    let done = find(&events, "done");
+    let done = event::find::<event::Done>(&events);
     let (Some(done), true) = (done, status.success()) else {
         bail!("native receiver failed ({status}): {events:?}");
     };
     ctx.check(&dst.path().join(ctx.name()), "native receiver")?;
     c.wait_state("done", ctx.timeout)?;
-    let page_done = c.wait_event("done", Duration::from_secs(5))?;
+    let page_done: event::Done = c.wait(Duration::from_secs(5))?;
     Ok(Run {
         name: "browser → native",
         mb_s: rate(done),
         sender_mb_s: rate(&page_done),
-        first_byte_ms: find(&events, "first_byte").and_then(|e| e["ms_since_room"].as_f64()),
+        first_byte_ms: event::find::<event::FirstByte>(&events).map(|f| f.ms_since_room),
         accept_wait_ms: None,
         path: format!("{} / {}", path(&page_done), path(done)),
     })
@@ -284,7 +284,7 @@ fn native_to_browser(ctx: &Ctx) -> anyhow::Result<Run> {
     let mut c = launch("browser (receives)")?;
     let page_done = receive(&mut c, &link, ctx)?;
     let (status, events) = sender.finish(ctx.timeout)?;
-    let done = find(&events, "done");
+    let done = event::find::<event::Done>(&events);
     let (Some(done), true) = (done, status.success()) else {
         bail!("native sender failed ({status}): {events:?}");
     };
@@ -311,7 +311,7 @@ fn chromium_to_chromium(ctx: &Ctx) -> anyhow::Result<Run> {
     let mut bob = launch("bob (receives)")?;
     let bob_done = receive(&mut bob, &link, ctx)?;
     alice.wait_state("done", ctx.timeout)?;
-    let alice_done = alice.wait_event("done", Duration::from_secs(5))?;
+    let alice_done: event::Done = alice.wait(Duration::from_secs(5))?;
     let (first_byte_ms, accept_wait_ms) = first_byte(&mut bob)?;
     Ok(Run {
         name: "Chromium ↔ Chromium",
@@ -325,12 +325,12 @@ fn chromium_to_chromium(ctx: &Ctx) -> anyhow::Result<Run> {
 
 /// A receiving page: open the link, accept the offer, wait for `done` and the download, and
 /// check its hash. Returns the page's `done` event.
-fn receive(c: &mut Chromium, link: &str, ctx: &Ctx) -> anyhow::Result<Value> {
+fn receive(c: &mut Chromium, link: &str, ctx: &Ctx) -> anyhow::Result<event::Done> {
     c.goto(link)?;
     c.wait_state("offer", Duration::from_secs(30))?;
     c.click("#accept")?;
     c.wait_state("done", ctx.timeout)?;
-    let done = c.wait_event("done", Duration::from_secs(5))?;
+    let done: event::Done = c.wait(Duration::from_secs(5))?;
     let len = std::fs::metadata(&ctx.file)?.len();
     let got = c.wait_download(&ctx.name(), len, ctx.timeout)?;
     ctx.check(&got, &c.name)?;
@@ -357,26 +357,33 @@ fn launch(name: &str) -> anyhow::Result<Chromium> {
 
 /// A receiving page's both in room → first byte, and `offer` → `accepted` (the click).
 fn first_byte(c: &mut Chromium) -> anyhow::Result<(Option<f64>, Option<f64>)> {
-    let events = c.events()?;
-    let t = |name: &str| find(&events, name).and_then(|e| e["benchT"].as_f64());
-    let fb = find(&events, "first_byte").and_then(|e| e["ms_since_room"].as_f64());
-    Ok((fb, t("accepted").zip(t("offer")).map(|(a, o)| a - o)))
+    let fb = event::find::<event::FirstByte>(&c.events()?).map(|f| f.ms_since_room);
+    // The stamps the page's events got as they were recorded (see `launch`).
+    let t = |c: &mut Chromium, name: &str| -> anyhow::Result<Option<f64>> {
+        let js = format!(
+            "((window.punchdropEvents || []).find(e => e.event === {}) || {{}}).benchT",
+            Value::from(name)
+        );
+        Ok(c.eval(&js)?.as_f64())
+    };
+    let (accepted, offer) = (t(c, "accepted")?, t(c, "offer")?);
+    Ok((fb, accepted.zip(offer).map(|(a, o)| a - o)))
 }
 
-fn find<'a>(events: &'a [Value], name: &str) -> Option<&'a Value> {
-    events.iter().find(|e| e["event"] == name)
-}
-
-fn rate(done: &Value) -> f64 {
-    let bytes = done["bytes"].as_f64().unwrap_or(f64::NAN);
-    let secs = done["seconds"].as_f64().unwrap_or(f64::NAN);
-    bytes / secs / 1e6
+fn rate(done: &event::Done) -> f64 {
+    done.bytes as f64 / done.seconds / 1e6
 }
 
 /// "direct host-host udp", from a native or a page `done` event.
-fn path(done: &Value) -> String {
-    let s = |k: &str| done[k].as_str().unwrap_or("?").to_string();
-    format!("{} {} {}", s("path"), s("candidates"), s("protocol"))
+fn path(done: &event::Done) -> String {
+    let p = &done.path;
+    format!(
+        "{} {}-{} {}",
+        p.kind.as_str(),
+        p.local.as_str(),
+        p.remote.as_str(),
+        p.protocol.as_str()
+    )
 }
 
 fn ms(v: Option<f64>) -> String {

@@ -70,15 +70,16 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("build the lab for {name}"))?;
             let o = lab.transfer(args.size_mib << 20, &[], &[]);
             setup.push(o.first_byte_ms);
-            let bytes = o.receiver_done["bytes"].as_f64().unwrap_or(0.0);
-            let secs = o.receiver_done["seconds"].as_f64().unwrap_or(f64::NAN);
-            rate.push(bytes / secs / 1e6);
-            let (pa, pb) = o.paths();
+            let done = &o.receiver_done;
+            rate.push(done.bytes as f64 / done.seconds / 1e6);
+            let (a, b) = (&o.sender_connected.path, &o.receiver_connected.path);
             let this = format!(
-                "{pa} {}-{} / {pb} {}",
-                o.sender_connected["local"].as_str().unwrap_or("?"),
-                o.sender_connected["remote"].as_str().unwrap_or("?"),
-                o.receiver_connected["protocol"].as_str().unwrap_or("?"),
+                "{} {}-{} / {} {}",
+                a.kind.as_str(),
+                a.local.as_str(),
+                a.remote.as_str(),
+                b.kind.as_str(),
+                b.protocol.as_str(),
             );
             if !paths.contains(&this) {
                 if !paths.is_empty() {

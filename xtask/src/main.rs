@@ -7,7 +7,7 @@
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use serde_json::Value;
+use punchdrop_e2e::{Event, event};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -124,14 +124,14 @@ struct PeerRun {
     receiver: Usage,
 }
 
-fn read_events(child: &mut Child) -> std::sync::mpsc::Receiver<Value> {
+fn read_events(child: &mut Child) -> std::sync::mpsc::Receiver<Event> {
     let (tx, rx) = std::sync::mpsc::channel();
     let out = child.stdout.take().expect("piped");
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send(v);
-            }
+            let ev = serde_json::from_str::<Event>(&line)
+                .unwrap_or_else(|e| Event::error(format!("not an event ({e}): {line}")));
+            let _ = tx.send(ev);
         }
     });
     rx
@@ -197,30 +197,27 @@ fn native_run(
     };
     let mut sender = peer(&["send", &file.display().to_string()])?;
     let sender_events = read_events(&mut sender);
-    let ready = loop {
-        let v = sender_events
+    let link = loop {
+        let e = sender_events
             .recv_timeout(Duration::from_secs(10))
             .context("sender not ready")?;
-        if v["event"] == "ready" {
-            break v;
+        if let Event::Ready(r) = e {
+            break r.link;
         }
     };
-    let link = ready["link"].as_str().unwrap_or_default().to_string();
     let mut receiver = peer(&["recv", "--dir", &dst.display().to_string(), &link])?;
     let receiver_events = read_events(&mut receiver);
     let r_usage = wait_usage(&mut receiver);
     let s_usage = wait_usage(&mut sender);
-    let events: Vec<Value> = receiver_events.try_iter().collect();
-    let done = events.iter().find(|e| e["event"] == "done");
-    let first = events.iter().find(|e| e["event"] == "first_byte");
+    let events: Vec<Event> = receiver_events.try_iter().collect();
+    let done = event::find::<event::Done>(&events);
+    let first = event::find::<event::FirstByte>(&events);
     let (Some(done), Some(first), true, true) = (done, first, r_usage.ok, s_usage.ok) else {
         bail!("native transfer failed: {events:?}");
     };
-    let bytes = done["bytes"].as_f64().unwrap_or_default();
-    let secs = done["seconds"].as_f64().unwrap_or(f64::NAN);
     Ok(PeerRun {
-        mb_s: bytes / secs / 1e6,
-        first_byte_ms: first["ms_since_room"].as_f64().unwrap_or(f64::NAN),
+        mb_s: done.bytes as f64 / done.seconds / 1e6,
+        first_byte_ms: first.ms_since_room,
         sender: s_usage,
         receiver: r_usage,
     })

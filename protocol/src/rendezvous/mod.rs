@@ -45,6 +45,9 @@ use crate::signal::{
     SIGNAL_VERSION, SdpKind, ServerMessage, TransferRole, WRONG_SECRET,
 };
 
+/// The label of the one data channel the file sender opens.
+pub const CHANNEL_LABEL: &str = "punchdrop";
+
 /// The deadlines of a rendezvous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {

@@ -7,7 +7,14 @@ use crate::credentials::TurnSecret;
 use std::future::Future;
 use std::time::SystemTime;
 use stun::agent::TransactionId;
-use stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter as _, Message};
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    BINDING_REQUEST, BINDING_SUCCESS, CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE,
+    Getter as _, METHOD_ALLOCATE, METHOD_REFRESH, Message, MessageType, Method, Setter,
+};
+use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -380,7 +387,7 @@ async fn byte_quota_ends_the_allocation() {
 }
 
 #[tokio::test]
-async fn lifetime_cap_ends_the_allocation_despite_refreshes() {
+async fn lifetime_cap_stops_relaying() {
     let s = start(|c| c.max_allocation_lifetime = Duration::from_millis(300)).await;
     let (client, _) = udp_client(s.handle.udp_addr(), creds(&s.secret, "room")).await;
     let relay = within("allocate", client.allocate()).await.unwrap();
@@ -397,6 +404,138 @@ async fn lifetime_cap_ends_the_allocation_despite_refreshes() {
     let _ = relay.send_to(b"after", peer.local_addr().unwrap()).await;
     assert_quiet(&peer).await;
     client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+/// A bare TURN client over UDP, its messages built by hand: the turn crate's client refreshes
+/// only on its own schedule (half the allocation's lifetime), and a test of refreshes needs
+/// them on demand.
+struct RawTurn {
+    sock: UdpSocket,
+    server: SocketAddr,
+    username: String,
+    password: String,
+    realm: String,
+    nonce: String,
+}
+
+impl RawTurn {
+    /// Allocate, answering the server's 401 challenge as clients do.
+    async fn allocate(server: SocketAddr, (username, password): (String, String)) -> Self {
+        use turn::proto::{PROTO_UDP, reqtrans::RequestedTransport};
+        let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+        let mut t = Self {
+            sock,
+            server,
+            username,
+            password,
+            realm: String::new(),
+            nonce: String::new(),
+        };
+        let transport = || -> Box<dyn Setter> {
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            })
+        };
+        let challenge = t.request(METHOD_ALLOCATE, false, transport()).await;
+        assert_eq!(challenge.typ.class, CLASS_ERROR_RESPONSE, "{challenge}");
+        t.realm = TextAttribute::get_from_as(&challenge, ATTR_REALM)
+            .unwrap()
+            .text;
+        t.nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)
+            .unwrap()
+            .text;
+        let ok = t.request(METHOD_ALLOCATE, true, transport()).await;
+        assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE, "{ok}");
+        t
+    }
+
+    /// Ask for ten more minutes; the answer, if one comes within [`QUIET`].
+    async fn refresh(&mut self) -> Option<Message> {
+        let lifetime = turn::proto::lifetime::Lifetime(Duration::from_secs(600));
+        self.send(METHOD_REFRESH, true, Box::new(lifetime)).await;
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = tokio::time::timeout(QUIET, self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        Some(decode(buf[..n].to_vec()))
+    }
+
+    /// A request and its answer.
+    async fn request(&mut self, method: Method, auth: bool, attr: Box<dyn Setter>) -> Message {
+        self.send(method, auth, attr).await;
+        decode(recv(&self.sock).await.0)
+    }
+
+    async fn send(&mut self, method: Method, auth: bool, attr: Box<dyn Setter>) {
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            attr,
+        ];
+        if auth {
+            setters.push(Box::new(TextAttribute::new(
+                ATTR_USERNAME,
+                self.username.clone(),
+            )));
+            setters.push(Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())));
+            setters.push(Box::new(TextAttribute::new(ATTR_NONCE, self.nonce.clone())));
+            setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
+                self.username.clone(),
+                self.realm.clone(),
+                self.password.clone(),
+            )));
+        }
+        setters.push(Box::new(FINGERPRINT));
+        let mut m = Message::new();
+        m.build(&setters).unwrap();
+        self.sock.send_to(&m.raw, self.server).await.unwrap();
+    }
+}
+
+fn decode(raw: Vec<u8>) -> Message {
+    let mut m = Message::new();
+    m.raw = raw;
+    m.decode().unwrap();
+    m
+}
+
+#[tokio::test]
+async fn lifetime_cap_ends_the_allocation_despite_refreshes() {
+    let cap = Duration::from_millis(400);
+    let s = start(|c| c.max_allocation_lifetime = cap).await;
+    let started = std::time::Instant::now();
+    let mut turn = RawTurn::allocate(s.handle.udp_addr(), creds(&s.secret, "room")).await;
+    assert_eq!(get(&s.metrics.allocations_active), 1);
+    // Refreshed every 50 ms, each asking for ten minutes: each refresh is granted...
+    let mut granted = 0;
+    while started.elapsed() < cap / 2 {
+        let answer = turn.refresh().await.expect("an answer to a refresh");
+        assert_eq!(answer.typ.class, CLASS_SUCCESS_RESPONSE, "{answer}");
+        granted += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(granted >= 2, "{granted} refreshes");
+    // ...and the cap ends the allocation all the same, no earlier.
+    eventually("lifetime end", || {
+        get(&s.metrics.quota_ended_total) == 1 && get(&s.metrics.allocations_active) == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() >= cap,
+        "ended after {:?}",
+        started.elapsed()
+    );
+    // A refresh after the cap finds no allocation (the turn crate then stays silent rather
+    // than answering 437, which is still no extension).
+    if let Some(late) = turn.refresh().await {
+        assert_eq!(
+            late.typ.class, CLASS_ERROR_RESPONSE,
+            "a refresh after the cap is refused: {late}"
+        );
+    }
+    assert_eq!(get(&s.metrics.allocations_active), 0);
     s.handle.shutdown().await;
 }
 
