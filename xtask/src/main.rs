@@ -27,6 +27,9 @@ enum Task {
     BenchLab(lab::Args),
     /// Browser → native, native → browser and Chromium ↔ Chromium throughput (root only).
     BenchBrowser(browser::Args),
+    /// Both in room → first byte on loopback over many small transfers; with `--against`,
+    /// interleaved with another build of native-peer (A/B).
+    BenchSetup(SetupArgs),
     /// Build the browser app (wasm-client → web/pkg).
     Web,
 }
@@ -55,9 +58,23 @@ struct BenchArgs {
     browser_args: browser::Args,
 }
 
+#[derive(Parser, Debug)]
+struct SetupArgs {
+    /// Transfers per build.
+    #[arg(long, default_value_t = 40)]
+    reps: usize,
+    /// File size in KiB.
+    #[arg(long, default_value_t = 1024)]
+    size_kib: u64,
+    /// A folder holding another build's `native-peer` to compare with, run by turns.
+    #[arg(long, value_name = "DIR")]
+    against: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Bench(args) => bench(args),
+        Task::BenchSetup(args) => bench_setup(args),
         Task::BenchLab(args) => lab::bench(&root(), args),
         Task::BenchBrowser(args) => browser::bench(&root(), args),
         Task::Web => web::build(&root()),
@@ -258,6 +275,99 @@ fn tcp_run(file: &Path, dst: &Path) -> anyhow::Result<f64> {
     drop(s);
     let total = rx.join().expect("receiver thread")?;
     Ok(total as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+/// One small transfer between two peers of the build in `bin`; both in room → first byte.
+/// Reads only `ready` and `first_byte` (the same in every build so far) and checks the file,
+/// so older builds can be measured too.
+fn setup_run(bin: &Path, server: &str, file: &Path, dst: &Path) -> anyhow::Result<f64> {
+    let peer = |args: &[&str]| {
+        Command::new(bin.join("native-peer"))
+            .args(["--json", "--server", server])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    let field = |line: &str, event: &str, key: &str| -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["event"] == event).then(|| v[key].clone())
+    };
+    let mut sender = peer(&["send", &file.display().to_string()])?;
+    let mut lines = BufReader::new(sender.stdout.take().expect("piped")).lines();
+    let link = lines
+        .find_map(|l| field(&l.ok()?, "ready", "link"))
+        .and_then(|v| v.as_str().map(str::to_string))
+        .context("the sender printed no link")?;
+    let receiver = peer(&["recv", "--dir", &dst.display().to_string(), &link])?;
+    let out = receiver.wait_with_output()?;
+    let st = sender.wait()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text
+        .lines()
+        .find_map(|l| field(l, "first_byte", "ms_since_room"))
+        .and_then(|v| v.as_f64());
+    let name = file.file_name().context("file name")?;
+    match first {
+        Some(ms)
+            if out.status.success() && st.success() && hash(&dst.join(name))? == hash(file)? =>
+        {
+            Ok(ms)
+        }
+        _ => bail!("transfer failed: {text}"),
+    }
+}
+
+fn bench_setup(args: SetupArgs) -> anyhow::Result<()> {
+    let root = root();
+    build_binaries(&root)?;
+    let mut builds = vec![("this build", root.join("target/release"))];
+    if let Some(dir) = args.against {
+        anyhow::ensure!(
+            dir.join("native-peer").is_file(),
+            "{} holds no native-peer",
+            dir.display()
+        );
+        builds.push(("--against", dir));
+    }
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("setup.bin");
+    make_file(&file, args.size_kib << 10)?;
+    // Many rooms from one address in a short time: lift the limits a public server sets.
+    let lifted = ["--room-rate", "1000000", "--msg-rate", "1000000"];
+    let (mut sig, server) = start_signalling(
+        &builds[0].1,
+        &[&lifted[..], &["--msg-burst", "1000000"]].concat(),
+    )?;
+    let mut times = vec![Vec::new(); builds.len()];
+    for rep in 0..args.reps {
+        // By turns, first one then the other, so drift in the machine's load hits both.
+        for i in 0..builds.len() {
+            let i = (i + rep) % builds.len();
+            let dst = tempfile::tempdir_in(work.path())?;
+            times[i].push(setup_run(&builds[i].1, &server, &file, dst.path())?);
+        }
+    }
+    let _ = sig.kill();
+    let _ = sig.wait();
+    println!(
+        "\nboth in room → first byte, {} KiB, loopback, {} transfers each\n",
+        args.size_kib, args.reps
+    );
+    println!("| build | median | 10th–90th percentile |");
+    println!("|---|---|---|");
+    for ((name, dir), mut t) in builds.iter().zip(times) {
+        t.sort_by(f64::total_cmp);
+        let pct = |p: usize| t[(t.len() - 1) * p / 100];
+        println!(
+            "| {name} ({}) | {:.1} ms | {:.1}–{:.1} ms |",
+            dir.display(),
+            pct(50),
+            pct(10),
+            pct(90)
+        );
+    }
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -126,6 +126,11 @@ impl Peer {
         self.events.iter().map(Event::name).collect()
     }
 
+    /// The failure as a person reads it.
+    fn error(&self) -> String {
+        self.failed.as_ref().expect("failed").to_string()
+    }
+
     fn aborted(&self) -> Option<AbortReason> {
         self.sent.iter().find_map(|m| match m {
             ClientMessage::Abort { reason } => Some(*reason),
@@ -190,6 +195,14 @@ impl World {
         w.run_until(|w| {
             w.peers[&Who::A].event::<event::Ready>().is_some() || w.peers[&Who::A].failed.is_some()
         });
+        w
+    }
+
+    /// A wants `a` and made a room; B joins it by link wanting `b` (nothing runs yet).
+    fn pair(a: Want, b: Want) -> Self {
+        let mut w = Self::with_room(a);
+        let (link, _) = link_and_code(&w);
+        w.join(&link, b);
         w
     }
 
@@ -551,12 +564,22 @@ fn connected(w: &World) {
     }
 }
 
+/// Faults for the sealed messages the server forwards to `to`: `fate(n)` for the n-th (from 1).
+fn sealed_to(to: Who, fate: impl Fn(usize) -> Fate + 'static) -> Faults {
+    let mut n = 0;
+    Box::new(move |who, _, m| match m {
+        ServerMessage::Sealed { .. } if who == to => {
+            n += 1;
+            fate(n)
+        }
+        _ => Fate::Deliver,
+    })
+}
+
 /// A sender shares, a receiver joins by link.
 fn share_and_receive(faults: Faults) -> World {
-    let mut w = World::with_room(Want::Send);
+    let mut w = World::pair(Want::Send, Want::Receive);
     w.faults = faults;
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Receive);
     w.run();
     w
 }
@@ -641,9 +664,7 @@ fn receiver_creates_the_room_sender_joins_by_code() {
 #[test]
 fn a_page_on_a_link_takes_the_other_side() {
     // The creator sends: the page receives without being asked.
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Opposite);
+    let mut w = World::pair(Want::Send, Want::Opposite);
     w.run();
     connected(&w);
     assert_eq!(w.b().setup.as_ref().unwrap().role, TransferRole::Receiver);
@@ -651,9 +672,7 @@ fn a_page_on_a_link_takes_the_other_side() {
 
     // The creator receives (the NAS case): the page asks its person for files, and nothing
     // is negotiated until they are picked.
-    let mut w = World::with_room(Want::Receive);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Opposite);
+    let mut w = World::pair(Want::Receive, Want::Opposite);
     w.run_until(|w| w.b().names().contains(&"pick"));
     w.run_for(Duration::from_secs(300));
     assert!(
@@ -671,9 +690,7 @@ fn a_page_on_a_link_takes_the_other_side() {
 
 #[test]
 fn a_person_who_never_picks_is_given_up_on_by_the_other_side() {
-    let mut w = World::with_room(Want::Receive);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Opposite);
+    let mut w = World::pair(Want::Receive, Want::Opposite);
     w.run();
     assert_eq!(
         w.a().failed,
@@ -695,13 +712,7 @@ fn wrong_code_fails_on_both_sides_with_the_same_words() {
         assert_eq!(p.failed, Some(RendezvousError::WrongSecret));
         assert!(p.setup.is_none(), "no connection with a wrong secret");
         assert!(p.event::<event::Verify>().is_none());
-        assert!(
-            p.failed
-                .as_ref()
-                .unwrap()
-                .to_string()
-                .contains("wrong code or link")
-        );
+        assert!(p.error().contains("wrong code or link"));
     }
     // Whoever noticed first told the room, so the other side learnt it without a timeout.
     assert!(w.now < T0 + Duration::from_secs(1));
@@ -714,9 +725,7 @@ fn wrong_code_fails_on_both_sides_with_the_same_words() {
 
 #[test]
 fn both_want_to_send() {
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Send);
+    let mut w = World::pair(Want::Send, Want::Send);
     w.run();
     for p in w.peers.values() {
         let e = p.failed.clone().expect("failed");
@@ -732,26 +741,17 @@ fn both_want_to_send() {
             .values()
             .any(|p| p.failed == Some(RendezvousError::SameRole(TransferRole::Sender)))
     );
-    assert!(
-        w.a()
-            .failed
-            .as_ref()
-            .unwrap()
-            .to_string()
-            .contains("also sending")
-    );
+    assert!(w.a().error().contains("also sending"));
 }
 
 #[test]
 fn joiner_leaving_mid_pake() {
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
+    let mut w = World::pair(Want::Send, Want::Receive);
     // The creator never gets B's key exchange message; B's socket then closes.
     w.faults = Box::new(|to, _, m| match (to, m) {
         (Who::A, ServerMessage::Pake { .. }) => Fate::Drop,
         _ => Fate::Deliver,
     });
-    w.join(&link, Want::Receive);
     w.run_until(|w| w.b().rv.stage == Stage::AwaitPake);
     w.peers.remove(&Who::B);
     w.schedule(HOP, Wire::Closed(Who::B));
@@ -762,14 +762,12 @@ fn joiner_leaving_mid_pake() {
 
 #[test]
 fn creator_leaving_mid_pake() {
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
+    let mut w = World::pair(Want::Send, Want::Receive);
     // B's PAKE reaches A; A's answer (and its hello after it) are lost, then A goes away.
     w.faults = Box::new(|to, _, m| match (to, m) {
         (Who::B, ServerMessage::Pake { .. } | ServerMessage::Sealed { .. }) => Fate::Drop,
         _ => Fate::Deliver,
     });
-    w.join(&link, Want::Receive);
     w.run_until(|w| w.a().rv.stage == Stage::Hello);
     w.peers.remove(&Who::A);
     w.schedule(HOP, Wire::Closed(Who::A));
@@ -813,13 +811,8 @@ fn silent_creator_times_out_and_tells_the_room() {
 #[test]
 fn lost_hello_ends_in_seconds_not_minutes() {
     // B's hello to A is lost (the first sealed message the server sends to A).
-    let mut first_sealed = true;
-    let w = share_and_receive(Box::new(move |to, _, m| match (to, m) {
-        (Who::A, ServerMessage::Sealed { .. }) if first_sealed => {
-            first_sealed = false;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
+    let w = share_and_receive(sealed_to(Who::A, |n| {
+        if n == 1 { Fate::Drop } else { Fate::Deliver }
     }));
     // B had A's hello and started; no offer came within its connect timeout, so it gave up
     // and told the room; A, still waiting for a hello, learnt it from there.
@@ -838,17 +831,8 @@ fn lost_hello_ends_in_seconds_not_minutes() {
 fn lost_description_times_out_with_the_likely_cause() {
     // A's offer (its second sealed message, after the hello) and all after it never reach
     // B. (Dropping the offer alone shows at the next message: see the tampering test.)
-    let mut sealed = 0;
-    let w = share_and_receive(Box::new(move |to, _, m| match (to, m) {
-        (Who::B, ServerMessage::Sealed { .. }) => {
-            sealed += 1;
-            if sealed >= 2 {
-                Fate::Drop
-            } else {
-                Fate::Deliver
-            }
-        }
-        _ => Fate::Deliver,
+    let w = share_and_receive(sealed_to(Who::B, |n| {
+        if n >= 2 { Fate::Drop } else { Fate::Deliver }
     }));
     let timed_out: Vec<String> = w
         .peers
@@ -902,10 +886,7 @@ fn server_that_never_opens_or_never_answers() {
     w.schedule(Duration::from_millis(3), Wire::ServerGone(Who::A));
     w.run();
     assert_eq!(w.now, T0 + Duration::from_millis(3));
-    assert!(
-        w.a().failed.as_ref().unwrap().to_string()
-            == "cannot reach the signalling server at https://drop.example"
-    );
+    assert!(w.a().error() == "cannot reach the signalling server at https://drop.example");
 }
 
 #[test]
@@ -921,21 +902,12 @@ fn server_errors_are_explained() {
         Some(RendezvousError::Server(ErrorCode::NoSuchRoom))
     );
     assert!(w.b().aborted().is_none(), "not in a room: nothing to abort");
-    assert!(
-        w.b()
-            .failed
-            .as_ref()
-            .unwrap()
-            .to_string()
-            .starts_with("server: no such room")
-    );
+    assert!(w.b().error().starts_with("server: no such room"));
 }
 
 #[test]
 fn server_lost_before_connecting_is_fatal_after_is_not() {
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Receive);
+    let mut w = World::pair(Want::Send, Want::Receive);
     w.run_until(|w| w.b().event::<event::Verify>().is_some());
     w.schedule(Duration::ZERO, Wire::ServerGone(Who::B));
     w.run_until(|w| w.b().failed.is_some());
@@ -976,55 +948,32 @@ fn lost_peer_joined_is_no_loss() {
 
 #[test]
 fn a_replayed_or_reordered_sealed_message_is_tampering() {
-    // Duplicate the second sealed message to B (the offer): the copy fails to open.
-    let mut sealed = 0;
-    let w = share_and_receive(Box::new(move |to, _, m| match (to, m) {
-        (Who::B, ServerMessage::Sealed { .. }) => {
-            sealed += 1;
-            if sealed == 2 {
-                Fate::Duplicate
-            } else {
-                Fate::Deliver
-            }
-        }
-        _ => Fate::Deliver,
-    }));
-    assert_eq!(
-        w.b().failed,
-        Some(RendezvousError::Crypto(CryptoError::Tampered))
-    );
-    assert_eq!(w.b().aborted(), Some(AbortReason::Failed));
-    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
-
-    // Hold back A's offer behind its first trickled candidate.
-    let mut sealed = 0;
-    let w = share_and_receive(Box::new(move |to, _, m| match (to, m) {
-        (Who::B, ServerMessage::Sealed { .. }) => {
-            sealed += 1;
-            if sealed == 2 {
-                Fate::Delay(Duration::from_millis(500))
-            } else {
-                Fate::Deliver
-            }
-        }
-        _ => Fate::Deliver,
-    }));
-    assert_eq!(
-        w.b().failed,
-        Some(RendezvousError::Crypto(CryptoError::Tampered))
-    );
-    assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+    // Duplicate the second sealed message to B (the offer): the copy fails to open; or hold
+    // it back behind A's first trickled candidate.
+    for fate in [Fate::Duplicate, Fate::Delay(Duration::from_millis(500))] {
+        let w = share_and_receive(sealed_to(
+            Who::B,
+            move |n| {
+                if n == 2 { fate } else { Fate::Deliver }
+            },
+        ));
+        assert_eq!(
+            w.b().failed,
+            Some(RendezvousError::Crypto(CryptoError::Tampered)),
+            "{fate:?}"
+        );
+        assert_eq!(w.b().aborted(), Some(AbortReason::Failed));
+        assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
+    }
 }
 
 #[test]
 fn a_late_joined_only_delays() {
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
+    let mut w = World::pair(Want::Send, Want::Receive);
     w.faults = Box::new(|to, _, m| match (to, m) {
         (Who::B, ServerMessage::Joined { .. }) => Fate::Delay(Duration::from_millis(200)),
         _ => Fate::Deliver,
     });
-    w.join(&link, Want::Receive);
     w.run();
     connected(&w);
 }
@@ -1058,13 +1007,11 @@ fn key_exchange_before_joined_is_refused() {
 
 #[test]
 fn offer_goes_out_after_the_gather_wait_without_a_srflx_candidate() {
-    let mut w = World::with_room(Want::Send);
+    let mut w = World::pair(Want::Send, Want::Receive);
     // A has a host candidate only and gathering never says it is done.
     let a = w.peers.get_mut(&Who::A).unwrap();
     a.gathers.truncate(1);
     a.gathering_done_after = None;
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Receive);
     w.run();
     connected(&w);
     let a = w.a();
@@ -1081,12 +1028,10 @@ fn offer_goes_out_after_the_gather_wait_without_a_srflx_candidate() {
     );
 
     // With gathering complete quickly, it goes at once.
-    let mut w = World::with_room(Want::Send);
+    let mut w = World::pair(Want::Send, Want::Receive);
     let a = w.peers.get_mut(&Who::A).unwrap();
     a.gathers.truncate(1);
     a.gathering_done_after = Some(Duration::from_millis(2));
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Receive);
     w.run();
     connected(&w);
     let a = w.a();
@@ -1108,7 +1053,7 @@ fn remote_candidates_wait_for_the_remote_description() {
     // A advertises a mapped port before the hellos are through: it is held, sent once
     // negotiating, and B keeps it until A's offer is applied (the stand-in ICE stack fails
     // the test on any candidate before the description).
-    let mut w = World::with_room(Want::Send);
+    let mut w = World::pair(Want::Send, Want::Receive);
     let now = w.now;
     let mapped = IceCandidate {
         candidate: "candidate:4000000001 1 udp 1 198.51.100.7 4000 typ srflx raddr 0.0.0.0 rport 0"
@@ -1121,8 +1066,6 @@ fn remote_candidates_wait_for_the_remote_description() {
         .unwrap()
         .rv
         .advertise(mapped.clone(), now);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Receive);
     w.run();
     connected(&w);
     assert!(w.b().remote_candidates.contains(&mapped.candidate));
@@ -1132,9 +1075,7 @@ fn remote_candidates_wait_for_the_remote_description() {
 
 #[test]
 fn cancelling_tells_the_other_side() {
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Receive);
+    let mut w = World::pair(Want::Send, Want::Receive);
     w.run_until(|w| w.b().event::<event::Verify>().is_some());
     let now = w.now;
     w.peers.get_mut(&Who::B).unwrap().rv.cancel(now);
@@ -1146,9 +1087,7 @@ fn cancelling_tells_the_other_side() {
 
 #[test]
 fn ice_failure_and_local_errors_end_the_room() {
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Receive);
+    let mut w = World::pair(Want::Send, Want::Receive);
     w.run_until(|w| w.b().setup.is_some());
     let now = w.now;
     w.peers.get_mut(&Who::B).unwrap().rv.connection_failed(now);
@@ -1161,9 +1100,7 @@ fn ice_failure_and_local_errors_end_the_room() {
     );
     assert_eq!(w.a().failed, Some(RendezvousError::PeerGaveUp));
 
-    let mut w = World::with_room(Want::Send);
-    let (link, _) = link_and_code(&w);
-    w.join(&link, Want::Receive);
+    let mut w = World::pair(Want::Send, Want::Receive);
     w.run_until(|w| w.a().setup.is_some());
     let now = w.now;
     w.peers
