@@ -124,9 +124,10 @@ impl Reader {
     /// on `results`: each a buffer with [`DATA_HEADER_LEN`] spare bytes in front of the
     /// payload, which is shorter than asked only where the file ended early on disk.
     pub fn request(&mut self, req: ReadRequest) {
-        if self.requests.try_send(req).is_ok() {
-            self.outstanding += 1;
-        }
+        // Never full (at most READ_AHEAD outstanding); refused only once the thread stopped,
+        // which `results` then says by closing.
+        let _ = self.requests.try_send(req);
+        self.outstanding += 1;
     }
 
     pub fn has_room(&self) -> bool {

@@ -269,8 +269,10 @@ impl Peer {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                std::thread::sleep(Duration::from_millis(200));
-                self.seen.extend(self.events.try_iter());
+                // What it printed before it died, until its output closes.
+                while let Ok(v) = self.events.recv_timeout(Duration::from_millis(500)) {
+                    self.seen.push(v);
+                }
                 bail!(
                     "peer did not exit within {timeout:?}; events: {:?}\nstderr: {}",
                     self.seen,
