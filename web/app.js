@@ -51,6 +51,7 @@ const RELAY_REASONS = {
   peer_offered_no_direct: 'the other device offered no direct address',
   peer_got_no_stun: 'the other device could not learn its public address (UDP blocked there?)',
   no_direct_pair: 'no direct route worked (a strict NAT or firewall on either side)',
+  peer_relays: 'the other device sends through the relay',
 };
 
 function describePath(ev) {
@@ -58,7 +59,9 @@ function describePath(ev) {
     ? 'Relayed through the server (still end-to-end encrypted)'
     : 'Direct connection';
   const why = ev.reason ? ` · ${RELAY_REASONS[ev.reason] ?? ev.reason}` : '';
-  return `${how} · ${ev.local} ↔ ${ev.remote}, ${ev.protocol.toUpperCase()}${why}`;
+  const pair = (p) => `${p.local} ↔ ${p.remote}, ${p.protocol.toUpperCase()}`;
+  const theirs = ev.peer ? ` · the other device: ${ev.peer.path}, ${pair(ev.peer)}` : '';
+  return `${how} · ${pair(ev)}${why}${theirs}`;
 }
 
 function fillList(list, entries) {

@@ -91,6 +91,10 @@ struct Common {
         default_value_t = 50
     )]
     ice_check_ms: u64,
+    /// Milliseconds this side's relay candidates are held back after its description, so
+    /// direct pairs are tried first.
+    #[arg(long, global = true, hide = true, env = "PUNCHDROP_RELAY_WAIT_MS")]
+    relay_wait_ms: Option<u64>,
     /// Data-channel send buffer limit in bytes (back-pressure).
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_SEND_BUFFER", default_value_t = 4 * 1024 * 1024)]
     send_buffer: usize,
@@ -274,6 +278,12 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
     let clock = Clock::start();
     let config = rv::Config {
         connect_timeout: Duration::from_secs(c.connect_timeout),
+        // Relay candidates are all a relay-only peer has: none is held back.
+        relay_wait: match (c.relay_only, c.relay_wait_ms) {
+            (true, _) => Duration::ZERO,
+            (false, Some(ms)) => Duration::from_millis(ms),
+            (false, None) => rv::Config::default().relay_wait,
+        },
         ..rv::Config::default()
     };
     let rendezvous = match &invitation {
@@ -310,15 +320,9 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
             }
             (Command::Send { .. }, None) => unreachable!("sources are collected for send"),
         };
-        let done = match &result {
-            Ok((summary, _)) => Some(summary.done(&link).await),
-            Err(_) => None,
-        };
         link.close().await;
-        let (_, saved) = result?;
-        if let Some(done) = done {
-            out.event(&done);
-        }
+        let (summary, saved) = result?;
+        out.event(&summary.done());
         if !out.is_json() {
             for p in saved {
                 out.note(&format!("  {}", p.display()));

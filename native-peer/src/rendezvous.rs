@@ -395,7 +395,7 @@ impl Driver<'_> {
         let path = p.path(&ctx).await;
         let now = self.clock.now();
         tracing::info!(ms = now.as_millis() as u64, %path, "data channel open");
-        self.rv.channel_open(path.clone(), now);
+        self.rv.channel_open(now);
         self.opened = Some((path, ctx));
     }
 

@@ -9,6 +9,7 @@
 use anyhow::{anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use protocol::event::{self, Event};
+use protocol::path::{PairView, PathReport, PathTrack};
 use protocol::transfer::{
     CancelReason, Received, Receiver, ReceiverEvent, SEND_STALL, STOPPED, Sender, SenderEvent,
     TransferError,
@@ -100,18 +101,49 @@ pub struct Summary {
     pub files: usize,
     pub bytes: u64,
     pub seconds: f64,
+    /// Both directions, as they were at the end.
+    pub path: PathReport,
 }
 
 impl Summary {
-    /// The `done` event, with the path as it is now.
-    pub async fn done(&self, link: &Link) -> Event {
+    /// The `done` event.
+    pub fn done(self) -> Event {
         event::Done {
             files: self.files,
             bytes: self.bytes,
             seconds: self.seconds,
-            path: link.path_now().await,
+            path: self.path,
         }
         .into()
+    }
+}
+
+/// Both directions of the path while a transfer runs (`protocol::path::PathTrack`): this side's
+/// pair told at open and again as its part ends, `connected` once both are known.
+struct Paths {
+    track: PathTrack,
+}
+
+impl Paths {
+    fn start(link: &Link, set: impl FnOnce(PairView)) -> Self {
+        let track = PathTrack::new(link.path.clone());
+        set(track.view());
+        Self { track }
+    }
+
+    /// This side's part is about to end: read its pair again and tell it, once.
+    async fn at_end_of_part(&mut self, link: &Link, set: impl FnOnce(PairView)) {
+        if self.track.end_due() {
+            set(self.track.update(link.path_now().await));
+        }
+    }
+
+    /// Say `connected`, the first time.
+    fn connected(&mut self, link: &Link, peer: Option<PairView>, out: &mut Output) {
+        let ms = link.both_in_room.elapsed().as_secs_f64() * 1e3;
+        if let Some(c) = self.track.connected(peer, ms) {
+            out.event(&c.into());
+        }
     }
 }
 
@@ -128,6 +160,7 @@ pub async fn send(
     spawn_watchdog(dc.clone(), link.state.clone());
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
     let mut sm = Sender::new(entries, chunk, clock.now());
+    let mut paths = Paths::start(link, |p| sm.set_path(p));
     let files = sources.iter().filter(|s| !s.entry.dir).count();
     let total = sm.total_bytes();
     let mut reader: Option<files::Reader> = None;
@@ -147,7 +180,9 @@ pub async fn send(
             }
             while let Some(ev) = sm.poll_event() {
                 match ev {
+                    SenderEvent::PeerPath(p) => paths.connected(link, Some(p), out),
                     SenderEvent::Accepted => {
+                        paths.connected(link, sm.peer_path(), out);
                         started = Some(Instant::now());
                         out.event(&event::Accepted { files, bytes: total }.into());
                         reader = Some(files::spawn_reader(sources.take().unwrap_or_default()));
@@ -195,6 +230,9 @@ pub async fn send(
                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                     return Err(map_err(e));
                 }
+                if sm.bytes_sent() == total {
+                    paths.at_end_of_part(link, |p| sm.set_path(p)).await;
+                }
                 if let Err(e) = send_frame(&*dc, buf).await {
                     return Err(explain_loss(&mut sm, &mut inbox, clock, e).await);
                 }
@@ -220,10 +258,12 @@ pub async fn send(
     let seconds = started
         .map(|s| s.elapsed().as_secs_f64())
         .unwrap_or_default();
+    let path = paths.track.report(sm.peer_path());
     Ok(Summary {
         files,
         bytes: total,
         seconds,
+        path,
     })
 }
 
@@ -293,6 +333,7 @@ pub async fn receive(
     let mut inbox = spawn_inbox(dc.clone());
     spawn_watchdog(dc.clone(), link.state.clone());
     let mut sm = Receiver::new(clock.now());
+    let mut paths = Paths::start(link, |p| sm.set_path(p));
     let (writer, mut written) = files::spawn_writer();
     let mut plan = None;
     let mut saved = Vec::new();
@@ -321,7 +362,9 @@ pub async fn receive(
                     };
                     while let Some(ev) = sm.poll_event() {
                         match ev {
+                            ReceiverEvent::PeerPath(p) => paths.connected(link, Some(p), out),
                             ReceiverEvent::Offer(offer) => {
+                                paths.connected(link, sm.peer_path(), out);
                                 files_total = offer.file_count();
                                 out.event(&event::Offer::from(&offer).into());
                                 if let Err(msg) = check_space(dir, offer.total_bytes) {
@@ -369,6 +412,9 @@ pub async fn receive(
                     Some(WriteResult::Saved { index, path }) => {
                         pending_saves -= 1;
                         saved.push(path);
+                        if sm.saves_left() == 1 {
+                            paths.at_end_of_part(link, |p| sm.set_path(p)).await;
+                        }
                         sm.file_saved(index).map_err(map_err)?;
                         out.event(&event::FileDone { index }.into());
                     }
@@ -397,11 +443,13 @@ pub async fn receive(
     // finishes when it has them. (Waiting for the sender to close instead cost 2 s on relayed
     // paths, where its close does not always arrive.)
     drained(&*dc).await;
+    let path = paths.track.report(sm.peer_path());
     Ok((
         Summary {
             files: files_total,
             bytes: sm.total_bytes(),
             seconds,
+            path,
         },
         saved,
     ))

@@ -137,6 +137,8 @@ pub enum RelayReason {
     PeerGotNoStun,
     /// Both sides had direct candidates and no pair of them worked (symmetric NAT, firewall).
     NoDirectPair,
+    /// This side sends direct, but the other side's ICE agent sends through a relay.
+    PeerRelays,
 }
 
 impl RelayReason {
@@ -152,6 +154,7 @@ impl RelayReason {
             Self::NoDirectPair => {
                 "no direct candidate pair succeeded (symmetric NAT on either side?)"
             }
+            Self::PeerRelays => "the other side sends through a relay",
         }
     }
 }
@@ -162,9 +165,37 @@ impl fmt::Display for RelayReason {
     }
 }
 
+/// The pair one side sends on: what each side tells the other over the data channel.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairView {
+    #[serde(rename = "path")]
+    pub kind: PathKind,
+    pub local: CandidateType,
+    pub remote: CandidateType,
+    pub protocol: Transport,
+}
+
+impl fmt::Display for PairView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ↔ {}, {}",
+            self.kind.as_str(),
+            self.local.as_str(),
+            self.remote.as_str(),
+            self.protocol.as_str()
+        )
+    }
+}
+
 /// The path a connection takes, as both clients report it at `connected` and `done`.
+///
+/// Each ICE agent sends on the pair it selected, and the two can differ (a controlling agent
+/// moves to a better pair before the other side follows). So a report holds this side's pair
+/// and, once the other side said it, that side's; `kind` is `relay` if either direction is.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct PathReport {
+    /// This side's kind, or `relay` if the other side's direction is relayed.
     #[serde(rename = "path")]
     pub kind: PathKind,
     /// This side's candidate of the selected pair.
@@ -178,6 +209,51 @@ pub struct PathReport {
     /// This side's port mapping (native peers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub portmap: Option<PortmapState>,
+    /// The pair the other side sends on, as it said (absent until it did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PairView>,
+}
+
+impl PathReport {
+    /// A path the ICE stack would not describe (its statistics were unavailable).
+    pub fn unknown() -> Self {
+        describe(
+            SelectedPair {
+                local: CandidateType::Unknown,
+                remote: CandidateType::Unknown,
+                protocol: Transport::Udp,
+                local_port: None,
+            },
+            &PathContext::default(),
+        )
+    }
+
+    /// This side's own pair.
+    pub fn view(&self) -> PairView {
+        PairView {
+            kind: if self.local == CandidateType::Relay || self.remote == CandidateType::Relay {
+                PathKind::Relay
+            } else if self.kind == PathKind::Relay {
+                // Only the other direction made it relay: this side's own is direct.
+                PathKind::Direct
+            } else {
+                self.kind
+            },
+            local: self.local,
+            remote: self.remote,
+            protocol: self.protocol,
+        }
+    }
+
+    /// This report with the other side's pair: relayed if either direction is.
+    pub fn with_peer(mut self, peer: Option<PairView>) -> Self {
+        self.peer = peer;
+        if peer.is_some_and(|p| p.kind == PathKind::Relay) && self.kind != PathKind::Relay {
+            self.kind = PathKind::Relay;
+            self.reason = Some(RelayReason::PeerRelays);
+        }
+        self
+    }
 }
 
 impl fmt::Display for PathReport {
@@ -200,7 +276,73 @@ impl fmt::Display for PathReport {
         if let Some(r) = self.reason {
             write!(f, ": {r}")?;
         }
+        if let Some(p) = self.peer {
+            write!(f, "; the other side sends {p}")?;
+        }
         Ok(())
+    }
+}
+
+/// Both directions of a connection while a transfer runs, for one side: its own pair and what
+/// the other side says of its own (`protocol::transfer`'s hellos and `path` frames). Each side
+/// says its pair at open (in its hello) and once more as its part ends — the sender after its
+/// last data frame, the receiver before it says the transfer is complete — so both `done`
+/// events describe the path as it was at the end even when ICE moved meanwhile. It says
+/// `connected` once, as soon as both pairs are known.
+#[derive(Debug, Clone)]
+pub struct PathTrack {
+    own: PathReport,
+    announced: bool,
+    end_told: bool,
+}
+
+impl PathTrack {
+    /// Start with this side's path at open.
+    pub fn new(own: PathReport) -> Self {
+        Self {
+            own,
+            announced: false,
+            end_told: false,
+        }
+    }
+
+    /// This side's pair, to tell the other side.
+    pub fn view(&self) -> PairView {
+        self.own.view()
+    }
+
+    /// `true` once: when this side's part is about to end, its pair should be read again and
+    /// told ([`PathTrack::update`]).
+    pub fn end_due(&mut self) -> bool {
+        !std::mem::replace(&mut self.end_told, true)
+    }
+
+    /// This side's path, read again; returns the pair to tell the other side (the transfer
+    /// machine sends it only if it changed).
+    pub fn update(&mut self, own: PathReport) -> PairView {
+        self.own = own;
+        self.own.view()
+    }
+
+    /// The `connected` event, the first time: with the other side's pair once it is known;
+    /// without when the transfer moves on before it came (an offer, an accept).
+    pub fn connected(
+        &mut self,
+        peer: Option<PairView>,
+        ms_since_room: f64,
+    ) -> Option<crate::event::Connected> {
+        if std::mem::replace(&mut self.announced, true) {
+            return None;
+        }
+        Some(crate::event::Connected {
+            path: self.report(peer),
+            ms_since_room,
+        })
+    }
+
+    /// The path both ways now.
+    pub fn report(&self, peer: Option<PairView>) -> PathReport {
+        self.own.clone().with_peer(peer)
     }
 }
 
@@ -255,6 +397,7 @@ pub fn describe(pair: SelectedPair, ctx: &PathContext) -> PathReport {
         protocol: pair.protocol,
         reason: relayed.then(|| relay_reason(pair.protocol, ctx)),
         portmap: ctx.portmap,
+        peer: None,
     }
 }
 
@@ -367,6 +510,31 @@ mod tests {
         assert_eq!(CandidateType::parse("Relay"), Relay);
         assert_eq!(CandidateType::parse("?"), Unknown);
         assert_eq!(Transport::parse("TCP"), Transport::Tcp);
+    }
+
+    #[test]
+    fn a_relayed_direction_on_either_side_makes_the_path_relayed() {
+        let direct = describe(pair(Srflx, Srflx), &PathContext::default());
+        let relayed = describe(pair(Relay, Srflx), &PathContext::default());
+        // Both direct: stays as it was.
+        let both = direct.clone().with_peer(Some(direct.view()));
+        assert_eq!((both.kind, both.reason), (PathKind::Direct, None));
+        // Only the other side relays: relayed, and said why.
+        let one = direct.clone().with_peer(Some(relayed.view()));
+        assert_eq!(one.kind, PathKind::Relay);
+        assert_eq!(one.reason, Some(RelayReason::PeerRelays));
+        assert_eq!(
+            one.view().kind,
+            PathKind::Direct,
+            "our own direction stays direct"
+        );
+        // This side relays: its own reason stays.
+        let mine = relayed.clone().with_peer(Some(direct.view()));
+        assert_eq!(mine.reason, relayed.reason);
+        assert!(
+            mine.to_string()
+                .ends_with("; the other side sends direct srflx ↔ srflx, udp")
+        );
     }
 
     #[test]

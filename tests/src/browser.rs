@@ -99,6 +99,39 @@ fn enter_new_netns() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run `f` on a new thread inside the existing network namespace `ns` (made with `ip netns
+/// add`, e.g. a NAT lab host). Sockets `f` opens stay in `ns` whichever thread uses them later,
+/// and processes it starts run there: a [`Chromium`] launched inside is driven from outside.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("no network namespace {ns}"))?;
+    let handle = std::thread::Builder::new()
+        .name(format!("netns-{ns}"))
+        .spawn(move || -> anyhow::Result<T> {
+            enter_netns(&file)?;
+            f()
+        })?;
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+#[allow(unsafe_code)]
+fn enter_netns(file: &std::fs::File) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns(2) takes a descriptor we own for the duration of the call and a flag word;
+    // it moves only the calling thread into that namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setns(CLONE_NEWNET)");
+    }
+    Ok(())
+}
+
 /// Path of the Chromium binary: `PUNCHDROP_CHROMIUM`, else Debian's `/usr/bin/chromium`.
 pub fn chromium_path() -> PathBuf {
     std::env::var_os("PUNCHDROP_CHROMIUM")
@@ -139,6 +172,45 @@ impl Chromium {
         "--disable-features=WebRtcHideLocalIpsWithMdns",
         "--remote-debugging-port=0",
     ];
+
+    /// Chromium as a user runs it: none of the flags that change WebRTC (loopback candidates,
+    /// raw host addresses instead of mDNS names, media permissions). Used where the network is
+    /// real (the NAT lab). What remains: headless, no sandbox (tests run as root), no GPU,
+    /// and no background traffic to Google (the lab has no internet, and that traffic would
+    /// only add noise); none of these touches WebRTC. [`Chromium::secure_origin`] adds one
+    /// more.
+    pub const STOCK_FLAGS: &'static [&'static str] = &[
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-breakpad",
+        "--remote-debugging-port=0",
+    ];
+
+    /// The flag that treats `origin` (the lab server's `http://` origin) as secure, standing in
+    /// for the https a deployment has: service workers and the File System Access API need a
+    /// secure context. It changes nothing in WebRTC.
+    pub fn secure_origin(origin: &str) -> String {
+        format!("--unsafely-treat-insecure-origin-as-secure={origin}")
+    }
+
+    /// A stock Chromium (see [`Chromium::STOCK_FLAGS`]) in network namespace `ns`, treating
+    /// `origin` as secure.
+    pub fn launch_stock_in(ns: &str, name: &str, origin: &str) -> anyhow::Result<Self> {
+        let name = name.to_string();
+        let mut flags: Vec<String> = Self::STOCK_FLAGS.iter().map(|f| f.to_string()).collect();
+        flags.push(Self::secure_origin(origin));
+        in_netns(ns, move || {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            Self::launch_with(&name, &flags)
+        })
+    }
 
     pub fn launch() -> anyhow::Result<Self> {
         Self::launch_named("chromium")

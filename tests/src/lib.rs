@@ -64,11 +64,22 @@ impl Signalling {
 
     /// Start with log filter `level`, keeping what the server logs (see [`Signalling::logs`]).
     pub fn start_logging(level: &str, args: &[&str]) -> Self {
-        // The bundled TURN server on ephemeral ports (tests run in parallel), relaying between
-        // loopback peers, which a real deployment refuses.
+        // The bundled TURN server relays between loopback peers, which a real deployment
+        // refuses.
+        Self::start_configured(level, &[&["--turn-allow-private-peers"], args].concat())
+    }
+
+    /// Start as a public deployment would: the bundled TURN refuses private and loopback
+    /// peers, so relay permissions between loopback peers are refused (403).
+    pub fn start_refusing_private_peers() -> Self {
+        Self::start_configured("warn", &[])
+    }
+
+    fn start_configured(level: &str, args: &[&str]) -> Self {
+        // The bundled TURN server on ephemeral ports (tests run in parallel).
         let mut child = Command::new(bin("signalling"))
             .args(["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0"])
-            .args(["--turn-relay-ports", "0-0", "--turn-allow-private-peers"])
+            .args(["--turn-relay-ports", "0-0"])
             .args(args)
             .env("PUNCHDROP_LOG", level)
             .stdout(Stdio::piped())

@@ -106,3 +106,37 @@ fn relay_only_over_tcp_through_external_coturn() {
     let done = relayed_transfer_with(&sig, 3 << 20, &["--relay-transport", "tcp"]);
     assert_eq!(done.path.protocol, Transport::Tcp, "{done:?}");
 }
+
+/// Behind a server that refuses private and loopback relay peers (as a public one does), the
+/// peers' relay permissions for each other's loopback addresses are refused with 403: a normal
+/// outcome that costs only those relay pairs. The transfer goes direct and neither peer prints
+/// an error about it (patches/webrtc-0.21.1-turn-permission-quiet.patch).
+#[test]
+fn refused_relay_permissions_are_not_errors() {
+    let sig = Signalling::start_refusing_private_peers();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("x.bin");
+    make_file(&file, 20 << 20, 3);
+    // Relay candidates at once, so ICE pairs them (and asks permissions) during the transfer.
+    let env = [("PUNCHDROP_RELAY_WAIT_MS", "0")];
+    let (sender, link, _) = start_sender_env(&sig.url, &file, &env).unwrap();
+    let mut cmd = std::process::Command::new(bin("native-peer"));
+    cmd.env("PUNCHDROP_RELAY_WAIT_MS", "0");
+    let d = dst.path().display().to_string();
+    let receiver = Peer::spawn_cmd(cmd, &["--server", &sig.url, "recv", "--dir", &d, &link]);
+    let (rs, revents, rerr) = receiver.finish_all(LONG).unwrap();
+    let (ss, sevents, serr) = sender.finish_all(LONG).unwrap();
+    assert_eq!(expect_done(rs, &revents).path.kind, PathKind::Direct);
+    expect_done(ss, &sevents);
+    assert!(
+        sig.metric("punchdrop_turn_peer_refused_total") > 0,
+        "the server refused no permission: the test proves nothing"
+    );
+    for (who, err) in [("receiver", rerr), ("sender", serr)] {
+        assert!(
+            !err.contains("ERROR"),
+            "{who} printed an error for a refused relay permission:\n{err}"
+        );
+    }
+}

@@ -28,7 +28,7 @@ mod signalling;
 mod transfer;
 
 use futures::channel::mpsc;
-use protocol::event::{self, Event};
+use protocol::event::Event;
 use protocol::invite::Invitation;
 use protocol::rendezvous::{Config, Rendezvous, Want};
 use protocol::signal::TransferRole;
@@ -203,16 +203,7 @@ async fn transfer_over(
         (TransferRole::Receiver, _) => transfer::receive(&mut link, events, cmds).await?,
     };
     match summary {
-        Some(s) => {
-            // The path as it is now: ICE may have moved since the channel opened.
-            let done = event::Done {
-                files: s.files,
-                bytes: s.bytes,
-                seconds: s.seconds,
-                path: link.path_now().await,
-            };
-            events.emit(&done.into());
-        }
+        Some(done) => events.emit(&done.into()),
         None => events.emit(&Event::Declined),
     }
     Ok(())

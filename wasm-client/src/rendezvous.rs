@@ -178,15 +178,10 @@ async fn on_local(rv: &mut Rendezvous, peer: Option<&mut Peer>, ev: Local) -> Op
         }
         Local::Open => {
             let p = peer?;
-            let path = peer::path_of(&p.pc).await.unwrap_or(PathReport {
-                kind: protocol::path::PathKind::Direct,
-                local: Default::default(),
-                remote: Default::default(),
-                protocol: Default::default(),
-                reason: None,
-                portmap: None,
-            });
-            rv.channel_open(path.clone(), js::now());
+            let path = peer::path_of(&p.pc)
+                .await
+                .unwrap_or_else(PathReport::unknown);
+            rv.channel_open(js::now());
             return Some(path);
         }
         Local::State(RtcPeerConnectionState::Failed) => rv.connection_failed(now),

@@ -12,6 +12,7 @@ use core::time::Duration;
 use futures::channel::mpsc;
 use futures::{FutureExt as _, StreamExt as _};
 use protocol::event;
+use protocol::path::{PairView, PathTrack};
 use protocol::transfer::names::{self, SafePath};
 use protocol::transfer::{
     CancelReason, DATA_HEADER_LEN, OfferEntry, ReadRequest, Received, Receiver, ReceiverEvent,
@@ -64,12 +65,36 @@ pub struct Source {
     pub file: Option<web_sys::File>,
 }
 
-/// What a finished transfer reports.
-#[derive(Debug, Clone, Copy)]
-pub struct Summary {
-    pub files: usize,
-    pub bytes: u64,
-    pub seconds: f64,
+/// What a finished transfer reports: the `done` event.
+pub type Summary = event::Done;
+
+/// Both directions of the path while a transfer runs (`protocol::path::PathTrack`): this side's
+/// pair told at open and again as its part ends, `connected` once both are known.
+struct Paths {
+    track: PathTrack,
+}
+
+impl Paths {
+    fn start(link: &Link, set: impl FnOnce(PairView)) -> Self {
+        let track = PathTrack::new(link.path.clone());
+        set(track.view());
+        Self { track }
+    }
+
+    /// This side's part is about to end: read its pair again and tell it, once.
+    async fn at_end_of_part(&mut self, link: &Link, set: impl FnOnce(PairView)) {
+        if self.track.end_due() {
+            set(self.track.update(link.path_now().await));
+        }
+    }
+
+    /// Say `connected`, the first time.
+    fn connected(&mut self, events: &Events, peer: Option<PairView>) {
+        let ms = (js::now() - events.both_in_room()).as_secs_f64() * 1e3;
+        if let Some(c) = self.track.connected(peer, ms) {
+            events.emit(&c.into());
+        }
+    }
 }
 
 enum Incoming {
@@ -282,6 +307,7 @@ pub async fn send(
     let mut wire = Wire::new(&link.dc);
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
     let mut sm = Sender::with_default_chunk(entries, js::now());
+    let mut paths = Paths::start(link, |p| sm.set_path(p));
     let files = sources.iter().filter(|s| !s.entry.dir).count();
     let total = sm.total_bytes();
     let mut reader = BlobReader {
@@ -308,7 +334,9 @@ pub async fn send(
             }
             while let Some(ev) = sm.poll_event() {
                 match ev {
+                    SenderEvent::PeerPath(p) => paths.connected(events, Some(p)),
                     SenderEvent::Accepted => {
+                        paths.connected(events, sm.peer_path());
                         started = Some(js::now());
                         events.emit(
                             &event::Accepted {
@@ -342,6 +370,9 @@ pub async fn send(
                     return Err(e);
                 }
                 sm.encode_data(&mut buf)?;
+                if sm.bytes_sent() == total {
+                    paths.at_end_of_part(link, |p| sm.set_path(p)).await;
+                }
                 if let Err(e) = wire.send(&buf).await {
                     return Err(explain_loss(&mut sm, &mut wire, e).await);
                 }
@@ -380,6 +411,7 @@ pub async fn send(
         files,
         bytes: total,
         seconds,
+        path: paths.track.report(sm.peer_path()),
     })
 }
 
@@ -424,6 +456,7 @@ pub async fn receive(
 ) -> Result<Option<Summary>> {
     let mut wire = Wire::new(&link.dc);
     let mut sm = Receiver::new(js::now());
+    let mut paths = Paths::start(link, |p| sm.set_path(p));
     let mut factory: Option<SinkFactory> = None;
     let mut offer = None;
     let mut current: Option<Current> = None;
@@ -453,7 +486,9 @@ pub async fn receive(
                     };
                     while let Some(ev) = sm.poll_event() {
                         match ev {
+                            ReceiverEvent::PeerPath(p) => paths.connected(events, Some(p)),
                             ReceiverEvent::Offer(o) => {
+                                paths.connected(events, sm.peer_path());
                                 files_total = o.file_count();
                                 events.emit(&event::Offer::from(&o).into());
                                 match decide(&mut wire, &mut sm, cmds).await? {
@@ -501,6 +536,9 @@ pub async fn receive(
                                 if let Err(e) = closed {
                                     sm.cancel(CancelReason::Io, "the receiver could not write a file");
                                     return Err(Error::Write(e));
+                                }
+                                if sm.saves_left() == 1 {
+                                    paths.at_end_of_part(link, |p| sm.set_path(p)).await;
                                 }
                                 sm.file_saved(index)?;
                                 events.emit(&event::FileDone { index }.into());
@@ -550,6 +588,7 @@ pub async fn receive(
                 files: files_total,
                 bytes: sm.total_bytes(),
                 seconds,
+                path: paths.track.report(sm.peer_path()),
             }))
         }
         Ok(false) => {

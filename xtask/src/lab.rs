@@ -8,8 +8,11 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use punchdrop_e2e::browser::Chromium;
+use punchdrop_e2e::event;
 use punchdrop_e2e::lab::{B, Impair, Lab, Nat, Spec};
 use std::path::Path;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -25,6 +28,10 @@ pub struct Args {
     /// Only scenarios whose name contains this (e.g. "cone / cone").
     #[arg(long)]
     only: Option<String>,
+    /// Also browser ↔ native across cone / cone (stock Chromium in a lab host; needs
+    /// Debian's `chromium` and the web app built: `cargo xtask web`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    browser: bool,
 }
 
 const SCENARIOS: &[(&str, Nat, B)] = &[
@@ -39,6 +46,65 @@ const SCENARIOS: &[(&str, Nat, B)] = &[
     ),
     ("UDP blocked / cone", Nat::UdpBlocked, B::Behind(Nat::Cone)),
 ];
+
+/// One lab transfer's figures: receiver's first byte, its throughput, the paths.
+struct Run {
+    first_byte_ms: f64,
+    mb_s: f64,
+    paths: String,
+}
+
+/// "direct srflx-srflx" for one side's `done`.
+fn side(d: &event::Done) -> String {
+    let p = &d.path;
+    format!(
+        "{} {}-{}",
+        p.kind.as_str(),
+        p.local.as_str(),
+        p.remote.as_str()
+    )
+}
+
+/// The page on host A shares the file; `native-peer recv` on host B takes it.
+fn browser_to_native(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
+    let dst = tempfile::tempdir()?;
+    let mut c = Chromium::launch_stock_in(&lab.ns("ha"), "browser A", &lab.url)?;
+    c.goto(&format!("{}/", lab.url))?;
+    c.wait_state("ready", Duration::from_secs(30))?;
+    c.set_files("#file-input", &[file])?;
+    c.wait_state("waiting", Duration::from_secs(30))?;
+    let link = c.eval("document.querySelector('#share-link').href")?;
+    let link = link.as_str().context("no share link")?.to_string();
+    let (status, events) = lab.receiver(&[], dst.path(), &link).finish(timeout)?;
+    let done = punchdrop_e2e::expect_done(status, &events);
+    let first = event::find::<event::FirstByte>(&events).context("no first byte")?;
+    c.wait_state("done", timeout)?;
+    let page: event::Done = c.wait(Duration::from_secs(5))?;
+    Ok(Run {
+        first_byte_ms: first.ms_since_room,
+        mb_s: done.bytes as f64 / done.seconds / 1e6,
+        paths: format!("{} / {}", side(&page), side(&done)),
+    })
+}
+
+/// `native-peer send` on host A; the page on host B receives.
+fn native_to_browser(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
+    let (sender, link) = lab.sender(&[], &[file])?;
+    let mut c = Chromium::launch_stock_in(&lab.ns("hb"), "browser B", &lab.url)?;
+    c.goto(&link)?;
+    c.wait_state("offer", Duration::from_secs(30))?;
+    c.click("#accept")?;
+    c.wait_state("done", timeout)?;
+    let page: event::Done = c.wait(Duration::from_secs(5))?;
+    let first: event::FirstByte = c.wait(Duration::from_secs(5))?;
+    let (status, events) = sender.finish(timeout)?;
+    let done = punchdrop_e2e::expect_done(status, &events);
+    Ok(Run {
+        first_byte_ms: first.ms_since_room,
+        mb_s: page.bytes as f64 / page.seconds / 1e6,
+        paths: format!("{} / {}", side(&done), side(&page)),
+    })
+}
 
 pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
     crate::build_binaries(root)?;
@@ -90,6 +156,51 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
         }
         println!(
             "| {name} | {paths} | {:.0} ms | {:.1} MB/s |",
+            crate::median(setup),
+            crate::median(rate)
+        );
+    }
+    if args.browser {
+        browser_rows(&bins, &args)?;
+    }
+    Ok(())
+}
+
+/// Browser ↔ native across two cone NATs, stock Chromium on one side.
+fn browser_rows(bins: &Path, args: &Args) -> anyhow::Result<()> {
+    type Scenario = fn(&Lab, &Path, Duration) -> anyhow::Result<Run>;
+    let rows: [(&str, Scenario); 2] = [
+        ("browser → native, cone / cone", browser_to_native),
+        ("native → browser, cone / cone", native_to_browser),
+    ];
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("lab.bin");
+    crate::make_file(&file, args.size_mib << 20)?;
+    let timeout = Duration::from_secs(600);
+    for (name, run) in rows {
+        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
+        let link = Impair {
+            delay_ms: args.rtt_ms / 2,
+            loss: 0.0,
+        };
+        spec.wan = [link; 2];
+        let (mut setup, mut rate, mut paths) = (Vec::new(), Vec::new(), Vec::<String>::new());
+        for _ in 0..args.reps.max(1) {
+            let lab = Lab::with_bins(spec, bins.to_path_buf())
+                .with_context(|| format!("build the lab for {name}"))?;
+            let r = run(&lab, &file, timeout).with_context(|| name.to_string())?;
+            setup.push(r.first_byte_ms);
+            rate.push(r.mb_s);
+            if !paths.contains(&r.paths) {
+                paths.push(r.paths);
+            }
+        }
+        println!(
+            "| {name} | {} | {:.0} ms | {:.1} MB/s |",
+            paths.join("; "),
             crate::median(setup),
             crate::median(rate)
         );

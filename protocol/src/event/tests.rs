@@ -1,5 +1,5 @@
 use super::*;
-use crate::path::{CandidateType, PathKind, PortmapState, RelayReason, Transport};
+use crate::path::{CandidateType, PairView, PathKind, PortmapState, RelayReason, Transport};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn path() -> PathReport {
@@ -10,6 +10,12 @@ fn path() -> PathReport {
         protocol: Transport::Udp,
         reason: Some(RelayReason::NoDirectPair),
         portmap: Some(PortmapState::Failed),
+        peer: Some(PairView {
+            kind: PathKind::Relay,
+            local: CandidateType::Prflx,
+            remote: CandidateType::Relay,
+            protocol: Transport::Udp,
+        }),
     }
 }
 
@@ -39,7 +45,7 @@ fn golden() -> Vec<(Event, &'static str)> {
                 ms_since_room: 12.5,
             }
             .into(),
-            r#"{"event":"connected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"failed","ms_since_room":12.5}"#,
+            r#"{"event":"connected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"failed","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":12.5}"#,
         ),
         (
             Offer {
@@ -89,10 +95,16 @@ fn golden() -> Vec<(Event, &'static str)> {
                     protocol: Transport::Udp,
                     reason: None,
                     portmap: Some(PortmapState::Off),
+                    peer: Some(PairView {
+                        kind: PathKind::Direct,
+                        local: CandidateType::Srflx,
+                        remote: CandidateType::Host,
+                        protocol: Transport::Udp,
+                    }),
                 },
             }
             .into(),
-            r#"{"event":"done","files":1,"bytes":3,"seconds":0.5,"path":"direct","local":"host","remote":"prflx","protocol":"udp","reason":null,"portmap":"off"}"#,
+            r#"{"event":"done","files":1,"bytes":3,"seconds":0.5,"path":"direct","local":"host","remote":"prflx","protocol":"udp","reason":null,"portmap":"off","peer":{"path":"direct","local":"srflx","remote":"host","protocol":"udp"}}"#,
         ),
         (Event::Declined, r#"{"event":"declined"}"#),
         (

@@ -19,7 +19,7 @@
 //!  ── sealed hello{role} ⇄ sealed hello{role}: opening it confirms the key → Event::Verify
 //!  StartPeer; the file sender: CreateDescription(offer) → (gather ≤ 150 ms) → description
 //!  the receiver: ApplyDescription(offer) → CreateDescription(answer) → description at once
-//!  candidates trickle both ways; the driver's channel_open → Event::Connected
+//!  candidates trickle both ways (relay candidates a second later); the driver's channel_open
 //! ```
 //!
 //! Invariants:
@@ -39,7 +39,6 @@ use std::collections::VecDeque;
 use crate::crypto::{Channel, CryptoError, Handshake, RoomRole};
 use crate::event::{self, Event};
 use crate::invite::{Invitation, ShareLink, ShortCode};
-use crate::path::PathReport;
 use crate::signal::{
     AbortReason, AuthKind, ClientMessage, ErrorCode, IceServer, PeerSignal, RoomRef,
     SIGNAL_VERSION, SdpKind, ServerMessage, TransferRole, WRONG_SECRET,
@@ -63,6 +62,12 @@ pub struct Config {
     pub gather_wait: Duration,
     /// How long opening the connection may take once both peers said hello.
     pub connect_timeout: Duration,
+    /// How long this side's relay candidates are held back after its description went out,
+    /// so both ICE agents try direct pairs first: a controlling browser nominates whichever
+    /// pair works first, and a relayed pair through the TURN server can beat a punched one by
+    /// a round trip. They still follow once the wait is over (a second pair to fall back on).
+    /// Zero when relaying is all there is (`--relay-only`).
+    pub relay_wait: Duration,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             hello_wait: Duration::from_secs(10 * 60),
             gather_wait: Duration::from_millis(150),
             connect_timeout: Duration::from_secs(30),
+            relay_wait: Duration::from_secs(1),
         }
     }
 }
@@ -153,7 +159,8 @@ pub struct PeerSetup {
 pub enum Output {
     /// Send this to the signalling server (sealed peer signals are already inside).
     ToServer(ClientMessage),
-    /// Show this to the person (or print it for a program).
+    /// Show this to the person (or print it for a program): `ready`, `joined`, `verify`,
+    /// `pick`.
     Event(Event),
     /// Create the peer connection (and, for the sender, the data channel).
     StartPeer(PeerSetup),
@@ -304,6 +311,11 @@ struct Negotiation {
     /// Candidates this side advertises beyond ICE's own (a mapped or forwarded port), held
     /// until the hellos are through.
     adverts: Vec<IceCandidate>,
+    /// Our relay candidates held back until `relay_release` ([`Config::relay_wait`]).
+    held_relays: Vec<IceCandidate>,
+    relay_release: Option<Duration>,
+    /// Gathering ended while relay candidates were held: end-of-candidates follows them.
+    end_held: bool,
 }
 
 /// One peer's rendezvous. See the module documentation.
@@ -535,9 +547,10 @@ impl Rendezvous {
                 };
                 self.neg.gather_deadline = None;
                 self.neg.described = true;
+                let sdp = self.hold_relays_of(sdp, now);
                 self.send_sealed(&PeerSignal::Description { kind, sdp });
                 if self.neg.gathering_done {
-                    self.send_sealed(&PeerSignal::EndOfCandidates);
+                    self.end_of_candidates();
                 }
             }
             LocalIce::RemoteApplied => {
@@ -554,7 +567,11 @@ impl Rendezvous {
             }
             LocalIce::Candidate(c) => {
                 if self.neg.described {
-                    self.send_sealed(&c.into_signal());
+                    if c.kind() == crate::path::CandidateType::Relay && self.holding_relays(now) {
+                        self.neg.held_relays.push(c);
+                    } else {
+                        self.send_sealed(&c.into_signal());
+                    }
                 } else if self.neg.describing == Some(SdpKind::Offer)
                     && c.kind() == crate::path::CandidateType::Srflx
                 {
@@ -568,7 +585,7 @@ impl Rendezvous {
             LocalIce::GatheringDone => {
                 self.neg.gathering_done = true;
                 if self.neg.described {
-                    self.send_sealed(&PeerSignal::EndOfCandidates);
+                    self.end_of_candidates();
                 } else if self.neg.describing.is_some() {
                     self.request_description();
                 }
@@ -587,19 +604,16 @@ impl Rendezvous {
         }
     }
 
-    /// The data channel is open, over `path`.
-    pub fn channel_open(&mut self, path: PathReport, now: Duration) {
+    /// The data channel is open. From here the transfer speaks over it (and says `connected`
+    /// once both sides told which pair they send on: [`crate::path::PathTrack`]); this machine
+    /// only carries late candidates.
+    pub fn channel_open(&mut self, now: Duration) {
         self.now = now;
         if self.stage != Stage::Negotiating {
             return;
         }
         self.stage = Stage::Connected;
         self.deadline = None;
-        let ms_since_room = self.ms_since_room(now);
-        self.emit(event::Connected {
-            path,
-            ms_since_room,
-        });
     }
 
     /// The connection failed before the channel opened (ICE found no path).
@@ -635,6 +649,9 @@ impl Rendezvous {
         if self.neg.gather_deadline.is_some_and(|t| t <= now) {
             self.neg.gather_deadline = None;
             self.request_description();
+        }
+        if self.neg.relay_release.is_some_and(|t| t <= now) {
+            self.release_relays();
         }
         let Some((at, which)) = self.deadline else {
             return;
@@ -673,6 +690,7 @@ impl Rendezvous {
         let next = [
             self.deadline.map(|(t, _)| t),
             self.neg.gather_deadline,
+            self.neg.relay_release,
             Some(self.now + IDLE),
         ];
         Output::Timeout(next.into_iter().flatten().min().expect("one is always set"))
@@ -939,6 +957,42 @@ impl Rendezvous {
         self.out.push_back(Output::CreateDescription(kind));
     }
 
+    /// Relay candidates are still held back at `now`.
+    fn holding_relays(&self, now: Duration) -> bool {
+        self.neg.relay_release.is_some_and(|t| now < t)
+    }
+
+    /// Take this side's relay candidates out of `sdp` to send them [`Config::relay_wait`]
+    /// later, as trickled candidates; start that wait.
+    fn hold_relays_of(&mut self, sdp: String, now: Duration) -> String {
+        if self.config.relay_wait.is_zero() || self.neg.relay_release.is_some() {
+            return sdp;
+        }
+        self.neg.relay_release = Some(now + self.config.relay_wait);
+        let (kept, relays) = split_relay_candidates(&sdp);
+        self.neg.held_relays.extend(relays);
+        kept
+    }
+
+    fn release_relays(&mut self) {
+        self.neg.relay_release = None;
+        for c in std::mem::take(&mut self.neg.held_relays) {
+            self.send_sealed(&c.into_signal());
+        }
+        if std::mem::take(&mut self.neg.end_held) {
+            self.send_sealed(&PeerSignal::EndOfCandidates);
+        }
+    }
+
+    /// End-of-candidates, behind any relay candidates still held back.
+    fn end_of_candidates(&mut self) {
+        if self.neg.held_relays.is_empty() || !self.holding_relays(self.now) {
+            self.send_sealed(&PeerSignal::EndOfCandidates);
+        } else {
+            self.neg.end_held = true;
+        }
+    }
+
     /// Ask for the local description to send, once per description.
     fn request_description(&mut self) {
         if self.neg.describing.is_some() && !self.neg.read_requested {
@@ -960,6 +1014,55 @@ impl Rendezvous {
         self.neg.remote_seen = true;
         self.out.push_back(Output::ApplyDescription { kind, sdp });
     }
+}
+
+/// `sdp` without its relay candidate lines, and those candidates (with the media section they
+/// were in) to trickle later.
+fn split_relay_candidates(sdp: &str) -> (String, Vec<IceCandidate>) {
+    let mut kept = String::with_capacity(sdp.len());
+    let mut relays = Vec::new();
+    let (mut mline, mut mid) = (None::<u16>, None::<String>);
+    for line in sdp.split_inclusive('\n') {
+        let text = line.trim_end_matches(['\r', '\n']);
+        if text.starts_with("m=") {
+            mline = Some(mline.map_or(0, |i| i + 1));
+            mid = None;
+        } else if let Some(m) = text.strip_prefix("a=mid:") {
+            mid = Some(m.to_string());
+        }
+        if let Some(c) = text.strip_prefix("a=") {
+            let c = IceCandidate {
+                candidate: c.to_string(),
+                sdp_mid: mid.clone(),
+                sdp_mline_index: mline,
+            };
+            if c.candidate.starts_with("candidate:")
+                && c.kind() == crate::path::CandidateType::Relay
+            {
+                relays.push(c);
+                continue;
+            }
+        }
+        kept.push_str(line);
+    }
+    // A candidate line may come before the section's `a=mid` line: name them all by the mid
+    // their section ended up with.
+    for c in &mut relays {
+        if c.sdp_mid.is_none() {
+            c.sdp_mid = section_mid(&kept, c.sdp_mline_index);
+        }
+    }
+    (kept, relays)
+}
+
+/// The `a=mid` of media section `index` of `sdp`.
+fn section_mid(sdp: &str, index: Option<u16>) -> Option<String> {
+    let index = usize::from(index?);
+    sdp.split("m=")
+        .nth(index + 1)?
+        .lines()
+        .find_map(|l| l.strip_prefix("a=mid:"))
+        .map(|m| m.trim().to_string())
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 use super::*;
 use crate::event::Payload;
 use crate::invite::Invitation;
-use crate::path::{CandidateType, PathKind, Transport};
 use std::collections::BTreeMap;
 
 const HOP: Duration = Duration::from_millis(10);
@@ -149,6 +148,8 @@ struct World {
     faults: Faults,
     sent_to: BTreeMap<Who, usize>,
     ice_servers: Vec<IceServer>,
+    /// Direct pairs fail: ICE connects only once one side knows a relay candidate of the other.
+    direct_fails: bool,
 }
 
 fn link_and_code(world: &World) -> (String, String) {
@@ -185,6 +186,7 @@ impl World {
                     credential: Some("pw".into()),
                 },
             ],
+            direct_fails: false,
         }
     }
 
@@ -386,7 +388,12 @@ impl World {
             }
             Output::ReadLocalDescription => {
                 let p = self.peers.get_mut(&who).unwrap();
-                let sdp = format!("v=0 {who:?} [{}]", p.local.join(","));
+                // A description as ICE stacks write them: one media section, its candidates.
+                let candidates: String = p.local.iter().map(|c| format!("a={c}\r\n")).collect();
+                let sdp = format!(
+                    "v=0\r\ns={who:?}\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+                     a=mid:0\r\n{candidates}"
+                );
                 p.described_at = Some(now);
                 p.rv.handle_local(LocalIce::Description(sdp), now);
             }
@@ -450,15 +457,7 @@ impl World {
             Wire::Open(who) => {
                 let p = self.peers.get_mut(&who).unwrap();
                 p.open = true;
-                let path = PathReport {
-                    kind: PathKind::Direct,
-                    local: CandidateType::Srflx,
-                    remote: CandidateType::Srflx,
-                    protocol: Transport::Udp,
-                    reason: None,
-                    portmap: None,
-                };
-                p.rv.channel_open(path, now);
+                p.rv.channel_open(now);
             }
         }
     }
@@ -466,14 +465,19 @@ impl World {
     /// ICE connects once both sides applied the other's description and know one of its
     /// candidates; the channel opens a few milliseconds later on both sides.
     fn maybe_connect(&mut self) {
+        let wanted = if self.direct_fails {
+            "typ relay"
+        } else {
+            "typ"
+        };
         let ready = |p: &Peer| {
             p.remote_applied
                 && !p.open
                 && (p
                     .remote_description
                     .as_ref()
-                    .is_some_and(|d| d.contains("typ"))
-                    || !p.remote_candidates.is_empty())
+                    .is_some_and(|d| d.contains(wanted))
+                    || p.remote_candidates.iter().any(|c| c.contains(wanted)))
         };
         let (Some(a), Some(b)) = (self.peers.get(&Who::A), self.peers.get(&Who::B)) else {
             return;
@@ -588,8 +592,8 @@ fn share_and_receive(faults: Faults) -> World {
 fn sender_shares_receiver_joins_by_link() {
     let w = share_and_receive(Box::new(|_, _, _| Fate::Deliver));
     connected(&w);
-    assert_eq!(w.a().names(), ["ready", "joined", "verify", "connected"]);
-    assert_eq!(w.b().names(), ["joined", "verify", "connected"]);
+    assert_eq!(w.a().names(), ["ready", "joined", "verify"]);
+    assert_eq!(w.b().names(), ["joined", "verify"]);
     let (a, b) = (
         w.a().event::<event::Verify>(),
         w.b().event::<event::Verify>(),
@@ -607,14 +611,8 @@ fn sender_shares_receiver_joins_by_link() {
     // The answer went out at once, its candidates trickled.
     let answer = w.a().remote_description.as_ref().unwrap();
     assert!(!answer.contains("typ"), "{answer}");
-    assert_eq!(w.a().remote_candidates.len(), 3);
-    // The relay candidate trickled after the offer.
-    assert!(
-        w.b()
-            .remote_candidates
-            .iter()
-            .any(|c| c.contains("typ relay"))
-    );
+    // Direct candidates trickled at once; relay candidates are held back (next test).
+    assert_eq!(w.a().remote_candidates.len(), 2);
     // Link, code and times.
     let ready = w.a().event::<event::Ready>().unwrap();
     assert!(
@@ -623,16 +621,112 @@ fn sender_shares_receiver_joins_by_link() {
         ready.link
     );
     assert!(ready.code.starts_with("7-"), "{}", ready.code);
-    let c = w.b().event::<event::Connected>().unwrap();
-    assert!(
-        c.ms_since_room > 0.0 && c.ms_since_room < 500.0,
-        "{}",
-        c.ms_since_room
-    );
+    let ms = w.b().rv.ms_since_room(w.now);
+    assert!(ms > 0.0 && ms < 500.0, "{ms}");
     // Nothing was sealed before the hello: the hello is each side's first sealed message.
     for p in w.peers.values() {
         assert!(p.aborted().is_none());
     }
+}
+
+#[test]
+fn relay_candidates_are_held_back_on_both_sides() {
+    let mut w = World::pair(Want::Send, Want::Receive);
+    // A's relay candidate is gathered before its srflx one, so it would be in the offer.
+    w.peers.get_mut(&Who::A).unwrap().gathers = vec![
+        (
+            Duration::from_millis(1),
+            "candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host",
+        ),
+        (
+            Duration::from_millis(5),
+            "candidate:3 1 udp 16777215 203.0.113.9 7000 typ relay raddr 0.0.0.0 rport 0",
+        ),
+        (
+            Duration::from_millis(40),
+            "candidate:2 1 udp 1694498815 198.51.100.2 6000 typ srflx",
+        ),
+    ];
+    w.run();
+    connected(&w);
+    let relayed = |cs: &[String]| cs.iter().any(|c| c.contains("typ relay"));
+    let offer = w.b().remote_description.clone().unwrap();
+    assert!(
+        !offer.contains("typ relay") && offer.contains("typ srflx"),
+        "{offer}"
+    );
+    assert!(!relayed(&w.b().remote_candidates) && !relayed(&w.a().remote_candidates));
+    // A second after each description they follow as trickled candidates (a pair to fall
+    // back on), and only then the end of candidates.
+    w.run_for(Duration::from_secs(2));
+    assert!(
+        relayed(&w.b().remote_candidates),
+        "{:?}",
+        w.b().remote_candidates
+    );
+    assert!(
+        relayed(&w.a().remote_candidates),
+        "{:?}",
+        w.a().remote_candidates
+    );
+}
+
+#[test]
+fn relay_candidates_follow_after_the_wait_when_nothing_direct_works() {
+    let mut w = World::pair(Want::Send, Want::Receive);
+    w.direct_fails = true;
+    w.run();
+    connected(&w);
+    let relayed = |cs: &[String]| cs.iter().any(|c| c.contains("typ relay"));
+    assert!(
+        relayed(&w.b().remote_candidates),
+        "{:?}",
+        w.b().remote_candidates
+    );
+    assert!(
+        relayed(&w.a().remote_candidates),
+        "{:?}",
+        w.a().remote_candidates
+    );
+    // Only after the wait: both opened a second or more after their descriptions.
+    let a = w.a();
+    assert!(w.now >= a.described_at.unwrap() + Config::default().relay_wait);
+
+    // Relay-only peers hold nothing back.
+    let mut w = World::pair(Want::Send, Want::Receive);
+    w.direct_fails = true;
+    for p in w.peers.values_mut() {
+        p.rv.config.relay_wait = Duration::ZERO;
+    }
+    w.run();
+    connected(&w);
+    assert!(w.now < T0 + Duration::from_secs(1), "{:?}", w.now - T0);
+}
+
+#[test]
+fn relay_candidate_lines_leave_the_sdp_and_keep_their_section() {
+    let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+               a=candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host\r\n\
+               a=candidate:3 1 udp 16777215 203.0.113.9 7000 typ relay raddr 198.51.100.2 rport 6000\r\n\
+               a=mid:0\r\na=sctp-port:5000\r\n";
+    let (kept, relays) = split_relay_candidates(sdp);
+    assert!(
+        !kept.contains("typ relay")
+            && kept.contains("typ host")
+            && kept.ends_with("a=sctp-port:5000\r\n")
+    );
+    assert_eq!(
+        kept.len() + relays[0].candidate.len() + "a=\r\n".len(),
+        sdp.len()
+    );
+    assert_eq!(
+        relays,
+        [IceCandidate {
+            candidate: "candidate:3 1 udp 16777215 203.0.113.9 7000 typ relay raddr 198.51.100.2 rport 6000".into(),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        }]
+    );
 }
 
 #[test]
@@ -685,7 +779,7 @@ fn a_page_on_a_link_takes_the_other_side() {
     w.run();
     connected(&w);
     assert_eq!(w.b().setup.as_ref().unwrap().role, TransferRole::Sender);
-    assert_eq!(w.b().names(), ["joined", "verify", "pick", "connected"]);
+    assert_eq!(w.b().names(), ["joined", "verify", "pick"]);
 }
 
 #[test]
@@ -931,7 +1025,7 @@ fn repeated_server_messages_change_nothing() {
         _ => Fate::Duplicate,
     }));
     connected(&w);
-    assert_eq!(w.a().names(), ["ready", "joined", "verify", "connected"]);
+    assert_eq!(w.a().names(), ["ready", "joined", "verify"]);
 }
 
 #[test]
@@ -941,7 +1035,7 @@ fn lost_peer_joined_is_no_loss() {
         _ => Fate::Deliver,
     }));
     connected(&w);
-    assert_eq!(w.a().names(), ["ready", "joined", "verify", "connected"]);
+    assert_eq!(w.a().names(), ["ready", "joined", "verify"]);
     // B never had ICE servers (A had its own before the faults began): it goes without.
     assert!(w.b().setup.as_ref().unwrap().ice_servers.is_empty());
 }
@@ -950,7 +1044,8 @@ fn lost_peer_joined_is_no_loss() {
 fn a_replayed_or_reordered_sealed_message_is_tampering() {
     // Duplicate the second sealed message to B (the offer): the copy fails to open; or hold
     // it back behind A's first trickled candidate.
-    for fate in [Fate::Duplicate, Fate::Delay(Duration::from_millis(500))] {
+    // (Held back longer than the relay wait: behind A's relay candidates.)
+    for fate in [Fate::Duplicate, Fate::Delay(Duration::from_millis(1500))] {
         let w = share_and_receive(sealed_to(
             Who::B,
             move |n| {

@@ -7,6 +7,7 @@
 //! No frame exceeds [`MAX_FRAME`] (Chromium's data-channel message limit).
 
 use super::{CancelReason, OfferEntry, Role, TransferError};
+use crate::path::PairView;
 use serde::{Deserialize, Serialize};
 
 /// Largest frame either side sends or accepts.
@@ -25,6 +26,13 @@ pub enum Control {
         role: Role,
         seen_peer: bool,
         max_frame: u32,
+        /// The pair this side sends on, when it knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PairView>,
+    },
+    /// The pair this side sends on changed.
+    Path {
+        path: PairView,
     },
     Offer {
         total_files: u32,
@@ -53,6 +61,7 @@ impl Control {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "hello",
+            Self::Path { .. } => "path",
             Self::Offer { .. } => "offer",
             Self::Accept => "accept",
             Self::Decline { .. } => "decline",
@@ -119,17 +128,44 @@ pub fn decode(buf: &[u8]) -> Result<Frame<'_>, TransferError> {
 mod tests {
     use super::*;
 
+    fn direct_view() -> PairView {
+        use crate::path::{CandidateType, PathKind, Transport};
+        PairView {
+            kind: PathKind::Direct,
+            local: CandidateType::Srflx,
+            remote: CandidateType::Prflx,
+            protocol: Transport::Udp,
+        }
+    }
+
     #[test]
     fn control_golden() {
         let cases = [
             (
                 Control::Hello {
-                    version: 1,
+                    version: 2,
                     role: Role::Sender,
                     seen_peer: false,
                     max_frame: 262144,
+                    path: None,
                 },
-                r#"{"t":"hello","version":1,"role":"sender","seen_peer":false,"max_frame":262144}"#,
+                r#"{"t":"hello","version":2,"role":"sender","seen_peer":false,"max_frame":262144}"#,
+            ),
+            (
+                Control::Hello {
+                    version: 2,
+                    role: Role::Receiver,
+                    seen_peer: true,
+                    max_frame: 262144,
+                    path: Some(direct_view()),
+                },
+                r#"{"t":"hello","version":2,"role":"receiver","seen_peer":true,"max_frame":262144,"path":{"path":"direct","local":"srflx","remote":"prflx","protocol":"udp"}}"#,
+            ),
+            (
+                Control::Path {
+                    path: direct_view(),
+                },
+                r#"{"t":"path","path":{"path":"direct","local":"srflx","remote":"prflx","protocol":"udp"}}"#,
             ),
             (
                 Control::Offer {

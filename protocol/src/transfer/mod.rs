@@ -49,8 +49,10 @@ fn cancel_frame(e: &TransferError, was_live: bool) -> Option<Vec<u8>> {
     })
 }
 
-/// Version of the transfer protocol spoken by this build.
-pub const TRANSFER_VERSION: u32 = 1;
+/// Version of the transfer protocol spoken by this build. 2: hellos carry the sender's
+/// pair and `path` frames tell later changes (peers on 1 reject both, so they are told to
+/// update instead).
+pub const TRANSFER_VERSION: u32 = 2;
 /// Payload bytes per data frame unless configured otherwise.
 pub const DEFAULT_CHUNK: usize = 64 * 1024;
 /// How often a Hello is resent until the peer's arrives (covers a first message lost on a
@@ -66,6 +68,7 @@ pub const STOPPED: &str = "the other side stopped the transfer";
 /// Most entries one offer may list.
 pub const MAX_OFFER_ENTRIES: usize = 1_000_000;
 
+use crate::path::PairView;
 pub use crate::signal::TransferRole as Role;
 use names::NameError;
 
@@ -184,13 +187,18 @@ impl TransferError {
     }
 }
 
-/// Hello handling and its resend timer, shared by both ends.
+/// Hello handling and its resend timer, shared by both ends, and the pairs each side says it
+/// sends on (carried by hellos, then by `path` frames when they change).
 #[derive(Debug)]
 struct HelloState {
     role: Role,
     peer_seen: bool,
     started: Duration,
     next_send: Duration,
+    own_path: Option<PairView>,
+    /// The last of our pairs the peer was sent.
+    told_path: Option<PairView>,
+    peer_path: Option<PairView>,
 }
 
 impl HelloState {
@@ -200,16 +208,40 @@ impl HelloState {
             peer_seen: false,
             started: now,
             next_send: now,
+            own_path: None,
+            told_path: None,
+            peer_path: None,
         }
     }
 
-    fn frame(&self) -> Vec<u8> {
+    fn frame(&mut self) -> Vec<u8> {
+        self.told_path = self.own_path;
         frame::encode_control(&Control::Hello {
             version: TRANSFER_VERSION,
             role: self.role,
             seen_peer: self.peer_seen,
             max_frame: MAX_FRAME as u32,
+            path: self.own_path,
         })
+    }
+
+    /// The pair this side now sends on: the next hello carries it, or, once the peer had our
+    /// hello, a `path` frame if it changed.
+    fn set_path(&mut self, path: PairView, out: &mut VecDeque<Vec<u8>>) {
+        self.own_path = Some(path);
+        if self.peer_seen && self.told_path != Some(path) {
+            self.told_path = Some(path);
+            out.push_back(frame::encode_control(&Control::Path { path }));
+        }
+    }
+
+    /// The peer said which pair it sends on; `true` if that is news.
+    fn on_peer_path(&mut self, path: Option<PairView>) -> bool {
+        let news = path.is_some() && path != self.peer_path;
+        if path.is_some() {
+            self.peer_path = path;
+        }
+        news
     }
 
     /// Due Hello to send, if any.

@@ -3,11 +3,14 @@
 use super::frame::{self, Control, Frame};
 use super::names::{self, SafePath};
 use super::{CancelReason, HelloState, MAX_OFFER_ENTRIES, Offer, OfferEntry, Role, TransferError};
+use crate::path::PairView;
 use core::time::Duration;
 use std::collections::{HashSet, VecDeque};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiverEvent {
+    /// The sender said which pair it sends on (in its hello, then when it changes).
+    PeerPath(PairView),
     /// The whole offer arrived and every name is safe: answer with [`Receiver::accept`] or
     /// [`Receiver::decline`].
     Offer(Offer),
@@ -133,15 +136,21 @@ impl Receiver {
                     version,
                     role,
                     seen_peer,
+                    path,
                     ..
                 },
             ) => {
                 if let Some(reply) = self.hello.on_hello(version, role, seen_peer)? {
                     self.out.push_back(reply);
                 }
+                self.on_peer_path(path);
                 if self.state == State::Hello {
                     self.state = State::Offering;
                 }
+                Ok(())
+            }
+            (_, Control::Path { path }) => {
+                self.on_peer_path(Some(path));
                 Ok(())
             }
             // An Offer also proves the sender saw our Hello (webrtc-rs#901: its Hello may be
@@ -351,6 +360,31 @@ impl Receiver {
         self.saved += 1;
         self.complete_if_all_saved();
         Ok(())
+    }
+
+    /// Verified files not yet reported saved ([`Receiver::file_saved`]): at 1, the next save
+    /// completes the transfer.
+    pub fn saves_left(&self) -> usize {
+        self.to_save - self.saved
+    }
+
+    /// The pair this side sends on (at open, and again when it changes): the other side is
+    /// told, in the hello or in a `path` frame.
+    pub fn set_path(&mut self, path: PairView) {
+        self.hello.set_path(path, &mut self.out);
+    }
+
+    /// The pair the other side last said it sends on.
+    pub fn peer_path(&self) -> Option<PairView> {
+        self.hello.peer_path
+    }
+
+    fn on_peer_path(&mut self, path: Option<PairView>) {
+        if self.hello.on_peer_path(path)
+            && let Some(p) = path
+        {
+            self.events.push_back(ReceiverEvent::PeerPath(p));
+        }
     }
 
     /// Stop the transfer from this side (disk full, user cancel, …); the sender is told why.

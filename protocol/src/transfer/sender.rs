@@ -2,6 +2,7 @@
 
 use super::frame::{self, Control, DATA_HEADER_LEN, Frame, MAX_FRAME};
 use super::{CancelReason, DEFAULT_CHUNK, HelloState, OfferEntry, Role, TransferError};
+use crate::path::PairView;
 use core::time::Duration;
 use std::collections::VecDeque;
 
@@ -31,6 +32,8 @@ struct Cursor {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SenderEvent {
+    /// The receiver said which pair it sends on (in its hello, then when it changes).
+    PeerPath(PairView),
     /// The receiver accepted the offer: start reading.
     Accepted,
     /// The receiver verified file `index` and put it in place.
@@ -139,6 +142,7 @@ impl Sender {
                     version,
                     role,
                     seen_peer,
+                    path,
                     ..
                 },
             ) => {
@@ -146,10 +150,15 @@ impl Sender {
                 if let Some(reply) = self.hello.on_hello(version, role, seen_peer)? {
                     self.out.push_back(reply);
                 }
+                self.on_peer_path(path);
                 if first && self.state == State::Hello {
                     self.queue_offer();
                     self.state = State::AwaitAccept;
                 }
+                Ok(())
+            }
+            (_, Control::Path { path }) => {
+                self.on_peer_path(Some(path));
                 Ok(())
             }
             (State::AwaitAccept, Control::Accept) => {
@@ -314,6 +323,25 @@ impl Sender {
             self.skip_trivial();
         }
         Ok(())
+    }
+
+    /// The pair this side sends on (at open, and again when it changes): the other side is
+    /// told, in the hello or in a `path` frame.
+    pub fn set_path(&mut self, path: PairView) {
+        self.hello.set_path(path, &mut self.out);
+    }
+
+    /// The pair the other side last said it sends on.
+    pub fn peer_path(&self) -> Option<PairView> {
+        self.hello.peer_path
+    }
+
+    fn on_peer_path(&mut self, path: Option<PairView>) {
+        if self.hello.on_peer_path(path)
+            && let Some(p) = path
+        {
+            self.events.push_back(SenderEvent::PeerPath(p));
+        }
     }
 
     /// Stop the transfer from this side; the peer is told why.

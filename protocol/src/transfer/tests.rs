@@ -173,7 +173,7 @@ impl Harness {
                     self.saved.insert(index, data);
                     self.rx.file_saved(index).unwrap();
                 }
-                ReceiverEvent::Completed => {}
+                ReceiverEvent::Completed | ReceiverEvent::PeerPath(_) => {}
             }
         }
     }
@@ -636,4 +636,41 @@ fn the_sender_paces_its_first_frames_and_reads_ahead() {
     }
     assert_eq!(tx.bytes_sent(), 100_005);
     assert!(tx.encode_data(&mut [0u8; DATA_HEADER_LEN + 1]).is_err());
+}
+
+#[test]
+fn each_side_learns_the_pair_the_other_sends_on() {
+    use crate::path::{CandidateType, PairView, PathKind, Transport};
+    let view = |kind, local| PairView {
+        kind,
+        local,
+        remote: CandidateType::Prflx,
+        protocol: Transport::Udp,
+    };
+    let (direct, relayed) = (
+        view(PathKind::Direct, CandidateType::Srflx),
+        view(PathKind::Relay, CandidateType::Relay),
+    );
+    let data = pattern(300_000, 5);
+    let mut h = Harness::new(
+        vec![OfferEntry::file("f", data.len() as u64)],
+        vec![data],
+        16 * 1024,
+    );
+    // In the hellos.
+    h.tx.set_path(direct);
+    h.rx.set_path(relayed);
+    h.step();
+    h.step();
+    assert_eq!(h.rx.peer_path(), Some(direct));
+    assert_eq!(h.tx.peer_path(), Some(relayed));
+    // A change later goes in a `path` frame; the same pair again sends nothing.
+    let sent = h.sent_to_rx;
+    h.tx.set_path(direct);
+    assert!(h.tx.poll_transmit(h.now).is_none());
+    h.tx.set_path(relayed);
+    h.run();
+    assert_eq!((h.tx_err.clone(), h.rx_err.clone()), (None, None));
+    assert_eq!(h.rx.peer_path(), Some(relayed));
+    assert!(h.sent_to_rx > sent);
 }

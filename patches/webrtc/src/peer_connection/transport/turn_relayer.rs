@@ -731,7 +731,14 @@ impl Protocol<TaggedBytesMut, TaggedBytesMut, RTCTurnRelayEventIn> for RTCTurnRe
                             }
                         }
                         TurnEvent::CreatePermissionError(tid, err) => {
-                            error!("TURN permission request failed: {}", err);
+                            // punchdrop patch: a TURN server refuses a peer address by policy
+                            // (403 for private, loopback and such ranges is what public
+                            // servers do): a normal outcome that only drops the candidate
+                            // pairs through this relay to that peer. Not an error to show.
+                            debug!(
+                                "TURN permission refused for a peer (its pairs through this relay are dropped): {}",
+                                err
+                            );
                             if let Some(pending) = self.pending_permissions.remove(&tid) {
                                 self.pending_permission_pairs
                                     .remove(&(pending.relay_addr, pending.peer_addr));

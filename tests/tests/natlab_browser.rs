@@ -1,0 +1,279 @@
+//! Stock Chromium in the NAT lab: the browser where users are, behind a lab router, talking to
+//! `native-peer` behind another router (or on the same LAN), or to a second Chromium. Each
+//! scenario is a real transfer compared by hash, and both sides must report the path that
+//! carried the bytes.
+//!
+//! Chromium runs in a lab host's namespace with [`Chromium::STOCK_FLAGS`] only, plus one flag
+//! that treats the lab server's `http://` origin as secure (standing in for https: service
+//! workers need a secure context). No flag changes WebRTC: host candidates are mDNS `.local`
+//! names, loopback is not offered, as in a user's browser. Needs root (CI runs as root).
+
+use punchdrop_e2e::browser::Chromium;
+use punchdrop_e2e::lab::{B, Lab, Nat, Spec};
+use punchdrop_e2e::*;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Chromium scenarios share two cores: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// What both sides reported.
+#[derive(Debug)]
+struct Seen {
+    /// The side on host A, then the side on host B.
+    connected: [event::Connected; 2],
+    done: [event::Done; 2],
+}
+
+impl Seen {
+    fn new(connected: [event::Connected; 2], done: [event::Done; 2]) -> Self {
+        let seen = Self { connected, done };
+        // One line per run for the record (`--nocapture`): what each side said at the end.
+        let side = |d: &event::Done| {
+            let p = &d.path;
+            format!(
+                "{} {}-{} {}",
+                p.kind.as_str(),
+                p.local.as_str(),
+                p.remote.as_str(),
+                p.protocol.as_str()
+            )
+        };
+        println!(
+            "paths: A {} | B {}",
+            side(&seen.done[0]),
+            side(&seen.done[1])
+        );
+        seen
+    }
+
+    fn kinds(&self) -> [PathKind; 2] {
+        [self.done[0].path.kind, self.done[1].path.kind]
+    }
+
+    /// Both sides took, and said they took, a direct path.
+    fn assert_direct(&self) {
+        for (side, (c, d)) in ["A", "B"].iter().zip(self.connected.iter().zip(&self.done)) {
+            assert_ne!(
+                c.path.kind,
+                PathKind::Relay,
+                "{side} connected relayed: {self:#?}"
+            );
+            assert_ne!(
+                d.path.kind,
+                PathKind::Relay,
+                "{side} ended relayed: {self:#?}"
+            );
+        }
+    }
+
+    /// Both sides said the bytes crossed a relay.
+    fn assert_relayed(&self) {
+        assert_eq!(self.kinds(), [PathKind::Relay; 2], "{self:#?}");
+        for d in &self.done {
+            assert!(d.path.reason.is_some(), "a relay says why: {self:#?}");
+        }
+    }
+}
+
+fn lab(a: Nat, b: B) -> Lab {
+    Lab::new(Spec::new(a, b)).expect("build the NAT lab")
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    [("photo.jpg", (2 << 20) + 4321), ("notes.txt", 30_000)]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, len))| {
+            let p = dir.join(name);
+            make_file(&p, *len, 40 + i as u64);
+            p
+        })
+        .collect()
+}
+
+fn refs(files: &[PathBuf]) -> Vec<&Path> {
+    files.iter().map(PathBuf::as_path).collect()
+}
+
+fn browser(lab: &Lab, host: &str, name: &str) -> Chromium {
+    Chromium::launch_stock_in(&lab.ns(&format!("h{host}")), name, &lab.url)
+        .expect("launch Chromium in the lab")
+}
+
+/// The page's `connected` and `done`, once it shows `done`.
+fn page_outcome(c: &mut Chromium) -> (event::Connected, event::Done) {
+    c.wait_state("done", LONG)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    (c.wait(SECS(5)).unwrap(), c.wait(SECS(5)).unwrap())
+}
+
+fn native_outcome(p: Peer) -> (event::Connected, event::Done) {
+    let (status, events) = p.finish(LONG).unwrap();
+    let done = expect_done(status, &events);
+    let connected = event::find::<event::Connected>(&events).unwrap().clone();
+    (connected, done)
+}
+
+/// A page shares the files on `/` and returns the link it shows.
+fn page_shares(c: &mut Chromium, lab: &Lab, files: &[PathBuf]) -> String {
+    c.goto(&format!("{}/", lab.url)).unwrap();
+    c.wait_state("ready", SECS(30)).unwrap();
+    c.set_files("#file-input", &refs(files)).unwrap();
+    c.wait_state("waiting", SECS(30)).unwrap();
+    let link = c
+        .eval("document.querySelector('#share-link').href")
+        .unwrap();
+    link.as_str().expect("a share link").to_string()
+}
+
+/// A page opens `link`, accepts the offer and downloads every file; checks them.
+fn page_receives(c: &mut Chromium, link: &str, files: &[PathBuf]) {
+    c.goto(link).unwrap();
+    c.wait_state("offer", SECS(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    c.click("#accept").unwrap();
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy();
+        let got = c
+            .wait_download(&name, std::fs::metadata(f).unwrap().len(), LONG)
+            .unwrap();
+        assert_eq!(hash_file(&got), hash_file(f), "{name}");
+    }
+}
+
+fn assert_received(dir: &Path, files: &[PathBuf]) {
+    for f in files {
+        let name = f.file_name().unwrap();
+        assert_eq!(hash_file(&dir.join(name)), hash_file(f), "{name:?}");
+    }
+}
+
+/// The browser on A shares; `native-peer recv LINK` on B.
+fn browser_to_native(a: Nat, b: B) -> Seen {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab(a, b);
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = files(src.path());
+    let mut c = browser(&lab, "a", "browser A (shares)");
+    let link = page_shares(&mut c, &lab, &files);
+    let native = native_outcome(lab.receiver(&[], dst.path(), &link));
+    assert_received(dst.path(), &files);
+    let page = page_outcome(&mut c);
+    Seen::new([page.0, native.0], [page.1, native.1])
+}
+
+/// The NAS case: `native-peer recv` on A makes the room; the browser on B opens its link and
+/// picks the files.
+fn browser_drops_on_nas(a: Nat, b: B) -> Seen {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab(a, b);
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = files(src.path());
+    let d = dst.path().display().to_string();
+    let mut nas = Peer::spawn_cmd(
+        lab.peer_cmd("a"),
+        &["--server", &lab.url, "recv", "--dir", &d],
+    );
+    let ready: event::Ready = nas.wait(SECS(10)).unwrap();
+    let mut c = browser(&lab, "b", "browser B (drops)");
+    c.goto(&ready.link).unwrap();
+    c.wait_state("pick", SECS(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    c.set_files("#file-input", &refs(&files)).unwrap();
+    let native = native_outcome(nas);
+    assert_received(dst.path(), &files);
+    let page = page_outcome(&mut c);
+    Seen::new([native.0, page.0], [native.1, page.1])
+}
+
+/// `native-peer send` on A; the browser on B receives.
+fn native_to_browser(a: Nat, b: B) -> Seen {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab(a, b);
+    let src = tempfile::tempdir().unwrap();
+    let files = files(src.path());
+    let (sender, link) = lab.sender(&[], &refs(&files)).unwrap();
+    let mut c = browser(&lab, "b", "browser B (receives)");
+    page_receives(&mut c, &link, &files);
+    let page = page_outcome(&mut c);
+    let native = native_outcome(sender);
+    Seen::new([native.0, page.0], [native.1, page.1])
+}
+
+/// A browser on A shares; a browser on B receives.
+fn browser_to_browser(a: Nat, b: B) -> Seen {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab(a, b);
+    let src = tempfile::tempdir().unwrap();
+    let files = files(src.path());
+    let mut alice = browser(&lab, "a", "browser A (shares)");
+    let link = page_shares(&mut alice, &lab, &files);
+    let mut bob = browser(&lab, "b", "browser B (receives)");
+    page_receives(&mut bob, &link, &files);
+    let b = page_outcome(&mut bob);
+    let a = page_outcome(&mut alice);
+    Seen::new([a.0, b.0], [a.1, b.1])
+}
+
+const CONE: B = B::Behind(Nat::Cone);
+
+#[test]
+fn cone_to_cone_browser_to_native_is_direct() {
+    browser_to_native(Nat::Cone, CONE).assert_direct();
+}
+
+#[test]
+fn cone_to_cone_browser_drops_on_nas_directly() {
+    browser_drops_on_nas(Nat::Cone, CONE).assert_direct();
+}
+
+#[test]
+fn cone_to_cone_native_to_browser_is_direct() {
+    native_to_browser(Nat::Cone, CONE).assert_direct();
+}
+
+#[test]
+fn cone_to_cone_browser_to_browser_is_direct() {
+    browser_to_browser(Nat::Cone, CONE).assert_direct();
+}
+
+#[test]
+fn same_lan_browser_to_native_is_direct() {
+    let seen = browser_drops_on_nas(Nat::Cone, B::SameLan);
+    seen.assert_direct();
+}
+
+#[test]
+fn same_lan_native_to_browser_is_direct() {
+    native_to_browser(Nat::Cone, B::SameLan).assert_direct();
+}
+
+#[test]
+fn cone_to_symmetric_relays_and_both_say_so() {
+    browser_to_native(Nat::Cone, B::Behind(Nat::Symmetric)).assert_relayed();
+    native_to_browser(Nat::Cone, B::Behind(Nat::Symmetric)).assert_relayed();
+}
+
+#[test]
+fn symmetric_to_symmetric_relays_and_both_say_so() {
+    let sym = B::Behind(Nat::Symmetric);
+    browser_to_native(Nat::Symmetric, sym).assert_relayed();
+    native_to_browser(Nat::Symmetric, sym).assert_relayed();
+}
+
+#[test]
+fn udp_blocked_relays_over_tcp() {
+    for seen in [
+        browser_to_native(Nat::UdpBlocked, CONE),
+        browser_drops_on_nas(Nat::Cone, B::Behind(Nat::UdpBlocked)),
+    ] {
+        seen.assert_relayed();
+        // The side behind the UDP-blocking router reaches its relay over TCP.
+        let blocked = seen.done.iter().find(|d| d.path.protocol == Transport::Tcp);
+        assert!(blocked.is_some(), "{seen:#?}");
+    }
+}
