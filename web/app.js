@@ -317,7 +317,11 @@ async function main() {
   }
   setState('connecting');
   $('progress-title').textContent = 'Connecting to the other device…';
-  client.open(location.href).catch(() => {});
+  const link = location.href;
+  // The secret has been read: take it out of the address bar and the history, so it is not
+  // left for the next person at this browser (a link is for one transfer).
+  history.replaceState(null, '', location.pathname);
+  client.open(link).catch(() => {});
 }
 
 main();

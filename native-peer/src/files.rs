@@ -3,15 +3,19 @@
 //!
 //! Receiving invariants:
 //! - Bytes go to `NAME.part` next to the final name; only after the protocol verified the
-//!   BLAKE3 hash is the file linked to its final name, with a no-replace link so an existing
-//!   file is never overwritten, then the `.part` is removed.
-//! - Every name comes from [`protocol::names::sanitize`] and is joined below the destination
-//!   folder; top-level names that already exist get ` (n)` appended, so nothing the user had
-//!   is touched.
+//!   BLAKE3 hash is the file linked to its final name, with a no-replace link (or, where the
+//!   filesystem has no hard links, a no-replace rename) so an existing file is never
+//!   overwritten, then the `.part` is removed.
+//! - Every name comes from [`protocol::names::sanitize`] and is resolved inside the
+//!   destination folder only ([`cap_std::fs::Dir`]: a symbolic link someone planted there
+//!   cannot lead a write outside it); top-level names that already exist get ` (n)`, so
+//!   nothing the user had is touched.
+//! - Nothing is created before the offer is accepted ([`plan`] only names the targets).
 //! - On any failure the open `.part` file is deleted.
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::{Bytes, BytesMut};
+use cap_std::fs::Dir;
 use protocol::names::{SafePath, numbered};
 use protocol::transfer::{DATA_HEADER_LEN, Offer, OfferEntry, ReadRequest};
 use std::collections::HashMap;
@@ -190,55 +194,90 @@ fn read_range(
     Ok(buf)
 }
 
-/// Where each offered entry lands below the destination folder.
+/// The destination folder, as a handle every write is resolved under.
 #[derive(Debug)]
-pub struct Plan {
-    /// Offer index → final path.
-    pub targets: HashMap<u32, PathBuf>,
+pub struct Destination {
+    dir: Dir,
+    /// The folder as the user named it, for messages.
+    pub path: PathBuf,
 }
 
-/// Pick final paths for an offer: existing top-level names get ` (n)`; create directories.
-pub fn plan(dir: &Path, offer: &Offer) -> anyhow::Result<Plan> {
+impl Destination {
+    /// Open (creating it if missing) the folder received files go to.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(path)
+            .with_context(|| format!("cannot create {} to receive into", path.display()))?;
+        let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())
+            .with_context(|| format!("cannot use {} as the destination", path.display()))?;
+        Ok(Self {
+            dir,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn exists(&self, rel: &Path) -> bool {
+        self.dir.symlink_metadata(rel).is_ok()
+    }
+
+    fn free_name(&self, top: &str) -> String {
+        let taken = |n: &str| self.exists(Path::new(n)) || self.exists(&part_path(Path::new(n)));
+        if !taken(top) {
+            return top.to_string();
+        }
+        (1..)
+            .map(|n| numbered(top, n))
+            .find(|n| !taken(n))
+            .expect("some number is free")
+    }
+}
+
+/// Where each offered entry lands, relative to the destination folder.
+#[derive(Debug)]
+pub struct Plan {
+    /// Offer index → final path, relative to the destination.
+    pub targets: HashMap<u32, PathBuf>,
+    /// Folders to create once the offer is accepted (offered ones and files' parents).
+    dirs: Vec<PathBuf>,
+}
+
+/// Name the final paths of an offer: existing top-level names get ` (n)`. Creates nothing.
+pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
     let mut tops: HashMap<String, String> = HashMap::new();
     let mut targets = HashMap::new();
+    let mut dirs = Vec::new();
     for (i, (safe, entry)) in offer.entries.iter().enumerate() {
         let top = safe.top().to_string();
-        let mapped = match tops.get(&top) {
-            Some(m) => m.clone(),
-            None => {
-                let m = free_name(dir, &top);
-                tops.insert(top.clone(), m.clone());
-                m
-            }
-        };
-        let path = join(dir, safe, &mapped);
+        let mapped = tops
+            .entry(top.clone())
+            .or_insert_with(|| dest.free_name(&top))
+            .clone();
+        let path = join(safe, &mapped);
         if entry.dir {
-            fs::create_dir_all(&path).context("cannot create a folder in the destination")?;
-        } else if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).context("cannot create a folder in the destination")?;
+            dirs.push(path.clone());
+        } else if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            dirs.push(parent.to_path_buf());
         }
         targets.insert(i as u32, path);
     }
-    Ok(Plan { targets })
+    dirs.sort();
+    dirs.dedup();
+    Plan { targets, dirs }
 }
 
-fn exists(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok()
-}
-
-fn free_name(dir: &Path, top: &str) -> String {
-    let taken = |n: &str| exists(&dir.join(n)) || exists(&dir.join(format!("{n}.part")));
-    if !taken(top) {
-        return top.to_string();
+impl Plan {
+    /// Create the offer's folders (after it was accepted), inside the destination only.
+    pub fn create_dirs(&self, dest: &Destination) -> anyhow::Result<()> {
+        for d in &self.dirs {
+            dest.dir
+                .create_dir_all(d)
+                .context("cannot create a folder in the destination")?;
+        }
+        Ok(())
     }
-    (1..)
-        .map(|n| numbered(top, n))
-        .find(|n| !taken(n))
-        .expect("some number is free")
 }
 
-fn join(dir: &Path, safe: &SafePath, mapped_top: &str) -> PathBuf {
-    let mut p = dir.join(mapped_top);
+fn join(safe: &SafePath, mapped_top: &str) -> PathBuf {
+    let mut p = PathBuf::from(mapped_top);
     for c in safe.components().skip(1) {
         p.push(c);
     }
@@ -274,23 +313,27 @@ pub enum WriteResult {
     Failed(io::Error),
 }
 
-/// A blocking writer thread: file I/O must not stall the network loop.
-pub fn spawn_writer() -> (mpsc::Sender<WriteCmd>, mpsc::UnboundedReceiver<WriteResult>) {
+/// A blocking writer thread: file I/O must not stall the network loop. Paths are relative to
+/// `dest`; what it reports saved is the full path.
+pub fn spawn_writer(
+    dest: &Destination,
+) -> io::Result<(mpsc::Sender<WriteCmd>, mpsc::UnboundedReceiver<WriteResult>)> {
+    let dir = dest.dir.try_clone()?;
+    let root = dest.path.clone();
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<WriteCmd>(64);
     let (res_tx, res_rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("punchdrop-writer".into())
         .spawn(move || {
-            let mut current: Option<(File, PathBuf, PathBuf)> = None;
+            let mut current: Option<(cap_std::fs::File, PathBuf, PathBuf)> = None;
             let result = (|| -> io::Result<()> {
                 while let Some(cmd) = cmd_rx.blocking_recv() {
                     match cmd {
                         WriteCmd::Start { target } => {
                             let part = part_path(&target);
-                            let f = fs::OpenOptions::new()
-                                .write(true)
-                                .create_new(true)
-                                .open(&part)?;
+                            let mut options = cap_std::fs::OpenOptions::new();
+                            options.write(true).create_new(true);
+                            let f = dir.open_with(&part, &options)?;
                             current = Some((f, part, target));
                         }
                         WriteCmd::Data(bytes) => {
@@ -305,9 +348,10 @@ pub fn spawn_writer() -> (mpsc::Sender<WriteCmd>, mpsc::UnboundedReceiver<WriteR
                                 .ok_or_else(|| io::Error::other("finish before start"))?;
                             f.sync_all()?;
                             drop(f);
-                            let path = place(&part, &target).inspect_err(|_| {
-                                let _ = fs::remove_file(&part);
+                            let placed = place(&dir, &part, &target).inspect_err(|_| {
+                                let _ = dir.remove_file(&part);
                             })?;
+                            let path = root.join(placed);
                             if res_tx.send(WriteResult::Saved { index, path }).is_err() {
                                 return Ok(());
                             }
@@ -320,44 +364,50 @@ pub fn spawn_writer() -> (mpsc::Sender<WriteCmd>, mpsc::UnboundedReceiver<WriteR
             // a half-written file behind.
             if let Some((f, part, _)) = current.take() {
                 drop(f);
-                let _ = fs::remove_file(&part);
+                let _ = dir.remove_file(&part);
             }
             if let Err(e) = result {
                 let _ = res_tx.send(WriteResult::Failed(e));
             }
         })
         .expect("spawning a thread");
-    (cmd_tx, res_rx)
+    Ok((cmd_tx, res_rx))
 }
 
 /// Give the verified `.part` its final name without replacing anything: a hard link fails if
-/// the name exists. Filesystems without hard links fall back to a checked rename.
-fn place(part: &Path, target: &Path) -> io::Result<PathBuf> {
+/// the name exists; where the filesystem has none (FAT, exFAT on a NAS), a rename that refuses
+/// to replace (`renameat2(RENAME_NOREPLACE)`). A taken name gets ` (n)`.
+fn place(dir: &Dir, part: &Path, target: &Path) -> io::Result<PathBuf> {
     let mut candidate = target.to_path_buf();
     for n in 1..=1000u32 {
-        match fs::hard_link(part, &candidate) {
-            Ok(()) => {
-                fs::remove_file(part)?;
-                return Ok(candidate);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let name = target
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("file");
-                candidate = target.with_file_name(numbered(name, n));
-            }
-            Err(_) if !exists(&candidate) => {
-                fs::rename(part, &candidate)?;
-                return Ok(candidate);
-            }
-            Err(e) => return Err(e),
+        let linked = match dir.hard_link(part, dir, &candidate) {
+            Ok(()) => dir.remove_file(part).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(_) => rename_noreplace(dir, part, &candidate),
+        };
+        if linked? {
+            return Ok(candidate);
         }
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file");
+        candidate = target.with_file_name(numbered(name, n));
     }
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,
         "no free name for a received file",
     ))
+}
+
+/// `Ok(false)` if `to` exists (nothing happened).
+fn rename_noreplace(dir: &Dir, from: &Path, to: &Path) -> io::Result<bool> {
+    use rustix::fs::{RenameFlags, renameat_with};
+    match renameat_with(dir, from, dir, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Is this I/O error a full disk?
@@ -382,30 +432,62 @@ mod tests {
     }
 
     #[test]
-    fn existing_names_are_never_reused() {
+    fn existing_names_are_never_reused_and_nothing_is_created_before_accept() {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("a.txt"), "old").unwrap();
         fs::create_dir(d.path().join("photos")).unwrap();
+        let dest = Destination::open(d.path()).unwrap();
         let p = plan(
-            d.path(),
+            &dest,
             &offer(vec![
                 OfferEntry::file("a.txt", 1),
                 OfferEntry::dir("photos"),
                 OfferEntry::file("photos/x", 1),
+                OfferEntry::file("new/deep/y", 1),
             ]),
-        )
-        .unwrap();
-        assert_eq!(p.targets[&0], d.path().join("a (1).txt"));
-        assert_eq!(p.targets[&2], d.path().join("photos (1)/x"));
+        );
+        assert_eq!(p.targets[&0], Path::new("a (1).txt"));
+        assert_eq!(p.targets[&2], Path::new("photos (1)/x"));
+        assert!(
+            !d.path().join("photos (1)").exists(),
+            "planned, not created"
+        );
+        assert!(!d.path().join("new").exists());
+        p.create_dirs(&dest).unwrap();
         assert!(d.path().join("photos (1)").is_dir());
+        assert!(d.path().join("new/deep").is_dir());
+    }
+
+    #[test]
+    fn a_planted_symlink_cannot_lead_writes_outside() {
+        let outside = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        // Someone with access to the destination plants a link to elsewhere under the name
+        // an offer will use below a fresh top-level folder's numbered twin... or right there.
+        std::os::unix::fs::symlink(outside.path(), d.path().join("evil")).unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        // The planted name is taken, so the offer's `evil/` becomes `evil (1)/`.
+        let p = plan(&dest, &offer(vec![OfferEntry::file("evil/x", 1)]));
+        assert_eq!(p.targets[&0], Path::new("evil (1)/x"));
+        // And a write that would pass through the link itself is refused.
+        let (tx, mut rx) = spawn_writer(&dest).unwrap();
+        tx.blocking_send(WriteCmd::Start {
+            target: PathBuf::from("evil/x"),
+        })
+        .unwrap();
+        assert!(matches!(rx.blocking_recv(), Some(WriteResult::Failed(_))));
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(dest.dir.create_dir_all("evil/sub").is_err());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
     #[test]
     fn writer_places_verified_files_and_removes_parts_on_abort() {
         let d = tempfile::tempdir().unwrap();
-        let (tx, mut rx) = spawn_writer();
-        let target = d.path().join("f.bin");
-        fs::write(&target, "someone else's").unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        let (tx, mut rx) = spawn_writer(&dest).unwrap();
+        let target = PathBuf::from("f.bin");
+        fs::write(d.path().join(&target), "someone else's").unwrap();
         tx.blocking_send(WriteCmd::Start {
             target: target.clone(),
         })
@@ -424,9 +506,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(fs::read(&target).unwrap(), b"someone else's");
+        assert_eq!(fs::read(d.path().join(&target)).unwrap(), b"someone else's");
         tx.blocking_send(WriteCmd::Start {
-            target: d.path().join("g"),
+            target: PathBuf::from("g"),
         })
         .unwrap();
         tx.blocking_send(WriteCmd::Data(Bytes::from_static(b"half")))
@@ -442,6 +524,18 @@ mod tests {
             2,
             "only the two complete files remain: {left:?}"
         );
+    }
+
+    #[test]
+    fn without_hard_links_a_rename_still_never_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        fs::write(d.path().join("a.part"), "new").unwrap();
+        fs::write(d.path().join("a"), "old").unwrap();
+        assert!(!rename_noreplace(&dest.dir, Path::new("a.part"), Path::new("a")).unwrap());
+        assert_eq!(fs::read(d.path().join("a")).unwrap(), b"old");
+        assert!(rename_noreplace(&dest.dir, Path::new("a.part"), Path::new("a (1)")).unwrap());
+        assert_eq!(fs::read(d.path().join("a (1)")).unwrap(), b"new");
     }
 
     #[test]

@@ -118,10 +118,14 @@ enum Command {
     },
     /// Receive files into a folder.
     Recv {
-        /// Folder to save into.
+        /// Folder to save into (created if missing).
         #[arg(long, short, default_value = ".")]
         dir: PathBuf,
-        /// The link or code from the sender; without one, create a room for a sender to join.
+        /// Decline offers larger than this many bytes.
+        #[arg(long, value_name = "BYTES")]
+        max_bytes: Option<u64>,
+        /// The link or code from the sender (`-` reads it from standard input, keeping it out
+        /// of the shell's history); without one, create a room for a sender to join.
         invitation: Option<String>,
     },
 }
@@ -256,24 +260,19 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         );
     }
     let (invitation, want) = match &cli.command {
-        Command::Send { to, .. } => (to.as_deref(), Want::Send),
-        Command::Recv { invitation, .. } => (invitation.as_deref(), Want::Receive),
+        Command::Send { to, .. } => (to.clone(), Want::Send),
+        Command::Recv { invitation, .. } => (invitation.clone(), Want::Receive),
     };
     let invitation = invitation
-        .map(Invitation::parse)
+        .map(|text| read_invitation(&text))
+        .transpose()?
+        .map(|text| Invitation::parse(&text))
         .transpose()
         .context("cannot use that link or code")?;
     // The work before anyone waits: files to send must exist, a folder to receive into too.
-    let sources = match &cli.command {
-        Command::Send { paths, .. } => Some(sources(&cli.command, paths)?),
-        Command::Recv { dir, .. } => {
-            let meta = std::fs::metadata(dir)
-                .with_context(|| format!("cannot use {} as the destination", dir.display()))?;
-            if !meta.is_dir() {
-                bail!("{} is not a folder", dir.display());
-            }
-            None
-        }
+    let (sources, dest) = match &cli.command {
+        Command::Send { paths, .. } => (Some(sources(&cli.command, paths)?), None),
+        Command::Recv { dir, .. } => (None, Some(files::Destination::open(dir)?)),
     };
     let clock = Clock::start();
     let config = rv::Config {
@@ -309,16 +308,20 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         {
             out.note(&format!("(no port mapping: {e})"));
         }
-        let result = match (&cli.command, sources) {
-            (Command::Recv { dir, .. }, _) => {
-                transfer::receive(&link, dir, out, &mut interrupt).await
+        let result = match (&cli.command, sources, &dest) {
+            (Command::Recv { max_bytes, .. }, _, Some(dest)) => {
+                let limits = protocol::transfer::Limits {
+                    max_bytes: *max_bytes,
+                    ..Default::default()
+                };
+                transfer::receive(&link, dest, limits, out, &mut interrupt).await
             }
-            (Command::Send { .. }, Some(sources)) => {
+            (Command::Send { .. }, Some(sources), _) => {
                 transfer::send(&link, sources, c.chunk, out, &mut interrupt)
                     .await
                     .map(|summary| (summary, Vec::new()))
             }
-            (Command::Send { .. }, None) => unreachable!("sources are collected for send"),
+            _ => unreachable!("sources are collected for send, a destination for recv"),
         };
         link.close().await;
         let (summary, saved) = result?;
@@ -333,6 +336,22 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
     .await;
     portmap.release().await;
     result
+}
+
+/// The link or code as given, or read from standard input for `-` (so it stays out of the
+/// shell's history and the process list).
+fn read_invitation(text: &str) -> anyhow::Result<String> {
+    if text != "-" {
+        return Ok(text.to_string());
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the link or code from standard input")?;
+    if line.trim().is_empty() {
+        bail!("no link or code on standard input");
+    }
+    Ok(line.trim().to_string())
 }
 
 /// What `send` offers: the paths given, expanded.

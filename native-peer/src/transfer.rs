@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 use protocol::event::{self, Event};
 use protocol::path::{PairView, PathReport, PathTrack};
 use protocol::transfer::{
-    CancelReason, Received, Receiver, ReceiverEvent, SEND_STALL, STOPPED, Sender, SenderEvent,
-    TransferError,
+    CancelReason, Limits, Received, Receiver, ReceiverEvent, SEND_STALL, STOPPED, Sender,
+    SenderEvent, TransferError,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
-use crate::files::{self, Source, WriteCmd, WriteResult};
+use crate::files::{self, Destination, Source, WriteCmd, WriteResult};
 use crate::output::Output;
 use crate::rendezvous::Clock;
 use crate::rtc::Link;
@@ -324,7 +324,8 @@ const SPACE_MARGIN: u64 = 1 << 20;
 
 pub async fn receive(
     link: &Link,
-    dir: &Path,
+    dest: &Destination,
+    limits: Limits,
     out: &mut Output,
     interrupt: &mut Interrupt,
 ) -> anyhow::Result<(Summary, Vec<PathBuf>)> {
@@ -332,9 +333,9 @@ pub async fn receive(
     let dc = link.dc.clone();
     let mut inbox = spawn_inbox(dc.clone());
     spawn_watchdog(dc.clone(), link.state.clone());
-    let mut sm = Receiver::new(clock.now());
+    let mut sm = Receiver::with_limits(clock.now(), limits);
     let mut paths = Paths::start(link, |p| sm.set_path(p));
-    let (writer, mut written) = files::spawn_writer();
+    let (writer, mut written) = files::spawn_writer(dest)?;
     let mut plan = None;
     let mut saved = Vec::new();
     let mut files_total = 0;
@@ -367,16 +368,19 @@ pub async fn receive(
                                 paths.connected(link, sm.peer_path(), out);
                                 files_total = offer.file_count();
                                 out.event(&event::Offer::from(&offer).into());
-                                if let Err(msg) = check_space(dir, offer.total_bytes) {
+                                if let Err(msg) = check_space(&dest.path, offer.total_bytes) {
                                     sm.decline(&msg);
                                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                                     bail!("{msg}");
                                 }
-                                plan = Some(files::plan(dir, &offer).map_err(|e| {
+                                let planned = files::plan(dest, &offer);
+                                sm.accept().map_err(map_err)?;
+                                // Folders only once the offer is accepted.
+                                planned.create_dirs(dest).map_err(|e| {
                                     let err = sm.cancel(CancelReason::Io, "the receiver cannot create folders");
                                     e.context(err.to_string())
-                                })?);
-                                sm.accept().map_err(map_err)?;
+                                })?;
+                                plan = Some(planned);
                                 started = Some(Instant::now());
                                 out.event(&event::Accepted { files: files_total, bytes: offer.total_bytes }.into());
                             }

@@ -176,12 +176,26 @@ impl Peer {
         Self::spawn_cmd(Command::new(bin("native-peer")), args)
     }
 
+    /// `native-peer` with `input` on its standard input.
+    pub fn spawn_with_input(args: &[&str], input: &str) -> Self {
+        let mut p = Self::spawn_inner(Command::new(bin("native-peer")), args, Stdio::piped());
+        let mut stdin = p.child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .expect("write to the peer's stdin");
+        p
+    }
+
     /// Run `native-peer` through a wrapper command (e.g. `unshare … sh -c`), which must exec
     /// it with the arguments given after the wrapper's own.
-    pub fn spawn_cmd(mut cmd: Command, args: &[&str]) -> Self {
-        cmd.arg("--json")
+    pub fn spawn_cmd(cmd: Command, args: &[&str]) -> Self {
+        Self::spawn_inner(cmd, args, Stdio::null())
+    }
+
+    fn spawn_inner(mut cmd: Command, args: &[&str], stdin: Stdio) -> Self {
+        cmd.stdin(stdin)
+            .arg("--json")
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if std::env::var_os("PUNCHDROP_LOG").is_none() {

@@ -250,6 +250,10 @@ fn hostile_names_are_refused_and_nothing_escapes() {
         "CON",
         "sub/..",
         "x\\..\\..\\y",
+        // Reads as "cod.exe" mirrored: a right-to-left override hides the real extension.
+        "invoice\u{202E}fdp.exe",
+        "zero\u{200B}width",
+        "notes: 2024.txt",
     ] {
         let sig = Signalling::start();
         let (sender, link, _) =
@@ -425,4 +429,78 @@ fn ctrl_c_on_the_receiver_tells_the_sender_and_leaves_no_part_file() {
         "no .part left: {:?}",
         tree(dst.path())
     );
+}
+
+#[test]
+fn receiver_limits_stdin_links_and_new_folders() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("movie.mkv");
+    make_file(&file, 100_000, 31);
+
+    // Larger than `--max-bytes`: declined with the reason, nothing written.
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let d = dst.path().display().to_string();
+    let receiver = Peer::spawn(&[
+        "--server",
+        &sig.url,
+        "recv",
+        "--max-bytes",
+        "99999",
+        "--dir",
+        &d,
+        &link,
+    ]);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let rmsg = expect_error(rs, &revents);
+    let smsg = expect_error(ss, &sevents);
+    assert!(rmsg.contains("takes at most 99999"), "{rmsg}");
+    assert!(
+        smsg.contains("declined") && smsg.contains("takes at most 99999"),
+        "{smsg}"
+    );
+    assert!(tree(dst.path()).is_empty(), "{:?}", tree(dst.path()));
+
+    // The link on standard input (`recv -`: kept out of the shell's history), into a folder
+    // that does not exist yet.
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let inbox = dst.path().join("new/inbox");
+    let d = inbox.display().to_string();
+    let receiver = Peer::spawn_with_input(
+        &["--server", &sig.url, "recv", "--dir", &d, "-"],
+        &format!("{link}\n"),
+    );
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(hash_file(&inbox.join("movie.mkv")), hash_file(&file));
+}
+
+#[test]
+fn a_symlink_planted_in_the_destination_leads_nowhere() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let album = src.path().join("album");
+    make_file(&album.join("a.jpg"), 1000, 1);
+    make_file(&album.join("sub/b.jpg"), 2000, 2);
+    // Someone who can write to the destination points `album` elsewhere.
+    std::os::unix::fs::symlink(outside.path(), dst.path().join("album")).unwrap();
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&album]).unwrap();
+    let (rs, revents) = spawn(&recv_args(&sig.url, dst.path(), &link))
+        .finish(LONG)
+        .unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert!(
+        tree(outside.path()).is_empty(),
+        "{:?}",
+        tree(outside.path())
+    );
+    assert_eq!(tree(&dst.path().join("album (1)")), tree(&album));
 }

@@ -27,7 +27,7 @@ mod receiver;
 mod sender;
 
 pub use frame::{Control, DATA_HEADER_LEN, Frame, MAX_FRAME};
-pub use receiver::{Received, Receiver, ReceiverEvent};
+pub use receiver::{Limits, Received, Receiver, ReceiverEvent};
 pub use sender::{ReadRequest, Sender, SenderEvent};
 
 use core::time::Duration;
@@ -39,7 +39,9 @@ use std::collections::VecDeque;
 fn cancel_frame(e: &TransferError, was_live: bool) -> Option<Vec<u8>> {
     let peer_ended = matches!(
         e,
-        TransferError::PeerCancelled { .. } | TransferError::Declined(_)
+        TransferError::PeerCancelled { .. }
+            | TransferError::Declined(_)
+            | TransferError::Refused(_)
     );
     (was_live && !peer_ended).then(|| {
         frame::encode_control(&Control::Cancel {
@@ -65,8 +67,10 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 pub const SEND_STALL: Duration = Duration::from_secs(30);
 /// What the other side is told when a person stops the transfer on this side.
 pub const STOPPED: &str = "the other side stopped the transfer";
-/// Most entries one offer may list.
-pub const MAX_OFFER_ENTRIES: usize = 1_000_000;
+/// Most entries one offer may list, unless the receiver says otherwise.
+pub const MAX_OFFER_ENTRIES: usize = 200_000;
+/// Most bytes of names one offer may hold (what it costs in memory before it is accepted).
+pub const MAX_OFFER_NAME_BYTES: usize = 32 << 20;
 
 use crate::path::PairView;
 pub use crate::signal::TransferRole as Role;
@@ -165,6 +169,9 @@ pub enum TransferError {
     },
     #[error("the receiver declined: {0}")]
     Declined(String),
+    /// This receiver declined an offer beyond its limits; the sender was told why.
+    #[error("declined the offer: {0}")]
+    Refused(String),
     #[error("cancelled ({reason:?}): {message}")]
     Cancelled {
         reason: CancelReason,

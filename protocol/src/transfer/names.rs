@@ -3,9 +3,13 @@
 //! [`sanitize`] accepts only relative paths made of ordinary components, `/`-separated, and
 //! refuses rather than rewrites anything doubtful, so what the receiver writes is exactly
 //! what the sender named or nothing at all. Refused: empty paths and components, absolute
-//! paths, drive prefixes, `.` and `..`, backslashes, control characters, Windows device names
-//! (`CON`, `NUL`, `COM1`, … with any extension), trailing dots or spaces, components longer
-//! than 255 bytes, paths longer than 4096 bytes or deeper than 64 levels.
+//! paths, drive prefixes, `.` and `..`, backslashes, control characters, invisible and
+//! text-direction formatting characters (a name must read as what it is: no right-to-left
+//! override turning `cod.exe` into `exe.doc`), characters Windows does not allow in names
+//! (`< > : " | ? *`), Windows device names (`CON`, `NUL`, `COM1`, … with any extension),
+//! trailing dots or spaces, components longer than 255 bytes, paths longer than 4096 bytes
+//! or deeper than 64 levels. The sender applies the same check, so such a name is refused
+//! before anything is offered.
 
 use std::fmt;
 
@@ -25,6 +29,10 @@ pub enum NameError {
     EmptyComponent,
     #[error("backslash or control character in a name")]
     BadCharacter,
+    #[error("invisible or text-direction formatting character in a name")]
+    FormatCharacter,
+    #[error("a character Windows does not allow in file names (< > : \" | ? *)")]
+    ReservedCharacter,
     #[error("reserved device name")]
     DeviceName,
     #[error("name ends with a dot or a space")]
@@ -76,6 +84,33 @@ fn is_device_name(component: &str) -> bool {
         && stem.as_bytes()[3] != b'0')
 }
 
+/// Unicode format characters (general category Cf): zero-width and joining characters,
+/// bidirectional marks, embeddings, overrides and isolates, the byte-order mark, tags.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061C}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
+}
+
 /// Check one path offered by a peer.
 pub fn sanitize(path: &str) -> Result<SafePath, NameError> {
     if path.is_empty() {
@@ -98,6 +133,14 @@ pub fn sanitize(path: &str) -> Result<SafePath, NameError> {
         }
         if c.chars().any(|ch| ch == '\\' || ch.is_control()) {
             return Err(NameError::BadCharacter);
+        }
+        if c.chars().any(is_format_char) {
+            return Err(NameError::FormatCharacter);
+        }
+        if c.chars()
+            .any(|ch| matches!(ch, '<' | '>' | ':' | '"' | '|' | '?' | '*'))
+        {
+            return Err(NameError::ReservedCharacter);
         }
         if c.len() > MAX_COMPONENT_BYTES {
             return Err(NameError::ComponentTooLong);
@@ -135,8 +178,10 @@ mod tests {
             "dir/sub/file.bin",
             ".hidden",
             "naïve café.pdf",
-            "a b/c:d",
+            "a b/c d",
             "CONSOLE",
+            "日本語/ファイル.txt",
+            "emoji 🎉 ok.png",
         ] {
             assert_eq!(sanitize(ok).unwrap().as_str(), ok);
         }
@@ -163,6 +208,17 @@ mod tests {
             ("lpt9", NameError::DeviceName),
             ("trailing.", NameError::TrailingDotOrSpace),
             ("trailing ", NameError::TrailingDotOrSpace),
+            ("cod\u{202E}fdp.exe", NameError::FormatCharacter),
+            ("zero\u{200B}width", NameError::FormatCharacter),
+            ("bom\u{FEFF}", NameError::FormatCharacter),
+            ("dir/iso\u{2066}late", NameError::FormatCharacter),
+            ("tag\u{E0041}", NameError::FormatCharacter),
+            ("ab:c", NameError::ReservedCharacter),
+            ("what?.txt", NameError::ReservedCharacter),
+            ("dir/\"quoted\"", NameError::ReservedCharacter),
+            ("a|b", NameError::ReservedCharacter),
+            ("<x>", NameError::ReservedCharacter),
+            ("star*", NameError::ReservedCharacter),
         ];
         for (name, err) in cases {
             assert_eq!(sanitize(name), Err(err), "{name:?}");

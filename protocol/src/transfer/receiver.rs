@@ -2,7 +2,10 @@
 
 use super::frame::{self, Control, Frame};
 use super::names::{self, SafePath};
-use super::{CancelReason, HelloState, MAX_OFFER_ENTRIES, Offer, OfferEntry, Role, TransferError};
+use super::{
+    CancelReason, HelloState, MAX_OFFER_ENTRIES, MAX_OFFER_NAME_BYTES, Offer, OfferEntry, Role,
+    TransferError,
+};
 use crate::path::PairView;
 use core::time::Duration;
 use std::collections::{HashSet, VecDeque};
@@ -45,13 +48,41 @@ enum State {
     Failed,
 }
 
+/// What a receiver takes at most. An offer beyond these is declined with the reason, as soon as
+/// its first part says so or an entry passes them, before the rest is held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries (files and folders) in one offer.
+    pub max_entries: usize,
+    /// Bytes of names in one offer (what the offer costs in memory before it is accepted).
+    pub max_name_bytes: usize,
+    /// Bytes of file data in one offer (`native-peer recv --max-bytes`).
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_entries: MAX_OFFER_ENTRIES,
+            max_name_bytes: MAX_OFFER_NAME_BYTES,
+            max_bytes: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Receiver {
     state: State,
     hello: HelloState,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<ReceiverEvent>,
+    limits: Limits,
     entries: Vec<OfferEntry>,
+    /// What the offer so far holds: its names (checked one by one as they arrive), their
+    /// bytes, and the sum of file sizes.
+    names: HashSet<String>,
+    name_bytes: usize,
+    sum: u64,
     expected_entries: usize,
     total_bytes: u64,
     cur: usize,
@@ -65,12 +96,20 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn new(now: Duration) -> Self {
+        Self::with_limits(now, Limits::default())
+    }
+
+    pub fn with_limits(now: Duration, limits: Limits) -> Self {
         Self {
             state: State::Hello,
             hello: HelloState::new(Role::Receiver, now),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            limits,
             entries: Vec::new(),
+            names: HashSet::new(),
+            name_bytes: 0,
+            sum: 0,
             expected_entries: 0,
             total_bytes: 0,
             cur: 0,
@@ -181,21 +220,18 @@ impl Receiver {
         files: Vec<OfferEntry>,
     ) -> Result<(), TransferError> {
         let total = total_files as usize;
-        if total > MAX_OFFER_ENTRIES {
-            return Err(TransferError::BadOffer("too many entries"));
-        }
         if self.entries.is_empty() {
             self.expected_entries = total;
             self.total_bytes = total_bytes;
+            self.within_limits()?;
         } else if self.expected_entries != total || self.total_bytes != total_bytes {
             return Err(TransferError::BadOffer("offer parts disagree"));
         }
         if files.is_empty() && total > 0 {
             return Err(TransferError::BadOffer("empty offer part"));
         }
-        self.entries.extend(files);
-        if self.entries.len() > self.expected_entries {
-            return Err(TransferError::BadOffer("more entries than announced"));
+        for e in files {
+            self.take_entry(e)?;
         }
         if self.entries.len() == self.expected_entries {
             let offer = self.validate_offer()?;
@@ -205,27 +241,61 @@ impl Receiver {
         Ok(())
     }
 
+    /// The announced offer against this receiver's limits: beyond them it is declined (the
+    /// sender reads why) before anything else of it is held.
+    fn within_limits(&mut self) -> Result<(), TransferError> {
+        let refusal = if self.expected_entries > self.limits.max_entries {
+            format!(
+                "the offer lists {} entries; this receiver takes at most {}",
+                self.expected_entries, self.limits.max_entries
+            )
+        } else if let Some(max) = self.limits.max_bytes.filter(|m| self.total_bytes > *m) {
+            format!(
+                "the files are {} bytes; this receiver takes at most {max}",
+                self.total_bytes
+            )
+        } else {
+            return Ok(());
+        };
+        self.decline(&refusal);
+        Err(TransferError::Refused(refusal))
+    }
+
+    /// Check one offered entry as it arrives, so nothing unchecked piles up.
+    fn take_entry(&mut self, e: OfferEntry) -> Result<(), TransferError> {
+        if self.entries.len() >= self.expected_entries {
+            return Err(TransferError::BadOffer("more entries than announced"));
+        }
+        let safe = names::sanitize(&e.path).map_err(TransferError::UnsafeName)?;
+        self.name_bytes += e.path.len();
+        if self.name_bytes > self.limits.max_name_bytes {
+            return Err(TransferError::BadOffer(
+                "the offer's names are too long in total",
+            ));
+        }
+        if !self.names.insert(safe.as_str().to_string()) {
+            return Err(TransferError::BadOffer("a name appears twice"));
+        }
+        if e.dir && e.size != 0 {
+            return Err(TransferError::BadOffer("a directory with a size"));
+        }
+        if !e.dir {
+            self.sum = self
+                .sum
+                .checked_add(e.size)
+                .filter(|s| *s <= self.total_bytes)
+                .ok_or(TransferError::BadOffer(
+                    "sizes add up to more than the announced total",
+                ))?;
+        }
+        self.entries.push(e);
+        Ok(())
+    }
+
+    /// The whole offer, once every entry passed [`Receiver::take_entry`].
     fn validate_offer(&mut self) -> Result<Offer, TransferError> {
         if self.entries.is_empty() {
             return Err(TransferError::BadOffer("nothing offered"));
-        }
-        let mut safe = Vec::with_capacity(self.entries.len());
-        let mut seen = HashSet::new();
-        let mut sum: u64 = 0;
-        for e in &self.entries {
-            let p = names::sanitize(&e.path).map_err(TransferError::UnsafeName)?;
-            if !seen.insert(p.as_str().to_string()) {
-                return Err(TransferError::BadOffer("a name appears twice"));
-            }
-            if e.dir && e.size != 0 {
-                return Err(TransferError::BadOffer("a directory with a size"));
-            }
-            if !e.dir {
-                sum = sum
-                    .checked_add(e.size)
-                    .ok_or(TransferError::BadOffer("sizes overflow"))?;
-            }
-            safe.push(p);
         }
         // A file must not also be a directory on the way to another entry.
         let files: HashSet<&str> = self
@@ -234,8 +304,8 @@ impl Receiver {
             .filter(|e| !e.dir)
             .map(|e| e.path.as_str())
             .collect();
-        for p in &safe {
-            let s = p.as_str();
+        for e in &self.entries {
+            let s = e.path.as_str();
             for (i, _) in s.match_indices('/') {
                 if files.contains(&s[..i]) {
                     return Err(TransferError::BadOffer(
@@ -244,14 +314,21 @@ impl Receiver {
                 }
             }
         }
-        if sum != self.total_bytes {
+        if self.sum != self.total_bytes {
             return Err(TransferError::BadOffer(
                 "sizes do not add up to the announced total",
             ));
         }
+        self.names = HashSet::new();
         self.to_save = self.entries.iter().filter(|e| !e.dir).count();
-        let entries: Vec<(SafePath, OfferEntry)> =
-            safe.into_iter().zip(self.entries.iter().cloned()).collect();
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| {
+                let safe = names::sanitize(&e.path).map_err(TransferError::UnsafeName)?;
+                Ok((safe, e.clone()))
+            })
+            .collect::<Result<Vec<(SafePath, OfferEntry)>, TransferError>>()?;
         Ok(Offer {
             entries,
             total_bytes: self.total_bytes,

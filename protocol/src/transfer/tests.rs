@@ -674,3 +674,100 @@ fn each_side_learns_the_pair_the_other_sends_on() {
     assert_eq!(h.rx.peer_path(), Some(relayed));
     assert!(h.sent_to_rx > sent);
 }
+
+/// An offer frame as a (possibly hostile) sender would write it.
+fn offer_frame(total_files: u32, total_bytes: u64, files: Vec<OfferEntry>) -> Vec<u8> {
+    frame::encode_control(&Control::Offer {
+        total_files,
+        total_bytes,
+        files,
+    })
+}
+
+#[test]
+fn offers_beyond_the_receivers_limits_are_declined_with_the_reason() {
+    // Bytes: `recv --max-bytes`.
+    let mut h = Harness::new(
+        vec![OfferEntry::file("big", 3000)],
+        vec![vec![0u8; 3000]],
+        1024,
+    );
+    h.rx = Receiver::with_limits(
+        h.now,
+        Limits {
+            max_bytes: Some(2000),
+            ..Limits::default()
+        },
+    );
+    h.run();
+    let msg = "the files are 3000 bytes; this receiver takes at most 2000";
+    assert_eq!(h.rx_err, Some(TransferError::Refused(msg.into())));
+    assert_eq!(h.tx_err, Some(TransferError::Declined(msg.into())));
+    assert!(h.saved.is_empty());
+
+    // Entries: refused from the first part's announced count, before the rest is held.
+    let mut rx = Receiver::with_limits(
+        Duration::ZERO,
+        Limits {
+            max_entries: 10,
+            ..Limits::default()
+        },
+    );
+    let first = offer_frame(1_000_000, 1_000_000, vec![OfferEntry::file("a", 1)]);
+    assert!(matches!(
+        rx.handle_frame(&first, Duration::ZERO),
+        Err(TransferError::Refused(m)) if m.contains("1000000 entries")
+    ));
+    let declined = std::iter::from_fn(|| rx.poll_transmit(Duration::ZERO))
+        .filter_map(|f| match frame::decode(&f) {
+            Ok(frame::Frame::Control(Control::Decline { message })) => Some(message),
+            _ => None,
+        })
+        .next();
+    assert!(declined.is_some_and(|m| m.contains("at most 10")));
+}
+
+#[test]
+fn each_entry_is_checked_as_it_arrives() {
+    // A hostile name in the first part of an offer announced as huge: refused at once, not
+    // after the receiver held everything the sender claims it will send.
+    let mut rx = Receiver::new(Duration::ZERO);
+    let first = offer_frame(
+        100_000,
+        100_000,
+        vec![OfferEntry::file("ok", 1), OfferEntry::file("../escape", 1)],
+    );
+    assert!(matches!(
+        rx.handle_frame(&first, Duration::ZERO),
+        Err(TransferError::UnsafeName(_))
+    ));
+    // Sizes beyond the announced total, at the entry that passes it.
+    let mut rx = Receiver::new(Duration::ZERO);
+    let first = offer_frame(
+        3,
+        10,
+        vec![OfferEntry::file("a", 6), OfferEntry::file("b", 6)],
+    );
+    assert_eq!(
+        rx.handle_frame(&first, Duration::ZERO),
+        Err(TransferError::BadOffer(
+            "sizes add up to more than the announced total"
+        ))
+    );
+    // Names: their bytes are capped in total.
+    let mut rx = Receiver::with_limits(
+        Duration::ZERO,
+        Limits {
+            max_name_bytes: 100,
+            ..Limits::default()
+        },
+    );
+    let long = |i: u32| OfferEntry::file(format!("{}{i}", "n".repeat(40)), 1);
+    let first = offer_frame(3, 3, vec![long(1), long(2), long(3)]);
+    assert_eq!(
+        rx.handle_frame(&first, Duration::ZERO),
+        Err(TransferError::BadOffer(
+            "the offer's names are too long in total"
+        ))
+    );
+}
