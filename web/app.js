@@ -86,6 +86,14 @@ function fillList(list, entries) {
   }
 }
 
+/** A share shows its code only once asked for one (a room without a code cannot be joined by
+ * guessing its number). */
+function showCode(code) {
+  $('share-code').textContent = code ?? '';
+  $('code-box').hidden = !code;
+  $('show-code').hidden = !!code;
+}
+
 function onEvent(ev) {
   window.punchdropEvents.push(ev);
   switch (ev.event) {
@@ -93,11 +101,14 @@ function onEvent(ev) {
       const link = $('share-link');
       link.href = ev.link;
       link.textContent = ev.link;
-      $('share-code').textContent = ev.code;
+      showCode(ev.code);
       $('qr').innerHTML = qrSvg(ev.link) ?? '';
       setState('waiting');
       break;
     }
+    case 'code':
+      showCode(ev.code);
+      break;
     case 'joined':
       $('progress-title').textContent = 'Connecting…';
       setState('connecting');
@@ -284,6 +295,7 @@ function wire() {
   });
   $('decline').addEventListener('click', () => client.decline());
   $('cancel').addEventListener('click', () => client.cancel());
+  $('show-code').addEventListener('click', () => client.showCode());
   $('stop-sharing').addEventListener('click', () => { client.cancel(); location.assign('/'); });
   window.addEventListener('beforeunload', (e) => {
     if (['waiting', 'connecting', 'transferring', 'offer'].includes(document.body.dataset.state)) {

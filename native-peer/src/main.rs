@@ -64,6 +64,10 @@ struct Common {
     /// Do not ask the router for a port mapping (UPnP IGD).
     #[arg(long, global = true, env = "PUNCHDROP_NO_PORTMAP")]
     no_portmap: bool,
+    /// Share a link only, without a code: a room with no code has no number anyone could
+    /// guess to take it (the link alone joins it).
+    #[arg(long, global = true)]
+    no_code: bool,
     /// Use only relayed (TURN) candidates: for diagnostics and tests.
     #[arg(long, global = true)]
     relay_only: bool,
@@ -287,7 +291,13 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
     };
     let rendezvous = match &invitation {
         Some(inv) => Rendezvous::join(inv, &c.server, want, config, clock.now()),
-        None => Rendezvous::create(&c.server, want, config, clock.now()),
+        None => {
+            let mut rv = Rendezvous::create(&c.server, want, config, clock.now());
+            if !c.no_code {
+                rv.show_code(clock.now());
+            }
+            rv
+        }
     };
     let (bind, port) = ice_bind(c, rendezvous.server())?;
     // Port mapping runs alongside signalling; connection setup never waits for it.

@@ -60,6 +60,7 @@ impl Output {
         }
         match e {
             Event::Ready(r) => self.ready(r),
+            Event::Code(c) => println!("or type the code:  {}\n", c.code),
             Event::Joined => eprintln!("The other peer is here; checking the secret…"),
             Event::Verify(v) => eprintln!(
                 "Verification words: {} (the other device shows the same)",
@@ -96,10 +97,10 @@ impl Output {
     }
 
     fn ready(&self, r: &event::Ready) {
-        println!(
-            "{}\n\n  {}\n\nor type the code:  {}\n",
-            self.hint, r.link, r.code
-        );
+        println!("{}\n\n  {}\n", self.hint, r.link);
+        if let Some(code) = &r.code {
+            println!("or type the code:  {code}\n");
+        }
         if self.tty
             && let Ok(qr) = qrcode::QrCode::new(r.link.as_bytes())
         {

@@ -13,8 +13,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the signalling protocol spoken by this build.
-pub const SIGNAL_VERSION: u32 = 1;
+/// Version of the signalling protocol spoken by this build. 2: a room has a number only when
+/// its creator shows a code (`create.code`, `show_code`).
+pub const SIGNAL_VERSION: u32 = 2;
 
 /// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of
 /// candidates sealed and base64-encoded fits in a few KiB; files never travel here.
@@ -43,8 +44,15 @@ pub enum AuthKind {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// Create a room and wait for one other peer.
-    Create { version: u32 },
+    /// Create a room and wait for one other peer. `code`: the creator shows a code at once,
+    /// so the room needs a number; without one, only its link (room id) joins it.
+    Create {
+        version: u32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        code: bool,
+    },
+    /// The creator of a waiting room shows a code after all: give the room a number.
+    ShowCode,
     /// Join an existing room.
     Join { version: u32, room: RoomRef },
     /// This peer's single SPAKE2 message (base64). One per peer per room: the server refuses a
@@ -72,12 +80,15 @@ pub enum AbortReason {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    /// The room exists; share `room` in a link or `number` in a code.
+    /// The room exists; share `room` in a link, and `number` in a code if one was asked for.
     Created {
         room: String,
-        number: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        number: Option<u32>,
         expires_in_secs: u64,
     },
+    /// The room's number, after [`ClientMessage::ShowCode`].
+    Numbered { number: u32 },
     /// This peer joined `room`; the creator is there.
     Joined { room: String },
     /// The second peer arrived (sent to the creator).
@@ -127,6 +138,8 @@ pub enum ErrorCode {
     Expired,
     ServerBusy,
     ShuttingDown,
+    /// The connection neither created nor joined a room in time.
+    Idle,
 }
 
 impl ErrorCode {
@@ -147,6 +160,7 @@ impl ErrorCode {
             Self::Expired => "the room expired; create a new link",
             Self::ServerBusy => "the server has too many rooms; retry later",
             Self::ShuttingDown => "the server is shutting down",
+            Self::Idle => "the connection was idle too long; open the link or code again",
         }
     }
 }
@@ -228,9 +242,20 @@ mod tests {
     fn client_messages_golden() {
         let cases: Vec<(ClientMessage, &str)> = vec![
             (
-                ClientMessage::Create { version: 1 },
-                r#"{"type":"create","version":1}"#,
+                ClientMessage::Create {
+                    version: 2,
+                    code: false,
+                },
+                r#"{"type":"create","version":2}"#,
             ),
+            (
+                ClientMessage::Create {
+                    version: 2,
+                    code: true,
+                },
+                r#"{"type":"create","version":2,"code":true}"#,
+            ),
+            (ClientMessage::ShowCode, r#"{"type":"show_code"}"#),
             (
                 ClientMessage::Join {
                     version: 1,
@@ -277,10 +302,22 @@ mod tests {
             (
                 ServerMessage::Created {
                     room: "r1".into(),
-                    number: 7,
+                    number: Some(7),
                     expires_in_secs: 600,
                 },
                 r#"{"type":"created","room":"r1","number":7,"expires_in_secs":600}"#,
+            ),
+            (
+                ServerMessage::Created {
+                    room: "r1".into(),
+                    number: None,
+                    expires_in_secs: 600,
+                },
+                r#"{"type":"created","room":"r1","expires_in_secs":600}"#,
+            ),
+            (
+                ServerMessage::Numbered { number: 7 },
+                r#"{"type":"numbered","number":7}"#,
             ),
             (
                 ServerMessage::Joined { room: "r1".into() },

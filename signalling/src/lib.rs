@@ -12,6 +12,7 @@
 //! Privacy invariant: logs and `/metrics` never contain secrets, file names or full IP
 //! addresses ([`limits::redact_ip`]).
 
+pub mod admission;
 pub mod credentials;
 pub mod limits;
 pub mod metrics;
@@ -23,7 +24,6 @@ mod ws;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +45,21 @@ pub struct Config {
     pub messages_per_sec: u32,
     /// Burst of messages allowed from one address.
     pub messages_burst: u32,
-    /// Rooms one client (IPv4 address or IPv6 /64) may create, or join by number, per minute.
+    /// Rooms one client (IPv4 address or IPv6 /64) may create or join per minute.
     pub rooms_per_min: u32,
+    /// A joined room ends this long after the second peer came (its TURN credentials live as
+    /// long): the peers need it only to meet.
+    pub room_max_lifetime: Duration,
+    /// A connection that has not created or joined a room by then is closed.
+    pub first_message_within: Duration,
+    /// An HTTP request's headers must arrive within this (a client holding a half-sent
+    /// request would otherwise keep its connection forever).
+    pub header_read_timeout: Duration,
+    /// Who may connect, how many, from where.
+    pub admission: admission::AdmissionConfig,
+    /// Where `/metrics` is served (loopback by default in the binary): counters are for the
+    /// operator, not for the clients the main listener faces. `None`: not served.
+    pub admin_listen: Option<SocketAddr>,
     /// STUN/TURN servers handed to peers in a room.
     pub ice: IceSettings,
     /// Run the bundled TURN/STUN server; its URLs are added to `ice`, with `ice.secret`.
@@ -69,8 +82,9 @@ pub struct IceSettings {
     /// Handed out with REST-API credentials minted from `secret` for the peer's room.
     pub turn_urls: Vec<String>,
     pub secret: Option<credentials::TurnSecret>,
-    /// Lifetime of minted credentials; must outlive a long transfer, as allocations are
-    /// refreshed with the same credentials.
+    /// Lifetime of minted credentials: allocations are refreshed with the same credentials,
+    /// so a relayed transfer lasts at most this long. Handed out only once both peers are in
+    /// a room, and no longer than a joined room lives.
     pub credential_ttl: Duration,
 }
 
@@ -80,7 +94,7 @@ impl Default for IceSettings {
             stun_urls: Vec::new(),
             turn_urls: Vec::new(),
             secret: None,
-            credential_ttl: Duration::from_secs(24 * 3600),
+            credential_ttl: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -121,6 +135,11 @@ impl Default for Config {
             messages_per_sec: 50,
             messages_burst: 200,
             rooms_per_min: 60,
+            room_max_lifetime: Duration::from_secs(2 * 3600),
+            first_message_within: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            admission: admission::AdmissionConfig::default(),
+            admin_listen: None,
             ice: IceSettings::default(),
             turn: None,
         }
@@ -132,6 +151,8 @@ impl Default for Config {
 pub(crate) struct AppState {
     pub rooms: rooms::Rooms,
     pub limits: limits::Limits,
+    pub admission: Arc<admission::Admission>,
+    pub first_message_within: Duration,
     pub metrics: Arc<metrics::Metrics>,
     pub turn_metrics: Option<Arc<turn::TurnMetrics>>,
     pub ice: IceSettings,
@@ -147,6 +168,7 @@ pub struct Server;
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     connections: TaskTracker,
     task: JoinHandle<()>,
@@ -160,10 +182,24 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for /metrics"))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         let metrics = Arc::new(metrics::Metrics::default());
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
         let mut ice = config.ice.clone();
+        // Credentials never outlive the room they were handed out in.
+        ice.credential_ttl = ice.credential_ttl.min(config.room_max_lifetime);
         let (turn_handle, turn_metrics) = match &config.turn {
             Some(bundled) => {
                 let (handle, metrics) = spawn_bundled_turn(bundled, &mut ice).await?;
@@ -172,8 +208,15 @@ impl Server {
             None => (None, None),
         };
         let state = Arc::new(AppState {
-            rooms: rooms::Rooms::new(config.room_ttl, config.max_rooms, metrics.clone()),
+            rooms: rooms::Rooms::new(
+                config.room_ttl,
+                config.room_max_lifetime,
+                config.max_rooms,
+                metrics.clone(),
+            ),
             limits: limits::Limits::new(&config),
+            admission: admission::Admission::new(config.admission.clone()),
+            first_message_within: config.first_message_within,
             metrics,
             turn_metrics,
             ice,
@@ -186,16 +229,15 @@ impl Server {
         let sweeper = {
             let state = state.clone();
             let token = shutdown.clone();
-            let period =
-                (config.room_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+            let period = (config.room_ttl.min(config.room_max_lifetime) / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(30));
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 loop {
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = tick.tick() => {
-                            let n = state.rooms.sweep(std::time::Instant::now());
-                            state.metrics.rooms_expired.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            state.rooms.sweep(std::time::Instant::now());
                             state.limits.forget_idle();
                         }
                     }
@@ -204,24 +246,27 @@ impl Server {
         };
 
         let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            // Signalling is many tiny messages: Nagle plus delayed ACKs added ~40 ms per hop.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let serve = axum::serve(
+        let header_read_timeout = config.header_read_timeout;
+        let admin = admin_listener.map(|listener| {
+            let app = admin_router(state.clone());
+            tokio::spawn(serve_http(
                 listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(token.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "server stopped with an error");
-            }
+                app,
+                token.clone(),
+                header_read_timeout,
+            ))
+        });
+        let task = tokio::spawn(async move {
+            serve_http(listener, app, token, header_read_timeout).await;
             sweeper.abort();
+            if let Some(admin) = admin {
+                let _ = admin.await;
+            }
         });
         tracing::info!(addr = %local_addr, "signalling server listening");
         Ok(ServerHandle {
             local_addr,
+            admin_addr,
             shutdown,
             connections,
             task,
@@ -233,6 +278,11 @@ impl Server {
 impl ServerHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The bundled TURN server's UDP and TCP addresses, when it runs.
@@ -302,11 +352,74 @@ async fn spawn_bundled_turn(
     Ok((handle, metrics))
 }
 
+/// Serve HTTP/1.1 and WebSocket upgrades on `listener` until `token` is cancelled: axum's
+/// router on hyper's connection builder, which (unlike `axum::serve`) bounds how long a
+/// request's headers may take, so a client holding a half-sent request cannot keep its
+/// connection (a slowloris). The same loop as axum's `serve-with-hyper` example.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    token: CancellationToken,
+    header_read_timeout: Duration,
+) {
+    use tower::Service as _;
+    let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and such: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = token.cancelled() => break,
+        };
+        // Signalling is many tiny messages: Nagle plus delayed ACKs added ~40 ms per hop.
+        let _ = tcp.set_nodelay(true);
+        let Ok(tower_service) = make.call(remote).await;
+        let service =
+            hyper::service::service_fn(move |request| tower_service.clone().call(request));
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stop = token.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stop.cancelled() => {
+                    // Stop taking requests; an open one gets a moment to finish. (Upgraded
+                    // WebSockets have left this connection and are told by their own tasks.)
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(Duration::from_secs(1), connection)
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
+}
+
+/// The operator's listener: `/metrics` and `/healthz`.
+fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(web::metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(web::metrics))
         .route("/", get(web::index))
         .route("/r/{room}", get(web::share_page))
         .route("/{*asset}", get(web::asset))

@@ -28,8 +28,8 @@ impl Limits {
         self.messages.check_key(&subscriber(ip)).is_ok()
     }
 
-    /// Creating a room, or joining one by its short number (which would otherwise let one
-    /// client sweep the number space and sit in every waiting room).
+    /// Creating or joining a room (joining by number would otherwise let one client sweep the
+    /// number space and sit in every waiting room; by id, probe for live rooms).
     pub fn room(&self, ip: IpAddr) -> bool {
         self.rooms.check_key(&subscriber(ip)).is_ok()
     }
@@ -42,7 +42,7 @@ impl Limits {
 
 /// The unit limits apply to: one IPv4 address, or one IPv6 /64 (what one subscriber gets, so
 /// rotating through it does not multiply the allowance).
-fn subscriber(ip: IpAddr) -> IpAddr {
+pub(crate) fn subscriber(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();

@@ -14,6 +14,12 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "PUNCHDROP_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address `/metrics` is served on: the operator's, not the clients' (keep it private).
+    #[arg(long, env = "PUNCHDROP_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+    /// Do not serve `/metrics` at all.
+    #[arg(long, env = "PUNCHDROP_NO_ADMIN", conflicts_with = "admin_listen")]
+    no_admin: bool,
     /// Seconds a room waits for its second peer.
     #[arg(long, env = "PUNCHDROP_ROOM_TTL", default_value_t = 1800)]
     room_ttl: u64,
@@ -26,9 +32,41 @@ struct Args {
     /// Message burst per client address.
     #[arg(long, env = "PUNCHDROP_MSG_BURST", default_value_t = 200)]
     msg_burst: u32,
-    /// Rooms one client (IPv4 address or IPv6 /64) may create, or join by number, per minute.
+    /// Rooms one client (IPv4 address or IPv6 /64) may create or join per minute.
     #[arg(long, env = "PUNCHDROP_ROOM_RATE", default_value_t = 60)]
     room_rate: u32,
+    /// Seconds a joined room lives (and its TURN credentials at most): the peers need it only
+    /// to meet.
+    #[arg(long, env = "PUNCHDROP_ROOM_LIFETIME", default_value_t = 7200)]
+    room_lifetime: u64,
+    /// Seconds a new connection has to create or join a room before it is closed.
+    #[arg(long, env = "PUNCHDROP_IDLE_TIMEOUT", default_value_t = 10)]
+    idle_timeout: u64,
+    /// Seconds an HTTP request's headers may take to arrive (slow clients are cut off).
+    #[arg(long, env = "PUNCHDROP_HEADER_TIMEOUT", default_value_t = 10)]
+    header_timeout: u64,
+    /// Open WebSocket connections at most.
+    #[arg(long, env = "PUNCHDROP_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
+    /// Open WebSocket connections at most per client (IPv4 address or IPv6 /64).
+    #[arg(
+        long,
+        env = "PUNCHDROP_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 16
+    )]
+    max_connections_per_client: usize,
+    /// A proxy in front of this server (CIDR, repeatable): its X-Forwarded-For/Forwarded say
+    /// who the client is. Nobody else's are believed.
+    #[arg(
+        long = "trusted-proxy",
+        env = "PUNCHDROP_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// The origin the pages are served from, e.g. https://drop.example: browser connections
+    /// from other origins are refused [default: the origin must match the Host header].
+    #[arg(long, env = "PUNCHDROP_PUBLIC_ORIGIN")]
+    public_origin: Option<String>,
     /// Extra STUN server URL handed to peers (repeatable), e.g. stun:stun.example.org:3478.
     #[arg(long = "stun", env = "PUNCHDROP_STUN", value_delimiter = ',')]
     stun: Vec<String>,
@@ -40,8 +78,8 @@ struct Args {
     /// which only the bundled server can use.
     #[arg(long, env = "PUNCHDROP_TURN_SECRET", hide_env_values = true)]
     turn_secret: Option<String>,
-    /// Lifetime of TURN credentials, in seconds.
-    #[arg(long, env = "PUNCHDROP_TURN_TTL", default_value_t = 86_400)]
+    /// Lifetime of TURN credentials, in seconds (at most the room lifetime).
+    #[arg(long, env = "PUNCHDROP_TURN_TTL", default_value_t = 7200)]
     turn_ttl: u64,
     /// Do not run the bundled TURN/STUN server.
     #[arg(long, env = "PUNCHDROP_NO_TURN")]
@@ -134,6 +172,16 @@ async fn main() -> anyhow::Result<()> {
         messages_per_sec: args.msg_rate,
         messages_burst: args.msg_burst,
         rooms_per_min: args.room_rate,
+        room_max_lifetime: Duration::from_secs(args.room_lifetime),
+        first_message_within: Duration::from_secs(args.idle_timeout),
+        header_read_timeout: Duration::from_secs(args.header_timeout),
+        admin_listen: (!args.no_admin).then_some(args.admin_listen),
+        admission: signalling::admission::AdmissionConfig {
+            max_connections: args.max_connections,
+            max_connections_per_client: args.max_connections_per_client,
+            trusted_proxies: args.trusted_proxies.clone(),
+            public_origin: args.public_origin.clone(),
+        },
         ice: signalling::IceSettings {
             stun_urls: args.stun.clone(),
             turn_urls: args.turn.clone(),
@@ -151,6 +199,11 @@ async fn main() -> anyhow::Result<()> {
     let server = signalling::Server::spawn(config).await?;
     // The first stdout line is the ready signal scripts and tests wait for.
     println!("punchdrop signalling listening on {}", server.url());
+    // The second line says where the operator's counters are.
+    match server.admin_addr() {
+        Some(addr) => println!("metrics on http://{addr}/metrics"),
+        None => println!("metrics off"),
+    }
     if let Some((udp, tcp)) = server.turn_addrs() {
         eprintln!("bundled TURN/STUN on udp {udp} and tcp {tcp}");
     }

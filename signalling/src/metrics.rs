@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::admission::Refusal;
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub connections: AtomicU64,
@@ -15,77 +17,126 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     pub rejected_messages: AtomicU64,
     pub rooms_expired: AtomicU64,
+    pub rooms_ended: AtomicU64,
+    pub idle_closed: AtomicU64,
+    pub code_misses: AtomicU64,
+    refused_origin: AtomicU64,
+    refused_client_cap: AtomicU64,
+    refused_total_cap: AtomicU64,
+}
+
+/// Values of the moment, next to the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    pub rooms_active: usize,
+    pub connections_open: usize,
 }
 
 impl Metrics {
-    pub fn render(&self, rooms_active: usize) -> String {
+    pub fn refused(&self, why: Refusal) {
+        let counter = match why {
+            Refusal::ForeignOrigin => &self.refused_origin,
+            Refusal::TooManyFromClient => &self.refused_client_cap,
+            Refusal::TooMany => &self.refused_total_cap,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, gauges: Gauges) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
-        let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+        let mut family = |name: &str, kind: &str, help: &str, values: &[(&str, u64)]| {
             let _ = writeln!(
                 out,
-                "# HELP punchdrop_{name} {help}\n# TYPE punchdrop_{name} {kind}\npunchdrop_{name} {v}"
+                "# HELP punchdrop_{name} {help}\n# TYPE punchdrop_{name} {kind}"
             );
+            for (labels, v) in values {
+                let _ = writeln!(out, "punchdrop_{name}{labels} {v}");
+            }
         };
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        put(
+        let one = |v: u64| [("", v)];
+        family(
             "rooms_active",
             "gauge",
             "Rooms currently open.",
-            rooms_active as u64,
+            &one(gauges.rooms_active as u64),
         );
-        put(
-            "connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            get(&self.connections),
+        family(
+            "connections_open",
+            "gauge",
+            "WebSocket connections open now.",
+            &one(gauges.connections_open as u64),
         );
-        put(
-            "rooms_created_total",
+        let counters: [(&str, &str, &AtomicU64); 12] = [
+            (
+                "connections_total",
+                "WebSocket connections accepted.",
+                &self.connections,
+            ),
+            ("rooms_created_total", "Rooms created.", &self.rooms_created),
+            (
+                "rooms_joined_total",
+                "Rooms a second peer joined.",
+                &self.rooms_joined,
+            ),
+            (
+                "rooms_expired_total",
+                "Rooms closed unjoined at expiry.",
+                &self.rooms_expired,
+            ),
+            (
+                "rooms_lifetime_ended_total",
+                "Joined rooms closed at the end of their lifetime.",
+                &self.rooms_ended,
+            ),
+            (
+                "signal_messages_total",
+                "Sealed messages relayed.",
+                &self.messages_relayed,
+            ),
+            (
+                "signal_bytes_total",
+                "Sealed payload bytes relayed.",
+                &self.bytes_relayed,
+            ),
+            (
+                "pake_failures_total",
+                "Rooms aborted for a wrong secret.",
+                &self.pake_failures,
+            ),
+            (
+                "rate_limited_total",
+                "Requests refused by rate limits.",
+                &self.rate_limited,
+            ),
+            (
+                "rejected_messages_total",
+                "Malformed or oversized messages.",
+                &self.rejected_messages,
+            ),
+            (
+                "idle_connections_closed_total",
+                "Connections closed for not creating or joining a room in time.",
+                &self.idle_closed,
+            ),
+            (
+                "code_join_misses_total",
+                "Joins by a room number no waiting room has (sweeping shows here).",
+                &self.code_misses,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            family(name, "counter", help, &one(get(counter)));
+        }
+        family(
+            "connections_refused_total",
             "counter",
-            "Rooms created.",
-            get(&self.rooms_created),
-        );
-        put(
-            "rooms_joined_total",
-            "counter",
-            "Rooms a second peer joined.",
-            get(&self.rooms_joined),
-        );
-        put(
-            "rooms_expired_total",
-            "counter",
-            "Rooms closed unjoined at expiry.",
-            get(&self.rooms_expired),
-        );
-        put(
-            "signal_messages_total",
-            "counter",
-            "Sealed messages relayed.",
-            get(&self.messages_relayed),
-        );
-        put(
-            "signal_bytes_total",
-            "counter",
-            "Sealed payload bytes relayed.",
-            get(&self.bytes_relayed),
-        );
-        put(
-            "pake_failures_total",
-            "counter",
-            "Rooms aborted for a wrong secret.",
-            get(&self.pake_failures),
-        );
-        put(
-            "rate_limited_total",
-            "counter",
-            "Messages refused by rate limits.",
-            get(&self.rate_limited),
-        );
-        put(
-            "rejected_messages_total",
-            "counter",
-            "Malformed or oversized messages.",
-            get(&self.rejected_messages),
+            "WebSocket connections refused, by reason.",
+            &[
+                ("{reason=\"origin\"}", get(&self.refused_origin)),
+                ("{reason=\"client_cap\"}", get(&self.refused_client_cap)),
+                ("{reason=\"total_cap\"}", get(&self.refused_total_cap)),
+            ],
         );
         out
     }

@@ -6,6 +6,8 @@
 //!   typed code gets one guess.
 //! - Each peer sends at most one PAKE message.
 //! - When either peer leaves or aborts, the room is gone; the other peer is told.
+//! - An unjoined room lives `ttl`; a joined one `max_lifetime` from the join (then both peers
+//!   are told it expired and their connections close).
 //! - Nothing here looks inside sealed payloads; they are forwarded as they came.
 
 use protocol::signal::{AbortReason, AuthKind, ErrorCode, RoomRef, ServerMessage};
@@ -50,6 +52,7 @@ struct Slot {
 #[derive(Debug)]
 struct Room {
     number: Option<u32>,
+    /// Unjoined: when it expires. Joined: when its lifetime ends.
     expires: Instant,
     creator: Slot,
     joiner: Option<Slot>,
@@ -81,9 +84,13 @@ struct Inner {
 pub(crate) struct Rooms {
     inner: Mutex<Inner>,
     ttl: Duration,
+    max_lifetime: Duration,
     max_rooms: usize,
     metrics: std::sync::Arc<Metrics>,
 }
+
+/// At most one room number in this many is taken (see [`Rooms::pick_number`]).
+const NUMBER_DENSITY: usize = 20;
 
 const ROOM_ID_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
 
@@ -100,10 +107,16 @@ fn deliver(slot: &Slot, msg: ServerMessage) -> bool {
 }
 
 impl Rooms {
-    pub fn new(ttl: Duration, max_rooms: usize, metrics: std::sync::Arc<Metrics>) -> Self {
+    pub fn new(
+        ttl: Duration,
+        max_lifetime: Duration,
+        max_rooms: usize,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             ttl,
+            max_lifetime,
             max_rooms,
             metrics,
         }
@@ -117,11 +130,13 @@ impl Rooms {
         self.ttl
     }
 
-    /// Short numbers stay short while few rooms are waiting: 3 digits, widening under load.
+    /// Short numbers stay short while few rooms are waiting: 3 digits, widening as more wait
+    /// so that at most one number in [`NUMBER_DENSITY`] is taken — a joiner guessing numbers
+    /// (at the room rate limit) finds a room rarely, and the misses show in the metrics.
     fn pick_number(inner: &Inner) -> Option<u32> {
         let mut rng = rand::thread_rng();
         for max in [999u32, 9_999, 99_999, protocol::invite::MAX_ROOM_NUMBER] {
-            if inner.numbers.len() * 2 > max as usize {
+            if (inner.numbers.len() + 1) * NUMBER_DENSITY > max as usize {
                 continue;
             }
             for _ in 0..32 {
@@ -134,22 +149,33 @@ impl Rooms {
         None
     }
 
-    /// Create a room at `now` (it expires unjoined `ttl` later).
-    pub fn create(&self, tx: Outbox, now: Instant) -> Result<(Membership, u32), ErrorCode> {
+    /// Create a room at `now` (it expires unjoined `ttl` later), with a number for a typed
+    /// code only if its creator shows one (`code`).
+    pub fn create(
+        &self,
+        tx: Outbox,
+        now: Instant,
+        code: bool,
+    ) -> Result<(Membership, Option<u32>), ErrorCode> {
         let mut inner = self.lock();
         if inner.rooms.len() >= self.max_rooms {
             return Err(ErrorCode::ServerBusy);
         }
-        let number = Self::pick_number(&inner).ok_or(ErrorCode::ServerBusy)?;
+        let number = match code {
+            true => Some(Self::pick_number(&inner).ok_or(ErrorCode::ServerBusy)?),
+            false => None,
+        };
         let mut id = new_room_id();
         while inner.rooms.contains_key(&id) {
             id = new_room_id();
         }
-        inner.numbers.insert(number, id.clone());
+        if let Some(n) = number {
+            inner.numbers.insert(n, id.clone());
+        }
         inner.rooms.insert(
             id.clone(),
             Room {
-                number: Some(number),
+                number,
                 expires: now + self.ttl,
                 creator: Slot {
                     tx,
@@ -168,13 +194,40 @@ impl Rooms {
         ))
     }
 
+    /// The creator of a waiting room shows a code after all: the room's number (a new one if
+    /// it had none). `None` once the room was joined (too late; not an error, as the join and
+    /// the wish can cross).
+    pub fn show_code(&self, m: &Membership) -> Result<Option<u32>, ErrorCode> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let room = inner.rooms.get(&m.room).ok_or(ErrorCode::NoSuchRoom)?;
+        if m.side != Side::Creator || room.joiner.is_some() {
+            return Ok(None);
+        }
+        if let Some(n) = room.number {
+            return Ok(Some(n));
+        }
+        let n = Self::pick_number(inner).ok_or(ErrorCode::ServerBusy)?;
+        inner.numbers.insert(n, m.room.clone());
+        if let Some(room) = inner.rooms.get_mut(&m.room) {
+            room.number = Some(n);
+        }
+        Ok(Some(n))
+    }
+
     /// Join at `now`: an expired room counts as gone even before the sweeper removes it.
     pub fn join(&self, tx: Outbox, which: &RoomRef, now: Instant) -> Result<Membership, ErrorCode> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let id = match which {
             RoomRef::Id(id) => id.clone(),
-            RoomRef::Number(n) => inner.numbers.get(n).cloned().ok_or(ErrorCode::NoSuchRoom)?,
+            RoomRef::Number(n) => match inner.numbers.get(n) {
+                Some(id) => id.clone(),
+                None => {
+                    self.metrics.code_misses.fetch_add(1, Ordering::Relaxed);
+                    return Err(ErrorCode::NoSuchRoom);
+                }
+            },
         };
         let room = inner.rooms.get_mut(&id).ok_or(ErrorCode::NoSuchRoom)?;
         if room.joiner.is_some() {
@@ -187,6 +240,7 @@ impl Rooms {
             tx,
             pake_sent: false,
         });
+        room.expires = now + self.max_lifetime;
         if let Some(n) = room.number.take() {
             inner.numbers.remove(&n);
         }
@@ -227,6 +281,14 @@ impl Rooms {
         Ok(())
     }
 
+    /// Tell the other peer of `m`'s room (if it is there).
+    pub fn to_other(&self, m: &Membership, msg: ServerMessage) {
+        let mut inner = self.lock();
+        if let Some(other) = inner.rooms.get_mut(&m.room).and_then(|r| r.other(m.side)) {
+            deliver(other, msg);
+        }
+    }
+
     /// A peer gave up: the other is told and the room is gone.
     pub fn abort(&self, m: &Membership, reason: AbortReason) {
         self.remove(m, ServerMessage::PeerAborted { reason });
@@ -252,27 +314,35 @@ impl Rooms {
         }
     }
 
-    /// Close rooms nobody joined in time. Returns how many went.
+    /// Close rooms whose time is up: unjoined past their `ttl`, joined past their lifetime
+    /// (each counted in the metrics). Returns how many went.
     pub fn sweep(&self, now: Instant) -> usize {
         let mut inner = self.lock();
         let expired: Vec<String> = inner
             .rooms
             .iter()
-            .filter(|(_, r)| r.joiner.is_none() && r.expires <= now)
+            .filter(|(_, r)| r.expires <= now)
             .map(|(id, _)| id.clone())
             .collect();
+        let ended = || {
+            Outgoing::Final(ServerMessage::Error {
+                code: ErrorCode::Expired,
+                message: ErrorCode::Expired.explain().into(),
+            })
+        };
         for id in &expired {
             if let Some(room) = inner.rooms.remove(id) {
                 if let Some(n) = room.number {
                     inner.numbers.remove(&n);
                 }
-                let _ = room
-                    .creator
-                    .tx
-                    .try_send(Outgoing::Final(ServerMessage::Error {
-                        code: ErrorCode::Expired,
-                        message: ErrorCode::Expired.explain().into(),
-                    }));
+                for slot in std::iter::once(&room.creator).chain(&room.joiner) {
+                    let _ = slot.tx.try_send(ended());
+                }
+                let counter = match room.joiner {
+                    None => &self.metrics.rooms_expired,
+                    Some(_) => &self.metrics.rooms_ended,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
         expired.len()
@@ -288,9 +358,10 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(1800);
+    const LIFETIME: Duration = Duration::from_secs(7200);
 
     fn rooms() -> Rooms {
-        Rooms::new(TTL, 100, Default::default())
+        Rooms::new(TTL, LIFETIME, 100, Default::default())
     }
 
     fn outbox() -> (Outbox, mpsc::Receiver<Outgoing>) {
@@ -308,7 +379,8 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, number) = r.create(tx, t0).unwrap();
+        let (m, number) = r.create(tx, t0, true).unwrap();
+        let number = number.unwrap();
         assert_eq!(r.sweep(t0 + TTL - Duration::from_millis(1)), 0);
         // At the deadline it is gone for joiners, by id and by number, before any sweep.
         let (j, _) = outbox();
@@ -333,15 +405,17 @@ mod tests {
     }
 
     #[test]
-    fn a_joined_room_does_not_expire() {
+    fn a_joined_room_outlives_its_ttl_then_ends_at_its_lifetime() {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, number) = r.create(tx, t0).unwrap();
+        let (m, number) = r.create(tx, t0, true).unwrap();
+        let number = number.unwrap();
         let (jtx, mut joiner) = outbox();
-        let j = r.join(jtx, &RoomRef::Number(number), t0 + TTL / 2).unwrap();
+        let joined = t0 + TTL / 2;
+        let j = r.join(jtx, &RoomRef::Number(number), joined).unwrap();
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
-        assert_eq!(r.sweep(t0 + TTL * 10), 0);
+        assert_eq!(r.sweep(t0 + TTL * 2), 0, "a joined room outlives the wait");
         r.sealed(&m, "c3RpbGw=".into()).unwrap();
         assert_eq!(
             next(&mut joiner),
@@ -362,5 +436,49 @@ mod tests {
             r.join(x, &RoomRef::Number(number), t0 + TTL).unwrap_err(),
             ErrorCode::NoSuchRoom
         );
+        // Its lifetime ends it, for both.
+        assert_eq!(r.sweep(joined + LIFETIME - Duration::from_millis(1)), 0);
+        assert_eq!(r.sweep(joined + LIFETIME), 1);
+        let expired = Some(ServerMessage::Error {
+            code: ErrorCode::Expired,
+            message: ErrorCode::Expired.explain().into(),
+        });
+        assert_eq!(next(&mut creator), expired);
+        assert_eq!(next(&mut joiner), expired);
+        assert_eq!(r.active(), 0);
+    }
+
+    #[test]
+    fn the_other_peer_can_be_told() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, mut creator) = outbox();
+        let (m, _) = r.create(tx, t0, true).unwrap();
+        let (jtx, _joiner) = outbox();
+        let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        r.to_other(&j, ServerMessage::PeerLeft);
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
+    }
+
+    #[test]
+    fn numbers_widen_so_few_guesses_hit_a_room() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let mut keep = Vec::new();
+        let mut numbers = Vec::new();
+        for _ in 0..60 {
+            let (tx, rx) = outbox();
+            keep.push(rx);
+            numbers.push(r.create(tx, t0, true).unwrap().1.unwrap());
+        }
+        // 3 digits while at most one number in NUMBER_DENSITY is taken, then up to 4.
+        let three = 999 / NUMBER_DENSITY;
+        assert!(numbers[..three].iter().all(|&n| n <= 999), "{numbers:?}");
+        assert!(numbers[three..].iter().all(|&n| n <= 9_999), "{numbers:?}");
+        assert!(numbers[three..].iter().any(|&n| n > 999), "{numbers:?}");
+        // A room whose creator shows no code takes no number.
+        let (tx, _rx) = outbox();
+        assert_eq!(r.create(tx, t0, false).unwrap().1, None);
     }
 }

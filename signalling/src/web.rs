@@ -1,4 +1,5 @@
-//! Plain HTTP: the web app (embedded from `web/`), share-link pages and `/metrics`.
+//! Plain HTTP: the web app (embedded from `web/`), share-link pages, and `/metrics` (served
+//! on the admin listener only).
 //!
 //! The app is compiled into the binary in release builds (`rust-embed`), so one file deploys
 //! the server, the page and its WASM. Debug builds read `web/` from disk, so the page can be
@@ -20,15 +21,20 @@ struct Assets;
 const CLIENT: &str = "pkg/wasm_client_bg.wasm";
 
 /// The page handles secrets (the link fragment): no third-party code, no framing, no leaks
-/// through the referrer. `wasm-unsafe-eval` lets the page compile its own WASM.
+/// through the referrer, and connections only to its own origin (`'self'` covers its
+/// WebSocket, `ws:`/`wss:` to the same host). `wasm-unsafe-eval` lets the page compile its
+/// own WASM.
 const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
-    style-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; \
+    style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; \
     worker-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'none'; \
     frame-ancestors 'none'; form-action 'none'";
 
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
-        let mut text = state.metrics.render(state.rooms.active());
+        let mut text = state.metrics.render(crate::metrics::Gauges {
+            rooms_active: state.rooms.active(),
+            connections_open: state.admission.open(),
+        });
         if let Some(t) = &state.turn_metrics {
             text.push_str(&t.render());
         }
@@ -66,9 +72,15 @@ fn serve(path: &str) -> Response {
     )
         .into_response();
     if path.ends_with(".html") {
-        res.headers_mut().insert(
+        let headers = res.headers_mut();
+        headers.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
+        );
+        // No other window keeps a handle on the page that holds the secret.
+        headers.insert(
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
         );
     }
     res

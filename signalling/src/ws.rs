@@ -2,37 +2,67 @@
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use futures::{SinkExt as _, StreamExt as _};
 use protocol::signal::{
     ClientMessage, ErrorCode, MAX_SIGNAL_MESSAGE, SIGNAL_VERSION, ServerMessage,
 };
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 use crate::AppState;
+use crate::admission::{Refusal, Slot};
 use crate::limits::redact_ip;
 use crate::rooms::{Membership, Outgoing};
 
 /// Frames above this are cut off by the WebSocket layer itself; between
 /// [`MAX_SIGNAL_MESSAGE`] and this, the peer gets a clear [`ErrorCode::TooLarge`].
 const HARD_FRAME_LIMIT: usize = 4 * MAX_SIGNAL_MESSAGE;
+/// Buffers of one WebSocket: signalling messages are a few KiB, and thousands of peers wait
+/// idle in rooms (tungstenite's defaults, 128 KiB each way, made an idle peer cost ≈ 134 KiB).
+const READ_BUFFER: usize = 4 << 10;
+const WRITE_BUFFER: usize = 4 << 10;
+/// Messages a connection's outbox holds for it; a peer that does not read loses its room.
+const OUTBOX: usize = 64;
 
 pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
+    if !state.admission.origin_ok(&headers) {
+        return refuse(&state, Refusal::ForeignOrigin);
+    }
+    let client = state.admission.client_ip(peer.ip(), &headers);
+    let slot = match state.admission.admit(client) {
+        Ok(slot) => slot,
+        Err(r) => return refuse(&state, r),
+    };
     // Taken while the HTTP server still tracks this request, so shutdown waits for it.
     let tracked = state.connections.token();
     ws.max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
-            connection(socket, peer, state).await;
+            connection(socket, client, slot, state).await;
             drop(tracked);
         })
+}
+
+fn refuse(state: &AppState, why: Refusal) -> Response {
+    tracing::debug!(?why, "connection refused");
+    state.metrics.refused(why);
+    let status = match why {
+        Refusal::ForeignOrigin => StatusCode::FORBIDDEN,
+        Refusal::TooManyFromClient => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::TooMany => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, why.explain()).into_response()
 }
 
 fn error(code: ErrorCode) -> ServerMessage {
@@ -46,19 +76,28 @@ fn text(msg: &ServerMessage) -> Message {
     Message::Text(Utf8Bytes::from(msg.to_json()))
 }
 
-async fn connection(socket: WebSocket, peer: SocketAddr, state: Arc<AppState>) {
+async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppState>) {
     state.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let ip = peer.ip();
     let who = redact_ip(ip);
     tracing::debug!(peer = %who, "connection opened");
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(64);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX);
     let mut member: Option<Membership> = None;
+    // A connection is for meeting in a room: one that does not create or join soon is idle.
+    let idle = tokio::time::sleep(state.first_message_within);
+    tokio::pin!(idle);
+    let mut in_a_room = false;
 
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => {
                 let _ = sink.send(text(&error(ErrorCode::ShuttingDown))).await;
+                break;
+            }
+            () = &mut idle, if !in_a_room => {
+                tracing::debug!(peer = %who, "idle connection closed");
+                state.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
+                let _ = sink.send(text(&error(ErrorCode::Idle))).await;
                 break;
             }
             out = rx.recv() => match out {
@@ -78,7 +117,15 @@ async fn connection(socket: WebSocket, peer: SocketAddr, state: Arc<AppState>) {
                     Some(Ok(Message::Text(t))) => Some(t),
                     // Binary frames are never valid, but still count against the rate limit.
                     Some(Ok(Message::Binary(_))) => None,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    // Pings and pongs cost the server too: they count, and are not errors.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        if state.limits.message(ip) {
+                            continue;
+                        }
+                        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        let _ = sink.send(text(&error(ErrorCode::RateLimited))).await;
+                        continue;
+                    }
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(e)) => {
                         tracing::debug!(peer = %who, error = %e, "connection error");
@@ -111,16 +158,18 @@ async fn connection(socket: WebSocket, peer: SocketAddr, state: Arc<AppState>) {
                 };
                 match handle(&state, ip, &tx, &mut member, msg) {
                     Ok(Some(reply)) => {
-                        let room = match &reply {
-                            ServerMessage::Created { room, .. } | ServerMessage::Joined { room } => Some(room.clone()),
+                        in_a_room = true;
+                        let joined = match (&reply, &member) {
+                            (ServerMessage::Joined { room }, Some(m)) => Some((room.clone(), m.clone())),
                             _ => None,
                         };
                         if sink.send(text(&reply)).await.is_err() { break; }
-                        // Each peer in a room learns its STUN/TURN servers and credentials.
-                        if let Some(room) = room
-                            && sink.send(text(&state.ice.message_for(&room))).await.is_err()
-                        {
-                            break;
+                        // STUN/TURN servers and credentials only once both peers are in the
+                        // room (a credential is an open relay; one `create` must not buy it).
+                        if let Some((room, m)) = joined {
+                            let ice = state.ice.message_for(&room);
+                            state.rooms.to_other(&m, ice.clone());
+                            if sink.send(text(&ice)).await.is_err() { break; }
                         }
                     }
                     Ok(None) => {}
@@ -146,12 +195,12 @@ fn handle(
     msg: ClientMessage,
 ) -> Result<Option<ServerMessage>, ErrorCode> {
     match msg {
-        ClientMessage::Create { version } | ClientMessage::Join { version, .. }
+        ClientMessage::Create { version, .. } | ClientMessage::Join { version, .. }
             if version != SIGNAL_VERSION =>
         {
             Err(ErrorCode::UnsupportedVersion)
         }
-        ClientMessage::Create { .. } => {
+        ClientMessage::Create { code, .. } => {
             if member.is_some() {
                 return Err(ErrorCode::RoomFull);
             }
@@ -159,7 +208,9 @@ fn handle(
                 state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(ErrorCode::RateLimited);
             }
-            let (m, number) = state.rooms.create(tx.clone(), std::time::Instant::now())?;
+            let (m, number) = state
+                .rooms
+                .create(tx.clone(), std::time::Instant::now(), code)?;
             let reply = ServerMessage::Created {
                 room: m.room.clone(),
                 number,
@@ -172,7 +223,7 @@ fn handle(
             if member.is_some() {
                 return Err(ErrorCode::RoomFull);
             }
-            if matches!(room, protocol::signal::RoomRef::Number(_)) && !state.limits.room(ip) {
+            if !state.limits.room(ip) {
                 state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(ErrorCode::RateLimited);
             }
@@ -184,6 +235,11 @@ fn handle(
             };
             *member = Some(m);
             Ok(Some(reply))
+        }
+        ClientMessage::ShowCode => {
+            let m = member.as_ref().ok_or(ErrorCode::NotInRoom)?;
+            let number = state.rooms.show_code(m)?;
+            Ok(number.map(|number| ServerMessage::Numbered { number }))
         }
         ClientMessage::Pake { auth, msg } => {
             let m = member.as_ref().ok_or(ErrorCode::NotInRoom)?;

@@ -29,6 +29,7 @@ const QUIET: Duration = Duration::from_millis(200);
 fn config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Default::default()
     }
 }
@@ -64,8 +65,8 @@ async fn send(ws: &mut Ws, msg: &ClientMessage) {
     send_frame(ws, Message::text(msg.to_json())).await;
 }
 
-/// The next server message, skipping pings, pongs and `ice_servers` (which follows every
-/// `created`/`joined`; `ice_servers_follow_created_and_joined` checks it). Panics on close,
+/// The next server message, skipping pings, pongs and `ice_servers` (which both peers get once
+/// the second joined; `ice_servers_come_only_once_both_peers_are_in` checks it). Panics on close,
 /// binary or timeout.
 async fn recv(ws: &mut Ws) -> ServerMessage {
     loop {
@@ -123,9 +124,11 @@ fn error(code: ErrorCode) -> ServerMessage {
     }
 }
 
+/// A `create` whose creator shows a code (so the room has a number).
 fn create_msg() -> ClientMessage {
     ClientMessage::Create {
         version: SIGNAL_VERSION,
+        code: true,
     }
 }
 
@@ -144,7 +147,7 @@ async fn create(ws: &mut Ws) -> (String, u32, u64) {
             room,
             number,
             expires_in_secs,
-        } => (room, number, expires_in_secs),
+        } => (room, number.expect("a number, as asked"), expires_in_secs),
         other => panic!("expected Created, got {other:?}"),
     }
 }
@@ -193,9 +196,10 @@ async fn http_get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
-/// The value of one `punchdrop_*` sample in `/metrics`.
-async fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let (status, body) = http_get(addr, "/metrics").await;
+/// The value of one `punchdrop_*` sample in `/metrics` (on the admin listener).
+async fn metric(handle: &ServerHandle, name: &str) -> u64 {
+    let admin = handle.admin_addr().expect("tests serve /metrics");
+    let (status, body) = http_get(admin, "/metrics").await;
     assert_eq!(status, 200);
     body.lines()
         .find_map(|line| {
@@ -206,10 +210,10 @@ async fn metric(addr: SocketAddr, name: &str) -> u64 {
 }
 
 /// Poll `/metrics` until `name` reads `value`, for at most [`WAIT`].
-async fn wait_for_metric(addr: SocketAddr, name: &str, value: u64) {
+async fn wait_for_metric(handle: &ServerHandle, name: &str, value: u64) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let now = metric(addr, name).await;
+        let now = metric(handle, name).await;
         if now == value {
             return;
         }
@@ -384,8 +388,7 @@ async fn one_pake_per_peer() {
 #[tokio::test]
 async fn abort_wrong_secret_reaches_peer_and_metrics() {
     let handle = spawn(config()).await;
-    let addr = handle.local_addr();
-    assert_eq!(metric(addr, "punchdrop_pake_failures_total").await, 0);
+    assert_eq!(metric(&handle, "punchdrop_pake_failures_total").await, 0);
     let (mut creator, mut joiner, room, _) = pair(&handle).await;
 
     send(
@@ -411,8 +414,8 @@ async fn abort_wrong_secret_reaches_peer_and_metrics() {
     send(&mut late, &join_msg(RoomRef::Id(room))).await;
     assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
 
-    assert_eq!(metric(addr, "punchdrop_pake_failures_total").await, 1);
-    assert_eq!(metric(addr, "punchdrop_rooms_active").await, 0);
+    assert_eq!(metric(&handle, "punchdrop_pake_failures_total").await, 1);
+    assert_eq!(metric(&handle, "punchdrop_rooms_active").await, 0);
 }
 
 #[tokio::test]
@@ -434,10 +437,7 @@ async fn abort_cancelled_is_not_a_pake_failure() {
     );
     send(&mut creator, &ClientMessage::Sealed { data: "QQ".into() }).await;
     assert_eq!(recv(&mut creator).await, error(ErrorCode::NotInRoom));
-    assert_eq!(
-        metric(handle.local_addr(), "punchdrop_pake_failures_total").await,
-        0
-    );
+    assert_eq!(metric(&handle, "punchdrop_pake_failures_total").await, 0);
 }
 
 // 5.
@@ -468,7 +468,7 @@ async fn disconnect_tells_the_other_peer() {
     let (room, number, _) = create(&mut lonely).await;
     drop(lonely);
     // The server notices the drop asynchronously.
-    wait_for_metric(handle.local_addr(), "punchdrop_rooms_active", 0).await;
+    wait_for_metric(&handle, "punchdrop_rooms_active", 0).await;
     let mut late = connect(&handle).await;
     send(&mut late, &join_msg(RoomRef::Id(room))).await;
     assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
@@ -491,6 +491,7 @@ async fn bad_requests_get_exact_errors_and_connection_survives() {
         &mut ws,
         &ClientMessage::Create {
             version: SIGNAL_VERSION + 1,
+            code: false,
         },
     )
     .await;
@@ -638,7 +639,7 @@ async fn message_rate_limit() {
             .all(|r| *r == error(ErrorCode::RateLimited) || *r == error(ErrorCode::NotInRoom)),
         "{replies:?}"
     );
-    assert!(metric(handle.local_addr(), "punchdrop_rate_limited_total").await >= 1);
+    assert!(metric(&handle, "punchdrop_rate_limited_total").await >= 1);
 }
 
 #[tokio::test]
@@ -677,12 +678,12 @@ async fn room_creation_rate_limit() {
     let mut third = connect(&handle).await;
     send(&mut third, &create_msg()).await;
     assert_eq!(recv(&mut third).await, error(ErrorCode::RateLimited));
-    // Joining by number shares that limit (sweeping the short numbers is how rooms would be
-    // squatted); joining by a link's room id does not.
+    // Joining shares that limit: by number (sweeping the short numbers is how rooms would be
+    // squatted) and by id (probing for live rooms).
     send(&mut third, &join_msg(RoomRef::Number(999_999))).await;
     assert_eq!(recv(&mut third).await, error(ErrorCode::RateLimited));
     send(&mut third, &join_msg(RoomRef::Id("nosuchroom1234".into()))).await;
-    assert_eq!(recv(&mut third).await, error(ErrorCode::NoSuchRoom));
+    assert_eq!(recv(&mut third).await, error(ErrorCode::RateLimited));
 }
 
 // 9.
@@ -713,12 +714,12 @@ async fn unjoined_room_expires() {
     send(&mut late, &join_msg(RoomRef::Number(number))).await;
     assert_eq!(recv(&mut late).await, error(ErrorCode::NoSuchRoom));
 
-    let addr = handle.local_addr();
-    assert_eq!(metric(addr, "punchdrop_rooms_expired_total").await, 1);
-    assert_eq!(metric(addr, "punchdrop_rooms_active").await, 0);
+    assert_eq!(metric(&handle, "punchdrop_rooms_expired_total").await, 1);
+    assert_eq!(metric(&handle, "punchdrop_rooms_active").await, 0);
 }
 
-// A joined room never expiring is a unit test of `rooms` on virtual time.
+// A joined room's lifetime is a unit test of `rooms` on virtual time, and
+// `a_joined_room_ends_at_its_lifetime` below.
 
 // 10.
 #[tokio::test]
@@ -741,6 +742,12 @@ async fn web_app_and_share_pages_are_served() {
             assert!(head.contains("content-type: text/html"), "{head}");
             assert!(
                 head.contains("content-security-policy: default-src 'self'"),
+                "{head}"
+            );
+            // The page connects to its own origin only, and no opener keeps a handle on it.
+            assert!(head.contains("connect-src 'self';"), "{head}");
+            assert!(
+                head.contains("cross-origin-opener-policy: same-origin"),
                 "{head}"
             );
             assert!(body.contains("/app.js"), "{body}");
@@ -770,6 +777,8 @@ async fn web_app_and_share_pages_are_served() {
         );
     }
     for path in [
+        // The operator's counters are not on the clients' listener.
+        "/metrics",
         "/r/not-a-room!",
         "/index.html",
         "/../Cargo.toml",
@@ -921,7 +930,7 @@ async fn room_state_errors() {
 }
 
 #[tokio::test]
-async fn ice_servers_follow_created_and_joined() {
+async fn ice_servers_come_only_once_both_peers_are_in() {
     let secret = signalling::credentials::TurnSecret::new(b"shared".to_vec());
     let handle = spawn(Config {
         ice: signalling::IceSettings {
@@ -939,6 +948,8 @@ async fn ice_servers_follow_created_and_joined() {
         ServerMessage::Created { room, .. } => room,
         other => panic!("{other:?}"),
     };
+    // A `create` alone buys no TURN credential (it is an open relay for its lifetime).
+    assert_no_message_within(&mut a, QUIET).await;
     let check = |msg: ServerMessage| match msg {
         ServerMessage::IceServers {
             servers,
@@ -963,7 +974,6 @@ async fn ice_servers_follow_created_and_joined() {
         }
         other => panic!("expected ice_servers, got {other:?}"),
     };
-    let ua = check(next_raw(&mut a).await);
     let mut b = connect(&handle).await;
     send(&mut b, &join_msg(RoomRef::Id(room.clone()))).await;
     assert!(matches!(
@@ -971,12 +981,21 @@ async fn ice_servers_follow_created_and_joined() {
         ServerMessage::Joined { .. }
     ));
     let ub = check(next_raw(&mut b).await);
+    assert!(matches!(next_raw(&mut a).await, ServerMessage::PeerJoined));
+    let ua = check(next_raw(&mut a).await);
     assert_eq!(
         ua.split(':').nth(1),
         ub.split(':').nth(1),
         "same room, same tag"
     );
     handle.shutdown().await;
+}
+
+/// Not even `ice_servers` arrives for `within`.
+async fn assert_no_message_within(ws: &mut Ws, within: Duration) {
+    if let Ok(frame) = timeout(within, ws.next()).await {
+        panic!("expected no message, got {frame:?}");
+    }
 }
 
 /// The next message, `ice_servers` included.
@@ -988,4 +1007,296 @@ async fn next_raw(ws: &mut Ws) -> ServerMessage {
             other => panic!("expected a server message, got {other:?}"),
         }
     }
+}
+
+// 13. Abuse limits: each of these was a hole a hostile client could use.
+
+/// A WebSocket to `handle` from the loopback address `from`, with extra request headers; the
+/// HTTP status when the server refuses the upgrade.
+async fn connect_as(
+    handle: &ServerHandle,
+    from: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("ws://{}/ws", handle.local_addr())
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let tcp = timeout(WAIT, socket.connect(handle.local_addr()))
+        .await
+        .expect("TCP connect timed out")
+        .expect("TCP connects");
+    match timeout(
+        WAIT,
+        tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)),
+    )
+    .await
+    .expect("WebSocket handshake timed out")
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("handshake failed otherwise: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_never_creates_or_joins_is_closed() {
+    let handle = spawn(Config {
+        first_message_within: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let mut idle = connect(&handle).await;
+    let mut creator = connect(&handle).await;
+    create(&mut creator).await;
+    let started = Instant::now();
+    assert_eq!(recv(&mut idle).await, error(ErrorCode::Idle));
+    expect_closed(&mut idle).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A connection in a room is waiting for its peer, not idle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    expect_silence(&mut creator).await;
+    assert_eq!(
+        metric(&handle, "punchdrop_idle_connections_closed_total").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_client_and_in_total() {
+    let handle = spawn(Config {
+        admission: signalling::admission::AdmissionConfig {
+            max_connections: 3,
+            max_connections_per_client: 2,
+            ..Default::default()
+        },
+        ..config()
+    })
+    .await;
+    let first = connect_as(&handle, "127.0.0.1", &[]).await.unwrap();
+    let _second = connect_as(&handle, "127.0.0.1", &[]).await.unwrap();
+    assert_eq!(
+        connect_as(&handle, "127.0.0.1", &[]).await.unwrap_err(),
+        429
+    );
+    // Another client is still served, up to the total.
+    let _third = connect_as(&handle, "127.0.0.2", &[]).await.unwrap();
+    assert_eq!(
+        connect_as(&handle, "127.0.0.3", &[]).await.unwrap_err(),
+        503
+    );
+    // A closed connection gives its place back.
+    drop(first);
+    wait_for_metric(&handle, "punchdrop_connections_open", 2).await;
+    let _again = connect_as(&handle, "127.0.0.1", &[]).await.unwrap();
+    let refused =
+        |reason: &str| format!("punchdrop_connections_refused_total{{reason=\"{reason}\"}}");
+    assert_eq!(metric(&handle, &refused("client_cap")).await, 1);
+    assert_eq!(metric(&handle, &refused("total_cap")).await, 1);
+}
+
+#[tokio::test]
+async fn pings_count_against_the_rate_limit() {
+    let handle = spawn(Config {
+        messages_per_sec: 1,
+        messages_burst: 5,
+        ..config()
+    })
+    .await;
+    let mut ws = connect(&handle).await;
+    create(&mut ws).await;
+    for _ in 0..10 {
+        send_frame(&mut ws, Message::Ping(vec![1].into())).await;
+    }
+    assert_eq!(recv(&mut ws).await, error(ErrorCode::RateLimited));
+    assert!(metric(&handle, "punchdrop_rate_limited_total").await >= 1);
+}
+
+#[tokio::test]
+async fn browser_connections_from_foreign_origins_are_refused() {
+    let handle = spawn(config()).await;
+    let own = format!("http://{}", handle.local_addr());
+    // Programs send no Origin; a page of this server sends its own.
+    connect_as(&handle, "127.0.0.1", &[]).await.unwrap();
+    connect_as(&handle, "127.0.0.1", &[("origin", &own)])
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_as(&handle, "127.0.0.1", &[("origin", "https://evil.example")])
+            .await
+            .unwrap_err(),
+        403
+    );
+    assert_eq!(
+        metric(
+            &handle,
+            "punchdrop_connections_refused_total{reason=\"origin\"}"
+        )
+        .await,
+        1
+    );
+    // Behind a proxy, the configured public origin is the one.
+    let handle = spawn(Config {
+        admission: signalling::admission::AdmissionConfig {
+            public_origin: Some("https://drop.example".into()),
+            ..Default::default()
+        },
+        ..config()
+    })
+    .await;
+    let own = format!("http://{}", handle.local_addr());
+    connect_as(&handle, "127.0.0.1", &[("origin", "https://drop.example")])
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_as(&handle, "127.0.0.1", &[("origin", &own)])
+            .await
+            .unwrap_err(),
+        403
+    );
+}
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let one_each = signalling::admission::AdmissionConfig {
+        max_connections_per_client: 1,
+        ..Default::default()
+    };
+    let xff = |ip| [("x-forwarded-for", ip)];
+    // From a trusted proxy, each forwarded client has its own allowance.
+    let handle = spawn(Config {
+        admission: signalling::admission::AdmissionConfig {
+            trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+            ..one_each.clone()
+        },
+        ..config()
+    })
+    .await;
+    let _a = connect_as(&handle, "127.0.0.1", &xff("203.0.113.1"))
+        .await
+        .unwrap();
+    let _b = connect_as(&handle, "127.0.0.1", &xff("203.0.113.2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_as(&handle, "127.0.0.1", &xff("203.0.113.1"))
+            .await
+            .unwrap_err(),
+        429
+    );
+    // From anyone else the header is ignored: it cannot buy a fresh allowance.
+    let handle = spawn(Config {
+        admission: one_each,
+        ..config()
+    })
+    .await;
+    let _a = connect_as(&handle, "127.0.0.1", &xff("203.0.113.1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_as(&handle, "127.0.0.1", &xff("203.0.113.2"))
+            .await
+            .unwrap_err(),
+        429
+    );
+}
+
+#[tokio::test]
+async fn a_half_sent_request_is_cut_off() {
+    let handle = spawn(Config {
+        header_read_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let mut tcp = TcpStream::connect(handle.local_addr()).await.unwrap();
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    // The server answers 408 or just closes; either way the connection ends.
+    timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("a slow request kept its connection")
+        .ok();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    let head = String::from_utf8_lossy(&rest);
+    assert!(
+        head.is_empty() || head.starts_with("HTTP/1.1 408"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn a_joined_room_ends_at_its_lifetime() {
+    let handle = spawn(Config {
+        room_max_lifetime: Duration::from_millis(400),
+        ..config()
+    })
+    .await;
+    let (mut creator, mut joiner, _, _) = pair(&handle).await;
+    let started = Instant::now();
+    assert_eq!(recv(&mut creator).await, error(ErrorCode::Expired));
+    assert_eq!(recv(&mut joiner).await, error(ErrorCode::Expired));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    expect_closed(&mut creator).await;
+    expect_closed(&mut joiner).await;
+    assert_eq!(
+        metric(&handle, "punchdrop_rooms_lifetime_ended_total").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_room_has_a_number_only_when_its_creator_shows_a_code() {
+    let handle = spawn(config()).await;
+    let mut creator = connect(&handle).await;
+    send(
+        &mut creator,
+        &ClientMessage::Create {
+            version: SIGNAL_VERSION,
+            code: false,
+        },
+    )
+    .await;
+    let ServerMessage::Created { number: None, .. } = recv(&mut creator).await else {
+        panic!("a link-only room got a number");
+    };
+    // Nobody can join it by number; the misses are counted (sweeping shows).
+    let mut sweeper = connect(&handle).await;
+    for n in [1, 2, 3] {
+        send(&mut sweeper, &join_msg(RoomRef::Number(n))).await;
+        assert_eq!(recv(&mut sweeper).await, error(ErrorCode::NoSuchRoom));
+    }
+    assert_eq!(metric(&handle, "punchdrop_code_join_misses_total").await, 3);
+    // Asked for a code while it waits, it gets a number, and the number joins it.
+    send(&mut creator, &ClientMessage::ShowCode).await;
+    let ServerMessage::Numbered { number } = recv(&mut creator).await else {
+        panic!("no number");
+    };
+    send(&mut creator, &ClientMessage::ShowCode).await;
+    assert_eq!(recv(&mut creator).await, ServerMessage::Numbered { number });
+    let mut joiner = connect(&handle).await;
+    send(&mut joiner, &join_msg(RoomRef::Number(number))).await;
+    assert!(matches!(
+        recv(&mut joiner).await,
+        ServerMessage::Joined { .. }
+    ));
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
+    // Too late now, and not an error: the wish and the join can cross.
+    send(&mut creator, &ClientMessage::ShowCode).await;
+    expect_silence(&mut creator).await;
 }

@@ -426,6 +426,7 @@ impl Lab {
             // 198.18/15 is refused as a relay peer by default (not public); it is this lab's
             // internet.
             .arg("--turn-allow-private-peers")
+            .arg("--no-admin")
             .env("PUNCHDROP_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

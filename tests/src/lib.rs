@@ -49,6 +49,8 @@ pub fn is_root() -> bool {
 pub struct Signalling {
     child: Child,
     pub url: String,
+    /// Where `/metrics` is (the admin listener, loopback).
+    pub admin: String,
     logs: std::sync::Arc<std::sync::Mutex<String>>,
     log_reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -79,6 +81,7 @@ impl Signalling {
         // The bundled TURN server on ephemeral ports (tests run in parallel).
         let mut child = Command::new(bin("signalling"))
             .args(["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--turn-relay-ports", "0-0"])
             .args(args)
             .env("PUNCHDROP_LOG", level)
@@ -86,15 +89,22 @@ impl Signalling {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start signalling");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
+        stdout.read_line(&mut line).expect("ready line");
         let url = line.trim().rsplit(' ').next().expect("url").to_string();
         assert!(
             url.starts_with("http://127.0.0.1:"),
             "unexpected ready line {line:?}"
         );
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("metrics line");
+        let admin = line
+            .trim()
+            .strip_prefix("metrics on http://")
+            .and_then(|s| s.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("unexpected metrics line {line:?}"))
+            .to_string();
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = logs.clone();
         let err = child.stderr.take().expect("stderr");
@@ -108,6 +118,7 @@ impl Signalling {
         Self {
             child,
             url,
+            admin,
             logs,
             log_reader: Some(log_reader),
         }
@@ -127,10 +138,9 @@ impl Signalling {
         self.logs()
     }
 
-    /// The body of `GET /metrics`.
+    /// The body of `GET /metrics` (from the admin listener).
     pub fn metrics_text(&self) -> String {
-        let addr = self.url.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr).expect("metrics connect");
+        let mut s = std::net::TcpStream::connect(&self.admin).expect("metrics connect");
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
@@ -446,7 +456,8 @@ pub fn start_sender_with(
     let ready: event::Ready = p
         .wait(Duration::from_secs(10))
         .context("sender never became ready")?;
-    Ok((p, ready.link, ready.code))
+    let code = ready.code.context("the sender showed no code")?;
+    Ok((p, ready.link, code))
 }
 
 pub const LONG: Duration = Duration::from_secs(120);

@@ -605,18 +605,28 @@ fn browser_to_browser_with_screenshots() {
             link.starts_with(&format!("{}/r/", sig.url)) && link.contains('#'),
             "share link: {link:?}"
         );
-        let code = alice.eval("document.querySelector('#share-code').textContent")?;
+        // A share shows its link; a code only once asked for (a room without one has no
+        // number to guess).
         assert_eq!(
-            code.as_str().unwrap_or_default().trim().split('-').count(),
-            4,
-            "code: {code}"
+            alice.eval("document.querySelector('#code-box').hidden")?,
+            true
+        );
+        let ready: event::Ready = alice.wait(SECS(5))?;
+        assert_eq!(ready.code, None, "{ready:?}");
+        alice.click("#show-code")?;
+        let shown: event::Code = alice.wait(SECS(5))?;
+        let code = alice.eval("document.querySelector('#share-code').textContent")?;
+        assert_eq!(code.as_str().unwrap_or_default(), shown.code);
+        assert_eq!(shown.code.split('-').count(), 4, "code: {shown:?}");
+        assert_eq!(
+            alice.eval("document.querySelector('#code-box').hidden")?,
+            false
         );
         assert_eq!(
             alice.eval("!!document.querySelector('#qr svg')")?,
             true,
             "QR as inline SVG"
         );
-        let ready: event::Ready = alice.wait(SECS(5))?;
         assert_eq!(ready.link, link, "{ready:?}");
         alice.screenshots(&shots, "2-send-link")?;
 

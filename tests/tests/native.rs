@@ -164,7 +164,11 @@ fn receiver_created_room_by_link_and_by_code() {
         let dir = dst.path().display().to_string();
         let mut receiver = Peer::spawn(&["--server", &sig.url, "recv", "--dir", &dir]);
         let ready: event::Ready = receiver.wait(Duration::from_secs(10)).unwrap();
-        let invitation = if by_code { &ready.code } else { &ready.link };
+        let code = ready
+            .code
+            .as_ref()
+            .expect("native-peer shows a code unless --no-code");
+        let invitation = if by_code { code } else { &ready.link };
         let f = file.display().to_string();
         let sender = Peer::spawn(&["--server", &sig.url, "send", "--to", invitation, &f]);
         let (ss, sevents) = sender.finish(LONG).unwrap();

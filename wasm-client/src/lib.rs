@@ -49,6 +49,8 @@ pub(crate) enum Command {
     Files(Vec<Source>),
     /// Save the offered files here.
     Accept(SinkFactory),
+    /// Show a code as well as the link (creator, while waiting).
+    ShowCode,
     Decline,
     Cancel,
 }
@@ -127,6 +129,13 @@ impl Client {
 
     pub fn cancel(&self) {
         self.command(Command::Cancel);
+    }
+
+    /// Give the waiting room a code too (a `code` event follows). A share shows only its link
+    /// until asked: a room without a code has no number anyone could guess.
+    #[wasm_bindgen(js_name = showCode)]
+    pub fn show_code(&self) {
+        self.command(Command::ShowCode);
     }
 }
 

@@ -157,6 +157,7 @@ pub async fn connect(
                         rv.files_picked(now);
                     }
                     Wake::Command(Some(Command::Cancel) | None) => rv.cancel(now),
+                    Wake::Command(Some(Command::ShowCode)) => rv.show_code(now),
                     Wake::Command(Some(_)) => {}
                     Wake::Timer => rv.handle_timeout(now),
                 }

@@ -620,7 +620,7 @@ async fn decide(
                     sm.cancel(CancelReason::Cancelled, STOPPED);
                     return Err(Error::Cancelled);
                 }
-                Some(Command::Files(_)) => {}
+                Some(Command::Files(_) | Command::ShowCode) => {}
             },
             inc = wire.inbox.next() => {
                 let f = closed_or_frame(inc)?;

@@ -156,7 +156,7 @@ fn read_events(child: &mut Child) -> std::sync::mpsc::Receiver<Event> {
 
 fn start_signalling(bin: &Path, extra: &[&str]) -> anyhow::Result<(Child, String)> {
     let mut sig = Command::new(bin.join("signalling"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--no-admin"])
         .args(extra)
         .env("PUNCHDROP_LOG", "warn")
         .stdout(Stdio::piped())

@@ -16,8 +16,10 @@ use crate::path::PathReport;
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// A room exists: share the link or the code.
+    /// A room exists: share the link (or the code, when one is shown).
     Ready(Ready),
+    /// The room got a code after all (the creator asked for one once it was waiting).
+    Code(Code),
     /// Both peers are in the room; the key exchange runs.
     Joined,
     /// The key exchange succeeded: both sides show the same words.
@@ -45,6 +47,13 @@ pub enum Event {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
     pub link: String,
+    /// Only when the creator shows a code: a room without one cannot be joined by number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Code {
     pub code: String,
 }
 
@@ -139,6 +148,7 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Ready(_) => "ready",
+            Self::Code(_) => "code",
             Self::Joined => "joined",
             Self::Verify(_) => "verify",
             Self::Pick => "pick",
@@ -193,6 +203,7 @@ macro_rules! payloads {
 
 payloads! {
     Ready(Ready) = "ready",
+    Code(Code) = "code",
     Verify(Verify) = "verify",
     Connected(Connected) = "connected",
     Offer(Offer) = "offer",

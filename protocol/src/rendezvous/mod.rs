@@ -250,6 +250,16 @@ fn no_path(relay_offered: bool) -> &'static str {
     }
 }
 
+/// Creator only: whether the room can be joined with a typed code. A room shows none unless
+/// asked ([`Rendezvous::show_code`]), so a link-only share has no number to sweep, and a
+/// joiner who says it typed a code is refused.
+#[derive(Debug)]
+enum CodeShare {
+    Hidden,
+    Asked,
+    Shown(ShortCode),
+}
+
 /// How this peer entered the room.
 #[derive(Debug)]
 enum Entry {
@@ -327,8 +337,9 @@ pub struct Rendezvous {
     stage: Stage,
     now: Duration,
     deadline: Option<(Duration, Deadline)>,
-    /// Creator only: what the room can be joined with.
-    invite: Option<(ShareLink, ShortCode)>,
+    /// Creator only: the link the room can be joined with, and its code if one is shown.
+    link: Option<ShareLink>,
+    code: CodeShare,
     room: Option<String>,
     handshake: Option<Handshake>,
     channel: Option<Channel>,
@@ -387,7 +398,8 @@ impl Rendezvous {
             stage: Stage::Connecting,
             now,
             deadline: Some((now + config.server_answer, Deadline::ServerAnswer)),
-            invite: None,
+            link: None,
+            code: CodeShare::Hidden,
             room: None,
             handshake: None,
             channel: None,
@@ -448,6 +460,7 @@ impl Rendezvous {
                 self.stage = Stage::AwaitCreated;
                 ClientMessage::Create {
                     version: SIGNAL_VERSION,
+                    code: matches!(self.code, CodeShare::Asked),
                 }
             }
             Entry::Join { room, .. } => {
@@ -502,6 +515,7 @@ impl Rendezvous {
                 _ => RendezvousError::PeerGaveUp,
             }),
             ServerMessage::Created { room, number, .. } => self.on_created(room, number),
+            ServerMessage::Numbered { number } => self.on_numbered(number),
             ServerMessage::Joined { room } => self.on_joined(room),
             ServerMessage::PeerJoined => {
                 if self.stage == Stage::AwaitPeer {
@@ -510,6 +524,26 @@ impl Rendezvous {
             }
             ServerMessage::Pake { auth, msg } => self.on_pake(auth, &msg),
             ServerMessage::Sealed { data } => self.on_sealed(&data),
+        }
+    }
+
+    /// The creator shows a code as well as the link (a typed code joins only a room that
+    /// shows one). Before the room exists, it is created with its code; while it waits, it
+    /// gets one ([`Event::Code`]). Nothing for a joiner, or once the other peer is in.
+    pub fn show_code(&mut self, now: Duration) {
+        self.now = now;
+        let open = matches!(self.entry, Entry::Create) && self.both_in_room.is_none();
+        if !open || !matches!(self.code, CodeShare::Hidden) {
+            return;
+        }
+        match self.stage {
+            Stage::Connecting | Stage::AwaitCreated => self.code = CodeShare::Asked,
+            Stage::AwaitPeer => {
+                self.code = CodeShare::Asked;
+                self.out
+                    .push_back(Output::ToServer(ClientMessage::ShowCode));
+            }
+            _ => {}
         }
     }
 
@@ -755,22 +789,49 @@ impl Rendezvous {
         }
     }
 
-    fn on_created(&mut self, room: String, number: u32) {
+    fn on_created(&mut self, room: String, number: Option<u32>) {
         if self.stage != Stage::AwaitCreated {
             // A repeated answer changes nothing.
             return;
         }
         let link = ShareLink::new(&self.server, &room, &crate::invite::generate_secret());
-        let code = ShortCode::generate(number);
+        let asked = matches!(self.code, CodeShare::Asked);
+        let code = match number {
+            Some(n) if asked => Some(ShortCode::generate(n)),
+            // A number nobody asked for stays unused: this share shows no code.
+            Some(_) => None,
+            None => {
+                if asked {
+                    // The wish came while the room was being created.
+                    self.out
+                        .push_back(Output::ToServer(ClientMessage::ShowCode));
+                }
+                None
+            }
+        };
         self.emit(event::Ready {
             link: link.to_string(),
-            code: code.to_string(),
+            code: code.as_ref().map(ToString::to_string),
         });
-        self.invite = Some((link, code));
+        if let Some(code) = code {
+            self.code = CodeShare::Shown(code);
+        }
+        self.link = Some(link);
         self.room = Some(room);
         self.stage = Stage::AwaitPeer;
         // Waiting for a joiner has no deadline of ours: the room expires on the server.
         self.deadline = None;
+    }
+
+    fn on_numbered(&mut self, number: u32) {
+        if self.stage != Stage::AwaitPeer || !matches!(self.code, CodeShare::Asked) {
+            return;
+        }
+        let code = ShortCode::generate(number);
+        self.emit(event::Code {
+            code: code.to_string(),
+        });
+        self.code = CodeShare::Shown(code);
     }
 
     fn on_joined(&mut self, room: String) {
@@ -795,12 +856,16 @@ impl Rendezvous {
         let hs = match self.stage {
             Stage::AwaitPeer => {
                 // The creator follows the joiner's choice of password.
-                let (Some((link, code)), Some(room)) = (&self.invite, &self.room) else {
+                let (Some(link), Some(room)) = (&self.link, &self.room) else {
                     return;
                 };
-                let password = match auth {
-                    AuthKind::Link => link.password(),
-                    AuthKind::Code => code.password(),
+                let password = match (auth, &self.code) {
+                    (AuthKind::Link, _) => link.password(),
+                    (AuthKind::Code, CodeShare::Shown(code)) => code.password(),
+                    (AuthKind::Code, _) => {
+                        return self
+                            .unexpected(Party::Peer, "a typed code, but this share shows none");
+                    }
                 };
                 let (hs, mine) = Handshake::start_b64(&password, room, RoomRole::Creator);
                 self.mark_both_in_room();

@@ -55,6 +55,8 @@ enum Wire {
 #[derive(Debug, Default)]
 struct Room {
     creator: Option<Who>,
+    /// Only a room whose creator shows a code has one.
+    number: Option<u32>,
     joiner: Option<Who>,
     pake_sent: Vec<Who>,
     gone: bool,
@@ -156,13 +158,20 @@ fn link_and_code(world: &World) -> (String, String) {
     let r = world.peers[&Who::A]
         .event::<event::Ready>()
         .expect("A made a room");
-    (r.link, r.code)
+    (r.link, r.code.expect("A shows a code"))
 }
 
 impl World {
-    /// A creates a room (wanting `a`); B will join with whatever `join` returns from A's
-    /// link and code.
+    /// A creates a room (wanting `a`) and shows a code; B will join with whatever `join`
+    /// returns from A's link and code.
     fn new(a: Want) -> Self {
+        let mut w = Self::link_only(a);
+        w.peers.get_mut(&Who::A).unwrap().rv.show_code(T0);
+        w
+    }
+
+    /// A creates a room (wanting `a`) that shows only its link.
+    fn link_only(a: Want) -> Self {
         let rv = Rendezvous::create(SERVER, a, Config::default(), T0);
         let mut peers = BTreeMap::new();
         peers.insert(Who::A, Peer::new(rv));
@@ -190,9 +199,12 @@ impl World {
         }
     }
 
-    /// Open A's socket and run until A has a link (or gave up).
+    /// Open A's socket and run until A has a link and code (or gave up).
     fn with_room(a: Want) -> Self {
-        let mut w = Self::new(a);
+        Self::open_room(Self::new(a))
+    }
+
+    fn open_room(mut w: Self) -> Self {
         w.open_socket(Who::A);
         w.run_until(|w| {
             w.peers[&Who::A].event::<event::Ready>().is_some() || w.peers[&Who::A].failed.is_some()
@@ -249,22 +261,29 @@ impl World {
         let other = from.other();
         let in_room = |r: &Room, w: Who| r.creator == Some(w) || r.joiner == Some(w);
         match msg {
-            ClientMessage::Create { .. } => {
+            ClientMessage::Create { code, .. } => {
                 self.room.creator = Some(from);
+                self.room.number = code.then_some(7);
+                let number = self.room.number;
                 self.tell(
                     from,
                     ServerMessage::Created {
                         room: "room1234".into(),
-                        number: 7,
+                        number,
                         expires_in_secs: 1800,
                     },
                 );
-                self.ice(from);
+            }
+            ClientMessage::ShowCode => {
+                if self.room.creator == Some(from) && self.room.joiner.is_none() {
+                    self.room.number = Some(7);
+                    self.tell(from, ServerMessage::Numbered { number: 7 });
+                }
             }
             ClientMessage::Join { room, .. } => {
                 let ok = match room {
                     RoomRef::Id(id) => id == "room1234",
-                    RoomRef::Number(n) => n == 7,
+                    RoomRef::Number(n) => self.room.number == Some(n),
                 };
                 if !ok || self.room.gone || self.room.creator.is_none() {
                     return self.error(from, ErrorCode::NoSuchRoom);
@@ -281,6 +300,8 @@ impl World {
                 );
                 self.ice(from);
                 self.tell(other, ServerMessage::PeerJoined);
+                // Credentials only once both are in (a `create` alone buys none).
+                self.ice(other);
             }
             ClientMessage::Pake { auth, msg } => {
                 if self.room.gone || !in_room(&self.room, other) {
@@ -620,7 +641,8 @@ fn sender_shares_receiver_joins_by_link() {
         "{}",
         ready.link
     );
-    assert!(ready.code.starts_with("7-"), "{}", ready.code);
+    let code = ready.code.unwrap();
+    assert!(code.starts_with("7-"), "{code}");
     let ms = w.b().rv.ms_since_room(w.now);
     assert!(ms > 0.0 && ms < 500.0, "{ms}");
     // Nothing was sealed before the hello: the hello is each side's first sealed message.
@@ -753,6 +775,68 @@ fn receiver_creates_the_room_sender_joins_by_code() {
             ..
         }
     )));
+}
+
+#[test]
+fn a_link_only_share_has_no_number_and_refuses_a_code_join() {
+    let mut w = World::open_room(World::link_only(Want::Send));
+    let ready = w.a().event::<event::Ready>().unwrap();
+    assert_eq!(ready.code, None);
+    assert!(
+        w.a()
+            .sent
+            .iter()
+            .any(|m| matches!(m, ClientMessage::Create { code: false, .. }))
+    );
+    // Someone guessing numbers finds no room here.
+    w.join("7-acid-acorn-actor", Want::Receive);
+    w.run();
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::Server(ErrorCode::NoSuchRoom))
+    );
+    assert!(w.a().failed.is_none(), "the share lives on");
+
+    // Should a server let a code join in anyway, the creator refuses it: it showed none.
+    let mut w = World::open_room(World::link_only(Want::Send));
+    w.room.number = Some(7);
+    w.join("7-acid-acorn-actor", Want::Receive);
+    w.run();
+    assert_eq!(
+        w.a().failed,
+        Some(RendezvousError::Unexpected(
+            Party::Peer,
+            "a typed code, but this share shows none"
+        ))
+    );
+    assert!(w.a().setup.is_none() && w.b().setup.is_none());
+}
+
+#[test]
+fn a_code_asked_for_while_waiting_joins() {
+    let mut w = World::open_room(World::link_only(Want::Send));
+    assert_eq!(w.a().event::<event::Ready>().unwrap().code, None);
+    let now = w.now;
+    w.peers.get_mut(&Who::A).unwrap().rv.show_code(now);
+    w.run_until(|w| w.a().event::<event::Code>().is_some());
+    let code = w.a().event::<event::Code>().unwrap().code;
+    assert!(code.starts_with("7-"), "{code}");
+    w.join(&code, Want::Receive);
+    w.run();
+    connected(&w);
+    // Asking again, or once the peer is in, sends nothing more.
+    let asked = |w: &World| {
+        w.a()
+            .sent
+            .iter()
+            .filter(|m| matches!(m, ClientMessage::ShowCode))
+            .count()
+    };
+    assert_eq!(asked(&w), 1);
+    let now = w.now;
+    w.peers.get_mut(&Who::A).unwrap().rv.show_code(now);
+    w.run();
+    assert_eq!(asked(&w), 1);
 }
 
 #[test]
