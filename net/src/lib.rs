@@ -35,6 +35,21 @@ pub fn size_udp_buffers(sock: impl AsFd, want: usize) -> (usize, usize) {
     )
 }
 
+/// Raise this process's soft limit on open descriptors to its hard limit, and return the
+/// limit now in force. A server holds a socket per connection and per relay: the usual soft
+/// limit (1024) would refuse connections long before any configured cap.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if setrlimit(Resource::Nofile, limit).is_err() {
+            return getrlimit(Resource::Nofile).current;
+        }
+    }
+    limit.current
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,7 +202,7 @@ impl Server {
         ice.credential_ttl = ice.credential_ttl.min(config.room_max_lifetime);
         let (turn_handle, turn_metrics) = match &config.turn {
             Some(bundled) => {
-                let (handle, metrics) = spawn_bundled_turn(bundled, &mut ice).await?;
+                let (handle, metrics) = spawn_bundled_turn(bundled, &mut ice, local_addr).await?;
                 (Some(handle), Some(metrics))
             }
             None => (None, None),
@@ -325,6 +325,7 @@ impl ServerHandle {
 async fn spawn_bundled_turn(
     bundled: &BundledTurn,
     ice: &mut IceSettings,
+    listen: SocketAddr,
 ) -> anyhow::Result<(turn::TurnHandle, Arc<turn::TurnMetrics>)> {
     let secret = ice
         .secret
@@ -332,6 +333,10 @@ async fn spawn_bundled_turn(
         .clone();
     let mut config = bundled.config.clone();
     config.secret = secret;
+    // No relay reaches the signalling server's own address either.
+    if !listen.ip().is_unspecified() {
+        config.own_addresses.push(listen.ip());
+    }
     let metrics = Arc::new(turn::TurnMetrics::default());
     let handle = turn::spawn(config, metrics.clone())
         .await

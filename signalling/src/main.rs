@@ -1,6 +1,7 @@
 //! `signalling`: run the punchdrop rendezvous server.
 
 use clap::Parser;
+use signalling::turn::TurnCaps;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -103,8 +104,23 @@ struct Args {
     #[arg(long, env = "PUNCHDROP_TURN_MAX_BYTES", default_value_t = 16 << 30)]
     turn_max_bytes: u64,
     /// Seconds one allocation may live, however often refreshed.
-    #[arg(long, env = "PUNCHDROP_TURN_MAX_LIFETIME", default_value_t = 86_400)]
+    #[arg(long, env = "PUNCHDROP_TURN_MAX_LIFETIME", default_value_t = 7200)]
     turn_max_lifetime: u64,
+    /// TURN allocations at most, from everyone.
+    #[arg(long, env = "PUNCHDROP_TURN_MAX_ALLOCATIONS", default_value_t = TurnCaps::default().allocations)]
+    turn_max_allocations: usize,
+    /// TURN allocations at most from one client (IPv4 address or IPv6 /64).
+    #[arg(long, env = "PUNCHDROP_TURN_MAX_ALLOCATIONS_PER_CLIENT", default_value_t = TurnCaps::default().allocations_per_client)]
+    turn_max_allocations_per_client: usize,
+    /// TURN allocations at most under one credential (one room's).
+    #[arg(long, env = "PUNCHDROP_TURN_MAX_ALLOCATIONS_PER_CREDENTIAL", default_value_t = TurnCaps::default().allocations_per_credential)]
+    turn_max_allocations_per_credential: usize,
+    /// TURN-over-TCP connections at most from one client.
+    #[arg(long, env = "PUNCHDROP_TURN_MAX_TCP_PER_CLIENT", default_value_t = TurnCaps::default().tcp_connections_per_client)]
+    turn_max_tcp_per_client: usize,
+    /// Bytes per second one allocation may relay (both ways); more is dropped [default: no cap].
+    #[arg(long, env = "PUNCHDROP_TURN_MAX_RATE")]
+    turn_max_rate: Option<u64>,
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -145,6 +161,16 @@ fn bundled_turn(args: &Args) -> anyhow::Result<Option<signalling::BundledTurn>> 
             allow_private_peers: args.turn_allow_private_peers,
             max_bytes_per_allocation: args.turn_max_bytes,
             max_allocation_lifetime: Duration::from_secs(args.turn_max_lifetime),
+            caps: TurnCaps {
+                allocations: args.turn_max_allocations,
+                allocations_per_client: args.turn_max_allocations_per_client,
+                allocations_per_credential: args.turn_max_allocations_per_credential,
+                tcp_connections_per_client: args.turn_max_tcp_per_client,
+                bytes_per_sec_per_allocation: args.turn_max_rate,
+                ..TurnCaps::default()
+            },
+            // The server adds its own listen address.
+            own_addresses: Vec::new(),
         },
         advertise_host: args
             .turn_public_host
@@ -165,6 +191,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // A socket per connection and per relay: the usual soft limit would refuse them first.
+    let fds = net::raise_fd_limit();
+    tracing::debug!(?fds, "descriptor limit");
     let config = signalling::Config {
         listen: args.listen,
         room_ttl: Duration::from_secs(args.room_ttl),
@@ -197,12 +226,19 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--turn needs --turn-secret (the secret the TURN servers share)");
     }
     let server = signalling::Server::spawn(config).await?;
-    // The first stdout line is the ready signal scripts and tests wait for.
-    println!("punchdrop signalling listening on {}", server.url());
-    // The second line says where the operator's counters are.
-    match server.admin_addr() {
-        Some(addr) => println!("metrics on http://{addr}/metrics"),
-        None => println!("metrics off"),
+    // The first stdout line is the ready signal; the second says where the operator's
+    // counters are. Written without `println!`: a reader that stops reading after the first
+    // line must not bring the server down (a closed pipe makes `println!` panic).
+    let metrics = match server.admin_addr() {
+        Some(addr) => format!("metrics on http://{addr}/metrics"),
+        None => "metrics off".to_owned(),
+    };
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "punchdrop signalling listening on {}", server.url());
+        let _ = writeln!(out, "{metrics}");
+        let _ = out.flush();
     }
     if let Some((udp, tcp)) = server.turn_addrs() {
         eprintln!("bundled TURN/STUN on udp {udp} and tcp {tcp}");

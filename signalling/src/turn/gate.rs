@@ -6,18 +6,23 @@
 //!   (malformed, expired, forged or altered) are counted and logged once, without the
 //!   username. The request then goes on to the turn crate, which refuses it the same way.
 //! - An authenticated CreatePermission or ChannelBind naming a peer outside the allowed
-//!   ranges is answered here with 403 (Forbidden) and never reaches the turn crate, which has
-//!   no hook for refusing peers: no permission is installed, so no data flows to or from it.
-//! - It remembers which client sent the last message. The turn crate (0.17.2) handles one
-//!   message at a time, reading the next only after the previous one is handled, so while it
-//!   allocates a relay that is the client asking; the relay generator uses this to tie a TCP
-//!   client's allocations to its connection.
+//!   ranges, one of the server's own addresses that is not a live relay, or a peer address
+//!   that does not decode (the turn crate would take it all the same) is answered here with
+//!   403 (Forbidden) and never reaches the turn crate, which has no hook for refusing peers:
+//!   no permission is installed, so no data flows to or from it.
+//! - An authenticated Allocate beyond the server's caps ([`super::quota`]) is answered here
+//!   with 486 (Allocation Quota Reached).
+//! - It remembers which client sent the last message, and under which credential if it was
+//!   an Allocate. The turn crate (0.17.2) handles one message at a time, reading the next
+//!   only after the previous one is handled, so while it allocates a relay that is the
+//!   client asking; the relay generator uses this to count the allocation against the caps
+//!   and to tie a TCP client's allocations to its connection.
 //!
 //! Data (ChannelData, Send indications) passes with a constant-time look at the first bytes.
 
 use super::TurnMetrics;
 use super::auth::Auth;
-use super::peers;
+use super::relay::RelayPolicy;
 use crate::credentials::CredentialError;
 use crate::limits::redact_ip;
 use async_trait::async_trait;
@@ -26,12 +31,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS};
-use stun::error_code::{CODE_FORBIDDEN, ErrorCodeAttribute};
+use stun::error_code::{CODE_ALLOC_QUOTA_REACHED, CODE_FORBIDDEN, ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    CLASS_ERROR_RESPONSE, MAGIC_COOKIE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, Message,
-    MessageType, Setter,
+    CLASS_ERROR_RESPONSE, MAGIC_COOKIE, METHOD_ALLOCATE, METHOD_CHANNEL_BIND,
+    METHOD_CREATE_PERMISSION, Message, MessageType, Setter,
 };
 use stun::textattrs::TextAttribute;
 use tokio_util::sync::CancellationToken;
@@ -45,16 +50,21 @@ pub(crate) trait Listener: Send + Sync {
     fn local_addr(&self) -> SocketAddr;
 }
 
-/// The client whose message the turn crate is handling (see the module docs).
+/// The client whose message the turn crate is handling, and the credential of its Allocate
+/// (see the module docs).
 #[derive(Debug, Default)]
-pub(crate) struct CurrentClient(Mutex<Option<SocketAddr>>);
+pub(crate) struct CurrentClient(Mutex<Option<(SocketAddr, Option<String>)>>);
 
 impl CurrentClient {
-    pub fn get(&self) -> Option<SocketAddr> {
-        *super::lock(&self.0)
+    pub fn get(&self) -> Option<(SocketAddr, Option<String>)> {
+        super::lock(&self.0).clone()
     }
-    fn set(&self, addr: SocketAddr) {
-        *super::lock(&self.0) = Some(addr);
+    fn set(&self, addr: SocketAddr, credential: Option<String>) {
+        *super::lock(&self.0) = Some((addr, credential));
+    }
+    #[cfg(test)]
+    pub fn set_for_tests(&self, addr: SocketAddr, credential: Option<String>) {
+        self.set(addr, credential);
     }
 }
 
@@ -62,7 +72,7 @@ pub(crate) struct Gate {
     inner: Arc<dyn Listener>,
     transport: &'static str,
     auth: Arc<Auth>,
-    allow_private_peers: bool,
+    policy: Arc<RelayPolicy>,
     metrics: Arc<TurnMetrics>,
     current: Arc<CurrentClient>,
     shutdown: CancellationToken,
@@ -91,7 +101,7 @@ impl Gate {
         inner: Arc<dyn Listener>,
         transport: &'static str,
         auth: Arc<Auth>,
-        allow_private_peers: bool,
+        policy: Arc<RelayPolicy>,
         metrics: Arc<TurnMetrics>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -99,7 +109,7 @@ impl Gate {
             inner,
             transport,
             auth,
-            allow_private_peers,
+            policy,
             metrics,
             current: Arc::default(),
             shutdown,
@@ -124,8 +134,9 @@ impl Gate {
         if m.decode().is_err() || !m.contains(ATTR_MESSAGE_INTEGRITY) {
             return Verdict::Pass; // the turn crate answers 400 or 401
         }
-        let key = match TextAttribute::get_from_as(&m, ATTR_USERNAME) {
-            Ok(user) => self.auth.key(&user.text),
+        let user = TextAttribute::get_from_as(&m, ATTR_USERNAME).map(|u| u.text);
+        let key = match &user {
+            Ok(user) => self.auth.key(user),
             Err(_) => Err(CredentialError::Malformed),
         };
         let key = match key {
@@ -139,16 +150,49 @@ impl Gate {
             self.refuse_auth(from, "wrong password or altered username");
             return Verdict::Pass;
         }
-        let asks_for_peer =
-            m.typ.method == METHOD_CREATE_PERMISSION || m.typ.method == METHOD_CHANNEL_BIND;
-        if self.allow_private_peers || !asks_for_peer {
-            return Verdict::Pass;
+        let user = user.unwrap_or_default();
+        match m.typ.method {
+            METHOD_ALLOCATE => self.inspect_allocate(&m, key, from, user),
+            METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND => self.inspect_peers(&m, key, from),
+            _ => Verdict::Pass,
         }
-        let denied = xor_peer_addresses(&m)
+    }
+
+    /// An authenticated Allocate: remembered with its credential, refused beyond the caps.
+    fn inspect_allocate(
+        &self,
+        m: &Message,
+        key: Vec<u8>,
+        from: SocketAddr,
+        user: String,
+    ) -> Verdict {
+        let over = self.policy.quotas.check(self.transport, from, &user);
+        self.current.set(from, Some(user));
+        let Some(over) = over else {
+            return Verdict::Pass;
+        };
+        self.metrics.quota_refused(over);
+        tracing::debug!(
+            transport = self.transport,
+            client = %redact_ip(from.ip()),
+            cap = ?over,
+            "TURN allocation refused (486)"
+        );
+        self.answer_error(
+            m,
+            key,
+            CODE_ALLOC_QUOTA_REACHED,
+            b"Allocation Quota Reached",
+        )
+    }
+
+    /// An authenticated CreatePermission or ChannelBind: every peer it names must be one the
+    /// relay may talk to, and must decode.
+    fn inspect_peers(&self, m: &Message, key: Vec<u8>, from: SocketAddr) -> Verdict {
+        let refused = xor_peer_addresses(m)
             .into_iter()
-            .flatten()
-            .find(|peer| !peers::is_public(peer.ip()));
-        let Some(peer) = denied else {
+            .find(|peer| !peer.is_some_and(|p| self.policy.peer_allowed(p)));
+        let Some(peer) = refused else {
             return Verdict::Pass;
         };
         self.metrics
@@ -157,14 +201,18 @@ impl Gate {
         tracing::debug!(
             transport = self.transport,
             client = %redact_ip(from.ip()),
-            peer = %redact_ip(peer.ip()),
+            peer = %peer.map_or_else(|| "undecodable".to_owned(), |p| redact_ip(p.ip())),
             "TURN peer refused (403)"
         );
-        match forbidden(&m, key) {
+        self.answer_error(m, key, CODE_FORBIDDEN, b"Forbidden")
+    }
+
+    fn answer_error(&self, m: &Message, key: Vec<u8>, code: ErrorCode, reason: &[u8]) -> Verdict {
+        match error_response(m, key, code, reason) {
             Ok(raw) => Verdict::Answer(raw),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot build a TURN 403 response");
-                // Still never let the turn crate install the permission.
+                tracing::warn!(error = %e, "cannot build a TURN error response");
+                // Still never let the turn crate act on the request.
                 Verdict::Drop
             }
         }
@@ -183,8 +231,13 @@ impl Gate {
     }
 }
 
-/// A 403 error response to `req`, signed with the requester's key as RFC 5389 §10.2.2 asks.
-fn forbidden(req: &Message, key: Vec<u8>) -> Result<Vec<u8>, stun::Error> {
+/// An error response to `req`, signed with the requester's key as RFC 5389 §10.2.2 asks.
+fn error_response(
+    req: &Message,
+    key: Vec<u8>,
+    code: ErrorCode,
+    reason: &[u8],
+) -> Result<Vec<u8>, stun::Error> {
     let id = Message {
         transaction_id: req.transaction_id,
         ..Default::default()
@@ -193,8 +246,8 @@ fn forbidden(req: &Message, key: Vec<u8>) -> Result<Vec<u8>, stun::Error> {
         Box::new(id),
         Box::new(MessageType::new(req.typ.method, CLASS_ERROR_RESPONSE)),
         Box::new(ErrorCodeAttribute {
-            code: CODE_FORBIDDEN,
-            reason: b"Forbidden".to_vec(),
+            code,
+            reason: reason.to_vec(),
         }),
         Box::new(MessageIntegrity(key)),
         Box::new(FINGERPRINT),
@@ -271,7 +324,7 @@ impl Conn for Gate {
                     }
                 },
             };
-            self.current.set(from);
+            self.current.set(from, None);
             match self.inspect(&buf[..n], from) {
                 Verdict::Pass => return Ok((n, from)),
                 Verdict::Drop => {}

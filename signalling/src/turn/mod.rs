@@ -16,7 +16,9 @@
 //! - TURN over TCP is a `Conn` that frames the stream (`tcp.rs`).
 //!
 //! Invariants: the relay never talks to loopback, private, link-local, multicast or other
-//! non-global addresses unless `allow_private_peers`; an allocation relays at most
+//! non-global addresses unless `allow_private_peers`, nor to the server's own addresses
+//! except its live relays; allocations and TCP connections stay within [`TurnCaps`] (per
+//! credential, per client, in total: `quota.rs`); an allocation relays at most
 //! `max_bytes_per_allocation` bytes and lives at most `max_allocation_lifetime`; logs carry
 //! addresses only through [`crate::limits::redact_ip`] and never usernames or passwords;
 //! metrics are counts. (The turn crate itself logs full addresses through the `log` crate at
@@ -31,6 +33,7 @@
 mod auth;
 mod gate;
 mod peers;
+mod quota;
 mod relay;
 mod tcp;
 #[cfg(test)]
@@ -50,8 +53,7 @@ use tokio_util::task::TaskTracker;
 use turn::server::Server;
 use turn::server::config::{ConnConfig, ServerConfig};
 
-/// Most TURN-over-TCP connections at once; more are closed on accept.
-const MAX_TCP_CONNECTIONS: usize = 1024;
+pub use quota::TurnCaps;
 /// How long [`TurnHandle::shutdown`] waits for tasks and relay sockets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -89,6 +91,11 @@ pub struct TurnConfig {
     pub max_bytes_per_allocation: u64,
     /// How long an allocation may live, however often it is refreshed.
     pub max_allocation_lifetime: Duration,
+    /// Caps on allocations and TCP connections.
+    pub caps: TurnCaps,
+    /// More of the server's own addresses (besides the relay and listen addresses), e.g. the
+    /// signalling server's: no relay reaches them.
+    pub own_addresses: Vec<IpAddr>,
 }
 
 /// Counters for `/metrics`. Counts only: no addresses or credentials.
@@ -100,12 +107,42 @@ pub struct TurnMetrics {
     pub auth_refused_total: AtomicU64,
     pub peer_refused_total: AtomicU64,
     pub quota_ended_total: AtomicU64,
+    pub rate_dropped_total: AtomicU64,
+    pub tcp_refused_total: AtomicU64,
+    quota_refused_total: AtomicU64,
+    quota_refused_client: AtomicU64,
+    quota_refused_credential: AtomicU64,
 }
 
 impl TurnMetrics {
+    pub(crate) fn quota_refused(&self, over: quota::OverCap) {
+        let counter = match over {
+            quota::OverCap::Total => &self.quota_refused_total,
+            quota::OverCap::Client => &self.quota_refused_client,
+            quota::OverCap::Credential => &self.quota_refused_credential,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Prometheus text format, one `punchdrop_turn_*` metric per counter.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP punchdrop_turn_allocations_refused_total TURN allocations refused by a cap, by cap.\n\
+             # TYPE punchdrop_turn_allocations_refused_total counter"
+        );
+        for (cap, v) in [
+            ("total", &self.quota_refused_total),
+            ("client", &self.quota_refused_client),
+            ("credential", &self.quota_refused_credential),
+        ] {
+            let _ = writeln!(
+                out,
+                "punchdrop_turn_allocations_refused_total{{cap=\"{cap}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         let mut put = |name: &str, kind: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(
                 out,
@@ -148,6 +185,18 @@ impl TurnMetrics {
             "counter",
             "TURN allocations ended by the byte or lifetime quota.",
             &self.quota_ended_total,
+        );
+        put(
+            "rate_dropped_total",
+            "counter",
+            "Datagrams dropped by the per-allocation rate cap.",
+            &self.rate_dropped_total,
+        );
+        put(
+            "tcp_refused_total",
+            "counter",
+            "TURN-over-TCP connections closed at accept by a cap.",
+            &self.tcp_refused_total,
         );
         out
     }
@@ -244,6 +293,15 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     let flusher = Arc::new(udp::Flusher::default());
     tasks.spawn(flusher.clone().run(shutdown.clone()));
     let auth = Arc::new(auth::Auth::new(config.secret, config.realm.clone()));
+    let mut own = config.own_addresses.clone();
+    own.push(config.relay_ip);
+    for addr in [udp_addr, tcp_addr] {
+        if !addr.ip().is_unspecified() {
+            own.push(addr.ip());
+        }
+    }
+    own.sort();
+    own.dedup();
     let policy = Arc::new(relay::RelayPolicy {
         ip: config.relay_ip,
         ports: config.relay_ports,
@@ -255,13 +313,15 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         live: live_relays.clone(),
         local: relay::LocalRelays::default(),
         flusher: flusher.clone(),
+        own,
+        quotas: quota::Quotas::new(config.caps.clone()),
     });
     let gate = |inner: Arc<dyn gate::Listener>, transport| {
         Arc::new(gate::Gate::new(
             inner,
             transport,
             auth.clone(),
-            config.allow_private_peers,
+            policy.clone(),
             metrics.clone(),
             shutdown.clone(),
         ))
@@ -271,7 +331,11 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp");
     let tcp_conn = tcp::TcpConn::start(
         tcp,
-        MAX_TCP_CONNECTIONS,
+        tcp::TcpCaps {
+            total: config.caps.tcp_connections,
+            per_client: config.caps.tcp_connections_per_client,
+        },
+        metrics.clone(),
         flusher.clone(),
         shutdown.clone(),
         &tasks,

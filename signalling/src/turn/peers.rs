@@ -23,6 +23,7 @@ fn v4_public(ip: Ipv4Addr) -> bool {
         || ip.is_link_local() // 169.254/16: cloud metadata lives here
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 carrier-grade NAT
         || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 IETF assignments
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 192.88.99.0/24 6to4 relay anycast
         || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18/15 benchmarking
         || ip.is_multicast() // 224/4
         || o[0] >= 240; // 240/4 reserved, 255.255.255.255 broadcast
@@ -38,6 +39,11 @@ fn v6_public(ip: Ipv6Addr) -> bool {
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
         // 64:ff9b::/96 NAT64
         return v4_public(embedded_v4(s[6], s[7]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // 64:ff9b:1::/48 local-use NAT64 (RFC 8215): translates into the operator's own
+        // network, wherever the embedded address points.
+        return false;
     }
     if s[0] == 0x2002 {
         // 2002::/16 6to4
@@ -79,6 +85,7 @@ mod tests {
             "100.64.0.1",
             "100.127.255.255",
             "192.0.0.8",
+            "192.88.99.1",
             "198.18.0.1",
             "198.19.255.255",
             "224.0.0.1",
@@ -121,6 +128,8 @@ mod tests {
             "ff02::1",
             "ff0e::1",
             "100::1",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:ffff::1",
         ] {
             assert!(!public(a), "{a} must be refused");
         }

@@ -4,8 +4,11 @@
 //! [`Generator`] is the turn crate's `RelayAddressGenerator`: it binds a socket on the relay
 //! address within the port range and returns it as a [`RelayConn`]. The wrapper
 //!
-//! - drops traffic to and from peers outside the allowed ranges (defence in depth: the gate
-//!   already refuses their permissions with 403, so the turn crate should never try);
+//! - drops traffic to and from peers outside the allowed ranges, and to and from the
+//!   server's own addresses except its live relays (defence in depth: the gate already
+//!   refuses their permissions with 403, so the turn crate should never try);
+//! - holds the allocation's [`Lease`] on the server's caps, and polices its rate if the
+//!   operator set one;
 //! - counts relayed bytes both ways and ends the allocation when it passes the byte quota or
 //!   its hard lifetime, whatever refreshes it got;
 //! - ends with the client's TCP connection, for allocations made over TCP.
@@ -25,6 +28,7 @@
 
 use super::gate::CurrentClient;
 use super::peers;
+use super::quota::{Lease, Quotas};
 use super::tcp::Links;
 use super::udp::{BatchedUdp, Flusher};
 use super::{TurnMetrics, lock};
@@ -58,11 +62,19 @@ pub(crate) struct RelayPolicy {
     pub live: Arc<AtomicUsize>,
     pub local: LocalRelays,
     pub flusher: Arc<Flusher>,
+    /// The server's own addresses (relay, listeners): no peer may be reached there but a
+    /// live relay, so a credential cannot reach the server's local UDP services or nest
+    /// allocations through a port that is not one.
+    pub own: Vec<IpAddr>,
+    pub quotas: Arc<Quotas>,
 }
 
 impl RelayPolicy {
-    fn peer_allowed(&self, ip: IpAddr) -> bool {
-        self.allow_private_peers || peers::is_public(ip)
+    pub fn peer_allowed(&self, peer: SocketAddr) -> bool {
+        if self.own.contains(&peer.ip()) && self.local.get(&peer).is_none() {
+            return false;
+        }
+        self.allow_private_peers || peers::is_public(peer.ip())
     }
 }
 
@@ -200,9 +212,23 @@ impl turn::relay::RelayAddressGenerator for Generator {
                 "requested address family is not relayed here".into(),
             ));
         }
+        let client = self.current.get();
+        let lease = match &client {
+            Some((addr, user)) => {
+                let user = user.as_deref().unwrap_or_default();
+                match self.policy.quotas.take(self.transport, *addr, user) {
+                    Ok(lease) => Some(lease),
+                    Err(over) => {
+                        self.policy.metrics.quota_refused(over);
+                        return Err(turn::Error::Other(format!("allocation quota: {over:?}")));
+                    }
+                }
+            }
+            None => None,
+        };
+        let client = client.map(|(addr, _)| addr);
         let socket = self.bind(requested_port).await?;
         let relay_addr = SocketAddr::new(self.policy.ip, socket.local_addr()?.port());
-        let client = self.current.get();
         let client_gone = match (&self.tcp, client) {
             (Some(links), Some(c)) => match links.closed_token(c) {
                 Some(t) => Some(t),
@@ -216,10 +242,39 @@ impl turn::relay::RelayAddressGenerator for Generator {
             relay_addr,
             self.policy.clone(),
             self.transport,
-            client,
+            (client, lease),
             client_gone,
         )?;
         Ok((Arc::new(conn), relay_addr))
+    }
+}
+
+/// A token bucket: `rate` bytes a second, bursts of up to a second's worth.
+#[derive(Debug)]
+struct Bucket {
+    rate: u64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64, now: tokio::time::Instant) -> Self {
+        Self {
+            rate,
+            tokens: rate as f64,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, n: u64, now: tokio::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate as f64;
+        self.tokens = (self.tokens + refill).min(self.rate as f64);
+        self.at = now;
+        if self.tokens < n as f64 {
+            return false;
+        }
+        self.tokens -= n as f64;
+        true
     }
 }
 
@@ -246,6 +301,10 @@ pub(crate) struct RelayConn {
     policy: Arc<RelayPolicy>,
     transport: &'static str,
     client: Option<SocketAddr>,
+    /// Its place in the server's caps, given back when the relay is dropped.
+    _lease: Option<Lease>,
+    /// The rate police, when the operator caps the rate.
+    rate: Option<Mutex<Bucket>>,
     client_gone: Option<CancellationToken>,
     deadline: tokio::time::Instant,
     bytes: AtomicU64,
@@ -270,7 +329,7 @@ impl RelayConn {
         relay_addr: SocketAddr,
         policy: Arc<RelayPolicy>,
         transport: &'static str,
-        client: Option<SocketAddr>,
+        (client, lease): (Option<SocketAddr>, Option<Lease>),
         client_gone: Option<CancellationToken>,
     ) -> std::io::Result<Self> {
         // One GRO buffer: a relay reads from one peer, and there may be thousands of relays.
@@ -287,9 +346,16 @@ impl RelayConn {
         let deadline = now
             .checked_add(policy.max_lifetime)
             .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        let rate = policy
+            .quotas
+            .caps()
+            .bytes_per_sec_per_allocation
+            .map(|r| Mutex::new(Bucket::new(r, now)));
         Ok(Self {
             socket,
             relay_addr,
+            _lease: lease,
+            rate,
             inbox,
             inbox_first: AtomicBool::new(false),
             deadline,
@@ -362,6 +428,21 @@ impl RelayConn {
         }
     }
 
+    /// Whether the rate police let `n` bytes through now (always, without a rate cap).
+    fn within_rate(&self, n: usize) -> bool {
+        let Some(bucket) = &self.rate else {
+            return true;
+        };
+        let ok = lock(bucket).take(n as u64, tokio::time::Instant::now());
+        if !ok {
+            self.policy
+                .metrics
+                .rate_dropped_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
     /// Counts `n` relayed bytes; false (and the relay ended) if they would pass the quota.
     fn account(&self, n: usize) -> bool {
         let n = n as u64;
@@ -400,8 +481,11 @@ impl RelayConn {
             self.end(End::Lifetime);
             return Some(Err(ended_error()));
         }
-        if !self.policy.peer_allowed(from.ip()) {
+        if !self.policy.peer_allowed(from) {
             self.refuse_peer(from, "inbound");
+            return None;
+        }
+        if !self.within_rate(n) {
             return None;
         }
         if !self.account(n) {
@@ -507,9 +591,12 @@ impl Conn for RelayConn {
             return Err(ended_error());
         }
         self.start();
-        if !self.policy.peer_allowed(target.ip()) {
+        if !self.policy.peer_allowed(target) {
             self.refuse_peer(target, "outbound");
             // Dropped like a datagram the network lost: the turn crate logs errors loudly.
+            return Ok(buf.len());
+        }
+        if !self.within_rate(buf.len()) {
             return Ok(buf.len());
         }
         if !self.account(buf.len()) {

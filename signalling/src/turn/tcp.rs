@@ -11,8 +11,8 @@
 //!
 //! - Memory is bounded: one frame (at most 20 + 65535 bytes: the
 //!   length field is 16 bits) is buffered per read, a bounded
-//!   queue each way per connection, and at most `max_connections` connections (more are
-//!   closed on accept).
+//!   queue each way per connection, and at most [`TcpCaps`] connections, in total and per
+//!   client (IPv4 address or IPv6 /64; more are closed on accept).
 //! - A connection that closes, errs, sends garbage, stays silent (10 s before its first
 //!   message, 15 min after) or cannot keep up with STUN responses is closed and forgotten,
 //!   and its token ([`Links::closed_token`]) is cancelled so its allocations end with it.
@@ -20,9 +20,10 @@
 //!   as UDP would; a STUN response cannot be (clients do not retransmit over TCP), so then
 //!   the connection is closed instead.
 
+use super::TurnMetrics;
 use super::gate::Listener;
 use super::udp::Flusher;
-use crate::limits::redact_ip;
+use crate::limits::{redact_ip, subscriber};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::io;
@@ -68,8 +69,12 @@ impl Links {
         self.lock().get(&peer).map(|l| l.closed.clone())
     }
 
-    fn len(&self) -> usize {
-        self.lock().len()
+    /// Whether another connection from `peer` stays within `caps`.
+    fn room_for(&self, peer: SocketAddr, caps: TcpCaps) -> bool {
+        let map = self.lock();
+        let client = subscriber(peer.ip());
+        map.len() < caps.total
+            && map.keys().filter(|a| subscriber(a.ip()) == client).count() < caps.per_client
     }
 
     fn insert(
@@ -98,6 +103,13 @@ impl Links {
     }
 }
 
+/// How many TURN-over-TCP connections are kept at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TcpCaps {
+    pub total: usize,
+    pub per_client: usize,
+}
+
 /// The TCP listener as one datagram-like [`Listener`].
 #[derive(Debug)]
 pub(crate) struct TcpConn {
@@ -111,7 +123,8 @@ impl TcpConn {
     /// Accept connections on `listener` in the background (on `tasks`) until `shutdown`.
     pub fn start(
         listener: TcpListener,
-        max_connections: usize,
+        caps: TcpCaps,
+        metrics: Arc<TurnMetrics>,
         flusher: Arc<Flusher>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
@@ -123,7 +136,7 @@ impl TcpConn {
             listener,
             links.clone(),
             in_tx,
-            max_connections,
+            (caps, metrics),
             shutdown,
             tasks.clone(),
         ));
@@ -144,7 +157,7 @@ async fn accept_loop(
     listener: TcpListener,
     links: Arc<Links>,
     in_tx: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-    max_connections: usize,
+    (caps, metrics): (TcpCaps, Arc<TurnMetrics>),
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -161,8 +174,9 @@ async fn accept_loop(
                 }
             },
         };
-        if links.len() >= max_connections {
-            tracing::warn!(client = %redact_ip(peer.ip()), "TURN TCP connection limit reached; connection closed");
+        if !links.room_for(peer, caps) {
+            metrics.tcp_refused_total.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %redact_ip(peer.ip()), "TURN TCP connection cap reached; connection closed");
             continue;
         }
         // Relayed media and data: Nagle would add delay to every small packet.

@@ -27,6 +27,9 @@ const WAIT: Duration = Duration::from_secs(5);
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+/// The server's own address: not the clients' and peers' (those are on [`LOCALHOST`]), as
+/// no relay may reach the server's own addresses but its live relays.
+const SERVER_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
 async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, f)
@@ -56,14 +59,16 @@ struct Setup {
 async fn start(tweak: impl FnOnce(&mut TurnConfig)) -> Setup {
     let secret = TurnSecret::new(b"test secret".to_vec());
     let mut config = TurnConfig {
-        listen: SocketAddr::new(LOCALHOST, 0),
-        relay_ip: LOCALHOST,
+        listen: SocketAddr::new(SERVER_IP, 0),
+        relay_ip: SERVER_IP,
         relay_ports: 0..=0,
         realm: "punchdrop".into(),
         secret: secret.clone(),
         allow_private_peers: true,
         max_bytes_per_allocation: u64::MAX,
         max_allocation_lifetime: Duration::from_secs(3600),
+        caps: TurnCaps::default(),
+        own_addresses: Vec::new(),
     };
     tweak(&mut config);
     let metrics = Arc::new(TurnMetrics::default());
@@ -168,7 +173,7 @@ async fn udp_allocation_relays_both_ways_and_is_counted() {
     let s = start(|_| {}).await;
     let (client, _) = udp_client(s.handle.udp_addr(), creds(&s.secret, "room-1")).await;
     let relay = within("allocate", client.allocate()).await.unwrap();
-    assert_eq!(relay.local_addr().unwrap().ip(), LOCALHOST);
+    assert_eq!(relay.local_addr().unwrap().ip(), SERVER_IP);
     assert_eq!(get(&s.metrics.allocations_total), 1);
     assert_eq!(get(&s.metrics.allocations_active), 1);
 
@@ -274,9 +279,17 @@ async fn private_peers_are_refused_with_403() {
 
 /// A relay generator outside any server: its relays are driven by the test alone.
 fn bare_generator(allow_private_peers: bool, metrics: &Arc<TurnMetrics>) -> relay::Generator {
+    bare_generator_with(allow_private_peers, TurnCaps::default(), metrics)
+}
+
+fn bare_generator_with(
+    allow_private_peers: bool,
+    caps: TurnCaps,
+    metrics: &Arc<TurnMetrics>,
+) -> relay::Generator {
     relay::Generator {
         policy: Arc::new(relay::RelayPolicy {
-            ip: LOCALHOST,
+            ip: SERVER_IP,
             ports: 0..=0,
             allow_private_peers,
             max_bytes: u64::MAX,
@@ -286,6 +299,8 @@ fn bare_generator(allow_private_peers: bool, metrics: &Arc<TurnMetrics>) -> rela
             live: Arc::default(),
             local: Default::default(),
             flusher: Default::default(),
+            own: vec![SERVER_IP],
+            quotas: quota::Quotas::new(caps),
         }),
         transport: "udp",
         current: Arc::default(),
@@ -421,7 +436,17 @@ struct RawTurn {
 
 impl RawTurn {
     /// Allocate, answering the server's 401 challenge as clients do.
-    async fn allocate(server: SocketAddr, (username, password): (String, String)) -> Self {
+    async fn allocate(server: SocketAddr, creds: (String, String)) -> Self {
+        Self::try_allocate(server, creds)
+            .await
+            .unwrap_or_else(|refused| panic!("allocation refused: {refused}"))
+    }
+
+    /// Allocate; the server's final answer if it refused.
+    async fn try_allocate(
+        server: SocketAddr,
+        (username, password): (String, String),
+    ) -> Result<Self, Message> {
         use turn::proto::{PROTO_UDP, reqtrans::RequestedTransport};
         let sock = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
         let mut t = Self {
@@ -445,9 +470,23 @@ impl RawTurn {
         t.nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)
             .unwrap()
             .text;
-        let ok = t.request(METHOD_ALLOCATE, true, transport()).await;
-        assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE, "{ok}");
-        t
+        let answer = t.request(METHOD_ALLOCATE, true, transport()).await;
+        if answer.typ.class != CLASS_SUCCESS_RESPONSE {
+            return Err(answer);
+        }
+        Ok(t)
+    }
+
+    /// The relayed address of a successful allocation's answer is not kept; this asks for a
+    /// permission towards `peer`, given as a raw XOR-PEER-ADDRESS value, and returns the
+    /// answer.
+    async fn create_permission(&mut self, peer: RawAttr) -> Message {
+        self.request(
+            stun::message::METHOD_CREATE_PERMISSION,
+            true,
+            Box::new(peer),
+        )
+        .await
     }
 
     /// Ask for ten more minutes; the answer, if one comes within [`QUIET`].
@@ -492,6 +531,35 @@ impl RawTurn {
         m.build(&setters).unwrap();
         self.sock.send_to(&m.raw, self.server).await.unwrap();
     }
+}
+
+/// An attribute with exactly these bytes, well formed or not.
+struct RawAttr(stun::attributes::AttrType, Vec<u8>);
+
+impl Setter for RawAttr {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.add(self.0, &self.1);
+        Ok(())
+    }
+}
+
+/// XOR-PEER-ADDRESS of an IPv4 `peer` (RFC 5389 §15.2).
+fn xor_peer(peer: SocketAddr) -> RawAttr {
+    let SocketAddr::V4(v4) = peer else {
+        panic!("IPv4 only")
+    };
+    let cookie = stun::message::MAGIC_COOKIE.to_be_bytes();
+    let mut v = vec![0, 0x01];
+    v.extend((v4.port() ^ 0x2112).to_be_bytes());
+    v.extend(v4.ip().octets().iter().zip(cookie).map(|(a, c)| a ^ c));
+    RawAttr(stun::attributes::ATTR_XOR_PEER_ADDRESS, v)
+}
+
+fn error_code(m: &Message) -> u16 {
+    let mut code = stun::error_code::ErrorCodeAttribute::default();
+    code.get_from(m)
+        .unwrap_or_else(|e| panic!("no error code in {m}: {e}"));
+    code.code.0
 }
 
 fn decode(raw: Vec<u8>) -> Message {
@@ -694,8 +762,18 @@ async fn tcp_connections_beyond_the_limit_are_closed() {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let conn =
-        tcp::TcpConn::start(listener, 1, Default::default(), shutdown.clone(), &tasks).unwrap();
+    let conn = tcp::TcpConn::start(
+        listener,
+        tcp::TcpCaps {
+            total: 1,
+            per_client: 1,
+        },
+        Default::default(),
+        Default::default(),
+        shutdown.clone(),
+        &tasks,
+    )
+    .unwrap();
 
     let mut first = TcpStream::connect(addr).await.unwrap();
     first.write_all(&binding_request().raw).await.unwrap();
@@ -767,4 +845,212 @@ async fn relay_to_relay_hop_keeps_addresses_counts_and_policy() {
             assert_eq!(get(&metrics.relayed_bytes_total), 0);
         }
     }
+}
+
+#[tokio::test]
+async fn allocations_beyond_the_caps_are_refused_with_486() {
+    let s = start(|c| {
+        c.caps = TurnCaps {
+            allocations: 3,
+            allocations_per_client: 2,
+            allocations_per_credential: 1,
+            ..TurnCaps::default()
+        }
+    })
+    .await;
+    let server = s.handle.udp_addr();
+    let room = |r: &str| creds(&s.secret, r);
+    let _a = RawTurn::allocate(server, room("a")).await;
+    // One credential, one allocation: a second under it is refused.
+    let refused = RawTurn::try_allocate(server, room("a"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(error_code(&refused), 486, "{refused}");
+    // One client (this address), two allocations.
+    let _b = RawTurn::allocate(server, room("b")).await;
+    let refused = RawTurn::try_allocate(server, room("c"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(error_code(&refused), 486, "{refused}");
+    let line = |cap: &str| {
+        s.metrics
+            .render()
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "punchdrop_turn_allocations_refused_total{{cap=\"{cap}\"}}"
+                ))
+            })
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(line("credential"), "1");
+    assert_eq!(line("client"), "1");
+    assert_eq!(get(&s.metrics.allocations_active), 2);
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_total_cap_holds_and_ended_allocations_give_their_place_back() {
+    let metrics = Arc::new(TurnMetrics::default());
+    let caps = TurnCaps {
+        allocations: 2,
+        ..TurnCaps::default()
+    };
+    let generator = bare_generator_with(true, caps, &metrics);
+    let current = |port: u16, user: &str| {
+        generator
+            .current
+            .set_for_tests(SocketAddr::new(LOCALHOST, port), Some(user.to_owned()))
+    };
+    current(1000, "u1");
+    let (a, _) = generator.allocate_conn(true, 0).await.unwrap();
+    current(1001, "u2");
+    let (_b, _) = generator.allocate_conn(true, 0).await.unwrap();
+    current(1002, "u3");
+    assert!(
+        generator.allocate_conn(true, 0).await.is_err(),
+        "beyond the total"
+    );
+    drop(a);
+    generator
+        .allocate_conn(true, 0)
+        .await
+        .expect("a place came back");
+}
+
+#[tokio::test]
+async fn the_servers_own_addresses_are_refused_but_its_live_relays() {
+    // Even where private peers are allowed (a LAN deployment), the server's own addresses
+    // are off limits: its listeners, its other local services, and relay ports that are
+    // not live allocations (no nesting through them).
+    let s = start(|_| {}).await;
+    let server = s.handle.udp_addr();
+    let mut turn = RawTurn::allocate(server, creds(&s.secret, "room")).await;
+    let service = UdpSocket::bind((SERVER_IP, 0)).await.unwrap();
+    for own in [server, s.handle.tcp_addr(), service.local_addr().unwrap()] {
+        let answer = turn.create_permission(xor_peer(own)).await;
+        assert_eq!(answer.typ.class, CLASS_ERROR_RESPONSE, "{own}: {answer}");
+        assert_eq!(error_code(&answer), 403, "{own}");
+    }
+    // Another live allocation's relayed address is a peer like any other.
+    let (client, _) = udp_client(server, creds(&s.secret, "room")).await;
+    let relay = within("allocate", client.allocate()).await.unwrap();
+    let answer = turn
+        .create_permission(xor_peer(relay.local_addr().unwrap()))
+        .await;
+    assert_eq!(answer.typ.class, CLASS_SUCCESS_RESPONSE, "{answer}");
+    // An ordinary peer elsewhere is fine.
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let answer = turn
+        .create_permission(xor_peer(peer.local_addr().unwrap()))
+        .await;
+    assert_eq!(answer.typ.class, CLASS_SUCCESS_RESPONSE, "{answer}");
+    assert_eq!(get(&s.metrics.peer_refused_total), 3);
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_address_that_does_not_decode_is_forbidden() {
+    for allow_private_peers in [true, false] {
+        let s = start(|c| c.allow_private_peers = allow_private_peers).await;
+        let mut turn = RawTurn::allocate(s.handle.udp_addr(), creds(&s.secret, "room")).await;
+        // Family 1 (IPv4) with a truncated address: the turn crate would read what is there.
+        let bad = RawAttr(
+            stun::attributes::ATTR_XOR_PEER_ADDRESS,
+            vec![0, 1, 0x21, 0x12, 1, 2],
+        );
+        let answer = turn.create_permission(bad).await;
+        assert_eq!(error_code(&answer), 403, "{answer}");
+        assert_eq!(get(&s.metrics.peer_refused_total), 1);
+        s.handle.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_rate_cap_drops_what_goes_beyond_it() {
+    const RATE: u64 = 20_000;
+    let metrics = Arc::new(TurnMetrics::default());
+    let caps = TurnCaps {
+        bytes_per_sec_per_allocation: Some(RATE),
+        ..TurnCaps::default()
+    };
+    let generator = bare_generator_with(true, caps, &metrics);
+    // Writes are queued; in a server, readers and this task send them.
+    let stop = CancellationToken::new();
+    tokio::spawn(generator.policy.flusher.clone().run(stop.clone()));
+    let (conn, _) = generator.allocate_conn(true, 0).await.unwrap();
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    let started = std::time::Instant::now();
+    // 100 kB at once: a second's worth passes, the rest is dropped.
+    for _ in 0..100 {
+        conn.send_to(&[7u8; 1000], peer.local_addr().unwrap())
+            .await
+            .unwrap();
+    }
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok((n, _))) = tokio::time::timeout(QUIET, peer.recv_from(&mut buf)).await {
+        got += n as u64;
+    }
+    let allowed = RATE + (started.elapsed().as_secs_f64() * RATE as f64) as u64 + 1000;
+    assert!(got >= RATE - 1000 && got <= allowed, "{got} bytes through");
+    assert!(get(&metrics.rate_dropped_total) >= 70);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn tcp_connections_are_capped_per_client() {
+    let listener = TcpListener::bind((SERVER_IP, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let metrics = Arc::new(TurnMetrics::default());
+    let caps = tcp::TcpCaps {
+        total: 10,
+        per_client: 1,
+    };
+    let conn = tcp::TcpConn::start(
+        listener,
+        caps,
+        metrics.clone(),
+        Default::default(),
+        shutdown.clone(),
+        &tasks,
+    )
+    .unwrap();
+    let connect_from = |ip: IpAddr| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(ip, 0)).unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+    let mut first = connect_from(LOCALHOST).await;
+    first.write_all(&binding_request().raw).await.unwrap();
+    let mut buf = vec![0u8; 1500];
+    within("first frame", conn.recv_from(&mut buf))
+        .await
+        .unwrap();
+    // A second from the same client is closed; another client is served.
+    let mut second = connect_from(LOCALHOST).await;
+    let closed = within("second closed", tcp::read_frame(&mut second)).await;
+    assert_eq!(
+        closed.unwrap_err().kind(),
+        std::io::ErrorKind::UnexpectedEof
+    );
+    let mut other = connect_from(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3))).await;
+    other.write_all(&binding_request().raw).await.unwrap();
+    let (_, from) = within("other frame", conn.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(from, other.local_addr().unwrap());
+    assert_eq!(get(&metrics.tcp_refused_total), 1);
+    shutdown.cancel();
+    tasks.close();
+    within("tasks stop", tasks.wait()).await;
 }
