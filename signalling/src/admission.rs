@@ -1,5 +1,6 @@
-//! Who may open a WebSocket: the client's address (behind proxies the operator trusts), caps
-//! on connections per client and in total, and the `Origin` of browser connections.
+//! Who may connect: the client's address (behind proxies the operator trusts), caps on TCP
+//! connections and on WebSockets per client and in total, and the `Origin` of browser
+//! connections.
 //!
 //! Invariants:
 //! - A client is an IPv4 address or an IPv6 /64 ([`crate::limits::subscriber`]), whatever it
@@ -7,6 +8,11 @@
 //!   [`Admission::trusted`] proxies, so no one else can pick the address limits apply to.
 //! - Every admitted connection holds a [`Slot`]; dropping it (the connection ending, however
 //!   it ends) gives the place back.
+//! - TCP connections speaking HTTP (page loads, requests not yet upgraded) are counted from
+//!   accept, before a byte is read, until they end or become a WebSocket (which then holds
+//!   its own place), so clients holding half-sent requests (until the header timeout) cannot
+//!   take every socket; a trusted proxy's connections are not capped per client (they carry
+//!   everyone), its clients' WebSockets are.
 //! - A browser sends `Origin`, and a page from another site must not drive a visitor's
 //!   browser into our rooms; programs (native-peer) send none and are let in.
 
@@ -26,6 +32,9 @@ pub struct AdmissionConfig {
     pub max_connections: usize,
     /// Open WebSocket connections at most from one client (IPv4 address or IPv6 /64).
     pub max_connections_per_client: usize,
+    /// Connections speaking HTTP at most from one client (a page load opens several); all
+    /// clients together at most `max_connections`.
+    pub max_tcp_per_client: usize,
     /// Proxies whose `X-Forwarded-For`/`Forwarded` say who the client is.
     pub trusted_proxies: Vec<IpNet>,
     /// The origin pages are served from (`https://drop.example`); browser connections from
@@ -39,6 +48,7 @@ impl Default for AdmissionConfig {
         Self {
             max_connections: 20_000,
             max_connections_per_client: 16,
+            max_tcp_per_client: 64,
             trusted_proxies: Vec::new(),
             public_origin: None,
         }
@@ -66,46 +76,93 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Admission {
     config: AdmissionConfig,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    websockets: Arc<Places>,
+    tcp: Arc<Places>,
+}
+
+/// Places for connections of one kind, per client and in total.
+#[derive(Debug)]
+struct Places {
+    total: usize,
+    per_client: usize,
+    taken: Mutex<HashMap<IpAddr, usize>>,
     open: AtomicUsize,
 }
 
 /// One admitted connection's place.
 #[derive(Debug)]
 pub struct Slot {
-    admission: Arc<Admission>,
+    places: Arc<Places>,
     client: IpAddr,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut per = self.admission.lock();
+        let mut per = self.places.lock();
         if let Some(n) = per.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
                 per.remove(&self.client);
             }
         }
-        self.admission.open.fetch_sub(1, Ordering::Relaxed);
+        self.places.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl Admission {
-    pub fn new(config: AdmissionConfig) -> Arc<Self> {
+impl Places {
+    fn new(total: usize, per_client: usize) -> Arc<Self> {
         Arc::new(Self {
-            config,
-            per_client: Mutex::default(),
+            total,
+            per_client,
+            taken: Mutex::default(),
             open: AtomicUsize::new(0),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.per_client.lock().unwrap_or_else(|p| p.into_inner())
+        self.taken.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Open connections now.
+    fn take(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Refusal> {
+        let client = subscriber(client);
+        let mut per = self.lock();
+        if self.open.load(Ordering::Relaxed) >= self.total {
+            return Err(Refusal::TooMany);
+        }
+        if per.get(&client).copied().unwrap_or(0) >= self.per_client {
+            return Err(Refusal::TooManyFromClient);
+        }
+        *per.entry(client).or_default() += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot {
+            places: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Admission {
+    pub fn new(config: AdmissionConfig) -> Arc<Self> {
+        let ws = (config.max_connections, config.max_connections_per_client);
+        Arc::new(Self {
+            websockets: Places::new(ws.0, ws.1),
+            tcp: Places::new(config.max_connections, config.max_tcp_per_client),
+            config,
+        })
+    }
+
+    /// Open WebSocket connections now.
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.websockets.open.load(Ordering::Relaxed)
+    }
+
+    /// Take a place for an HTTP connection from `peer` as it is accepted, or say why not. A
+    /// trusted proxy's connections are counted only in the total.
+    pub fn accept_tcp(&self, peer: IpAddr) -> Result<Slot, Refusal> {
+        if self.trusted(peer) {
+            return self.tcp.take_unlimited(peer);
+        }
+        self.tcp.take(peer)
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
@@ -140,24 +197,23 @@ impl Admission {
         }
     }
 
-    /// Take a place for a connection from `client`, or say why not.
-    pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Refusal> {
-        let client = subscriber(client);
-        let mut per = self.lock();
-        let refusal = if self.open.load(Ordering::Relaxed) >= self.config.max_connections {
-            Some(Refusal::TooMany)
-        } else if per.get(&client).copied().unwrap_or(0) >= self.config.max_connections_per_client {
-            Some(Refusal::TooManyFromClient)
-        } else {
-            None
-        };
-        if let Some(r) = refusal {
-            return Err(r);
+    /// Take a place for a WebSocket from `client`, or say why not.
+    pub fn admit(&self, client: IpAddr) -> Result<Slot, Refusal> {
+        self.websockets.take(client)
+    }
+}
+
+impl Places {
+    /// A place counted in the total only (a trusted proxy's connection).
+    fn take_unlimited(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Refusal> {
+        if self.open.load(Ordering::Relaxed) >= self.total {
+            return Err(Refusal::TooMany);
         }
+        let mut per = self.lock();
         *per.entry(client).or_default() += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Slot {
-            admission: self.clone(),
+            places: self.clone(),
             client,
         })
     }

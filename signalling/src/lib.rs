@@ -254,10 +254,12 @@ impl Server {
                 app,
                 token.clone(),
                 header_read_timeout,
+                None,
             ))
         });
+        let gated = state.clone();
         let task = tokio::spawn(async move {
-            serve_http(listener, app, token, header_read_timeout).await;
+            serve_http(listener, app, token, header_read_timeout, Some(gated)).await;
             sweeper.abort();
             if let Some(admin) = admin {
                 let _ = admin.await;
@@ -360,12 +362,14 @@ async fn spawn_bundled_turn(
 /// Serve HTTP/1.1 and WebSocket upgrades on `listener` until `token` is cancelled: axum's
 /// router on hyper's connection builder, which (unlike `axum::serve`) bounds how long a
 /// request's headers may take, so a client holding a half-sent request cannot keep its
-/// connection (a slowloris). The same loop as axum's `serve-with-hyper` example.
+/// connection (a slowloris). The same loop as axum's `serve-with-hyper` example. With
+/// `state`, each connection first needs a place ([`admission::Admission::accept_tcp`]).
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: Router,
     token: CancellationToken,
     header_read_timeout: Duration,
+    state: Option<Arc<AppState>>,
 ) {
     use tower::Service as _;
     let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -381,6 +385,17 @@ async fn serve_http(
                 }
             },
             () = token.cancelled() => break,
+        };
+        let place = match &state {
+            Some(state) => match state.admission.accept_tcp(remote.ip()) {
+                Ok(place) => Some(place),
+                Err(why) => {
+                    state.metrics.refused_http();
+                    tracing::debug!(?why, client = %limits::redact_ip(remote.ip()), "HTTP connection refused");
+                    continue;
+                }
+            },
+            None => None,
         };
         // Signalling is many tiny messages: Nagle plus delayed ACKs added ~40 ms per hop.
         let _ = tcp.set_nodelay(true);
@@ -409,6 +424,8 @@ async fn serve_http(
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "HTTP connection ended");
             }
+            // Ended, or became a WebSocket (which holds a place of its own).
+            drop(place);
         });
     }
 }

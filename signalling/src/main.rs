@@ -56,6 +56,9 @@ struct Args {
         default_value_t = 16
     )]
     max_connections_per_client: usize,
+    /// Open TCP connections at most per client (page loads, WebSockets, half-sent requests).
+    #[arg(long, env = "PUNCHDROP_MAX_TCP_PER_CLIENT", default_value_t = 64)]
+    max_tcp_per_client: usize,
     /// A proxy in front of this server (CIDR, repeatable): its X-Forwarded-For/Forwarded say
     /// who the client is. Nobody else's are believed.
     #[arg(
@@ -208,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         admission: signalling::admission::AdmissionConfig {
             max_connections: args.max_connections,
             max_connections_per_client: args.max_connections_per_client,
+            max_tcp_per_client: args.max_tcp_per_client,
             trusted_proxies: args.trusted_proxies.clone(),
             public_origin: args.public_origin.clone(),
         },

@@ -23,6 +23,7 @@ pub struct Metrics {
     refused_origin: AtomicU64,
     refused_client_cap: AtomicU64,
     refused_total_cap: AtomicU64,
+    refused_http: AtomicU64,
 }
 
 /// Values of the moment, next to the counters.
@@ -40,6 +41,12 @@ impl Metrics {
             Refusal::TooMany => &self.refused_total_cap,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TCP connection closed at accept (its client holds too many HTTP connections, or
+    /// the server does).
+    pub fn refused_http(&self) {
+        self.refused_http.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn render(&self, gauges: Gauges) -> String {
@@ -136,6 +143,7 @@ impl Metrics {
                 ("{reason=\"origin\"}", get(&self.refused_origin)),
                 ("{reason=\"client_cap\"}", get(&self.refused_client_cap)),
                 ("{reason=\"total_cap\"}", get(&self.refused_total_cap)),
+                ("{reason=\"http_cap\"}", get(&self.refused_http)),
             ],
         );
         out

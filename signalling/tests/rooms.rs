@@ -1300,3 +1300,61 @@ async fn a_room_has_a_number_only_when_its_creator_shows_a_code() {
     send(&mut creator, &ClientMessage::ShowCode).await;
     expect_silence(&mut creator).await;
 }
+
+#[tokio::test]
+async fn half_sent_requests_are_capped_per_client_and_others_are_served() {
+    let handle = spawn(Config {
+        admission: signalling::admission::AdmissionConfig {
+            max_tcp_per_client: 3,
+            ..Default::default()
+        },
+        ..config()
+    })
+    .await;
+    let addr = handle.local_addr();
+    let tcp_from = |ip: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(ip.parse().unwrap(), 0))
+            .unwrap();
+        timeout(WAIT, socket.connect(addr)).await.unwrap().unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tcp_from("127.0.0.1").await;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(tcp);
+    }
+    // The fourth is closed at once, before the header timeout (10 s here) could.
+    let mut fourth = tcp_from("127.0.0.1").await;
+    let _ = fourth.write_all(b"GET /healthz HTTP/1.1\r\n").await;
+    let mut rest = Vec::new();
+    let started = Instant::now();
+    let _ = timeout(WAIT, fourth.read_to_end(&mut rest))
+        .await
+        .expect("the fourth stays open");
+    assert!(rest.is_empty() && started.elapsed() < Duration::from_secs(2));
+    // Another client is served meanwhile.
+    let mut other = tcp_from("127.0.0.2").await;
+    other
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    timeout(WAIT, other.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert_eq!(
+        metric(
+            &handle,
+            "punchdrop_connections_refused_total{reason=\"http_cap\"}"
+        )
+        .await,
+        1
+    );
+    drop(held);
+}

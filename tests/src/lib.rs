@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod lab;
+pub mod load;
 
 use anyhow::{Context as _, bail};
 pub use protocol::event::{self, Event, Payload};

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 mod browser;
 mod lab;
+mod load;
 mod web;
 
 #[derive(Parser, Debug)]
@@ -30,6 +31,8 @@ enum Task {
     /// Both in room → first byte on loopback over many small transfers; with `--against`,
     /// interleaved with another build of native-peer (A/B).
     BenchSetup(SetupArgs),
+    /// The signalling server under many idle peers, live pairs and abuse (loopback).
+    Load(load::Args),
     /// Build the browser app (wasm-client → web/pkg).
     Web,
 }
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchSetup(args) => bench_setup(args),
         Task::BenchLab(args) => lab::bench(&root(), args),
         Task::BenchBrowser(args) => browser::bench(&root(), args),
+        Task::Load(args) => load::run(&root(), args),
         Task::Web => web::build(&root()),
     }
 }

@@ -365,6 +365,115 @@ impl Conn for Gate {
     }
 }
 
+/// For the fuzz targets in `fuzz/` only (cargo feature `fuzzing`, off by default and enabled
+/// by nothing but the fuzz crate): the decoding [`Gate::inspect`] does on every datagram a
+/// client sends, reachable from outside the crate. Release builds do not contain it.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+    use crate::credentials::TurnSecret;
+    use std::time::SystemTime;
+
+    /// A listener nothing arrives on: [`Gate::inspect`] never reads or writes through it.
+    struct Silent;
+
+    #[async_trait]
+    impl Listener for Silent {
+        async fn recv_from(&self, _buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+            Err(closed())
+        }
+        async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+            Ok(buf.len())
+        }
+        fn local_addr(&self) -> SocketAddr {
+            SocketAddr::new(SERVER_IP, 3478)
+        }
+    }
+
+    const SERVER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const REALM: &str = "punchdrop";
+
+    /// A gate built as `turn::spawn` builds one (private peers refused, default caps), around
+    /// a listener nothing arrives on, with a fixed secret.
+    #[derive(Debug)]
+    pub struct FuzzGate {
+        gate: Gate,
+        auth: Arc<Auth>,
+        secret: TurnSecret,
+    }
+
+    impl Default for FuzzGate {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl FuzzGate {
+        pub fn new() -> Self {
+            let secret = TurnSecret::new(b"fuzzing secret".to_vec());
+            let auth = Arc::new(Auth::new(secret.clone(), REALM.into()));
+            let metrics = Arc::new(super::super::TurnMetrics::default());
+            let shutdown = CancellationToken::new();
+            let policy = Arc::new(RelayPolicy {
+                ip: SERVER_IP,
+                ports: 0..=0,
+                allow_private_peers: false,
+                max_bytes: u64::MAX,
+                max_lifetime: Duration::from_secs(60),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                live: Arc::default(),
+                local: Default::default(),
+                flusher: Default::default(),
+                own: vec![SERVER_IP],
+                quotas: super::super::quota::Quotas::new(super::super::TurnCaps::default()),
+            });
+            let gate = Gate::new(
+                Arc::new(Silent),
+                "udp",
+                auth.clone(),
+                policy,
+                metrics,
+                shutdown,
+            );
+            Self { gate, auth, secret }
+        }
+
+        /// A username the gate takes (well formed, valid for years) and its long-term key, to
+        /// sign requests that get past the MESSAGE-INTEGRITY check.
+        pub fn credential(&self) -> (String, Vec<u8>) {
+            let ttl = Duration::from_secs(10 * 365 * 86_400);
+            let (user, _) = self.secret.mint("room", ttl, SystemTime::now());
+            let key = self.auth.key(&user).expect("a freshly minted username");
+            (user, key)
+        }
+
+        /// What the gate does with `raw` from `from`: `"pass"` (to the turn crate),
+        /// `"answer"` (an error response sent back) or `"drop"`.
+        pub fn inspect(&self, raw: &[u8], from: SocketAddr) -> &'static str {
+            match self.gate.inspect(raw, from) {
+                Verdict::Pass => "pass",
+                Verdict::Answer(_) => "answer",
+                Verdict::Drop => "drop",
+            }
+        }
+    }
+
+    /// `raw` decoded as a STUN message, then its XOR-PEER-ADDRESSes as the gate decodes them
+    /// (`None` when `raw` does not decode).
+    pub fn xor_peer_addresses(raw: &[u8]) -> Option<Vec<Option<SocketAddr>>> {
+        let mut m = Message::new();
+        m.raw = raw.to_vec();
+        m.decode().ok()?;
+        Some(super::xor_peer_addresses(&m))
+    }
+
+    /// One XOR-PEER-ADDRESS value, as the gate decodes it.
+    pub fn decode_xor_address(value: &[u8], transaction_id: &[u8; 12]) -> Option<SocketAddr> {
+        super::decode_xor_address(value, transaction_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

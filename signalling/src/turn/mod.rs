@@ -53,6 +53,10 @@ use tokio_util::task::TaskTracker;
 use turn::server::Server;
 use turn::server::config::{ConnConfig, ServerConfig};
 
+/// The TURN gate's STUN decoding, for the fuzz targets in `fuzz/` only (cargo feature
+/// `fuzzing`, off by default).
+#[cfg(feature = "fuzzing")]
+pub use gate::fuzzing;
 pub use quota::TurnCaps;
 /// How long [`TurnHandle::shutdown`] waits for tasks and relay sockets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
