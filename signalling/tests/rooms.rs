@@ -1358,3 +1358,35 @@ async fn half_sent_requests_are_capped_per_client_and_others_are_served() {
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn turn_credentials_live_no_longer_than_the_room() {
+    let handle = spawn(Config {
+        room_max_lifetime: Duration::from_secs(3600),
+        ice: signalling::IceSettings {
+            turn_urls: vec!["turn:198.51.100.1:3478?transport=udp".into()],
+            secret: Some(signalling::credentials::TurnSecret::new(b"s".to_vec())),
+            credential_ttl: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        },
+        ..config()
+    })
+    .await;
+    let mut a = connect(&handle).await;
+    send(&mut a, &create_msg()).await;
+    let ServerMessage::Created { room, .. } = next_raw(&mut a).await else {
+        panic!("no room");
+    };
+    let mut b = connect(&handle).await;
+    send(&mut b, &join_msg(RoomRef::Id(room))).await;
+    assert!(matches!(
+        next_raw(&mut b).await,
+        ServerMessage::Joined { .. }
+    ));
+    match next_raw(&mut b).await {
+        ServerMessage::IceServers {
+            expires_in_secs, ..
+        } => assert_eq!(expires_in_secs, 3600, "capped at the room's lifetime"),
+        other => panic!("expected ice_servers, got {other:?}"),
+    }
+}
