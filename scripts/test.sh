@@ -14,6 +14,8 @@ apt_install iproute2 iptables nftables conntrack miniupnpd-nftables
 
 log "formatting"
 cargo fmt --all -- --check
+# The fuzz targets are their own workspace (nightly only), outside `--all`.
+(cd fuzz && cargo fmt -- --check)
 
 log "lints"
 cargo clippy --release --workspace --all-targets -- -D warnings
@@ -34,6 +36,12 @@ log "tests"
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 cargo test --release --workspace "${TEST_FEATURES[@]}" 2>&1 | tee "$out"
+
+# Every fuzz target briefly over its committed corpus and past crashes (a smoke check; the
+# long runs are by hand, see DESIGN.md § Fuzzing).
+log "fuzzing: every target for 10 s"
+./scripts/fuzz.sh 10
+
 # One closing line for the whole run: cargo's own last line belongs to whichever test binary
 # ran last (often one with no tests).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$out"

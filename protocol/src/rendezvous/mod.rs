@@ -1068,7 +1068,11 @@ impl Rendezvous {
     }
 
     fn on_description(&mut self, kind: SdpKind, sdp: String) {
-        let role = self.role.expect("hellos exchanged");
+        // No role yet: the other peer said it receives and this side's person is still
+        // picking files, so nothing is being negotiated.
+        let Some(role) = self.role else {
+            return self.unexpected(Party::Peer, "a description out of turn");
+        };
         let expected = match role {
             TransferRole::Sender => SdpKind::Answer,
             TransferRole::Receiver => SdpKind::Offer,

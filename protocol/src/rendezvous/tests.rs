@@ -867,6 +867,66 @@ fn a_page_on_a_link_takes_the_other_side() {
 }
 
 #[test]
+fn a_description_while_picking_files_is_out_of_turn() {
+    // Found by the `peer_signal` fuzz target (fuzz/regressions/peer_signal/): a page on a
+    // link, told by the other peer that it receives, waits for its person to pick files; a
+    // description then arrived before this side had a role, and the machine panicked.
+    let link = ShareLink::new(SERVER, "room1234", "AAECAwQFBgcICQoLDA0ODw");
+    let inv = Invitation::Link(link.clone());
+    let mut rv = Rendezvous::join(&inv, SERVER, Want::Opposite, Config::default(), T0);
+    rv.server_open(T0);
+    rv.handle_server(
+        ServerMessage::Joined {
+            room: "room1234".into(),
+        },
+        T0,
+    );
+    let drain = |rv: &mut Rendezvous| -> Vec<Output> {
+        std::iter::from_fn(|| match rv.poll_output() {
+            Output::Timeout(_) => None,
+            o => Some(o),
+        })
+        .collect()
+    };
+    let theirs = drain(&mut rv)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::ToServer(ClientMessage::Pake { msg, .. }) => Some(msg),
+            _ => None,
+        })
+        .expect("the joiner's key exchange message");
+    let (hs, msg) = Handshake::start_b64(&link.password(), "room1234", RoomRole::Creator);
+    let mut peer = hs.finish_b64(&theirs).unwrap();
+    rv.handle_server(
+        ServerMessage::Pake {
+            auth: AuthKind::Link,
+            msg,
+        },
+        T0,
+    );
+    let sealed: [&[u8]; 2] = [
+        b"{\"type\":\"hello\",\"version\":2,\"role\":\"receiver\"}",
+        b"{\"type\":\"description\",\"kind\":\"answer\",\"sdp\":\"v=0\"}",
+    ];
+    for plain in sealed {
+        let data = peer.seal_b64(plain);
+        rv.handle_server(ServerMessage::Sealed { data }, T0);
+    }
+    let outputs = drain(&mut rv);
+    assert!(outputs.contains(&Output::Event(Event::Pick)), "{outputs:?}");
+    assert!(outputs.contains(&Output::ToServer(ClientMessage::Abort {
+        reason: AbortReason::Failed
+    })));
+    assert_eq!(
+        outputs.last(),
+        Some(&Output::Failed(RendezvousError::Unexpected(
+            Party::Peer,
+            "a description out of turn"
+        )))
+    );
+}
+
+#[test]
 fn a_person_who_never_picks_is_given_up_on_by_the_other_side() {
     let mut w = World::pair(Want::Receive, Want::Opposite);
     w.run();
