@@ -17,7 +17,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use core::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use protocol::path::{CandidateType, PairView, PathKind, Transport};
-use protocol::transfer::frame::{self, Control, Frame};
+use protocol::transfer::frame::{self, Control, Frame, Held, ResumeAt};
 use protocol::transfer::{
     CancelReason, DATA_HEADER_LEN, Limits, OfferEntry, Received, Receiver, ReceiverEvent, Role,
     TRANSFER_VERSION,
@@ -29,6 +29,8 @@ struct Caller {
     now: Duration,
     accept: bool,
     save: bool,
+    /// Accept holding the first bytes (zeros, as the script's data is) of this file.
+    hold: Option<(u32, u64)>,
 }
 
 impl Caller {
@@ -46,7 +48,12 @@ impl Caller {
         while let Some(e) = self.rx.poll_event() {
             match e {
                 ReceiverEvent::Offer(_) if self.accept => {
-                    self.rx.accept().expect("an offer is pending");
+                    let held = self.hold.map(|(i, n)| (i, zeros_hashed(n)));
+                    // A claim beyond the offer is the caller's mistake (an error, the offer
+                    // still pending): then accept holding nothing.
+                    if held.is_none_or(|h| self.rx.accept_holding(vec![h]).is_err()) {
+                        self.rx.accept().expect("an offer is pending");
+                    }
                 }
                 ReceiverEvent::Offer(_) => self.rx.decline("no thanks"),
                 ReceiverEvent::FileVerified { index } if self.save => {
@@ -74,6 +81,12 @@ impl Caller {
     }
 }
 
+fn zeros_hashed(n: u64) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    h.update(&vec![0; n as usize]);
+    h
+}
+
 // ── the script ────────────────────────────────────────────────────────────────────────────
 
 #[derive(Arbitrary, Debug)]
@@ -88,6 +101,8 @@ struct Script {
     /// Announce other totals than the entries add up to.
     lie_files: Option<u32>,
     lie_bytes: Option<u64>,
+    /// The receiver holds the first bytes of an offered file: (entry, length).
+    hold: Option<(u8, u16)>,
     steps: Vec<Step>,
 }
 
@@ -173,6 +188,8 @@ enum Step {
     Cancel,
     SetPath(Pair),
     Saved(u32),
+    /// The sender answers the held beginning: continued (true) or started over.
+    Resume(bool),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -190,7 +207,8 @@ enum Ctl {
         total_bytes: u64,
         files: Vec<Entry>,
     },
-    Accept,
+    Accept(Vec<(u32, u64)>),
+    Resume(Vec<(u32, u64)>),
     Decline(String),
     FileEnd {
         index: u32,
@@ -243,7 +261,25 @@ impl Ctl {
                 total_bytes,
                 files: files.iter().map(Entry::offer_entry).collect(),
             },
-            Self::Accept => Control::Accept,
+            Self::Accept(held) => Control::Accept {
+                resume: held
+                    .into_iter()
+                    .map(|(index, offset)| Held {
+                        index,
+                        offset,
+                        blake3: zeros_hashed(offset.min(1 << 16))
+                            .finalize()
+                            .to_hex()
+                            .to_string(),
+                    })
+                    .collect(),
+            },
+            Self::Resume(files) => Control::Resume {
+                files: files
+                    .into_iter()
+                    .map(|(index, offset)| ResumeAt { index, offset })
+                    .collect(),
+            },
             Self::Decline(message) => Control::Decline { message },
             Self::FileEnd { index, blake3 } => Control::FileEnd { index, blake3 },
             Self::FileAck(index) => Control::FileAck { index },
@@ -278,11 +314,17 @@ fn run_script(s: Script) {
         ),
         None => Receiver::new(now),
     };
+    let entry_count = s.parts.iter().map(Vec::len).sum::<usize>();
+    let hold = s
+        .hold
+        .filter(|_| entry_count > 0)
+        .map(|(i, n)| (u32::from(i) % entry_count as u32, u64::from(n)));
     let mut c = Caller {
         rx,
         now,
         accept: s.accept,
         save: s.save,
+        hold,
     };
     c.transmit();
     c.frame(&frame::encode_control(&Control::Hello {
@@ -312,6 +354,8 @@ fn run_script(s: Script) {
     let mut cur = next_file(0);
     let mut offset = 0u64;
     let mut hasher = blake3::Hasher::new();
+    // The held file the sender continues, once it said so.
+    let mut resumed: Option<(u32, u64)> = None;
     for step in s.steps {
         match step {
             Step::Data(len) => {
@@ -338,6 +382,26 @@ fn run_script(s: Script) {
                 }));
                 cur = next_file(i + 1);
                 offset = 0;
+                if let (Some(n), Some((h, len))) = (cur, resumed)
+                    && n as u32 == h
+                {
+                    offset = len;
+                    hasher = zeros_hashed(len);
+                }
+            }
+            Step::Resume(continued) => {
+                let Some((index, len)) = hold else { continue };
+                let at = if continued { len } else { 0 };
+                c.frame(&frame::encode_control(&Control::Resume {
+                    files: vec![ResumeAt { index, offset: at }],
+                }));
+                if continued {
+                    resumed = Some((index, len));
+                    if cur == Some(index as usize) && offset == 0 {
+                        offset = len;
+                        hasher = zeros_hashed(len);
+                    }
+                }
             }
             Step::Control(ctl) => c.frame(&frame::encode_control(&ctl.control())),
             Step::Raw(bytes) => c.frame(&bytes),
@@ -365,6 +429,7 @@ fn run_frames(mut data: &[u8]) {
         now: Duration::from_secs(100),
         accept: true,
         save: true,
+        hold: None,
     };
     c.transmit();
     while let [a, b, rest @ ..] = data {

@@ -11,7 +11,11 @@
 //!   cannot lead a write outside it); top-level names that already exist get ` (n)`, so
 //!   nothing the user had is touched.
 //! - Nothing is created before the offer is accepted ([`plan`] only names the targets).
-//! - On any failure the open `.part` file is deleted.
+//! - When the connection goes away mid-file, the `.part` stays: receiving the same files into
+//!   the same folder again continues it (the sender compares the beginnings' BLAKE3 first, so
+//!   the part's name is only a hint; a part that is not the same file's beginning starts
+//!   over). Any other failure (a cancel, a failed check, a write error) deletes it
+//!   ([`WriteCmd::Discard`]).
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::{Bytes, BytesMut};
@@ -219,6 +223,34 @@ impl Destination {
         self.dir.symlink_metadata(rel).is_ok()
     }
 
+    /// The length of `NAME.part`, when it is a regular file and `NAME` itself is free.
+    fn held_part(&self, name: &str) -> Option<u64> {
+        let name = Path::new(name);
+        if self.exists(name) {
+            return None;
+        }
+        let meta = self.dir.symlink_metadata(part_path(name)).ok()?;
+        meta.is_file().then_some(meta.len())
+    }
+
+    /// The first `len` bytes of the `.part` of `target` (a path relative to the
+    /// destination) hashed; fewer if it cannot be read so far.
+    pub fn hash_part(&self, target: &Path, len: u64) -> blake3::Hasher {
+        use std::io::Read as _;
+        let mut hasher = blake3::Hasher::new();
+        if let Ok(f) = self.dir.open(part_path(target)) {
+            let _ = hasher.update_reader(f.take(len));
+        }
+        hasher
+    }
+
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            dir: self.dir.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
     fn free_name(&self, top: &str) -> String {
         let taken = |n: &str| self.exists(Path::new(n)) || self.exists(&part_path(Path::new(n)));
         if !taken(top) {
@@ -236,17 +268,31 @@ impl Destination {
 pub struct Plan {
     /// Offer index → final path, relative to the destination.
     pub targets: HashMap<u32, PathBuf>,
+    /// Offered top-level files whose final name is free but whose `.part` is there, from an
+    /// interrupted transfer: index → that part's length.
+    pub parts: HashMap<u32, u64>,
     /// Folders to create once the offer is accepted (offered ones and files' parents).
     dirs: Vec<PathBuf>,
 }
 
-/// Name the final paths of an offer: existing top-level names get ` (n)`. Creates nothing.
+/// Name the final paths of an offer: existing top-level names get ` (n)`; a top-level file
+/// whose `.part` is there (and not its final name) keeps its name, to be continued. Creates
+/// nothing.
 pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
     let mut tops: HashMap<String, String> = HashMap::new();
     let mut targets = HashMap::new();
+    let mut parts = HashMap::new();
     let mut dirs = Vec::new();
     for (i, (safe, entry)) in offer.entries.iter().enumerate() {
         let top = safe.top().to_string();
+        let single_file = !entry.dir && safe.components().count() == 1;
+        if single_file
+            && !tops.contains_key(&top)
+            && let Some(len) = dest.held_part(&top)
+        {
+            tops.insert(top.clone(), top.clone());
+            parts.insert(i as u32, len);
+        }
         let mapped = tops
             .entry(top.clone())
             .or_insert_with(|| dest.free_name(&top))
@@ -261,7 +307,11 @@ pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
     }
     dirs.sort();
     dirs.dedup();
-    Plan { targets, dirs }
+    Plan {
+        targets,
+        parts,
+        dirs,
+    }
 }
 
 impl Plan {
@@ -293,17 +343,35 @@ fn part_path(target: &Path) -> PathBuf {
     target.with_file_name(name)
 }
 
+/// The first `len` bytes of the file at `path` hashed, for a receiver's claim to hold them.
+/// Fewer if the file is shorter now or cannot be read: the beginnings then differ and the
+/// file is sent again.
+pub fn hash_prefix(path: &Path, len: u64) -> blake3::Hasher {
+    use std::io::Read as _;
+    let mut hasher = blake3::Hasher::new();
+    if let Ok(f) = File::open(path) {
+        let _ = hasher.update_reader(f.take(len));
+    }
+    hasher
+}
+
 /// Commands for the writer thread.
 #[derive(Debug)]
 pub enum WriteCmd {
+    /// Bytes of a file follow: into a new `TARGET.part` (`keep: None`), or into the one held
+    /// from an interrupted transfer, cut to its first `keep` bytes (0: it starts over).
     Start {
         target: PathBuf,
+        keep: Option<u64>,
     },
     Data(Bytes),
     /// Verified: move into place.
     Finish {
         index: u32,
     },
+    /// The transfer failed for good: delete the open `.part` (without this, a part the
+    /// connection left half-written stays to be continued).
+    Discard,
 }
 
 /// What the writer thread reports.
@@ -329,11 +397,9 @@ pub fn spawn_writer(
             let result = (|| -> io::Result<()> {
                 while let Some(cmd) = cmd_rx.blocking_recv() {
                     match cmd {
-                        WriteCmd::Start { target } => {
+                        WriteCmd::Start { target, keep } => {
                             let part = part_path(&target);
-                            let mut options = cap_std::fs::OpenOptions::new();
-                            options.write(true).create_new(true);
-                            let f = dir.open_with(&part, &options)?;
+                            let f = open_part(&dir, &part, keep)?;
                             current = Some((f, part, target));
                         }
                         WriteCmd::Data(bytes) => {
@@ -356,22 +422,49 @@ pub fn spawn_writer(
                                 return Ok(());
                             }
                         }
+                        WriteCmd::Discard => {
+                            if let Some((f, part, _)) = current.take() {
+                                drop(f);
+                                dir.remove_file(&part)?;
+                            }
+                        }
                     }
                 }
                 Ok(())
             })();
-            // Whatever ended the loop (error, or the sender side dropped mid-file), never leave
-            // a half-written file behind.
-            if let Some((f, part, _)) = current.take() {
-                drop(f);
-                let _ = dir.remove_file(&part);
-            }
+            // A write that failed leaves nothing behind; a connection that went away mid-file
+            // leaves the part to be continued (the commands just stopped).
             if let Err(e) = result {
+                if let Some((f, part, _)) = current.take() {
+                    drop(f);
+                    let _ = dir.remove_file(&part);
+                }
                 let _ = res_tx.send(WriteResult::Failed(e));
             }
         })
         .expect("spawning a thread");
     Ok((cmd_tx, res_rx))
+}
+
+/// The `.part` to write: a new one, or the one held, cut to `keep` bytes and written after
+/// them.
+fn open_part(dir: &Dir, part: &Path, keep: Option<u64>) -> io::Result<cap_std::fs::File> {
+    use std::io::{Seek as _, SeekFrom};
+    let mut options = cap_std::fs::OpenOptions::new();
+    let Some(keep) = keep else {
+        options.write(true).create_new(true);
+        return dir.open_with(part, &options);
+    };
+    options.write(true);
+    let mut f = dir.open_with(part, &options)?;
+    if f.metadata()?.len() < keep {
+        return Err(io::Error::other(
+            "the part kept from before is shorter than said",
+        ));
+    }
+    f.set_len(keep)?;
+    f.seek(SeekFrom::End(0))?;
+    Ok(f)
 }
 
 /// Give the verified `.part` its final name without replacing anything: a hard link fails if
@@ -472,6 +565,7 @@ mod tests {
         // And a write that would pass through the link itself is refused.
         let (tx, mut rx) = spawn_writer(&dest).unwrap();
         tx.blocking_send(WriteCmd::Start {
+            keep: None,
             target: PathBuf::from("evil/x"),
         })
         .unwrap();
@@ -482,6 +576,49 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_file_keeps_exactly_the_held_bytes_then_appends() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        // Held from before: 6 good bytes and 3 the receiver never verified past.
+        fs::write(d.path().join("r.bin.part"), b"hello,???").unwrap();
+        let (tx, mut rx) = spawn_writer(&dest).unwrap();
+        tx.blocking_send(WriteCmd::Start {
+            keep: Some(6),
+            target: PathBuf::from("r.bin"),
+        })
+        .unwrap();
+        tx.blocking_send(WriteCmd::Data(Bytes::from_static(b" world")))
+            .unwrap();
+        tx.blocking_send(WriteCmd::Finish { index: 0 }).unwrap();
+        match rx.blocking_recv().unwrap() {
+            WriteResult::Saved { index: 0, path } => {
+                assert_eq!(fs::read(&path).unwrap(), b"hello, world");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!d.path().join("r.bin.part").exists());
+        // A part shorter than what the receiver said it holds is an error, not a gap.
+        fs::write(d.path().join("s.bin.part"), b"ab").unwrap();
+        tx.blocking_send(WriteCmd::Start {
+            keep: Some(5),
+            target: PathBuf::from("s.bin"),
+        })
+        .unwrap();
+        assert!(matches!(rx.blocking_recv(), Some(WriteResult::Failed(_))));
+    }
+
+    #[test]
+    fn hash_prefix_hashes_at_most_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        fs::write(&p, b"0123456789").unwrap();
+        let h = hash_prefix(&p, 4);
+        assert_eq!((h.count(), h.finalize()), (4, blake3::hash(b"0123")));
+        assert_eq!(hash_prefix(&p, 50).count(), 10);
+        assert_eq!(hash_prefix(&d.path().join("none"), 5).count(), 0);
+    }
+
+    #[test]
     fn writer_places_verified_files_and_removes_parts_on_abort() {
         let d = tempfile::tempdir().unwrap();
         let dest = Destination::open(d.path()).unwrap();
@@ -489,6 +626,7 @@ mod tests {
         let target = PathBuf::from("f.bin");
         fs::write(d.path().join(&target), "someone else's").unwrap();
         tx.blocking_send(WriteCmd::Start {
+            keep: None,
             target: target.clone(),
         })
         .unwrap();
@@ -508,22 +646,58 @@ mod tests {
         }
         assert_eq!(fs::read(d.path().join(&target)).unwrap(), b"someone else's");
         tx.blocking_send(WriteCmd::Start {
+            keep: None,
             target: PathBuf::from("g"),
         })
         .unwrap();
         tx.blocking_send(WriteCmd::Data(Bytes::from_static(b"half")))
             .unwrap();
+        tx.blocking_send(WriteCmd::Discard).unwrap();
+        // After a discard, a connection going away leaves a new part to be continued.
+        tx.blocking_send(WriteCmd::Start {
+            keep: None,
+            target: PathBuf::from("h"),
+        })
+        .unwrap();
+        tx.blocking_send(WriteCmd::Data(Bytes::from_static(b"hal")))
+            .unwrap();
         drop(tx);
         assert!(rx.blocking_recv().is_none());
-        let left: Vec<_> = fs::read_dir(d.path())
+        let mut left: Vec<_> = fs::read_dir(d.path())
             .unwrap()
-            .map(|e| e.unwrap().file_name())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
+        left.sort();
         assert_eq!(
-            left.len(),
-            2,
-            "only the two complete files remain: {left:?}"
+            left,
+            ["f (1).bin", "f.bin", "h.part"],
+            "the complete files, and only the part not discarded"
         );
+        assert_eq!(fs::read(d.path().join("h.part")).unwrap(), b"hal");
+    }
+
+    #[test]
+    fn a_part_left_from_before_keeps_its_name_in_the_plan() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        fs::write(d.path().join("big.bin.part"), [7u8; 10]).unwrap();
+        fs::write(d.path().join("done.txt"), "x").unwrap();
+        fs::write(d.path().join("done.txt.part"), "y").unwrap();
+        fs::create_dir(d.path().join("dir.part")).unwrap();
+        let o = offer(vec![
+            OfferEntry::file("big.bin", 100),
+            OfferEntry::file("done.txt", 1),
+            OfferEntry::file("dir", 1),
+            OfferEntry::file("new", 1),
+        ]);
+        let p = plan(&dest, &o);
+        assert_eq!(p.targets[&0], PathBuf::from("big.bin"));
+        // A final name that exists is never reused, whatever part sits next to it.
+        assert_eq!(p.targets[&1], PathBuf::from("done (1).txt"));
+        assert_eq!(p.targets[&2], PathBuf::from("dir (1)"));
+        assert_eq!(p.parts, HashMap::from([(0, 10)]));
+        let h = dest.hash_part(Path::new("big.bin"), 4);
+        assert_eq!(h.finalize(), blake3::hash(&[7u8; 4]));
     }
 
     #[test]

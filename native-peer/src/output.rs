@@ -69,6 +69,15 @@ impl Output {
             Event::Connected(c) => eprintln!("Connected: {}", c.path),
             Event::Offer(o) => eprintln!("{} file(s), {}", o.files, indicatif::HumanBytes(o.bytes)),
             Event::Accepted(a) => self.start(a.bytes),
+            Event::Resumed(r) => self.note(&format!(
+                "File #{}: its first {} were kept from before and match; only the rest is sent",
+                r.index,
+                indicatif::HumanBytes(r.offset)
+            )),
+            Event::FileRestarted(r) => self.note(&format!(
+                "File #{}: what was kept from before differs from the sender's file; it is sent again from the start",
+                r.index
+            )),
             Event::Done(d) => self.done(d),
             Event::Error(f) => {
                 if let Some(b) = self.bar.take() {

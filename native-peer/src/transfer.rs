@@ -6,7 +6,7 @@
 //! (back-pressure), and watches the connection state so a dead peer ends a blocked send
 //! (the channel is closed, waking it) instead of hanging.
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context as _, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use protocol::event::{self, Event};
 use protocol::path::{PairView, PathReport, PathTrack};
@@ -100,6 +100,8 @@ fn stopped(_cancel: TransferError) -> anyhow::Error {
 pub struct Summary {
     pub files: usize,
     pub bytes: u64,
+    /// Bytes this run moved (less what the receiver held and continued).
+    pub transferred: u64,
     pub seconds: f64,
     /// Both directions, as they were at the end.
     pub path: PathReport,
@@ -111,6 +113,7 @@ impl Summary {
         event::Done {
             files: self.files,
             bytes: self.bytes,
+            transferred: self.transferred,
             seconds: self.seconds,
             path: self.path,
         }
@@ -164,6 +167,7 @@ pub async fn send(
     let files = sources.iter().filter(|s| !s.entry.dir).count();
     let total = sm.total_bytes();
     let mut reader: Option<files::Reader> = None;
+    let source_paths: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
     let mut sources = Some(sources);
     let mut started = None;
 
@@ -186,6 +190,19 @@ pub async fn send(
                         started = Some(Instant::now());
                         out.event(&event::Accepted { files, bytes: total }.into());
                         reader = Some(files::spawn_reader(sources.take().unwrap_or_default()));
+                    }
+                    SenderEvent::CheckPrefix { index, offset } => {
+                        let path = source_paths[index as usize].clone();
+                        let hasher = tokio::task::spawn_blocking(move || files::hash_prefix(&path, offset))
+                            .await
+                            .context("hashing the beginning of a file")?;
+                        sm.prefix_hashed(index, hasher).map_err(map_err)?;
+                    }
+                    SenderEvent::Resumed { index, offset } => {
+                        out.event(&event::Resumed { index, offset }.into());
+                    }
+                    SenderEvent::StartsOver { index } => {
+                        out.event(&event::FileRestarted { index }.into());
                     }
                     SenderEvent::FileAcked { index } => {
                         out.event(&event::FileDone { index }.into());
@@ -226,17 +243,24 @@ pub async fn send(
                     }
                     None => bail!("the file reader stopped"),
                 };
+                // Control frames queued meanwhile (a `resume`, a `file_end`) go before this
+                // data frame: the receiver reads them in order.
+                while let Some(f) = sm.poll_transmit(clock.now()) {
+                    if let Err(e) = send_frame(&*dc, BytesMut::from(&f[..])).await {
+                        return Err(explain_loss(&mut sm, &mut inbox, clock, e).await);
+                    }
+                }
                 if let Err(e) = sm.encode_data(&mut buf) {
                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                     return Err(map_err(e));
                 }
-                if sm.bytes_sent() == total {
+                if sm.bytes_done() == total {
                     paths.at_end_of_part(link, |p| sm.set_path(p)).await;
                 }
                 if let Err(e) = send_frame(&*dc, buf).await {
                     return Err(explain_loss(&mut sm, &mut inbox, clock, e).await);
                 }
-                out.event(&event::Progress { bytes: sm.bytes_sent(), total }.into());
+                out.event(&event::Progress { bytes: sm.bytes_done(), total }.into());
                 continue;
             }
             let timer = sm.poll_timeout().map(|t| clock.at(t));
@@ -262,6 +286,7 @@ pub async fn send(
     Ok(Summary {
         files,
         bytes: total,
+        transferred: sm.bytes_sent(),
         seconds,
         path,
     })
@@ -342,6 +367,8 @@ pub async fn receive(
     let mut started = None;
     let mut first_byte = false;
     let mut pending_saves = 0usize;
+    // Files whose `.part` from an interrupted transfer this side offered to continue.
+    let mut resumable = std::collections::HashSet::new();
 
     let result: anyhow::Result<()> = async {
         loop {
@@ -368,13 +395,15 @@ pub async fn receive(
                                 paths.connected(link, sm.peer_path(), out);
                                 files_total = offer.file_count();
                                 out.event(&event::Offer::from(&offer).into());
-                                if let Err(msg) = check_space(&dest.path, offer.total_bytes) {
+                                let planned = files::plan(dest, &offer);
+                                let (held, held_bytes) = hash_parts(dest, &offer, &planned).await?;
+                                if let Err(msg) = check_space(&dest.path, offer.total_bytes - held_bytes) {
                                     sm.decline(&msg);
                                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                                     bail!("{msg}");
                                 }
-                                let planned = files::plan(dest, &offer);
-                                sm.accept().map_err(map_err)?;
+                                resumable = held.iter().map(|(i, _)| *i).collect();
+                                sm.accept_holding(held).map_err(map_err)?;
                                 // Folders only once the offer is accepted.
                                 planned.create_dirs(dest).map_err(|e| {
                                     let err = sm.cancel(CancelReason::Io, "the receiver cannot create folders");
@@ -384,10 +413,11 @@ pub async fn receive(
                                 started = Some(Instant::now());
                                 out.event(&event::Accepted { files: files_total, bytes: offer.total_bytes }.into());
                             }
-                            ReceiverEvent::FileStart { index } => {
+                            ReceiverEvent::FileStart { index, offset } => {
                                 let target = plan.as_ref().and_then(|p| p.targets.get(&index)).cloned()
                                     .ok_or_else(|| anyhow!("no destination for file #{index}"))?;
-                                if writer.send(WriteCmd::Start { target }).await.is_err() {
+                                let keep = resumable.contains(&index).then_some(offset);
+                                if writer.send(WriteCmd::Start { target, keep }).await.is_err() {
                                     return Err(writer_failed(&mut sm, &mut written).await);
                                 }
                             }
@@ -396,6 +426,12 @@ pub async fn receive(
                                 if writer.send(WriteCmd::Finish { index }).await.is_err() {
                                     return Err(writer_failed(&mut sm, &mut written).await);
                                 }
+                            }
+                            ReceiverEvent::Resumed { index, offset } => {
+                                out.event(&event::Resumed { index, offset }.into());
+                            }
+                            ReceiverEvent::StartsOver { index } => {
+                                out.event(&event::FileRestarted { index }.into());
                             }
                             ReceiverEvent::Completed => {}
                         }
@@ -409,7 +445,7 @@ pub async fn receive(
                         if writer.send(WriteCmd::Data(bytes)).await.is_err() {
                             return Err(writer_failed(&mut sm, &mut written).await);
                         }
-                        out.event(&event::Progress { bytes: sm.bytes_received(), total: sm.total_bytes() }.into());
+                        out.event(&event::Progress { bytes: sm.bytes_done(), total: sm.total_bytes() }.into());
                     }
                 }
                 r = written.recv() => match r {
@@ -430,16 +466,29 @@ pub async fn receive(
         }
     }
     .await;
-    drop(writer);
     if let Err(e) = result {
+        // A transfer that failed for good loses its `.part`; one the connection went away
+        // under keeps it, to be continued.
+        let keep = !sm.has_failed() && sm.bytes_done() > 0;
+        if !keep {
+            let _ = writer.send(WriteCmd::Discard).await;
+        }
+        drop(writer);
         flush(|| sm.poll_transmit(clock.now()), &*dc).await;
-        // Let the writer thread remove its `.part` before we report.
+        // Let the writer thread finish with its `.part` before we report.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while written.recv().await.is_some() {}
         })
         .await;
+        if keep {
+            return Err(e.context(format!(
+                "what arrived is kept in {}: receive the same files into it again to continue",
+                dest.path.display()
+            )));
+        }
         return Err(e);
     }
+    drop(writer);
     let seconds = started
         .map(|s| s.elapsed().as_secs_f64())
         .unwrap_or_default();
@@ -452,11 +501,42 @@ pub async fn receive(
         Summary {
             files: files_total,
             bytes: sm.total_bytes(),
+            transferred: sm.bytes_received(),
             seconds,
             path,
         },
         saved,
     ))
+}
+
+/// The `.part` files an interrupted transfer left for files of this offer, hashed (at most
+/// the offered size each): what this side offers to continue, and how many bytes that is.
+async fn hash_parts(
+    dest: &Destination,
+    offer: &protocol::transfer::Offer,
+    plan: &files::Plan,
+) -> anyhow::Result<(Vec<(u32, blake3::Hasher)>, u64)> {
+    let mut held = Vec::new();
+    let mut bytes = 0;
+    for (&index, &len) in &plan.parts {
+        let size = offer.entries[index as usize].1.size;
+        let keep = len.min(size);
+        if keep == 0 {
+            continue;
+        }
+        let target = plan.targets[&index].clone();
+        let dest = dest
+            .try_clone()
+            .context("reopening the destination folder")?;
+        let hasher = tokio::task::spawn_blocking(move || dest.hash_part(&target, keep))
+            .await
+            .context("hashing a part kept from before")?;
+        if hasher.count() > 0 {
+            bytes += hasher.count();
+            held.push((index, hasher));
+        }
+    }
+    Ok((held, bytes))
 }
 
 /// The writer thread stopped (its queue refused a command): find out why, tell the sender,

@@ -310,31 +310,121 @@ fn signalling_server_killed_mid_transfer_and_the_file_still_arrives() {
     assert_eq!(hash_file(&dst.path().join("movie.mkv")), hash_file(&file));
 }
 
+/// Wait until `peer` reported at least `bytes` of progress.
+fn wait_for_progress(peer: &mut Peer, bytes: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let so_far = peer
+            .events_so_far()
+            .iter()
+            .filter_map(|e| event::Progress::of(e))
+            .map(|p| p.bytes)
+            .max()
+            .unwrap_or(0);
+        if so_far >= bytes {
+            return;
+        }
+        assert!(
+            event::find::<event::Done>(peer.events_so_far()).is_none(),
+            "the transfer ended before {bytes} bytes were seen"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress to {bytes} bytes; so far {so_far}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
-fn sender_vanishing_mid_transfer_leaves_no_half_file() {
+fn a_vanished_sender_is_continued_by_a_new_send_into_the_same_folder() {
     let sig = Signalling::start();
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let file = src.path().join("big.bin");
-    make_file(&file, 200 << 20, 8);
+    let size: u64 = 200 << 20;
+    make_file(&file, size, 8);
     let (mut sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
     let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
-    receiver
-        .wait::<event::Progress>(Duration::from_secs(30))
-        .unwrap();
+    wait_for_progress(&mut receiver, size * 45 / 100);
     sender.kill();
-    assert!(
-        event::find::<event::Done>(receiver.events_so_far()).is_none(),
-        "the sender died mid-transfer"
-    );
     let (rs, revents) = receiver.finish(LONG).unwrap();
     let msg = expect_error(rs, &revents);
     assert!(msg.contains("vanished") || msg.contains("lost"), "{msg}");
     assert!(
-        tree(dst.path()).is_empty(),
-        "no final file and no .part: {:?}",
-        tree(dst.path())
+        msg.contains("kept"),
+        "the receiver says the part is kept: {msg}"
     );
+    // No final file; the part holds what arrived, ready to be continued.
+    let left = tree(dst.path());
+    assert_eq!(
+        left.keys().collect::<Vec<_>>(),
+        ["big.bin.part"],
+        "{left:?}"
+    );
+    let held = std::fs::metadata(dst.path().join("big.bin.part"))
+        .unwrap()
+        .len();
+    assert!(held >= size * 45 / 100 && held < size, "held {held}");
+
+    // The person sends again (a new link); the receiver runs again into the same folder.
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    let sdone = expect_done(ss, &sevents);
+    let resumed = event::find::<event::Resumed>(&revents).expect("a resumed event");
+    assert_eq!((resumed.index, resumed.offset), (0, held));
+    assert_eq!(event::find::<event::Resumed>(&sevents), Some(resumed));
+    assert_eq!(done.bytes, size);
+    assert_eq!(done.transferred, size - held);
+    assert_eq!(sdone.transferred, size - held);
+    assert!(done.transferred <= size * 55 / 100, "{}", done.transferred);
+    assert_eq!(hash_file(&dst.path().join("big.bin")), hash_file(&file));
+    assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
+}
+
+#[test]
+fn a_part_that_differs_from_the_senders_file_starts_over() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("data.bin");
+    let size: u64 = 24 << 20;
+    make_file(&file, size, 21);
+    // Parts from earlier runs: one whose beginning was changed on disk, one that matches.
+    let mut part = std::fs::read(&file).unwrap();
+    part.truncate(10 << 20);
+    part[5_000_000] ^= 1;
+    std::fs::write(dst.path().join("data.bin.part"), &part).unwrap();
+    let other = src.path().join("other.bin");
+    make_file(&other, 3 << 20, 22);
+    let mut good = std::fs::read(&other).unwrap();
+    good.truncate(1 << 20);
+    std::fs::write(dst.path().join("other.bin.part"), &good).unwrap();
+
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file, &other]).unwrap();
+    let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(
+        event::find::<event::FileRestarted>(&revents),
+        Some(&event::FileRestarted { index: 0 })
+    );
+    assert_eq!(
+        event::find::<event::Resumed>(&revents),
+        Some(&event::Resumed {
+            index: 1,
+            offset: 1 << 20
+        })
+    );
+    assert_eq!(done.transferred, size + (2 << 20));
+    assert_eq!(hash_file(&dst.path().join("data.bin")), hash_file(&file));
+    assert_eq!(hash_file(&dst.path().join("other.bin")), hash_file(&other));
+    assert_eq!(tree(dst.path()).len(), 2, "{:?}", tree(dst.path()));
 }
 
 /// Run the receiver with its destination on a small tmpfs in a private mount namespace; list

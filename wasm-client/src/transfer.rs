@@ -234,6 +234,31 @@ impl BlobReader {
     }
 }
 
+/// The first `len` bytes of `src` hashed, a block at a time, for the receiver's claim to hold
+/// them. Fewer if they cannot be read: the beginnings then differ and the file is sent again.
+async fn hash_prefix(src: &Source, len: u64) -> blake3::Hasher {
+    let mut hasher = blake3::Hasher::new();
+    let Some(file) = src.file.as_ref() else {
+        return hasher;
+    };
+    while hasher.count() < len {
+        let at = hasher.count();
+        let end = (at + READ_BLOCK).min(len);
+        let Ok(blob) = file.slice_with_f64_and_f64(at as f64, end as f64) else {
+            break;
+        };
+        let Ok(buf) = js::wait(blob.array_buffer()).await else {
+            break;
+        };
+        let bytes = js_sys::Uint8Array::new(&buf).to_vec();
+        if bytes.is_empty() {
+            break;
+        }
+        hasher.update(&bytes);
+    }
+    hasher
+}
+
 /// A file name safe to show: the last component only (full paths can be private).
 fn display_name(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_string()
@@ -346,6 +371,16 @@ pub async fn send(
                             .into(),
                         );
                     }
+                    SenderEvent::CheckPrefix { index, offset } => {
+                        let hasher = hash_prefix(&sources[index as usize], offset).await;
+                        sm.prefix_hashed(index, hasher)?;
+                    }
+                    SenderEvent::Resumed { index, offset } => {
+                        events.emit(&event::Resumed { index, offset }.into());
+                    }
+                    SenderEvent::StartsOver { index } => {
+                        events.emit(&event::FileRestarted { index }.into());
+                    }
                     SenderEvent::FileAcked { index } => {
                         events.emit(&event::FileDone { index }.into());
                     }
@@ -369,14 +404,21 @@ pub async fn send(
                     );
                     return Err(e);
                 }
+                // Control frames queued meanwhile (a `resume`, a `file_end`) go before this
+                // data frame: the receiver reads them in order.
+                while let Some(f) = sm.poll_transmit(js::now()) {
+                    if let Err(e) = wire.send(&f).await {
+                        return Err(explain_loss(&mut sm, &mut wire, e).await);
+                    }
+                }
                 sm.encode_data(&mut buf)?;
-                if sm.bytes_sent() == total {
+                if sm.bytes_done() == total {
                     paths.at_end_of_part(link, |p| sm.set_path(p)).await;
                 }
                 if let Err(e) = wire.send(&buf).await {
                     return Err(explain_loss(&mut sm, &mut wire, e).await);
                 }
-                progress.report(events, sm.bytes_sent(), total);
+                progress.report(events, sm.bytes_done(), total);
                 continue;
             }
             futures::select! {
@@ -410,6 +452,7 @@ pub async fn send(
     Ok(Summary {
         files,
         bytes: total,
+        transferred: sm.bytes_sent(),
         seconds,
         path: paths.track.report(sm.peer_path()),
     })
@@ -505,7 +548,8 @@ pub async fn receive(
                                 }
                                 offer = Some(o);
                             }
-                            ReceiverEvent::FileStart { index } => {
+                            // The page accepts holding nothing, so every file starts at 0.
+                            ReceiverEvent::FileStart { index, offset: 0 } => {
                                 let (path, entry) = offer.as_ref().and_then(|o| o.entries.get(index as usize))
                                     .ok_or(Error::Usage("file outside the offer"))?;
                                 let f = factory.as_ref().ok_or(Error::Usage("no destination"))?;
@@ -543,6 +587,15 @@ pub async fn receive(
                                 sm.file_saved(index)?;
                                 events.emit(&event::FileDone { index }.into());
                             }
+                            ReceiverEvent::FileStart { .. } => {
+                                return Err(Error::Usage("a file resumed that the page does not hold"));
+                            }
+                            ReceiverEvent::Resumed { index, offset } => {
+                                events.emit(&event::Resumed { index, offset }.into());
+                            }
+                            ReceiverEvent::StartsOver { index } => {
+                                events.emit(&event::FileRestarted { index }.into());
+                            }
                             ReceiverEvent::Completed => {}
                         }
                     }
@@ -561,7 +614,7 @@ pub async fn receive(
                             sm.cancel(CancelReason::Io, "the receiver could not write a file");
                             return Err(Error::Write(e));
                         }
-                        progress.report(events, sm.bytes_received(), sm.total_bytes());
+                        progress.report(events, sm.bytes_done(), sm.total_bytes());
                     }
                 }
                 cmd = cmds.next() => if let Some(Command::Cancel) = cmd {
@@ -587,6 +640,7 @@ pub async fn receive(
             Ok(Some(Summary {
                 files: files_total,
                 bytes: sm.total_bytes(),
+                transferred: sm.bytes_received(),
                 seconds,
                 path: paths.track.report(sm.peer_path()),
             }))

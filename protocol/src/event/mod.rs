@@ -32,6 +32,12 @@ pub enum Event {
     Offer(Offer),
     /// The receiver accepted; the transfer starts.
     Accepted(Accepted),
+    /// A file's beginning, kept by the receiver from an interrupted transfer, matched the
+    /// sender's: it continues from `offset` instead of being sent again.
+    Resumed(Resumed),
+    /// The beginning the receiver kept of a file differs from the sender's: that file starts
+    /// over.
+    FileRestarted(FileRestarted),
     /// The receiver got its first byte of file data.
     FirstByte(FirstByte),
     Progress(Progress),
@@ -111,6 +117,17 @@ pub struct Accepted {
     pub bytes: u64,
 }
 
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    pub index: u32,
+    pub offset: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileRestarted {
+    pub index: u32,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct FirstByte {
     pub ms_since_room: f64,
@@ -131,6 +148,9 @@ pub struct FileDone {
 pub struct Done {
     pub files: usize,
     pub bytes: u64,
+    /// Bytes this run moved: `bytes` less what the receiver held from an interrupted
+    /// transfer and continued.
+    pub transferred: u64,
     /// Accept → last file verified.
     pub seconds: f64,
     /// The path as it was at the end (ICE may move between open and done).
@@ -155,6 +175,8 @@ impl Event {
             Self::Connected(_) => "connected",
             Self::Offer(_) => "offer",
             Self::Accepted(_) => "accepted",
+            Self::Resumed(_) => "resumed",
+            Self::FileRestarted(_) => "file_restarted",
             Self::FirstByte(_) => "first_byte",
             Self::Progress(_) => "progress",
             Self::FileDone(_) => "file_done",
@@ -208,6 +230,8 @@ payloads! {
     Connected(Connected) = "connected",
     Offer(Offer) = "offer",
     Accepted(Accepted) = "accepted",
+    Resumed(Resumed) = "resumed",
+    FileRestarted(FileRestarted) = "file_restarted",
     FirstByte(FirstByte) = "first_byte",
     Progress(Progress) = "progress",
     FileDone(FileDone) = "file_done",

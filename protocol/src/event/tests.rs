@@ -87,6 +87,18 @@ fn golden() -> Vec<(Event, &'static str)> {
             r#"{"event":"accepted","files":1,"bytes":3}"#,
         ),
         (
+            Resumed {
+                index: 2,
+                offset: 1 << 20,
+            }
+            .into(),
+            r#"{"event":"resumed","index":2,"offset":1048576}"#,
+        ),
+        (
+            FileRestarted { index: 2 }.into(),
+            r#"{"event":"file_restarted","index":2}"#,
+        ),
+        (
             FirstByte { ms_since_room: 7.0 }.into(),
             r#"{"event":"first_byte","ms_since_room":7.0}"#,
         ),
@@ -102,6 +114,7 @@ fn golden() -> Vec<(Event, &'static str)> {
             Done {
                 files: 1,
                 bytes: 3,
+                transferred: 2,
                 seconds: 0.5,
                 path: PathReport {
                     kind: PathKind::Direct,
@@ -119,7 +132,7 @@ fn golden() -> Vec<(Event, &'static str)> {
                 },
             }
             .into(),
-            r#"{"event":"done","files":1,"bytes":3,"seconds":0.5,"path":"direct","local":"host","remote":"prflx","protocol":"udp","reason":null,"portmap":"off","peer":{"path":"direct","local":"srflx","remote":"host","protocol":"udp"}}"#,
+            r#"{"event":"done","files":1,"bytes":3,"transferred":2,"seconds":0.5,"path":"direct","local":"host","remote":"prflx","protocol":"udp","reason":null,"portmap":"off","peer":{"path":"direct","local":"srflx","remote":"host","protocol":"udp"}}"#,
         ),
         (Event::Declined, r#"{"event":"declined"}"#),
         (

@@ -39,7 +39,18 @@ pub enum Control {
         total_bytes: u64,
         files: Vec<OfferEntry>,
     },
-    Accept,
+    /// The receiver takes the offer. `resume` lists the files it already holds a beginning
+    /// of (kept from an interrupted transfer), which the sender checks before sending.
+    Accept {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resume: Vec<Held>,
+    },
+    /// The sender's answer to `accept.resume`, before any data: for each file listed there,
+    /// where its data starts (the held length if the beginnings match, else 0: it starts
+    /// over).
+    Resume {
+        files: Vec<ResumeAt>,
+    },
     Decline {
         message: String,
     },
@@ -63,7 +74,8 @@ impl Control {
             Self::Hello { .. } => "hello",
             Self::Path { .. } => "path",
             Self::Offer { .. } => "offer",
-            Self::Accept => "accept",
+            Self::Accept { .. } => "accept",
+            Self::Resume { .. } => "resume",
             Self::Decline { .. } => "decline",
             Self::FileEnd { .. } => "file_end",
             Self::FileAck { .. } => "file_ack",
@@ -71,6 +83,23 @@ impl Control {
             Self::Cancel { .. } => "cancel",
         }
     }
+}
+
+/// The beginning of a file a receiver holds: its first `offset` bytes hash to `blake3`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    pub index: u32,
+    pub offset: u64,
+    pub blake3: String,
+}
+
+/// Where the data of a held file starts: its held `offset` (continued) or 0 (started over).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeAt {
+    pub index: u32,
+    pub offset: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -175,7 +204,32 @@ mod tests {
                 },
                 r#"{"t":"offer","total_files":2,"total_bytes":5,"files":[{"path":"a/b.txt","size":5},{"path":"a/empty","size":0,"dir":true}]}"#,
             ),
-            (Control::Accept, r#"{"t":"accept"}"#),
+            (Control::Accept { resume: vec![] }, r#"{"t":"accept"}"#),
+            (
+                Control::Accept {
+                    resume: vec![Held {
+                        index: 1,
+                        offset: 4096,
+                        blake3: "cd".into(),
+                    }],
+                },
+                r#"{"t":"accept","resume":[{"index":1,"offset":4096,"blake3":"cd"}]}"#,
+            ),
+            (
+                Control::Resume {
+                    files: vec![
+                        ResumeAt {
+                            index: 1,
+                            offset: 4096,
+                        },
+                        ResumeAt {
+                            index: 4,
+                            offset: 0,
+                        },
+                    ],
+                },
+                r#"{"t":"resume","files":[{"index":1,"offset":4096},{"index":4,"offset":0}]}"#,
+            ),
             (
                 Control::FileEnd {
                     index: 3,

@@ -10,7 +10,8 @@
 //! ```text
 //! both:      Hello{version, role, seen_peer}   resent until the peer's Hello arrives
 //! sender:    Offer{files…}                      split over frames for long lists
-//! receiver:  Accept | Decline{message}
+//! receiver:  Accept{resume: held…} | Decline{message}
+//! sender:    Resume{files}                      only if the accept listed held beginnings
 //! sender:    Data{index, offset, bytes}…  FileEnd{index, blake3}   for each file, in order
 //! receiver:  FileAck{index}   once the file is verified and in place
 //! receiver:  Complete         after the last FileAck
@@ -20,6 +21,13 @@
 //! receiver hashes exactly the bytes it hands out, at the offsets it expects, and reports a
 //! file as ended only when size and hash both match. Anything else is an error, never a
 //! silently short or reordered file.
+//!
+//! Resuming: a receiver that kept the beginning of a file from an interrupted transfer
+//! accepts with its length and BLAKE3 ([`frame::Held`]), and carries that hash state on. The
+//! sender hashes the same bytes of its own file (the caller reads them); equal, the file's
+//! data starts after them, else at 0, and `resume` says which before any data. The final
+//! check is still the whole file's hash, so a wrong beginning can never end in a verified
+//! file.
 
 pub mod frame;
 pub mod names;
@@ -53,8 +61,9 @@ fn cancel_frame(e: &TransferError, was_live: bool) -> Option<Vec<u8>> {
 
 /// Version of the transfer protocol spoken by this build. 2: hellos carry the sender's
 /// pair and `path` frames tell later changes (peers on 1 reject both, so they are told to
-/// update instead).
-pub const TRANSFER_VERSION: u32 = 2;
+/// update instead). 3: `accept` may list beginnings the receiver holds, answered by
+/// `resume`.
+pub const TRANSFER_VERSION: u32 = 3;
 /// Payload bytes per data frame unless configured otherwise.
 pub const DEFAULT_CHUNK: usize = 64 * 1024;
 /// How often a Hello is resent until the peer's arrives (covers a first message lost on a
@@ -156,6 +165,8 @@ pub enum TransferError {
     UnsafeName(NameError),
     #[error("the offer is inconsistent: {0}")]
     BadOffer(&'static str),
+    #[error("the resume is inconsistent: {0}")]
+    BadResume(&'static str),
     #[error("data arrived out of order or beyond the file's size")]
     OutOfOrder,
     #[error("file #{index} failed verification: its BLAKE3 hash does not match the sender's")]

@@ -1,6 +1,6 @@
 //! The receiving end of a transfer.
 
-use super::frame::{self, Control, Frame};
+use super::frame::{self, Control, Frame, Held, ResumeAt};
 use super::names::{self, SafePath};
 use super::{
     CancelReason, HelloState, MAX_OFFER_ENTRIES, MAX_OFFER_NAME_BYTES, Offer, OfferEntry, Role,
@@ -8,7 +8,7 @@ use super::{
 };
 use crate::path::PairView;
 use core::time::Duration;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiverEvent {
@@ -17,8 +17,14 @@ pub enum ReceiverEvent {
     /// The whole offer arrived and every name is safe: answer with [`Receiver::accept`] or
     /// [`Receiver::decline`].
     Offer(Offer),
-    /// Bytes of file `index` follow: create its temporary file.
-    FileStart { index: u32 },
+    /// Bytes of file `index` follow from `offset`: open its temporary file keeping exactly
+    /// its first `offset` bytes (0: create it empty; more: only for a file resumed).
+    FileStart { index: u32, offset: u64 },
+    /// The sender has the same beginning: file `index` continues from `offset`.
+    Resumed { index: u32, offset: u64 },
+    /// The sender's beginning of file `index` differs from the one held here: it starts over
+    /// (the held bytes are thrown away at its [`ReceiverEvent::FileStart`]).
+    StartsOver { index: u32 },
     /// File `index` is complete and its hash matches: put it in place, then call
     /// [`Receiver::file_saved`].
     FileVerified { index: u32 },
@@ -43,6 +49,8 @@ enum State {
     Hello,
     Offering,
     Deciding,
+    /// Accepted with held beginnings; waiting for the sender's `resume`.
+    AwaitResume,
     Receiving,
     Done,
     Failed,
@@ -92,6 +100,14 @@ pub struct Receiver {
     saved: usize,
     to_save: usize,
     bytes_received: u64,
+    /// Bytes of the offer held here already that the transfer continues after.
+    bytes_resumed: u64,
+    /// Held beginnings offered in the accept, by file index, until the sender answers.
+    held: BTreeMap<u32, blake3::Hasher>,
+    /// Where each continued file's data starts, and its hash state there (taken when the
+    /// file begins).
+    start_at: HashMap<usize, u64>,
+    start_hash: HashMap<usize, blake3::Hasher>,
 }
 
 impl Receiver {
@@ -119,6 +135,10 @@ impl Receiver {
             saved: 0,
             to_save: 0,
             bytes_received: 0,
+            bytes_resumed: 0,
+            held: BTreeMap::new(),
+            start_at: HashMap::new(),
+            start_hash: HashMap::new(),
         }
     }
 
@@ -126,12 +146,25 @@ impl Receiver {
         self.total_bytes
     }
 
+    /// Payload bytes received so far (this run: held beginnings are not counted).
     pub fn bytes_received(&self) -> u64 {
         self.bytes_received
     }
 
+    /// How far through the offer's bytes the transfer is: held beginnings the sender
+    /// continued, plus what was received. Reaches [`Receiver::total_bytes`] at the end.
+    pub fn bytes_done(&self) -> u64 {
+        self.bytes_resumed + self.bytes_received
+    }
+
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Did the transfer end on a protocol decision (a cancel either way, a decline, a
+    /// failed check, a silent peer) rather than the connection going away under it?
+    pub fn has_failed(&self) -> bool {
+        self.state == State::Failed
     }
 
     /// Feed one received frame. Drain [`Receiver::poll_event`] before acting on the returned
@@ -206,6 +239,7 @@ impl Receiver {
                 self.state = State::Offering;
                 self.on_offer_part(total_files, total_bytes, files)
             }
+            (State::AwaitResume, Control::Resume { files }) => self.on_resume(files),
             (State::Receiving, Control::FileEnd { index, blake3 }) => {
                 self.on_file_end(index, &blake3)
             }
@@ -337,16 +371,99 @@ impl Receiver {
 
     /// Accept the offer; data starts to flow.
     pub fn accept(&mut self) -> Result<(), TransferError> {
+        self.accept_holding(Vec::new())
+    }
+
+    /// Accept the offer, saying which beginnings of offered files this side already holds:
+    /// for each, the file's index and the hash state of its first bytes (what
+    /// `Hasher::count` says were hashed). The sender compares them with its own and answers
+    /// before any data ([`ReceiverEvent::Resumed`] or [`ReceiverEvent::StartsOver`]).
+    pub fn accept_holding(
+        &mut self,
+        held: Vec<(u32, blake3::Hasher)>,
+    ) -> Result<(), TransferError> {
         if self.state != State::Deciding {
             return Err(TransferError::Usage("accept without a pending offer"));
         }
-        self.out.push_back(frame::encode_control(&Control::Accept));
+        self.held.clear();
+        let mut resume = Vec::with_capacity(held.len());
+        for (index, hasher) in held {
+            let size = self
+                .entries
+                .get(index as usize)
+                .filter(|e| !e.dir)
+                .map(|e| e.size)
+                .ok_or(TransferError::Usage("held beginning of a file not offered"))?;
+            let offset = hasher.count();
+            if offset == 0 || offset > size {
+                return Err(TransferError::Usage(
+                    "held beginning empty or beyond the file",
+                ));
+            }
+            resume.push(Held {
+                index,
+                offset,
+                blake3: hasher.finalize().to_hex().to_string(),
+            });
+            if self.held.insert(index, hasher).is_some() {
+                return Err(TransferError::Usage("held beginning given twice"));
+            }
+        }
+        resume.sort_by_key(|h| h.index);
+        let resuming = !resume.is_empty();
+        self.out
+            .push_back(frame::encode_control(&Control::Accept { resume }));
+        if resuming {
+            self.state = State::AwaitResume;
+        } else {
+            self.start_receiving();
+        }
+        Ok(())
+    }
+
+    /// The sender's answer to our held beginnings: exactly those files, each continued from
+    /// what we hold or started over.
+    fn on_resume(&mut self, files: Vec<ResumeAt>) -> Result<(), TransferError> {
+        let listed: Vec<u32> = files.iter().map(|f| f.index).collect();
+        if !listed.iter().copied().eq(self.held.keys().copied()) {
+            return Err(TransferError::BadResume(
+                "it does not answer the files held here",
+            ));
+        }
+        for ResumeAt { index, offset } in files {
+            let hasher = self.held.remove(&index).expect("listed above");
+            if offset == 0 {
+                self.events.push_back(ReceiverEvent::StartsOver { index });
+            } else if offset == hasher.count() {
+                self.start_at.insert(index as usize, offset);
+                self.bytes_resumed += offset;
+                self.start_hash.insert(index as usize, hasher);
+                self.events
+                    .push_back(ReceiverEvent::Resumed { index, offset });
+            } else {
+                return Err(TransferError::BadResume(
+                    "a file continued from somewhere else than held here",
+                ));
+            }
+        }
+        self.start_receiving();
+        Ok(())
+    }
+
+    fn start_receiving(&mut self) {
         self.state = State::Receiving;
         self.cur = 0;
         self.skip_dirs();
+        self.enter_file();
         // An offer of folders only is complete once accepted.
         self.complete_if_all_saved();
-        Ok(())
+    }
+
+    /// Receiving moved to file `self.cur`: its data starts at its held length (if continued)
+    /// or 0, with the hash state of the bytes before.
+    fn enter_file(&mut self) {
+        self.offset = self.start_at.get(&self.cur).copied().unwrap_or(0);
+        self.hasher = self.start_hash.remove(&self.cur).unwrap_or_default();
     }
 
     fn complete_if_all_saved(&mut self) {
@@ -378,7 +495,10 @@ impl Receiver {
         }
         if !self.started {
             self.started = true;
-            self.events.push_back(ReceiverEvent::FileStart { index });
+            self.events.push_back(ReceiverEvent::FileStart {
+                index,
+                offset: self.offset,
+            });
         }
         Ok(())
     }
@@ -421,9 +541,9 @@ impl Receiver {
         }
         self.events.push_back(ReceiverEvent::FileVerified { index });
         self.cur += 1;
-        self.offset = 0;
         self.started = false;
         self.skip_dirs();
+        self.enter_file();
         Ok(())
     }
 

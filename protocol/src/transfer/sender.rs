@@ -1,10 +1,10 @@
 //! The sending end of a transfer.
 
-use super::frame::{self, Control, DATA_HEADER_LEN, Frame, MAX_FRAME};
+use super::frame::{self, Control, DATA_HEADER_LEN, Frame, Held, MAX_FRAME, ResumeAt};
 use super::{CancelReason, DEFAULT_CHUNK, HelloState, OfferEntry, Role, TransferError};
 use crate::path::PairView;
 use core::time::Duration;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Bytes the caller should read next and pass to [`Sender::encode_data`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +34,16 @@ struct Cursor {
 pub enum SenderEvent {
     /// The receiver said which pair it sends on (in its hello, then when it changes).
     PeerPath(PairView),
-    /// The receiver accepted the offer: start reading.
+    /// The receiver accepted the offer: start reading (after any [`SenderEvent::CheckPrefix`]).
     Accepted,
+    /// The receiver holds the first `offset` bytes of file `index` from an interrupted
+    /// transfer: hash the same bytes of ours and hand them to [`Sender::prefix_hashed`].
+    /// Nothing is sent until every such check is answered.
+    CheckPrefix { index: u32, offset: u64 },
+    /// The beginnings matched: file `index` continues from `offset`.
+    Resumed { index: u32, offset: u64 },
+    /// The receiver's beginning of file `index` differs from ours: it starts over.
+    StartsOver { index: u32 },
     /// The receiver verified file `index` and put it in place.
     FileAcked { index: u32 },
     /// Every file was acknowledged; the transfer is complete.
@@ -46,6 +54,8 @@ pub enum SenderEvent {
 enum State {
     Hello,
     AwaitAccept,
+    /// Accepted; comparing the beginnings the receiver holds with ours.
+    Checking,
     Sending,
     /// Every byte was framed; waiting for acknowledgements.
     AwaitAcks,
@@ -72,6 +82,16 @@ pub struct Sender {
     to_ack: usize,
     total_bytes: u64,
     bytes_framed: u64,
+    /// Bytes of the offer the receiver held already and the transfer continues after.
+    bytes_resumed: u64,
+    /// The receiver's beginnings not yet compared with ours, by file index.
+    unchecked: BTreeMap<u32, Held>,
+    /// Our answer to them, in index order.
+    answers: Vec<ResumeAt>,
+    /// Where each continued file's data starts, and its hash state at that point (taken when
+    /// the file's framing begins).
+    start_at: HashMap<usize, u64>,
+    start_hash: HashMap<usize, blake3::Hasher>,
 }
 
 impl Sender {
@@ -96,6 +116,11 @@ impl Sender {
             to_ack,
             total_bytes,
             bytes_framed: 0,
+            bytes_resumed: 0,
+            unchecked: BTreeMap::new(),
+            answers: Vec::new(),
+            start_at: HashMap::new(),
+            start_hash: HashMap::new(),
         }
     }
 
@@ -107,9 +132,15 @@ impl Sender {
         self.total_bytes
     }
 
-    /// Payload bytes framed so far.
+    /// Payload bytes framed so far (this run: what the receiver held already is not counted).
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_framed
+    }
+
+    /// How far through the offer's bytes the transfer is: the beginnings the receiver held
+    /// and continued, plus what was framed. Reaches [`Sender::total_bytes`] at the end.
+    pub fn bytes_done(&self) -> u64 {
+        self.bytes_resumed + self.bytes_framed
     }
 
     pub fn is_done(&self) -> bool {
@@ -161,11 +192,9 @@ impl Sender {
                 self.on_peer_path(Some(path));
                 Ok(())
             }
-            (State::AwaitAccept, Control::Accept) => {
-                self.state = State::Sending;
+            (State::AwaitAccept, Control::Accept { resume }) => {
                 self.events.push_back(SenderEvent::Accepted);
-                self.skip_trivial();
-                Ok(())
+                self.check_held(resume)
             }
             (State::AwaitAccept, Control::Decline { message }) => {
                 self.state = State::Failed;
@@ -216,12 +245,116 @@ impl Sender {
         }
     }
 
-    /// Move past directories and empty files (which end at once) to the next file with bytes.
+    /// The receiver's beginnings, from its accept: checked for sense, then each handed to
+    /// the caller to compare with ours. None: sending starts at once.
+    fn check_held(&mut self, held: Vec<Held>) -> Result<(), TransferError> {
+        let mut last = None;
+        for h in held {
+            let size = self
+                .files
+                .get(h.index as usize)
+                .filter(|e| !e.dir)
+                .map(|e| e.size)
+                .ok_or(TransferError::BadResume("a held file that was not offered"))?;
+            if h.offset == 0 || h.offset > size {
+                return Err(TransferError::BadResume("a held length beyond the file"));
+            }
+            if last.is_some_and(|l| l >= h.index) {
+                return Err(TransferError::BadResume("held files out of order"));
+            }
+            last = Some(h.index);
+            self.events.push_back(SenderEvent::CheckPrefix {
+                index: h.index,
+                offset: h.offset,
+            });
+            self.unchecked.insert(h.index, h);
+        }
+        self.state = State::Checking;
+        self.start_if_checked();
+        Ok(())
+    }
+
+    /// The first `len` bytes of file `index` (as asked by [`SenderEvent::CheckPrefix`]),
+    /// hashed. Equal to the receiver's: the file continues after them; different, or `len`
+    /// short of what the receiver holds (the file is shorter here now): it starts over.
+    pub fn prefix_hashed(
+        &mut self,
+        index: u32,
+        hasher: blake3::Hasher,
+    ) -> Result<(), TransferError> {
+        if self.state != State::Checking {
+            return Err(TransferError::Usage("prefix_hashed while not checking"));
+        }
+        let held = self
+            .unchecked
+            .remove(&index)
+            .ok_or(TransferError::Usage("prefix_hashed for a file not asked"))?;
+        let same = hasher.count() == held.offset
+            && hasher
+                .finalize()
+                .to_hex()
+                .eq_ignore_ascii_case(&held.blake3);
+        let offset = if same {
+            self.start_at.insert(index as usize, held.offset);
+            self.bytes_resumed += held.offset;
+            self.start_hash.insert(index as usize, hasher);
+            self.events.push_back(SenderEvent::Resumed {
+                index,
+                offset: held.offset,
+            });
+            held.offset
+        } else {
+            self.events.push_back(SenderEvent::StartsOver { index });
+            0
+        };
+        self.answers.push(ResumeAt { index, offset });
+        self.start_if_checked();
+        Ok(())
+    }
+
+    /// Once every beginning was compared: tell the receiver where each file starts, then
+    /// send.
+    fn start_if_checked(&mut self) {
+        if self.state != State::Checking || !self.unchecked.is_empty() {
+            return;
+        }
+        if !self.answers.is_empty() {
+            self.answers.sort_by_key(|a| a.index);
+            let files = std::mem::take(&mut self.answers);
+            self.out
+                .push_back(frame::encode_control(&Control::Resume { files }));
+        }
+        self.state = State::Sending;
+        self.cur = 0;
+        self.enter_file();
+        self.requested = Cursor {
+            file: 0,
+            offset: self.offset,
+            frames: 0,
+        };
+        self.skip_trivial();
+    }
+
+    /// Where file `index`'s data starts: after what the receiver holds, or at 0.
+    fn start_of(&self, index: usize) -> u64 {
+        self.start_at.get(&index).copied().unwrap_or(0)
+    }
+
+    /// Framing moved to file `self.cur`: start at its first byte to send, with the hash
+    /// state of the bytes before it.
+    fn enter_file(&mut self) {
+        self.offset = self.start_of(self.cur);
+        self.hasher = self.start_hash.remove(&self.cur).unwrap_or_default();
+    }
+
+    /// Move past directories and files with nothing to send (empty, or held whole by the
+    /// receiver: they end at once) to the next file with bytes.
     fn skip_trivial(&mut self) {
         while let Some(e) = self.files.get(self.cur) {
             if e.dir {
                 self.cur += 1;
-            } else if e.size == 0 {
+                self.enter_file();
+            } else if self.offset == e.size {
                 self.end_file();
             } else {
                 return;
@@ -237,7 +370,7 @@ impl Sender {
             blake3: hash.to_hex().to_string(),
         }));
         self.cur += 1;
-        self.offset = 0;
+        self.enter_file();
     }
 
     /// The read after `at`, and the position after it: directories and empty files have
@@ -248,7 +381,7 @@ impl Sender {
                 break;
             }
             at.file += 1;
-            at.offset = 0;
+            at.offset = self.start_of(at.file);
         }
         let e = self.files.get(at.file)?;
         let frame = FIRST_FRAMES.get(at.frames).copied().unwrap_or(self.chunk);
@@ -265,8 +398,10 @@ impl Sender {
 
     /// The next read to make, if the transfer is sending. Each call hands out the read after
     /// the previous one, so a caller may read several ahead; their payloads go to
-    /// [`Sender::encode_data`] in the order handed out. Drain [`Sender::poll_transmit`] first
-    /// so control frames keep their place between data frames.
+    /// [`Sender::encode_data`] in the order handed out. Send everything
+    /// [`Sender::poll_transmit`] gives right before each data frame, so control frames keep
+    /// their place between data frames (a `resume` is queued by [`Sender::prefix_hashed`],
+    /// just before the first read).
     pub fn poll_read(&mut self) -> Option<ReadRequest> {
         if self.state != State::Sending {
             return None;

@@ -32,6 +32,11 @@ struct Harness {
     accept: bool,
     /// Reads handed out by the sender and not yet encoded.
     reads: VecDeque<ReadRequest>,
+    /// Beginnings the receiving side kept from an earlier run (its `.part` files), offered in
+    /// its accept.
+    held: BTreeMap<u32, Vec<u8>>,
+    tx_events: Vec<SenderEvent>,
+    rx_events: Vec<ReceiverEvent>,
 }
 
 impl Harness {
@@ -56,6 +61,9 @@ impl Harness {
             rx_err: None,
             accept: true,
             reads: VecDeque::new(),
+            held: BTreeMap::new(),
+            tx_events: Vec::new(),
+            rx_events: Vec::new(),
         }
     }
 
@@ -149,31 +157,57 @@ impl Harness {
             if let Err(e) = self.tx.handle_frame(&f, self.now) {
                 self.tx_err.get_or_insert(e);
             }
-            while self.tx.poll_event().is_some() {}
+            self.drain_tx_events();
         }
         busy
     }
 
+    fn drain_tx_events(&mut self) {
+        while let Some(ev) = self.tx.poll_event() {
+            if let SenderEvent::CheckPrefix { index, offset } = ev {
+                let src = &self.sources[index as usize];
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(&src[..(offset as usize).min(src.len())]);
+                self.tx.prefix_hashed(index, hasher).unwrap();
+            }
+            self.tx_events.push(ev);
+        }
+    }
+
     fn drain_rx_events(&mut self) {
         while let Some(ev) = self.rx.poll_event() {
+            self.rx_events.push(ev.clone());
             match ev {
                 ReceiverEvent::Offer(_) => {
                     self.offers_seen += 1;
                     if self.accept {
-                        self.rx.accept().unwrap();
+                        let held = self
+                            .held
+                            .iter()
+                            .map(|(i, b)| (*i, blake3::Hasher::new().update(b).clone()))
+                            .collect();
+                        self.rx.accept_holding(held).unwrap();
                     } else {
                         self.rx.decline("no thanks");
                     }
                 }
-                ReceiverEvent::FileStart { index } => {
-                    assert!(self.parts.insert(index, Vec::new()).is_none());
+                ReceiverEvent::FileStart { index, offset } => {
+                    // What a driver does with its `.part`: keep exactly the first `offset`
+                    // bytes of what it held.
+                    let mut part = self.held.remove(&index).unwrap_or_default();
+                    assert!(part.len() as u64 >= offset, "FileStart beyond what is held");
+                    part.truncate(offset as usize);
+                    assert!(self.parts.insert(index, part).is_none());
                 }
                 ReceiverEvent::FileVerified { index } => {
                     let data = self.parts.remove(&index).unwrap();
                     self.saved.insert(index, data);
                     self.rx.file_saved(index).unwrap();
                 }
-                ReceiverEvent::Completed | ReceiverEvent::PeerPath(_) => {}
+                ReceiverEvent::Completed
+                | ReceiverEvent::PeerPath(_)
+                | ReceiverEvent::Resumed { .. }
+                | ReceiverEvent::StartsOver { .. } => {}
             }
         }
     }
@@ -770,4 +804,266 @@ fn each_entry_is_checked_as_it_arrives() {
             "the offer's names are too long in total"
         ))
     );
+}
+
+/// Received files, by index, as the harness saved them.
+fn saved_files(h: &Harness) -> BTreeMap<u32, Vec<u8>> {
+    h.saved.clone()
+}
+
+fn expected_mixed(sources: &[Vec<u8>]) -> BTreeMap<u32, Vec<u8>> {
+    [
+        (0, sources[0].clone()),
+        (2, Vec::new()),
+        (4, sources[4].clone()),
+        (5, sources[5].clone()),
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[test]
+fn held_beginnings_are_continued_not_resent() {
+    let (entries, sources) = mixed();
+    let mut h = Harness::new(entries, sources.clone(), 16 * 1024);
+    // From an interrupted run: most of the first file, all of c.jpg, 3 bytes of z.
+    h.held.insert(0, sources[0][..120_000].to_vec());
+    h.held.insert(4, sources[4].clone());
+    h.held.insert(5, sources[5][..3].to_vec());
+    h.run();
+    assert_eq!((h.tx_err.clone(), h.rx_err.clone()), (None, None));
+    assert!(h.tx.is_done() && h.rx.is_done());
+    assert_eq!(saved_files(&h), expected_mixed(&sources));
+    // Only what was missing moved, and both sides count just that.
+    let missing = (200_000 - 120_000) + (7 - 3);
+    assert_eq!(h.tx.bytes_sent(), missing);
+    assert_eq!(h.rx.bytes_received(), missing);
+    // Progress still ends at the offer's size.
+    assert_eq!(h.tx.bytes_done(), h.tx.total_bytes());
+    assert_eq!(h.rx.bytes_done(), h.rx.total_bytes());
+    for (index, offset) in [(0, 120_000), (4, 65_536), (5, 3)] {
+        assert!(
+            h.tx_events
+                .contains(&SenderEvent::Resumed { index, offset })
+        );
+        assert!(
+            h.rx_events
+                .contains(&ReceiverEvent::Resumed { index, offset })
+        );
+        assert!(
+            h.rx_events
+                .contains(&ReceiverEvent::FileStart { index, offset })
+        );
+    }
+    // The checks came before any data: the sender asked for all three at the accept.
+    let asked: Vec<_> = h
+        .tx_events
+        .iter()
+        .filter(|e| matches!(e, SenderEvent::CheckPrefix { .. }))
+        .collect();
+    assert_eq!(asked.len(), 3);
+}
+
+#[test]
+fn a_changed_beginning_starts_that_file_over() {
+    let (entries, sources) = mixed();
+    let mut h = Harness::new(entries, sources.clone(), 16 * 1024);
+    let mut changed = sources[0][..120_000].to_vec();
+    changed[77_777] ^= 0x40;
+    h.held.insert(0, changed);
+    h.held.insert(4, sources[4][..1000].to_vec());
+    h.run();
+    assert_eq!((h.tx_err.clone(), h.rx_err.clone()), (None, None));
+    assert_eq!(saved_files(&h), expected_mixed(&sources));
+    assert!(h.tx_events.contains(&SenderEvent::StartsOver { index: 0 }));
+    assert!(
+        h.rx_events
+            .contains(&ReceiverEvent::StartsOver { index: 0 })
+    );
+    assert!(h.rx_events.contains(&ReceiverEvent::FileStart {
+        index: 0,
+        offset: 0
+    }));
+    assert!(h.rx_events.contains(&ReceiverEvent::Resumed {
+        index: 4,
+        offset: 1000
+    }));
+    assert_eq!(h.tx.bytes_sent(), 200_000 + (65_536 - 1000) + 7);
+}
+
+#[test]
+fn a_file_shorter_now_than_held_starts_over_then_fails_as_changed() {
+    // The sender offered the file at its old size, then it shrank below what the receiver
+    // holds: the sender can hash fewer bytes than held, so the beginnings cannot match.
+    let (entries, mut sources) = mixed();
+    let held = sources[0][..150_000].to_vec();
+    sources[0].truncate(100_000);
+    let mut h = Harness::new(entries, sources, 16 * 1024);
+    h.held.insert(0, held);
+    h.run();
+    assert!(h.tx_events.contains(&SenderEvent::StartsOver { index: 0 }));
+    assert!(
+        h.rx_events
+            .contains(&ReceiverEvent::StartsOver { index: 0 })
+    );
+    assert!(matches!(
+        h.tx_err,
+        Some(TransferError::Cancelled {
+            reason: CancelReason::SourceChanged,
+            ..
+        })
+    ));
+    assert!(h.saved.is_empty());
+}
+
+#[test]
+fn a_receiver_cannot_claim_more_than_the_file() {
+    let mut rx = Receiver::new(Duration::ZERO);
+    deliver_offer(
+        &mut rx,
+        vec![OfferEntry::dir("d"), OfferEntry::file("d/a", 10)],
+    );
+    let hashed = |n: usize| blake3::Hasher::new().update(&vec![0; n]).clone();
+    for held in [
+        vec![(1, hashed(11))],
+        vec![(1, hashed(0))],
+        vec![(0, hashed(1))],
+    ] {
+        assert!(matches!(
+            rx.accept_holding(held),
+            Err(TransferError::Usage(_))
+        ));
+    }
+    rx.accept_holding(vec![(1, hashed(10))]).unwrap();
+}
+
+/// A receiver past the hellos with `entries` offered to it.
+fn deliver_offer(rx: &mut Receiver, entries: Vec<OfferEntry>) {
+    let hello = frame::encode_control(&Control::Hello {
+        version: TRANSFER_VERSION,
+        role: Role::Sender,
+        seen_peer: true,
+        max_frame: MAX_FRAME as u32,
+        path: None,
+    });
+    rx.handle_frame(&hello, Duration::ZERO).unwrap();
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let n = entries.len() as u32;
+    rx.handle_frame(&offer_frame(n, total, entries), Duration::ZERO)
+        .unwrap();
+    while rx.poll_event().is_some() {}
+}
+
+/// A sender past the hellos, waiting for the accept of `entries`.
+fn offering_sender(entries: Vec<OfferEntry>) -> Sender {
+    let mut tx = Sender::with_default_chunk(entries, Duration::ZERO);
+    let hello = frame::encode_control(&Control::Hello {
+        version: TRANSFER_VERSION,
+        role: Role::Receiver,
+        seen_peer: true,
+        max_frame: MAX_FRAME as u32,
+        path: None,
+    });
+    tx.handle_frame(&hello, Duration::ZERO).unwrap();
+    while tx.poll_transmit(Duration::ZERO).is_some() {}
+    tx
+}
+
+#[test]
+fn resume_claims_that_make_no_sense_are_refused() {
+    let entries = || vec![OfferEntry::dir("d"), OfferEntry::file("d/a", 10)];
+    let held = |index, offset| frame::Held {
+        index,
+        offset,
+        blake3: "00".into(),
+    };
+    // At the sender: a folder, beyond the size, nothing, out of order, not offered.
+    for resume in [
+        vec![held(0, 5)],
+        vec![held(1, 11)],
+        vec![held(1, 0)],
+        vec![held(1, 5), held(1, 6)],
+        vec![held(7, 1)],
+    ] {
+        let mut tx = offering_sender(entries());
+        let accept = frame::encode_control(&Control::Accept { resume });
+        let err = tx.handle_frame(&accept, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, TransferError::BadResume(_)), "{err:?}");
+        let cancel = tx
+            .poll_transmit(Duration::ZERO)
+            .expect("the receiver is told");
+        assert!(matches!(
+            frame::decode(&cancel),
+            Ok(frame::Frame::Control(Control::Cancel {
+                reason: CancelReason::Protocol,
+                ..
+            }))
+        ));
+    }
+    // At the receiver: an answer about other files, or a continuation from elsewhere; and a
+    // resume nobody asked for.
+    let at = |index, offset| frame::ResumeAt { index, offset };
+    for (hold, files) in [
+        (true, vec![]),
+        (true, vec![at(0, 0)]),
+        (true, vec![at(1, 4)]),
+        (true, vec![at(1, 5), at(1, 5)]),
+        (false, vec![at(1, 5)]),
+    ] {
+        let mut rx = Receiver::new(Duration::ZERO);
+        deliver_offer(&mut rx, entries());
+        let held = if hold {
+            vec![(1, blake3::Hasher::new().update(b"12345").clone())]
+        } else {
+            vec![]
+        };
+        rx.accept_holding(held).unwrap();
+        let resume = frame::encode_control(&Control::Resume { files });
+        let err = rx.handle_frame(&resume, Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransferError::BadResume(_) | TransferError::Unexpected("resume")
+            ),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_sender_waits_for_every_check_before_sending() {
+    let data = pattern(50_000, 9);
+    let mut tx = offering_sender(vec![OfferEntry::file("a", 50_000)]);
+    let accept = frame::encode_control(&Control::Accept {
+        resume: vec![frame::Held {
+            index: 0,
+            offset: 20_000,
+            blake3: blake3::hash(&data[..20_000]).to_hex().to_string(),
+        }],
+    });
+    tx.handle_frame(&accept, Duration::ZERO).unwrap();
+    assert_eq!(tx.poll_event(), Some(SenderEvent::Accepted));
+    assert_eq!(
+        tx.poll_event(),
+        Some(SenderEvent::CheckPrefix {
+            index: 0,
+            offset: 20_000
+        })
+    );
+    assert_eq!(tx.poll_read(), None, "no data before the check");
+    assert_eq!(tx.poll_transmit(Duration::ZERO), None);
+    tx.prefix_hashed(0, blake3::Hasher::new().update(&data[..20_000]).clone())
+        .unwrap();
+    let resume = tx.poll_transmit(Duration::ZERO).unwrap();
+    assert_eq!(
+        frame::decode(&resume).unwrap(),
+        frame::Frame::Control(Control::Resume {
+            files: vec![frame::ResumeAt {
+                index: 0,
+                offset: 20_000
+            }]
+        })
+    );
+    let first = tx.poll_read().unwrap();
+    assert_eq!((first.index, first.offset), (0, 20_000));
 }
