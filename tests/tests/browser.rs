@@ -511,6 +511,69 @@ fn browser_sends_to_native_receiver() {
     .unwrap();
 }
 
+/// Resuming with a page as the sender: the native receiver kept parts of two of the files
+/// from an interrupted transfer, one the same bytes as the page's file, one changed; the
+/// page hashes its files' beginnings to answer, and only what is missing travels.
+#[test]
+fn a_page_sender_continues_what_a_native_receiver_kept() {
+    in_loopback_netns(|| {
+        let sig = Signalling::start();
+        let src = tempfile::tempdir()?;
+        let dst = tempfile::tempdir()?;
+        let files = some_files(src.path(), 30);
+        let (report, notes) = (&files[0], &files[1]);
+        let mut kept = std::fs::read(report)?;
+        kept.truncate(1 << 20);
+        std::fs::write(dst.path().join("report.pdf.part"), &kept)?;
+        let mut changed = std::fs::read(notes)?;
+        changed.truncate(50_000);
+        changed[123] ^= 0x80;
+        std::fs::write(dst.path().join("notes.txt.part"), &changed)?;
+
+        let (receiver, link) = native_receiver(&sig.url, dst.path())?;
+        let mut c = Chromium::launch_named("sender")?;
+        c.goto(&link)?;
+        c.wait_state("pick", SECS(30))?;
+        c.set_files("#file-input", &refs(&files))?;
+        let (status, events) = receiver.finish(LONG)?;
+        let done = expect_done(status, &events);
+        let offer = event::find::<event::Offer>(&events).expect("an offer");
+        let index_of =
+            |name: &str| offer.entries.iter().position(|e| e.path == name).unwrap() as u32;
+        assert_eq!(
+            event::find::<event::Resumed>(&events),
+            Some(&event::Resumed {
+                index: index_of("report.pdf"),
+                offset: 1 << 20
+            })
+        );
+        assert_eq!(
+            event::find::<event::FileRestarted>(&events),
+            Some(&event::FileRestarted {
+                index: index_of("notes.txt")
+            })
+        );
+        let total = total_len(&files);
+        assert_eq!(done.transferred, total - (1 << 20));
+        for f in &files {
+            let name = f.file_name().unwrap();
+            assert_eq!(hash_file(&dst.path().join(name)), hash_file(f), "{name:?}");
+        }
+        assert_eq!(
+            tree(dst.path()).len(),
+            files.len(),
+            "{:?}",
+            tree(dst.path())
+        );
+        let page_done = expect_page_done(&mut c, files.len(), total)?;
+        assert_eq!(page_done.transferred, total - (1 << 20));
+        let page_events = c.events()?;
+        assert!(event::find::<event::Resumed>(&page_events).is_some());
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Scenario 2: `native-peer send` to a browser that opens the link and downloads.
 #[test]
 fn native_sends_to_browser() {
