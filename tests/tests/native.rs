@@ -386,6 +386,41 @@ fn a_vanished_sender_is_continued_by_a_new_send_into_the_same_folder() {
 }
 
 #[test]
+fn a_killed_receiver_loses_no_part_and_the_next_run_continues_it() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("video.mkv");
+    let size: u64 = 200 << 20;
+    make_file(&file, size, 31);
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    wait_for_progress(&mut receiver, size * 45 / 100);
+    // SIGKILL: nothing of the receiver runs after this.
+    receiver.kill();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_error(ss, &sevents);
+    let held = std::fs::metadata(dst.path().join("video.mkv.part"))
+        .expect("the part survives the crash")
+        .len();
+    assert!(held >= size * 45 / 100, "held {held}");
+    assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
+
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    let resumed = event::find::<event::Resumed>(&revents).expect("a resumed event");
+    assert_eq!(resumed.offset, held.min(size));
+    assert_eq!(done.transferred, size - resumed.offset);
+    assert!(done.transferred <= size * 55 / 100, "{}", done.transferred);
+    assert_eq!(hash_file(&dst.path().join("video.mkv")), hash_file(&file));
+    assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
+}
+
+#[test]
 fn a_part_that_differs_from_the_senders_file_starts_over() {
     let sig = Signalling::start();
     let src = tempfile::tempdir().unwrap();
