@@ -236,12 +236,7 @@ impl Destination {
     /// The first `len` bytes of the `.part` of `target` (a path relative to the
     /// destination) hashed; fewer if it cannot be read so far.
     pub fn hash_part(&self, target: &Path, len: u64) -> blake3::Hasher {
-        use std::io::Read as _;
-        let mut hasher = blake3::Hasher::new();
-        if let Ok(f) = self.dir.open(part_path(target)) {
-            let _ = hasher.update_reader(f.take(len));
-        }
-        hasher
+        hash_first(self.dir.open(part_path(target)).map(|f| f.into_std()), len)
     }
 
     pub fn try_clone(&self) -> io::Result<Self> {
@@ -347,9 +342,14 @@ fn part_path(target: &Path) -> PathBuf {
 /// Fewer if the file is shorter now or cannot be read: the beginnings then differ and the
 /// file is sent again.
 pub fn hash_prefix(path: &Path, len: u64) -> blake3::Hasher {
+    hash_first(File::open(path), len)
+}
+
+/// The first `len` bytes of an opened file hashed; as far as it could be read.
+fn hash_first(file: io::Result<File>, len: u64) -> blake3::Hasher {
     use std::io::Read as _;
     let mut hasher = blake3::Hasher::new();
-    if let Ok(f) = File::open(path) {
+    if let Ok(f) = file {
         let _ = hasher.update_reader(f.take(len));
     }
     hasher

@@ -205,6 +205,39 @@ impl TransferError {
     }
 }
 
+/// Files continued after a beginning the receiver held, on either end: where each one's data
+/// starts and the hash state of the bytes before it (taken when the file begins).
+#[derive(Debug, Default)]
+struct Continued {
+    start: std::collections::HashMap<usize, u64>,
+    hash: std::collections::HashMap<usize, blake3::Hasher>,
+    /// Sum of the held lengths.
+    bytes: u64,
+}
+
+impl Continued {
+    /// File `index` continues after the bytes `hasher` has seen.
+    fn insert(&mut self, index: u32, hasher: blake3::Hasher) {
+        let len = hasher.count();
+        self.start.insert(index as usize, len);
+        self.hash.insert(index as usize, hasher);
+        self.bytes += len;
+    }
+
+    /// Where file `index`'s data starts: after the held bytes, or at 0.
+    fn start_of(&self, index: usize) -> u64 {
+        self.start.get(&index).copied().unwrap_or(0)
+    }
+
+    /// File `index` begins: its first offset and the hash state there.
+    fn enter(&mut self, index: usize) -> (u64, blake3::Hasher) {
+        (
+            self.start_of(index),
+            self.hash.remove(&index).unwrap_or_default(),
+        )
+    }
+}
+
 /// Hello handling and its resend timer, shared by both ends, and the pairs each side says it
 /// sends on (carried by hellos, then by `path` frames when they change).
 #[derive(Debug)]

@@ -3,12 +3,12 @@
 use super::frame::{self, Control, Frame, Held, ResumeAt};
 use super::names::{self, SafePath};
 use super::{
-    CancelReason, HelloState, MAX_OFFER_ENTRIES, MAX_OFFER_NAME_BYTES, Offer, OfferEntry, Role,
-    TransferError,
+    CancelReason, Continued, HelloState, MAX_OFFER_ENTRIES, MAX_OFFER_NAME_BYTES, Offer,
+    OfferEntry, Role, TransferError,
 };
 use crate::path::PairView;
 use core::time::Duration;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiverEvent {
@@ -100,14 +100,10 @@ pub struct Receiver {
     saved: usize,
     to_save: usize,
     bytes_received: u64,
-    /// Bytes of the offer held here already that the transfer continues after.
-    bytes_resumed: u64,
     /// Held beginnings offered in the accept, by file index, until the sender answers.
     held: BTreeMap<u32, blake3::Hasher>,
-    /// Where each continued file's data starts, and its hash state there (taken when the
-    /// file begins).
-    start_at: HashMap<usize, u64>,
-    start_hash: HashMap<usize, blake3::Hasher>,
+    /// Files that continue after what is held here.
+    continued: Continued,
 }
 
 impl Receiver {
@@ -135,10 +131,8 @@ impl Receiver {
             saved: 0,
             to_save: 0,
             bytes_received: 0,
-            bytes_resumed: 0,
             held: BTreeMap::new(),
-            start_at: HashMap::new(),
-            start_hash: HashMap::new(),
+            continued: Continued::default(),
         }
     }
 
@@ -154,7 +148,7 @@ impl Receiver {
     /// How far through the offer's bytes the transfer is: held beginnings the sender
     /// continued, plus what was received. Reaches [`Receiver::total_bytes`] at the end.
     pub fn bytes_done(&self) -> u64 {
-        self.bytes_resumed + self.bytes_received
+        self.continued.bytes + self.bytes_received
     }
 
     pub fn is_done(&self) -> bool {
@@ -435,9 +429,7 @@ impl Receiver {
             if offset == 0 {
                 self.events.push_back(ReceiverEvent::StartsOver { index });
             } else if offset == hasher.count() {
-                self.start_at.insert(index as usize, offset);
-                self.bytes_resumed += offset;
-                self.start_hash.insert(index as usize, hasher);
+                self.continued.insert(index, hasher);
                 self.events
                     .push_back(ReceiverEvent::Resumed { index, offset });
             } else {
@@ -462,8 +454,7 @@ impl Receiver {
     /// Receiving moved to file `self.cur`: its data starts at its held length (if continued)
     /// or 0, with the hash state of the bytes before.
     fn enter_file(&mut self) {
-        self.offset = self.start_at.get(&self.cur).copied().unwrap_or(0);
-        self.hasher = self.start_hash.remove(&self.cur).unwrap_or_default();
+        (self.offset, self.hasher) = self.continued.enter(self.cur);
     }
 
     fn complete_if_all_saved(&mut self) {

@@ -1,10 +1,10 @@
 //! The sending end of a transfer.
 
 use super::frame::{self, Control, DATA_HEADER_LEN, Frame, Held, MAX_FRAME, ResumeAt};
-use super::{CancelReason, DEFAULT_CHUNK, HelloState, OfferEntry, Role, TransferError};
+use super::{CancelReason, Continued, DEFAULT_CHUNK, HelloState, OfferEntry, Role, TransferError};
 use crate::path::PairView;
 use core::time::Duration;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Bytes the caller should read next and pass to [`Sender::encode_data`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,16 +82,12 @@ pub struct Sender {
     to_ack: usize,
     total_bytes: u64,
     bytes_framed: u64,
-    /// Bytes of the offer the receiver held already and the transfer continues after.
-    bytes_resumed: u64,
     /// The receiver's beginnings not yet compared with ours, by file index.
     unchecked: BTreeMap<u32, Held>,
     /// Our answer to them, in index order.
     answers: Vec<ResumeAt>,
-    /// Where each continued file's data starts, and its hash state at that point (taken when
-    /// the file's framing begins).
-    start_at: HashMap<usize, u64>,
-    start_hash: HashMap<usize, blake3::Hasher>,
+    /// Files that continue after what the receiver held.
+    continued: Continued,
 }
 
 impl Sender {
@@ -116,11 +112,9 @@ impl Sender {
             to_ack,
             total_bytes,
             bytes_framed: 0,
-            bytes_resumed: 0,
             unchecked: BTreeMap::new(),
             answers: Vec::new(),
-            start_at: HashMap::new(),
-            start_hash: HashMap::new(),
+            continued: Continued::default(),
         }
     }
 
@@ -140,7 +134,7 @@ impl Sender {
     /// How far through the offer's bytes the transfer is: the beginnings the receiver held
     /// and continued, plus what was framed. Reaches [`Sender::total_bytes`] at the end.
     pub fn bytes_done(&self) -> u64 {
-        self.bytes_resumed + self.bytes_framed
+        self.continued.bytes + self.bytes_framed
     }
 
     pub fn is_done(&self) -> bool {
@@ -295,9 +289,7 @@ impl Sender {
                 .to_hex()
                 .eq_ignore_ascii_case(&held.blake3);
         let offset = if same {
-            self.start_at.insert(index as usize, held.offset);
-            self.bytes_resumed += held.offset;
-            self.start_hash.insert(index as usize, hasher);
+            self.continued.insert(index, hasher);
             self.events.push_back(SenderEvent::Resumed {
                 index,
                 offset: held.offset,
@@ -335,16 +327,10 @@ impl Sender {
         self.skip_trivial();
     }
 
-    /// Where file `index`'s data starts: after what the receiver holds, or at 0.
-    fn start_of(&self, index: usize) -> u64 {
-        self.start_at.get(&index).copied().unwrap_or(0)
-    }
-
     /// Framing moved to file `self.cur`: start at its first byte to send, with the hash
     /// state of the bytes before it.
     fn enter_file(&mut self) {
-        self.offset = self.start_of(self.cur);
-        self.hasher = self.start_hash.remove(&self.cur).unwrap_or_default();
+        (self.offset, self.hasher) = self.continued.enter(self.cur);
     }
 
     /// Move past directories and files with nothing to send (empty, or held whole by the
@@ -381,7 +367,7 @@ impl Sender {
                 break;
             }
             at.file += 1;
-            at.offset = self.start_of(at.file);
+            at.offset = self.continued.start_of(at.file);
         }
         let e = self.files.get(at.file)?;
         let frame = FIRST_FRAMES.get(at.frames).copied().unwrap_or(self.chunk);
