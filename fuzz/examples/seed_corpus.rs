@@ -32,10 +32,12 @@ fn client_messages() -> Vec<ClientMessage> {
         ClientMessage::Create {
             version: 2,
             code: false,
+            hold: false,
         },
         ClientMessage::Create {
             version: 2,
             code: true,
+            hold: false,
         },
         ClientMessage::ShowCode,
         ClientMessage::Join {

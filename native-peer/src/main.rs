@@ -77,6 +77,16 @@ struct Common {
     /// Seconds to wait for a direct or relayed connection once both peers are in the room.
     #[arg(long, global = true, default_value_t = 30)]
     connect_timeout: u64,
+    /// Seconds a peer that made the room waits for the other to come back when the
+    /// connection is lost mid-transfer (its program restarted with the same link or code);
+    /// 0: do not wait.
+    #[arg(
+        long,
+        global = true,
+        env = "PUNCHDROP_RECONNECT_TIMEOUT",
+        default_value_t = 300
+    )]
+    reconnect_timeout: u64,
     /// Payload bytes per data-channel message.
     #[arg(long, global = true, hide = true, env = "PUNCHDROP_CHUNK", default_value_t = protocol::transfer::DEFAULT_CHUNK)]
     chunk: usize,
@@ -287,6 +297,7 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
             (false, Some(ms)) => Duration::from_millis(ms),
             (false, None) => rv::Config::default().relay_wait,
         },
+        rejoin_wait: (c.reconnect_timeout > 0).then(|| Duration::from_secs(c.reconnect_timeout)),
         ..rv::Config::default()
     };
     let rendezvous = match &invitation {
@@ -311,30 +322,60 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         _ => "Open this link on the receiving device:",
     };
     let result = async {
-        let link = rendezvous::connect(rendezvous, clock, &net, out, &mut interrupt).await?;
-        out.role = Some(link.role);
-        if let (protocol::path::PathKind::Relay, portmap::State::Failed(e)) =
-            (link.path.kind, &*net.advertise.portmap.borrow())
-        {
-            out.note(&format!("(no port mapping: {e})"));
-        }
-        let result = match (&cli.command, sources, &dest) {
-            (Command::Recv { max_bytes, .. }, _, Some(dest)) => {
-                let limits = protocol::transfer::Limits {
-                    max_bytes: *max_bytes,
-                    ..Default::default()
-                };
-                transfer::receive(&link, dest, limits, out, &mut interrupt).await
+        let mut signalling = rendezvous::Signalling::start(rendezvous, &net, clock);
+        // File bytes every connection of this run carried.
+        let mut moved = 0;
+        let mut again = false;
+        let (summary, saved) = loop {
+            let mut link =
+                rendezvous::connect(signalling, clock, &net, out, &mut interrupt, again).await?;
+            out.role = Some(link.role);
+            if let (protocol::path::PathKind::Relay, portmap::State::Failed(e)) =
+                (link.path.kind, &*net.advertise.portmap.borrow())
+            {
+                out.note(&format!("(no port mapping: {e})"));
             }
-            (Command::Send { .. }, Some(sources), _) => {
-                transfer::send(&link, sources, c.chunk, out, &mut interrupt)
-                    .await
-                    .map(|summary| (summary, Vec::new()))
+            let result = match (&cli.command, &sources, &dest) {
+                (Command::Recv { max_bytes, .. }, _, Some(dest)) => {
+                    let limits = protocol::transfer::Limits {
+                        max_bytes: *max_bytes,
+                        ..Default::default()
+                    };
+                    transfer::receive(&link, dest, limits, out, &mut interrupt, &mut moved).await
+                }
+                (Command::Send { .. }, Some(sources), _) => transfer::send(
+                    &link,
+                    sources.clone(),
+                    c.chunk,
+                    out,
+                    &mut interrupt,
+                    &mut moved,
+                )
+                .await
+                .map(|summary| (summary, Vec::new())),
+                _ => unreachable!("sources are collected for send, a destination for recv"),
+            };
+            // A lost connection in a room this side holds: wait for the other peer to come
+            // back (the machine says `reconnecting`) and continue on a new connection.
+            let waiting = match &result {
+                Err(e) if transfer::LinkLost::is(e) => {
+                    let back = link.take_signalling().await;
+                    back.and_then(|mut s| s.link_lost(clock).then_some(s))
+                }
+                _ => None,
+            };
+            link.close().await;
+            match waiting {
+                Some(s) => {
+                    if let Err(e) = &result {
+                        tracing::info!("waiting for the other peer to come back: {e:#}");
+                    }
+                    signalling = s;
+                    again = true;
+                }
+                None => break result?,
             }
-            _ => unreachable!("sources are collected for send, a destination for recv"),
         };
-        link.close().await;
-        let (summary, saved) = result?;
         out.event(&summary.done());
         if !out.is_json() {
             for p in saved {

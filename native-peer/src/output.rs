@@ -67,6 +67,20 @@ impl Output {
                 v.words.join(" ")
             ),
             Event::Connected(c) => eprintln!("Connected: {}", c.path),
+            Event::Reconnecting(r) => {
+                if let Some(b) = &self.bar {
+                    b.set_message("reconnecting…");
+                }
+                self.note(match r.reason {
+                    event::ReconnectReason::LinkLost => {
+                        "The connection was lost; waiting for the other peer to come back…"
+                    }
+                    event::ReconnectReason::PeerLeft => {
+                        "The other peer left; waiting for it to come back (the same link or code, run again)…"
+                    }
+                });
+            }
+            Event::Reconnected(c) => self.note(&format!("Reconnected: {}", c.path)),
             Event::Offer(o) => eprintln!("{} file(s), {}", o.files, indicatif::HumanBytes(o.bytes)),
             Event::Accepted(a) => self.start(a.bytes),
             Event::Resumed(r) => self.note(&format!(

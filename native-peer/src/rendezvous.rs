@@ -6,6 +6,12 @@
 //! deadlines) is the machine's. Once the channel is open, a background task keeps feeding it
 //! late candidates both ways until the server goes away or the link is dropped; the transfer
 //! never waits for it, so losing the server then costs nothing.
+//!
+//! The machine and its server socket ([`Signalling`]) outlive one connection: a creator whose
+//! connection is lost takes them back from the link ([`Link::take_signalling`]), tells the
+//! machine (`link_lost`) and runs [`connect`] again to wait for the joiner to come back. If
+//! the joiner is back before the transfer noticed, the background task closes the old
+//! connection itself, so the transfer fails over at once.
 
 use anyhow::Context as _;
 use futures::{SinkExt as _, StreamExt as _};
@@ -18,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::data_channel::DataChannelEvent;
@@ -199,6 +205,35 @@ fn start_udp_probe(rv: &Rendezvous, net: &NetOptions) -> Option<tokio::task::Joi
     }))
 }
 
+/// The rendezvous machine, its socket to the server and the candidates to advertise: what
+/// goes on from one connection to the next.
+pub struct Signalling {
+    rv: Rendezvous,
+    server: Server,
+    adverts: Adverts,
+}
+
+impl Signalling {
+    /// Start: open the socket to the machine's server.
+    pub fn start(mut rv: Rendezvous, net: &NetOptions, clock: Clock) -> Self {
+        let mut adverts = Adverts::new(net);
+        for c in adverts.ready() {
+            rv.advertise(c, clock.now());
+        }
+        Self {
+            server: Server::connect(rv.server()),
+            rv,
+            adverts,
+        }
+    }
+
+    /// The connection is gone with the transfer unfinished: `true` if the machine waits for
+    /// the other peer to come back (run [`connect`] again), `false` if nothing will.
+    pub fn link_lost(&mut self, clock: Clock) -> bool {
+        self.rv.link_lost(clock.now())
+    }
+}
+
 /// What woke the driver.
 enum Wake {
     Server(ServerEvent),
@@ -221,30 +256,37 @@ struct Driver<'a> {
     probed: bool,
     /// The path the channel opened on, and what describing it took.
     opened: Option<(PathReport, PathContext)>,
+    /// A connection before this one was lost: the link says `reconnected`.
+    again: bool,
 }
 
-/// Run the rendezvous until the data channel is open.
+/// Run the rendezvous until the data channel is open. `again`: a connection before this one
+/// was lost.
 pub async fn connect(
-    rv: Rendezvous,
+    sig: Signalling,
     clock: Clock,
     net: &NetOptions,
     screen: &mut Screen,
     interrupt: &mut Interrupt,
+    again: bool,
 ) -> anyhow::Result<Link> {
+    let Signalling {
+        rv,
+        server,
+        adverts,
+    } = sig;
     let mut d = Driver {
         clock,
-        server: Server::connect(rv.server()),
+        server,
         rv,
         net,
         peer: None,
-        adverts: Adverts::new(net),
+        adverts,
         probe: None,
         probed: false,
         opened: None,
+        again,
     };
-    for c in d.adverts.ready() {
-        d.rv.advertise(c, clock.now());
-    }
     loop {
         match d.rv.poll_output() {
             Output::Event(e) => screen.event(&e),
@@ -299,6 +341,13 @@ impl Driver<'_> {
                 if let Some(p) = &self.peer {
                     p.add_candidate(c).await;
                 }
+                Ok(())
+            }
+            Output::ClosePeer => {
+                if let Some(p) = self.peer.take() {
+                    close_soon(p.pc);
+                }
+                self.opened = None;
                 Ok(())
             }
             Output::Event(_) | Output::Failed(_) | Output::Timeout(_) => Ok(()),
@@ -408,6 +457,7 @@ impl Driver<'_> {
             peer,
             adverts,
             opened,
+            again,
             ..
         } = self;
         let mut peer = peer.context("connected without a peer connection")?;
@@ -422,37 +472,56 @@ impl Driver<'_> {
             .map(|t| clock.0 + t)
             .unwrap_or_else(Instant::now);
         let events = peer.take_events();
-        let late = tokio::spawn(late_signalling(
-            clock,
+        let (stop, stopped) = oneshot::channel();
+        let sig = Signalling {
             rv,
             server,
+            adverts,
+        };
+        let late = tokio::spawn(late_signalling(
+            clock,
+            sig,
             peer.pc.clone(),
             events,
-            adverts,
+            stopped,
         ));
-        Ok(Link::new(
-            peer,
-            dc,
-            path,
-            both_in_room,
-            role,
-            ctx,
-            late.abort_handle(),
-        ))
+        let mut link = Link::new(peer, dc, path, both_in_room, role, ctx, (stop, late));
+        link.again = again;
+        Ok(link)
     }
 }
 
-/// After the channel opened: forward late candidates both ways until signalling ends.
+/// Close a peer connection without waiting for it (webrtc-rs's close can wait on a peer that
+/// is gone).
+fn close_soon(pc: Arc<dyn PeerConnection>) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
+    });
+}
+
+/// After the channel opened: forward late candidates both ways until signalling ends or the
+/// link asks for it back (`stop`). If the machine leaves the connected state (the joiner came
+/// back through the room: this connection is dead), close the connection so the transfer
+/// fails over now, and stop, leaving what the machine queued for [`connect`].
 async fn late_signalling(
     clock: Clock,
-    mut rv: Rendezvous,
-    mut server: Server,
+    sig: Signalling,
     pc: Arc<dyn PeerConnection>,
     mut events: mpsc::UnboundedReceiver<PcEvent>,
-    mut adverts: Adverts,
-) {
+    mut stop: oneshot::Receiver<()>,
+) -> Signalling {
+    let Signalling {
+        mut rv,
+        mut server,
+        mut adverts,
+    } = sig;
     loop {
         let now = clock.now();
+        if !rv.is_connected() {
+            tracing::info!("the other peer is back through the room: dropping the old connection");
+            close_soon(pc);
+            break;
+        }
         match rv.poll_output() {
             Output::ToServer(m) if !server.send(&m).await => rv.server_closed(now),
             Output::ToServer(_) => {}
@@ -469,14 +538,15 @@ async fn late_signalling(
             }
             Output::Failed(e) => {
                 tracing::info!("signalling ended ({e}); the transfer continues peer to peer");
-                return;
+                break;
             }
             Output::Timeout(t) => {
                 if matches!(server, Server::Closed) {
                     tracing::info!("signalling ended; the transfer continues peer to peer");
-                    return;
+                    break;
                 }
                 tokio::select! {
+                    _ = &mut stop => break,
                     ev = server.next() => match ev {
                         ServerEvent::Text(t) => rv.handle_server_text(&t, clock.now()),
                         ServerEvent::Closed => rv.server_closed(clock.now()),
@@ -486,7 +556,7 @@ async fn late_signalling(
                         Some(PcEvent::Candidate(c)) => rv.handle_local(LocalIce::Candidate(c), clock.now()),
                         Some(PcEvent::GatheringDone) => rv.handle_local(LocalIce::GatheringDone, clock.now()),
                         Some(PcEvent::Channel(_)) => {}
-                        None => return,
+                        None => break,
                     },
                     () = adverts.changed() => for c in adverts.ready() {
                         rv.advertise(c, clock.now());
@@ -497,5 +567,10 @@ async fn late_signalling(
             // Nothing else follows an open channel.
             _ => {}
         }
+    }
+    Signalling {
+        rv,
+        server,
+        adverts,
     }
 }

@@ -152,11 +152,21 @@ pub struct Link {
     /// When both peers were in the room (for `first_byte`).
     pub both_in_room: Instant,
     pub role: TransferRole,
+    /// A connection before this one was lost: the transfer says `reconnected`.
+    pub again: bool,
     path_ctx: PathContext,
     tcp_bridges: Vec<String>,
-    /// Dropped with the link: the bridges, and the signalling that carries late candidates.
-    _keep: (Bridges, tokio::task::AbortHandle),
+    /// Dropped with the link.
+    _bridges: Bridges,
+    /// The signalling that carries late candidates, and how to ask it back.
+    signalling: Option<Background>,
 }
+
+/// The signalling task running beside an open link.
+pub type Background = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<crate::rendezvous::Signalling>,
+);
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,7 +178,9 @@ impl std::fmt::Debug for Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        self._keep.1.abort();
+        if let Some((_, task)) = &self.signalling {
+            task.abort();
+        }
     }
 }
 
@@ -182,7 +194,7 @@ impl Link {
         both_in_room: Instant,
         role: TransferRole,
         path_ctx: PathContext,
-        signalling: tokio::task::AbortHandle,
+        signalling: Background,
     ) -> Self {
         Self {
             pc: peer.pc,
@@ -191,10 +203,20 @@ impl Link {
             path,
             both_in_room,
             role,
+            again: false,
             path_ctx,
             tcp_bridges: peer.bridges.urls.clone(),
-            _keep: (peer.bridges, signalling),
+            _bridges: peer.bridges,
+            signalling: Some(signalling),
         }
+    }
+
+    /// Stop the signalling that ran beside this link and take it back: to wait for the other
+    /// peer to come back after the link was lost. `None` if its task failed.
+    pub async fn take_signalling(&mut self) -> Option<crate::rendezvous::Signalling> {
+        let (stop, task) = self.signalling.take()?;
+        let _ = stop.send(());
+        task.await.ok()
     }
 
     /// The path as it is now: ICE may have moved since the channel opened.

@@ -64,19 +64,35 @@ fn spawn_watchdog(dc: Arc<dyn DataChannel>, mut state: watch::Receiver<RTCPeerCo
     });
 }
 
+/// The connection went away under an unfinished transfer, which itself did not fail: what
+/// the receiver holds can be continued (on a new connection, or by the next run).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkLost {
+    #[error("the connection to the other peer was lost ({0})")]
+    Broken(String),
+    #[error("the connection stalled: nothing could be sent for {} s", SEND_STALL.as_secs())]
+    Stalled,
+    #[error("the other peer vanished: the connection closed before the transfer finished")]
+    Vanished,
+}
+
+impl LinkLost {
+    /// `e` (or what it wraps) is a lost connection.
+    pub fn is(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.is::<LinkLost>())
+    }
+}
+
 async fn send_frame(dc: &dyn DataChannel, frame: BytesMut) -> anyhow::Result<()> {
     match tokio::time::timeout(SEND_STALL, dc.send(frame)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(anyhow!("the connection to the other peer was lost ({e})")),
-        Err(_) => Err(anyhow!(
-            "the connection stalled: nothing could be sent for {} s",
-            SEND_STALL.as_secs()
-        )),
+        Ok(Err(e)) => Err(LinkLost::Broken(e.to_string()).into()),
+        Err(_) => Err(LinkLost::Stalled.into()),
     }
 }
 
 fn lost() -> anyhow::Error {
-    anyhow!("the other peer vanished: the connection closed before the transfer finished")
+    LinkLost::Vanished.into()
 }
 
 /// Becomes `true` when the user interrupts (Ctrl-C).
@@ -125,13 +141,18 @@ impl Summary {
 /// pair told at open and again as its part ends, `connected` once both are known.
 struct Paths {
     track: PathTrack,
+    /// Say `reconnected` rather than `connected`.
+    again: bool,
 }
 
 impl Paths {
     fn start(link: &Link, set: impl FnOnce(PairView)) -> Self {
         let track = PathTrack::new(link.path.clone());
         set(track.view());
-        Self { track }
+        Self {
+            track,
+            again: link.again,
+        }
     }
 
     /// This side's part is about to end: read its pair again and tell it, once.
@@ -144,18 +165,23 @@ impl Paths {
     /// Say `connected`, the first time.
     fn connected(&mut self, link: &Link, peer: Option<PairView>, out: &mut Output) {
         let ms = link.both_in_room.elapsed().as_secs_f64() * 1e3;
-        if let Some(c) = self.track.connected(peer, ms) {
-            out.event(&c.into());
+        match self.track.connected(peer, ms) {
+            Some(c) if self.again => out.event(&event::Reconnected::from(c).into()),
+            Some(c) => out.event(&c.into()),
+            None => {}
         }
     }
 }
 
+/// Send `sources` over `link`. `moved` grows by the file bytes this connection carried,
+/// whether or not the transfer finishes on it.
 pub async fn send(
     link: &Link,
     sources: Vec<Source>,
     chunk: usize,
     out: &mut Output,
     interrupt: &mut Interrupt,
+    moved: &mut u64,
 ) -> anyhow::Result<Summary> {
     let clock = Clock::start();
     let dc = link.dc.clone();
@@ -275,6 +301,7 @@ pub async fn send(
         }
     }
     .await;
+    *moved += sm.bytes_sent();
     if let Err(e) = result {
         flush(|| sm.poll_transmit(clock.now()), &*dc).await;
         return Err(e);
@@ -286,7 +313,7 @@ pub async fn send(
     Ok(Summary {
         files,
         bytes: total,
-        transferred: sm.bytes_sent(),
+        transferred: *moved,
         seconds,
         path,
     })
@@ -347,12 +374,15 @@ fn map_err(e: TransferError) -> anyhow::Error {
 /// Free space needed beyond the files themselves (filesystem metadata, `.part` slack).
 const SPACE_MARGIN: u64 = 1 << 20;
 
+/// Receive into `dest` over `link`. `moved` grows by the file bytes this connection carried,
+/// whether or not the transfer finishes on it.
 pub async fn receive(
     link: &Link,
     dest: &Destination,
     limits: Limits,
     out: &mut Output,
     interrupt: &mut Interrupt,
+    moved: &mut u64,
 ) -> anyhow::Result<(Summary, Vec<PathBuf>)> {
     let clock = Clock::start();
     let dc = link.dc.clone();
@@ -466,6 +496,7 @@ pub async fn receive(
         }
     }
     .await;
+    *moved += sm.bytes_received();
     if let Err(e) = result {
         // A transfer that failed for good loses its `.part`; one the connection went away
         // under keeps it, to be continued.
@@ -501,7 +532,7 @@ pub async fn receive(
         Summary {
             files: files_total,
             bytes: sm.total_bytes(),
-            transferred: sm.bytes_received(),
+            transferred: *moved,
             seconds,
             path,
         },

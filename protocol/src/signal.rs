@@ -14,8 +14,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the signalling protocol spoken by this build. 2: a room has a number only when
-/// its creator shows a code (`create.code`, `show_code`).
-pub const SIGNAL_VERSION: u32 = 2;
+/// its creator shows a code (`create.code`, `show_code`). 3: `create.hold` keeps a room for its
+/// joiner to come back.
+pub const SIGNAL_VERSION: u32 = 3;
 
 /// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of
 /// candidates sealed and base64-encoded fits in a few KiB; files never travel here.
@@ -50,6 +51,11 @@ pub enum ClientMessage {
         version: u32,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         code: bool,
+        /// When the joiner's connection closes, keep the room for it to join again (a
+        /// restarted receiver continues on the same link) instead of ending it. Each return
+        /// runs the key exchange again; the server bounds how often (a typed code once).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold: bool,
     },
     /// The creator of a waiting room shows a code after all: give the room a number.
     ShowCode,
@@ -245,6 +251,7 @@ mod tests {
                 ClientMessage::Create {
                     version: 2,
                     code: false,
+                    hold: false,
                 },
                 r#"{"type":"create","version":2}"#,
             ),
@@ -252,8 +259,17 @@ mod tests {
                 ClientMessage::Create {
                     version: 2,
                     code: true,
+                    hold: false,
                 },
                 r#"{"type":"create","version":2,"code":true}"#,
+            ),
+            (
+                ClientMessage::Create {
+                    version: 3,
+                    code: false,
+                    hold: true,
+                },
+                r#"{"type":"create","version":3,"hold":true}"#,
             ),
             (ClientMessage::ShowCode, r#"{"type":"show_code"}"#),
             (

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub rooms_created: AtomicU64,
     pub rooms_joined: AtomicU64,
+    pub rooms_rejoined: AtomicU64,
     pub messages_relayed: AtomicU64,
     pub bytes_relayed: AtomicU64,
     pub pake_failures: AtomicU64,
@@ -74,7 +75,7 @@ impl Metrics {
             "WebSocket connections open now.",
             &one(gauges.connections_open as u64),
         );
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "connections_total",
                 "WebSocket connections accepted.",
@@ -85,6 +86,11 @@ impl Metrics {
                 "rooms_joined_total",
                 "Rooms a second peer joined.",
                 &self.rooms_joined,
+            ),
+            (
+                "rooms_rejoined_total",
+                "Joins of a held room whose joiner had left (a restarted peer coming back).",
+                &self.rooms_rejoined,
             ),
             (
                 "rooms_expired_total",

@@ -1,13 +1,18 @@
 //! The room registry: who is waiting for whom, and forwarding between the two peers of a room.
 //!
 //! Invariants:
-//! - A room has one creator and at most one joiner, ever. Once someone joined, the room's
+//! - A room has one creator and at most one joiner at a time. Once someone joined, the room's
 //!   number is retired and no one else can join, so each room allows one PAKE attempt and a
 //!   typed code gets one guess.
-//! - Each peer sends at most one PAKE message.
-//! - When either peer leaves or aborts, the room is gone; the other peer is told.
-//! - An unjoined room lives `ttl`; a joined one `max_lifetime` from the join (then both peers
-//!   are told it expired and their connections close).
+//! - Each peer sends at most one PAKE message per join.
+//! - When either peer leaves or aborts, the room is gone and the other peer is told — except
+//!   that a room created with `hold` outlives its joiner's connection closing: the creator is
+//!   told (`peer_left`) and the room waits for a joiner again (a restarted receiver coming
+//!   back on the same link), with a fresh PAKE. At most [`MAX_REJOINS`] times; a room joined
+//!   by its number gets that number back once only, so a typed code costs at most one more
+//!   online guess. An abort still ends a held room.
+//! - An unjoined room lives `ttl`; a joined one `max_lifetime` from its first join (then both
+//!   peers are told it expired and their connections close); rejoining does not extend it.
 //! - Nothing here looks inside sealed payloads; they are forwarded as they came.
 
 use protocol::signal::{AbortReason, AuthKind, ErrorCode, RoomRef, ServerMessage};
@@ -51,12 +56,32 @@ struct Slot {
 
 #[derive(Debug)]
 struct Room {
+    /// The number a typed code joins by, while it can.
     number: Option<u32>,
     /// Unjoined: when it expires. Joined: when its lifetime ends.
     expires: Instant,
     creator: Slot,
     joiner: Option<Slot>,
+    /// What happens when the joiner's connection closes.
+    hold: Hold,
 }
+
+/// A held room's record of its joins (see the module invariants).
+#[derive(Debug, Clone, Copy, Default)]
+struct Hold {
+    /// The creator asked to keep the room for its joiner to come back.
+    asked: bool,
+    /// The room was joined before: its lifetime runs from then.
+    joined: bool,
+    /// The number the current joiner used (retired while it is in).
+    number_used: Option<u32>,
+    /// The number was handed back once already.
+    number_returned: bool,
+    rejoins: u8,
+}
+
+/// How many times a held room may be joined again after its joiner left.
+pub(crate) const MAX_REJOINS: u8 = 8;
 
 impl Room {
     fn slot(&mut self, side: Side) -> Option<&mut Slot> {
@@ -151,11 +176,13 @@ impl Rooms {
 
     /// Create a room at `now` (it expires unjoined `ttl` later), with a number for a typed
     /// code only if its creator shows one (`code`).
+    /// `hold`: keep the room for its joiner to come back (see the module invariants).
     pub fn create(
         &self,
         tx: Outbox,
         now: Instant,
         code: bool,
+        hold: bool,
     ) -> Result<(Membership, Option<u32>), ErrorCode> {
         let mut inner = self.lock();
         if inner.rooms.len() >= self.max_rooms {
@@ -182,6 +209,10 @@ impl Rooms {
                     pake_sent: false,
                 },
                 joiner: None,
+                hold: Hold {
+                    asked: hold,
+                    ..Hold::default()
+                },
             },
         );
         self.metrics.rooms_created.fetch_add(1, Ordering::Relaxed);
@@ -240,12 +271,22 @@ impl Rooms {
             tx,
             pake_sent: false,
         });
-        room.expires = now + self.max_lifetime;
+        let counter = match std::mem::replace(&mut room.hold.joined, true) {
+            true => &self.metrics.rooms_rejoined,
+            false => {
+                room.expires = now + self.max_lifetime;
+                &self.metrics.rooms_joined
+            }
+        };
+        room.hold.number_used = match which {
+            RoomRef::Number(n) => Some(*n),
+            RoomRef::Id(_) => None,
+        };
         if let Some(n) = room.number.take() {
             inner.numbers.remove(&n);
         }
         deliver(&room.creator, ServerMessage::PeerJoined);
-        self.metrics.rooms_joined.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
         Ok(Membership {
             room: id,
             side: Side::Joiner,
@@ -297,9 +338,39 @@ impl Rooms {
         }
     }
 
-    /// A peer's connection closed.
+    /// A peer's connection closed. A held room whose joiner left waits for it again.
     pub fn leave(&self, m: &Membership) {
+        if m.side == Side::Joiner && self.vacate(m) {
+            return;
+        }
         self.remove(m, ServerMessage::PeerLeft);
+    }
+
+    /// The joiner of a held room left: free its place for a rejoin, if the room allows one
+    /// more. `false`: the room ends as any other.
+    fn vacate(&self, m: &Membership) -> bool {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(room) = inner.rooms.get_mut(&m.room) else {
+            return false;
+        };
+        if !room.hold.asked || room.hold.rejoins >= MAX_REJOINS {
+            return false;
+        }
+        room.hold.rejoins += 1;
+        room.joiner = None;
+        room.creator.pake_sent = false;
+        // A typed code may come back once: one more online guess at most.
+        if let Some(n) = room.hold.number_used.take()
+            && !room.hold.number_returned
+            && !inner.numbers.contains_key(&n)
+        {
+            room.hold.number_returned = true;
+            room.number = Some(n);
+            inner.numbers.insert(n, m.room.clone());
+        }
+        deliver(&room.creator, ServerMessage::PeerLeft);
+        true
     }
 
     fn remove(&self, m: &Membership, tell_other: ServerMessage) {
@@ -338,9 +409,9 @@ impl Rooms {
                 for slot in std::iter::once(&room.creator).chain(&room.joiner) {
                     let _ = slot.tx.try_send(ended());
                 }
-                let counter = match room.joiner {
-                    None => &self.metrics.rooms_expired,
-                    Some(_) => &self.metrics.rooms_ended,
+                let counter = match room.hold.joined {
+                    false => &self.metrics.rooms_expired,
+                    true => &self.metrics.rooms_ended,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -379,7 +450,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, number) = r.create(tx, t0, true).unwrap();
+        let (m, number) = r.create(tx, t0, true, false).unwrap();
         let number = number.unwrap();
         assert_eq!(r.sweep(t0 + TTL - Duration::from_millis(1)), 0);
         // At the deadline it is gone for joiners, by id and by number, before any sweep.
@@ -409,7 +480,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, number) = r.create(tx, t0, true).unwrap();
+        let (m, number) = r.create(tx, t0, true, false).unwrap();
         let number = number.unwrap();
         let (jtx, mut joiner) = outbox();
         let joined = t0 + TTL / 2;
@@ -453,7 +524,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, _) = r.create(tx, t0, true).unwrap();
+        let (m, _) = r.create(tx, t0, true, false).unwrap();
         let (jtx, _joiner) = outbox();
         let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
@@ -470,7 +541,7 @@ mod tests {
         for _ in 0..60 {
             let (tx, rx) = outbox();
             keep.push(rx);
-            numbers.push(r.create(tx, t0, true).unwrap().1.unwrap());
+            numbers.push(r.create(tx, t0, true, false).unwrap().1.unwrap());
         }
         // 3 digits while at most one number in NUMBER_DENSITY is taken, then up to 4.
         let three = 999 / NUMBER_DENSITY;
@@ -479,6 +550,129 @@ mod tests {
         assert!(numbers[three..].iter().any(|&n| n > 999), "{numbers:?}");
         // A room whose creator shows no code takes no number.
         let (tx, _rx) = outbox();
-        assert_eq!(r.create(tx, t0, false).unwrap().1, None);
+        assert_eq!(r.create(tx, t0, false, false).unwrap().1, None);
+    }
+
+    #[test]
+    fn a_held_room_waits_for_its_joiner_to_come_back_with_a_fresh_key_exchange() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, mut creator) = outbox();
+        let (m, _) = r.create(tx, t0, false, true).unwrap();
+        let id = RoomRef::Id(m.room.clone());
+        let (jtx, _joiner) = outbox();
+        let j = r.join(jtx, &id, t0).unwrap();
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        r.pake(&m, AuthKind::Link, "YQ==".into()).unwrap();
+        r.pake(&j, AuthKind::Link, "Yg==".into()).unwrap();
+        assert!(matches!(
+            next(&mut creator),
+            Some(ServerMessage::Pake { .. })
+        ));
+        r.leave(&j);
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
+        assert_eq!(r.active(), 1, "the room waits");
+        // The one who comes back runs the key exchange again, and so does the creator.
+        let (jtx, mut joiner) = outbox();
+        let later = t0 + LIFETIME / 2;
+        let j = r.join(jtx, &id, later).unwrap();
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        r.pake(&m, AuthKind::Link, "Yw==".into()).unwrap();
+        assert_eq!(
+            next(&mut joiner),
+            Some(ServerMessage::Pake {
+                auth: AuthKind::Link,
+                msg: "Yw==".into()
+            })
+        );
+        assert_eq!(
+            r.pake(&m, AuthKind::Link, "ZA==".into()).unwrap_err(),
+            ErrorCode::PakeAlreadySent
+        );
+        // Still one joiner at a time.
+        let (x, _) = outbox();
+        assert_eq!(r.join(x, &id, later).unwrap_err(), ErrorCode::RoomFull);
+        // Coming back does not extend the room's life.
+        assert_eq!(r.sweep(t0 + LIFETIME), 1);
+        let _ = j;
+    }
+
+    #[test]
+    fn a_held_room_comes_back_a_bounded_number_of_times_and_never_after_an_abort() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, mut creator) = outbox();
+        let (m, _) = r.create(tx, t0, false, true).unwrap();
+        let id = RoomRef::Id(m.room.clone());
+        for _ in 0..MAX_REJOINS {
+            let (jtx, _j) = outbox();
+            let j = r.join(jtx, &id, t0).unwrap();
+            r.leave(&j);
+        }
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &id, t0).unwrap();
+        r.leave(&j);
+        assert_eq!(r.active(), 0, "the last leave ends it");
+        while let Some(m) = next(&mut creator) {
+            assert!(matches!(
+                m,
+                ServerMessage::PeerJoined | ServerMessage::PeerLeft
+            ));
+        }
+
+        let (tx, mut creator) = outbox();
+        let (m, _) = r.create(tx, t0, false, true).unwrap();
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
+        r.abort(&j, AbortReason::WrongSecret);
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        assert_eq!(
+            next(&mut creator),
+            Some(ServerMessage::PeerAborted {
+                reason: AbortReason::WrongSecret
+            })
+        );
+        assert_eq!(r.active(), 0, "an abort ends a held room");
+
+        // Without hold, a leave ends the room as before.
+        let (tx, _c) = outbox();
+        let (m, _) = r.create(tx, t0, false, false).unwrap();
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
+        r.leave(&j);
+        assert_eq!(r.active(), 0);
+    }
+
+    #[test]
+    fn a_typed_code_gets_its_held_room_back_once_only() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, _creator) = outbox();
+        let (m, number) = r.create(tx, t0, true, true).unwrap();
+        let number = RoomRef::Number(number.unwrap());
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &number, t0).unwrap();
+        r.leave(&j);
+        // Once more by number…
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &number, t0).unwrap();
+        r.leave(&j);
+        // …then only the link (whose secret no one guesses) joins it.
+        let (x, _) = outbox();
+        assert_eq!(r.join(x, &number, t0).unwrap_err(), ErrorCode::NoSuchRoom);
+        let (jtx, _j) = outbox();
+        r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
+
+        // A joiner who used the link does not bring the number back.
+        let (tx, _creator) = outbox();
+        let (m, n) = r.create(tx, t0, true, true).unwrap();
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
+        r.leave(&j);
+        let (x, _) = outbox();
+        assert_eq!(
+            r.join(x, &RoomRef::Number(n.unwrap()), t0).unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
     }
 }

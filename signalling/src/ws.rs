@@ -200,7 +200,7 @@ fn handle(
         {
             Err(ErrorCode::UnsupportedVersion)
         }
-        ClientMessage::Create { code, .. } => {
+        ClientMessage::Create { code, hold, .. } => {
             if member.is_some() {
                 return Err(ErrorCode::RoomFull);
             }
@@ -208,9 +208,10 @@ fn handle(
                 state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(ErrorCode::RateLimited);
             }
-            let (m, number) = state
-                .rooms
-                .create(tx.clone(), std::time::Instant::now(), code)?;
+            let (m, number) =
+                state
+                    .rooms
+                    .create(tx.clone(), std::time::Instant::now(), code, hold)?;
             let reply = ServerMessage::Created {
                 room: m.room.clone(),
                 number,

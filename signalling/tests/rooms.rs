@@ -129,6 +129,7 @@ fn create_msg() -> ClientMessage {
     ClientMessage::Create {
         version: SIGNAL_VERSION,
         code: true,
+        hold: false,
     }
 }
 
@@ -492,6 +493,7 @@ async fn bad_requests_get_exact_errors_and_connection_survives() {
         &ClientMessage::Create {
             version: SIGNAL_VERSION + 1,
             code: false,
+            hold: false,
         },
     )
     .await;
@@ -1269,6 +1271,7 @@ async fn a_room_has_a_number_only_when_its_creator_shows_a_code() {
         &ClientMessage::Create {
             version: SIGNAL_VERSION,
             code: false,
+            hold: false,
         },
     )
     .await;

@@ -363,6 +363,7 @@ fn create(code: bool) -> ClientMessage {
     ClientMessage::Create {
         version: SIGNAL_VERSION,
         code,
+        hold: false,
     }
 }
 

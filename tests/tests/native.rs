@@ -385,26 +385,85 @@ fn a_vanished_sender_is_continued_by_a_new_send_into_the_same_folder() {
     assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
 }
 
+/// A receiver killed mid-transfer, its `.part` checked, then what its sender does: `held`.
+fn kill_the_receiver_midway(
+    sig: &Signalling,
+    sender_args: &[&str],
+    file: &Path,
+    dst: &Path,
+) -> (Peer, String, u64) {
+    let size = std::fs::metadata(file).unwrap().len();
+    let (sender, link, _) = start_sender(&sig.url, sender_args, &[file]).unwrap();
+    let mut receiver = spawn(&recv_args(&sig.url, dst, &link));
+    wait_for_progress(&mut receiver, size * 45 / 100);
+    // SIGKILL: nothing of the receiver runs after this.
+    receiver.kill();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let held = std::fs::metadata(dst.join(format!("{name}.part")))
+        .expect("the part survives the crash")
+        .len();
+    assert!(held >= size * 45 / 100, "held {held}");
+    assert_eq!(tree(dst).len(), 1, "{:?}", tree(dst));
+    (sender, link, held)
+}
+
 #[test]
-fn a_killed_receiver_loses_no_part_and_the_next_run_continues_it() {
+fn a_killed_receiver_run_again_on_the_same_link_continues_where_it_stopped() {
     let sig = Signalling::start();
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let file = src.path().join("video.mkv");
     let size: u64 = 200 << 20;
     make_file(&file, size, 31);
-    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
-    let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
-    wait_for_progress(&mut receiver, size * 45 / 100);
-    // SIGKILL: nothing of the receiver runs after this.
-    receiver.kill();
+    let (sender, link, held) = kill_the_receiver_midway(&sig, &[], &file, dst.path());
+    // The sender waits in its room; the same command again rejoins it.
+    let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    let (rs, revents) = receiver.finish(LONG).unwrap();
     let (ss, sevents) = sender.finish(LONG).unwrap();
-    expect_error(ss, &sevents);
-    let held = std::fs::metadata(dst.path().join("video.mkv.part"))
-        .expect("the part survives the crash")
-        .len();
-    assert!(held >= size * 45 / 100, "held {held}");
+    let done = expect_done(rs, &revents);
+    let sdone = expect_done(ss, &sevents);
+    let resumed = event::find::<event::Resumed>(&revents).expect("a resumed event");
+    assert_eq!(resumed.offset, held.min(size));
+    assert_eq!(done.transferred, size - resumed.offset);
+    assert!(done.transferred <= size * 55 / 100, "{}", done.transferred);
+    assert_eq!(hash_file(&dst.path().join("video.mkv")), hash_file(&file));
     assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
+    // The sender said what happened, and moved each byte about once.
+    let names: Vec<&str> = sevents.iter().map(Event::name).collect();
+    let at = |n: &str| names.iter().position(|x| *x == n);
+    assert!(
+        at("reconnecting") < at("reconnected") && at("reconnected") < at("done"),
+        "{names:?}"
+    );
+    assert!(
+        event::find::<event::Connected>(&sevents).is_some(),
+        "{names:?}"
+    );
+    assert!(
+        sdone.transferred >= size && sdone.transferred <= size + (32 << 20),
+        "{}",
+        sdone.transferred
+    );
+    assert_eq!(sig.metric("punchdrop_rooms_rejoined_total"), 1);
+}
+
+#[test]
+fn a_receiver_that_does_not_come_back_in_time_is_continued_by_the_next_run() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("video.mkv");
+    let size: u64 = 200 << 20;
+    make_file(&file, size, 32);
+    let (sender, _, held) =
+        kill_the_receiver_midway(&sig, &["--reconnect-timeout", "1"], &file, dst.path());
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let msg = expect_error(ss, &sevents);
+    assert!(msg.contains("did not come back within 1 s"), "{msg}");
+    assert!(
+        event::find::<event::Reconnecting>(&sevents).is_some(),
+        "{sevents:?}"
+    );
 
     let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
     let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));

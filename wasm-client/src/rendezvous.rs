@@ -122,6 +122,14 @@ pub async fn connect(
                     peer::add_candidate(&p.pc, c).await;
                 }
             }
+            // Only a creator holding its room for a rejoin is told this; the page holds none
+            // (its config has no `rejoin_wait`), but a closed connection is the answer anyway.
+            Output::ClosePeer => {
+                if let Some(p) = peer.take() {
+                    p.pc.close();
+                }
+                opened = None;
+            }
             Output::Failed(e) => return Err(Error::Rendezvous(e)),
             Output::Timeout(_) if rv.is_connected() => {
                 let (p, path) = peer

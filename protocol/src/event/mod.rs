@@ -28,6 +28,12 @@ pub enum Event {
     Pick,
     /// The data channel is open.
     Connected(Connected),
+    /// The connection to the other peer was lost with the transfer unfinished; this side waits
+    /// for it to come back (a restarted receiver joining the same link again).
+    Reconnecting(Reconnecting),
+    /// A new connection to the other peer is open after `reconnecting`; the transfer continues
+    /// from what the receiver holds.
+    Reconnected(Reconnected),
     /// What the sender offers (receiving side).
     Offer(Offer),
     /// The receiver accepted; the transfer starts.
@@ -128,6 +134,37 @@ pub struct FileRestarted {
     pub index: u32,
 }
 
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconnectReason {
+    /// The connection failed or closed under the transfer.
+    LinkLost,
+    /// The other peer's program left the room (it stopped, or it is already back).
+    PeerLeft,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Reconnecting {
+    pub reason: ReconnectReason,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Reconnected {
+    #[serde(flatten)]
+    pub path: PathReport,
+    /// The other peer back in the room → data channel open again.
+    pub ms_since_room: f64,
+}
+
+impl From<Connected> for Reconnected {
+    fn from(c: Connected) -> Self {
+        Self {
+            path: c.path,
+            ms_since_room: c.ms_since_room,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct FirstByte {
     pub ms_since_room: f64,
@@ -173,6 +210,8 @@ impl Event {
             Self::Verify(_) => "verify",
             Self::Pick => "pick",
             Self::Connected(_) => "connected",
+            Self::Reconnecting(_) => "reconnecting",
+            Self::Reconnected(_) => "reconnected",
             Self::Offer(_) => "offer",
             Self::Accepted(_) => "accepted",
             Self::Resumed(_) => "resumed",
@@ -228,6 +267,8 @@ payloads! {
     Code(Code) = "code",
     Verify(Verify) = "verify",
     Connected(Connected) = "connected",
+    Reconnecting(Reconnecting) = "reconnecting",
+    Reconnected(Reconnected) = "reconnected",
     Offer(Offer) = "offer",
     Accepted(Accepted) = "accepted",
     Resumed(Resumed) = "resumed",

@@ -63,6 +63,28 @@ fn golden() -> Vec<(Event, &'static str)> {
             r#"{"event":"connected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"failed","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":12.5}"#,
         ),
         (
+            Reconnecting {
+                reason: ReconnectReason::LinkLost,
+            }
+            .into(),
+            r#"{"event":"reconnecting","reason":"link_lost"}"#,
+        ),
+        (
+            Reconnecting {
+                reason: ReconnectReason::PeerLeft,
+            }
+            .into(),
+            r#"{"event":"reconnecting","reason":"peer_left"}"#,
+        ),
+        (
+            Reconnected {
+                path: path(),
+                ms_since_room: 3.0,
+            }
+            .into(),
+            r#"{"event":"reconnected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"failed","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":3.0}"#,
+        ),
+        (
             Offer {
                 files: 1,
                 bytes: 3,

@@ -31,13 +31,20 @@
 //!   for a peer that gave up.
 //! - After the channel opened, losing the server or the other peer's signalling is not an
 //!   error: the transfer goes on peer to peer.
+//! - A creator with [`Config::rejoin_wait`] creates its room with `hold`. When its connection
+//!   is lost with the transfer unfinished ([`Rendezvous::link_lost`], or the joiner arriving
+//!   again while the old connection still looks open) it says `reconnecting`, forgets the
+//!   joiner's key, hello and negotiation, and waits for a joiner again — the same link or
+//!   code, a fresh PAKE and connection (a restarted receiver; the transfer then continues
+//!   from what it kept) — until the rejoin deadline, which a joiner that leaves again midway
+//!   does not extend.
 
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 use crate::crypto::{Channel, CryptoError, Handshake, RoomRole};
-use crate::event::{self, Event};
+use crate::event::{self, Event, ReconnectReason};
 use crate::invite::{Invitation, ShareLink, ShortCode};
 use crate::signal::{
     AbortReason, AuthKind, ClientMessage, ErrorCode, IceServer, PeerSignal, RoomRef,
@@ -68,6 +75,10 @@ pub struct Config {
     /// a round trip. They still follow once the wait is over (a second pair to fall back on).
     /// Zero when relaying is all there is (`--relay-only`).
     pub relay_wait: Duration,
+    /// Creator only: how long to wait for the joiner to come back once the connection to it
+    /// is lost with the transfer unfinished ([`Rendezvous::link_lost`]); the room is created
+    /// with `hold` so the server keeps it. `None`: the room ends with its joiner.
+    pub rejoin_wait: Option<Duration>,
 }
 
 impl Default for Config {
@@ -79,6 +90,7 @@ impl Default for Config {
             gather_wait: Duration::from_millis(150),
             connect_timeout: Duration::from_secs(30),
             relay_wait: Duration::from_secs(1),
+            rejoin_wait: None,
         }
     }
 }
@@ -174,6 +186,10 @@ pub enum Output {
     ApplyDescription { kind: SdpKind, sdp: String },
     /// Add the other peer's candidate (a candidate the stack rejects is not fatal).
     AddCandidate(IceCandidate),
+    /// Close the peer connection: the other peer left before it was up, or came back
+    /// through the room (so the old connection is dead). If it returns, a new
+    /// [`Output::StartPeer`] follows.
+    ClosePeer,
     /// The rendezvous failed; nothing more will happen. Whatever the room had to be told was
     /// queued before this.
     Failed(RendezvousError),
@@ -224,6 +240,11 @@ pub enum RendezvousError {
     Local(String),
     #[error("stopped before the peers connected")]
     Cancelled,
+    #[error(
+        "the other peer did not come back within {} s of the connection being lost",
+        .0.as_secs()
+    )]
+    NoRejoin(Duration),
 }
 
 /// Who broke the protocol.
@@ -299,6 +320,7 @@ enum Deadline {
     PeerAnswer,
     Hello,
     Connect,
+    Rejoin,
 }
 
 /// The offer/answer of this side.
@@ -348,6 +370,12 @@ pub struct Rendezvous {
     role: Option<TransferRole>,
     peer_role: Option<TransferRole>,
     neg: Negotiation,
+    /// Every candidate [`Rendezvous::advertise`] was given: each new connection gets them.
+    advertised: Vec<IceCandidate>,
+    /// Creator holding its room: when the wait for the joiner to come back ends.
+    rejoin_until: Option<Duration>,
+    /// The server said the joiner's connection closed while the channel was open.
+    peer_away: bool,
     server_up: bool,
     out: VecDeque<Output>,
 }
@@ -408,6 +436,9 @@ impl Rendezvous {
             role: want.role(),
             peer_role: None,
             neg: Negotiation::default(),
+            advertised: Vec::new(),
+            rejoin_until: None,
+            peer_away: false,
             server_up: false,
             out: VecDeque::new(),
         }
@@ -461,6 +492,7 @@ impl Rendezvous {
                 ClientMessage::Create {
                     version: SIGNAL_VERSION,
                     code: matches!(self.code, CodeShare::Asked),
+                    hold: self.config.rejoin_wait.is_some(),
                 }
             }
             Entry::Join { room, .. } => {
@@ -509,7 +541,7 @@ impl Rendezvous {
         match msg {
             ServerMessage::IceServers { servers, .. } => self.ice_servers = servers,
             ServerMessage::Error { code, .. } => self.room_ended(RendezvousError::Server(code)),
-            ServerMessage::PeerLeft => self.room_ended(RendezvousError::PeerLeft),
+            ServerMessage::PeerLeft => self.on_peer_left(),
             ServerMessage::PeerAborted { reason } => self.room_ended(match reason {
                 AbortReason::WrongSecret => RendezvousError::WrongSecret,
                 _ => RendezvousError::PeerGaveUp,
@@ -517,11 +549,7 @@ impl Rendezvous {
             ServerMessage::Created { room, number, .. } => self.on_created(room, number),
             ServerMessage::Numbered { number } => self.on_numbered(number),
             ServerMessage::Joined { room } => self.on_joined(room),
-            ServerMessage::PeerJoined => {
-                if self.stage == Stage::AwaitPeer {
-                    self.mark_both_in_room();
-                }
-            }
+            ServerMessage::PeerJoined => self.on_peer_joined(),
             ServerMessage::Pake { auth, msg } => self.on_pake(auth, &msg),
             ServerMessage::Sealed { data } => self.on_sealed(&data),
         }
@@ -631,6 +659,7 @@ impl Rendezvous {
     /// a port forwarded by hand). It goes out once the hellos are through.
     pub fn advertise(&mut self, candidate: IceCandidate, now: Duration) {
         self.now = now;
+        self.advertised.push(candidate.clone());
         match self.stage {
             Stage::Negotiating | Stage::Connected => self.send_sealed(&candidate.into_signal()),
             Stage::Failed => {}
@@ -648,6 +677,31 @@ impl Rendezvous {
         }
         self.stage = Stage::Connected;
         self.deadline = None;
+        self.rejoin_until = None;
+    }
+
+    /// The connection to the other peer is gone with the transfer unfinished (the driver
+    /// closed it). A creator holding its room waits [`Config::rejoin_wait`] for the joiner to
+    /// come back and says `reconnecting`: `true`, drive the machine again (a new
+    /// [`Output::StartPeer`] follows when it is back). `false`: nothing to wait for (this
+    /// side joined, the room is not held, or the server is gone).
+    pub fn link_lost(&mut self, now: Duration) -> bool {
+        self.now = now;
+        match self.stage {
+            Stage::Connected if self.holds_room() && self.server_up => {
+                let reason = match self.peer_away {
+                    true => ReconnectReason::PeerLeft,
+                    false => ReconnectReason::LinkLost,
+                };
+                self.lose_link(reason);
+                true
+            }
+            // The joiner came back before the driver noticed: already on it.
+            Stage::AwaitPeer | Stage::Hello | Stage::Pick | Stage::Negotiating => {
+                self.rejoin_until.is_some()
+            }
+            _ => false,
+        }
     }
 
     /// The connection failed before the channel opened (ICE found no path).
@@ -705,6 +759,10 @@ impl Rendezvous {
             Deadline::Hello => self.abort_and_fail(
                 AbortReason::Failed,
                 RendezvousError::NoHello(self.config.hello_wait),
+            ),
+            Deadline::Rejoin => self.abort_and_fail(
+                AbortReason::Failed,
+                RendezvousError::NoRejoin(self.config.rejoin_wait.unwrap_or_default()),
             ),
             Deadline::Connect => {
                 let e = RendezvousError::ConnectTimeout {
@@ -769,6 +827,67 @@ impl Rendezvous {
         if self.stage < Stage::Connected {
             self.fail(e);
         }
+    }
+
+    /// This creator asked the server to keep its room for the joiner to come back.
+    fn holds_room(&self) -> bool {
+        matches!(self.entry, Entry::Create) && self.config.rejoin_wait.is_some()
+    }
+
+    fn on_peer_joined(&mut self) {
+        match self.stage {
+            Stage::AwaitPeer => self.mark_both_in_room(),
+            // The server lets one joiner in at a time: the one we are connected to is gone.
+            Stage::Connected if self.holds_room() => {
+                self.lose_link(ReconnectReason::PeerLeft);
+                self.out.push_back(Output::ClosePeer);
+                self.mark_both_in_room();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_peer_left(&mut self) {
+        match self.stage {
+            // The transfer needs the server no more; if the connection goes too, the driver
+            // says so (`link_lost`).
+            Stage::Connected => self.peer_away = true,
+            // A held room waits for the joiner again; what was half set up with it goes.
+            Stage::AwaitPeer | Stage::Hello | Stage::Pick | Stage::Negotiating
+                if self.holds_room() =>
+            {
+                let started = self.stage == Stage::Negotiating;
+                self.wait_again();
+                if started {
+                    self.out.push_back(Output::ClosePeer);
+                }
+            }
+            _ => self.room_ended(RendezvousError::PeerLeft),
+        }
+    }
+
+    /// The connection is lost: wait for the joiner to come back, and say so.
+    fn lose_link(&mut self, reason: ReconnectReason) {
+        let wait = self.config.rejoin_wait.unwrap_or_default();
+        self.rejoin_until = Some(self.now + wait);
+        self.wait_again();
+        self.emit(event::Reconnecting { reason });
+    }
+
+    /// Back to waiting for a joiner, forgetting everything about the last one: its key, its
+    /// hello, the negotiation. The room, its link and code stay; so does the rejoin deadline.
+    fn wait_again(&mut self) {
+        self.stage = Stage::AwaitPeer;
+        self.handshake = None;
+        self.channel = None;
+        self.peer_role = None;
+        self.peer_away = false;
+        self.both_in_room = None;
+        self.neg = Negotiation {
+            adverts: self.advertised.clone(),
+            ..Negotiation::default()
+        };
+        self.deadline = self.rejoin_until.map(|t| (t, Deadline::Rejoin));
     }
 
     fn relay_offered(&self) -> bool {

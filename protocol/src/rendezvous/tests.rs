@@ -60,6 +60,8 @@ struct Room {
     joiner: Option<Who>,
     pake_sent: Vec<Who>,
     gone: bool,
+    /// Created with `hold`: the joiner leaving frees its place instead of ending the room.
+    hold: bool,
 }
 
 /// A peer: its machine, its stand-in ICE stack, and what it showed.
@@ -83,6 +85,8 @@ struct Peer {
     created_at: Option<Duration>,
     described_at: Option<Duration>,
     open: bool,
+    /// How many times the driver was told to close its peer connection.
+    closed: usize,
 }
 
 impl Peer {
@@ -116,7 +120,21 @@ impl Peer {
             created_at: None,
             described_at: None,
             open: false,
+            closed: 0,
         }
+    }
+
+    /// The driver closed its peer connection: the stand-in ICE stack starts from nothing.
+    fn close_peer(&mut self) {
+        self.closed += 1;
+        self.setup = None;
+        self.local.clear();
+        self.remote_description = None;
+        self.remote_applied = false;
+        self.remote_candidates.clear();
+        self.created_at = None;
+        self.described_at = None;
+        self.open = false;
     }
 
     fn event<T: Payload + Clone>(&self) -> Option<T> {
@@ -172,7 +190,11 @@ impl World {
 
     /// A creates a room (wanting `a`) that shows only its link.
     fn link_only(a: Want) -> Self {
-        let rv = Rendezvous::create(SERVER, a, Config::default(), T0);
+        Self::created_with(a, Config::default())
+    }
+
+    fn created_with(a: Want, config: Config) -> Self {
+        let rv = Rendezvous::create(SERVER, a, config, T0);
         let mut peers = BTreeMap::new();
         peers.insert(Who::A, Peer::new(rv));
         Self {
@@ -261,8 +283,9 @@ impl World {
         let other = from.other();
         let in_room = |r: &Room, w: Who| r.creator == Some(w) || r.joiner == Some(w);
         match msg {
-            ClientMessage::Create { code, .. } => {
+            ClientMessage::Create { code, hold, .. } => {
                 self.room.creator = Some(from);
+                self.room.hold = hold;
                 self.room.number = code.then_some(7);
                 let number = self.room.number;
                 self.tell(
@@ -438,8 +461,25 @@ impl World {
                 );
                 p.remote_candidates.push(c.candidate);
             }
+            Output::ClosePeer => self.peers.get_mut(&who).unwrap().close_peer(),
             Output::Timeout(_) => unreachable!(),
         }
+    }
+
+    /// B's program dies: its machine is gone and the server sees its socket close.
+    fn kill_b(&mut self) {
+        self.peers.remove(&Who::B);
+        self.schedule(HOP, Wire::Closed(Who::B));
+    }
+
+    /// A's driver finds its connection dead: it closes it and tells the machine.
+    fn a_loses_link(&mut self) -> bool {
+        let now = self.now;
+        let a = self.peers.get_mut(&Who::A).unwrap();
+        a.close_peer();
+        let waits = a.rv.link_lost(now);
+        self.drain();
+        waits
     }
 
     fn deliver(&mut self, what: Wire) {
@@ -450,6 +490,11 @@ impl World {
                 if let Some(p) = self.peers.get_mut(&to) {
                     p.rv.handle_server(m, now);
                 }
+            }
+            Wire::Closed(who) if self.room.hold && self.room.joiner == Some(who) => {
+                self.room.joiner = None;
+                self.room.pake_sent.clear();
+                self.tell(who.other(), ServerMessage::PeerLeft);
             }
             Wire::Closed(who) => {
                 let other = who.other();
@@ -904,8 +949,9 @@ fn a_description_while_picking_files_is_out_of_turn() {
         },
         T0,
     );
+    let hello = format!(r#"{{"type":"hello","version":{SIGNAL_VERSION},"role":"receiver"}}"#);
     let sealed: [&[u8]; 2] = [
-        b"{\"type\":\"hello\",\"version\":2,\"role\":\"receiver\"}",
+        hello.as_bytes(),
         b"{\"type\":\"description\",\"kind\":\"answer\",\"sdp\":\"v=0\"}",
     ];
     for plain in sealed {
@@ -1385,4 +1431,164 @@ fn timeouts_point_at_the_next_deadline() {
         rv.poll_output(),
         Output::Timeout(T0 + Config::default().server_answer)
     );
+}
+
+// ── a creator holding its room for the joiner to come back ────────────────────────────────
+
+const REJOIN_WAIT: Duration = Duration::from_secs(300);
+
+/// A sends and holds its link-only room; B receives on the link; both connected.
+fn held_and_connected() -> (World, String) {
+    let config = Config {
+        rejoin_wait: Some(REJOIN_WAIT),
+        ..Config::default()
+    };
+    let mut w = World::open_room(World::created_with(Want::Send, config));
+    let link = w.a().event::<event::Ready>().unwrap().link;
+    w.join(&link, Want::Receive);
+    w.run();
+    connected(&w);
+    (w, link)
+}
+
+fn reconnecting(p: &Peer) -> Vec<ReconnectReason> {
+    p.events
+        .iter()
+        .filter_map(|e| event::Reconnecting::of(e).map(|r| r.reason))
+        .collect()
+}
+
+#[test]
+fn a_holding_creator_waits_for_a_restarted_joiner_and_connects_again() {
+    let (mut w, link) = held_and_connected();
+    assert!(
+        w.a()
+            .sent
+            .iter()
+            .any(|m| matches!(m, ClientMessage::Create { hold: true, .. }))
+    );
+    let first_words = w.a().event::<event::Verify>().unwrap();
+    w.kill_b();
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        w.a().rv.is_connected(),
+        "the server's word alone ends nothing"
+    );
+    assert!(w.a_loses_link(), "a holding creator waits");
+    assert_eq!(reconnecting(w.a()), [ReconnectReason::PeerLeft]);
+    // Minutes later the receiver runs the same link again: a fresh key exchange, hello and
+    // connection, all through the same room.
+    w.run_for(Duration::from_secs(120));
+    assert!(w.a().failed.is_none());
+    w.join(&link, Want::Receive);
+    w.run();
+    connected(&w);
+    assert_eq!(
+        w.a().names(),
+        [
+            "ready",
+            "joined",
+            "verify",
+            "reconnecting",
+            "joined",
+            "verify"
+        ]
+    );
+    assert_ne!(
+        w.a().events.last(),
+        Some(&Event::from(first_words)),
+        "a new key, new words"
+    );
+    assert_eq!(w.a().setup.as_ref().unwrap().role, TransferRole::Sender);
+    assert_eq!(w.b().setup.as_ref().unwrap().role, TransferRole::Receiver);
+    // A loss after the reconnection waits again, for a full wait.
+    w.kill_b();
+    w.run_for(Duration::from_secs(1));
+    assert!(w.a_loses_link());
+    w.run_for(REJOIN_WAIT - Duration::from_secs(1));
+    assert!(w.a().failed.is_none());
+}
+
+#[test]
+fn a_joiner_back_before_the_loss_is_noticed_replaces_the_old_connection() {
+    let (mut w, link) = held_and_connected();
+    w.kill_b();
+    w.run_for(Duration::from_millis(50));
+    w.join(&link, Want::Receive);
+    // A still believes in its old connection when the new joiner arrives: it drops it.
+    w.run_until(|w| w.a().closed == 1);
+    assert_eq!(reconnecting(w.a()), [ReconnectReason::PeerLeft]);
+    // The driver's transfer then fails on the dead connection; the machine is already on it.
+    let now = w.now;
+    assert!(w.peers.get_mut(&Who::A).unwrap().rv.link_lost(now));
+    w.run();
+    connected(&w);
+    assert_eq!(reconnecting(w.a()).len(), 1, "one loss, said once");
+}
+
+#[test]
+fn no_return_within_the_wait_fails_plainly_and_ends_the_room() {
+    let (mut w, _) = held_and_connected();
+    w.kill_b();
+    w.run_for(Duration::from_secs(1));
+    assert!(w.a_loses_link());
+    assert_eq!(reconnecting(w.a()), [ReconnectReason::PeerLeft]);
+    w.run();
+    assert_eq!(w.a().failed, Some(RendezvousError::NoRejoin(REJOIN_WAIT)));
+    assert_eq!(w.a().aborted(), Some(AbortReason::Failed));
+    assert!(
+        w.a().error().contains("did not come back within 300 s"),
+        "{}",
+        w.a().error()
+    );
+}
+
+#[test]
+fn a_link_lost_while_the_joiner_is_still_in_the_room_says_so() {
+    let (mut w, _) = held_and_connected();
+    // The connection dies but B's program lives on (its own driver sees the same).
+    assert!(w.a_loses_link());
+    assert_eq!(reconnecting(w.a()), [ReconnectReason::LinkLost]);
+    let now = w.now;
+    assert!(
+        !w.peers.get_mut(&Who::B).unwrap().rv.link_lost(now),
+        "a joiner has no room to hold"
+    );
+}
+
+#[test]
+fn a_rejoiner_that_goes_again_mid_setup_keeps_the_first_deadline() {
+    let (mut w, link) = held_and_connected();
+    w.kill_b();
+    w.run_for(Duration::from_secs(1));
+    assert!(w.a_loses_link());
+    let lost_at = w.now;
+    w.run_for(Duration::from_secs(60));
+    w.join(&link, Want::Receive);
+    w.run_until(|w| w.a().setup.is_some());
+    w.kill_b();
+    w.run_until(|w| w.a().closed == 2);
+    assert!(w.a().failed.is_none(), "still waiting");
+    w.run();
+    assert_eq!(w.a().failed, Some(RendezvousError::NoRejoin(REJOIN_WAIT)));
+    assert!(
+        w.now < lost_at + REJOIN_WAIT + Duration::from_secs(1),
+        "{:?}",
+        w.now - lost_at
+    );
+}
+
+#[test]
+fn without_holding_a_lost_link_ends_the_transfer() {
+    let mut w = World::pair(Want::Send, Want::Receive);
+    w.run();
+    connected(&w);
+    assert!(
+        w.a()
+            .sent
+            .iter()
+            .any(|m| matches!(m, ClientMessage::Create { hold: false, .. }))
+    );
+    assert!(!w.a_loses_link());
+    assert!(reconnecting(w.a()).is_empty());
 }
