@@ -77,9 +77,10 @@ struct Common {
     /// Seconds to wait for a direct or relayed connection once both peers are in the room.
     #[arg(long, global = true, default_value_t = 30)]
     connect_timeout: u64,
-    /// Seconds a peer that made the room waits for the other to come back when the
-    /// connection is lost mid-transfer (its program restarted with the same link or code);
-    /// 0: do not wait.
+    /// Seconds to get the other peer back when the connection is lost mid-transfer: the side
+    /// that made the room waits in it (for the other's program to come back, restarted with
+    /// the same link or code), the side that joined joins again, retrying while the server
+    /// or the other peer cannot be reached. 0: give up at once.
     #[arg(
         long,
         global = true,
@@ -300,6 +301,7 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         rejoin_wait: (c.reconnect_timeout > 0).then(|| Duration::from_secs(c.reconnect_timeout)),
         ..rv::Config::default()
     };
+    let reconnect = config.rejoin_wait.is_some();
     let rendezvous = match &invitation {
         Some(inv) => Rendezvous::join(inv, &c.server, want, config, clock.now()),
         None => {
@@ -325,10 +327,20 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         let mut signalling = rendezvous::Signalling::start(rendezvous, &net, clock);
         // File bytes every connection of this run carried.
         let mut moved = 0;
-        let mut again = false;
+        // The loss being recovered from: if getting the other peer back fails, that is what
+        // the person needs to hear first (and that what arrived is kept).
+        let mut lost: Option<anyhow::Error> = None;
         let (summary, saved) = loop {
-            let mut link =
-                rendezvous::connect(signalling, clock, &net, out, &mut interrupt, again).await?;
+            let connected =
+                rendezvous::connect(signalling, clock, &net, out, &mut interrupt, lost.is_some())
+                    .await;
+            let mut link = match (connected, lost.take()) {
+                (Ok(link), _) => link,
+                (Err(e), None) => return Err(e),
+                (Err(e), Some(loss)) => {
+                    return Err(loss.context(format!("could not get the other peer back ({e:#})")));
+                }
+            };
             out.role = Some(link.role);
             if let (protocol::path::PathKind::Relay, portmap::State::Failed(e)) =
                 (link.path.kind, &*net.advertise.portmap.borrow())
@@ -355,25 +367,32 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
                 .map(|summary| (summary, Vec::new())),
                 _ => unreachable!("sources are collected for send, a destination for recv"),
             };
-            // A lost connection in a room this side holds: wait for the other peer to come
-            // back (the machine says `reconnecting`) and continue on a new connection.
-            let waiting = match &result {
-                Err(e) if transfer::LinkLost::is(e) => {
+            // A lost connection: the room's creator waits in it for the other peer to come
+            // back, a joiner joins it again (each machine says `reconnecting`); the transfer
+            // then continues on a new connection from what the receiver holds.
+            let waiting = match (&result, &invitation) {
+                (Err(e), _) if !transfer::LinkLost::is(e) => None,
+                (Err(_), None) => {
                     let back = link.take_signalling().await;
                     back.and_then(|mut s| s.link_lost(clock).then_some(s))
+                }
+                (Err(_), Some(inv)) if reconnect => {
+                    if let Some(old) = link.take_signalling().await {
+                        old.close().await;
+                    }
+                    let rv = Rendezvous::rejoin(inv, &c.server, want, config, clock.now());
+                    Some(rendezvous::Signalling::start(rv, &net, clock))
                 }
                 _ => None,
             };
             link.close().await;
-            match waiting {
-                Some(s) => {
-                    if let Err(e) = &result {
-                        tracing::info!("waiting for the other peer to come back: {e:#}");
-                    }
+            match (waiting, result) {
+                (Some(s), Err(e)) => {
+                    tracing::info!("getting the other peer back: {e:#}");
                     signalling = s;
-                    again = true;
+                    lost = Some(e);
                 }
-                None => break result?,
+                (_, result) => break result?,
             }
         };
         out.event(&summary.done());

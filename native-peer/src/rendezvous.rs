@@ -232,6 +232,11 @@ impl Signalling {
     pub fn link_lost(&mut self, clock: Clock) -> bool {
         self.rv.link_lost(clock.now())
     }
+
+    /// Leave the room: close the socket to the server.
+    pub async fn close(mut self) {
+        self.server.close().await;
+    }
 }
 
 /// What woke the driver.
@@ -341,6 +346,14 @@ impl Driver<'_> {
                 if let Some(p) = &self.peer {
                     p.add_candidate(c).await;
                 }
+                Ok(())
+            }
+            Output::CloseServer => {
+                self.server.close().await;
+                Ok(())
+            }
+            Output::OpenServer => {
+                self.server = Server::connect(self.rv.server());
                 Ok(())
             }
             Output::ClosePeer => {

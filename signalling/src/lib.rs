@@ -52,6 +52,9 @@ pub struct Config {
     pub room_max_lifetime: Duration,
     /// A connection that has not created or joined a room by then is closed.
     pub first_message_within: Duration,
+    /// A peer in a room is pinged this often; one silent for three of these is gone (its
+    /// network changed or died without closing), and its place in the room is freed.
+    pub ping_every: Duration,
     /// An HTTP request's headers must arrive within this (a client holding a half-sent
     /// request would otherwise keep its connection forever).
     pub header_read_timeout: Duration,
@@ -137,6 +140,7 @@ impl Default for Config {
             rooms_per_min: 60,
             room_max_lifetime: Duration::from_secs(2 * 3600),
             first_message_within: Duration::from_secs(10),
+            ping_every: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             admission: admission::AdmissionConfig::default(),
             admin_listen: None,
@@ -153,6 +157,7 @@ pub(crate) struct AppState {
     pub limits: limits::Limits,
     pub admission: Arc<admission::Admission>,
     pub first_message_within: Duration,
+    pub ping_every: Duration,
     pub metrics: Arc<metrics::Metrics>,
     pub turn_metrics: Option<Arc<turn::TurnMetrics>>,
     pub ice: IceSettings,
@@ -217,6 +222,7 @@ impl Server {
             limits: limits::Limits::new(&config),
             admission: admission::Admission::new(config.admission.clone()),
             first_message_within: config.first_message_within,
+            ping_every: config.ping_every,
             metrics,
             turn_metrics,
             ice,

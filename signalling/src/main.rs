@@ -43,6 +43,10 @@ struct Args {
     /// Seconds a new connection has to create or join a room before it is closed.
     #[arg(long, env = "PUNCHDROP_IDLE_TIMEOUT", default_value_t = 10)]
     idle_timeout: u64,
+    /// Seconds between pings to a peer in a room; one silent for three is dropped and its
+    /// place freed (a peer whose network changed comes back in the same room).
+    #[arg(long, env = "PUNCHDROP_PING_INTERVAL", default_value_t = 10)]
+    ping_interval: u64,
     /// Seconds an HTTP request's headers may take to arrive (slow clients are cut off).
     #[arg(long, env = "PUNCHDROP_HEADER_TIMEOUT", default_value_t = 10)]
     header_timeout: u64,
@@ -206,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
         rooms_per_min: args.room_rate,
         room_max_lifetime: Duration::from_secs(args.room_lifetime),
         first_message_within: Duration::from_secs(args.idle_timeout),
+        ping_every: Duration::from_secs(args.ping_interval.max(1)),
         header_read_timeout: Duration::from_secs(args.header_timeout),
         admin_listen: (!args.no_admin).then_some(args.admin_listen),
         admission: signalling::admission::AdmissionConfig {

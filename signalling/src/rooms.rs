@@ -81,7 +81,7 @@ struct Hold {
 }
 
 /// How many times a held room may be joined again after its joiner left.
-pub(crate) const MAX_REJOINS: u8 = 8;
+pub(crate) const MAX_REJOINS: u8 = 32;
 
 impl Room {
     fn slot(&mut self, side: Side) -> Option<&mut Slot> {

@@ -87,9 +87,24 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
     let idle = tokio::time::sleep(state.first_message_within);
     tokio::pin!(idle);
     let mut in_a_room = false;
+    // A peer whose network went away without closing (an address change, a lid shut) would
+    // hold its place in a room for ever: the pings' answers say it is still there.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + state.ping_every,
+        state.ping_every,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
 
     loop {
         tokio::select! {
+            _ = heartbeat.tick(), if in_a_room => {
+                if last_heard.elapsed() >= state.ping_every * 3 {
+                    tracing::debug!(peer = %who, "no answer to pings: connection dropped");
+                    break;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() { break; }
+            }
             _ = state.shutdown.cancelled() => {
                 let _ = sink.send(text(&error(ErrorCode::ShuttingDown))).await;
                 break;
@@ -113,6 +128,7 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                 None => break,
             },
             incoming = stream.next() => {
+                last_heard = tokio::time::Instant::now();
                 let raw = match incoming {
                     Some(Ok(Message::Text(t))) => Some(t),
                     // Binary frames are never valid, but still count against the rate limit.

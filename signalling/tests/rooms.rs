@@ -1393,3 +1393,72 @@ async fn turn_credentials_live_no_longer_than_the_room() {
         other => panic!("expected ice_servers, got {other:?}"),
     }
 }
+
+/// A peer that stops answering the server's pings (its network changed or died without a
+/// close) is dropped after three, and a held room takes its joiner again; a peer that
+/// answers stays.
+#[tokio::test]
+async fn a_silent_peer_is_dropped_and_a_held_room_takes_its_joiner_again() {
+    let handle = spawn(Config {
+        ping_every: Duration::from_millis(200),
+        ..config()
+    })
+    .await;
+    let mut creator = connect(&handle).await;
+    send(
+        &mut creator,
+        &ClientMessage::Create {
+            version: SIGNAL_VERSION,
+            code: false,
+            hold: true,
+        },
+    )
+    .await;
+    let ServerMessage::Created { room, .. } = recv(&mut creator).await else {
+        panic!("expected Created");
+    };
+    let mut silent = connect(&handle).await;
+    send(&mut silent, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
+    // The joiner reads nothing from here on, so it answers no ping; the creator reads (and
+    // so answers) all along.
+    let t0 = Instant::now();
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerLeft);
+    let gone_after = t0.elapsed();
+    assert!(
+        gone_after >= Duration::from_millis(400) && gone_after < Duration::from_secs(3),
+        "{gone_after:?}"
+    );
+    let mut back = connect(&handle).await;
+    send(&mut back, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert_eq!(recv(&mut back).await, ServerMessage::Joined { room });
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
+    // Peers that answer (by reading: the client answers pings as it reads) stay however
+    // long they wait.
+    for _ in 0..8 {
+        for ws in [&mut creator, &mut back] {
+            let until = tokio::time::Instant::now() + Duration::from_millis(100);
+            while let Ok(frame) = tokio::time::timeout_at(until, ws.next()).await {
+                match frame {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Text(t))) if t.as_str().contains("ice_servers") => {}
+                    other => panic!("expected only pings, got {other:?}"),
+                }
+            }
+        }
+    }
+    send(
+        &mut back,
+        &ClientMessage::Sealed {
+            data: "eHl6".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut creator).await,
+        ServerMessage::Sealed {
+            data: "eHl6".into()
+        }
+    );
+    drop(silent);
+}

@@ -35,6 +35,7 @@ pub use wire::Impair;
 use crate::{Event, PathKind, event};
 use crate::{Peer, bin, is_root, start_sender_with};
 use anyhow::{Context as _, bail};
+use protocol::event::Payload as _;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -566,6 +567,51 @@ deny 0-65535 0.0.0.0/0 0-65535
         Ok(())
     }
 
+    /// Router `name` (an iptables router: cone, symmetric, udp-blocked) forwards nothing,
+    /// either way, until [`Lab::restore_router`]: an outage of that side's internet that keeps
+    /// the NAT's mappings, as a modem losing its line does.
+    pub fn cut_router(&self, name: &str) -> anyhow::Result<()> {
+        let r = self.ns(&format!("r{name}"));
+        in_ns(
+            &r,
+            &[
+                "iptables",
+                "-w",
+                "-I",
+                "FORWARD",
+                "1",
+                "-m",
+                "comment",
+                "--comment",
+                "pd-outage",
+                "-j",
+                "DROP",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Router `name` forwards again after [`Lab::cut_router`].
+    pub fn restore_router(&self, name: &str) -> anyhow::Result<()> {
+        let r = self.ns(&format!("r{name}"));
+        in_ns(
+            &r,
+            &[
+                "iptables",
+                "-w",
+                "-D",
+                "FORWARD",
+                "-m",
+                "comment",
+                "--comment",
+                "pd-outage",
+                "-j",
+                "DROP",
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Cut the signalling server (and its TURN) off the internet: its link goes down.
     pub fn cut_server(&self) -> anyhow::Result<()> {
         run(&["ip", "-n", &self.ns("p"), "link", "set", "srv", "down"])?;
@@ -623,6 +669,79 @@ deny 0-65535 0.0.0.0/0 0-65535
             "the file arrived altered"
         );
         Outcome::new(sender_done, receiver_done, &sevents, &revents)
+    }
+}
+
+/// What a transfer through an outage showed ([`Lab::transfer_through_outage`]).
+#[derive(Debug, Clone)]
+pub struct OutageOutcome {
+    /// From connectivity returning to the receiver reporting more bytes.
+    pub moving_again: Duration,
+    pub size: u64,
+    /// File bytes the sender moved in all (more than `size` if any were sent twice).
+    pub sender_transferred: u64,
+    pub sender_events: Vec<Event>,
+    pub receiver_events: Vec<Event>,
+}
+
+/// Bytes `p` reported so far (its latest `progress`).
+fn progress_of(p: &mut Peer) -> u64 {
+    p.events_so_far()
+        .iter()
+        .filter_map(|e| event::Progress::of(e))
+        .map(|p| p.bytes)
+        .max()
+        .unwrap_or(0)
+}
+
+impl Lab {
+    /// Send a `size`-byte file from host A to host B; once a fifth has arrived, router
+    /// `cut` forwards nothing for `outage`. Checks the file arrived intact and measures how
+    /// soon bytes moved again (up to a minute; longer reads as a minute).
+    pub fn transfer_through_outage(&self, size: u64, cut: &str, outage: Duration) -> OutageOutcome {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let file = src.path().join("lab.bin");
+        crate::make_file(&file, size, size ^ 0x0a7a);
+        let (sender, link) = self.sender(&[], &[&file]).unwrap();
+        let mut receiver = self.receiver(&[], dst.path(), &link);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while progress_of(&mut receiver) < size / 5 {
+            assert!(
+                Instant::now() < deadline,
+                "no progress to a fifth of the file"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.cut_router(cut).unwrap();
+        std::thread::sleep(outage);
+        let before = progress_of(&mut receiver);
+        assert!(before < size, "the transfer ended during the outage");
+        self.restore_router(cut).unwrap();
+        let back = Instant::now();
+        while progress_of(&mut receiver) <= before && back.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let moving_again = back.elapsed();
+        let (rs, revents, rerr) = receiver.finish_all(crate::LONG).unwrap();
+        let (ss, sevents, serr) = sender.finish_all(crate::LONG).unwrap();
+        if std::env::var_os("PUNCHDROP_LAB_LOGS").is_some() {
+            eprintln!("--- sender (A) stderr:\n{serr}\n--- receiver (B) stderr:\n{rerr}");
+        }
+        crate::expect_done(rs, &revents);
+        let done = crate::expect_done(ss, &sevents);
+        assert_eq!(
+            crate::hash_file(&dst.path().join("lab.bin")),
+            crate::hash_file(&file),
+            "the file arrived altered"
+        );
+        OutageOutcome {
+            moving_again,
+            size,
+            sender_transferred: done.transferred,
+            sender_events: sevents,
+            receiver_events: revents,
+        }
     }
 }
 

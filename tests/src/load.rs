@@ -382,7 +382,19 @@ async fn created(ws: &mut Ws) -> anyhow::Result<(String, Option<u32>)> {
     }
 }
 
-async fn idle_peers(server: SocketAddr, n: usize) -> anyhow::Result<(Vec<Ws>, f64)> {
+/// Peers waiting in their rooms, each reading its socket as a real client does (so it answers
+/// the server's pings and stays); they go when this is dropped.
+struct IdlePeers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for IdlePeers {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+async fn idle_peers(server: SocketAddr, n: usize) -> anyhow::Result<(IdlePeers, f64)> {
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let started = Instant::now();
     let tasks: Vec<_> = (0..n)
@@ -399,9 +411,12 @@ async fn idle_peers(server: SocketAddr, n: usize) -> anyhow::Result<(Vec<Ws>, f6
         .collect();
     let mut peers = Vec::with_capacity(n);
     for t in tasks {
-        peers.push(t.await?.context("an idle peer could not create its room")?);
+        let mut ws = t.await?.context("an idle peer could not create its room")?;
+        peers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {}
+        }));
     }
-    Ok((peers, n as f64 / started.elapsed().as_secs_f64()))
+    Ok((IdlePeers(peers), n as f64 / started.elapsed().as_secs_f64()))
 }
 
 /// Creator and joiner of one room, both in it.

@@ -122,6 +122,8 @@ pub async fn connect(
                     peer::add_candidate(&p.pc, c).await;
                 }
             }
+            Output::CloseServer => ws = Ws::none(),
+            Output::OpenServer => ws = Ws::open(rv.server()),
             // Only a creator holding its room for a rejoin is told this; the page holds none
             // (its config has no `rejoin_wait`), but a closed connection is the answer anyway.
             Output::ClosePeer => {

@@ -19,6 +19,8 @@ pub struct Ws {
     ws: Option<WebSocket>,
     pub events: mpsc::UnboundedReceiver<WsEvent>,
     _listeners: Vec<Listener>,
+    /// Kept by a socket that is not there ([`Ws::none`]), so its events stay pending.
+    _quiet: Option<mpsc::UnboundedSender<WsEvent>>,
 }
 
 impl std::fmt::Debug for Ws {
@@ -49,6 +51,7 @@ impl Ws {
                 ws: None,
                 events,
                 _listeners: Vec::new(),
+                _quiet: None,
             };
         };
         let t = ws.unchecked_ref();
@@ -73,6 +76,18 @@ impl Ws {
             ws: Some(ws),
             events,
             _listeners: listeners,
+            _quiet: None,
+        }
+    }
+
+    /// No socket, and nothing to report about it: between a closed socket and the next.
+    pub fn none() -> Ws {
+        let (tx, events) = mpsc::unbounded();
+        Ws {
+            ws: None,
+            events,
+            _listeners: Vec::new(),
+            _quiet: Some(tx),
         }
     }
 

@@ -25,13 +25,19 @@ pub struct Args {
     /// Simulated peer-to-peer round-trip time, in ms.
     #[arg(long, default_value_t = 20)]
     rtt_ms: u32,
-    /// Only scenarios whose name contains this (e.g. "cone / cone").
+    /// Only scenarios whose name contains this (e.g. "cone / cone"; "outage" for the outage
+    /// row alone).
     #[arg(long)]
     only: Option<String>,
     /// Also browser ↔ native across cone / cone (stock Chromium in a lab host; needs
     /// Debian's `chromium` and the web app built: `cargo xtask web`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     browser: bool,
+    /// Seconds of the outage row's outage (receiver's router drops everything, cone / cone);
+    /// each repetition adds a share of 3 s so the cut falls at another point of SCTP's
+    /// retransmission timer. 0 skips the row.
+    #[arg(long, default_value_t = 10)]
+    outage_s: u64,
 }
 
 const SCENARIOS: &[(&str, Nat, B)] = &[
@@ -163,6 +169,43 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
     if args.browser {
         browser_rows(&bins, &args)?;
     }
+    let outage_wanted = args.only.as_deref().is_none_or(|o| "outage".contains(o));
+    if args.outage_s > 0 && outage_wanted {
+        outage_row(&bins, &args)?;
+    }
+    Ok(())
+}
+
+/// native → native across cone / cone, the receiver's router cut for a while mid-transfer:
+/// how soon bytes move again once it forwards again, and what the sender sent twice.
+fn outage_row(bins: &Path, args: &Args) -> anyhow::Result<()> {
+    let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
+    let link = Impair {
+        delay_ms: args.rtt_ms / 2,
+        loss: 0.0,
+    };
+    spec.wan = [link; 2];
+    // Long enough to still be running after the outage at the lab's speed.
+    let size = (args.size_mib << 20).max(256 << 20);
+    let reps = args.reps.max(1);
+    let (mut again, mut resent) = (Vec::new(), Vec::new());
+    for i in 0..reps {
+        let lab =
+            Lab::with_bins(spec, bins.to_path_buf()).context("build the lab for the outage")?;
+        let outage = Duration::from_secs(args.outage_s)
+            + Duration::from_millis(3000 * i as u64 / reps as u64);
+        let o = lab.transfer_through_outage(size, "b", outage);
+        again.push(o.moving_again.as_secs_f64() * 1e3);
+        resent.push(o.sender_transferred.saturating_sub(o.size) as f64);
+    }
+    let max = again.iter().copied().fold(0.0, f64::max);
+    println!(
+        "\n| outage ({} s, receiver's side, native → native, cone / cone, {} MiB) | connectivity back → bytes moving (median, max) | bytes sent twice (median) |\n|---|---|---|\n| median of {reps} | {:.0} ms, {max:.0} ms | {:.0} |",
+        args.outage_s,
+        size >> 20,
+        crate::median(again),
+        crate::median(resent),
+    );
     Ok(())
 }
 

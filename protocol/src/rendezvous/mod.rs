@@ -190,6 +190,12 @@ pub enum Output {
     /// through the room (so the old connection is dead). If it returns, a new
     /// [`Output::StartPeer`] follows.
     ClosePeer,
+    /// Close the socket to the server (a rejoining joiner leaving the room to try again); do
+    /// not report it closed.
+    CloseServer,
+    /// Open a new socket to the server, then report it with `server_open` or
+    /// `server_closed` as at the start.
+    OpenServer,
     /// The rendezvous failed; nothing more will happen. Whatever the room had to be told was
     /// queued before this.
     Failed(RendezvousError),
@@ -245,6 +251,11 @@ pub enum RendezvousError {
         .0.as_secs()
     )]
     NoRejoin(Duration),
+    #[error(
+        "could not reach the other peer again within {} s of the connection being lost",
+        .0.as_secs()
+    )]
+    NoReturn(Duration),
 }
 
 /// Who broke the protocol.
@@ -372,8 +383,13 @@ pub struct Rendezvous {
     neg: Negotiation,
     /// Every candidate [`Rendezvous::advertise`] was given: each new connection gets them.
     advertised: Vec<IceCandidate>,
-    /// Creator holding its room: when the wait for the joiner to come back ends.
+    /// A lost connection is being recovered (the creator waits in its room, the joiner joins
+    /// again) until then; a failed attempt meanwhile is a setback, not the end.
     rejoin_until: Option<Duration>,
+    /// Joiner between attempts: when it opens a socket to the server again, and how many
+    /// attempts failed so far.
+    retry_at: Option<Duration>,
+    attempts: u32,
     /// The server said the joiner's connection closed while the channel was open.
     peer_away: bool,
     server_up: bool,
@@ -382,6 +398,13 @@ pub struct Rendezvous {
 
 /// How far ahead [`Output::Timeout`] points when nothing is pending.
 const IDLE: Duration = Duration::from_secs(3600);
+
+/// How long a rejoin tries when its config sets no [`Config::rejoin_wait`].
+const REJOIN_DEFAULT: Duration = Duration::from_secs(300);
+
+/// The longest pause between a rejoining joiner's attempts: once the network is back, it is
+/// back in the room within this.
+const RETRY_MAX: Duration = Duration::from_secs(4);
 
 impl Rendezvous {
     /// Create a room on `server` (its base URL, which links will carry).
@@ -418,6 +441,27 @@ impl Rendezvous {
         Self::new(server, entry, want, config, now)
     }
 
+    /// Join the room of `invitation` again after the connection to the other peer was lost
+    /// mid-transfer (the driver closed the old socket: the server keeps the room for its
+    /// creator). Says `reconnecting`; a fresh key exchange and connection follow. While the
+    /// server or the other peer cannot be reached it tries again, backing off, until
+    /// [`Config::rejoin_wait`] is over ([`RendezvousError::NoReturn`]); a room that is gone
+    /// or a wrong secret end it at once.
+    pub fn rejoin(
+        invitation: &Invitation,
+        default_server: &str,
+        want: Want,
+        config: Config,
+        now: Duration,
+    ) -> Self {
+        let mut rv = Self::join(invitation, default_server, want, config, now);
+        rv.rejoin_until = Some(now + config.rejoin_wait.unwrap_or(REJOIN_DEFAULT));
+        rv.emit(event::Reconnecting {
+            reason: ReconnectReason::LinkLost,
+        });
+        rv
+    }
+
     fn new(server: &str, entry: Entry, want: Want, config: Config, now: Duration) -> Self {
         Self {
             config,
@@ -438,6 +482,8 @@ impl Rendezvous {
             neg: Negotiation::default(),
             advertised: Vec::new(),
             rejoin_until: None,
+            retry_at: None,
+            attempts: 0,
             peer_away: false,
             server_up: false,
             out: VecDeque::new(),
@@ -510,6 +556,10 @@ impl Rendezvous {
     /// The socket to the server closed (or never opened).
     pub fn server_closed(&mut self, now: Duration) {
         self.now = now;
+        if self.retry_at.is_some() {
+            // The socket this side closed itself between attempts.
+            return;
+        }
         let was_up = std::mem::replace(&mut self.server_up, false);
         match self.stage {
             Stage::Connecting => self.fail(RendezvousError::Unreachable(self.server.clone())),
@@ -678,6 +728,7 @@ impl Rendezvous {
         self.stage = Stage::Connected;
         self.deadline = None;
         self.rejoin_until = None;
+        self.attempts = 0;
     }
 
     /// The connection to the other peer is gone with the transfer unfinished (the driver
@@ -741,6 +792,19 @@ impl Rendezvous {
         if self.neg.relay_release.is_some_and(|t| t <= now) {
             self.release_relays();
         }
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            self.arm(Deadline::ServerAnswer, self.config.server_answer);
+            self.out.push_back(Output::OpenServer);
+        }
+        if !self.holds_room()
+            && self.stage < Stage::Connected
+            && self.rejoin_until.is_some_and(|t| t <= now)
+        {
+            self.rejoin_until = None;
+            let wait = self.config.rejoin_wait.unwrap_or(REJOIN_DEFAULT);
+            return self.abort_and_fail(AbortReason::Failed, RendezvousError::NoReturn(wait));
+        }
         let Some((at, which)) = self.deadline else {
             return;
         };
@@ -783,6 +847,8 @@ impl Rendezvous {
             self.deadline.map(|(t, _)| t),
             self.neg.gather_deadline,
             self.neg.relay_release,
+            self.retry_at,
+            self.rejoin_until.filter(|_| self.stage < Stage::Connected),
             Some(self.now + IDLE),
         ];
         Output::Timeout(next.into_iter().flatten().min().expect("one is always set"))
@@ -799,7 +865,7 @@ impl Rendezvous {
     }
 
     fn fail(&mut self, e: RendezvousError) {
-        if self.stage == Stage::Failed {
+        if self.stage == Stage::Failed || self.setback(&e) {
             return;
         }
         self.stage = Stage::Failed;
@@ -811,7 +877,7 @@ impl Rendezvous {
     /// Fail, telling the room first when there is one to tell.
     /// Once connected, nothing here can fail the transfer: it is ignored.
     fn abort_and_fail(&mut self, reason: AbortReason, e: RendezvousError) {
-        if self.stage >= Stage::Connected {
+        if self.stage >= Stage::Connected || self.setback(&e) {
             return;
         }
         if self.server_up && self.room.is_some() {
@@ -866,6 +932,64 @@ impl Rendezvous {
         }
     }
 
+    /// While a lost connection is being recovered, an attempt that failed for a reason that
+    /// may pass (the network is not back yet, the other side is between attempts) is a
+    /// setback: the creator waits for the joiner again, the joiner leaves the room and tries
+    /// again later. Nothing tells the room to end. `false`: the failure stands.
+    fn setback(&mut self, e: &RendezvousError) -> bool {
+        use RendezvousError as E;
+        if self.rejoin_until.is_none_or(|t| self.now >= t) {
+            return false;
+        }
+        let peer_side = matches!(
+            e,
+            E::PeerLeft
+                | E::PeerSilent
+                | E::NoHello(_)
+                | E::ConnectTimeout { .. }
+                | E::NoPath { .. }
+        );
+        let server_side = matches!(
+            e,
+            E::Unreachable(_)
+                | E::ServerSilent(_)
+                | E::ServerLost
+                | E::Server(
+                    ErrorCode::RoomFull
+                        | ErrorCode::RateLimited
+                        | ErrorCode::ServerBusy
+                        | ErrorCode::ShuttingDown
+                        | ErrorCode::NoPeer
+                )
+        );
+        let started = matches!(self.stage, Stage::Negotiating | Stage::Connected);
+        if self.holds_room() {
+            // Its room lives only as long as its socket: a lost server is the end.
+            if !peer_side || !self.server_up {
+                return false;
+            }
+            self.wait_again();
+        } else {
+            if !peer_side && !server_side {
+                return false;
+            }
+            self.forget_peer();
+            self.room = None;
+            self.stage = Stage::Connecting;
+            self.deadline = None;
+            if std::mem::take(&mut self.server_up) {
+                self.out.push_back(Output::CloseServer);
+            }
+            let pause = Duration::from_secs(1 << self.attempts.min(8)).min(RETRY_MAX);
+            self.attempts += 1;
+            self.retry_at = Some(self.now + pause);
+        }
+        if started {
+            self.out.push_back(Output::ClosePeer);
+        }
+        true
+    }
+
     /// The connection is lost: wait for the joiner to come back, and say so.
     fn lose_link(&mut self, reason: ReconnectReason) {
         let wait = self.config.rejoin_wait.unwrap_or_default();
@@ -878,6 +1002,12 @@ impl Rendezvous {
     /// hello, the negotiation. The room, its link and code stay; so does the rejoin deadline.
     fn wait_again(&mut self) {
         self.stage = Stage::AwaitPeer;
+        self.forget_peer();
+        self.deadline = self.rejoin_until.map(|t| (t, Deadline::Rejoin));
+    }
+
+    /// Forget the other peer's key, hello and the negotiation with it.
+    fn forget_peer(&mut self) {
         self.handshake = None;
         self.channel = None;
         self.peer_role = None;
@@ -887,7 +1017,6 @@ impl Rendezvous {
             adverts: self.advertised.clone(),
             ..Negotiation::default()
         };
-        self.deadline = self.rejoin_until.map(|t| (t, Deadline::Rejoin));
     }
 
     fn relay_offered(&self) -> bool {

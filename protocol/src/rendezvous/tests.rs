@@ -49,6 +49,8 @@ enum Wire {
     ServerGone(Who),
     Local(Who, LocalIce),
     Open(Who),
+    /// A socket the peer asked for opened (or, for a peer that cannot connect, failed).
+    SocketOpen(Who),
 }
 
 /// The server's one room.
@@ -462,6 +464,8 @@ impl World {
                 p.remote_candidates.push(c.candidate);
             }
             Output::ClosePeer => self.peers.get_mut(&who).unwrap().close_peer(),
+            Output::CloseServer => self.schedule(HOP, Wire::Closed(who)),
+            Output::OpenServer => self.schedule(HOP, Wire::SocketOpen(who)),
             Output::Timeout(_) => unreachable!(),
         }
     }
@@ -470,6 +474,22 @@ impl World {
     fn kill_b(&mut self) {
         self.peers.remove(&Who::B);
         self.schedule(HOP, Wire::Closed(Who::B));
+    }
+
+    /// B's connection died too: its driver closes the old socket and joins `link` again.
+    fn b_rejoins(&mut self, link: &str) {
+        self.schedule(HOP, Wire::Closed(Who::B));
+        let inv = Invitation::parse(link).expect("a valid invitation");
+        let config = Config {
+            rejoin_wait: Some(REJOIN_WAIT),
+            ..Config::default()
+        };
+        let rv = Rendezvous::rejoin(&inv, SERVER, Want::Receive, config, self.now);
+        let connects = self.peers.get(&Who::B).is_none_or(|p| p.connects);
+        let mut b = Peer::new(rv);
+        b.connects = connects;
+        self.peers.insert(Who::B, b);
+        self.open_socket(Who::B);
     }
 
     /// A's driver finds its connection dead: it closes it and tells the machine.
@@ -524,6 +544,14 @@ impl World {
                 let p = self.peers.get_mut(&who).unwrap();
                 p.open = true;
                 p.rv.channel_open(now);
+            }
+            Wire::SocketOpen(who) => {
+                if let Some(p) = self.peers.get_mut(&who) {
+                    match p.connects {
+                        true => p.rv.server_open(now),
+                        false => p.rv.server_closed(now),
+                    }
+                }
             }
         }
     }
@@ -1591,4 +1619,104 @@ fn without_holding_a_lost_link_ends_the_transfer() {
     );
     assert!(!w.a_loses_link());
     assert!(reconnecting(w.a()).is_empty());
+}
+
+// ── a joiner that joins again by itself ───────────────────────────────────────────────────
+
+#[test]
+fn a_joiner_whose_connection_died_joins_again_and_both_connect() {
+    let (mut w, link) = held_and_connected();
+    // Both drivers see the connection fail: A waits in its room, B joins it again.
+    assert!(w.a_loses_link());
+    w.b_rejoins(&link);
+    w.run();
+    connected(&w);
+    assert_eq!(w.b().names(), ["reconnecting", "joined", "verify"]);
+    assert_eq!(reconnecting(w.b()), [ReconnectReason::LinkLost]);
+    assert_eq!(reconnecting(w.a()), [ReconnectReason::LinkLost]);
+    assert!(w.b().aborted().is_none() && w.a().aborted().is_none());
+}
+
+#[test]
+fn a_rejoining_joiner_tries_again_while_the_server_is_out_of_reach() {
+    let (mut w, link) = held_and_connected();
+    assert!(w.a_loses_link());
+    w.peers.get_mut(&Who::B).unwrap().connects = false;
+    w.b_rejoins(&link);
+    w.run_for(Duration::from_secs(40));
+    assert!(w.b().failed.is_none() && w.a().failed.is_none());
+    // Its attempts back off but keep coming: the network returning is noticed in seconds.
+    let back = w.now;
+    w.peers.get_mut(&Who::B).unwrap().connects = true;
+    w.run();
+    connected(&w);
+    assert!(
+        w.now - back < RETRY_MAX + Duration::from_secs(1),
+        "{:?}",
+        w.now - back
+    );
+}
+
+#[test]
+fn a_rejoining_joiner_that_never_gets_through_says_so_in_time() {
+    let (mut w, link) = held_and_connected();
+    assert!(w.a_loses_link());
+    w.peers.get_mut(&Who::B).unwrap().connects = false;
+    let lost_at = w.now;
+    w.b_rejoins(&link);
+    w.run_until(|w| w.b().failed.is_some());
+    assert_eq!(w.b().failed, Some(RendezvousError::NoReturn(REJOIN_WAIT)));
+    assert!(w.now - lost_at <= REJOIN_WAIT + Duration::from_secs(1));
+    assert!(
+        w.b()
+            .error()
+            .contains("could not reach the other peer again within 300 s"),
+        "{}",
+        w.b().error()
+    );
+}
+
+#[test]
+fn a_rejoining_joiner_stops_at_once_when_the_room_is_gone() {
+    let (mut w, link) = held_and_connected();
+    // The creator gave up (its program ended): the room went with it.
+    w.peers.remove(&Who::A);
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.run_for(Duration::from_secs(1));
+    let t = w.now;
+    w.b_rejoins(&link);
+    w.run_until(|w| w.b().failed.is_some());
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::Server(ErrorCode::NoSuchRoom))
+    );
+    assert!(w.now - t < Duration::from_secs(1));
+}
+
+#[test]
+fn a_rejoin_whose_new_connection_fails_is_tried_again_not_ended() {
+    let (mut w, link) = held_and_connected();
+    assert!(w.a_loses_link());
+    // The path between the peers is still down: ICE finds nothing the first time.
+    w.direct_fails = true;
+    w.b_rejoins(&link);
+    for p in w.peers.values_mut() {
+        p.gathers.retain(|(_, line)| !line.contains("typ relay"));
+    }
+    w.run_for(Duration::from_secs(45));
+    assert!(w.a().failed.is_none(), "{:?}", w.a().failed);
+    assert!(w.b().failed.is_none(), "{:?}", w.b().failed);
+    assert!(w.a().aborted().is_none() && w.b().aborted().is_none());
+    assert!(
+        w.a().closed >= 2,
+        "A dropped the failed attempt's connection: {} {:?} {:?} {:?}",
+        w.a().closed,
+        w.a().names(),
+        w.a().rv.stage,
+        w.b().rv.stage
+    );
+    // The path is back: the next attempt connects.
+    w.direct_fails = false;
+    w.run();
+    connected(&w);
 }
