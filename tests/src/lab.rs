@@ -697,8 +697,37 @@ fn progress_of(p: &mut Peer) -> u64 {
 impl Lab {
     /// Send a `size`-byte file from host A to host B; once a fifth has arrived, router
     /// `cut` forwards nothing for `outage`. Checks the file arrived intact and measures how
-    /// soon bytes moved again (up to a minute; longer reads as a minute).
+    /// soon bytes moved again (up to two minutes; longer reads as two minutes).
     pub fn transfer_through_outage(&self, size: u64, cut: &str, outage: Duration) -> OutageOutcome {
+        self.transfer_through(size, |lab| {
+            lab.cut_router(cut).unwrap();
+            std::thread::sleep(outage);
+            lab.restore_router(cut).unwrap();
+        })
+    }
+
+    /// Host `name` moves from 10.0.`subnet`.`from` to .`to` on its LAN, as a laptop given a
+    /// new lease does: the new address comes, the old one goes (sockets bound to it are
+    /// dead, connections from it hang), the default route stays.
+    pub fn move_host(&self, name: &str, subnet: u8, from: u8, to: u8) -> anyhow::Result<()> {
+        let h = self.ns(&format!("h{name}"));
+        in_ns(
+            &h,
+            &["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"],
+        )?;
+        let new = format!("10.0.{subnet}.{to}/24");
+        let old = format!("10.0.{subnet}.{from}/24");
+        run(&["ip", "-n", &h, "addr", "add", &new, "dev", "eth0"])?;
+        run(&["ip", "-n", &h, "addr", "del", &old, "dev", "eth0"])?;
+        let gw = format!("10.0.{subnet}.1");
+        run(&["ip", "-n", &h, "route", "replace", "default", "via", &gw])?;
+        Ok(())
+    }
+
+    /// Send a `size`-byte file from host A to host B; once a fifth has arrived, `disrupt`
+    /// the lab. Checks the file arrived intact and measures how soon after `disrupt` returned
+    /// bytes moved again (up to two minutes).
+    pub fn transfer_through(&self, size: u64, disrupt: impl FnOnce(&Lab)) -> OutageOutcome {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         let file = src.path().join("lab.bin");
@@ -713,13 +742,11 @@ impl Lab {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.cut_router(cut).unwrap();
-        std::thread::sleep(outage);
+        disrupt(self);
         let before = progress_of(&mut receiver);
         assert!(before < size, "the transfer ended during the outage");
-        self.restore_router(cut).unwrap();
         let back = Instant::now();
-        while progress_of(&mut receiver) <= before && back.elapsed() < Duration::from_secs(60) {
+        while progress_of(&mut receiver) <= before && back.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(5));
         }
         let moving_again = back.elapsed();

@@ -273,3 +273,41 @@ fn cone_to_cone_reconnects_after_an_outage_longer_than_ice_waits() {
         o.sender_transferred
     );
 }
+
+/// The receiver's host gets a new address mid-transfer (its old one removed): its
+/// connection and its socket to the server die without a word. Its ICE gives the connection
+/// up, it joins the room again from the new address (the server drops the old socket once
+/// it stops answering pings), and the transfer continues from what it kept.
+#[test]
+fn a_receiver_whose_address_changes_reconnects_and_continues() {
+    let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
+    spec.wan = [Impair {
+        delay_ms: 10,
+        loss: 0.0,
+    }; 2];
+    let lab = Lab::new(spec).expect("build the NAT lab");
+    let size = 128 << 20;
+    let o = lab.transfer_through(size, |lab| lab.move_host("b", 2, 2, 102).unwrap());
+    eprintln!(
+        "bytes moved again {:?} after the address changed",
+        o.moving_again
+    );
+    for events in [&o.sender_events, &o.receiver_events] {
+        let names: Vec<&str> = events.iter().map(Event::name).collect();
+        let at = |n: &str| names.iter().position(|x| *x == n);
+        assert!(
+            at("reconnecting").is_some() && at("reconnecting") < at("reconnected"),
+            "{names:?}"
+        );
+    }
+    assert!(
+        event::find::<event::Resumed>(&o.receiver_events).is_some(),
+        "{:?}",
+        o.receiver_events
+    );
+    assert!(
+        o.sender_transferred <= size + (16 << 20),
+        "sent {} for {size}",
+        o.sender_transferred
+    );
+}
