@@ -128,6 +128,16 @@ function onEvent(ev) {
         ? 'Waiting for the receiver to accept…'
         : 'Connected';
       break;
+    case 'reconnecting':
+      $('progress-title').textContent = 'Reconnecting…';
+      $('path-text').textContent = ev.reason === 'peer_left'
+        ? 'The other device left; waiting for it to come back.'
+        : 'The connection was lost; getting it back.';
+      break;
+    case 'reconnected':
+      $('path-text').textContent = describePath(ev);
+      $('progress-title').textContent = sending ? 'Sending…' : 'Receiving…';
+      break;
     case 'offer': {
       const n = ev.files;
       $('offer-summary').textContent = `${n} file${n === 1 ? '' : 's'}, ${human(ev.bytes)}. Save them?`;

@@ -369,3 +369,83 @@ fn native_to_browser_rides_out_sixteen_seconds_without_internet() {
 fn browser_to_native_rides_out_sixteen_seconds_without_internet() {
     browser_rides_out_an_outage(false);
 }
+
+/// The NAS case through an outage longer than the native side's ICE waits: `native-peer
+/// recv` (the room's creator) gives the connection up and waits in its room; the page, which
+/// still has its files, joins it again by itself once the network is back, and the NAS
+/// continues what it kept.
+#[test]
+fn a_page_dropping_on_a_nas_comes_back_after_a_long_outage() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut spec = Spec::new(Nat::Cone, CONE);
+    spec.wan = [punchdrop_e2e::lab::Impair {
+        delay_ms: 10,
+        loss: 0.0,
+    }; 2];
+    let lab = Lab::new(spec).expect("build the NAT lab");
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("backup.tar");
+    let size: u64 = 96 << 20;
+    make_file(&file, size, 78);
+    let d = dst.path().display().to_string();
+    let mut nas = Peer::spawn_cmd(
+        lab.peer_cmd("a"),
+        &["--server", &lab.url, "recv", "--dir", &d],
+    );
+    let ready: event::Ready = nas.wait(SECS(10)).unwrap();
+    let mut c = browser(&lab, "b", "browser B (drops)");
+    c.goto(&ready.link).unwrap();
+    c.wait_state("pick", SECS(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    c.set_files("#file-input", &[file.as_path()]).unwrap();
+    let deadline = std::time::Instant::now() + SECS(60);
+    while page_progress(&mut c) < size / 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress to a fifth"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.cut_router("b").unwrap();
+    std::thread::sleep(SECS(25));
+    lab.restore_router("b").unwrap();
+    if std::env::var_os("PUNCHDROP_LAB_LOGS").is_some() {
+        for _ in 0..12 {
+            std::thread::sleep(SECS(5));
+            let evs = c.events().unwrap_or_default();
+            let tail: Vec<&str> = evs.iter().rev().take(6).map(Event::name).collect();
+            eprintln!("page state {:?}, last events {tail:?}", c.state());
+            if let Some(e) = event::find::<event::Failure>(&evs) {
+                eprintln!("page error: {}", e.message);
+                break;
+            }
+        }
+    }
+    let (status, nas_events) = nas.finish(LONG).unwrap();
+    let done = expect_done(status, &nas_events);
+    assert_received(dst.path(), std::slice::from_ref(&file));
+    let page_done: event::Done = c
+        .wait(LONG)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    let page = c.events().unwrap();
+    let names: Vec<&str> = page.iter().map(Event::name).collect();
+    let at = |n: &str| names.iter().position(|x| *x == n);
+    assert!(
+        at("reconnecting").is_some() && at("reconnecting") < at("reconnected"),
+        "the page: {names:?}"
+    );
+    assert!(
+        event::find::<event::Resumed>(&nas_events).is_some(),
+        "the NAS continued its part: {nas_events:?}"
+    );
+    assert!(
+        done.transferred <= size + (16 << 20),
+        "the NAS took {} for {size}",
+        done.transferred
+    );
+    assert!(
+        page_done.transferred <= size + (16 << 20),
+        "the page sent {} for {size}",
+        page_done.transferred
+    );
+}

@@ -20,6 +20,9 @@ pub enum Error {
     /// The data channel closed before the transfer finished.
     #[error("the other peer vanished: the connection closed before the transfer finished")]
     Vanished,
+    /// Nothing could be sent for [`protocol::transfer::SEND_STALL`].
+    #[error("the connection stalled: nothing could be sent for {} s", protocol::transfer::SEND_STALL.as_secs())]
+    Stalled,
     /// Reading a file to send failed.
     #[error("cannot read {0}: the file changed or is no longer readable")]
     Read(String),
@@ -38,6 +41,13 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The connection went away under a transfer that did not itself fail.
+    pub fn is_link_lost(&self) -> bool {
+        matches!(self, Self::Vanished | Self::Stalled)
+    }
+}
 
 impl From<Error> for wasm_bindgen::JsValue {
     fn from(e: Error) -> Self {

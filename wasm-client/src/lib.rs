@@ -238,7 +238,25 @@ async fn open_flow(
     let inv = Invitation::parse(invitation.trim())?;
     // The creator said what it does; this page takes the other side (and asks its person
     // for files when that side is sending).
-    let rv = Rendezvous::join(&inv, &server, Want::Opposite, Config::default(), js::now());
-    let (link, picked) = rendezvous::connect(rv, &events, &mut cmds).await?;
-    transfer_over(link, picked, &events, &mut cmds).await
+    let mut rv = Rendezvous::join(&inv, &server, Want::Opposite, Config::default(), js::now());
+    let mut files = None;
+    let mut again = false;
+    loop {
+        let (mut link, picked) = rendezvous::connect(rv, &events, &mut cmds).await?;
+        link.again = again;
+        if picked.is_some() {
+            files = picked;
+        }
+        let role = link.role;
+        match transfer_over(link, files.clone(), &events, &mut cmds).await {
+            // A page that sends still has its files: when the connection dies it joins the
+            // room again (the other side waits in it) and the receiver continues what it
+            // kept. (A receiving page keeps nothing to continue; it stops.)
+            Err(e) if e.is_link_lost() && role == TransferRole::Sender => {
+                rv = Rendezvous::rejoin(&inv, &server, Want::Send, Config::default(), js::now());
+                again = true;
+            }
+            result => return result,
+        }
+    }
 }

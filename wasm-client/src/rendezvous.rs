@@ -32,6 +32,8 @@ pub struct Link {
     pub path: PathReport,
     /// Connection state changes after the channel opened (`failed`/`closed` end a transfer).
     pub state: mpsc::UnboundedReceiver<RtcPeerConnectionState>,
+    /// A connection before this one was lost: the transfer says `reconnected`.
+    pub again: bool,
     _listeners: Vec<Listener>,
     /// Dropping it stops the signalling that carries late candidates.
     _stop: oneshot::Sender<()>,
@@ -231,6 +233,7 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> 
         role,
         path,
         state,
+        again: false,
         _listeners: listeners,
         _stop: stop,
     })

@@ -72,13 +72,18 @@ pub type Summary = event::Done;
 /// pair told at open and again as its part ends, `connected` once both are known.
 struct Paths {
     track: PathTrack,
+    /// Say `reconnected` rather than `connected`.
+    again: bool,
 }
 
 impl Paths {
     fn start(link: &Link, set: impl FnOnce(PairView)) -> Self {
         let track = PathTrack::new(link.path.clone());
         set(track.view());
-        Self { track }
+        Self {
+            track,
+            again: link.again,
+        }
     }
 
     /// This side's part is about to end: read its pair again and tell it, once.
@@ -91,8 +96,10 @@ impl Paths {
     /// Say `connected`, the first time.
     fn connected(&mut self, events: &Events, peer: Option<PairView>) {
         let ms = (js::now() - events.both_in_room()).as_secs_f64() * 1e3;
-        if let Some(c) = self.track.connected(peer, ms) {
-            events.emit(&c.into());
+        match self.track.connected(peer, ms) {
+            Some(c) if self.again => events.emit(&event::Reconnected::from(c).into()),
+            Some(c) => events.emit(&c.into()),
+            None => {}
         }
     }
 }
@@ -152,10 +159,7 @@ impl Wire {
                 return Err(Error::Vanished);
             }
             if js::now() > stall {
-                return Err(Error::Connect(format!(
-                    "the connection stalled: nothing could be sent for {} s",
-                    SEND_STALL.as_secs()
-                )));
+                return Err(Error::Stalled);
             }
             while self.low.try_recv().is_ok() {}
             // The event is the fast path; the short sleep covers a missed or stale one.
