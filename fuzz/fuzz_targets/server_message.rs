@@ -2,8 +2,9 @@
 //! not trust with anything but forwarding). Each line of the input is one text frame.
 //!
 //! Never panics; whatever parses serialises back to text that parses to the same message; and
-//! the rendezvous machine of a creator and of a joiner, fed the lines after its socket opened,
-//! never panics whatever it is sent.
+//! the rendezvous machine of a creator and of a joiner (each also holding its room / joining
+//! again after a lost connection), fed the lines after its socket opened, with the
+//! connection lost halfway, never panics whatever it is sent.
 #![no_main]
 
 use core::time::Duration;
@@ -14,11 +15,14 @@ use protocol::signal::ServerMessage;
 
 const SERVER: &str = "http://127.0.0.1:8080";
 
-/// Take every output up to the next timeout; returns that timeout.
-fn drain(r: &mut Rendezvous) -> Duration {
+/// Take every output up to the next timeout; returns that timeout. A socket it asks for
+/// opens at once.
+fn drain(r: &mut Rendezvous, now: Duration) -> Duration {
     for _ in 0..10_000 {
-        if let Output::Timeout(at) = r.poll_output() {
-            return at;
+        match r.poll_output() {
+            Output::Timeout(at) => return at,
+            Output::OpenServer => r.server_open(now),
+            _ => {}
         }
     }
     panic!("a rendezvous machine kept producing outputs");
@@ -27,19 +31,23 @@ fn drain(r: &mut Rendezvous) -> Duration {
 fn run(mut r: Rendezvous, lines: &[&str]) {
     let mut now = Duration::from_secs(1000);
     r.server_open(now);
-    drain(&mut r);
-    for line in lines {
+    drain(&mut r, now);
+    for (i, line) in lines.iter().enumerate() {
         now += Duration::from_millis(100);
+        if i == lines.len() / 2 {
+            r.link_lost(now);
+            drain(&mut r, now);
+        }
         r.handle_server_text(line, now);
-        drain(&mut r);
+        drain(&mut r, now);
     }
     // Let every deadline it armed pass, too.
     for _ in 0..4 {
-        let at = drain(&mut r);
+        let at = drain(&mut r, now);
         now = now.max(at);
         r.handle_timeout(now);
     }
-    drain(&mut r);
+    drain(&mut r, now);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -61,6 +69,18 @@ fuzz_target!(|data: &[u8]| {
     let invitation = Invitation::parse(&link.to_string()).expect("a valid link");
     run(
         Rendezvous::join(&invitation, SERVER, Want::Receive, Config::default(), start),
+        &lines,
+    );
+    let holding = Config {
+        rejoin_wait: Some(Duration::from_secs(300)),
+        ..Config::default()
+    };
+    run(
+        Rendezvous::create(SERVER, Want::Send, holding, start),
+        &lines,
+    );
+    run(
+        Rendezvous::rejoin(&invitation, SERVER, Want::Receive, holding, start),
         &lines,
     );
 });
