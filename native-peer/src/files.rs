@@ -239,6 +239,17 @@ impl Destination {
         hash_first(self.dir.open(part_path(target)).map(|f| f.into_std()), len)
     }
 
+    /// The BLAKE3 state of the first `len` bytes of the saved file `target`.
+    pub fn hash_saved(&self, target: &Path, len: u64) -> blake3::Hasher {
+        hash_first(self.dir.open(target).map(|f| f.into_std()), len)
+    }
+
+    /// The length of `target`'s `.part`, if there is one.
+    pub fn part_len(&self, target: &Path) -> Option<u64> {
+        let meta = self.dir.symlink_metadata(part_path(target)).ok()?;
+        meta.is_file().then_some(meta.len())
+    }
+
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
             dir: self.dir.try_clone()?,
@@ -259,7 +270,7 @@ impl Destination {
 }
 
 /// Where each offered entry lands, relative to the destination folder.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// Offer index → final path, relative to the destination.
     pub targets: HashMap<u32, PathBuf>,

@@ -325,8 +325,9 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
     };
     let result = async {
         let mut signalling = rendezvous::Signalling::start(rendezvous, &net, clock);
-        // File bytes every connection of this run carried.
+        // File bytes every connection of this run sent; what a receiver keeps between them.
         let mut moved = 0;
+        let mut carry = transfer::Carry::default();
         // The loss being recovered from: if getting the other peer back fails, that is what
         // the person needs to hear first (and that what arrived is kept).
         let mut lost: Option<anyhow::Error> = None;
@@ -353,7 +354,7 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
                         max_bytes: *max_bytes,
                         ..Default::default()
                     };
-                    transfer::receive(&link, dest, limits, out, &mut interrupt, &mut moved).await
+                    transfer::receive(&link, dest, limits, out, &mut interrupt, &mut carry).await
                 }
                 (Command::Send { .. }, Some(sources), _) => transfer::send(
                     &link,

@@ -374,15 +374,26 @@ fn map_err(e: TransferError) -> anyhow::Error {
 /// Free space needed beyond the files themselves (filesystem metadata, `.part` slack).
 const SPACE_MARGIN: u64 = 1 << 20;
 
-/// Receive into `dest` over `link`. `moved` grows by the file bytes this connection carried,
-/// whether or not the transfer finishes on it.
+/// What a receive keeps from one connection to the next of the same run: the offer and
+/// where its entries land, the files already saved, and the bytes every connection moved.
+#[derive(Debug, Default)]
+pub struct Carry {
+    pub moved: u64,
+    offer: Option<(protocol::transfer::Offer, files::Plan)>,
+    saved: std::collections::HashSet<u32>,
+}
+
+/// Receive into `dest` over `link`. `carry` says what earlier connections of this run
+/// received: the same offer again lands in the same places, its saved files are claimed
+/// whole (the sender confirms their BLAKE3 and sends nothing of them), its `.part`s are
+/// continued, even inside folders.
 pub async fn receive(
     link: &Link,
     dest: &Destination,
     limits: Limits,
     out: &mut Output,
     interrupt: &mut Interrupt,
-    moved: &mut u64,
+    carry: &mut Carry,
 ) -> anyhow::Result<(Summary, Vec<PathBuf>)> {
     let clock = Clock::start();
     let dc = link.dc.clone();
@@ -397,8 +408,10 @@ pub async fn receive(
     let mut started = None;
     let mut first_byte = false;
     let mut pending_saves = 0usize;
-    // Files whose `.part` from an interrupted transfer this side offered to continue.
+    // Files whose `.part` from an interrupted transfer this side offered to continue, and
+    // files an earlier connection of this run saved (claimed whole).
     let mut resumable = std::collections::HashSet::new();
+    let mut whole = std::collections::HashSet::new();
 
     let result: anyhow::Result<()> = async {
         loop {
@@ -425,14 +438,27 @@ pub async fn receive(
                                 paths.connected(link, sm.peer_path(), out);
                                 files_total = offer.file_count();
                                 out.event(&event::Offer::from(&offer).into());
-                                let planned = files::plan(dest, &offer);
-                                let (held, held_bytes) = hash_parts(dest, &offer, &planned).await?;
+                                let again = carry.offer.as_ref().filter(|(o, _)| *o == offer).map(|(_, p)| p.clone());
+                                let (planned, (held, held_bytes)) = match again {
+                                    Some(p) => {
+                                        let kept = hash_kept(dest, &offer, &p, &carry.saved).await?;
+                                        (p, kept)
+                                    }
+                                    None => {
+                                        carry.saved.clear();
+                                        let p = files::plan(dest, &offer);
+                                        let parts = hash_parts(dest, &offer, &p).await?;
+                                        (p, parts)
+                                    }
+                                };
+                                carry.offer = Some((offer.clone(), planned.clone()));
+                                whole = held.iter().map(|(i, _)| *i).filter(|i| carry.saved.contains(i)).collect();
                                 if let Err(msg) = check_space(&dest.path, offer.total_bytes - held_bytes) {
                                     sm.decline(&msg);
                                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                                     bail!("{msg}");
                                 }
-                                resumable = held.iter().map(|(i, _)| *i).collect();
+                                resumable = held.iter().map(|(i, _)| *i).filter(|i| !whole.contains(i)).collect();
                                 sm.accept_holding(held).map_err(map_err)?;
                                 // Folders only once the offer is accepted.
                                 planned.create_dirs(dest).map_err(|e| {
@@ -446,10 +472,25 @@ pub async fn receive(
                             ReceiverEvent::FileStart { index, offset } => {
                                 let target = plan.as_ref().and_then(|p| p.targets.get(&index)).cloned()
                                     .ok_or_else(|| anyhow!("no destination for file #{index}"))?;
+                                if whole.contains(&index) {
+                                    if offset == 0 {
+                                        let err = sm.cancel(CancelReason::SourceChanged, "a file changed at the sender after it was received");
+                                        bail!("{} changed at the sender after it arrived here ({err}); it is kept as it arrived", target.display());
+                                    }
+                                    // Saved already, and the sender agrees: nothing to write.
+                                    continue;
+                                }
                                 let keep = resumable.contains(&index).then_some(offset);
                                 if writer.send(WriteCmd::Start { target, keep }).await.is_err() {
                                     return Err(writer_failed(&mut sm, &mut written).await);
                                 }
+                            }
+                            ReceiverEvent::FileVerified { index } if whole.contains(&index) => {
+                                if let Some(t) = plan.as_ref().and_then(|p| p.targets.get(&index)) {
+                                    saved.push(dest.path.join(t));
+                                }
+                                sm.file_saved(index).map_err(map_err)?;
+                                out.event(&event::FileDone { index }.into());
                             }
                             ReceiverEvent::FileVerified { index } => {
                                 pending_saves += 1;
@@ -481,6 +522,7 @@ pub async fn receive(
                 r = written.recv() => match r {
                     Some(WriteResult::Saved { index, path }) => {
                         pending_saves -= 1;
+                        carry.saved.insert(index);
                         saved.push(path);
                         if sm.saves_left() == 1 {
                             paths.at_end_of_part(link, |p| sm.set_path(p)).await;
@@ -496,7 +538,7 @@ pub async fn receive(
         }
     }
     .await;
-    *moved += sm.bytes_received();
+    carry.moved += sm.bytes_received();
     if let Err(e) = result {
         // A transfer that failed for good loses its `.part`; one the connection went away
         // under keeps it, to be continued.
@@ -532,7 +574,7 @@ pub async fn receive(
         Summary {
             files: files_total,
             bytes: sm.total_bytes(),
-            transferred: *moved,
+            transferred: carry.moved,
             seconds,
             path,
         },
@@ -564,6 +606,54 @@ async fn hash_parts(
             .context("hashing a part kept from before")?;
         if hasher.count() > 0 {
             bytes += hasher.count();
+            held.push((index, hasher));
+        }
+    }
+    Ok((held, bytes))
+}
+
+/// For the offer an earlier connection of this run already planned: its saved files hashed
+/// whole, and the `.part` of every other file hashed (at most the offered size each); and
+/// how many bytes that is.
+async fn hash_kept(
+    dest: &Destination,
+    offer: &protocol::transfer::Offer,
+    plan: &files::Plan,
+    saved: &std::collections::HashSet<u32>,
+) -> anyhow::Result<(Vec<(u32, blake3::Hasher)>, u64)> {
+    let mut held = Vec::new();
+    let mut bytes = 0;
+    for (i, (_, entry)) in offer.entries.iter().enumerate() {
+        let index = i as u32;
+        let Some(target) = plan
+            .targets
+            .get(&index)
+            .filter(|_| !entry.dir && entry.size > 0)
+        else {
+            continue;
+        };
+        let is_saved = saved.contains(&index);
+        let len = match is_saved {
+            true => entry.size,
+            false => dest.part_len(target).unwrap_or(0).min(entry.size),
+        };
+        if len == 0 {
+            continue;
+        }
+        let (d, t) = (
+            dest.try_clone()
+                .context("reopening the destination folder")?,
+            target.clone(),
+        );
+        let hasher = tokio::task::spawn_blocking(move || match is_saved {
+            true => d.hash_saved(&t, len),
+            false => d.hash_part(&t, len),
+        })
+        .await
+        .context("hashing what an earlier connection received")?;
+        // A saved file that no longer reads whole is not claimed (it would not match).
+        if hasher.count() == len {
+            bytes += len;
             held.push((index, hasher));
         }
     }

@@ -479,6 +479,67 @@ fn a_receiver_that_does_not_come_back_in_time_is_continued_by_the_next_run() {
     assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
 }
 
+/// The NAS case: the sender (who joined) dies inside a folder's second file; the receiver
+/// waits in its room, and a new `send --to` of the same folder continues there. The first
+/// file, saved already, is claimed whole and not sent again (no `album (1)`), the second
+/// continues from its `.part` inside the folder.
+#[test]
+fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let album = src.path().join("album");
+    std::fs::create_dir(&album).unwrap();
+    let (a, b) = (album.join("a.jpg"), album.join("b.mov"));
+    let (a_size, b_size): (u64, u64) = (8 << 20, 192 << 20);
+    make_file(&a, a_size, 41);
+    make_file(&b, b_size, 42);
+    let total = a_size + b_size;
+    let dir = dst.path().display().to_string();
+    let mut receiver = Peer::spawn(&["--server", &sig.url, "recv", "--dir", &dir]);
+    let ready: event::Ready = receiver.wait(Duration::from_secs(10)).unwrap();
+    let f = album.display().to_string();
+    let mut sender = Peer::spawn(&["--server", &sig.url, "send", "--to", &ready.link, &f]);
+    wait_for_progress(&mut receiver, total * 45 / 100);
+    sender.kill();
+    let _ = sender.finish(LONG);
+    // The receiver waits in its room; the same command again joins it.
+    let sender = Peer::spawn(&["--server", &sig.url, "send", "--to", &ready.link, &f]);
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let sdone = expect_done(ss, &sevents);
+    let done = expect_done(rs, &revents);
+    assert_eq!(hash_file(&dst.path().join("album/a.jpg")), hash_file(&a));
+    assert_eq!(hash_file(&dst.path().join("album/b.mov")), hash_file(&b));
+    let left: Vec<String> = tree(dst.path()).into_keys().collect();
+    assert_eq!(left, ["album", "album/a.jpg", "album/b.mov"], "{left:?}");
+    // Offer order: album, album/a.jpg, album/b.mov.
+    let resumed: Vec<&event::Resumed> = sevents.iter().filter_map(event::Resumed::of).collect();
+    assert_eq!(resumed.len(), 2, "{resumed:?}");
+    assert_eq!(
+        (resumed[0].index, resumed[0].offset),
+        (1, a_size),
+        "a.jpg claimed whole"
+    );
+    assert_eq!(resumed[1].index, 2);
+    assert!(
+        resumed[1].offset >= total * 45 / 100 - a_size,
+        "{resumed:?}"
+    );
+    // The new sender sent only what was missing; the receiver took each byte about once.
+    assert_eq!(sdone.transferred, b_size - resumed[1].offset);
+    assert!(
+        done.transferred <= total + (16 << 20),
+        "{}",
+        done.transferred
+    );
+    let names: Vec<&str> = revents.iter().map(Event::name).collect();
+    assert!(
+        names.contains(&"reconnecting") && names.contains(&"reconnected"),
+        "{names:?}"
+    );
+}
+
 #[test]
 fn a_part_that_differs_from_the_senders_file_starts_over() {
     let sig = Signalling::start();
