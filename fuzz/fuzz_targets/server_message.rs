@@ -80,7 +80,14 @@ fuzz_target!(|data: &[u8]| {
         &lines,
     );
     run(
-        Rendezvous::rejoin(&invitation, SERVER, Want::Receive, holding, start),
+        Rendezvous::rejoin(
+            &invitation,
+            Some("room1234"),
+            SERVER,
+            Want::Receive,
+            holding,
+            start,
+        ),
         &lines,
     );
 });

@@ -378,10 +378,13 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
                     back.and_then(|mut s| s.link_lost(clock).then_some(s))
                 }
                 (Err(_), Some(inv)) if reconnect => {
-                    if let Some(old) = link.take_signalling().await {
+                    let old = link.take_signalling().await;
+                    let room = old.as_ref().and_then(rendezvous::Signalling::room);
+                    if let Some(old) = old {
                         old.close().await;
                     }
-                    let rv = Rendezvous::rejoin(inv, &c.server, want, config, clock.now());
+                    let now = clock.now();
+                    let rv = Rendezvous::rejoin(inv, room.as_deref(), &c.server, want, config, now);
                     Some(rendezvous::Signalling::start(rv, &net, clock))
                 }
                 _ => None,

@@ -233,6 +233,11 @@ impl Signalling {
         self.rv.link_lost(clock.now())
     }
 
+    /// The id of the room the machine is (or was last) in.
+    pub fn room(&self) -> Option<String> {
+        self.rv.room().map(str::to_string)
+    }
+
     /// Leave the room: close the socket to the server.
     pub async fn close(mut self) {
         self.server.close().await;
@@ -491,15 +496,18 @@ impl Driver<'_> {
             server,
             adverts,
         };
+        let (replaced, gone) = watch::channel(false);
         let late = tokio::spawn(late_signalling(
             clock,
             sig,
             peer.pc.clone(),
             events,
             stopped,
+            replaced,
         ));
         let mut link = Link::new(peer, dc, path, both_in_room, role, ctx, (stop, late));
         link.again = again;
+        link.gone = gone;
         Ok(link)
     }
 }
@@ -522,6 +530,7 @@ async fn late_signalling(
     pc: Arc<dyn PeerConnection>,
     mut events: mpsc::UnboundedReceiver<PcEvent>,
     mut stop: oneshot::Receiver<()>,
+    replaced: watch::Sender<bool>,
 ) -> Signalling {
     let Signalling {
         mut rv,
@@ -532,6 +541,9 @@ async fn late_signalling(
         let now = clock.now();
         if !rv.is_connected() {
             tracing::info!("the other peer is back through the room: dropping the old connection");
+            // The transfer hears it at once (its inbox ends, its sends wake), not only when
+            // the connection's close gets through.
+            let _ = replaced.send(true);
             close_soon(pc);
             break;
         }

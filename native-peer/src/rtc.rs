@@ -154,6 +154,9 @@ pub struct Link {
     pub role: TransferRole,
     /// A connection before this one was lost: the transfer says `reconnected`.
     pub again: bool,
+    /// Becomes `true` when the other peer came back through the room: this connection is
+    /// dead, whatever its state says.
+    pub gone: watch::Receiver<bool>,
     path_ctx: PathContext,
     tcp_bridges: Vec<String>,
     /// Dropped with the link.
@@ -204,6 +207,7 @@ impl Link {
             both_in_room,
             role,
             again: false,
+            gone: watch::channel(false).1,
             path_ctx,
             tcp_bridges: peer.bridges.urls.clone(),
             _bridges: peer.bridges,

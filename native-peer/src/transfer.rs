@@ -26,11 +26,17 @@ use crate::output::Output;
 use crate::rendezvous::Clock;
 use crate::rtc::Link;
 
-/// Forward incoming messages; the queue closes when the channel does.
-fn spawn_inbox(dc: Arc<dyn DataChannel>) -> mpsc::Receiver<Bytes> {
+/// Forward incoming messages; the queue closes when the channel does, or when the link is
+/// `gone`.
+fn spawn_inbox(dc: Arc<dyn DataChannel>, mut gone: watch::Receiver<bool>) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
-        while let Some(ev) = dc.poll().await {
+        loop {
+            let ev = tokio::select! {
+                ev = dc.poll() => ev,
+                () = replaced(&mut gone) => break,
+            };
+            let Some(ev) = ev else { break };
             let frame = match ev {
                 DataChannelEvent::OnMessage(m) => m.data.freeze(),
                 DataChannelEvent::OnClose => break,
@@ -44,8 +50,21 @@ fn spawn_inbox(dc: Arc<dyn DataChannel>) -> mpsc::Receiver<Bytes> {
     rx
 }
 
-/// Close the channel when the connection dies, which wakes a `send` blocked on back-pressure.
-fn spawn_watchdog(dc: Arc<dyn DataChannel>, mut state: watch::Receiver<RTCPeerConnectionState>) {
+/// Resolves once the link is `gone` (the other peer came back through the room); never if
+/// the signalling that would say so ended (the server went away: the link lives on).
+async fn replaced(gone: &mut watch::Receiver<bool>) {
+    if gone.wait_for(|g| *g).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Close the channel when the connection dies (or the link is `gone`), which wakes a `send`
+/// blocked on back-pressure.
+fn spawn_watchdog(
+    dc: Arc<dyn DataChannel>,
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+    mut gone: watch::Receiver<bool>,
+) {
     tokio::spawn(async move {
         loop {
             let s = *state.borrow_and_update();
@@ -57,8 +76,13 @@ fn spawn_watchdog(dc: Arc<dyn DataChannel>, mut state: watch::Receiver<RTCPeerCo
                 let _ = dc.close().await;
                 return;
             }
-            if state.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = state.changed() => if r.is_err() { return },
+                () = replaced(&mut gone) => {
+                    tracing::info!("the other peer came back through the room");
+                    let _ = dc.close().await;
+                    return;
+                }
             }
         }
     });
@@ -185,8 +209,8 @@ pub async fn send(
 ) -> anyhow::Result<Summary> {
     let clock = Clock::start();
     let dc = link.dc.clone();
-    let mut inbox = spawn_inbox(dc.clone());
-    spawn_watchdog(dc.clone(), link.state.clone());
+    let mut inbox = spawn_inbox(dc.clone(), link.gone.clone());
+    spawn_watchdog(dc.clone(), link.state.clone(), link.gone.clone());
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
     let mut sm = Sender::new(entries, chunk, clock.now());
     let mut paths = Paths::start(link, |p| sm.set_path(p));
@@ -397,8 +421,8 @@ pub async fn receive(
 ) -> anyhow::Result<(Summary, Vec<PathBuf>)> {
     let clock = Clock::start();
     let dc = link.dc.clone();
-    let mut inbox = spawn_inbox(dc.clone());
-    spawn_watchdog(dc.clone(), link.state.clone());
+    let mut inbox = spawn_inbox(dc.clone(), link.gone.clone());
+    spawn_watchdog(dc.clone(), link.state.clone(), link.gone.clone());
     let mut sm = Receiver::with_limits(clock.now(), limits);
     let mut paths = Paths::start(link, |p| sm.set_path(p));
     let (writer, mut written) = files::spawn_writer(dest)?;
@@ -412,6 +436,8 @@ pub async fn receive(
     // files an earlier connection of this run saved (claimed whole).
     let mut resumable = std::collections::HashSet::new();
     let mut whole = std::collections::HashSet::new();
+    // Offered sizes, by index.
+    let mut sizes = Vec::new();
 
     let result: anyhow::Result<()> = async {
         loop {
@@ -452,7 +478,11 @@ pub async fn receive(
                                     }
                                 };
                                 carry.offer = Some((offer.clone(), planned.clone()));
-                                whole = held.iter().map(|(i, _)| *i).filter(|i| carry.saved.contains(i)).collect();
+                                // Saved already: claimed whole, or empty (nothing to claim).
+                                let empty = |i: &u32| offer.entries.get(*i as usize).is_some_and(|(_, e)| e.size == 0);
+                                whole = carry.saved.iter().copied()
+                                    .filter(|i| empty(i) || held.iter().any(|(h, _)| h == i))
+                                    .collect();
                                 if let Err(msg) = check_space(&dest.path, offer.total_bytes - held_bytes) {
                                     sm.decline(&msg);
                                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
@@ -465,6 +495,7 @@ pub async fn receive(
                                     let err = sm.cancel(CancelReason::Io, "the receiver cannot create folders");
                                     e.context(err.to_string())
                                 })?;
+                                sizes = offer.entries.iter().map(|(_, e)| e.size).collect();
                                 plan = Some(planned);
                                 started = Some(Instant::now());
                                 out.event(&event::Accepted { files: files_total, bytes: offer.total_bytes }.into());
@@ -473,7 +504,8 @@ pub async fn receive(
                                 let target = plan.as_ref().and_then(|p| p.targets.get(&index)).cloned()
                                     .ok_or_else(|| anyhow!("no destination for file #{index}"))?;
                                 if whole.contains(&index) {
-                                    if offset == 0 {
+                                    let size = sizes.get(index as usize).copied().unwrap_or_default();
+                                    if offset < size {
                                         let err = sm.cancel(CancelReason::SourceChanged, "a file changed at the sender after it was received");
                                         bail!("{} changed at the sender after it arrived here ({err}); it is kept as it arrived", target.display());
                                     }
@@ -550,7 +582,12 @@ pub async fn receive(
         flush(|| sm.poll_transmit(clock.now()), &*dc).await;
         // Let the writer thread finish with its `.part` before we report.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while written.recv().await.is_some() {}
+            while let Some(r) = written.recv().await {
+                // Saved as the connection went: the next connection need not send it.
+                if let WriteResult::Saved { index, .. } = r {
+                    carry.saved.insert(index);
+                }
+            }
         })
         .await;
         if keep {

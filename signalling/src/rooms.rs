@@ -9,8 +9,10 @@
 //!   that a room created with `hold` outlives its joiner's connection closing: the creator is
 //!   told (`peer_left`) and the room waits for a joiner again (a restarted receiver coming
 //!   back on the same link), with a fresh PAKE. At most [`MAX_REJOINS`] times; a room joined
-//!   by its number gets that number back once only, so a typed code costs at most one more
-//!   online guess. An abort still ends a held room.
+//!   by its number gets that number back once only, and a room takes at most
+//!   [`MAX_CODE_TRIES`] key exchanges with a typed code's password however its joiners came
+//!   in (by number or by the id they learnt), so a code costs at most one more online guess.
+//!   An abort still ends a held room.
 //! - An unjoined room lives `ttl`; a joined one `max_lifetime` from its first join (then both
 //!   peers are told it expired and their connections close); rejoining does not extend it.
 //! - Nothing here looks inside sealed payloads; they are forwarded as they came.
@@ -78,7 +80,13 @@ struct Hold {
     /// The number was handed back once already.
     number_returned: bool,
     rejoins: u8,
+    /// Key exchanges a joiner ran with a typed code's password (each is one guess at it).
+    code_tries: u8,
 }
+
+/// Key exchanges with a typed code a room allows in all, whichever way its joiners came in
+/// (a joiner learns the room id and could come back by it): the first try and one return.
+const MAX_CODE_TRIES: u8 = 2;
 
 /// How many times a held room may be joined again after its joiner left.
 pub(crate) const MAX_REJOINS: u8 = 32;
@@ -298,6 +306,12 @@ impl Rooms {
         let room = inner.rooms.get_mut(&m.room).ok_or(ErrorCode::NoPeer)?;
         if room.slot(m.side).ok_or(ErrorCode::NotInRoom)?.pake_sent {
             return Err(ErrorCode::PakeAlreadySent);
+        }
+        if m.side == Side::Joiner && auth == AuthKind::Code {
+            if room.hold.code_tries >= MAX_CODE_TRIES {
+                return Err(ErrorCode::PakeAlreadySent);
+            }
+            room.hold.code_tries += 1;
         }
         // Only a PAKE that reaches the other peer uses up this peer's one attempt.
         let other = room.other(m.side).ok_or(ErrorCode::NoPeer)?;
@@ -674,5 +688,31 @@ mod tests {
             r.join(x, &RoomRef::Number(n.unwrap()), t0).unwrap_err(),
             ErrorCode::NoSuchRoom
         );
+    }
+
+    #[test]
+    fn a_typed_code_is_tried_at_most_twice_in_a_room_however_its_joiners_come() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, _creator) = outbox();
+        let (m, number) = r.create(tx, t0, true, true).unwrap();
+        let id = RoomRef::Id(m.room.clone());
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &RoomRef::Number(number.unwrap()), t0).unwrap();
+        r.pake(&j, AuthKind::Code, "YQ==".into()).unwrap();
+        r.leave(&j);
+        // Back by the room id (learnt from `joined`), with the code's password again.
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &id, t0).unwrap();
+        r.pake(&j, AuthKind::Code, "Yg==".into()).unwrap();
+        r.leave(&j);
+        let (jtx, _j) = outbox();
+        let j = r.join(jtx, &id, t0).unwrap();
+        assert_eq!(
+            r.pake(&j, AuthKind::Code, "Yw==".into()).unwrap_err(),
+            ErrorCode::PakeAlreadySent
+        );
+        // The link's long secret is no guess: it may come back.
+        r.pake(&j, AuthKind::Link, "ZA==".into()).unwrap();
     }
 }

@@ -618,6 +618,13 @@ deny 0-65535 0.0.0.0/0 0-65535
         Ok(())
     }
 
+    /// The signalling server is reachable again after [`Lab::cut_server`] (it kept running:
+    /// its rooms are still there, its peers' sockets are not).
+    pub fn restore_server(&self) -> anyhow::Result<()> {
+        run(&["ip", "-n", &self.ns("p"), "link", "set", "srv", "up"])?;
+        Ok(())
+    }
+
     /// What the signalling server logged so far.
     pub fn server_log(&self) -> String {
         self.server_log.lock().unwrap().clone()

@@ -494,6 +494,8 @@ fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
     let (a_size, b_size): (u64, u64) = (8 << 20, 192 << 20);
     make_file(&a, a_size, 41);
     make_file(&b, b_size, 42);
+    // Saved before the sender died, and with nothing to claim: not received twice either.
+    std::fs::write(album.join("0-empty.txt"), b"").unwrap();
     let total = a_size + b_size;
     let dir = dst.path().display().to_string();
     let mut receiver = Peer::spawn(&["--server", &sig.url, "recv", "--dir", &dir]);
@@ -512,16 +514,20 @@ fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
     assert_eq!(hash_file(&dst.path().join("album/a.jpg")), hash_file(&a));
     assert_eq!(hash_file(&dst.path().join("album/b.mov")), hash_file(&b));
     let left: Vec<String> = tree(dst.path()).into_keys().collect();
-    assert_eq!(left, ["album", "album/a.jpg", "album/b.mov"], "{left:?}");
-    // Offer order: album, album/a.jpg, album/b.mov.
+    assert_eq!(
+        left,
+        ["album", "album/0-empty.txt", "album/a.jpg", "album/b.mov"],
+        "{left:?}"
+    );
+    // Offer order: album, album/0-empty.txt, album/a.jpg, album/b.mov.
     let resumed: Vec<&event::Resumed> = sevents.iter().filter_map(event::Resumed::of).collect();
     assert_eq!(resumed.len(), 2, "{resumed:?}");
     assert_eq!(
         (resumed[0].index, resumed[0].offset),
-        (1, a_size),
+        (2, a_size),
         "a.jpg claimed whole"
     );
-    assert_eq!(resumed[1].index, 2);
+    assert_eq!(resumed[1].index, 3);
     assert!(
         resumed[1].offset >= total * 45 / 100 - a_size,
         "{resumed:?}"

@@ -311,3 +311,59 @@ fn a_receiver_whose_address_changes_reconnects_and_continues() {
         o.sender_transferred
     );
 }
+
+/// A long outage on the receiver's side, and the signalling server unreachable meanwhile:
+/// nobody can re-signal. Both sides stop with a clear error once `--reconnect-timeout` is
+/// over, the receiver keeps its part, and the next run (server back) continues it.
+#[test]
+fn without_the_server_a_long_outage_ends_clearly_and_the_next_run_continues() {
+    let lab = lab(Nat::Cone, B::Behind(Nat::Cone));
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    let size: u64 = 160 << 20;
+    make_file(&file, size, 23);
+    let wait = ["--reconnect-timeout", "10"];
+    let (sender, link) = lab.sender(&wait, &[&file]).unwrap();
+    let mut receiver = lab.receiver(&wait, dst.path(), &link);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receiver
+        .events_so_far()
+        .iter()
+        .filter_map(|e| event::Progress::of(e))
+        .all(|p| p.bytes < size / 5)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress to a fifth"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lab.cut_router("b").unwrap();
+    lab.cut_server().unwrap();
+    std::thread::sleep(Duration::from_secs(25));
+    lab.restore_router("b").unwrap();
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let rmsg = expect_error(rs, &revents);
+    let smsg = expect_error(ss, &sevents);
+    assert!(rmsg.contains("could not get the other peer back"), "{rmsg}");
+    assert!(rmsg.contains("kept in"), "{rmsg}");
+    assert!(
+        smsg.contains("did not come back") || smsg.contains("signalling server"),
+        "{smsg}"
+    );
+    assert!(!dst.path().join("big.bin").exists());
+
+    lab.restore_server().unwrap();
+    let (sender, link) = lab.sender(&[], &[&file]).unwrap();
+    let receiver = lab.receiver(&[], dst.path(), &link);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    let resumed = event::find::<event::Resumed>(&revents).expect("the part was continued");
+    assert!(resumed.offset >= size / 5, "{resumed:?}");
+    assert_eq!(done.transferred, size - resumed.offset);
+    assert_eq!(hash_file(&dst.path().join("big.bin")), hash_file(&file));
+}

@@ -247,13 +247,15 @@ async fn open_flow(
         if picked.is_some() {
             files = picked;
         }
-        let role = link.role;
+        let (role, room) = (link.role, link.room.clone());
         match transfer_over(link, files.clone(), &events, &mut cmds).await {
             // A page that sends still has its files: when the connection dies it joins the
             // room again (the other side waits in it) and the receiver continues what it
             // kept. (A receiving page keeps nothing to continue; it stops.)
             Err(e) if e.is_link_lost() && role == TransferRole::Sender => {
-                rv = Rendezvous::rejoin(&inv, &server, Want::Send, Config::default(), js::now());
+                let now = js::now();
+                let room = room.as_deref();
+                rv = Rendezvous::rejoin(&inv, room, &server, Want::Send, Config::default(), now);
                 again = true;
             }
             result => return result,

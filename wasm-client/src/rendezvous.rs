@@ -34,6 +34,8 @@ pub struct Link {
     pub state: mpsc::UnboundedReceiver<RtcPeerConnectionState>,
     /// A connection before this one was lost: the transfer says `reconnected`.
     pub again: bool,
+    /// The room it was made in (a rejoin goes back to it by id).
+    pub room: Option<String>,
     _listeners: Vec<Listener>,
     /// Dropping it stops the signalling that carries late candidates.
     _stop: oneshot::Sender<()>,
@@ -206,6 +208,7 @@ async fn on_local(rv: &mut Rendezvous, peer: Option<&mut Peer>, ev: Local) -> Op
 /// Hand over the open link; the signalling goes on in the background until it is dropped.
 fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> {
     let role = rv.role().ok_or(Error::Usage("connected without a role"))?;
+    let rv_room = rv.room().map(str::to_string);
     let dc = p
         .channel
         .clone()
@@ -234,6 +237,7 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> 
         path,
         state,
         again: false,
+        room: rv_room,
         _listeners: listeners,
         _stop: stop,
     })

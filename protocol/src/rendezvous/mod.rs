@@ -447,14 +447,21 @@ impl Rendezvous {
     /// server or the other peer cannot be reached it tries again, backing off, until
     /// [`Config::rejoin_wait`] is over ([`RendezvousError::NoReturn`]); a room that is gone
     /// or a wrong secret end it at once.
+    /// `room`: the room id the last connection was made in ([`Rendezvous::room`]): it is
+    /// joined by that id (with the same password), not by a typed code's number, which the
+    /// room may not have back, or which may name another room by now.
     pub fn rejoin(
         invitation: &Invitation,
+        room: Option<&str>,
         default_server: &str,
         want: Want,
         config: Config,
         now: Duration,
     ) -> Self {
         let mut rv = Self::join(invitation, default_server, want, config, now);
+        if let (Entry::Join { room: by, .. }, Some(id)) = (&mut rv.entry, room) {
+            *by = RoomRef::Id(id.to_string());
+        }
         rv.rejoin_until = Some(now + config.rejoin_wait.unwrap_or(REJOIN_DEFAULT));
         rv.emit(event::Reconnecting {
             reason: ReconnectReason::LinkLost,
@@ -501,6 +508,11 @@ impl Rendezvous {
         self.both_in_room
     }
 
+    /// The id of the room this side is in (or was in last).
+    pub fn room(&self) -> Option<&str> {
+        self.room.as_deref()
+    }
+
     /// This side's transfer role, once settled.
     pub fn role(&self) -> Option<TransferRole> {
         self.role.filter(|_| self.stage >= Stage::Negotiating)
@@ -528,7 +540,8 @@ impl Rendezvous {
     /// The socket to the server is open.
     pub fn server_open(&mut self, now: Duration) {
         self.now = now;
-        if self.stage != Stage::Connecting {
+        if self.stage != Stage::Connecting || self.retry_at.is_some() {
+            // (A socket from before a setback opening late: the next attempt opens its own.)
             return;
         }
         self.server_up = true;
@@ -590,6 +603,11 @@ impl Rendezvous {
         }
         match msg {
             ServerMessage::IceServers { servers, .. } => self.ice_servers = servers,
+            // A holder's message that crossed its joiner leaving: `peer_left` says it all.
+            ServerMessage::Error {
+                code: ErrorCode::NoPeer,
+                ..
+            } if self.holds_room() => {}
             ServerMessage::Error { code, .. } => self.room_ended(RendezvousError::Server(code)),
             ServerMessage::PeerLeft => self.on_peer_left(),
             ServerMessage::PeerAborted { reason } => self.room_ended(match reason {
@@ -797,13 +815,16 @@ impl Rendezvous {
             self.arm(Deadline::ServerAnswer, self.config.server_answer);
             self.out.push_back(Output::OpenServer);
         }
-        if !self.holds_room()
-            && self.stage < Stage::Connected
-            && self.rejoin_until.is_some_and(|t| t <= now)
-        {
+        if self.stage < Stage::Connected && self.rejoin_until.is_some_and(|t| t <= now) {
+            // Whatever attempt is under way (a hello awaited, a connection being made), the
+            // time to get the other peer back is over.
             self.rejoin_until = None;
             let wait = self.config.rejoin_wait.unwrap_or(REJOIN_DEFAULT);
-            return self.abort_and_fail(AbortReason::Failed, RendezvousError::NoReturn(wait));
+            let e = match self.holds_room() {
+                true => RendezvousError::NoRejoin(wait),
+                false => RendezvousError::NoReturn(wait),
+            };
+            return self.abort_and_fail(AbortReason::Failed, e);
         }
         let Some((at, which)) = self.deadline else {
             return;
@@ -868,6 +889,7 @@ impl Rendezvous {
         if self.stage == Stage::Failed || self.setback(&e) {
             return;
         }
+        self.retry_at = None;
         self.stage = Stage::Failed;
         self.deadline = None;
         self.neg.gather_deadline = None;
@@ -977,9 +999,9 @@ impl Rendezvous {
             self.room = None;
             self.stage = Stage::Connecting;
             self.deadline = None;
-            if std::mem::take(&mut self.server_up) {
-                self.out.push_back(Output::CloseServer);
-            }
+            // Also a socket still connecting: a late open must not join for this attempt.
+            self.server_up = false;
+            self.out.push_back(Output::CloseServer);
             let pause = Duration::from_secs(1 << self.attempts.min(8)).min(RETRY_MAX);
             self.attempts += 1;
             self.retry_at = Some(self.now + pause);
@@ -1168,6 +1190,10 @@ impl Rendezvous {
     }
 
     fn on_sealed(&mut self, data: &str) {
+        if self.stage == Stage::AwaitPeer && self.holds_room() {
+            // Left over from a joiner this side has given up on (or that left).
+            return;
+        }
         if self.stage < Stage::Hello {
             return self.unexpected(Party::Server, "a sealed message before the key exchange");
         }

@@ -484,7 +484,19 @@ impl World {
             rejoin_wait: Some(REJOIN_WAIT),
             ..Config::default()
         };
-        let rv = Rendezvous::rejoin(&inv, SERVER, Want::Receive, config, self.now);
+        let room = self
+            .peers
+            .get(&Who::B)
+            .and_then(|p| p.rv.room())
+            .map(str::to_string);
+        let rv = Rendezvous::rejoin(
+            &inv,
+            room.as_deref(),
+            SERVER,
+            Want::Receive,
+            config,
+            self.now,
+        );
         let connects = self.peers.get(&Who::B).is_none_or(|p| p.connects);
         let mut b = Peer::new(rv);
         b.connects = connects;
@@ -518,7 +530,9 @@ impl World {
             }
             Wire::Closed(who) => {
                 let other = who.other();
-                if !self.room.gone {
+                // A socket that never got into the room leaves nothing behind.
+                let member = self.room.creator == Some(who) || self.room.joiner == Some(who);
+                if member && !self.room.gone {
                     self.room.gone = true;
                     if self.peers.contains_key(&other) {
                         self.tell(other, ServerMessage::PeerLeft);
@@ -1719,4 +1733,79 @@ fn a_rejoin_whose_new_connection_fails_is_tried_again_not_ended() {
     w.direct_fails = false;
     w.run();
     connected(&w);
+}
+
+#[test]
+fn a_joiner_that_typed_a_code_comes_back_by_the_room_id() {
+    let config = Config {
+        rejoin_wait: Some(REJOIN_WAIT),
+        ..Config::default()
+    };
+    let mut w = World::created_with(Want::Send, config);
+    w.peers.get_mut(&Who::A).unwrap().rv.show_code(T0);
+    let mut w = World::open_room(w);
+    let (_, code) = link_and_code(&w);
+    w.join(&code, Want::Receive);
+    w.run();
+    connected(&w);
+    assert!(w.a_loses_link());
+    w.b_rejoins(&code);
+    w.run();
+    connected(&w);
+    let joins: Vec<&RoomRef> = w
+        .b()
+        .sent
+        .iter()
+        .filter_map(|m| match m {
+            ClientMessage::Join { room, .. } => Some(room),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(joins, [&RoomRef::Id("room1234".into())]);
+}
+
+#[test]
+fn a_holding_creator_shrugs_off_what_its_last_joiner_left_behind() {
+    let (mut w, _) = held_and_connected();
+    w.kill_b();
+    w.run_for(Duration::from_secs(1));
+    assert!(w.a_loses_link());
+    let now = w.now;
+    let a = &mut w.peers.get_mut(&Who::A).unwrap().rv;
+    // A message of its own that crossed the joiner leaving, and a stale candidate.
+    a.handle_server(
+        ServerMessage::Error {
+            code: ErrorCode::NoPeer,
+            message: ErrorCode::NoPeer.explain().into(),
+        },
+        now,
+    );
+    a.handle_server(
+        ServerMessage::Sealed {
+            data: "c3RhbGU=".into(),
+        },
+        now,
+    );
+    w.run_for(Duration::from_secs(1));
+    assert!(w.a().failed.is_none(), "{:?}", w.a().failed);
+    assert!(w.a().aborted().is_none());
+}
+
+#[test]
+fn a_rejoiner_that_never_says_hello_does_not_outlast_the_wait() {
+    let (mut w, link) = held_and_connected();
+    w.kill_b();
+    w.run_for(Duration::from_secs(1));
+    assert!(w.a_loses_link());
+    let lost_at = w.now;
+    // Someone comes back, runs the key exchange, and then nothing sealed gets through
+    // either way: the hello wait is ten minutes, the rejoin wait shorter.
+    w.faults = Box::new(|_, _, m| match m {
+        ServerMessage::Sealed { .. } => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    w.join(&link, Want::Receive);
+    w.run_until(|w| w.a().failed.is_some());
+    assert_eq!(w.a().failed, Some(RendezvousError::NoRejoin(REJOIN_WAIT)));
+    assert!(w.now - lost_at <= REJOIN_WAIT + Duration::from_secs(1));
 }
