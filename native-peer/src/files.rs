@@ -223,14 +223,10 @@ impl Destination {
         self.dir.symlink_metadata(rel).is_ok()
     }
 
-    /// The length of `NAME.part`, when it is a regular file and `NAME` itself is free.
-    fn held_part(&self, name: &str) -> Option<u64> {
+    /// `NAME.part` is a regular file and `NAME` itself is free: a part to continue.
+    fn held_part(&self, name: &str) -> bool {
         let name = Path::new(name);
-        if self.exists(name) {
-            return None;
-        }
-        let meta = self.dir.symlink_metadata(part_path(name)).ok()?;
-        meta.is_file().then_some(meta.len())
+        !self.exists(name) && self.part_len(name).is_some()
     }
 
     /// The first `len` bytes of the `.part` of `target` (a path relative to the
@@ -274,9 +270,6 @@ impl Destination {
 pub struct Plan {
     /// Offer index → final path, relative to the destination.
     pub targets: HashMap<u32, PathBuf>,
-    /// Offered top-level files whose final name is free but whose `.part` is there, from an
-    /// interrupted transfer: index → that part's length.
-    pub parts: HashMap<u32, u64>,
     /// Folders to create once the offer is accepted (offered ones and files' parents).
     dirs: Vec<PathBuf>,
 }
@@ -287,17 +280,12 @@ pub struct Plan {
 pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
     let mut tops: HashMap<String, String> = HashMap::new();
     let mut targets = HashMap::new();
-    let mut parts = HashMap::new();
     let mut dirs = Vec::new();
     for (i, (safe, entry)) in offer.entries.iter().enumerate() {
         let top = safe.top().to_string();
         let single_file = !entry.dir && safe.components().count() == 1;
-        if single_file
-            && !tops.contains_key(&top)
-            && let Some(len) = dest.held_part(&top)
-        {
+        if single_file && !tops.contains_key(&top) && dest.held_part(&top) {
             tops.insert(top.clone(), top.clone());
-            parts.insert(i as u32, len);
         }
         let mapped = tops
             .entry(top.clone())
@@ -313,11 +301,7 @@ pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
     }
     dirs.sort();
     dirs.dedup();
-    Plan {
-        targets,
-        parts,
-        dirs,
-    }
+    Plan { targets, dirs }
 }
 
 impl Plan {
@@ -706,7 +690,8 @@ mod tests {
         // A final name that exists is never reused, whatever part sits next to it.
         assert_eq!(p.targets[&1], PathBuf::from("done (1).txt"));
         assert_eq!(p.targets[&2], PathBuf::from("dir (1)"));
-        assert_eq!(p.parts, HashMap::from([(0, 10)]));
+        // What is held of it, for `hash_held` to offer.
+        assert_eq!(dest.part_len(&p.targets[&0]), Some(10));
         let h = dest.hash_part(Path::new("big.bin"), 4);
         assert_eq!(h.finalize(), blake3::hash(&[7u8; 4]));
     }

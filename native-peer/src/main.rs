@@ -368,24 +368,10 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
                 .map(|summary| (summary, Vec::new())),
                 _ => unreachable!("sources are collected for send, a destination for recv"),
             };
-            // A lost connection: the room's creator waits in it for the other peer to come
-            // back, a joiner joins it again (each machine says `reconnecting`); the transfer
-            // then continues on a new connection from what the receiver holds.
-            let waiting = match (&result, &invitation) {
-                (Err(e), _) if !transfer::LinkLost::is(e) => None,
-                (Err(_), None) => {
-                    let back = link.take_signalling().await;
-                    back.and_then(|mut s| s.link_lost(clock).then_some(s))
-                }
-                (Err(_), Some(inv)) if reconnect => {
-                    let old = link.take_signalling().await;
-                    let room = old.as_ref().and_then(rendezvous::Signalling::room);
-                    if let Some(old) = old {
-                        old.close().await;
-                    }
-                    let now = clock.now();
-                    let rv = Rendezvous::rejoin(inv, room.as_deref(), &c.server, want, config, now);
-                    Some(rendezvous::Signalling::start(rv, &net, clock))
+            let waiting = match &result {
+                Err(e) if transfer::LinkLost::is(e) => {
+                    let rejoin = invitation.as_ref().filter(|_| reconnect);
+                    get_back(&mut link, rejoin, want, config, &c.server, &net, clock).await
                 }
                 _ => None,
             };
@@ -410,6 +396,31 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
     .await;
     portmap.release().await;
     result
+}
+
+/// The connection under an unfinished transfer is lost: the room's creator waits in it for
+/// the other peer to come back, a joiner (`rejoin`: its invitation) joins it again; each
+/// machine says `reconnecting`, and the transfer then continues on a new connection from
+/// what the receiver holds. `None`: nothing will bring the other peer back.
+async fn get_back(
+    link: &mut rtc::Link,
+    rejoin: Option<&Invitation>,
+    want: Want,
+    config: rv::Config,
+    server: &str,
+    net: &rtc::NetOptions,
+    clock: Clock,
+) -> Option<rendezvous::Signalling> {
+    let mut old = link.take_signalling().await;
+    let Some(inv) = rejoin else {
+        return old.and_then(|mut s| s.link_lost(clock).then_some(s));
+    };
+    let room = old.as_ref().and_then(rendezvous::Signalling::room);
+    if let Some(old) = old.take() {
+        old.close().await;
+    }
+    let rv = Rendezvous::rejoin(inv, room.as_deref(), server, want, config, clock.now());
+    Some(rendezvous::Signalling::start(rv, net, clock))
 }
 
 /// The link or code as given, or read from standard input for `-` (so it stays out of the

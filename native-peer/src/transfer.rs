@@ -165,18 +165,13 @@ impl Summary {
 /// pair told at open and again as its part ends, `connected` once both are known.
 struct Paths {
     track: PathTrack,
-    /// Say `reconnected` rather than `connected`.
-    again: bool,
 }
 
 impl Paths {
     fn start(link: &Link, set: impl FnOnce(PairView)) -> Self {
-        let track = PathTrack::new(link.path.clone());
+        let track = PathTrack::new(link.path.clone()).again(link.again);
         set(track.view());
-        Self {
-            track,
-            again: link.again,
-        }
+        Self { track }
     }
 
     /// This side's part is about to end: read its pair again and tell it, once.
@@ -189,10 +184,8 @@ impl Paths {
     /// Say `connected`, the first time.
     fn connected(&mut self, link: &Link, peer: Option<PairView>, out: &mut Output) {
         let ms = link.both_in_room.elapsed().as_secs_f64() * 1e3;
-        match self.track.connected(peer, ms) {
-            Some(c) if self.again => out.event(&event::Reconnected::from(c).into()),
-            Some(c) => out.event(&c.into()),
-            None => {}
+        if let Some(e) = self.track.announce(peer, ms) {
+            out.event(&e);
         }
     }
 }
@@ -465,18 +458,14 @@ pub async fn receive(
                                 files_total = offer.file_count();
                                 out.event(&event::Offer::from(&offer).into());
                                 let again = carry.offer.as_ref().filter(|(o, _)| *o == offer).map(|(_, p)| p.clone());
-                                let (planned, (held, held_bytes)) = match again {
-                                    Some(p) => {
-                                        let kept = hash_kept(dest, &offer, &p, &carry.saved).await?;
-                                        (p, kept)
-                                    }
+                                let planned = match again {
+                                    Some(p) => p,
                                     None => {
                                         carry.saved.clear();
-                                        let p = files::plan(dest, &offer);
-                                        let parts = hash_parts(dest, &offer, &p).await?;
-                                        (p, parts)
+                                        files::plan(dest, &offer)
                                     }
                                 };
+                                let (held, held_bytes) = hash_held(dest, &offer, &planned, &carry.saved).await?;
                                 carry.offer = Some((offer.clone(), planned.clone()));
                                 // Saved already: claimed whole, or empty (nothing to claim).
                                 let empty = |i: &u32| offer.entries.get(*i as usize).is_some_and(|(_, e)| e.size == 0);
@@ -619,40 +608,11 @@ pub async fn receive(
     ))
 }
 
-/// The `.part` files an interrupted transfer left for files of this offer, hashed (at most
-/// the offered size each): what this side offers to continue, and how many bytes that is.
-async fn hash_parts(
-    dest: &Destination,
-    offer: &protocol::transfer::Offer,
-    plan: &files::Plan,
-) -> anyhow::Result<(Vec<(u32, blake3::Hasher)>, u64)> {
-    let mut held = Vec::new();
-    let mut bytes = 0;
-    for (&index, &len) in &plan.parts {
-        let size = offer.entries[index as usize].1.size;
-        let keep = len.min(size);
-        if keep == 0 {
-            continue;
-        }
-        let target = plan.targets[&index].clone();
-        let dest = dest
-            .try_clone()
-            .context("reopening the destination folder")?;
-        let hasher = tokio::task::spawn_blocking(move || dest.hash_part(&target, keep))
-            .await
-            .context("hashing a part kept from before")?;
-        if hasher.count() > 0 {
-            bytes += hasher.count();
-            held.push((index, hasher));
-        }
-    }
-    Ok((held, bytes))
-}
-
-/// For the offer an earlier connection of this run already planned: its saved files hashed
-/// whole, and the `.part` of every other file hashed (at most the offered size each); and
-/// how many bytes that is.
-async fn hash_kept(
+/// What this side holds of the offer where `plan` puts it: the files `saved` by an earlier
+/// connection of this run hashed whole, and every other file's `.part` (from an interrupted
+/// transfer) hashed, at most the offered size each; and how many bytes that is. The sender
+/// compares each with its own file: BLAKE3 decides, so an unrelated part costs one hash.
+async fn hash_held(
     dest: &Destination,
     offer: &protocol::transfer::Offer,
     plan: &files::Plan,
@@ -687,7 +647,7 @@ async fn hash_kept(
             false => d.hash_part(&t, len),
         })
         .await
-        .context("hashing what an earlier connection received")?;
+        .context("hashing what is kept from before")?;
         // A saved file that no longer reads whole is not claimed (it would not match).
         if hasher.count() == len {
             bytes += len;

@@ -292,6 +292,8 @@ impl fmt::Display for PathReport {
 #[derive(Debug, Clone)]
 pub struct PathTrack {
     own: PathReport,
+    /// A connection before this one was lost: the event is `reconnected`.
+    again: bool,
     announced: bool,
     end_told: bool,
 }
@@ -301,6 +303,7 @@ impl PathTrack {
     pub fn new(own: PathReport) -> Self {
         Self {
             own,
+            again: false,
             announced: false,
             end_told: false,
         }
@@ -322,6 +325,26 @@ impl PathTrack {
     pub fn update(&mut self, own: PathReport) -> PairView {
         self.own = own;
         self.own.view()
+    }
+
+    /// This connection replaces one that was lost: [`PathTrack::announce`] says
+    /// `reconnected`.
+    pub fn again(mut self, again: bool) -> Self {
+        self.again = again;
+        self
+    }
+
+    /// The `connected` (or, [`PathTrack::again`], `reconnected`) event, the first time.
+    pub fn announce(
+        &mut self,
+        peer: Option<PairView>,
+        ms_since_room: f64,
+    ) -> Option<crate::event::Event> {
+        let c = self.connected(peer, ms_since_room)?;
+        Some(match self.again {
+            true => crate::event::Reconnected::from(c).into(),
+            false => c.into(),
+        })
     }
 
     /// The `connected` event, the first time: with the other side's pair once it is known;
@@ -544,5 +567,22 @@ mod tests {
             p.to_string(),
             "relay path, relayed (relay ↔ srflx, udp): the other peer offered no direct candidates"
         );
+    }
+
+    #[test]
+    fn a_path_is_announced_once_as_connected_or_after_a_loss_as_reconnected() {
+        let own = PathReport::unknown();
+        let mut first = PathTrack::new(own.clone());
+        assert_eq!(
+            first.announce(None, 1.0).map(|e| e.name()),
+            Some("connected")
+        );
+        assert!(first.announce(None, 2.0).is_none());
+        let mut again = PathTrack::new(own).again(true);
+        assert_eq!(
+            again.announce(None, 1.0).map(|e| e.name()),
+            Some("reconnected")
+        );
+        assert!(again.announce(None, 2.0).is_none());
     }
 }

@@ -35,7 +35,6 @@ pub use wire::Impair;
 use crate::{Event, PathKind, event};
 use crate::{Peer, bin, is_root, start_sender_with};
 use anyhow::{Context as _, bail};
-use protocol::event::Payload as _;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -691,16 +690,6 @@ pub struct OutageOutcome {
     pub receiver_events: Vec<Event>,
 }
 
-/// Bytes `p` reported so far (its latest `progress`).
-fn progress_of(p: &mut Peer) -> u64 {
-    p.events_so_far()
-        .iter()
-        .filter_map(|e| event::Progress::of(e))
-        .map(|p| p.bytes)
-        .max()
-        .unwrap_or(0)
-}
-
 impl Lab {
     /// Send a `size`-byte file from host A to host B; once a fifth has arrived, router
     /// `cut` forwards nothing for `outage`. Checks the file arrived intact and measures how
@@ -741,19 +730,12 @@ impl Lab {
         crate::make_file(&file, size, size ^ 0x0a7a);
         let (sender, link) = self.sender(&[], &[&file]).unwrap();
         let mut receiver = self.receiver(&[], dst.path(), &link);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while progress_of(&mut receiver) < size / 5 {
-            assert!(
-                Instant::now() < deadline,
-                "no progress to a fifth of the file"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        receiver.wait_for_progress(size / 5);
         disrupt(self);
-        let before = progress_of(&mut receiver);
+        let before = receiver.progress();
         assert!(before < size, "the transfer ended during the outage");
         let back = Instant::now();
-        while progress_of(&mut receiver) <= before && back.elapsed() < Duration::from_secs(120) {
+        while receiver.progress() <= before && back.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(5));
         }
         let moving_again = back.elapsed();

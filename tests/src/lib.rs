@@ -287,6 +287,36 @@ impl Peer {
         &self.seen
     }
 
+    /// The bytes it reported so far (its latest `progress`).
+    pub fn progress(&mut self) -> u64 {
+        self.events_so_far()
+            .iter()
+            .filter_map(|e| event::Progress::of(e))
+            .map(|p| p.bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Wait (a minute at most) until it reported at least `bytes` of progress.
+    pub fn wait_for_progress(&mut self, bytes: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let so_far = self.progress();
+            if so_far >= bytes {
+                return;
+            }
+            assert!(
+                event::find::<event::Done>(self.events_so_far()).is_none(),
+                "the transfer ended before {bytes} bytes were seen"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress to {bytes} bytes; so far {so_far}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Wait for the process to exit; returns its status and every event it printed.
     pub fn finish(self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<Event>)> {
         self.finish_all(timeout).map(|(s, e, _)| (s, e))
@@ -359,6 +389,17 @@ pub fn expect_error(status: ExitStatus, events: &[Event]) -> String {
         .unwrap_or_else(|| panic!("no error event: {events:?}"))
         .message
         .clone()
+}
+
+/// `who` said `reconnecting`, then `reconnected` (and `done` after that, if it finished).
+pub fn assert_reconnected(who: &str, events: &[Event]) {
+    let names: Vec<&str> = events.iter().map(Event::name).collect();
+    let at = |n: &str| names.iter().position(|x| *x == n);
+    let (lost, back) = (at("reconnecting"), at("reconnected"));
+    assert!(
+        lost.is_some() && lost < back && at("done").is_none_or(|d| back < Some(d)),
+        "{who}: {names:?}"
+    );
 }
 
 /// How many events of kind `T` there are.

@@ -310,32 +310,6 @@ fn signalling_server_killed_mid_transfer_and_the_file_still_arrives() {
     assert_eq!(hash_file(&dst.path().join("movie.mkv")), hash_file(&file));
 }
 
-/// Wait until `peer` reported at least `bytes` of progress.
-fn wait_for_progress(peer: &mut Peer, bytes: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let so_far = peer
-            .events_so_far()
-            .iter()
-            .filter_map(|e| event::Progress::of(e))
-            .map(|p| p.bytes)
-            .max()
-            .unwrap_or(0);
-        if so_far >= bytes {
-            return;
-        }
-        assert!(
-            event::find::<event::Done>(peer.events_so_far()).is_none(),
-            "the transfer ended before {bytes} bytes were seen"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no progress to {bytes} bytes; so far {so_far}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn a_vanished_sender_is_continued_by_a_new_send_into_the_same_folder() {
     let sig = Signalling::start();
@@ -346,7 +320,7 @@ fn a_vanished_sender_is_continued_by_a_new_send_into_the_same_folder() {
     make_file(&file, size, 8);
     let (mut sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
     let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
-    wait_for_progress(&mut receiver, size * 45 / 100);
+    receiver.wait_for_progress(size * 45 / 100);
     sender.kill();
     let (rs, revents) = receiver.finish(LONG).unwrap();
     let msg = expect_error(rs, &revents);
@@ -395,7 +369,7 @@ fn kill_the_receiver_midway(
     let size = std::fs::metadata(file).unwrap().len();
     let (sender, link, _) = start_sender(&sig.url, sender_args, &[file]).unwrap();
     let mut receiver = spawn(&recv_args(&sig.url, dst, &link));
-    wait_for_progress(&mut receiver, size * 45 / 100);
+    receiver.wait_for_progress(size * 45 / 100);
     // SIGKILL: nothing of the receiver runs after this.
     receiver.kill();
     let name = file.file_name().unwrap().to_str().unwrap();
@@ -429,15 +403,10 @@ fn a_killed_receiver_run_again_on_the_same_link_continues_where_it_stopped() {
     assert_eq!(hash_file(&dst.path().join("video.mkv")), hash_file(&file));
     assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
     // The sender said what happened, and moved each byte about once.
-    let names: Vec<&str> = sevents.iter().map(Event::name).collect();
-    let at = |n: &str| names.iter().position(|x| *x == n);
-    assert!(
-        at("reconnecting") < at("reconnected") && at("reconnected") < at("done"),
-        "{names:?}"
-    );
+    assert_reconnected("sender", &sevents);
     assert!(
         event::find::<event::Connected>(&sevents).is_some(),
-        "{names:?}"
+        "{sevents:?}"
     );
     assert!(
         sdone.transferred >= size && sdone.transferred <= size + (32 << 20),
@@ -502,7 +471,7 @@ fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
     let ready: event::Ready = receiver.wait(Duration::from_secs(10)).unwrap();
     let f = album.display().to_string();
     let mut sender = Peer::spawn(&["--server", &sig.url, "send", "--to", &ready.link, &f]);
-    wait_for_progress(&mut receiver, total * 45 / 100);
+    receiver.wait_for_progress(total * 45 / 100);
     sender.kill();
     let _ = sender.finish(LONG);
     // The receiver waits in its room; the same command again joins it.
@@ -539,11 +508,7 @@ fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
         "{}",
         done.transferred
     );
-    let names: Vec<&str> = revents.iter().map(Event::name).collect();
-    assert!(
-        names.contains(&"reconnecting") && names.contains(&"reconnected"),
-        "{names:?}"
-    );
+    assert_reconnected("receiver", &revents);
 }
 
 #[test]

@@ -201,6 +201,33 @@ fn loss_and_delay_on_a_router_still_deliver_intact() {
     }
 }
 
+/// Cone / cone, each router delaying what it sends out by `ms`.
+fn cone_lab_with_delay(ms: u32) -> Lab {
+    let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
+    spec.wan = [Impair {
+        delay_ms: ms,
+        loss: 0.0,
+    }; 2];
+    Lab::new(spec).expect("build the NAT lab")
+}
+
+/// Both sides reconnected, the receiver continued its part, and the sender sent little twice.
+fn assert_continued(o: &punchdrop_e2e::lab::OutageOutcome) {
+    assert_reconnected("sender", &o.sender_events);
+    assert_reconnected("receiver", &o.receiver_events);
+    assert!(
+        event::find::<event::Resumed>(&o.receiver_events).is_some(),
+        "the receiver continued its part: {:?}",
+        o.receiver_events
+    );
+    assert!(
+        o.sender_transferred <= o.size + (16 << 20),
+        "sent {} for {}",
+        o.sender_transferred,
+        o.size
+    );
+}
+
 /// An outage longer than SCTP's retransmission backoff grows to without a cap: 16 s. With
 /// RFC 9260's 60 s cap the retransmissions go out about 1, 3, 7, 15 and 31 s into the cut, so
 /// bytes would move again some 15 s after connectivity returned, and webrtc-rs stopped
@@ -211,12 +238,7 @@ const OUTAGE: Duration = Duration::from_secs(16);
 
 #[test]
 fn cone_to_cone_moves_again_within_seconds_of_an_outage_ending() {
-    let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
-    spec.wan = [Impair {
-        delay_ms: 5,
-        loss: 0.0,
-    }; 2];
-    let lab = Lab::new(spec).expect("build the NAT lab");
+    let lab = cone_lab_with_delay(5);
     let o = lab.transfer_through_outage(128 << 20, "b", OUTAGE);
     eprintln!(
         "bytes moved again {:?} after the outage ended",
@@ -242,36 +264,14 @@ fn cone_to_cone_moves_again_within_seconds_of_an_outage_ending() {
 /// connection from what the receiver kept.
 #[test]
 fn cone_to_cone_reconnects_after_an_outage_longer_than_ice_waits() {
-    let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
-    spec.wan = [Impair {
-        delay_ms: 5,
-        loss: 0.0,
-    }; 2];
-    let lab = Lab::new(spec).expect("build the NAT lab");
+    let lab = cone_lab_with_delay(5);
     let size = 128 << 20;
     let o = lab.transfer_through_outage(size, "b", Duration::from_secs(25));
     eprintln!(
         "bytes moved again {:?} after the outage ended",
         o.moving_again
     );
-    for events in [&o.sender_events, &o.receiver_events] {
-        let names: Vec<&str> = events.iter().map(Event::name).collect();
-        let at = |n: &str| names.iter().position(|x| *x == n);
-        assert!(
-            at("reconnecting").is_some() && at("reconnecting") < at("reconnected"),
-            "{names:?}"
-        );
-    }
-    assert!(
-        event::find::<event::Resumed>(&o.receiver_events).is_some(),
-        "the receiver continued its part: {:?}",
-        o.receiver_events
-    );
-    assert!(
-        o.sender_transferred <= size + (16 << 20),
-        "sent {} for {size}",
-        o.sender_transferred
-    );
+    assert_continued(&o);
 }
 
 /// The receiver's host gets a new address mid-transfer (its old one removed): its
@@ -280,36 +280,14 @@ fn cone_to_cone_reconnects_after_an_outage_longer_than_ice_waits() {
 /// it stops answering pings), and the transfer continues from what it kept.
 #[test]
 fn a_receiver_whose_address_changes_reconnects_and_continues() {
-    let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
-    spec.wan = [Impair {
-        delay_ms: 10,
-        loss: 0.0,
-    }; 2];
-    let lab = Lab::new(spec).expect("build the NAT lab");
+    let lab = cone_lab_with_delay(10);
     let size = 128 << 20;
     let o = lab.transfer_through(size, |lab| lab.move_host("b", 2, 2, 102).unwrap());
     eprintln!(
         "bytes moved again {:?} after the address changed",
         o.moving_again
     );
-    for events in [&o.sender_events, &o.receiver_events] {
-        let names: Vec<&str> = events.iter().map(Event::name).collect();
-        let at = |n: &str| names.iter().position(|x| *x == n);
-        assert!(
-            at("reconnecting").is_some() && at("reconnecting") < at("reconnected"),
-            "{names:?}"
-        );
-    }
-    assert!(
-        event::find::<event::Resumed>(&o.receiver_events).is_some(),
-        "{:?}",
-        o.receiver_events
-    );
-    assert!(
-        o.sender_transferred <= size + (16 << 20),
-        "sent {} for {size}",
-        o.sender_transferred
-    );
+    assert_continued(&o);
 }
 
 /// A long outage on the receiver's side, and the signalling server unreachable meanwhile:
@@ -326,19 +304,7 @@ fn without_the_server_a_long_outage_ends_clearly_and_the_next_run_continues() {
     let wait = ["--reconnect-timeout", "10"];
     let (sender, link) = lab.sender(&wait, &[&file]).unwrap();
     let mut receiver = lab.receiver(&wait, dst.path(), &link);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while receiver
-        .events_so_far()
-        .iter()
-        .filter_map(|e| event::Progress::of(e))
-        .all(|p| p.bytes < size / 5)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no progress to a fifth"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    receiver.wait_for_progress(size / 5);
     lab.cut_router("b").unwrap();
     lab.cut_server().unwrap();
     std::thread::sleep(Duration::from_secs(25));

@@ -454,12 +454,7 @@ fn a_page_dropping_on_a_nas_comes_back_after_a_long_outage() {
         .wait(LONG)
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
     let page = c.events().unwrap();
-    let names: Vec<&str> = page.iter().map(Event::name).collect();
-    let at = |n: &str| names.iter().position(|x| *x == n);
-    assert!(
-        at("reconnecting").is_some() && at("reconnecting") < at("reconnected"),
-        "the page: {names:?}"
-    );
+    assert_reconnected("the page", &page);
     assert!(
         event::find::<event::Resumed>(&nas_events).is_some(),
         "the NAS continued its part: {nas_events:?}"

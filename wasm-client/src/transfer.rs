@@ -72,18 +72,13 @@ pub type Summary = event::Done;
 /// pair told at open and again as its part ends, `connected` once both are known.
 struct Paths {
     track: PathTrack,
-    /// Say `reconnected` rather than `connected`.
-    again: bool,
 }
 
 impl Paths {
     fn start(link: &Link, set: impl FnOnce(PairView)) -> Self {
-        let track = PathTrack::new(link.path.clone());
+        let track = PathTrack::new(link.path.clone()).again(link.again);
         set(track.view());
-        Self {
-            track,
-            again: link.again,
-        }
+        Self { track }
     }
 
     /// This side's part is about to end: read its pair again and tell it, once.
@@ -96,10 +91,8 @@ impl Paths {
     /// Say `connected`, the first time.
     fn connected(&mut self, events: &Events, peer: Option<PairView>) {
         let ms = (js::now() - events.both_in_room()).as_secs_f64() * 1e3;
-        match self.track.connected(peer, ms) {
-            Some(c) if self.again => events.emit(&event::Reconnected::from(c).into()),
-            Some(c) => events.emit(&c.into()),
-            None => {}
+        if let Some(e) = self.track.announce(peer, ms) {
+            events.emit(&e);
         }
     }
 }
