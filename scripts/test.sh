@@ -9,8 +9,9 @@ ensure_rust
 # (driven over CDP) and iproute2 (`ip`, loopback in a fresh namespace) run the browser tests.
 apt_install util-linux mount coturn chromium iproute2
 # The NAT lab (tests/tests/natlab.rs): NAT routers (iptables, nftables, conntrack) and a UPnP
-# IGD / NAT-PMP router (miniupnpd-nftables) in namespaces (iproute2).
-apt_install iproute2 iptables nftables conntrack miniupnpd-nftables
+# IGD / NAT-PMP router (miniupnpd-nftables) in namespaces (iproute2); `sysctl` (procps) for
+# a host whose address changes.
+apt_install iproute2 iptables nftables conntrack miniupnpd-nftables procps
 
 log "formatting"
 cargo fmt --all -- --check
