@@ -18,6 +18,9 @@ let sending = false;
 let total = 0;
 let startedAt = 0;
 let savedWhere = '';
+// This receive page was reloaded while its transfer ran (the link is kept for the tab, see main).
+let reloaded = false;
+const LINK_KEY = `punchdrop:link:${location.pathname}`;
 
 function setState(state) {
   document.body.dataset.state = state;
@@ -143,9 +146,13 @@ function onEvent(ev) {
       $('offer-summary').textContent = `${n} file${n === 1 ? '' : 's'}, ${human(ev.bytes)}. Save them?`;
       fillList($('offer-list'), ev.entries);
       $('accept-folder').hidden = typeof window.showDirectoryPicker !== 'function';
-      $('save-note').textContent = worker || window.showDirectoryPicker
-        ? ''
-        : 'This page is not served securely, so files are kept in memory until complete.';
+      $('save-note').textContent = reloaded && window.showDirectoryPicker
+        ? 'This transfer was interrupted. Save to the same folder to continue where it stopped; a download starts over.'
+        : reloaded
+          ? 'This transfer was interrupted; a download starts over from the beginning.'
+          : worker || window.showDirectoryPicker
+            ? ''
+            : 'This page is not served securely, so files are kept in memory until complete.';
       setState('offer');
       break;
     }
@@ -159,7 +166,11 @@ function onEvent(ev) {
     case 'progress':
       progress(ev.bytes);
       break;
+    case 'file_restarted':
+      $('path-text').textContent = 'A file changed at the sender since part of it arrived: it starts over.';
+      break;
     case 'done': {
+      sessionStorage.removeItem(LINK_KEY);
       progress(total || ev.bytes);
       const rate = ev.seconds > 0 ? ` at ${human(ev.bytes / ev.seconds)}/s` : '';
       $('progress-title').textContent = sending ? 'Sent' : 'Received';
@@ -171,6 +182,7 @@ function onEvent(ev) {
       break;
     }
     case 'declined':
+      sessionStorage.removeItem(LINK_KEY);
       fail('You declined the files. Nothing was saved.');
       break;
     case 'error':
@@ -333,16 +345,20 @@ async function main() {
     setState('ready');
     return;
   }
-  if (location.hash.length < 2) {
+  // The link is kept for this tab only (sessionStorage), so a reload can join the room again
+  // and continue: the secret leaves the address bar and the history, and goes with the tab or
+  // once the transfer is done.
+  const kept = sessionStorage.getItem(LINK_KEY);
+  if (location.hash.length < 2 && !kept) {
     fail('This link is incomplete: the part after “#” is missing. Ask the sender for the whole link.');
     return;
   }
+  reloaded = location.hash.length < 2;
+  const link = reloaded ? kept : location.href;
+  sessionStorage.setItem(LINK_KEY, link);
+  history.replaceState(null, '', location.pathname);
   setState('connecting');
   $('progress-title').textContent = 'Connecting to the other device…';
-  const link = location.href;
-  // The secret has been read: take it out of the address bar and the history, so it is not
-  // left for the next person at this browser (a link is for one transfer).
-  history.replaceState(null, '', location.pathname);
   client.open(link).catch(() => {});
 }
 

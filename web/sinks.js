@@ -1,9 +1,14 @@
-// Where received files go. The WASM client asks a factory to `open(path, size)` a sink per
-// file, then calls `write(Uint8Array)`, `close()` once the file's hash checked out, or
-// `abort(reason)`. Nothing appears under the final name before `close()`. `open` resolves to
-// null when the name is taken, and the client tries a numbered name.
+// Where received files go. The WASM client asks a factory to `open(path, size, offset)` a sink
+// per file, then calls `write(Uint8Array)`, `close()` once the file's hash checked out,
+// `abort(reason)` (the file is thrown away) or `keep()` (the run ends with the file unfinished:
+// keep what can be continued). Nothing appears under the final name before `close()`. `open`
+// resolves to null when the name is taken, and the client tries a numbered name.
 //
-// - folderSinks: a folder the person picked (File System Access API): NAME.part, renamed on close.
+// - folderSinks: a folder the person picked (File System Access API): NAME.part, renamed on
+//   close. `held(path, size)` tells the client what the folder holds already (a part to
+//   continue, or the file itself), and `open` with an offset continues that part. Written
+//   bytes are committed to the part from time to time (see `commitDue`) so a reload loses
+//   little; `keep()` commits the rest.
 // - downloadSinks: a streamed download through the service worker (sw.js); flow-controlled
 //   by credits so memory never holds more than a few chunks.
 // - memorySinks: last resort when neither exists (no secure context): the file is kept as a
@@ -68,6 +73,11 @@ class DownloadSink {
     this.cleanup();
   }
 
+  // A download cannot be appended to later: an unfinished one is dropped.
+  keep() {
+    this.abort('the transfer stopped before this file was complete');
+  }
+
   cleanup() {
     // The download manager owns the response once it started; the frame can go later.
     setTimeout(() => { this.frame.remove(); this.port.close(); }, 30_000);
@@ -76,7 +86,8 @@ class DownloadSink {
 
 export function downloadSinks(worker) {
   return {
-    async open(path, size) {
+    async open(path, size, offset = 0) {
+      if (offset > 0) throw new Error('a download cannot be continued');
       const id = crypto.randomUUID();
       const { port1, port2 } = new MessageChannel();
       const registered = new Promise((resolve) => {
@@ -103,19 +114,76 @@ async function exists(dir, name) {
   }
 }
 
+/** The file `name` in `dir`, or null. */
+async function fileIn(dir, name) {
+  try {
+    return await (await dir.getFileHandle(name)).getFile();
+  } catch {
+    return null;
+  }
+}
+
+/** Bytes written but not yet in the part are committed once they reach this, or half of what
+ * the part holds if more: a commit copies the part (the browser writes through a swap file),
+ * so growing the step with the part keeps the copying within twice the file's size. */
+const COMMIT_MIN = 16 << 20;
+
+function commitDue(committed, written) {
+  return written - committed >= Math.max(COMMIT_MIN, committed / 2);
+}
+
 export function folderSinks(root) {
+  const dirOf = async (parts, create) => {
+    let dir = root;
+    for (const p of parts) dir = await dir.getDirectoryHandle(p, { create });
+    return dir;
+  };
   return {
-    async open(path, size) {
+    async held(path, size) {
       const parts = path.split('/');
       const name = parts.pop();
-      let dir = root;
-      for (const p of parts) dir = await dir.getDirectoryHandle(p, { create: true });
-      if (await exists(dir, name)) return null;
+      let dir;
+      try {
+        dir = await dirOf(parts, false);
+      } catch {
+        return null;
+      }
+      const saved = await fileIn(dir, name);
+      if (saved && saved.size === size) return { file: saved, whole: true };
+      const part = await fileIn(dir, `${name}.part`);
+      if (part && part.size > 0 && part.size <= size) return { file: part, whole: false };
+      return null;
+    },
+
+    async open(path, size, offset = 0) {
+      const parts = path.split('/');
+      const name = parts.pop();
+      const dir = await dirOf(parts, true);
+      if (offset === 0 && await exists(dir, name)) return null;
       const partName = `${name}.part`;
       const handle = await dir.getFileHandle(partName, { create: true });
-      const writable = await handle.createWritable();
+      if (offset > 0 && (await handle.getFile()).size < offset) {
+        throw new Error('the partial file to continue is shorter than it was');
+      }
+      let writable = await handle.createWritable({ keepExistingData: offset > 0 });
+      if (offset > 0) {
+        await writable.truncate(offset);
+        await writable.seek(offset);
+      }
+      let written = offset;
+      let committed = offset;
+      const commit = async () => {
+        await writable.close();
+        committed = written;
+        writable = await handle.createWritable({ keepExistingData: true });
+        await writable.seek(written);
+      };
       return {
-        write: (chunk) => writable.write(chunk),
+        async write(chunk) {
+          await writable.write(chunk);
+          written += chunk.byteLength;
+          if (commitDue(committed, written)) await commit();
+        },
         async close() {
           await writable.close();
           if (typeof handle.move === 'function') {
@@ -130,6 +198,10 @@ export function folderSinks(root) {
         },
         abort() {
           writable.abort().catch(() => {}).finally(() => dir.removeEntry(partName).catch(() => {}));
+        },
+        // Everything written goes into the part, which opening the link again continues.
+        keep() {
+          writable.close().catch(() => {});
         },
       };
     },
@@ -152,6 +224,7 @@ export function memorySinks() {
           setTimeout(() => URL.revokeObjectURL(url), 60_000);
         },
         abort() { parts = []; },
+        keep() { parts = []; },
       };
     },
   };

@@ -5,6 +5,7 @@
 //! names, downloads, service-worker streamed downloads); the scenario tests drive the web app
 //! that `signalling` serves against native peers and other browsers.
 
+use anyhow::Context as _;
 use punchdrop_e2e::browser::{Chromium, StaticServer, in_loopback_netns};
 use punchdrop_e2e::*;
 
@@ -912,4 +913,138 @@ fn harness_set_files_click_and_screenshots() {
 
 fn be_at(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes(b[i..i + 4].try_into().unwrap())
+}
+
+/// Replaces the folder picker before the page loads: a headless browser shows no picker, so
+/// the origin-private file system stands in for the folder a person picks. It is the same
+/// `FileSystemDirectoryHandle` API (parts, `createWritable`, `move`); nothing else changes.
+const PICK_PRIVATE_FOLDER: &str =
+    "window.showDirectoryPicker = async () => navigator.storage.getDirectory();";
+
+/// Names in the page's private folder, and the SHA-256 (hex) of `name` in it.
+fn private_folder(c: &mut Chromium, name: &str) -> anyhow::Result<(Vec<String>, String)> {
+    let name = serde_json::to_string(name)?;
+    let v = c.eval(&format!(
+        "(async () => {{ const d = await navigator.storage.getDirectory(); \
+          const names = []; for await (const k of d.keys()) names.push(k); \
+          const f = await (await d.getFileHandle({name})).getFile(); \
+          const h = new Uint8Array(await crypto.subtle.digest('SHA-256', await f.arrayBuffer())); \
+          return [names.sort(), Array.from(h, b => b.toString(16).padStart(2, '0')).join('')]; }})()"
+    ))?;
+    let names = v[0]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((names, v[1].as_str().unwrap_or_default().to_string()))
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).unwrap();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The page's last `progress`, in bytes.
+fn page_progress(c: &mut Chromium) -> u64 {
+    c.eval(
+        "(() => { const e = window.punchdropEvents || []; \
+          for (let i = e.length - 1; i >= 0; i--) if (e[i].event === 'progress') return e[i].bytes; \
+          return 0; })()",
+    )
+    .ok()
+    .and_then(|v| v.as_u64())
+    .unwrap_or(0)
+}
+
+/// A page saving to a folder is reloaded mid-file (its person confirms leaving): the reloaded
+/// page joins the room again with the link it kept for the tab (the native sender holds the
+/// room), says the transfer was interrupted, and saving to the same folder continues the part
+/// the first page committed instead of starting over. The folder is the page's private one
+/// ([`PICK_PRIVATE_FOLDER`]); loopback is throttled to 40 Mbit/s (a token bucket) so the reload lands
+/// mid-file.
+#[test]
+fn a_page_saving_to_a_folder_continues_after_a_reload() {
+    in_loopback_netns(|| {
+        let tc = std::process::Command::new("tc")
+            .args(["qdisc", "add", "dev", "lo", "root", "tbf", "rate", "40mbit"])
+            .args(["burst", "256kb", "latency", "200ms"])
+            .status()
+            .context("run tc (iproute2)")?;
+        anyhow::ensure!(tc.success(), "tc could not throttle loopback");
+        let sig = Signalling::start();
+        let src = tempfile::tempdir()?;
+        let file = src.path().join("video.mp4");
+        let size: u64 = 48 << 20;
+        make_file(&file, size, 91);
+        let (sender, link, _code) =
+            start_sender(&sig.url, &["--bind", "127.0.0.1:0"], &[file.as_path()])?;
+        let mut c = Chromium::launch_named("receiver")?;
+        c.page_call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            serde_json::json!({ "source": PICK_PRIVATE_FOLDER }),
+        )?;
+        open_offer(&mut c, &link, std::slice::from_ref(&file))?;
+        c.click("#accept-folder")?;
+        let deadline = std::time::Instant::now() + SECS(60);
+        while page_progress(&mut c) < size * 7 / 10 {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no progress to 70 %:\n{}",
+                c.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The page asks before leaving a running transfer; its person says yes.
+        c.eval("document.body.dataset.state = 'leaving'")?;
+        c.page_call("Page.reload", serde_json::json!({}))?;
+        c.wait_for(
+            "document.readyState === 'complete' && !!window.punchdropEvents",
+            SECS(30),
+        )?;
+        c.wait_state("offer", SECS(60))
+            .with_context(|| c.diagnostics())?;
+        let note = c.eval("document.querySelector('#save-note').textContent")?;
+        assert!(
+            note.as_str().unwrap_or_default().contains("interrupted"),
+            "{note}"
+        );
+        c.click("#accept-folder")?;
+        let done = expect_page_done(&mut c, 1, size)?;
+        let events = c.events()?;
+        let resumed = event::find::<event::Resumed>(&events)
+            .unwrap_or_else(|| panic!("the part was not continued: {events:?}"));
+        assert!(
+            resumed.offset >= size / 4,
+            "only {} of {size} was kept",
+            resumed.offset
+        );
+        println!(
+            "reloaded at ≥ 70 %: continued from {} MiB, moved {} MiB after the reload",
+            resumed.offset >> 20,
+            done.transferred >> 20
+        );
+        assert_eq!(done.transferred, size - resumed.offset);
+        let (names, hash) = private_folder(&mut c, "video.mp4")?;
+        assert_eq!(hash, sha256_file(&file));
+        assert!(
+            !names.iter().any(|n| n.ends_with(".part")),
+            "a part was left: {names:?}"
+        );
+        let (status, events) = sender.finish(LONG)?;
+        let sent = expect_done(status, &events);
+        assert!(
+            sent.transferred < size + size / 2,
+            "the sender moved {} for {size}",
+            sent.transferred
+        );
+        Ok(())
+    })
+    .unwrap();
 }

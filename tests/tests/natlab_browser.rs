@@ -470,3 +470,59 @@ fn a_page_dropping_on_a_nas_comes_back_after_a_long_outage() {
         page_done.transferred
     );
 }
+
+/// A page receiving a download through an outage longer than either side's ICE waits: the
+/// native sender (the room's creator) gives the connection up and holds its room; the page
+/// keeps its open download and what it received, joins the room again by itself once the
+/// network is back, and the sender continues from the page's last byte into the same
+/// download.
+#[test]
+fn a_page_receiving_comes_back_after_a_long_outage() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut spec = Spec::new(Nat::Cone, CONE);
+    spec.wan = [punchdrop_e2e::lab::Impair {
+        delay_ms: 10,
+        loss: 0.0,
+    }; 2];
+    let lab = Lab::new(spec).expect("build the NAT lab");
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("video.mp4");
+    let size: u64 = 96 << 20;
+    make_file(&file, size, 79);
+    let (sender, link) = lab.sender(&[], &[&file]).unwrap();
+    let mut c = browser(&lab, "b", "browser B (receives)");
+    c.goto(&link).unwrap();
+    c.wait_state("offer", SECS(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    c.click("#accept").unwrap();
+    let deadline = std::time::Instant::now() + SECS(60);
+    while page_progress(&mut c) < size / 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress to a fifth"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.cut_router("b").unwrap();
+    std::thread::sleep(SECS(25));
+    lab.restore_router("b").unwrap();
+    let got = c
+        .wait_download("video.mp4", size, LONG)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    assert_eq!(hash_file(&got), hash_file(&file));
+    let (_, page_done) = page_outcome(&mut c);
+    let page = c.events().unwrap();
+    assert_reconnected("the page", &page);
+    assert!(
+        event::find::<event::Resumed>(&page).is_some(),
+        "the page continued its download: {page:?}"
+    );
+    let (_, sender_done) = native_outcome(sender);
+    for (who, d) in [("page", &page_done), ("sender", &sender_done)] {
+        assert!(
+            d.transferred <= size + (16 << 20),
+            "the {who} moved {} for {size}",
+            d.transferred
+        );
+    }
+}

@@ -41,7 +41,7 @@ use wasm_bindgen::prelude::*;
 use error::{Error, Result};
 use events::Events;
 use rendezvous::Link;
-use transfer::{SinkFactory, Source};
+use transfer::{Carry, SinkFactory, Source};
 
 /// What the page tells a running session.
 pub(crate) enum Command {
@@ -203,13 +203,14 @@ async fn transfer_over(
     sources: Option<Vec<Source>>,
     events: &Events,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
+    carry: &mut Carry,
 ) -> Result<()> {
     let summary = match (link.role, sources) {
         (TransferRole::Sender, Some(sources)) => {
-            Some(transfer::send(&mut link, sources, events, cmds).await?)
+            Some(transfer::send(&mut link, sources, events, cmds, carry).await?)
         }
         (TransferRole::Sender, None) => return Err(Error::Usage("sending without files")),
-        (TransferRole::Receiver, _) => transfer::receive(&mut link, events, cmds).await?,
+        (TransferRole::Receiver, _) => transfer::receive(&mut link, events, cmds, carry).await?,
     };
     match summary {
         Some(done) => events.emit(&done.into()),
@@ -226,7 +227,10 @@ async fn share_flow(
 ) -> Result<()> {
     let rv = Rendezvous::create(&server, Want::Send, Config::default(), js::now());
     let (link, _) = rendezvous::connect(rv, &events, &mut cmds).await?;
-    transfer_over(link, Some(sources), &events, &mut cmds).await
+    let mut carry = Carry::default();
+    let result = transfer_over(link, Some(sources), &events, &mut cmds, &mut carry).await;
+    carry.end();
+    result
 }
 
 async fn open_flow(
@@ -241,24 +245,34 @@ async fn open_flow(
     let mut rv = Rendezvous::join(&inv, &server, Want::Opposite, Config::default(), js::now());
     let mut files = None;
     let mut again = false;
-    loop {
-        let (mut link, picked) = rendezvous::connect(rv, &events, &mut cmds).await?;
+    let mut carry = Carry::default();
+    let result = loop {
+        let (mut link, picked) = match rendezvous::connect(rv, &events, &mut cmds).await {
+            Ok(l) => l,
+            Err(e) => break Err(e),
+        };
         link.again = again;
         if picked.is_some() {
             files = picked;
         }
         let (role, room) = (link.role, link.room.clone());
-        match transfer_over(link, files.clone(), &events, &mut cmds).await {
-            // A page that sends still has its files: when the connection dies it joins the
-            // room again (the other side waits in it) and the receiver continues what it
-            // kept. (A receiving page keeps nothing to continue; it stops.)
-            Err(e) if e.is_link_lost() && role == TransferRole::Sender => {
-                let now = js::now();
-                let room = room.as_deref();
-                rv = Rendezvous::rejoin(&inv, room, &server, Want::Send, Config::default(), now);
+        match transfer_over(link, files.clone(), &events, &mut cmds, &mut carry).await {
+            // The other side (which made the room) holds it when the connection dies: this
+            // page joins it again and the transfer continues from what the receiver holds —
+            // a sending page still has its files, a receiving page its sinks.
+            Err(e) if e.is_link_lost() => {
+                let want = match role {
+                    TransferRole::Sender => Want::Send,
+                    TransferRole::Receiver => Want::Receive,
+                };
+                let (room, now) = (room.as_deref(), js::now());
+                rv = Rendezvous::rejoin(&inv, room, &server, want, Config::default(), now);
                 again = true;
             }
-            result => return result,
+            result => break result,
         }
-    }
+    };
+    // A folder keeps the part of a file cut off for good; the link opened again continues it.
+    carry.end();
+    result
 }

@@ -15,9 +15,10 @@ use protocol::event;
 use protocol::path::{PairView, PathTrack};
 use protocol::transfer::names::{self, SafePath};
 use protocol::transfer::{
-    CancelReason, DATA_HEADER_LEN, OfferEntry, ReadRequest, Received, Receiver, ReceiverEvent,
-    SEND_STALL, STOPPED, Sender, SenderEvent,
+    CancelReason, DATA_HEADER_LEN, Hold, Offer, OfferEntry, ReadRequest, Received, Receiver,
+    ReceiverEvent, SEND_STALL, STOPPED, Sender, SenderEvent,
 };
+use std::collections::HashSet;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{MessageEvent, RtcDataChannel, RtcDataChannelState, RtcPeerConnectionState};
@@ -43,9 +44,20 @@ extern "C" {
     #[derive(Debug, Clone)]
     pub type SinkFactory;
     /// Open `path` (relative, `/`-separated) for `size` bytes. Resolves to a [`Sink`], or
-    /// `null` when that name is taken (the caller then tries a numbered name).
+    /// `null` when that name is taken (the caller then tries a numbered name). With `offset`
+    /// above 0 it continues the part of `path` that [`SinkFactory::held`] reported, keeping
+    /// exactly its first `offset` bytes.
     #[wasm_bindgen(method, catch)]
-    fn open(this: &SinkFactory, path: &str, size: f64) -> Result<js_sys::Promise, JsValue>;
+    fn open(
+        this: &SinkFactory,
+        path: &str,
+        size: f64,
+        offset: f64,
+    ) -> Result<js_sys::Promise, JsValue>;
+    /// Optional (folders only): what the destination already holds of `path` — resolves to
+    /// `{file, whole}` (a `File`: the saved file itself when `whole`, else its part) or null.
+    #[wasm_bindgen(method, catch)]
+    fn held(this: &SinkFactory, path: &str, size: f64) -> Result<js_sys::Promise, JsValue>;
 
     /// One file being written. Nothing appears under the final name before `close`.
     #[derive(Debug, Clone)]
@@ -56,6 +68,10 @@ extern "C" {
     fn close(this: &Sink) -> Result<js_sys::Promise, JsValue>;
     #[wasm_bindgen(method)]
     fn abort(this: &Sink, reason: &str);
+    /// The run ends with this file unfinished: a folder keeps its part (the link opened again
+    /// continues it); a download, which cannot be appended to later, is dropped.
+    #[wasm_bindgen(method)]
+    fn keep(this: &Sink);
 }
 
 /// One thing to send: a file (with its `File`) or a folder.
@@ -231,20 +247,25 @@ impl BlobReader {
     }
 }
 
-/// The first `len` bytes of `src` hashed, a block at a time, for the receiver's claim to hold
-/// them. Fewer if they cannot be read: the beginnings then differ and the file is sent again.
+/// The first `len` bytes of `src` hashed, for the receiver's claim to hold them.
 async fn hash_prefix(src: &Source, len: u64) -> blake3::Hasher {
+    match src.file.as_ref() {
+        Some(file) => hash_blob(file, len).await,
+        None => blake3::Hasher::new(),
+    }
+}
+
+/// The first `len` bytes of `blob` hashed, a block at a time. Fewer if they cannot be read:
+/// the beginnings then differ and the file is sent again.
+async fn hash_blob(blob: &web_sys::Blob, len: u64) -> blake3::Hasher {
     let mut hasher = blake3::Hasher::new();
-    let Some(file) = src.file.as_ref() else {
-        return hasher;
-    };
     while hasher.count() < len {
         let at = hasher.count();
         let end = (at + READ_BLOCK).min(len);
-        let Ok(blob) = file.slice_with_f64_and_f64(at as f64, end as f64) else {
+        let Ok(slice) = blob.slice_with_f64_and_f64(at as f64, end as f64) else {
             break;
         };
-        let Ok(buf) = js::wait(blob.array_buffer()).await else {
+        let Ok(buf) = js::wait(slice.array_buffer()).await else {
             break;
         };
         let bytes = js_sys::Uint8Array::new(&buf).to_vec();
@@ -325,6 +346,7 @@ pub async fn send(
     sources: Vec<Source>,
     events: &Events,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
+    carry: &mut Carry,
 ) -> Result<Summary> {
     let mut wire = Wire::new(&link.dc);
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
@@ -439,6 +461,7 @@ pub async fn send(
         }
     }
     .await;
+    carry.moved += sm.bytes_sent();
     if let Err(e) = result {
         wire.flush(|| sm.poll_transmit(js::now())).await;
         return Err(e);
@@ -449,15 +472,47 @@ pub async fn send(
     Ok(Summary {
         files,
         bytes: total,
-        transferred: sm.bytes_sent(),
+        transferred: carry.moved,
         seconds,
         path: paths.track.report(sm.peer_path()),
     })
 }
 
-/// The file being written.
+/// The file being written and how many of its bytes the sink holds.
+#[derive(Debug)]
 struct Current {
+    index: u32,
+    written: u64,
     sink: Sink,
+}
+
+/// What a page keeps from one connection to the next of the same run: the bytes every
+/// connection moved and, receiving, the accepted offer with its destination, what is held of
+/// it (claimed at the next accept, [`Receiver::holding`]), the files saved, and the sink of
+/// the file the connection cut off, still open, so a download continues too.
+#[derive(Debug, Default)]
+pub struct Carry {
+    pub moved: u64,
+    accepted: Option<(Offer, SinkFactory)>,
+    holding: Vec<(u32, Hold)>,
+    saved: HashSet<u32>,
+    open: Option<Current>,
+}
+
+impl Carry {
+    /// The run ends: the file cut off keeps its part in a folder, a download of it is dropped.
+    pub fn end(&mut self) {
+        if let Some(cur) = self.open.take() {
+            cur.sink.keep();
+        }
+    }
+
+    /// The run failed on its own (not a lost connection): nothing unfinished is kept.
+    fn discard(&mut self, reason: &str) {
+        if let Some(cur) = self.open.take() {
+            cur.sink.abort(reason);
+        }
+    }
 }
 
 /// Open a sink for `path`, numbering the name while it is taken.
@@ -477,29 +532,91 @@ async fn open_sink(factory: &SinkFactory, path: &SafePath, size: u64) -> Result<
             Some(d) => format!("{d}/{candidate}"),
             None => candidate,
         };
-        let promise = factory
-            .open(&p, size as f64)
-            .map_err(|e| Error::Write(js::message(&e)))?;
-        let sink = js::wait(promise).await.map_err(Error::Write)?;
-        if !sink.is_null() && !sink.is_undefined() {
-            return Ok(sink.unchecked_into());
+        if let Some(sink) = open_at(factory, &p, size, 0).await? {
+            return Ok(sink);
         }
     }
     Err(Error::Write("too many files with that name".into()))
 }
 
-/// Result of a receive: the summary, or `None` when the person declined the offer.
+/// Open a sink for `path` from `offset`; `None` when the name is taken.
+async fn open_at(
+    factory: &SinkFactory,
+    path: &str,
+    size: u64,
+    offset: u64,
+) -> Result<Option<Sink>> {
+    let promise = factory
+        .open(path, size as f64, offset as f64)
+        .map_err(|e| Error::Write(js::message(&e)))?;
+    let sink = js::wait(promise).await.map_err(Error::Write)?;
+    Ok((!sink.is_null() && !sink.is_undefined()).then(|| sink.unchecked_into()))
+}
+
+/// What the destination already holds of the offer's files (a folder picked again after a
+/// reload): their parts, and files saved whole under their own name. `whole` gets the latter.
+async fn held_in(
+    factory: &SinkFactory,
+    offer: &Offer,
+    whole: &mut HashSet<u32>,
+) -> Vec<(u32, Hold)> {
+    let mut out = Vec::new();
+    if !js::get(factory, "held").is_function() {
+        return out;
+    }
+    for (index, (path, entry)) in offer.entries.iter().enumerate() {
+        if entry.dir || entry.size == 0 {
+            continue;
+        }
+        let Ok(promise) = factory.held(path.as_str(), entry.size as f64) else {
+            continue;
+        };
+        let Ok(found) = js::wait(promise).await else {
+            continue;
+        };
+        let Ok(file) = js::get(&found, "file").dyn_into::<web_sys::Blob>() else {
+            continue;
+        };
+        let len = (file.size() as u64).min(entry.size);
+        if len == 0 {
+            continue;
+        }
+        let hasher = hash_blob(&file, len).await;
+        if hasher.count() != len {
+            continue;
+        }
+        if js::get(&found, "whole").as_bool() == Some(true) {
+            whole.insert(index as u32);
+        }
+        out.push((index as u32, Hold::from(hasher)));
+    }
+    out
+}
+
+/// The person's answer to an offer the page has not accepted before; `None`: declined.
+enum Answer {
+    /// Accepted: where it goes and what is held of it already.
+    Accept(SinkFactory, Vec<(u32, Hold)>),
+    Decline,
+}
+
+/// Result of a receive: the summary, or `None` when the person declined the offer. A lost
+/// connection leaves in `carry` what the next one continues.
 pub async fn receive(
     link: &mut Link,
     events: &Events,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
+    carry: &mut Carry,
 ) -> Result<Option<Summary>> {
     let mut wire = Wire::new(&link.dc);
     let mut sm = Receiver::new(js::now());
     let mut paths = Paths::start(link, |p| sm.set_path(p));
     let mut factory: Option<SinkFactory> = None;
-    let mut offer = None;
+    let mut offer: Option<Offer> = None;
     let mut current: Option<Current> = None;
+    // Files held whole here (saved earlier in the run, or found in the folder): nothing to
+    // write when the sender agrees.
+    let mut whole = HashSet::new();
     let mut files_total = 0;
     let mut started = None;
     let mut first_byte = false;
@@ -530,44 +647,67 @@ pub async fn receive(
                             ReceiverEvent::Offer(o) => {
                                 paths.connected(events, sm.peer_path());
                                 files_total = o.file_count();
-                                events.emit(&event::Offer::from(&o).into());
-                                match decide(&mut wire, &mut sm, cmds).await? {
-                                    Some(f) => {
-                                        factory = Some(f);
-                                        sm.accept()?;
-                                        started = Some(js::now());
-                                        events.emit(&event::Accepted { files: files_total, bytes: o.total_bytes }.into());
+                                // The same offer again (a new connection of this run): it goes
+                                // where it went, claiming what is held, without asking again.
+                                let again = carry.accepted.as_ref().filter(|(prev, _)| *prev == o);
+                                let (f, held) = match again {
+                                    Some((_, f)) => {
+                                        whole = carry.saved.clone();
+                                        (f.clone(), std::mem::take(&mut carry.holding))
                                     }
                                     None => {
-                                        sm.decline("the receiver declined the files");
-                                        return Ok(false);
+                                        carry.discard("a different offer");
+                                        carry.saved.clear();
+                                        events.emit(&event::Offer::from(&o).into());
+                                        match decide(&mut wire, &mut sm, cmds, &o, &mut whole).await? {
+                                            Answer::Accept(f, held) => {
+                                                events.emit(&event::Accepted { files: files_total, bytes: o.total_bytes }.into());
+                                                (f, held)
+                                            }
+                                            Answer::Decline => {
+                                                sm.decline("the receiver declined the files");
+                                                return Ok(false);
+                                            }
+                                        }
                                     }
-                                }
+                                };
+                                sm.accept_holding(held)?;
+                                started = Some(js::now());
+                                carry.accepted = Some((o.clone(), f.clone()));
+                                factory = Some(f);
                                 offer = Some(o);
                             }
-                            // The page accepts holding nothing, so every file starts at 0.
-                            ReceiverEvent::FileStart { index, offset: 0 } => {
+                            ReceiverEvent::FileStart { index, offset } => {
                                 let (path, entry) = offer.as_ref().and_then(|o| o.entries.get(index as usize))
                                     .ok_or(Error::Usage("file outside the offer"))?;
+                                if whole.contains(&index) && offset == entry.size {
+                                    continue;
+                                }
                                 let f = factory.as_ref().ok_or(Error::Usage("no destination"))?;
-                                let sink = match open_sink(f, path, entry.size).await {
-                                    Ok(s) => s,
+                                current = match start_file(f, carry, index, path, entry.size, offset).await {
+                                    Ok(c) => Some(c),
                                     Err(e) => {
                                         sm.cancel(CancelReason::Io, "the receiver could not write a file");
                                         return Err(e);
                                     }
                                 };
-                                current = Some(Current { sink });
                             }
                             ReceiverEvent::FileVerified { index } => {
-                                // Empty files have no data frames, hence no FileStart.
                                 let cur = match current.take() {
                                     Some(c) => c,
+                                    // Held whole here, and the sender agreed.
+                                    None if whole.contains(&index) => {
+                                        sm.file_saved(index)?;
+                                        carry.saved.insert(index);
+                                        events.emit(&event::FileDone { index }.into());
+                                        continue;
+                                    }
+                                    // An empty file (no data, so no sink yet).
                                     None => {
                                         let (path, _) = offer.as_ref().and_then(|o| o.entries.get(index as usize))
                                             .ok_or(Error::Usage("file outside the offer"))?;
                                         let f = factory.as_ref().ok_or(Error::Usage("no destination"))?;
-                                        Current { sink: open_sink(f, path, 0).await? }
+                                        Current { index, written: 0, sink: open_sink(f, path, 0).await? }
                                     }
                                 };
                                 let closed = match cur.sink.close() {
@@ -582,15 +722,14 @@ pub async fn receive(
                                     paths.at_end_of_part(link, |p| sm.set_path(p)).await;
                                 }
                                 sm.file_saved(index)?;
+                                carry.saved.insert(index);
                                 events.emit(&event::FileDone { index }.into());
-                            }
-                            ReceiverEvent::FileStart { .. } => {
-                                return Err(Error::Usage("a file resumed that the page does not hold"));
                             }
                             ReceiverEvent::Resumed { index, offset } => {
                                 events.emit(&event::Resumed { index, offset }.into());
                             }
                             ReceiverEvent::StartsOver { index } => {
+                                whole.remove(&index);
                                 events.emit(&event::FileRestarted { index }.into());
                             }
                             ReceiverEvent::Completed => {}
@@ -602,7 +741,8 @@ pub async fn receive(
                             let ms_since_room = (js::now() - both_in_room).as_secs_f64() * 1e3;
                             events.emit(&event::FirstByte { ms_since_room }.into());
                         }
-                        let cur = current.as_ref().ok_or(Error::Usage("data before file start"))?;
+                        let cur = current.as_mut().ok_or(Error::Usage("data before file start"))?;
+                        let len = bytes.length() as u64;
                         let written = match cur.sink.write(bytes) {
                             Ok(p) => js::wait(p).await,
                             Err(e) => Err(js::message(&e)),
@@ -611,6 +751,7 @@ pub async fn receive(
                             sm.cancel(CancelReason::Io, "the receiver could not write a file");
                             return Err(Error::Write(e));
                         }
+                        cur.written += len;
                         progress.report(events, sm.bytes_done(), sm.total_bytes());
                     }
                 }
@@ -627,6 +768,7 @@ pub async fn receive(
         }
     }
     .await;
+    carry.moved += sm.bytes_received();
     match result {
         Ok(true) => {
             // Our last acknowledgements must leave before the connection is torn down.
@@ -637,7 +779,7 @@ pub async fn receive(
             Ok(Some(Summary {
                 files: files_total,
                 bytes: sm.total_bytes(),
-                transferred: sm.bytes_received(),
+                transferred: carry.moved,
                 seconds,
                 path: paths.track.report(sm.peer_path()),
             }))
@@ -646,27 +788,76 @@ pub async fn receive(
             wire.flush(|| sm.poll_transmit(js::now())).await;
             Ok(None)
         }
+        // The connection went, not the transfer: what is held, and the open file, carry on.
+        Err(e) if e.is_link_lost() && !sm.has_failed() => {
+            carry.holding = sm.holding();
+            carry.open = current.take();
+            Err(e)
+        }
         Err(e) => {
             if let Some(cur) = current.take() {
                 cur.sink.abort(&e.to_string());
             }
+            carry.discard(&e.to_string());
+            carry.accepted = None;
             wire.flush(|| sm.poll_transmit(js::now())).await;
             Err(e)
         }
     }
 }
 
-/// Wait for the person's answer to an offer, while watching for the sender giving up.
+/// File `index` starts at `offset`: the sink the last connection left open when it goes on
+/// from there, the folder's part when one was claimed, else a new file (numbered if taken).
+async fn start_file(
+    factory: &SinkFactory,
+    carry: &mut Carry,
+    index: u32,
+    path: &SafePath,
+    size: u64,
+    offset: u64,
+) -> Result<Current> {
+    if let Some(open) = carry.open.take() {
+        if open.index == index && open.written == offset {
+            return Ok(open);
+        }
+        // Not continued from there: that file starts over.
+        open.sink.abort("the file starts over");
+    }
+    if offset == 0 {
+        let sink = open_sink(factory, path, size).await?;
+        return Ok(Current {
+            index,
+            written: 0,
+            sink,
+        });
+    }
+    let sink = open_at(factory, path.as_str(), size, offset)
+        .await?
+        .ok_or_else(|| Error::Write("the partial file to continue is gone".into()))?;
+    Ok(Current {
+        index,
+        written: offset,
+        sink,
+    })
+}
+
+/// Wait for the person's answer to an offer, while watching for the sender giving up. An
+/// accept looks in the destination for what it holds already.
 async fn decide(
     wire: &mut Wire,
     sm: &mut Receiver,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
-) -> Result<Option<SinkFactory>> {
+    offer: &Offer,
+    whole: &mut HashSet<u32>,
+) -> Result<Answer> {
     loop {
         futures::select! {
             cmd = cmds.next() => match cmd {
-                Some(Command::Accept(f)) => return Ok(Some(f)),
-                Some(Command::Decline) => return Ok(None),
+                Some(Command::Accept(f)) => {
+                    let held = held_in(&f, offer, whole).await;
+                    return Ok(Answer::Accept(f, held));
+                }
+                Some(Command::Decline) => return Ok(Answer::Decline),
                 Some(Command::Cancel) | None => {
                     sm.cancel(CancelReason::Cancelled, STOPPED);
                     return Err(Error::Cancelled);

@@ -35,7 +35,7 @@ mod receiver;
 mod sender;
 
 pub use frame::{Control, DATA_HEADER_LEN, Frame, MAX_FRAME};
-pub use receiver::{Limits, Received, Receiver, ReceiverEvent};
+pub use receiver::{Hold, Limits, Received, Receiver, ReceiverEvent};
 pub use sender::{ReadRequest, Sender, SenderEvent};
 
 use core::time::Duration;
@@ -211,6 +211,8 @@ impl TransferError {
 struct Continued {
     start: std::collections::HashMap<usize, u64>,
     hash: std::collections::HashMap<usize, blake3::Hasher>,
+    /// Files held whole (receiver only): their hash, in place of a hash state.
+    whole: std::collections::HashMap<usize, blake3::Hash>,
     /// Sum of the held lengths.
     bytes: u64,
 }
@@ -222,6 +224,41 @@ impl Continued {
         self.start.insert(index as usize, len);
         self.hash.insert(index as usize, hasher);
         self.bytes += len;
+    }
+
+    /// File `index` continues after what `hold` says is held (receiver).
+    fn insert_hold(&mut self, index: u32, hold: receiver::Hold) {
+        match hold {
+            receiver::Hold::Prefix(h) => self.insert(index, *h),
+            receiver::Hold::Whole { len, hash } => {
+                self.start.insert(index as usize, len);
+                self.whole.insert(index as usize, hash);
+                self.bytes += len;
+            }
+        }
+    }
+
+    /// File `index` begins: its hash if it is held whole.
+    fn enter_whole(&mut self, index: usize) -> Option<blake3::Hash> {
+        self.whole.remove(&index)
+    }
+
+    /// What is held of files after `cur`, not begun yet (receiver).
+    fn not_entered(&self, cur: usize) -> impl Iterator<Item = (u32, receiver::Hold)> + '_ {
+        let prefixes = self
+            .hash
+            .iter()
+            .filter(move |(i, _)| **i > cur)
+            .map(|(i, h)| (*i as u32, receiver::Hold::from(h.clone())));
+        let whole = self
+            .whole
+            .iter()
+            .filter(move |(i, _)| **i > cur)
+            .map(|(i, hash)| {
+                let len = self.start_of(*i);
+                (*i as u32, receiver::Hold::Whole { len, hash: *hash })
+            });
+        prefixes.chain(whole)
     }
 
     /// Where file `index`'s data starts: after the held bytes, or at 0.

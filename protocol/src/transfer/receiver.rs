@@ -32,6 +32,44 @@ pub enum ReceiverEvent {
     Completed,
 }
 
+/// What a receiver holds of one offered file, to claim in [`Receiver::accept_holding`].
+#[derive(Debug, Clone)]
+pub enum Hold {
+    /// A beginning: the hash state of its bytes (`Hasher::count` says how many; ~2 KB, hence
+    /// boxed).
+    Prefix(Box<blake3::Hasher>),
+    /// The whole file, saved and verified earlier in this run: its length and hash (40 bytes
+    /// where a [`Hold::Prefix`] holds ~2 KB: a run keeps one per saved file).
+    Whole { len: u64, hash: blake3::Hash },
+}
+
+impl Hold {
+    /// Bytes held.
+    pub fn len(&self) -> u64 {
+        match self {
+            Hold::Prefix(h) => h.count(),
+            Hold::Whole { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn hash(&self) -> blake3::Hash {
+        match self {
+            Hold::Prefix(h) => h.finalize(),
+            Hold::Whole { hash, .. } => *hash,
+        }
+    }
+}
+
+impl From<blake3::Hasher> for Hold {
+    fn from(h: blake3::Hasher) -> Self {
+        Hold::Prefix(Box::new(h))
+    }
+}
+
 /// What a frame handed to the caller directly, to avoid copying payloads into events.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received<'a> {
@@ -101,9 +139,14 @@ pub struct Receiver {
     to_save: usize,
     bytes_received: u64,
     /// Held beginnings offered in the accept, by file index, until the sender answers.
-    held: BTreeMap<u32, blake3::Hasher>,
+    held: BTreeMap<u32, Hold>,
     /// Files that continue after what is held here.
     continued: Continued,
+    /// The current file was claimed whole: its hash, checked against the sender's at its end.
+    whole: Option<blake3::Hash>,
+    /// Hashes of verified files, by index, and whether each is saved: what
+    /// [`Receiver::holding`] claims whole on the next connection.
+    verified: BTreeMap<u32, (blake3::Hash, bool)>,
 }
 
 impl Receiver {
@@ -133,6 +176,8 @@ impl Receiver {
             bytes_received: 0,
             held: BTreeMap::new(),
             continued: Continued::default(),
+            whole: None,
+            verified: BTreeMap::new(),
         }
     }
 
@@ -365,30 +410,31 @@ impl Receiver {
 
     /// Accept the offer; data starts to flow.
     pub fn accept(&mut self) -> Result<(), TransferError> {
-        self.accept_holding(Vec::new())
+        self.accept_holding(Vec::<(u32, Hold)>::new())
     }
 
     /// Accept the offer, saying which beginnings of offered files this side already holds:
-    /// for each, the file's index and the hash state of its first bytes (what
-    /// `Hasher::count` says were hashed). The sender compares them with its own and answers
-    /// before any data ([`ReceiverEvent::Resumed`] or [`ReceiverEvent::StartsOver`]).
-    pub fn accept_holding(
+    /// for each, the file's index and what is held ([`Hold`]; a `blake3::Hasher` of the first
+    /// bytes converts). The sender compares them with its own and answers before any data
+    /// ([`ReceiverEvent::Resumed`] or [`ReceiverEvent::StartsOver`]).
+    pub fn accept_holding<H: Into<Hold>>(
         &mut self,
-        held: Vec<(u32, blake3::Hasher)>,
+        held: Vec<(u32, H)>,
     ) -> Result<(), TransferError> {
         if self.state != State::Deciding {
             return Err(TransferError::Usage("accept without a pending offer"));
         }
         self.held.clear();
         let mut resume = Vec::with_capacity(held.len());
-        for (index, hasher) in held {
+        for (index, hold) in held {
+            let hold = hold.into();
             let size = self
                 .entries
                 .get(index as usize)
                 .filter(|e| !e.dir)
                 .map(|e| e.size)
                 .ok_or(TransferError::Usage("held beginning of a file not offered"))?;
-            let offset = hasher.count();
+            let offset = hold.len();
             if offset == 0 || offset > size {
                 return Err(TransferError::Usage(
                     "held beginning empty or beyond the file",
@@ -397,9 +443,9 @@ impl Receiver {
             resume.push(Held {
                 index,
                 offset,
-                blake3: hasher.finalize().to_hex().to_string(),
+                blake3: hold.hash().to_hex().to_string(),
             });
-            if self.held.insert(index, hasher).is_some() {
+            if self.held.insert(index, hold).is_some() {
                 return Err(TransferError::Usage("held beginning given twice"));
             }
         }
@@ -415,6 +461,45 @@ impl Receiver {
         Ok(())
     }
 
+    /// Everything of the accepted offer this side holds now, to claim on a next connection
+    /// with the same offer: saved files whole, the current file's received beginning, and
+    /// beginnings claimed earlier but not reached yet. The caller must hold exactly this
+    /// (a sink that received every data frame handed out, in order).
+    pub fn holding(&self) -> Vec<(u32, Hold)> {
+        let size = |i: u32| self.entries.get(i as usize).map_or(0, |e| e.size);
+        let mut out: Vec<(u32, Hold)> = self
+            .verified
+            .iter()
+            .filter(|(i, (_, saved))| *saved && size(**i) > 0)
+            .map(|(i, (hash, _))| {
+                let len = size(*i);
+                (*i, Hold::Whole { len, hash: *hash })
+            })
+            .collect();
+        let cur = self.cur as u32;
+        let current = self.state == State::Receiving
+            && self.cur < self.entries.len()
+            && self.offset > 0
+            && !self.verified.contains_key(&cur);
+        if current {
+            out.push(match self.whole {
+                Some(hash) => (
+                    cur,
+                    Hold::Whole {
+                        len: self.offset,
+                        hash,
+                    },
+                ),
+                None => (cur, Hold::from(self.hasher.clone())),
+            });
+        }
+        out.extend(self.held.iter().map(|(i, h)| (*i, h.clone())));
+        out.extend(self.continued.not_entered(self.cur));
+        out.sort_by_key(|(i, _)| *i);
+        out.dedup_by_key(|(i, _)| *i);
+        out
+    }
+
     /// The sender's answer to our held beginnings: exactly those files, each continued from
     /// what we hold or started over.
     fn on_resume(&mut self, files: Vec<ResumeAt>) -> Result<(), TransferError> {
@@ -425,11 +510,11 @@ impl Receiver {
             ));
         }
         for ResumeAt { index, offset } in files {
-            let hasher = self.held.remove(&index).expect("listed above");
+            let hold = self.held.remove(&index).expect("listed above");
             if offset == 0 {
                 self.events.push_back(ReceiverEvent::StartsOver { index });
-            } else if offset == hasher.count() {
-                self.continued.insert(index, hasher);
+            } else if offset == hold.len() {
+                self.continued.insert_hold(index, hold);
                 self.events
                     .push_back(ReceiverEvent::Resumed { index, offset });
             } else {
@@ -455,6 +540,7 @@ impl Receiver {
     /// or 0, with the hash state of the bytes before.
     fn enter_file(&mut self) {
         (self.offset, self.hasher) = self.continued.enter(self.cur);
+        self.whole = self.continued.enter_whole(self.cur);
     }
 
     fn complete_if_all_saved(&mut self) {
@@ -526,10 +612,12 @@ impl Receiver {
         if self.offset != self.entries[self.cur].size {
             return Err(TransferError::OutOfOrder);
         }
-        let ours = std::mem::take(&mut self.hasher).finalize();
+        let hasher = std::mem::take(&mut self.hasher);
+        let ours = self.whole.take().unwrap_or_else(|| hasher.finalize());
         if !ours.to_hex().eq_ignore_ascii_case(hash) {
             return Err(TransferError::HashMismatch { index });
         }
+        self.verified.insert(index, (ours, false));
         self.events.push_back(ReceiverEvent::FileVerified { index });
         self.cur += 1;
         self.started = false;
@@ -545,6 +633,9 @@ impl Receiver {
         }
         self.out
             .push_back(frame::encode_control(&Control::FileAck { index }));
+        if let Some((_, saved)) = self.verified.get_mut(&index) {
+            *saved = true;
+        }
         self.saved += 1;
         self.complete_if_all_saved();
         Ok(())

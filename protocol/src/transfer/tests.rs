@@ -35,6 +35,9 @@ struct Harness {
     /// Beginnings the receiving side kept from an earlier run (its `.part` files), offered in
     /// its accept.
     held: BTreeMap<u32, Vec<u8>>,
+    /// What the accept claims, when not the hashes of `held` (a receiver's own
+    /// [`Receiver::holding`] from an earlier connection).
+    holds: Option<Vec<(u32, Hold)>>,
     tx_events: Vec<SenderEvent>,
     rx_events: Vec<ReceiverEvent>,
 }
@@ -62,6 +65,7 @@ impl Harness {
             accept: true,
             reads: VecDeque::new(),
             held: BTreeMap::new(),
+            holds: None,
             tx_events: Vec::new(),
             rx_events: Vec::new(),
         }
@@ -181,11 +185,15 @@ impl Harness {
                 ReceiverEvent::Offer(_) => {
                     self.offers_seen += 1;
                     if self.accept {
-                        let held = self
-                            .held
-                            .iter()
-                            .map(|(i, b)| (*i, blake3::Hasher::new().update(b).clone()))
-                            .collect();
+                        let hashed = || {
+                            self.held
+                                .iter()
+                                .map(|(i, b)| {
+                                    (*i, Hold::from(blake3::Hasher::new().update(b).clone()))
+                                })
+                                .collect()
+                        };
+                        let held = self.holds.take().unwrap_or_else(hashed);
                         self.rx.accept_holding(held).unwrap();
                     } else {
                         self.rx.decline("no thanks");
@@ -862,6 +870,71 @@ fn held_beginnings_are_continued_not_resent() {
         .filter(|e| matches!(e, SenderEvent::CheckPrefix { .. }))
         .collect();
     assert_eq!(asked.len(), 3);
+}
+
+#[test]
+fn a_receiver_claims_what_it_holds_on_the_next_connection() {
+    let (entries, sources) = mixed();
+    let mut first = Harness::new(entries.clone(), sources.clone(), 4096);
+    // The connection dies with top.bin saved and c.jpg partly received.
+    for _ in 0..10_000 {
+        let partial = first.parts.get(&4).is_some_and(|p| !p.is_empty());
+        if first.saved.contains_key(&0) && partial {
+            break;
+        }
+        assert!(first.step(), "stalled before c.jpg began");
+    }
+    let part = first.parts[&4].clone();
+    assert!(part.len() < sources[4].len());
+    let holding = first.rx.holding();
+    let claimed: Vec<(u32, u64)> = holding.iter().map(|(i, h)| (*i, h.len())).collect();
+    // The saved empty file is not claimed (there is nothing to hash).
+    assert_eq!(claimed, vec![(0, 200_000), (4, part.len() as u64)]);
+    assert!(matches!(holding[0].1, Hold::Whole { .. }));
+
+    let mut next = Harness::new(entries, sources.clone(), 4096);
+    next.held.insert(0, first.saved[&0].clone());
+    next.held.insert(4, part.clone());
+    next.holds = Some(holding);
+    next.run();
+    assert_eq!((next.tx_err.clone(), next.rx_err.clone()), (None, None));
+    assert!(next.tx.is_done() && next.rx.is_done());
+    assert_eq!(saved_files(&next), expected_mixed(&sources));
+    let missing = (sources[4].len() - part.len()) as u64 + 7;
+    assert_eq!(next.tx.bytes_sent(), missing);
+    assert_eq!(next.rx.bytes_received(), missing);
+    for (index, offset) in [(0, 200_000), (4, part.len() as u64)] {
+        assert!(
+            next.rx_events
+                .contains(&ReceiverEvent::Resumed { index, offset })
+        );
+    }
+    // A third connection would claim every file whole.
+    let all: Vec<(u32, u64)> = next
+        .rx
+        .holding()
+        .iter()
+        .map(|(i, h)| (*i, h.len()))
+        .collect();
+    assert_eq!(all, vec![(0, 200_000), (4, 65_536), (5, 7)]);
+}
+
+#[test]
+fn a_whole_claim_whose_file_changed_starts_over() {
+    let (entries, sources) = mixed();
+    let mut h = Harness::new(entries, sources.clone(), 16 * 1024);
+    let mut stale = sources[5].clone();
+    stale[0] ^= 1;
+    let hash = blake3::hash(&stale);
+    h.held.insert(5, stale);
+    h.holds = Some(vec![(5, Hold::Whole { len: 7, hash })]);
+    h.run();
+    assert_eq!((h.tx_err.clone(), h.rx_err.clone()), (None, None));
+    assert_eq!(saved_files(&h), expected_mixed(&sources));
+    assert!(
+        h.rx_events
+            .contains(&ReceiverEvent::StartsOver { index: 5 })
+    );
 }
 
 #[test]
