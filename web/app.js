@@ -186,6 +186,7 @@ function onEvent(ev) {
       fail('You declined the files. Nothing was saved.');
       break;
     case 'error':
+      sessionStorage.removeItem(LINK_KEY);
       fail(ev.message);
       break;
     default:
@@ -326,6 +327,21 @@ function wire() {
   });
 }
 
+/** How long a reload may use the kept link: the server's longest room lifetime (2 h). */
+const KEEP_LINK_MS = 2 * 60 * 60 * 1000;
+
+/** The link this tab kept for a reload, unless it is stale. */
+function keptLink() {
+  try {
+    const { link, until } = JSON.parse(sessionStorage.getItem(LINK_KEY) ?? 'null') ?? {};
+    if (typeof link === 'string' && until > Date.now()) return link;
+  } catch {
+    // Not ours, or broken: forget it.
+  }
+  sessionStorage.removeItem(LINK_KEY);
+  return null;
+}
+
 async function main() {
   if (typeof RTCPeerConnection !== 'function' || typeof WebAssembly !== 'object') {
     fail('This browser cannot run punchdrop: it lacks WebRTC or WebAssembly. Use a current Chrome, Edge, Firefox or Safari.');
@@ -346,16 +362,17 @@ async function main() {
     return;
   }
   // The link is kept for this tab only (sessionStorage), so a reload can join the room again
-  // and continue: the secret leaves the address bar and the history, and goes with the tab or
-  // once the transfer is done.
-  const kept = sessionStorage.getItem(LINK_KEY);
+  // and continue: the secret leaves the address bar and the history. It goes once the
+  // transfer is done, declined or failed, and is not used after a room's longest lifetime
+  // (a browser restoring or duplicating the tab copies sessionStorage).
+  const kept = keptLink();
   if (location.hash.length < 2 && !kept) {
     fail('This link is incomplete: the part after “#” is missing. Ask the sender for the whole link.');
     return;
   }
   reloaded = location.hash.length < 2;
   const link = reloaded ? kept : location.href;
-  sessionStorage.setItem(LINK_KEY, link);
+  sessionStorage.setItem(LINK_KEY, JSON.stringify({ link, until: Date.now() + KEEP_LINK_MS }));
   history.replaceState(null, '', location.pathname);
   setState('connecting');
   $('progress-title').textContent = 'Connecting to the other device…';

@@ -125,7 +125,7 @@ async function fileIn(dir, name) {
 
 /** Bytes written but not yet in the part are committed once they reach this, or half of what
  * the part holds if more: a commit copies the part (the browser writes through a swap file),
- * so growing the step with the part keeps the copying within twice the file's size. */
+ * so growing the step with the part keeps the copying within three times the file's size. */
 const COMMIT_MIN = 16 << 20;
 
 function commitDue(committed, written) {
@@ -133,6 +133,8 @@ function commitDue(committed, written) {
 }
 
 export function folderSinks(root) {
+  // Parts being thrown away, by path: opening the same part again waits for that first.
+  const aborting = new Map();
   const dirOf = async (parts, create) => {
     let dir = root;
     for (const p of parts) dir = await dir.getDirectoryHandle(p, { create });
@@ -158,6 +160,7 @@ export function folderSinks(root) {
     async open(path, size, offset = 0) {
       const parts = path.split('/');
       const name = parts.pop();
+      await aborting.get(path);
       const dir = await dirOf(parts, true);
       if (offset === 0 && await exists(dir, name)) return null;
       const partName = `${name}.part`;
@@ -186,6 +189,11 @@ export function folderSinks(root) {
         },
         async close() {
           await writable.close();
+          // A part continued after a reload: its name may have been taken meanwhile. Never
+          // overwrite; the verified file stays as the part.
+          if (await exists(dir, name)) {
+            throw new Error(`“${name}” appeared in the folder meanwhile; the received file is kept as “${partName}”`);
+          }
           if (typeof handle.move === 'function') {
             await handle.move(name);
           } else {
@@ -197,7 +205,10 @@ export function folderSinks(root) {
           }
         },
         abort() {
-          writable.abort().catch(() => {}).finally(() => dir.removeEntry(partName).catch(() => {}));
+          const gone = writable.abort().catch(() => {})
+            .finally(() => dir.removeEntry(partName).catch(() => {}))
+            .finally(() => aborting.delete(path));
+          aborting.set(path, gone);
         },
         // Everything written goes into the part, which opening the link again continues.
         keep() {

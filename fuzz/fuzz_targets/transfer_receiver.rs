@@ -41,7 +41,23 @@ impl Caller {
             assert!(!bytes.is_empty());
         }
         assert!(self.rx.bytes_received() <= self.rx.total_bytes());
+        self.check_holding();
         self.transmit();
+    }
+
+    /// What the receiver would claim on a next connection stays inside the offer: one claim
+    /// per file, never empty, never beyond the file, never more than the offer in all.
+    fn check_holding(&self) {
+        let holding = self.rx.holding();
+        let mut sum = 0u64;
+        for pair in holding.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "claims sorted, one per file");
+        }
+        for (_, hold) in &holding {
+            assert!(!hold.is_empty(), "an empty claim");
+            sum += hold.len();
+        }
+        assert!(sum <= self.rx.total_bytes(), "claims beyond the offer");
     }
 
     fn events(&mut self) {

@@ -290,6 +290,28 @@ fn page_progress(c: &mut Chromium) -> u64 {
     .unwrap_or(0)
 }
 
+/// Cone NATs on both sides, 10 ms each way on each WAN.
+fn cone_lab_with_delay() -> Lab {
+    let mut spec = Spec::new(Nat::Cone, CONE);
+    spec.wan = [punchdrop_e2e::lab::Impair {
+        delay_ms: 10,
+        loss: 0.0,
+    }; 2];
+    Lab::new(spec).expect("build the NAT lab")
+}
+
+/// Until the page reports a fifth of `size` moved (at most a minute).
+fn wait_for_a_fifth(c: &mut Chromium, size: u64) {
+    let deadline = std::time::Instant::now() + SECS(60);
+    while page_progress(c) < size / 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress to a fifth"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// How long the browser's side is cut off: well inside both ICE agents' patience (native-peer
 /// gives a silent pair up 20 s after the last answer; Chromium answers again only while it
 /// still holds the pair), long enough for SCTP's backoff to matter.
@@ -300,12 +322,7 @@ const BROWSER_OUTAGE: Duration = Duration::from_secs(12);
 /// native-peer's too with patches/rtc-sctp), and the file arrives whole.
 fn browser_rides_out_an_outage(page_receives: bool) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut spec = Spec::new(Nat::Cone, CONE);
-    spec.wan = [punchdrop_e2e::lab::Impair {
-        delay_ms: 10,
-        loss: 0.0,
-    }; 2];
-    let lab = Lab::new(spec).expect("build the NAT lab");
+    let lab = cone_lab_with_delay();
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let file = src.path().join("video.mp4");
     let size: u64 = 96 << 20;
@@ -324,14 +341,7 @@ fn browser_rides_out_an_outage(page_receives: bool) {
         let link = page_shares(&mut c, &lab, std::slice::from_ref(&file));
         (c, lab.receiver(&[], dst.path(), &link), "a")
     };
-    let deadline = std::time::Instant::now() + SECS(60);
-    while page_progress(&mut c) < size / 5 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no progress to a fifth"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_fifth(&mut c, size);
     lab.cut_router(page_host).unwrap();
     std::thread::sleep(BROWSER_OUTAGE);
     let before = page_progress(&mut c);
@@ -403,12 +413,7 @@ fn browser_to_native_rides_out_twelve_seconds_without_internet() {
 #[test]
 fn a_page_dropping_on_a_nas_comes_back_after_a_long_outage() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut spec = Spec::new(Nat::Cone, CONE);
-    spec.wan = [punchdrop_e2e::lab::Impair {
-        delay_ms: 10,
-        loss: 0.0,
-    }; 2];
-    let lab = Lab::new(spec).expect("build the NAT lab");
+    let lab = cone_lab_with_delay();
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let file = src.path().join("backup.tar");
     let size: u64 = 96 << 20;
@@ -424,14 +429,7 @@ fn a_page_dropping_on_a_nas_comes_back_after_a_long_outage() {
     c.wait_state("pick", SECS(60))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
     c.set_files("#file-input", &[file.as_path()]).unwrap();
-    let deadline = std::time::Instant::now() + SECS(60);
-    while page_progress(&mut c) < size / 5 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no progress to a fifth"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_fifth(&mut c, size);
     lab.cut_router("b").unwrap();
     std::thread::sleep(SECS(25));
     lab.restore_router("b").unwrap();
@@ -479,12 +477,7 @@ fn a_page_dropping_on_a_nas_comes_back_after_a_long_outage() {
 #[test]
 fn a_page_receiving_comes_back_after_a_long_outage() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut spec = Spec::new(Nat::Cone, CONE);
-    spec.wan = [punchdrop_e2e::lab::Impair {
-        delay_ms: 10,
-        loss: 0.0,
-    }; 2];
-    let lab = Lab::new(spec).expect("build the NAT lab");
+    let lab = cone_lab_with_delay();
     let src = tempfile::tempdir().unwrap();
     let file = src.path().join("video.mp4");
     let size: u64 = 96 << 20;
@@ -495,14 +488,7 @@ fn a_page_receiving_comes_back_after_a_long_outage() {
     c.wait_state("offer", SECS(60))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
     c.click("#accept").unwrap();
-    let deadline = std::time::Instant::now() + SECS(60);
-    while page_progress(&mut c) < size / 5 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no progress to a fifth"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_fifth(&mut c, size);
     lab.cut_router("b").unwrap();
     std::thread::sleep(SECS(25));
     lab.restore_router("b").unwrap();
@@ -519,6 +505,42 @@ fn a_page_receiving_comes_back_after_a_long_outage() {
     );
     let (_, sender_done) = native_outcome(sender);
     for (who, d) in [("page", &page_done), ("sender", &sender_done)] {
+        assert!(
+            d.transferred <= size + (16 << 20),
+            "the {who} moved {} for {size}",
+            d.transferred
+        );
+    }
+}
+
+/// A page that shared a link holds its room: the native receiver's side is cut for longer
+/// than either ICE agent waits, the receiver joins the room again by itself once its network
+/// is back, the page offers the same files again and the receiver continues what it kept.
+#[test]
+fn a_page_sharing_holds_its_room_through_a_long_outage() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = cone_lab_with_delay();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("archive.zip");
+    let size: u64 = 96 << 20;
+    make_file(&file, size, 80);
+    let mut c = browser(&lab, "a", "browser A (shares)");
+    let link = page_shares(&mut c, &lab, std::slice::from_ref(&file));
+    let receiver = lab.receiver(&[], dst.path(), &link);
+    wait_for_a_fifth(&mut c, size);
+    lab.cut_router("b").unwrap();
+    std::thread::sleep(SECS(25));
+    lab.restore_router("b").unwrap();
+    let (_, received) = native_outcome(receiver);
+    assert_received(dst.path(), std::slice::from_ref(&file));
+    let (_, page_done) = page_outcome(&mut c);
+    let page = c.events().unwrap();
+    assert_reconnected("the page", &page);
+    assert!(
+        event::find::<event::Resumed>(&page).is_some(),
+        "the receiver continued its part: {page:?}"
+    );
+    for (who, d) in [("page", &page_done), ("receiver", &received)] {
         assert!(
             d.transferred <= size + (16 << 20),
             "the {who} moved {} for {size}",

@@ -30,7 +30,7 @@ mod transfer;
 use futures::channel::mpsc;
 use protocol::event::Event;
 use protocol::invite::Invitation;
-use protocol::rendezvous::{Config, Rendezvous, Want};
+use protocol::rendezvous::{Config, REJOIN_DEFAULT, Rendezvous, Want};
 use protocol::signal::TransferRole;
 use protocol::transfer::OfferEntry;
 use std::cell::RefCell;
@@ -199,7 +199,7 @@ fn parse_sources(entries: &js_sys::Array) -> Result<Vec<Source>> {
 
 /// Send or receive over an open link, as the rendezvous settled.
 async fn transfer_over(
-    mut link: Link,
+    link: &mut Link,
     sources: Option<Vec<Source>>,
     events: &Events,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
@@ -207,10 +207,10 @@ async fn transfer_over(
 ) -> Result<()> {
     let summary = match (link.role, sources) {
         (TransferRole::Sender, Some(sources)) => {
-            Some(transfer::send(&mut link, sources, events, cmds, carry).await?)
+            Some(transfer::send(link, sources, events, cmds, carry).await?)
         }
         (TransferRole::Sender, None) => return Err(Error::Usage("sending without files")),
-        (TransferRole::Receiver, _) => transfer::receive(&mut link, events, cmds, carry).await?,
+        (TransferRole::Receiver, _) => transfer::receive(link, events, cmds, carry).await?,
     };
     match summary {
         Some(done) => events.emit(&done.into()),
@@ -225,10 +225,43 @@ async fn share_flow(
     events: Events,
     mut cmds: mpsc::UnboundedReceiver<Command>,
 ) -> Result<()> {
-    let rv = Rendezvous::create(&server, Want::Send, Config::default(), js::now());
-    let (link, _) = rendezvous::connect(rv, &events, &mut cmds).await?;
+    // The page holds the room it made: when the connection dies the other side comes back
+    // into it (it joins again by itself) and the transfer continues.
+    let config = Config {
+        rejoin_wait: Some(REJOIN_DEFAULT),
+        ..Config::default()
+    };
+    let mut rv = Rendezvous::create(&server, Want::Send, config, js::now());
+    let mut ws = None;
+    let mut again = false;
     let mut carry = Carry::default();
-    let result = transfer_over(link, Some(sources), &events, &mut cmds, &mut carry).await;
+    let result = loop {
+        let mut link = match rendezvous::connect(rv, ws.take(), &events, &mut cmds).await {
+            Ok((link, _)) => link,
+            Err(e) => break Err(e),
+        };
+        link.again = again;
+        match transfer_over(
+            &mut link,
+            Some(sources.clone()),
+            &events,
+            &mut cmds,
+            &mut carry,
+        )
+        .await
+        {
+            Err(e) if e.is_link_lost() => {
+                let Some((mut held, socket)) = link.take_signalling().await else {
+                    break Err(e);
+                };
+                if !held.link_lost(js::now()) {
+                    break Err(e);
+                }
+                (rv, ws, again) = (held, Some(socket), true);
+            }
+            result => break result,
+        }
+    };
     carry.end();
     result
 }
@@ -247,7 +280,7 @@ async fn open_flow(
     let mut again = false;
     let mut carry = Carry::default();
     let result = loop {
-        let (mut link, picked) = match rendezvous::connect(rv, &events, &mut cmds).await {
+        let (mut link, picked) = match rendezvous::connect(rv, None, &events, &mut cmds).await {
             Ok(l) => l,
             Err(e) => break Err(e),
         };
@@ -256,7 +289,7 @@ async fn open_flow(
             files = picked;
         }
         let (role, room) = (link.role, link.room.clone());
-        match transfer_over(link, files.clone(), &events, &mut cmds, &mut carry).await {
+        match transfer_over(&mut link, files.clone(), &events, &mut cmds, &mut carry).await {
             // The other side (which made the room) holds it when the connection dies: this
             // page joins it again and the transfer continues from what the receiver holds —
             // a sending page still has its files, a receiving page its sinks.

@@ -5,7 +5,9 @@
 //! and feeding it what happens; every protocol decision is the machine's, exactly as in
 //! native-peer. Once open, a task keeps feeding it late candidates both ways and forwards
 //! connection-state changes to the [`Link`] until the link is dropped; the transfer never
-//! waits for the server.
+//! waits for the server. A page that made its room takes the machine and its socket back
+//! ([`Link::take_signalling`]) when the connection dies, to wait in the room for the other
+//! side's return.
 
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt as _, StreamExt as _};
@@ -38,7 +40,9 @@ pub struct Link {
     pub room: Option<String>,
     _listeners: Vec<Listener>,
     /// Dropping it stops the signalling that carries late candidates.
-    _stop: oneshot::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    /// The machine and its socket, handed back once the signalling stopped.
+    back: Option<oneshot::Receiver<(Rendezvous, Ws)>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -55,6 +59,13 @@ impl Drop for Link {
 }
 
 impl Link {
+    /// Stop the signalling task and take its machine and socket back (`None` if it ended on
+    /// its own). The connection itself closes when the link is dropped.
+    pub async fn take_signalling(&mut self) -> Option<(Rendezvous, Ws)> {
+        self.stop.take();
+        self.back.take()?.await.ok()
+    }
+
     /// The path as it is now: ICE may have moved since the channel opened.
     pub async fn path_now(&self) -> PathReport {
         peer::path_of(&self.pc)
@@ -73,12 +84,14 @@ enum Wake {
 
 /// Run the rendezvous until the data channel is open. Files picked on the way (after a
 /// `pick` event) come back with the link.
+/// `ws` is the socket a room's creator kept from its last connection (its room lives on it).
 pub async fn connect(
     mut rv: Rendezvous,
+    ws: Option<Ws>,
     events: &Events,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Result<(Link, Option<Vec<Source>>)> {
-    let mut ws = Ws::open(rv.server());
+    let mut ws = ws.unwrap_or_else(|| Ws::open(rv.server()));
     let mut peer: Option<Peer> = None;
     let mut picked = None;
     let mut opened = None;
@@ -128,8 +141,7 @@ pub async fn connect(
             }
             Output::CloseServer => ws = Ws::none(),
             Output::OpenServer => ws = Ws::open(rv.server()),
-            // Only a creator holding its room for a rejoin is told this; the page holds none
-            // (its config has no `rejoin_wait`), but a closed connection is the answer anyway.
+            // A creator holding its room: the joiner is gone, its connection with it.
             Output::ClosePeer => {
                 if let Some(p) = peer.take() {
                     p.pc.close();
@@ -216,20 +228,17 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> 
     dc.set_binary_type(RtcDataChannelType::Arraybuffer);
     let (state_tx, state) = mpsc::unbounded();
     let (stop, stopped) = oneshot::channel();
+    let (back_tx, back) = oneshot::channel();
     let Peer {
         pc,
         events,
         listeners,
         ..
     } = p;
-    wasm_bindgen_futures::spawn_local(late_signalling(
-        rv,
-        ws,
-        pc.clone(),
-        events,
-        state_tx,
-        stopped,
-    ));
+    let task = late_signalling(rv, ws, pc.clone(), events, state_tx, stopped);
+    wasm_bindgen_futures::spawn_local(async move {
+        let _ = back_tx.send(task.await);
+    });
     Ok(Link {
         pc,
         dc,
@@ -239,12 +248,15 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> 
         again: false,
         room: rv_room,
         _listeners: listeners,
-        _stop: stop,
+        stop: Some(stop),
+        back: Some(back),
     })
 }
 
 /// After the channel opened: forward late candidates both ways while the server is there, and
-/// connection-state changes to the link for as long as it lives.
+/// connection-state changes to the link for as long as it lives. Gives the machine and its
+/// socket back when stopped, or when the machine is no longer connected (the other side
+/// came back through a held room).
 async fn late_signalling(
     mut rv: Rendezvous,
     mut ws: Ws,
@@ -252,11 +264,18 @@ async fn late_signalling(
     mut events: mpsc::UnboundedReceiver<Local>,
     state: mpsc::UnboundedSender<RtcPeerConnectionState>,
     stopped: oneshot::Receiver<()>,
-) {
+) -> (Rendezvous, Ws) {
     let mut stopped = stopped.fuse();
     let mut server_up = true;
     loop {
         let now = js::now();
+        if !rv.is_connected() {
+            // The other side is back through the room (a holding creator): this connection
+            // is dead. The transfer hears it now; what the machine queued is for `connect`.
+            pc.close();
+            let _ = state.unbounded_send(RtcPeerConnectionState::Closed);
+            return (rv, ws);
+        }
         match rv.poll_output() {
             Output::ToServer(m) if !ws.send(&m) => {
                 server_up = false;
@@ -273,7 +292,7 @@ async fn late_signalling(
                     }
                 };
                 futures::select! {
-                    _ = stopped => return,
+                    _ = stopped => return (rv, ws),
                     ev = server.fuse() => match ev {
                         Some(WsEvent::Text(t)) => rv.handle_server_text(&t, js::now()),
                         Some(WsEvent::Open) => {}
@@ -288,7 +307,7 @@ async fn late_signalling(
                         Some(Local::GatheringDone) => rv.handle_local(LocalIce::GatheringDone, js::now()),
                         Some(Local::State(s)) => { let _ = state.unbounded_send(s); }
                         Some(_) => {}
-                        None => return,
+                        None => return (rv, ws),
                     },
                     _ = js::sleep_until(Some(t)).fuse() => rv.handle_timeout(js::now()),
                 }

@@ -565,7 +565,7 @@ async fn held_in(
         return out;
     }
     for (index, (path, entry)) in offer.entries.iter().enumerate() {
-        if entry.dir || entry.size == 0 {
+        if entry.dir {
             continue;
         }
         let Ok(promise) = factory.held(path.as_str(), entry.size as f64) else {
@@ -577,15 +577,20 @@ async fn held_in(
         let Ok(file) = js::get(&found, "file").dyn_into::<web_sys::Blob>() else {
             continue;
         };
+        let whole_here = js::get(&found, "whole").as_bool() == Some(true);
         let len = (file.size() as u64).min(entry.size);
         if len == 0 {
+            // An empty file there already: nothing to claim, nothing to write again.
+            if whole_here && entry.size == 0 {
+                whole.insert(index as u32);
+            }
             continue;
         }
         let hasher = hash_blob(&file, len).await;
         if hasher.count() != len {
             continue;
         }
-        if js::get(&found, "whole").as_bool() == Some(true) {
+        if whole_here {
             whole.insert(index as u32);
         }
         out.push((index as u32, Hold::from(hasher)));
@@ -661,6 +666,9 @@ pub async fn receive(
                                         events.emit(&event::Offer::from(&o).into());
                                         match decide(&mut wire, &mut sm, cmds, &o, &mut whole).await? {
                                             Answer::Accept(f, held) => {
+                                                // Found whole in the folder: saved, for the
+                                                // next connection too.
+                                                carry.saved.extend(whole.iter().copied());
                                                 events.emit(&event::Accepted { files: files_total, bytes: o.total_bytes }.into());
                                                 (f, held)
                                             }
@@ -789,9 +797,16 @@ pub async fn receive(
             Ok(None)
         }
         // The connection went, not the transfer: what is held, and the open file, carry on.
+        // What an earlier connection carried stays unless this one got further: before its
+        // accept it claimed nothing, and a file cut off earlier and not reached yet keeps its
+        // open sink.
         Err(e) if e.is_link_lost() && !sm.has_failed() => {
-            carry.holding = sm.holding();
-            carry.open = current.take();
+            if offer.is_some() {
+                carry.holding = sm.holding();
+            }
+            if let Some(cur) = current.take() {
+                carry.open = Some(cur);
+            }
             Err(e)
         }
         Err(e) => {
@@ -816,8 +831,8 @@ async fn start_file(
     size: u64,
     offset: u64,
 ) -> Result<Current> {
-    if let Some(open) = carry.open.take() {
-        if open.index == index && open.written == offset {
+    if let Some(open) = carry.open.take_if(|o| o.index == index) {
+        if open.written == offset {
             return Ok(open);
         }
         // Not continued from there: that file starts over.

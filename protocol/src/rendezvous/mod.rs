@@ -400,7 +400,7 @@ pub struct Rendezvous {
 const IDLE: Duration = Duration::from_secs(3600);
 
 /// How long a rejoin tries when its config sets no [`Config::rejoin_wait`].
-const REJOIN_DEFAULT: Duration = Duration::from_secs(300);
+pub const REJOIN_DEFAULT: Duration = Duration::from_secs(300);
 
 /// The longest pause between a rejoining joiner's attempts: once the network is back, it is
 /// back in the room within this.
