@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use protocol::event::{self, Event};
 use protocol::path::{PairView, PathReport, PathTrack};
 use protocol::transfer::{
-    CancelReason, Limits, Received, Receiver, ReceiverEvent, SEND_STALL, STOPPED, Sender,
+    CancelReason, Hold, Limits, Received, Receiver, ReceiverEvent, SEND_STALL, STOPPED, Sender,
     SenderEvent, TransferError,
 };
 use std::path::{Path, PathBuf};
@@ -398,6 +398,9 @@ pub struct Carry {
     pub moved: u64,
     offer: Option<(protocol::transfer::Offer, files::Plan)>,
     saved: std::collections::HashSet<u32>,
+    /// Saved files' hashes as the receiver machine verified them
+    /// ([`Receiver::holding`]): claimed again without reading the files back.
+    verified: std::collections::HashMap<u32, Hold>,
 }
 
 /// Receive into `dest` over `link`. `carry` says what earlier connections of this run
@@ -462,10 +465,11 @@ pub async fn receive(
                                     Some(p) => p,
                                     None => {
                                         carry.saved.clear();
+                                        carry.verified.clear();
                                         files::plan(dest, &offer)
                                     }
                                 };
-                                let (held, held_bytes) = hash_held(dest, &offer, &planned, &carry.saved).await?;
+                                let (held, held_bytes) = hash_held(dest, &offer, &planned, carry).await?;
                                 carry.offer = Some((offer.clone(), planned.clone()));
                                 // Saved already: claimed whole, or empty (nothing to claim).
                                 let empty = |i: &u32| offer.entries.get(*i as usize).is_some_and(|(_, e)| e.size == 0);
@@ -560,6 +564,12 @@ pub async fn receive(
     }
     .await;
     carry.moved += sm.bytes_received();
+    if plan.is_some() {
+        let whole = sm.holding().into_iter();
+        carry.verified = whole
+            .filter(|(_, h)| matches!(h, Hold::Whole { .. }))
+            .collect();
+    }
     if let Err(e) = result {
         // A transfer that failed for good loses its `.part`; one the connection went away
         // under keeps it, to be continued.
@@ -608,16 +618,17 @@ pub async fn receive(
     ))
 }
 
-/// What this side holds of the offer where `plan` puts it: the files `saved` by an earlier
-/// connection of this run hashed whole, and every other file's `.part` (from an interrupted
+/// What this side holds of the offer where `plan` puts it: the files saved by an earlier
+/// connection of this run (by the hash the receiver verified, or read back whole when it saved
+/// them as that connection went), and every other file's `.part` (from an interrupted
 /// transfer) hashed, at most the offered size each; and how many bytes that is. The sender
 /// compares each with its own file: BLAKE3 decides, so an unrelated part costs one hash.
 async fn hash_held(
     dest: &Destination,
     offer: &protocol::transfer::Offer,
     plan: &files::Plan,
-    saved: &std::collections::HashSet<u32>,
-) -> anyhow::Result<(Vec<(u32, blake3::Hasher)>, u64)> {
+    carry: &Carry,
+) -> anyhow::Result<(Vec<(u32, Hold)>, u64)> {
     let mut held = Vec::new();
     let mut bytes = 0;
     for (i, (_, entry)) in offer.entries.iter().enumerate() {
@@ -629,7 +640,12 @@ async fn hash_held(
         else {
             continue;
         };
-        let is_saved = saved.contains(&index);
+        let is_saved = carry.saved.contains(&index);
+        if let Some(hold) = carry.verified.get(&index).filter(|_| is_saved) {
+            bytes += hold.len();
+            held.push((index, hold.clone()));
+            continue;
+        }
         let len = match is_saved {
             true => entry.size,
             false => dest.part_len(target).unwrap_or(0).min(entry.size),
@@ -651,7 +667,7 @@ async fn hash_held(
         // A saved file that no longer reads whole is not claimed (it would not match).
         if hasher.count() == len {
             bytes += len;
-            held.push((index, hasher));
+            held.push((index, hasher.into()));
         }
     }
     Ok((held, bytes))

@@ -331,7 +331,6 @@ enum Deadline {
     PeerAnswer,
     Hello,
     Connect,
-    Rejoin,
 }
 
 /// The offer/answer of this side.
@@ -845,10 +844,6 @@ impl Rendezvous {
                 AbortReason::Failed,
                 RendezvousError::NoHello(self.config.hello_wait),
             ),
-            Deadline::Rejoin => self.abort_and_fail(
-                AbortReason::Failed,
-                RendezvousError::NoRejoin(self.config.rejoin_wait.unwrap_or_default()),
-            ),
             Deadline::Connect => {
                 let e = RendezvousError::ConnectTimeout {
                     timeout: self.config.connect_timeout,
@@ -1014,18 +1009,19 @@ impl Rendezvous {
 
     /// The connection is lost: wait for the joiner to come back, and say so.
     fn lose_link(&mut self, reason: ReconnectReason) {
-        let wait = self.config.rejoin_wait.unwrap_or_default();
+        let wait = self.config.rejoin_wait.unwrap_or(REJOIN_DEFAULT);
         self.rejoin_until = Some(self.now + wait);
         self.wait_again();
         self.emit(event::Reconnecting { reason });
     }
 
     /// Back to waiting for a joiner, forgetting everything about the last one: its key, its
-    /// hello, the negotiation. The room, its link and code stay; so does the rejoin deadline.
+    /// hello, the negotiation. The room, its link and code stay; so does the rejoin deadline
+    /// (`rejoin_until`, enforced in `handle_timeout` whatever the stage).
     fn wait_again(&mut self) {
         self.stage = Stage::AwaitPeer;
         self.forget_peer();
-        self.deadline = self.rejoin_until.map(|t| (t, Deadline::Rejoin));
+        self.deadline = None;
     }
 
     /// Forget the other peer's key, hello and the negotiation with it.
