@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use cap_std::fs::Dir;
 use protocol::names::{SafePath, numbered};
 use protocol::transfer::{DATA_HEADER_LEN, Offer, OfferEntry, ReadRequest};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -224,9 +224,19 @@ impl Destination {
     }
 
     /// `NAME.part` is a regular file and `NAME` itself is free: a part to continue.
-    fn held_part(&self, name: &str) -> bool {
-        let name = Path::new(name);
+    fn held_part(&self, name: &Path) -> bool {
         !self.exists(name) && self.part_len(name).is_some()
+    }
+
+    /// `rel` is a folder (not a link to one).
+    fn is_dir(&self, rel: &Path) -> bool {
+        self.dir.symlink_metadata(rel).is_ok_and(|m| m.is_dir())
+    }
+
+    /// The length of the regular file `rel`.
+    fn file_len(&self, rel: &Path) -> Option<u64> {
+        let meta = self.dir.symlink_metadata(rel).ok()?;
+        meta.is_file().then_some(meta.len())
     }
 
     /// The first `len` bytes of the `.part` of `target` (a path relative to the
@@ -270,21 +280,38 @@ impl Destination {
 pub struct Plan {
     /// Offer index → final path, relative to the destination.
     pub targets: HashMap<u32, PathBuf>,
+    /// Files of a folder continued in place whose final name is there already at the offered
+    /// size: saved by the interrupted run, to claim whole (the sender's BLAKE3 decides).
+    pub found: HashSet<u32>,
     /// Folders to create once the offer is accepted (offered ones and files' parents).
     dirs: Vec<PathBuf>,
 }
 
-/// Name the final paths of an offer: existing top-level names get ` (n)`; a top-level file
-/// whose `.part` is there (and not its final name) keeps its name, to be continued. Creates
-/// nothing.
+/// Name the final paths of an offer: existing top-level names get ` (n)`. What an
+/// interrupted run left keeps its name, to be continued: a top-level file whose `.part` is
+/// there (and not its final name), and a top-level folder holding the `.part` of one of the
+/// offered files in it (its files saved already are then [`Plan::found`]). Creates nothing.
 pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
+    let interrupted: HashSet<&str> = offer
+        .entries
+        .iter()
+        .filter(|(safe, e)| !e.dir && safe.components().count() > 1)
+        .filter(|(safe, _)| {
+            let top = safe.top();
+            dest.is_dir(Path::new(top)) && dest.held_part(&join(safe, top))
+        })
+        .map(|(safe, _)| safe.top())
+        .collect();
     let mut tops: HashMap<String, String> = HashMap::new();
     let mut targets = HashMap::new();
+    let mut found = HashSet::new();
     let mut dirs = Vec::new();
     for (i, (safe, entry)) in offer.entries.iter().enumerate() {
         let top = safe.top().to_string();
         let single_file = !entry.dir && safe.components().count() == 1;
-        if single_file && !tops.contains_key(&top) && dest.held_part(&top) {
+        let continued = interrupted.contains(top.as_str());
+        if !tops.contains_key(&top) && (continued || single_file && dest.held_part(Path::new(&top)))
+        {
             tops.insert(top.clone(), top.clone());
         }
         let mapped = tops
@@ -292,6 +319,9 @@ pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
             .or_insert_with(|| dest.free_name(&top))
             .clone();
         let path = join(safe, &mapped);
+        if continued && !entry.dir && dest.file_len(&path) == Some(entry.size) {
+            found.insert(i as u32);
+        }
         if entry.dir {
             dirs.push(path.clone());
         } else if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -301,7 +331,11 @@ pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
     }
     dirs.sort();
     dirs.dedup();
-    Plan { targets, dirs }
+    Plan {
+        targets,
+        found,
+        dirs,
+    }
 }
 
 impl Plan {
@@ -694,6 +728,35 @@ mod tests {
         assert_eq!(dest.part_len(&p.targets[&0]), Some(10));
         let h = dest.hash_part(Path::new("big.bin"), 4);
         assert_eq!(h.finalize(), blake3::hash(&[7u8; 4]));
+    }
+
+    #[test]
+    fn a_folder_holding_a_part_of_the_offer_is_continued_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::open(d.path()).unwrap();
+        for dir in ["album", "other"] {
+            fs::create_dir(d.path().join(dir)).unwrap();
+        }
+        fs::write(d.path().join("album/a.jpg"), [1u8; 5]).unwrap();
+        fs::write(d.path().join("album/b.jpg"), [2u8; 3]).unwrap();
+        fs::write(d.path().join("album/c.mov.part"), [3u8; 4]).unwrap();
+        // Same names, no part of the offer in it: a folder that merely shares a name.
+        fs::write(d.path().join("other/x"), [4u8; 2]).unwrap();
+        let o = offer(vec![
+            OfferEntry::dir("album"),
+            OfferEntry::file("album/a.jpg", 5),
+            OfferEntry::file("album/b.jpg", 9),
+            OfferEntry::file("album/c.mov", 10),
+            OfferEntry::dir("other"),
+            OfferEntry::file("other/x", 2),
+        ]);
+        let p = plan(&dest, &o);
+        assert_eq!(p.targets[&1], PathBuf::from("album/a.jpg"));
+        assert_eq!(p.targets[&3], PathBuf::from("album/c.mov"));
+        assert_eq!(p.targets[&5], PathBuf::from("other (1)/x"));
+        // Only a file there at the offered size is a candidate to claim whole; b.jpg, of
+        // another size, is received beside it (the writer never replaces).
+        assert_eq!(p.found, HashSet::from([1]));
     }
 
     #[test]

@@ -471,9 +471,10 @@ pub async fn receive(
                                 };
                                 let (held, held_bytes) = hash_held(dest, &offer, &planned, carry).await?;
                                 carry.offer = Some((offer.clone(), planned.clone()));
-                                // Saved already: claimed whole, or empty (nothing to claim).
+                                // Saved already (this run, or the interrupted one that left
+                                // the folder): claimed whole, or empty (nothing to claim).
                                 let empty = |i: &u32| offer.entries.get(*i as usize).is_some_and(|(_, e)| e.size == 0);
-                                whole = carry.saved.iter().copied()
+                                whole = carry.saved.union(&planned.found).copied()
                                     .filter(|i| empty(i) || held.iter().any(|(h, _)| h == i))
                                     .collect();
                                 if let Err(msg) = check_space(&dest.path, offer.total_bytes - held_bytes) {
@@ -527,6 +528,11 @@ pub async fn receive(
                                 out.event(&event::Resumed { index, offset }.into());
                             }
                             ReceiverEvent::StartsOver { index } => {
+                                // A file found in a continued folder is not the sender's: it
+                                // is received anew, beside it (` (n)`).
+                                if plan.as_ref().is_some_and(|p| p.found.contains(&index)) {
+                                    whole.remove(&index);
+                                }
                                 out.event(&event::FileRestarted { index }.into());
                             }
                             ReceiverEvent::Completed => {}
@@ -620,7 +626,8 @@ pub async fn receive(
 
 /// What this side holds of the offer where `plan` puts it: the files saved by an earlier
 /// connection of this run (by the hash the receiver verified, or read back whole when it saved
-/// them as that connection went), and every other file's `.part` (from an interrupted
+/// them as that connection went) or found saved in a continued folder, and every other
+/// file's `.part` (from an interrupted
 /// transfer) hashed, at most the offered size each; and how many bytes that is. The sender
 /// compares each with its own file: BLAKE3 decides, so an unrelated part costs one hash.
 async fn hash_held(
@@ -640,7 +647,7 @@ async fn hash_held(
         else {
             continue;
         };
-        let is_saved = carry.saved.contains(&index);
+        let is_saved = carry.saved.contains(&index) || plan.found.contains(&index);
         if let Some(hold) = carry.verified.get(&index).filter(|_| is_saved) {
             bytes += hold.len();
             held.push((index, hold.clone()));

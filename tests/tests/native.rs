@@ -1,7 +1,7 @@
 //! native-peer ↔ native-peer through a real signalling server on loopback.
 
 use punchdrop_e2e::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -448,6 +448,42 @@ fn a_receiver_that_does_not_come_back_in_time_is_continued_by_the_next_run() {
     assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
 }
 
+/// A folder to send: `album/0-empty.txt` (nothing to claim once saved, so never received
+/// twice either), `album/a.jpg` ([`ALBUM_A`] bytes), `album/b.mov` ([`ALBUM_B`]).
+struct Album {
+    album: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+const ALBUM_A: u64 = 8 << 20;
+const ALBUM_B: u64 = 192 << 20;
+
+impl Album {
+    /// The destination holds the album, every file whole, nothing else (no `album (1)`, no
+    /// part left).
+    fn assert_arrived_in(&self, dst: &Path) {
+        assert_eq!(hash_file(&dst.join("album/a.jpg")), hash_file(&self.a));
+        assert_eq!(hash_file(&dst.join("album/b.mov")), hash_file(&self.b));
+        let left: Vec<String> = tree(dst).into_keys().collect();
+        assert_eq!(
+            left,
+            ["album", "album/0-empty.txt", "album/a.jpg", "album/b.mov"],
+            "{left:?}"
+        );
+    }
+}
+
+fn album(dir: &Path, seed: u64) -> Album {
+    let album = dir.join("album");
+    std::fs::create_dir(&album).unwrap();
+    let (a, b) = (album.join("a.jpg"), album.join("b.mov"));
+    make_file(&a, ALBUM_A, seed);
+    make_file(&b, ALBUM_B, seed + 1);
+    std::fs::write(album.join("0-empty.txt"), b"").unwrap();
+    Album { album, a, b }
+}
+
 /// The NAS case: the sender (who joined) dies inside a folder's second file; the receiver
 /// waits in its room, and a new `send --to` of the same folder continues there. The first
 /// file, saved already, is claimed whole and not sent again (no `album (1)`), the second
@@ -457,14 +493,9 @@ fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
     let sig = Signalling::start();
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let album = src.path().join("album");
-    std::fs::create_dir(&album).unwrap();
-    let (a, b) = (album.join("a.jpg"), album.join("b.mov"));
-    let (a_size, b_size): (u64, u64) = (8 << 20, 192 << 20);
-    make_file(&a, a_size, 41);
-    make_file(&b, b_size, 42);
-    // Saved before the sender died, and with nothing to claim: not received twice either.
-    std::fs::write(album.join("0-empty.txt"), b"").unwrap();
+    let src = album(src.path(), 41);
+    let album = src.album.clone();
+    let (a_size, b_size) = (ALBUM_A, ALBUM_B);
     let total = a_size + b_size;
     let dir = dst.path().display().to_string();
     let mut receiver = Peer::spawn(&["--server", &sig.url, "recv", "--dir", &dir]);
@@ -480,14 +511,7 @@ fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
     let (rs, revents) = receiver.finish(LONG).unwrap();
     let sdone = expect_done(ss, &sevents);
     let done = expect_done(rs, &revents);
-    assert_eq!(hash_file(&dst.path().join("album/a.jpg")), hash_file(&a));
-    assert_eq!(hash_file(&dst.path().join("album/b.mov")), hash_file(&b));
-    let left: Vec<String> = tree(dst.path()).into_keys().collect();
-    assert_eq!(
-        left,
-        ["album", "album/0-empty.txt", "album/a.jpg", "album/b.mov"],
-        "{left:?}"
-    );
+    src.assert_arrived_in(dst.path());
     // Offer order: album, album/0-empty.txt, album/a.jpg, album/b.mov.
     let resumed: Vec<&event::Resumed> = sevents.iter().filter_map(event::Resumed::of).collect();
     assert_eq!(resumed.len(), 2, "{resumed:?}");
@@ -509,6 +533,45 @@ fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
         done.transferred
     );
     assert_reconnected("receiver", &revents);
+}
+
+/// A receiver killed inside a folder's second file, then a new `send` and a new `recv` into
+/// the same destination: the folder that holds the interrupted run's `.part` is continued in
+/// place (no `album (1)`), its file saved already is claimed whole, the part continues.
+#[test]
+fn a_new_run_continues_a_folder_a_killed_receiver_left() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let src = album(src.path(), 43);
+    let album = src.album.clone();
+    let (a_size, b_size) = (ALBUM_A, ALBUM_B);
+    let total = a_size + b_size;
+    let f = album.display().to_string();
+    let (mut sender, link, _) = start_sender(&sig.url, &[], &[&album]).unwrap();
+    let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    receiver.wait_for_progress(total * 45 / 100);
+    // Both programs gone: the person starts over with a new link.
+    receiver.kill();
+    sender.kill();
+    let _ = sender.finish(LONG);
+    let held = std::fs::metadata(dst.path().join("album/b.mov.part"))
+        .expect("the part survives the crash")
+        .len();
+
+    let (sender, link, _) = start_sender(&sig.url, &[], &[Path::new(&f)]).unwrap();
+    let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    src.assert_arrived_in(dst.path());
+    // Offer order: album, album/0-empty.txt, album/a.jpg, album/b.mov.
+    let resumed: Vec<&event::Resumed> = revents.iter().filter_map(event::Resumed::of).collect();
+    let claims: Vec<(u32, u64)> = resumed.iter().map(|r| (r.index, r.offset)).collect();
+    assert_eq!(claims, [(2, a_size), (3, held)], "{resumed:?}");
+    assert_eq!(done.transferred, b_size - held);
+    assert!(done.transferred <= total * 55 / 100, "{}", done.transferred);
 }
 
 #[test]

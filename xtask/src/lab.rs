@@ -33,7 +33,9 @@ pub struct Args {
     /// Debian's `chromium` and the web app built: `cargo xtask web`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     browser: bool,
-    /// Seconds of the outage row's outage (receiver's router drops everything, cone / cone);
+    /// Seconds of the outage rows' outage (cone / cone; native → native: the receiver's
+    /// router drops everything; with `--browser`, each direction with the browser's router
+    /// cut);
     /// each repetition adds a share of 3 s so the cut falls at another point of SCTP's
     /// retransmission timer. 0 skips the row.
     #[arg(long, default_value_t = 10)]
@@ -71,16 +73,21 @@ fn side(d: &event::Done) -> String {
     )
 }
 
-/// The page on host A shares the file; `native-peer recv` on host B takes it.
-fn browser_to_native(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
-    let dst = tempfile::tempdir()?;
-    let mut c = Chromium::launch_stock_in(&lab.ns("ha"), "browser A", &lab.url)?;
+/// The page shares `file` from the start page; the link it shows.
+fn page_shares(c: &mut Chromium, lab: &Lab, file: &Path) -> anyhow::Result<String> {
     c.goto(&format!("{}/", lab.url))?;
     c.wait_state("ready", Duration::from_secs(30))?;
     c.set_files("#file-input", &[file])?;
     c.wait_state("waiting", Duration::from_secs(30))?;
     let link = c.eval("document.querySelector('#share-link').href")?;
-    let link = link.as_str().context("no share link")?.to_string();
+    Ok(link.as_str().context("no share link")?.to_string())
+}
+
+/// The page on host A shares the file; `native-peer recv` on host B takes it.
+fn browser_to_native(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
+    let dst = tempfile::tempdir()?;
+    let mut c = Chromium::launch_stock_in(&lab.ns("ha"), "browser A", &lab.url)?;
+    let link = page_shares(&mut c, lab, file)?;
     let (status, events) = lab.receiver(&[], dst.path(), &link).finish(timeout)?;
     let done = punchdrop_e2e::expect_done(status, &events);
     let first = event::find::<event::FirstByte>(&events).context("no first byte")?;
@@ -198,15 +205,112 @@ fn outage_row(bins: &Path, args: &Args) -> anyhow::Result<()> {
         again.push(o.moving_again.as_secs_f64() * 1e3);
         resent.push(o.sender_transferred.saturating_sub(o.size) as f64);
     }
-    let max = again.iter().copied().fold(0.0, f64::max);
     println!(
-        "\n| outage ({} s, receiver's side, native → native, cone / cone, {} MiB) | connectivity back → bytes moving (median, max) | bytes sent twice (median) |\n|---|---|---|\n| median of {reps} | {:.0} ms, {max:.0} ms | {:.0} |",
+        "\n| outage ({} s, cone / cone, {} MiB, median of {reps}) | side cut | connectivity back → bytes moving (median, max) | bytes sent twice (median) |\n|---|---|---|---|",
         args.outage_s,
         size >> 20,
+    );
+    outage_line("native → native", "receiver's", again, resent);
+    if args.browser {
+        for page_receives in [false, true] {
+            let (mut again, mut resent) = (Vec::new(), Vec::new());
+            for i in 0..reps {
+                let lab = Lab::with_bins(spec, bins.to_path_buf())
+                    .context("build the lab for the outage")?;
+                let outage = Duration::from_secs(args.outage_s)
+                    + Duration::from_millis(3000 * i as u64 / reps as u64);
+                let (moving, twice) = browser_outage(&lab, size, page_receives, outage)?;
+                again.push(moving.as_secs_f64() * 1e3);
+                resent.push(twice as f64);
+            }
+            let name = match page_receives {
+                true => "native → browser",
+                false => "browser → native",
+            };
+            outage_line(name, "browser's", again, resent);
+        }
+    }
+    Ok(())
+}
+
+fn outage_line(name: &str, cut: &str, again: Vec<f64>, resent: Vec<f64>) {
+    let max = again.iter().copied().fold(0.0, f64::max);
+    println!(
+        "| {name} | {cut} | {:.0} ms, {max:.0} ms | {:.0} |",
         crate::median(again),
         crate::median(resent),
     );
-    Ok(())
+}
+
+/// The page's last `progress`, in bytes.
+fn page_progress(c: &mut Chromium) -> u64 {
+    let js = "(() => { const e = window.punchdropEvents || []; \
+              for (let i = e.length - 1; i >= 0; i--) if (e[i].event === 'progress') return e[i].bytes; \
+              return 0; })()";
+    c.eval(js).ok().and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+/// Browser ↔ native across cone / cone with the browser's router cut for `outage` once a
+/// fifth has arrived: how soon after it forwards again the receiver reports more bytes, and
+/// what the sender sent twice.
+fn browser_outage(
+    lab: &Lab,
+    size: u64,
+    page_receives: bool,
+    outage: Duration,
+) -> anyhow::Result<(Duration, u64)> {
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("lab.bin");
+    crate::make_file(&file, size)?;
+    let timeout = Duration::from_secs(600);
+    let dst = tempfile::tempdir()?;
+    let host = if page_receives { "b" } else { "a" };
+    let mut c = Chromium::launch_stock_in(&lab.ns(&format!("h{host}")), "browser", &lab.url)?;
+    let mut native = if page_receives {
+        let (sender, link) = lab.sender(&[], &[&file])?;
+        c.goto(&link)?;
+        c.wait_state("offer", Duration::from_secs(60))?;
+        c.click("#accept")?;
+        sender
+    } else {
+        let link = page_shares(&mut c, lab, &file)?;
+        lab.receiver(&[], dst.path(), &link)
+    };
+    let received = |c: &mut Chromium, native: &mut punchdrop_e2e::Peer| match page_receives {
+        true => page_progress(c),
+        false => native.progress(),
+    };
+    let start = std::time::Instant::now();
+    while received(&mut c, &mut native) < size / 5 {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "no progress to a fifth"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.cut_router(host)?;
+    std::thread::sleep(outage);
+    let before = received(&mut c, &mut native);
+    lab.restore_router(host)?;
+    let back = std::time::Instant::now();
+    while received(&mut c, &mut native) <= before {
+        anyhow::ensure!(
+            back.elapsed() < Duration::from_secs(120),
+            "nothing moved after the outage"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let moving = back.elapsed();
+    c.wait_state("done", timeout)?;
+    let page: event::Done = c.wait(Duration::from_secs(5))?;
+    let (status, events) = native.finish(timeout)?;
+    let done = punchdrop_e2e::expect_done(status, &events);
+    let sent = if page_receives {
+        done.transferred
+    } else {
+        page.transferred
+    };
+    Ok((moving, sent.saturating_sub(size)))
 }
 
 /// Browser ↔ native across two cone NATs, stock Chromium on one side.
