@@ -352,24 +352,35 @@ impl Rooms {
         }
     }
 
-    /// A peer's connection closed. A held room whose joiner left waits for it again.
+    /// A peer's connection closed. A held room whose joiner left waits for it again; one
+    /// that can be held no more ends, and its creator is told the room is over (not just
+    /// that the joiner left, which it would wait out).
     pub fn leave(&self, m: &Membership) {
-        if m.side == Side::Joiner && self.vacate(m) {
-            return;
+        if m.side == Side::Joiner {
+            match self.vacate(m) {
+                Some(true) => return,
+                Some(false) => {
+                    let over = ServerMessage::Error {
+                        code: ErrorCode::Expired,
+                        message: "this link was used to come back too many times; send again"
+                            .into(),
+                    };
+                    return self.remove(m, over);
+                }
+                None => {}
+            }
         }
         self.remove(m, ServerMessage::PeerLeft);
     }
 
     /// The joiner of a held room left: free its place for a rejoin, if the room allows one
-    /// more. `false`: the room ends as any other.
-    fn vacate(&self, m: &Membership) -> bool {
+    /// more (`Some(true)`; `Some(false)`: it allows no more). `None`: not a held room.
+    fn vacate(&self, m: &Membership) -> Option<bool> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let Some(room) = inner.rooms.get_mut(&m.room) else {
-            return false;
-        };
-        if !room.hold.asked || room.hold.rejoins >= MAX_REJOINS {
-            return false;
+        let room = inner.rooms.get_mut(&m.room).filter(|r| r.hold.asked)?;
+        if room.hold.rejoins >= MAX_REJOINS {
+            return Some(false);
         }
         room.hold.rejoins += 1;
         room.joiner = None;
@@ -384,7 +395,7 @@ impl Rooms {
             inner.numbers.insert(n, m.room.clone());
         }
         deliver(&room.creator, ServerMessage::PeerLeft);
-        true
+        Some(true)
     }
 
     fn remove(&self, m: &Membership, tell_other: ServerMessage) {
@@ -618,21 +629,39 @@ mod tests {
         let (tx, mut creator) = outbox();
         let (m, _) = r.create(tx, t0, false, true).unwrap();
         let id = RoomRef::Id(m.room.clone());
+        // The creator reads what it is told as it comes (its queue is bounded).
+        let mut told = Vec::new();
         for _ in 0..MAX_REJOINS {
             let (jtx, _j) = outbox();
             let j = r.join(jtx, &id, t0).unwrap();
             r.leave(&j);
+            while let Some(m) = next(&mut creator) {
+                told.push(m);
+            }
         }
         let (jtx, _j) = outbox();
         let j = r.join(jtx, &id, t0).unwrap();
         r.leave(&j);
         assert_eq!(r.active(), 0, "the last leave ends it");
         while let Some(m) = next(&mut creator) {
-            assert!(matches!(
-                m,
-                ServerMessage::PeerJoined | ServerMessage::PeerLeft
-            ));
+            told.push(m);
         }
+        let last = told.pop();
+        assert!(
+            told.iter()
+                .all(|m| matches!(m, ServerMessage::PeerJoined | ServerMessage::PeerLeft))
+        );
+        // The creator learns the room is over, not merely that its joiner left.
+        assert!(
+            matches!(
+                last,
+                Some(ServerMessage::Error {
+                    code: ErrorCode::Expired,
+                    ..
+                })
+            ),
+            "{last:?}"
+        );
 
         let (tx, mut creator) = outbox();
         let (m, _) = r.create(tx, t0, false, true).unwrap();

@@ -391,6 +391,9 @@ pub struct Rendezvous {
     attempts: u32,
     /// The server said the joiner's connection closed while the channel was open.
     peer_away: bool,
+    /// The server ended the room while the channel was open (the other side aborted, or the
+    /// room can be held no more): a lost link then has nothing to wait for.
+    room_gone: bool,
     server_up: bool,
     out: VecDeque<Output>,
 }
@@ -491,6 +494,7 @@ impl Rendezvous {
             retry_at: None,
             attempts: 0,
             peer_away: false,
+            room_gone: false,
             server_up: false,
             out: VecDeque::new(),
         }
@@ -756,7 +760,7 @@ impl Rendezvous {
     pub fn link_lost(&mut self, now: Duration) -> bool {
         self.now = now;
         match self.stage {
-            Stage::Connected if self.holds_room() && self.server_up => {
+            Stage::Connected if self.holds_room() && self.server_up && !self.room_gone => {
                 let reason = match self.peer_away {
                     true => ReconnectReason::PeerLeft,
                     false => ReconnectReason::LinkLost,
@@ -907,8 +911,10 @@ impl Rendezvous {
     /// The server ended the room, or the other peer left it. Before the channel is open
     /// that ends this rendezvous; after, the transfer needs neither.
     fn room_ended(&mut self, e: RendezvousError) {
-        if self.stage < Stage::Connected {
-            self.fail(e);
+        match self.stage < Stage::Connected {
+            true => self.fail(e),
+            // The transfer goes on without the room; only a lost link will need to know.
+            false => self.room_gone = true,
         }
     }
 

@@ -1552,6 +1552,30 @@ fn a_holding_creator_waits_for_a_restarted_joiner_and_connects_again() {
 }
 
 #[test]
+fn a_room_the_server_ended_during_the_transfer_is_not_waited_in() {
+    let ended = [
+        ServerMessage::PeerAborted {
+            reason: AbortReason::Cancelled,
+        },
+        ServerMessage::Error {
+            code: ErrorCode::Expired,
+            message: "held no more".into(),
+        },
+    ];
+    for msg in ended {
+        let (mut w, _) = held_and_connected();
+        w.schedule(HOP, Wire::ToPeer(Who::A, msg.clone()));
+        w.run_for(Duration::from_secs(1));
+        assert!(w.a().rv.is_connected(), "the transfer goes on: {msg:?}");
+        assert!(
+            !w.a_loses_link(),
+            "nobody can come back into an ended room: {msg:?}"
+        );
+        assert!(reconnecting(w.a()).is_empty(), "{msg:?}");
+    }
+}
+
+#[test]
 fn a_joiner_back_before_the_loss_is_noticed_replaces_the_old_connection() {
     let (mut w, link) = held_and_connected();
     w.kill_b();
