@@ -43,10 +43,22 @@ fn client_messages() -> Vec<ClientMessage> {
         ClientMessage::Join {
             version: 2,
             room: RoomRef::Id("abcd1234".into()),
+            reclaim: None,
+        },
+        ClientMessage::Join {
+            version: 4,
+            room: RoomRef::Id("abcd1234".into()),
+            reclaim: Some("t0k3n".into()),
+        },
+        ClientMessage::Reclaim {
+            version: 4,
+            room: "abcd1234".into(),
+            token: "t0k3n".into(),
         },
         ClientMessage::Join {
             version: 2,
             room: RoomRef::Number(42),
+            reclaim: None,
         },
         ClientMessage::Pake {
             auth: AuthKind::Code,
@@ -67,14 +79,20 @@ fn server_messages() -> Vec<ServerMessage> {
             room: "room1234".into(),
             number: Some(7),
             expires_in_secs: 600,
+            reclaim: None,
         },
         ServerMessage::Created {
             room: "room1234".into(),
             number: None,
             expires_in_secs: 600,
+            reclaim: Some("t0k3n".into()),
         },
         ServerMessage::Numbered { number: 7 },
         ServerMessage::Joined {
+            room: "room1234".into(),
+            reclaim: Some("t0k3n".into()),
+        },
+        ServerMessage::Reclaimed {
             room: "room1234".into(),
         },
         ServerMessage::PeerJoined,

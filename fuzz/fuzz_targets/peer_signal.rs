@@ -113,6 +113,7 @@ fn machine(selector: u8, now: Duration) -> (Rendezvous, Peer) {
                 room: ROOM.into(),
                 number: None,
                 expires_in_secs: 600,
+                reclaim: None,
             },
             now,
         );
@@ -150,7 +151,13 @@ fn machine(selector: u8, now: Duration) -> (Rendezvous, Peer) {
         let mut r = Rendezvous::join(&invitation, SERVER, want, Config::default(), now);
         r.server_open(now);
         drive(&mut r, &mut none, now);
-        r.handle_server(ServerMessage::Joined { room: ROOM.into() }, now);
+        r.handle_server(
+            ServerMessage::Joined {
+                room: ROOM.into(),
+                reclaim: None,
+            },
+            now,
+        );
         r.handle_server(ice, now);
         let (theirs, sealed) = pake_sent(&mut r);
         assert!(sealed.is_empty(), "nothing sealed before the key");

@@ -10,7 +10,7 @@
 use core::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use protocol::invite::{Invitation, ShareLink};
-use protocol::rendezvous::{Config, Output, Rendezvous, Want};
+use protocol::rendezvous::{Config, Output, Place, Rendezvous, Want};
 use protocol::signal::ServerMessage;
 
 const SERVER: &str = "http://127.0.0.1:8080";
@@ -82,7 +82,10 @@ fuzz_target!(|data: &[u8]| {
     run(
         Rendezvous::rejoin(
             &invitation,
-            Some("room1234"),
+            Some(&Place {
+                room: "room1234".into(),
+                token: Some("t0k3n".into()),
+            }),
             SERVER,
             Want::Receive,
             holding,

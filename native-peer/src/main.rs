@@ -415,11 +415,11 @@ async fn get_back(
     let Some(inv) = rejoin else {
         return old.and_then(|mut s| s.link_lost(clock).then_some(s));
     };
-    let room = old.as_ref().and_then(rendezvous::Signalling::room);
+    let place = old.as_ref().and_then(rendezvous::Signalling::place);
     if let Some(old) = old.take() {
         old.close().await;
     }
-    let rv = Rendezvous::rejoin(inv, room.as_deref(), server, want, config, clock.now());
+    let rv = Rendezvous::rejoin(inv, place.as_ref(), server, want, config, clock.now());
     Some(rendezvous::Signalling::start(rv, net, clock))
 }
 

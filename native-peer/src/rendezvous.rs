@@ -16,7 +16,7 @@
 use anyhow::Context as _;
 use futures::{SinkExt as _, StreamExt as _};
 use protocol::path::{PathContext, PathReport};
-use protocol::rendezvous::{IceCandidate, LocalIce, Output, PeerSetup, Rendezvous};
+use protocol::rendezvous::{IceCandidate, LocalIce, Output, PeerSetup, Place, Rendezvous};
 use protocol::signal::ClientMessage;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -233,9 +233,9 @@ impl Signalling {
         self.rv.link_lost(clock.now())
     }
 
-    /// The id of the room the machine is (or was last) in.
-    pub fn room(&self) -> Option<String> {
-        self.rv.room().map(str::to_string)
+    /// This side's place in the room the machine is (or was last) in.
+    pub fn place(&self) -> Option<Place> {
+        self.rv.place()
     }
 
     /// Leave the room: close the socket to the server.
@@ -521,9 +521,10 @@ fn close_soon(pc: Arc<dyn PeerConnection>) {
 }
 
 /// After the channel opened: forward late candidates both ways until signalling ends or the
-/// link asks for it back (`stop`). If the machine leaves the connected state (the joiner came
-/// back through the room: this connection is dead), close the connection so the transfer
-/// fails over now, and stop, leaving what the machine queued for [`connect`].
+/// link asks for it back (`stop`), and open a new socket when the machine asks (a holding
+/// creator taking its place in the room back). If the machine leaves the connected state
+/// (the joiner came back through the room: this connection is dead), close the connection so
+/// the transfer fails over now, and stop, leaving what the machine queued for [`connect`].
 async fn late_signalling(
     clock: Clock,
     sig: Signalling,
@@ -565,17 +566,18 @@ async fn late_signalling(
                 tracing::info!("signalling ended ({e}); the transfer continues peer to peer");
                 break;
             }
+            Output::CloseServer => server.close().await,
+            Output::OpenServer => server = Server::connect(rv.server()),
             Output::Timeout(t) => {
-                if matches!(server, Server::Closed) {
-                    tracing::info!("signalling ended; the transfer continues peer to peer");
-                    break;
-                }
                 tokio::select! {
                     _ = &mut stop => break,
                     ev = server.next() => match ev {
                         ServerEvent::Text(t) => rv.handle_server_text(&t, clock.now()),
-                        ServerEvent::Closed => rv.server_closed(clock.now()),
-                        ServerEvent::Open => {}
+                        ServerEvent::Closed => {
+                            tracing::info!("lost the signalling server; the transfer goes on peer to peer");
+                            rv.server_closed(clock.now());
+                        }
+                        ServerEvent::Open => rv.server_open(clock.now()),
                     },
                     ev = events.recv() => match ev {
                         Some(PcEvent::Candidate(c)) => rv.handle_local(LocalIce::Candidate(c), clock.now()),

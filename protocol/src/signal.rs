@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the signalling protocol spoken by this build. 2: a room has a number only when
 /// its creator shows a code (`create.code`, `show_code`). 3: `create.hold` keeps a room for its
-/// joiner to come back.
-pub const SIGNAL_VERSION: u32 = 3;
+/// joiner to come back. 4: the peers of a held room get a token (`created.reclaim`,
+/// `joined.reclaim`) that takes their place back from a connection that died (`reclaim`,
+/// `join.reclaim`); a held room outlives its creator's connection too (`peer_away`).
+pub const SIGNAL_VERSION: u32 = 4;
 
 /// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of
 /// candidates sealed and base64-encoded fits in a few KiB; files never travel here.
@@ -59,8 +61,23 @@ pub enum ClientMessage {
     },
     /// The creator of a waiting room shows a code after all: give the room a number.
     ShowCode,
-    /// Join an existing room.
-    Join { version: u32, room: RoomRef },
+    /// Join an existing room. `reclaim`: the token of the place this peer had in the room
+    /// (a held room, [`ServerMessage::Joined`]); a connection of its that is still there (its
+    /// network went away without closing it) is closed, and this one takes its place.
+    Join {
+        version: u32,
+        room: RoomRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reclaim: Option<String>,
+    },
+    /// The creator of a held room takes its place back with the token it was given
+    /// ([`ServerMessage::Created`]), after its connection to the server died; an old
+    /// connection still in its place is closed. Answered with [`ServerMessage::Reclaimed`].
+    Reclaim {
+        version: u32,
+        room: String,
+        token: String,
+    },
     /// This peer's single SPAKE2 message (base64). One per peer per room: the server refuses a
     /// second, which bounds online guessing of a typed code to one try.
     Pake { auth: AuthKind, msg: String },
@@ -92,11 +109,21 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         number: Option<u32>,
         expires_in_secs: u64,
+        /// A held room: the token that takes the creator's place back ([`ClientMessage::Reclaim`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reclaim: Option<String>,
     },
     /// The room's number, after [`ClientMessage::ShowCode`].
     Numbered { number: u32 },
-    /// This peer joined `room`; the creator is there.
-    Joined { room: String },
+    /// This peer joined `room`; the creator is there. `reclaim`: in a held room, the token
+    /// that takes this place back ([`ClientMessage::Join`]).
+    Joined {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reclaim: Option<String>,
+    },
+    /// The creator has its place back ([`ClientMessage::Reclaim`]).
+    Reclaimed { room: String },
     /// The second peer arrived (sent to the creator).
     PeerJoined,
     /// The other peer's SPAKE2 message.
@@ -146,6 +173,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The connection neither created nor joined a room in time.
     Idle,
+    /// The creator of a held room lost its connection to the server and has not taken its
+    /// place back yet: try again in a moment.
+    PeerAway,
 }
 
 impl ErrorCode {
@@ -167,6 +197,9 @@ impl ErrorCode {
             Self::ServerBusy => "the server has too many rooms; retry later",
             Self::ShuttingDown => "the server is shutting down",
             Self::Idle => "the connection was idle too long; open the link or code again",
+            Self::PeerAway => {
+                "the other peer lost its connection to the server; try again in a moment"
+            }
         }
     }
 }
@@ -276,13 +309,31 @@ mod tests {
                 ClientMessage::Join {
                     version: 1,
                     room: RoomRef::Id("abcd1234".into()),
+                    reclaim: None,
                 },
                 r#"{"type":"join","version":1,"room":{"id":"abcd1234"}}"#,
             ),
             (
                 ClientMessage::Join {
+                    version: 4,
+                    room: RoomRef::Id("abcd1234".into()),
+                    reclaim: Some("t0k3n".into()),
+                },
+                r#"{"type":"join","version":4,"room":{"id":"abcd1234"},"reclaim":"t0k3n"}"#,
+            ),
+            (
+                ClientMessage::Reclaim {
+                    version: 4,
+                    room: "abcd1234".into(),
+                    token: "t0k3n".into(),
+                },
+                r#"{"type":"reclaim","version":4,"room":"abcd1234","token":"t0k3n"}"#,
+            ),
+            (
+                ClientMessage::Join {
                     version: 1,
                     room: RoomRef::Number(42),
+                    reclaim: None,
                 },
                 r#"{"type":"join","version":1,"room":{"number":42}}"#,
             ),
@@ -320,6 +371,7 @@ mod tests {
                     room: "r1".into(),
                     number: Some(7),
                     expires_in_secs: 600,
+                    reclaim: None,
                 },
                 r#"{"type":"created","room":"r1","number":7,"expires_in_secs":600}"#,
             ),
@@ -328,6 +380,16 @@ mod tests {
                     room: "r1".into(),
                     number: None,
                     expires_in_secs: 600,
+                    reclaim: Some("t0k3n".into()),
+                },
+                r#"{"type":"created","room":"r1","expires_in_secs":600,"reclaim":"t0k3n"}"#,
+            ),
+            (
+                ServerMessage::Created {
+                    room: "r1".into(),
+                    number: None,
+                    expires_in_secs: 600,
+                    reclaim: None,
                 },
                 r#"{"type":"created","room":"r1","expires_in_secs":600}"#,
             ),
@@ -336,8 +398,22 @@ mod tests {
                 r#"{"type":"numbered","number":7}"#,
             ),
             (
-                ServerMessage::Joined { room: "r1".into() },
+                ServerMessage::Joined {
+                    room: "r1".into(),
+                    reclaim: None,
+                },
                 r#"{"type":"joined","room":"r1"}"#,
+            ),
+            (
+                ServerMessage::Joined {
+                    room: "r1".into(),
+                    reclaim: Some("t0k3n".into()),
+                },
+                r#"{"type":"joined","room":"r1","reclaim":"t0k3n"}"#,
+            ),
+            (
+                ServerMessage::Reclaimed { room: "r1".into() },
+                r#"{"type":"reclaimed","room":"r1"}"#,
             ),
             (ServerMessage::PeerJoined, r#"{"type":"peer_joined"}"#),
             (
@@ -382,6 +458,13 @@ mod tests {
                     message: "x".into(),
                 },
                 r#"{"type":"error","code":"no_such_room","message":"x"}"#,
+            ),
+            (
+                ServerMessage::Error {
+                    code: ErrorCode::PeerAway,
+                    message: "x".into(),
+                },
+                r#"{"type":"error","code":"peer_away","message":"x"}"#,
             ),
         ];
         for (msg, json) in cases {

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub rooms_created: AtomicU64,
     pub rooms_joined: AtomicU64,
     pub rooms_rejoined: AtomicU64,
+    pub rooms_reclaimed: AtomicU64,
     pub messages_relayed: AtomicU64,
     pub bytes_relayed: AtomicU64,
     pub pake_failures: AtomicU64,
@@ -75,7 +76,7 @@ impl Metrics {
             "WebSocket connections open now.",
             &one(gauges.connections_open as u64),
         );
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "connections_total",
                 "WebSocket connections accepted.",
@@ -91,6 +92,11 @@ impl Metrics {
                 "rooms_rejoined_total",
                 "Joins of a held room whose joiner had left (a restarted peer coming back).",
                 &self.rooms_rejoined,
+            ),
+            (
+                "rooms_reclaimed_total",
+                "Held rooms whose creator took its place back after its connection died.",
+                &self.rooms_reclaimed,
             ),
             (
                 "rooms_expired_total",

@@ -13,6 +13,13 @@
 //!   [`MAX_CODE_TRIES`] key exchanges with a typed code's password however its joiners came
 //!   in (by number or by the id they learnt), so a code costs at most one more online guess.
 //!   An abort still ends a held room.
+//! - A held room outlives its creator's connection too: the joiner is told (`peer_left`), a
+//!   join meanwhile is refused as `peer_away` (try again), and the creator takes its place
+//!   back with the token it got at `created` (`reclaim`) within [`CREATOR_AWAY_MAX`], or the
+//!   room ends. A held room's joiner gets a token at `joined` too: joining again with it
+//!   takes its place back from a connection of its that is still there (a network gone
+//!   away without closing it), counted as a rejoin. A connection whose place was taken is
+//!   closed, and nothing it does afterwards (leaving included) touches the room.
 //! - An unjoined room lives `ttl`; a joined one `max_lifetime` from its first join (then both
 //!   peers are told it expired and their connections close); rejoining does not extend it.
 //! - Nothing here looks inside sealed payloads; they are forwarded as they came.
@@ -33,6 +40,8 @@ pub(crate) enum Outgoing {
     Msg(ServerMessage),
     /// Send this message, then close the connection.
     Final(ServerMessage),
+    /// Another connection took this one's place in its room (with the place's token): close.
+    Replaced,
 }
 
 pub(crate) type Outbox = mpsc::Sender<Outgoing>;
@@ -48,12 +57,18 @@ pub(crate) enum Side {
 pub(crate) struct Membership {
     pub room: String,
     pub side: Side,
+    /// Which connection holds the place: one whose place was taken acts on the room no more.
+    conn: u64,
 }
 
 #[derive(Debug)]
 struct Slot {
     tx: Outbox,
     pake_sent: bool,
+    conn: u64,
+    /// Held rooms: the SHA-256 of the token that takes this place back. (Digests are
+    /// compared, so the comparison's timing says nothing about the token.)
+    token: Option<[u8; 32]>,
 }
 
 #[derive(Debug)]
@@ -62,7 +77,11 @@ struct Room {
     number: Option<u32>,
     /// Unjoined: when it expires. Joined: when its lifetime ends.
     expires: Instant,
-    creator: Slot,
+    /// `None` while the creator of a held room is away (its connection closed), since then.
+    creator: Option<Slot>,
+    creator_away: Option<Instant>,
+    /// Held rooms: the digest of the creator's token (its slot goes while it is away).
+    creator_token: Option<[u8; 32]>,
     joiner: Option<Slot>,
     /// What happens when the joiner's connection closes.
     hold: Hold,
@@ -91,10 +110,14 @@ const MAX_CODE_TRIES: u8 = 2;
 /// How many times a held room may be joined again after its joiner left.
 pub(crate) const MAX_REJOINS: u8 = 32;
 
+/// How long a held room waits for its creator to take its place back (its program's own
+/// wait for the other peer, `--reconnect-timeout`, is 5 minutes by default).
+pub(crate) const CREATOR_AWAY_MAX: Duration = Duration::from_secs(10 * 60);
+
 impl Room {
     fn slot(&mut self, side: Side) -> Option<&mut Slot> {
         match side {
-            Side::Creator => Some(&mut self.creator),
+            Side::Creator => self.creator.as_mut(),
             Side::Joiner => self.joiner.as_mut(),
         }
     }
@@ -102,9 +125,48 @@ impl Room {
     fn other(&mut self, side: Side) -> Option<&mut Slot> {
         match side {
             Side::Creator => self.joiner.as_mut(),
-            Side::Joiner => Some(&mut self.creator),
+            Side::Joiner => self.creator.as_mut(),
         }
     }
+
+    /// `m`'s connection still holds its place here.
+    fn holds(&self, m: &Membership) -> bool {
+        let slot = match m.side {
+            Side::Creator => self.creator.as_ref(),
+            Side::Joiner => self.joiner.as_ref(),
+        };
+        slot.is_some_and(|s| s.conn == m.conn)
+    }
+}
+
+/// A token that takes a place in a held room back, and the digest the room keeps of it.
+fn new_token() -> (String, [u8; 32]) {
+    let token = random_id(26);
+    let digest = digest(&token);
+    (token, digest)
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// A held room's place: a token to hand out, and the slot keeping its digest.
+fn new_slot(tx: Outbox, conn: u64, held: bool) -> (Slot, Option<String>) {
+    let (token, digest) = match held {
+        true => {
+            let (t, d) = new_token();
+            (Some(t), Some(d))
+        }
+        false => (None, None),
+    };
+    let slot = Slot {
+        tx,
+        pake_sent: false,
+        conn,
+        token: digest,
+    };
+    (slot, token)
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +182,7 @@ pub(crate) struct Rooms {
     max_lifetime: Duration,
     max_rooms: usize,
     metrics: std::sync::Arc<Metrics>,
+    next_conn: std::sync::atomic::AtomicU64,
 }
 
 /// At most one room number in this many is taken (see [`Rooms::pick_number`]).
@@ -128,8 +191,12 @@ const NUMBER_DENSITY: usize = 20;
 const ROOM_ID_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
 
 fn new_room_id() -> String {
+    random_id(16)
+}
+
+fn random_id(len: usize) -> String {
     let mut rng = rand::thread_rng();
-    (0..16)
+    (0..len)
         .map(|_| ROOM_ID_ALPHABET[rng.gen_range(0..ROOM_ID_ALPHABET.len())] as char)
         .collect()
 }
@@ -152,7 +219,12 @@ impl Rooms {
             max_lifetime,
             max_rooms,
             metrics,
+            next_conn: Default::default(),
         }
+    }
+
+    fn conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -184,14 +256,15 @@ impl Rooms {
 
     /// Create a room at `now` (it expires unjoined `ttl` later), with a number for a typed
     /// code only if its creator shows one (`code`).
-    /// `hold`: keep the room for its joiner to come back (see the module invariants).
+    /// `hold`: keep the room for its joiner (or creator) to come back (see the module
+    /// invariants); the creator's token to take its place back comes with it.
     pub fn create(
         &self,
         tx: Outbox,
         now: Instant,
         code: bool,
         hold: bool,
-    ) -> Result<(Membership, Option<u32>), ErrorCode> {
+    ) -> Result<(Membership, Option<u32>, Option<String>), ErrorCode> {
         let mut inner = self.lock();
         if inner.rooms.len() >= self.max_rooms {
             return Err(ErrorCode::ServerBusy);
@@ -207,15 +280,16 @@ impl Rooms {
         if let Some(n) = number {
             inner.numbers.insert(n, id.clone());
         }
+        let conn = self.conn();
+        let (creator, token) = new_slot(tx, conn, hold);
         inner.rooms.insert(
             id.clone(),
             Room {
                 number,
                 expires: now + self.ttl,
-                creator: Slot {
-                    tx,
-                    pake_sent: false,
-                },
+                creator_token: creator.token,
+                creator: Some(creator),
+                creator_away: None,
                 joiner: None,
                 hold: Hold {
                     asked: hold,
@@ -228,8 +302,10 @@ impl Rooms {
             Membership {
                 room: id,
                 side: Side::Creator,
+                conn,
             },
             number,
+            token,
         ))
     }
 
@@ -239,7 +315,10 @@ impl Rooms {
     pub fn show_code(&self, m: &Membership) -> Result<Option<u32>, ErrorCode> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let room = inner.rooms.get(&m.room).ok_or(ErrorCode::NoSuchRoom)?;
+        let room = inner.rooms.get_mut(&m.room).ok_or(ErrorCode::NoSuchRoom)?;
+        if !room.holds(m) {
+            return Err(ErrorCode::NotInRoom);
+        }
         if m.side != Side::Creator || room.joiner.is_some() {
             return Ok(None);
         }
@@ -255,7 +334,15 @@ impl Rooms {
     }
 
     /// Join at `now`: an expired room counts as gone even before the sweeper removes it.
-    pub fn join(&self, tx: Outbox, which: &RoomRef, now: Instant) -> Result<Membership, ErrorCode> {
+    /// `reclaim`: the token of this joiner's place in a held room, which takes it back from
+    /// the connection still in it. In a held room, the new place's token comes back.
+    pub fn join(
+        &self,
+        tx: Outbox,
+        which: &RoomRef,
+        reclaim: Option<&str>,
+        now: Instant,
+    ) -> Result<(Membership, Option<String>), ErrorCode> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let id = match which {
@@ -269,16 +356,31 @@ impl Rooms {
             },
         };
         let room = inner.rooms.get_mut(&id).ok_or(ErrorCode::NoSuchRoom)?;
-        if room.joiner.is_some() {
-            return Err(ErrorCode::RoomFull);
-        }
         if room.expires <= now {
             return Err(ErrorCode::NoSuchRoom);
         }
-        room.joiner = Some(Slot {
-            tx,
-            pake_sent: false,
-        });
+        if room.creator.is_none() {
+            return Err(ErrorCode::PeerAway);
+        }
+        if let Some(old) = &room.joiner {
+            let same = reclaim.is_some_and(|t| old.token == Some(digest(t)));
+            if !same {
+                return Err(ErrorCode::RoomFull);
+            }
+            // Its own connection that has not closed yet (a network gone away): the place
+            // is freed as if it had, and taken at once.
+            let old = old.tx.clone();
+            if !Self::free_joiner_place(room) {
+                return Err(ErrorCode::Expired);
+            }
+            let _ = old.try_send(Outgoing::Replaced);
+            if let Some(creator) = &room.creator {
+                deliver(creator, ServerMessage::PeerLeft);
+            }
+        }
+        let conn = self.conn();
+        let (slot, token) = new_slot(tx, conn, room.hold.asked);
+        room.joiner = Some(slot);
         let counter = match std::mem::replace(&mut room.hold.joined, true) {
             true => &self.metrics.rooms_rejoined,
             false => {
@@ -293,17 +395,71 @@ impl Rooms {
         if let Some(n) = room.number.take() {
             inner.numbers.remove(&n);
         }
-        deliver(&room.creator, ServerMessage::PeerJoined);
+        if let Some(creator) = &room.creator {
+            deliver(creator, ServerMessage::PeerJoined);
+        }
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(Membership {
+        let m = Membership {
             room: id,
             side: Side::Joiner,
+            conn,
+        };
+        Ok((m, token))
+    }
+
+    /// The creator of a held room takes its place back with its token (from a connection
+    /// that closed, or from one still there, which is closed now).
+    pub fn reclaim(
+        &self,
+        tx: Outbox,
+        room_id: &str,
+        token: &str,
+        now: Instant,
+    ) -> Result<Membership, ErrorCode> {
+        let mut inner = self.lock();
+        let room = inner
+            .rooms
+            .get_mut(room_id)
+            .filter(|r| r.expires > now)
+            .ok_or(ErrorCode::NoSuchRoom)?;
+        let token = digest(token);
+        // A wrong token learns nothing about the room.
+        if !room.hold.asked || room.creator_token != Some(token) {
+            return Err(ErrorCode::NoSuchRoom);
+        }
+        if let Some(old) = room.creator.take() {
+            let _ = old.tx.try_send(Outgoing::Replaced);
+        }
+        // A joiner in the middle of a key exchange with the old connection starts over; one
+        // already connected only learns that the creator's signalling went away and back.
+        if let Some(joiner) = &mut room.joiner {
+            joiner.pake_sent = false;
+            deliver(joiner, ServerMessage::PeerLeft);
+        }
+        let conn = self.conn();
+        room.creator = Some(Slot {
+            tx,
+            // What the joiner now in the room sent to the creator's old connection is lost
+            // with it: the PAKE with that joiner is over (it tries again).
+            pake_sent: false,
+            conn,
+            token: Some(token),
+        });
+        room.creator_away = None;
+        self.metrics.rooms_reclaimed.fetch_add(1, Ordering::Relaxed);
+        Ok(Membership {
+            room: room_id.to_string(),
+            side: Side::Creator,
+            conn,
         })
     }
 
     pub fn pake(&self, m: &Membership, auth: AuthKind, msg: String) -> Result<(), ErrorCode> {
         let mut inner = self.lock();
         let room = inner.rooms.get_mut(&m.room).ok_or(ErrorCode::NoPeer)?;
+        if !room.holds(m) {
+            return Err(ErrorCode::NotInRoom);
+        }
         if room.slot(m.side).ok_or(ErrorCode::NotInRoom)?.pake_sent {
             return Err(ErrorCode::PakeAlreadySent);
         }
@@ -325,6 +481,9 @@ impl Rooms {
     pub fn sealed(&self, m: &Membership, data: String) -> Result<(), ErrorCode> {
         let mut inner = self.lock();
         let room = inner.rooms.get_mut(&m.room).ok_or(ErrorCode::NoPeer)?;
+        if !room.holds(m) {
+            return Err(ErrorCode::NotInRoom);
+        }
         let other = room.other(m.side).ok_or(ErrorCode::NoPeer)?;
         self.metrics
             .messages_relayed
@@ -346,60 +505,77 @@ impl Rooms {
 
     /// A peer gave up: the other is told and the room is gone.
     pub fn abort(&self, m: &Membership, reason: AbortReason) {
-        self.remove(m, ServerMessage::PeerAborted { reason });
+        let mut inner = self.lock();
+        if !inner.rooms.get_mut(&m.room).is_some_and(|r| r.holds(m)) {
+            return;
+        }
+        Self::remove(&mut inner, m, ServerMessage::PeerAborted { reason });
         if reason == AbortReason::WrongSecret {
             self.metrics.pake_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// A peer's connection closed. A held room whose joiner left waits for it again; one
-    /// that can be held no more ends, and its creator is told the room is over (not just
-    /// that the joiner left, which it would wait out).
-    pub fn leave(&self, m: &Membership) {
-        if m.side == Side::Joiner {
-            match self.vacate(m) {
-                Some(true) => return,
-                Some(false) => {
+    /// A peer's connection closed (at `now`). A held room waits for it to come back: its
+    /// joiner's place is freed for a rejoin, its creator's kept for a reclaim; one that can
+    /// be held no more ends, and its creator is told the room is over (not just that the
+    /// joiner left, which it would wait out). A connection whose place was taken leaves
+    /// nothing.
+    pub fn leave(&self, m: &Membership, now: Instant) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(room) = inner.rooms.get_mut(&m.room).filter(|r| r.holds(m)) else {
+            return;
+        };
+        match (m.side, room.hold.asked) {
+            (_, false) => Self::remove(inner, m, ServerMessage::PeerLeft),
+            (Side::Creator, true) => {
+                room.creator = None;
+                room.creator_away = Some(now);
+                if let Some(joiner) = &mut room.joiner {
+                    joiner.pake_sent = false;
+                    deliver(joiner, ServerMessage::PeerLeft);
+                }
+            }
+            (Side::Joiner, true) => {
+                if !Self::free_joiner_place(room) {
                     let over = ServerMessage::Error {
                         code: ErrorCode::Expired,
                         message: "this link was used to come back too many times; send again"
                             .into(),
                     };
-                    return self.remove(m, over);
+                    return Self::remove(inner, m, over);
                 }
-                None => {}
+                // A typed code may come back once: one more online guess at most.
+                if let Some(n) = room.hold.number_used.take()
+                    && !room.hold.number_returned
+                    && !inner.numbers.contains_key(&n)
+                {
+                    room.hold.number_returned = true;
+                    room.number = Some(n);
+                    inner.numbers.insert(n, m.room.clone());
+                }
+                if let Some(creator) = &room.creator {
+                    deliver(creator, ServerMessage::PeerLeft);
+                }
             }
         }
-        self.remove(m, ServerMessage::PeerLeft);
     }
 
-    /// The joiner of a held room left: free its place for a rejoin, if the room allows one
-    /// more (`Some(true)`; `Some(false)`: it allows no more). `None`: not a held room.
-    fn vacate(&self, m: &Membership) -> Option<bool> {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let room = inner.rooms.get_mut(&m.room).filter(|r| r.hold.asked)?;
+    /// Free a held room's joiner place for a rejoin, if the room allows one more (`false`:
+    /// it allows no more).
+    fn free_joiner_place(room: &mut Room) -> bool {
         if room.hold.rejoins >= MAX_REJOINS {
-            return Some(false);
+            return false;
         }
         room.hold.rejoins += 1;
         room.joiner = None;
-        room.creator.pake_sent = false;
-        // A typed code may come back once: one more online guess at most.
-        if let Some(n) = room.hold.number_used.take()
-            && !room.hold.number_returned
-            && !inner.numbers.contains_key(&n)
-        {
-            room.hold.number_returned = true;
-            room.number = Some(n);
-            inner.numbers.insert(n, m.room.clone());
+        if let Some(creator) = &mut room.creator {
+            creator.pake_sent = false;
         }
-        deliver(&room.creator, ServerMessage::PeerLeft);
-        Some(true)
+        true
     }
 
-    fn remove(&self, m: &Membership, tell_other: ServerMessage) {
-        let mut inner = self.lock();
+    fn remove(inner: &mut Inner, m: &Membership, tell_other: ServerMessage) {
         if let Some(mut room) = inner.rooms.remove(&m.room) {
             if let Some(n) = room.number {
                 inner.numbers.remove(&n);
@@ -410,14 +586,18 @@ impl Rooms {
         }
     }
 
-    /// Close rooms whose time is up: unjoined past their `ttl`, joined past their lifetime
-    /// (each counted in the metrics). Returns how many went.
+    /// Close rooms whose time is up: unjoined past their `ttl`, joined past their lifetime,
+    /// held ones whose creator stayed away past [`CREATOR_AWAY_MAX`] (each counted in the
+    /// metrics). Returns how many went.
     pub fn sweep(&self, now: Instant) -> usize {
         let mut inner = self.lock();
+        let over = |r: &Room| {
+            r.expires <= now || r.creator_away.is_some_and(|t| now >= t + CREATOR_AWAY_MAX)
+        };
         let expired: Vec<String> = inner
             .rooms
             .iter()
-            .filter(|(_, r)| r.expires <= now)
+            .filter(|(_, r)| over(r))
             .map(|(id, _)| id.clone())
             .collect();
         let ended = || {
@@ -431,7 +611,7 @@ impl Rooms {
                 if let Some(n) = room.number {
                     inner.numbers.remove(&n);
                 }
-                for slot in std::iter::once(&room.creator).chain(&room.joiner) {
+                for slot in room.creator.iter().chain(&room.joiner) {
                     let _ = slot.tx.try_send(ended());
                 }
                 let counter = match room.hold.joined {
@@ -467,7 +647,194 @@ mod tests {
     fn next(rx: &mut mpsc::Receiver<Outgoing>) -> Option<ServerMessage> {
         match rx.try_recv().ok()? {
             Outgoing::Msg(m) | Outgoing::Final(m) => Some(m),
+            Outgoing::Replaced => panic!("replaced where a message was expected"),
         }
+    }
+
+    /// Everything queued for a connection was read, and the last of it closes it as replaced.
+    fn replaced(rx: &mut mpsc::Receiver<Outgoing>) -> bool {
+        let mut last = None;
+        while let Ok(o) = rx.try_recv() {
+            last = Some(o);
+        }
+        matches!(last, Some(Outgoing::Replaced))
+    }
+
+    /// One peer in a room: its place, its token, what the server tells it.
+    type Seat = (Membership, String, mpsc::Receiver<Outgoing>);
+
+    /// A held room with its creator and a joiner in it, and the tokens they were given.
+    fn held_and_joined(r: &Rooms, t0: Instant) -> (Seat, Seat) {
+        let (tx, mut creator) = outbox();
+        let (m, _, token) = r.create(tx, t0, false, true).unwrap();
+        let (jtx, joiner) = outbox();
+        let (j, jtoken) = r.join(jtx, &RoomRef::Id(m.room.clone()), None, t0).unwrap();
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        let token = token.expect("a held room's creator gets a token");
+        let jtoken = jtoken.expect("a held room's joiner gets a token");
+        assert_ne!(token, jtoken);
+        ((m, token, creator), (j, jtoken, joiner))
+    }
+
+    #[test]
+    fn only_a_held_room_hands_out_tokens() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, _c) = outbox();
+        let (m, _, token) = r.create(tx, t0, false, false).unwrap();
+        assert_eq!(token, None);
+        let (jtx, _j) = outbox();
+        let (_, jtoken) = r.join(jtx, &RoomRef::Id(m.room), None, t0).unwrap();
+        assert_eq!(jtoken, None);
+    }
+
+    #[test]
+    fn a_held_rooms_creator_takes_its_place_back_with_its_token() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let ((m, token, _old), (j, _, mut joiner)) = held_and_joined(&r, t0);
+        let id = RoomRef::Id(m.room.clone());
+        // Its connection closes: the joiner is told, the room stays.
+        r.leave(&m, t0);
+        assert_eq!(next(&mut joiner), Some(ServerMessage::PeerLeft));
+        assert_eq!(r.active(), 1);
+        assert_eq!(
+            r.sealed(&j, "eA==".into()).unwrap_err(),
+            ErrorCode::NoPeer,
+            "no one to forward to meanwhile"
+        );
+        // The joiner's own connection goes too; coming back meanwhile is `peer_away`.
+        r.leave(&j, t0);
+        let (x, _) = outbox();
+        assert_eq!(r.join(x, &id, None, t0).unwrap_err(), ErrorCode::PeerAway);
+        // A wrong token learns nothing; the right one takes the place back.
+        let (ctx, mut creator) = outbox();
+        assert_eq!(
+            r.reclaim(ctx.clone(), &m.room, "not-the-token", t0)
+                .unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
+        assert_eq!(
+            r.reclaim(ctx.clone(), "nosuchroom", &token, t0)
+                .unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
+        let back = r.reclaim(ctx, &m.room, &token, t0).unwrap();
+        assert_eq!(r.metrics.rooms_reclaimed.load(Ordering::Relaxed), 1);
+        // The old place acts no more; the new one is the creator, and a joiner meets it.
+        assert_eq!(
+            r.sealed(&m, "eA==".into()).unwrap_err(),
+            ErrorCode::NotInRoom
+        );
+        let (jtx, mut joiner) = outbox();
+        let (j, _) = r.join(jtx, &id, None, t0).unwrap();
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        r.pake(&back, AuthKind::Link, "YQ==".into()).unwrap();
+        assert!(matches!(
+            next(&mut joiner),
+            Some(ServerMessage::Pake { .. })
+        ));
+        r.sealed(&j, "eQ==".into()).unwrap();
+        assert_eq!(
+            next(&mut creator),
+            Some(ServerMessage::Sealed {
+                data: "eQ==".into()
+            })
+        );
+        // The old connection closing late (or aborting) touches nothing.
+        r.leave(&m, t0);
+        r.abort(&m, AbortReason::Failed);
+        assert_eq!(r.active(), 1);
+        assert_eq!(next(&mut creator), None);
+    }
+
+    #[test]
+    fn a_reclaim_closes_the_creators_connection_still_in_its_place() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let ((m, token, mut old), (j, _, mut joiner)) = held_and_joined(&r, t0);
+        let (ctx, mut creator) = outbox();
+        r.reclaim(ctx, &m.room, &token, t0).unwrap();
+        assert!(replaced(&mut old), "the old connection is told to close");
+        // The joiner learns that the creator's signalling went and came back.
+        assert_eq!(next(&mut joiner), Some(ServerMessage::PeerLeft));
+        r.leave(&m, t0);
+        r.sealed(&j, "eQ==".into()).unwrap();
+        assert_eq!(
+            next(&mut creator),
+            Some(ServerMessage::Sealed {
+                data: "eQ==".into()
+            })
+        );
+        // The token stays the creator's: another reclaim later works the same.
+        let (ctx, _again) = outbox();
+        r.reclaim(ctx, &m.room, &token, t0).unwrap();
+        assert!(replaced(&mut creator));
+    }
+
+    #[test]
+    fn a_joiner_with_its_token_takes_its_place_back_at_once() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let ((m, _, mut creator), (j, jtoken, mut old)) = held_and_joined(&r, t0);
+        let id = RoomRef::Id(m.room.clone());
+        let (x, _) = outbox();
+        assert_eq!(
+            r.join(x.clone(), &id, None, t0).unwrap_err(),
+            ErrorCode::RoomFull
+        );
+        assert_eq!(
+            r.join(x, &id, Some("not-the-token"), t0).unwrap_err(),
+            ErrorCode::RoomFull
+        );
+        let (jtx, mut joiner) = outbox();
+        let (back, fresh) = r.join(jtx, &id, Some(&jtoken), t0).unwrap();
+        assert!(
+            fresh.is_some_and(|t| t != jtoken),
+            "a new place, a new token"
+        );
+        assert!(replaced(&mut old));
+        // As if the old connection had closed, and the joiner came in again.
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        assert_eq!(r.metrics.rooms_rejoined.load(Ordering::Relaxed), 1);
+        // The old connection closing late does not free the new one's place.
+        r.leave(&j, t0);
+        assert_eq!(next(&mut creator), None);
+        r.pake(&m, AuthKind::Link, "YQ==".into()).unwrap();
+        assert!(matches!(
+            next(&mut joiner),
+            Some(ServerMessage::Pake { .. })
+        ));
+        r.sealed(&back, "eQ==".into()).unwrap();
+        assert!(matches!(
+            next(&mut creator),
+            Some(ServerMessage::Sealed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_creator_away_too_long_ends_its_room() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let ((m, token, _), (_, _, mut joiner)) = held_and_joined(&r, t0);
+        r.leave(&m, t0);
+        assert_eq!(next(&mut joiner), Some(ServerMessage::PeerLeft));
+        assert_eq!(r.sweep(t0 + CREATOR_AWAY_MAX - Duration::from_millis(1)), 0);
+        assert_eq!(r.sweep(t0 + CREATOR_AWAY_MAX), 1);
+        assert_eq!(
+            next(&mut joiner),
+            Some(ServerMessage::Error {
+                code: ErrorCode::Expired,
+                message: ErrorCode::Expired.explain().into()
+            })
+        );
+        let (ctx, _) = outbox();
+        assert_eq!(
+            r.reclaim(ctx, &m.room, &token, t0 + CREATOR_AWAY_MAX)
+                .unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
     }
 
     #[test]
@@ -475,13 +842,13 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, number) = r.create(tx, t0, true, false).unwrap();
+        let (m, number, _) = r.create(tx, t0, true, false).unwrap();
         let number = number.unwrap();
         assert_eq!(r.sweep(t0 + TTL - Duration::from_millis(1)), 0);
         // At the deadline it is gone for joiners, by id and by number, before any sweep.
         let (j, _) = outbox();
         assert_eq!(
-            r.join(j.clone(), &RoomRef::Id(m.room.clone()), t0 + TTL)
+            r.join(j.clone(), &RoomRef::Id(m.room.clone()), None, t0 + TTL)
                 .unwrap_err(),
             ErrorCode::NoSuchRoom
         );
@@ -494,7 +861,8 @@ mod tests {
             })
         );
         assert_eq!(
-            r.join(j, &RoomRef::Number(number), t0 + TTL).unwrap_err(),
+            r.join(j, &RoomRef::Number(number), None, t0 + TTL)
+                .unwrap_err(),
             ErrorCode::NoSuchRoom
         );
         assert_eq!(r.active(), 0);
@@ -505,11 +873,14 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, number) = r.create(tx, t0, true, false).unwrap();
+        let (m, number, _) = r.create(tx, t0, true, false).unwrap();
         let number = number.unwrap();
         let (jtx, mut joiner) = outbox();
         let joined = t0 + TTL / 2;
-        let j = r.join(jtx, &RoomRef::Number(number), joined).unwrap();
+        let j = r
+            .join(jtx, &RoomRef::Number(number), None, joined)
+            .unwrap()
+            .0;
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
         assert_eq!(r.sweep(t0 + TTL * 2), 0, "a joined room outlives the wait");
         r.sealed(&m, "c3RpbGw=".into()).unwrap();
@@ -529,7 +900,8 @@ mod tests {
         // Its number was retired on join.
         let (x, _) = outbox();
         assert_eq!(
-            r.join(x, &RoomRef::Number(number), t0 + TTL).unwrap_err(),
+            r.join(x, &RoomRef::Number(number), None, t0 + TTL)
+                .unwrap_err(),
             ErrorCode::NoSuchRoom
         );
         // Its lifetime ends it, for both.
@@ -549,9 +921,12 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, _) = r.create(tx, t0, true, false).unwrap();
+        let (m, _, _) = r.create(tx, t0, true, false).unwrap();
         let (jtx, _joiner) = outbox();
-        let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
+        let j = r
+            .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
+            .unwrap()
+            .0;
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
         r.to_other(&j, ServerMessage::PeerLeft);
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
@@ -583,10 +958,10 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, _) = r.create(tx, t0, false, true).unwrap();
+        let (m, _, _) = r.create(tx, t0, false, true).unwrap();
         let id = RoomRef::Id(m.room.clone());
         let (jtx, _joiner) = outbox();
-        let j = r.join(jtx, &id, t0).unwrap();
+        let j = r.join(jtx, &id, None, t0).unwrap().0;
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
         r.pake(&m, AuthKind::Link, "YQ==".into()).unwrap();
         r.pake(&j, AuthKind::Link, "Yg==".into()).unwrap();
@@ -594,13 +969,13 @@ mod tests {
             next(&mut creator),
             Some(ServerMessage::Pake { .. })
         ));
-        r.leave(&j);
+        r.leave(&j, t0);
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
         assert_eq!(r.active(), 1, "the room waits");
         // The one who comes back runs the key exchange again, and so does the creator.
         let (jtx, mut joiner) = outbox();
         let later = t0 + LIFETIME / 2;
-        let j = r.join(jtx, &id, later).unwrap();
+        let j = r.join(jtx, &id, None, later).unwrap().0;
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
         r.pake(&m, AuthKind::Link, "Yw==".into()).unwrap();
         assert_eq!(
@@ -616,7 +991,10 @@ mod tests {
         );
         // Still one joiner at a time.
         let (x, _) = outbox();
-        assert_eq!(r.join(x, &id, later).unwrap_err(), ErrorCode::RoomFull);
+        assert_eq!(
+            r.join(x, &id, None, later).unwrap_err(),
+            ErrorCode::RoomFull
+        );
         // Coming back does not extend the room's life.
         assert_eq!(r.sweep(t0 + LIFETIME), 1);
         let _ = j;
@@ -627,21 +1005,21 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, _) = r.create(tx, t0, false, true).unwrap();
+        let (m, _, _) = r.create(tx, t0, false, true).unwrap();
         let id = RoomRef::Id(m.room.clone());
         // The creator reads what it is told as it comes (its queue is bounded).
         let mut told = Vec::new();
         for _ in 0..MAX_REJOINS {
             let (jtx, _j) = outbox();
-            let j = r.join(jtx, &id, t0).unwrap();
-            r.leave(&j);
+            let j = r.join(jtx, &id, None, t0).unwrap().0;
+            r.leave(&j, t0);
             while let Some(m) = next(&mut creator) {
                 told.push(m);
             }
         }
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &id, t0).unwrap();
-        r.leave(&j);
+        let j = r.join(jtx, &id, None, t0).unwrap().0;
+        r.leave(&j, t0);
         assert_eq!(r.active(), 0, "the last leave ends it");
         while let Some(m) = next(&mut creator) {
             told.push(m);
@@ -664,9 +1042,12 @@ mod tests {
         );
 
         let (tx, mut creator) = outbox();
-        let (m, _) = r.create(tx, t0, false, true).unwrap();
+        let (m, _, _) = r.create(tx, t0, false, true).unwrap();
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
+        let j = r
+            .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
+            .unwrap()
+            .0;
         r.abort(&j, AbortReason::WrongSecret);
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
         assert_eq!(
@@ -679,10 +1060,13 @@ mod tests {
 
         // Without hold, a leave ends the room as before.
         let (tx, _c) = outbox();
-        let (m, _) = r.create(tx, t0, false, false).unwrap();
+        let (m, _, _) = r.create(tx, t0, false, false).unwrap();
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
-        r.leave(&j);
+        let j = r
+            .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
+            .unwrap()
+            .0;
+        r.leave(&j, t0);
         assert_eq!(r.active(), 0);
     }
 
@@ -691,30 +1075,37 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, _creator) = outbox();
-        let (m, number) = r.create(tx, t0, true, true).unwrap();
+        let (m, number, _) = r.create(tx, t0, true, true).unwrap();
         let number = RoomRef::Number(number.unwrap());
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &number, t0).unwrap();
-        r.leave(&j);
+        let j = r.join(jtx, &number, None, t0).unwrap().0;
+        r.leave(&j, t0);
         // Once more by number…
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &number, t0).unwrap();
-        r.leave(&j);
+        let j = r.join(jtx, &number, None, t0).unwrap().0;
+        r.leave(&j, t0);
         // …then only the link (whose secret no one guesses) joins it.
         let (x, _) = outbox();
-        assert_eq!(r.join(x, &number, t0).unwrap_err(), ErrorCode::NoSuchRoom);
+        assert_eq!(
+            r.join(x, &number, None, t0).unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
         let (jtx, _j) = outbox();
-        r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
+        r.join(jtx, &RoomRef::Id(m.room.clone()), None, t0).unwrap();
 
         // A joiner who used the link does not bring the number back.
         let (tx, _creator) = outbox();
-        let (m, n) = r.create(tx, t0, true, true).unwrap();
+        let (m, n, _) = r.create(tx, t0, true, true).unwrap();
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &RoomRef::Id(m.room.clone()), t0).unwrap();
-        r.leave(&j);
+        let j = r
+            .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
+            .unwrap()
+            .0;
+        r.leave(&j, t0);
         let (x, _) = outbox();
         assert_eq!(
-            r.join(x, &RoomRef::Number(n.unwrap()), t0).unwrap_err(),
+            r.join(x, &RoomRef::Number(n.unwrap()), None, t0)
+                .unwrap_err(),
             ErrorCode::NoSuchRoom
         );
     }
@@ -724,19 +1115,22 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, _creator) = outbox();
-        let (m, number) = r.create(tx, t0, true, true).unwrap();
+        let (m, number, _) = r.create(tx, t0, true, true).unwrap();
         let id = RoomRef::Id(m.room.clone());
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &RoomRef::Number(number.unwrap()), t0).unwrap();
+        let j = r
+            .join(jtx, &RoomRef::Number(number.unwrap()), None, t0)
+            .unwrap()
+            .0;
         r.pake(&j, AuthKind::Code, "YQ==".into()).unwrap();
-        r.leave(&j);
+        r.leave(&j, t0);
         // Back by the room id (learnt from `joined`), with the code's password again.
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &id, t0).unwrap();
+        let j = r.join(jtx, &id, None, t0).unwrap().0;
         r.pake(&j, AuthKind::Code, "Yg==".into()).unwrap();
-        r.leave(&j);
+        r.leave(&j, t0);
         let (jtx, _j) = outbox();
-        let j = r.join(jtx, &id, t0).unwrap();
+        let j = r.join(jtx, &id, None, t0).unwrap().0;
         assert_eq!(
             r.pake(&j, AuthKind::Code, "Yw==".into()).unwrap_err(),
             ErrorCode::PakeAlreadySent

@@ -125,6 +125,11 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                     member = None;
                     break;
                 }
+                Some(Outgoing::Replaced) => {
+                    tracing::debug!(peer = %who, "its place in the room was taken back by a new connection");
+                    member = None;
+                    break;
+                }
                 None => break,
             },
             incoming = stream.next() => {
@@ -176,7 +181,7 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                     Ok(Some(reply)) => {
                         in_a_room = true;
                         let joined = match (&reply, &member) {
-                            (ServerMessage::Joined { room }, Some(m)) => Some((room.clone(), m.clone())),
+                            (ServerMessage::Joined { room, .. }, Some(m)) => Some((room.clone(), m.clone())),
                             _ => None,
                         };
                         if sink.send(text(&reply)).await.is_err() { break; }
@@ -198,9 +203,21 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
         }
     }
     if let Some(m) = member {
-        state.rooms.leave(&m);
+        state.rooms.leave(&m, std::time::Instant::now());
     }
     tracing::debug!(peer = %who, "connection closed");
+}
+
+/// A connection may take one place in one room, at the room rate limit.
+fn may_enter(state: &AppState, ip: IpAddr, member: &Option<Membership>) -> Result<(), ErrorCode> {
+    if member.is_some() {
+        return Err(ErrorCode::RoomFull);
+    }
+    if !state.limits.room(ip) {
+        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(ErrorCode::RateLimited);
+    }
+    Ok(())
 }
 
 fn handle(
@@ -211,20 +228,16 @@ fn handle(
     msg: ClientMessage,
 ) -> Result<Option<ServerMessage>, ErrorCode> {
     match msg {
-        ClientMessage::Create { version, .. } | ClientMessage::Join { version, .. }
+        ClientMessage::Create { version, .. }
+        | ClientMessage::Join { version, .. }
+        | ClientMessage::Reclaim { version, .. }
             if version != SIGNAL_VERSION =>
         {
             Err(ErrorCode::UnsupportedVersion)
         }
         ClientMessage::Create { code, hold, .. } => {
-            if member.is_some() {
-                return Err(ErrorCode::RoomFull);
-            }
-            if !state.limits.room(ip) {
-                state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return Err(ErrorCode::RateLimited);
-            }
-            let (m, number) =
+            may_enter(state, ip, member)?;
+            let (m, number, reclaim) =
                 state
                     .rooms
                     .create(tx.clone(), std::time::Instant::now(), code, hold)?;
@@ -232,22 +245,29 @@ fn handle(
                 room: m.room.clone(),
                 number,
                 expires_in_secs: state.rooms.ttl().as_secs(),
+                reclaim,
             };
             *member = Some(m);
             Ok(Some(reply))
         }
-        ClientMessage::Join { room, .. } => {
-            if member.is_some() {
-                return Err(ErrorCode::RoomFull);
-            }
-            if !state.limits.room(ip) {
-                state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return Err(ErrorCode::RateLimited);
-            }
-            let m = state
+        ClientMessage::Join { room, reclaim, .. } => {
+            may_enter(state, ip, member)?;
+            let now = std::time::Instant::now();
+            let (m, reclaim) = state
                 .rooms
-                .join(tx.clone(), &room, std::time::Instant::now())?;
+                .join(tx.clone(), &room, reclaim.as_deref(), now)?;
             let reply = ServerMessage::Joined {
+                room: m.room.clone(),
+                reclaim,
+            };
+            *member = Some(m);
+            Ok(Some(reply))
+        }
+        ClientMessage::Reclaim { room, token, .. } => {
+            may_enter(state, ip, member)?;
+            let now = std::time::Instant::now();
+            let m = state.rooms.reclaim(tx.clone(), &room, &token, now)?;
+            let reply = ServerMessage::Reclaimed {
                 room: m.room.clone(),
             };
             *member = Some(m);

@@ -137,6 +137,25 @@ fn join_msg(room: RoomRef) -> ClientMessage {
     ClientMessage::Join {
         version: SIGNAL_VERSION,
         room,
+        reclaim: None,
+    }
+}
+
+/// Create a held room (link only); returns its id and the creator's token.
+async fn create_held(ws: &mut Ws) -> (String, String) {
+    let hold = ClientMessage::Create {
+        version: SIGNAL_VERSION,
+        code: false,
+        hold: true,
+    };
+    send(ws, &hold).await;
+    match recv(ws).await {
+        ServerMessage::Created {
+            room,
+            reclaim: Some(token),
+            ..
+        } => (room, token),
+        other => panic!("expected Created with a token, got {other:?}"),
     }
 }
 
@@ -148,6 +167,7 @@ async fn create(ws: &mut Ws) -> (String, u32, u64) {
             room,
             number,
             expires_in_secs,
+            reclaim: None,
         } => (room, number.expect("a number, as asked"), expires_in_secs),
         other => panic!("expected Created, got {other:?}"),
     }
@@ -161,7 +181,10 @@ async fn pair(handle: &ServerHandle) -> (Ws, Ws, String, u32) {
     send(&mut joiner, &join_msg(RoomRef::Id(room.clone()))).await;
     assert_eq!(
         recv(&mut joiner).await,
-        ServerMessage::Joined { room: room.clone() }
+        ServerMessage::Joined {
+            room: room.clone(),
+            reclaim: None
+        }
     );
     assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
     (creator, joiner, room, number)
@@ -246,7 +269,10 @@ async fn create_join_pake_and_sealed_are_relayed() {
     send(&mut joiner, &join_msg(RoomRef::Id(room.clone()))).await;
     assert_eq!(
         recv(&mut joiner).await,
-        ServerMessage::Joined { room: room.clone() }
+        ServerMessage::Joined {
+            room: room.clone(),
+            reclaim: None
+        }
     );
     assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
 
@@ -318,7 +344,10 @@ async fn join_by_number_and_rooms_take_one_joiner() {
     send(&mut joiner, &join_msg(RoomRef::Number(number))).await;
     assert_eq!(
         recv(&mut joiner).await,
-        ServerMessage::Joined { room: room.clone() }
+        ServerMessage::Joined {
+            room: room.clone(),
+            reclaim: None
+        }
     );
     assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
 
@@ -503,6 +532,7 @@ async fn bad_requests_get_exact_errors_and_connection_survives() {
         &ClientMessage::Join {
             version: 0,
             room: RoomRef::Number(1),
+            reclaim: None,
         },
     )
     .await;
@@ -911,7 +941,13 @@ async fn room_state_errors() {
     // the creator's single attempt.
     let mut joiner = connect(&handle).await;
     send(&mut joiner, &join_msg(RoomRef::Id(room.clone()))).await;
-    assert_eq!(recv(&mut joiner).await, ServerMessage::Joined { room });
+    assert_eq!(
+        recv(&mut joiner).await,
+        ServerMessage::Joined {
+            room,
+            reclaim: None
+        }
+    );
     assert_eq!(recv(&mut ws).await, ServerMessage::PeerJoined);
     send(
         &mut ws,
@@ -1405,18 +1441,7 @@ async fn a_silent_peer_is_dropped_and_a_held_room_takes_its_joiner_again() {
     })
     .await;
     let mut creator = connect(&handle).await;
-    send(
-        &mut creator,
-        &ClientMessage::Create {
-            version: SIGNAL_VERSION,
-            code: false,
-            hold: true,
-        },
-    )
-    .await;
-    let ServerMessage::Created { room, .. } = recv(&mut creator).await else {
-        panic!("expected Created");
-    };
+    let (room, _) = create_held(&mut creator).await;
     let mut silent = connect(&handle).await;
     send(&mut silent, &join_msg(RoomRef::Id(room.clone()))).await;
     assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
@@ -1431,7 +1456,10 @@ async fn a_silent_peer_is_dropped_and_a_held_room_takes_its_joiner_again() {
     );
     let mut back = connect(&handle).await;
     send(&mut back, &join_msg(RoomRef::Id(room.clone()))).await;
-    assert_eq!(recv(&mut back).await, ServerMessage::Joined { room });
+    assert!(matches!(
+        recv(&mut back).await,
+        ServerMessage::Joined { room: r, reclaim: Some(_) } if r == room
+    ));
     assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
     // Peers that answer (by reading: the client answers pings as it reads) stay however
     // long they wait.
@@ -1461,4 +1489,93 @@ async fn a_silent_peer_is_dropped_and_a_held_room_takes_its_joiner_again() {
         }
     );
     drop(silent);
+}
+
+/// A held room's creator whose socket closed takes its place back with its token from a new
+/// socket (the joiner is told it went, and a joiner coming back meanwhile is asked to try
+/// again); one whose old socket is still there (silent: its network changed) takes it back
+/// at once, without waiting for the pings to give up, and the old socket is closed. A
+/// joiner's token does the same for a joiner.
+#[tokio::test]
+async fn a_held_rooms_peers_take_their_places_back_with_their_tokens() {
+    let handle = spawn(config()).await;
+    let mut creator = connect(&handle).await;
+    let (room, token) = create_held(&mut creator).await;
+    let mut joiner = connect(&handle).await;
+    send(&mut joiner, &join_msg(RoomRef::Id(room.clone()))).await;
+    let ServerMessage::Joined {
+        reclaim: Some(jtoken),
+        ..
+    } = recv(&mut joiner).await
+    else {
+        panic!("expected Joined with a token");
+    };
+    assert_eq!(recv(&mut creator).await, ServerMessage::PeerJoined);
+    let reclaim = |token: &str| ClientMessage::Reclaim {
+        version: SIGNAL_VERSION,
+        room: room.clone(),
+        token: token.into(),
+    };
+
+    // The creator's socket closes: the joiner hears it, the room stays.
+    drop(creator);
+    assert_eq!(recv(&mut joiner).await, ServerMessage::PeerLeft);
+    let mut other = connect(&handle).await;
+    send(&mut other, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert_eq!(recv(&mut other).await, error(ErrorCode::PeerAway));
+    send(&mut other, &reclaim("not-the-token")).await;
+    assert_eq!(recv(&mut other).await, error(ErrorCode::NoSuchRoom));
+    let mut creator = connect(&handle).await;
+    send(&mut creator, &reclaim(&token)).await;
+    assert_eq!(
+        recv(&mut creator).await,
+        ServerMessage::Reclaimed { room: room.clone() }
+    );
+    assert_eq!(recv(&mut joiner).await, ServerMessage::PeerLeft);
+    let sealed = ClientMessage::Sealed {
+        data: "eHl6".into(),
+    };
+    send(&mut joiner, &sealed).await;
+    assert_eq!(
+        recv(&mut creator).await,
+        ServerMessage::Sealed {
+            data: "eHl6".into()
+        }
+    );
+
+    // Its new socket goes silent (not closed): a third one takes the place back at once.
+    let mut again = connect(&handle).await;
+    send(&mut again, &reclaim(&token)).await;
+    assert!(matches!(
+        recv(&mut again).await,
+        ServerMessage::Reclaimed { .. }
+    ));
+    expect_closed(&mut creator).await;
+    assert_eq!(recv(&mut joiner).await, ServerMessage::PeerLeft);
+
+    // The joiner's socket goes silent; joining with its token takes its place back.
+    let mut back = connect(&handle).await;
+    send(&mut back, &join_msg(RoomRef::Id(room.clone()))).await;
+    assert_eq!(recv(&mut back).await, error(ErrorCode::RoomFull));
+    send(
+        &mut back,
+        &ClientMessage::Join {
+            version: SIGNAL_VERSION,
+            room: RoomRef::Id(room.clone()),
+            reclaim: Some(jtoken),
+        },
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut back).await,
+        ServerMessage::Joined {
+            reclaim: Some(_),
+            ..
+        }
+    ));
+    expect_closed(&mut joiner).await;
+    assert_eq!(recv(&mut again).await, ServerMessage::PeerLeft);
+    assert_eq!(recv(&mut again).await, ServerMessage::PeerJoined);
+    assert_eq!(metric(&handle, "punchdrop_rooms_reclaimed_total").await, 2);
+    assert_eq!(metric(&handle, "punchdrop_rooms_rejoined_total").await, 1);
 }

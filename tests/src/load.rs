@@ -371,6 +371,7 @@ fn join(room: RoomRef) -> ClientMessage {
     ClientMessage::Join {
         version: SIGNAL_VERSION,
         room,
+        reclaim: None,
     }
 }
 

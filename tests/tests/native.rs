@@ -319,7 +319,11 @@ fn a_vanished_sender_is_continued_by_a_new_send_into_the_same_folder() {
     let size: u64 = 200 << 20;
     make_file(&file, size, 8);
     let (mut sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
-    let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
+    // The receiver cannot tell a killed sender from one whose network changed (which takes
+    // its place in the room back): it waits `--reconnect-timeout` for it, here 5 s.
+    let mut args = recv_args(&sig.url, dst.path(), &link);
+    args.splice(2..2, ["--reconnect-timeout".to_string(), "5".to_string()]);
+    let mut receiver = spawn(&args);
     receiver.wait_for_progress(size * 45 / 100);
     sender.kill();
     let (rs, revents) = receiver.finish(LONG).unwrap();

@@ -276,18 +276,37 @@ fn cone_to_cone_reconnects_after_an_outage_longer_than_ice_waits() {
 
 /// The receiver's host gets a new address mid-transfer (its old one removed): its
 /// connection and its socket to the server die without a word. Its ICE gives the connection
-/// up, it joins the room again from the new address (the server drops the old socket once
-/// it stops answering pings), and the transfer continues from what it kept.
+/// up, it joins the room again from the new address — its token takes its place back from
+/// the old socket the server still counts in the room — and the transfer continues from
+/// what it kept.
 #[test]
 fn a_receiver_whose_address_changes_reconnects_and_continues() {
+    continues_through_an_address_change("b", 2);
+}
+
+/// 128 MiB from A to B; once a fifth arrived, host `host` (on LAN 10.0.`subnet`) moves from
+/// .2 to .102.
+fn continues_through_an_address_change(host: &str, subnet: u8) {
     let lab = cone_lab_with_delay(10);
     let size = 128 << 20;
-    let o = lab.transfer_through(size, |lab| lab.move_host("b", 2, 2, 102).unwrap());
+    let o = lab.transfer_through(size, |lab| lab.move_host(host, subnet, 2, 102).unwrap());
     eprintln!(
         "bytes moved again {:?} after the address changed",
         o.moving_again
     );
     assert_continued(&o);
+}
+
+/// The sender's host — the one that made the room — gets a new address mid-transfer: its
+/// connection and its socket to the server die without a word, the server still counting
+/// the old socket in the room. When its ICE gives the connection up it opens a new socket
+/// and takes its place in the room back with the token the server gave it (`reclaim`); the
+/// receiver joins again (meeting `peer_away` and trying again if it is first), and the
+/// transfer continues from what the receiver kept. Before the token, the room was lost with
+/// the creator's socket.
+#[test]
+fn a_sender_whose_address_changes_keeps_its_room_and_continues() {
+    continues_through_an_address_change("a", 1);
 }
 
 /// A long outage on the receiver's side, and the signalling server unreachable meanwhile:

@@ -288,7 +288,7 @@ async fn open_flow(
         if picked.is_some() {
             files = picked;
         }
-        let (role, room) = (link.role, link.room.clone());
+        let (role, place) = (link.role, link.place.clone());
         match transfer_over(&mut link, files.clone(), &events, &mut cmds, &mut carry).await {
             // The other side (which made the room) holds it when the connection dies: this
             // page joins it again and the transfer continues from what the receiver holds —
@@ -298,8 +298,8 @@ async fn open_flow(
                     TransferRole::Sender => Want::Send,
                     TransferRole::Receiver => Want::Receive,
                 };
-                let (room, now) = (room.as_deref(), js::now());
-                rv = Rendezvous::rejoin(&inv, room, &server, want, Config::default(), now);
+                let (place, now) = (place.as_ref(), js::now());
+                rv = Rendezvous::rejoin(&inv, place, &server, want, Config::default(), now);
                 again = true;
             }
             result => break result,

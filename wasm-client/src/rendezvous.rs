@@ -13,7 +13,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt as _, StreamExt as _};
 use protocol::event::Event;
 use protocol::path::PathReport;
-use protocol::rendezvous::{LocalIce, Output, Rendezvous};
+use protocol::rendezvous::{LocalIce, Output, Place, Rendezvous};
 use protocol::signal::TransferRole;
 use web_sys::{RtcDataChannel, RtcDataChannelType, RtcPeerConnection, RtcPeerConnectionState};
 
@@ -36,8 +36,9 @@ pub struct Link {
     pub state: mpsc::UnboundedReceiver<RtcPeerConnectionState>,
     /// A connection before this one was lost: the transfer says `reconnected`.
     pub again: bool,
-    /// The room it was made in (a rejoin goes back to it by id).
-    pub room: Option<String>,
+    /// This side's place in the room it was made in (a rejoin goes back to it by id, and
+    /// takes the place back with its token).
+    pub place: Option<Place>,
     _listeners: Vec<Listener>,
     /// Dropping it stops the signalling that carries late candidates.
     stop: Option<oneshot::Sender<()>>,
@@ -220,7 +221,7 @@ async fn on_local(rv: &mut Rendezvous, peer: Option<&mut Peer>, ev: Local) -> Op
 /// Hand over the open link; the signalling goes on in the background until it is dropped.
 fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> {
     let role = rv.role().ok_or(Error::Usage("connected without a role"))?;
-    let rv_room = rv.room().map(str::to_string);
+    let place = rv.place();
     let dc = p
         .channel
         .clone()
@@ -246,7 +247,7 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> 
         path,
         state,
         again: false,
-        room: rv_room,
+        place,
         _listeners: listeners,
         stop: Some(stop),
         back: Some(back),
@@ -266,7 +267,6 @@ async fn late_signalling(
     stopped: oneshot::Receiver<()>,
 ) -> (Rendezvous, Ws) {
     let mut stopped = stopped.fuse();
-    let mut server_up = true;
     loop {
         let now = js::now();
         if !rv.is_connected() {
@@ -278,27 +278,23 @@ async fn late_signalling(
         }
         match rv.poll_output() {
             Output::ToServer(m) if !ws.send(&m) => {
-                server_up = false;
+                ws = Ws::none();
                 rv.server_closed(now);
             }
             Output::ToServer(_) => {}
             Output::AddCandidate(c) => peer::add_candidate(&pc, c).await,
+            // A page holding its room takes its place back on a new socket.
+            Output::CloseServer => ws = Ws::none(),
+            Output::OpenServer => ws = Ws::open(rv.server()),
             Output::Timeout(t) => {
-                let up = server_up;
-                let server = async {
-                    match up {
-                        true => ws.events.next().await,
-                        false => std::future::pending().await,
-                    }
-                };
                 futures::select! {
                     _ = stopped => return (rv, ws),
-                    ev = server.fuse() => match ev {
+                    ev = ws.events.next() => match ev {
                         Some(WsEvent::Text(t)) => rv.handle_server_text(&t, js::now()),
-                        Some(WsEvent::Open) => {}
+                        Some(WsEvent::Open) => rv.server_open(js::now()),
                         // The server may go now; the transfer does not need it.
                         Some(WsEvent::Closed) | None => {
-                            server_up = false;
+                            ws = Ws::none();
                             rv.server_closed(js::now());
                         }
                     },

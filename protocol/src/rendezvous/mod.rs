@@ -32,12 +32,21 @@
 //! - After the channel opened, losing the server or the other peer's signalling is not an
 //!   error: the transfer goes on peer to peer.
 //! - A creator with [`Config::rejoin_wait`] creates its room with `hold`. When its connection
-//!   is lost with the transfer unfinished ([`Rendezvous::link_lost`], or the joiner arriving
-//!   again while the old connection still looks open) it says `reconnecting`, forgets the
+//!   is lost with the transfer unfinished ([`Rendezvous::link_lost`], or a joiner coming into
+//!   the room and proving the secret while the old connection still looks open — it stays
+//!   until then, so a joiner whose socket to the server alone dropped is not cut off by
+//!   whoever joins next) it says `reconnecting`, forgets the
 //!   joiner's key, hello and negotiation, and waits for a joiner again — the same link or
 //!   code, a fresh PAKE and connection (a restarted receiver; the transfer then continues
 //!   from what it kept) — until the rejoin deadline, which a joiner that leaves again midway
 //!   does not extend.
+//! - The server hands each peer of a held room a token for its place. A holding creator whose
+//!   socket to the server dies (or whose connection to the other peer is lost: its network
+//!   may have changed under a socket that looks open) opens a new one and takes its place
+//!   back (`reclaim`), trying again after 0.25, 0.5, 1, 2, 4, 4… s; the transfer never waits
+//!   for it. Meanwhile a joiner coming back meets `peer_away` and tries again the same way. A
+//!   rejoining joiner brings its token, so a connection of its that the server still counts
+//!   in the room does not keep it out.
 
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
@@ -256,6 +265,11 @@ pub enum RendezvousError {
         .0.as_secs()
     )]
     NoReturn(Duration),
+    #[error(
+        "the signalling server no longer has the room ({}); the other peer cannot come back",
+        .0.explain()
+    )]
+    RoomGone(ErrorCode),
 }
 
 /// Who broke the protocol.
@@ -290,6 +304,15 @@ enum CodeShare {
     Hidden,
     Asked,
     Shown(ShortCode),
+}
+
+/// Where this side was in a room: what a rejoin needs to take its place back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The room id.
+    pub room: String,
+    /// The server's token for this side's place (held rooms only).
+    pub token: Option<String>,
 }
 
 /// How this peer entered the room.
@@ -394,6 +417,15 @@ pub struct Rendezvous {
     /// The server ended the room while the channel was open (the other side aborted, or the
     /// room can be held no more): a lost link then has nothing to wait for.
     room_gone: bool,
+    /// The server's token for this side's place in a held room.
+    token: Option<String>,
+    /// A holding creator is getting its place in the room back on a new socket (until the
+    /// server says `reclaimed`); meanwhile `server_up` is false.
+    reclaiming: bool,
+    /// A holding creator, connected: a joiner came into the room (the one connected left
+    /// it, at least its socket did), and the key agreed with it once its message arrives.
+    /// The old connection is given up only when the newcomer's hello opens with that key.
+    newcomer: Option<Option<Channel>>,
     server_up: bool,
     out: VecDeque<Output>,
 }
@@ -449,20 +481,22 @@ impl Rendezvous {
     /// server or the other peer cannot be reached it tries again, backing off, until
     /// [`Config::rejoin_wait`] is over ([`RendezvousError::NoReturn`]); a room that is gone
     /// or a wrong secret end it at once.
-    /// `room`: the room id the last connection was made in ([`Rendezvous::room`]): it is
-    /// joined by that id (with the same password), not by a typed code's number, which the
-    /// room may not have back, or which may name another room by now.
+    /// `place`: where the last connection was made ([`Rendezvous::place`]): the room is
+    /// joined by its id (with the same password), not by a typed code's number, which the
+    /// room may not have back, or which may name another room by now; the place's token
+    /// takes it back from the old socket if the server still counts that one in the room.
     pub fn rejoin(
         invitation: &Invitation,
-        room: Option<&str>,
+        place: Option<&Place>,
         default_server: &str,
         want: Want,
         config: Config,
         now: Duration,
     ) -> Self {
         let mut rv = Self::join(invitation, default_server, want, config, now);
-        if let (Entry::Join { room: by, .. }, Some(id)) = (&mut rv.entry, room) {
-            *by = RoomRef::Id(id.to_string());
+        if let (Entry::Join { room: by, .. }, Some(place)) = (&mut rv.entry, place) {
+            *by = RoomRef::Id(place.room.clone());
+            rv.token = place.token.clone();
         }
         rv.rejoin_until = Some(now + config.rejoin_wait.unwrap_or(REJOIN_DEFAULT));
         rv.emit(event::Reconnecting {
@@ -495,6 +529,9 @@ impl Rendezvous {
             attempts: 0,
             peer_away: false,
             room_gone: false,
+            token: None,
+            reclaiming: false,
+            newcomer: None,
             server_up: false,
             out: VecDeque::new(),
         }
@@ -514,6 +551,14 @@ impl Rendezvous {
     /// The id of the room this side is in (or was in last).
     pub fn room(&self) -> Option<&str> {
         self.room.as_deref()
+    }
+
+    /// This side's place in its room (or its last one), for [`Rendezvous::rejoin`].
+    pub fn place(&self) -> Option<Place> {
+        Some(Place {
+            room: self.room.clone()?,
+            token: self.token.clone(),
+        })
     }
 
     /// This side's transfer role, once settled.
@@ -543,8 +588,14 @@ impl Rendezvous {
     /// The socket to the server is open.
     pub fn server_open(&mut self, now: Duration) {
         self.now = now;
-        if self.stage != Stage::Connecting || self.retry_at.is_some() {
+        if self.retry_at.is_some() {
             // (A socket from before a setback opening late: the next attempt opens its own.)
+            return;
+        }
+        if self.reclaiming && !self.server_up {
+            return self.ask_place_back();
+        }
+        if self.stage != Stage::Connecting {
             return;
         }
         self.server_up = true;
@@ -562,6 +613,7 @@ impl Rendezvous {
                 ClientMessage::Join {
                     version: SIGNAL_VERSION,
                     room: room.clone(),
+                    reclaim: self.token.clone(),
                 }
             }
         };
@@ -575,6 +627,12 @@ impl Rendezvous {
         if self.retry_at.is_some() {
             // The socket this side closed itself between attempts.
             return;
+        }
+        if self.reclaiming {
+            return self.retry_server();
+        }
+        if self.can_reclaim() {
+            return self.reclaim_place(false);
         }
         let was_up = std::mem::replace(&mut self.server_up, false);
         match self.stage {
@@ -604,6 +662,9 @@ impl Rendezvous {
         if self.stage == Stage::Failed {
             return;
         }
+        if self.reclaiming {
+            return self.while_reclaiming(msg);
+        }
         match msg {
             ServerMessage::IceServers { servers, .. } => self.ice_servers = servers,
             // A holder's message that crossed its joiner leaving: `peer_left` says it all.
@@ -617,9 +678,16 @@ impl Rendezvous {
                 AbortReason::WrongSecret => RendezvousError::WrongSecret,
                 _ => RendezvousError::PeerGaveUp,
             }),
-            ServerMessage::Created { room, number, .. } => self.on_created(room, number),
+            ServerMessage::Created {
+                room,
+                number,
+                reclaim,
+                ..
+            } => self.on_created(room, number, reclaim),
             ServerMessage::Numbered { number } => self.on_numbered(number),
-            ServerMessage::Joined { room } => self.on_joined(room),
+            ServerMessage::Joined { room, reclaim } => self.on_joined(room, reclaim),
+            // Only ever the answer to a reclaim, handled above.
+            ServerMessage::Reclaimed { .. } => {}
             ServerMessage::PeerJoined => self.on_peer_joined(),
             ServerMessage::Pake { auth, msg } => self.on_pake(auth, &msg),
             ServerMessage::Sealed { data } => self.on_sealed(&data),
@@ -760,12 +828,22 @@ impl Rendezvous {
     pub fn link_lost(&mut self, now: Duration) -> bool {
         self.now = now;
         match self.stage {
-            Stage::Connected if self.holds_room() && self.server_up && !self.room_gone => {
+            Stage::Connected
+                if self.holds_room()
+                    && (self.server_up || self.can_reclaim())
+                    && !self.room_gone =>
+            {
                 let reason = match self.peer_away {
                     true => ReconnectReason::PeerLeft,
                     false => ReconnectReason::LinkLost,
                 };
                 self.lose_link(reason);
+                // The network may have changed under a socket that still looks open (the
+                // server would count it in the room until its pings go unanswered): a new
+                // one takes the place back now.
+                if self.can_reclaim() && !self.reclaiming {
+                    self.reclaim_place(true);
+                }
                 true
             }
             // The joiner came back before the driver noticed: already on it.
@@ -837,6 +915,7 @@ impl Rendezvous {
         }
         self.deadline = None;
         match which {
+            Deadline::ServerAnswer if self.reclaiming => self.retry_server(),
             Deadline::ServerAnswer if self.stage == Stage::Connecting => {
                 self.fail(RendezvousError::Unreachable(self.server.clone()))
             }
@@ -926,21 +1005,90 @@ impl Rendezvous {
     fn on_peer_joined(&mut self) {
         match self.stage {
             Stage::AwaitPeer => self.mark_both_in_room(),
-            // The server lets one joiner in at a time: the one we are connected to is gone.
-            Stage::Connected if self.holds_room() => {
-                self.lose_link(ReconnectReason::PeerLeft);
-                self.out.push_back(Output::ClosePeer);
-                self.mark_both_in_room();
-            }
+            // The server lets one joiner in at a time: the one we are connected to left the
+            // room. Its program may be gone (this is it, back) or only its socket to the
+            // server: the connection stays until the newcomer proves the secret.
+            Stage::Connected if self.holds_room() => self.newcomer = Some(None),
             _ => {}
+        }
+    }
+
+    /// Connected, a newcomer's key exchange message: answer it, and say hello with the new key
+    /// (a page that joined a link waits for the creator's hello before saying its own).
+    fn newcomer_pake(&mut self, auth: AuthKind, theirs: &str) {
+        if !matches!(self.newcomer, Some(None)) {
+            return;
+        }
+        let (Ok(password), Some(room)) = (self.password_for(auth), &self.room) else {
+            // Not a key this share can agree on: the newcomer's own checks fail it.
+            self.newcomer = None;
+            return;
+        };
+        let (hs, mine) = Handshake::start_b64(&password, room, RoomRole::Creator);
+        self.out
+            .push_back(Output::ToServer(ClientMessage::Pake { auth, msg: mine }));
+        let Ok(mut channel) = hs.finish_b64(theirs) else {
+            self.newcomer = None;
+            return;
+        };
+        if let Some(role) = self.role
+            && self.server_up
+        {
+            let hello = PeerSignal::Hello {
+                version: SIGNAL_VERSION,
+                role,
+            };
+            let data = channel.seal_b64(&serde_json::to_vec(&hello).expect("signals serialise"));
+            self.out
+                .push_back(Output::ToServer(ClientMessage::Sealed { data }));
+        }
+        self.newcomer = Some(Some(channel));
+    }
+
+    /// Connected, a sealed message from a newcomer: if it opens, the newcomer has the secret
+    /// and the old connection is given up for it; if not, the old connection stays (a wrong
+    /// secret's newcomer fails its own key confirmation on our hello).
+    fn newcomer_sealed(&mut self, data: &str) {
+        let Some(Some(channel)) = self.newcomer.as_mut() else {
+            return;
+        };
+        let Ok(plain) = channel.open_b64(data) else {
+            self.newcomer = None;
+            return;
+        };
+        let channel = self.newcomer.take().flatten();
+        self.lose_link(ReconnectReason::PeerLeft);
+        self.out.push_back(Output::ClosePeer);
+        self.mark_both_in_room();
+        self.channel = channel;
+        // Our hello went out with the key; theirs is this message.
+        self.stage = Stage::Hello;
+        self.arm(Deadline::Hello, self.config.hello_wait);
+        match serde_json::from_slice::<PeerSignal>(&plain) {
+            Ok(sig) => self.on_signal(sig),
+            Err(_) => self.unexpected(Party::Peer, "an unreadable signal"),
+        }
+    }
+
+    /// The password a joiner's key exchange uses: the link's, or the code's if this share
+    /// shows one.
+    fn password_for(&self, auth: AuthKind) -> Result<Vec<u8>, &'static str> {
+        let link = self.link.as_ref().ok_or("a key exchange before the room")?;
+        match (auth, &self.code) {
+            (AuthKind::Link, _) => Ok(link.password()),
+            (AuthKind::Code, CodeShare::Shown(code)) => Ok(code.password()),
+            (AuthKind::Code, _) => Err("a typed code, but this share shows none"),
         }
     }
 
     fn on_peer_left(&mut self) {
         match self.stage {
             // The transfer needs the server no more; if the connection goes too, the driver
-            // says so (`link_lost`).
-            Stage::Connected => self.peer_away = true,
+            // says so (`link_lost`). A newcomer that had not proved the secret is gone.
+            Stage::Connected => {
+                self.peer_away = true;
+                self.newcomer = None;
+            }
             // A held room waits for the joiner again; what was half set up with it goes.
             Stage::AwaitPeer | Stage::Hello | Stage::Pick | Stage::Negotiating
                 if self.holds_room() =>
@@ -979,6 +1127,7 @@ impl Rendezvous {
                 | E::ServerLost
                 | E::Server(
                     ErrorCode::RoomFull
+                        | ErrorCode::PeerAway
                         | ErrorCode::RateLimited
                         | ErrorCode::ServerBusy
                         | ErrorCode::ShuttingDown
@@ -1003,14 +1152,115 @@ impl Rendezvous {
             // Also a socket still connecting: a late open must not join for this attempt.
             self.server_up = false;
             self.out.push_back(Output::CloseServer);
-            let pause = Duration::from_secs(1 << self.attempts.min(8)).min(RETRY_MAX);
-            self.attempts += 1;
-            self.retry_at = Some(self.now + pause);
+            self.retry_at = Some(self.now + self.next_pause());
         }
         if started {
             self.out.push_back(Output::ClosePeer);
         }
         true
+    }
+
+    /// The pause before the next attempt to reach the server: 0.25, 0.5, 1, 2, 4, 4… s (the
+    /// other side getting its own place back takes a moment; a network that is down longer
+    /// is not hammered).
+    fn next_pause(&mut self) -> Duration {
+        let pause = Duration::from_millis(250 << self.attempts.min(8)).min(RETRY_MAX);
+        self.attempts += 1;
+        pause
+    }
+
+    /// A holding creator that can take its place back on a new socket: it has the server's
+    /// token, the room is not over, and it is in it (waiting for a joiner, with one coming
+    /// back, or with the transfer running).
+    fn can_reclaim(&self) -> bool {
+        let in_room = match self.stage {
+            Stage::AwaitPeer | Stage::Connected => true,
+            Stage::Hello | Stage::Pick | Stage::Negotiating => self.rejoin_until.is_some(),
+            _ => false,
+        };
+        self.holds_room() && self.token.is_some() && !self.room_gone && in_room
+    }
+
+    /// Get this side's place in the room back on a new socket: `at_once` when the old one
+    /// may look open but be dead (it is closed first), else after a pause (it closed). A
+    /// joiner half set up with goes: nothing reaches it meanwhile, and it comes back.
+    fn reclaim_place(&mut self, at_once: bool) {
+        if matches!(self.stage, Stage::Hello | Stage::Pick | Stage::Negotiating) {
+            let started = self.stage == Stage::Negotiating;
+            self.wait_again();
+            if started {
+                self.out.push_back(Output::ClosePeer);
+            }
+        }
+        self.reclaiming = true;
+        self.attempts = 0;
+        match at_once {
+            true => {
+                self.server_up = false;
+                self.out.push_back(Output::CloseServer);
+                self.retry_at = Some(self.now);
+            }
+            false => self.retry_server(),
+        }
+    }
+
+    /// Close the socket and open another after a pause.
+    fn retry_server(&mut self) {
+        self.server_up = false;
+        // (Only the server's answer can be armed here: a holder reclaims while waiting for
+        // a joiner or while connected, where nothing else is.)
+        self.deadline = None;
+        self.out.push_back(Output::CloseServer);
+        self.retry_at = Some(self.now + self.next_pause());
+    }
+
+    /// A new socket opened: ask for the place back.
+    fn ask_place_back(&mut self) {
+        let (Some(room), Some(token)) = (self.room.clone(), self.token.clone()) else {
+            return;
+        };
+        self.arm(Deadline::ServerAnswer, self.config.server_answer);
+        self.out.push_back(Output::ToServer(ClientMessage::Reclaim {
+            version: SIGNAL_VERSION,
+            room,
+            token,
+        }));
+    }
+
+    /// The server's answer to a reclaim.
+    fn while_reclaiming(&mut self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::Reclaimed { .. } => {
+                self.reclaiming = false;
+                self.server_up = true;
+                self.attempts = 0;
+                self.deadline = None;
+            }
+            ServerMessage::Error {
+                code:
+                    ErrorCode::RateLimited
+                    | ErrorCode::ServerBusy
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::Idle,
+                ..
+            } => self.retry_server(),
+            ServerMessage::Error {
+                code:
+                    code @ (ErrorCode::NoSuchRoom | ErrorCode::Expired | ErrorCode::UnsupportedVersion),
+                ..
+            } => {
+                // The room is over on the server: no one can come back into it.
+                self.reclaiming = false;
+                self.out.push_back(Output::CloseServer);
+                match self.stage {
+                    Stage::Connected => self.room_gone = true,
+                    _ => self.fail(RendezvousError::RoomGone(code)),
+                }
+            }
+            // Nothing else answers a reclaim (what the old socket was told, if a driver
+            // still hands it over, is stale).
+            _ => {}
+        }
     }
 
     /// The connection is lost: wait for the joiner to come back, and say so.
@@ -1033,6 +1283,7 @@ impl Rendezvous {
     /// Forget the other peer's key, hello and the negotiation with it.
     fn forget_peer(&mut self) {
         self.handshake = None;
+        self.newcomer = None;
         self.channel = None;
         self.peer_role = None;
         self.peer_away = false;
@@ -1061,11 +1312,12 @@ impl Rendezvous {
         }
     }
 
-    fn on_created(&mut self, room: String, number: Option<u32>) {
+    fn on_created(&mut self, room: String, number: Option<u32>, token: Option<String>) {
         if self.stage != Stage::AwaitCreated {
             // A repeated answer changes nothing.
             return;
         }
+        self.token = token;
         let link = ShareLink::new(&self.server, &room, &crate::invite::generate_secret());
         let asked = matches!(self.code, CodeShare::Asked);
         let code = match number {
@@ -1106,10 +1358,11 @@ impl Rendezvous {
         self.code = CodeShare::Shown(code);
     }
 
-    fn on_joined(&mut self, room: String) {
+    fn on_joined(&mut self, room: String, token: Option<String>) {
         if self.stage != Stage::AwaitJoined {
             return;
         }
+        self.token = token;
         let Entry::Join { password, auth, .. } = &self.entry else {
             return;
         };
@@ -1126,19 +1379,19 @@ impl Rendezvous {
 
     fn on_pake(&mut self, auth: AuthKind, theirs: &str) {
         let hs = match self.stage {
+            Stage::Connected if self.newcomer.is_some() => {
+                return self.newcomer_pake(auth, theirs);
+            }
             Stage::AwaitPeer => {
                 // The creator follows the joiner's choice of password.
-                let (Some(link), Some(room)) = (&self.link, &self.room) else {
+                if self.link.is_none() || self.room.is_none() {
                     return;
+                }
+                let password = match self.password_for(auth) {
+                    Ok(p) => p,
+                    Err(what) => return self.unexpected(Party::Peer, what),
                 };
-                let password = match (auth, &self.code) {
-                    (AuthKind::Link, _) => link.password(),
-                    (AuthKind::Code, CodeShare::Shown(code)) => code.password(),
-                    (AuthKind::Code, _) => {
-                        return self
-                            .unexpected(Party::Peer, "a typed code, but this share shows none");
-                    }
-                };
+                let room = self.room.as_deref().unwrap_or_default();
                 let (hs, mine) = Handshake::start_b64(&password, room, RoomRole::Creator);
                 self.mark_both_in_room();
                 self.out
@@ -1192,6 +1445,9 @@ impl Rendezvous {
     }
 
     fn on_sealed(&mut self, data: &str) {
+        if self.stage == Stage::Connected && self.newcomer.is_some() {
+            return self.newcomer_sealed(data);
+        }
         if self.stage == Stage::AwaitPeer && self.holds_room() {
             // Left over from a joiner this side has given up on (or that left).
             return;

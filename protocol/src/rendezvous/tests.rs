@@ -62,8 +62,13 @@ struct Room {
     joiner: Option<Who>,
     pake_sent: Vec<Who>,
     gone: bool,
-    /// Created with `hold`: the joiner leaving frees its place instead of ending the room.
+    /// Created with `hold`: the joiner leaving frees its place instead of ending the room,
+    /// the creator leaving keeps its place for a reclaim.
     hold: bool,
+    /// Held rooms: the tokens handed out for the two places (joiners get a new one each).
+    creator_token: Option<String>,
+    joiner_token: Option<String>,
+    joins: u32,
 }
 
 /// A peer: its machine, its stand-in ICE stack, and what it showed.
@@ -172,6 +177,8 @@ struct World {
     ice_servers: Vec<IceServer>,
     /// Direct pairs fail: ICE connects only once one side knows a relay candidate of the other.
     direct_fails: bool,
+    /// The server never hears this peer's sockets close (its network went away under them).
+    unheard_closes: Option<Who>,
 }
 
 fn link_and_code(world: &World) -> (String, String) {
@@ -220,6 +227,7 @@ impl World {
                 },
             ],
             direct_fails: false,
+            unheard_closes: None,
         }
     }
 
@@ -289,15 +297,32 @@ impl World {
                 self.room.creator = Some(from);
                 self.room.hold = hold;
                 self.room.number = code.then_some(7);
+                self.room.creator_token = hold.then(|| "ctok".to_string());
                 let number = self.room.number;
+                let reclaim = self.room.creator_token.clone();
                 self.tell(
                     from,
                     ServerMessage::Created {
                         room: "room1234".into(),
                         number,
                         expires_in_secs: 1800,
+                        reclaim,
                     },
                 );
+            }
+            ClientMessage::Reclaim { room, token, .. } => {
+                if self.room.gone
+                    || room != "room1234"
+                    || self.room.creator_token.as_ref() != Some(&token)
+                {
+                    return self.error(from, ErrorCode::NoSuchRoom);
+                }
+                self.room.creator = Some(from);
+                self.room.pake_sent.clear();
+                self.tell(from, ServerMessage::Reclaimed { room });
+                if self.room.joiner.is_some() {
+                    self.tell(other, ServerMessage::PeerLeft);
+                }
             }
             ClientMessage::ShowCode => {
                 if self.room.creator == Some(from) && self.room.joiner.is_none() {
@@ -305,22 +330,35 @@ impl World {
                     self.tell(from, ServerMessage::Numbered { number: 7 });
                 }
             }
-            ClientMessage::Join { room, .. } => {
+            ClientMessage::Join { room, reclaim, .. } => {
                 let ok = match room {
                     RoomRef::Id(id) => id == "room1234",
                     RoomRef::Number(n) => self.room.number == Some(n),
                 };
-                if !ok || self.room.gone || self.room.creator.is_none() {
+                if !ok || self.room.gone {
                     return self.error(from, ErrorCode::NoSuchRoom);
                 }
+                if self.room.creator.is_none() {
+                    return self.error(from, ErrorCode::PeerAway);
+                }
                 if self.room.joiner.is_some() {
-                    return self.error(from, ErrorCode::RoomFull);
+                    if reclaim.is_none() || reclaim != self.room.joiner_token {
+                        return self.error(from, ErrorCode::RoomFull);
+                    }
+                    // Its own old socket, still counted in the room: the place is taken back.
+                    self.room.joiner = None;
+                    self.room.pake_sent.clear();
+                    self.tell(other, ServerMessage::PeerLeft);
                 }
                 self.room.joiner = Some(from);
+                self.room.joins += 1;
+                self.room.joiner_token = self.room.hold.then(|| format!("jtok{}", self.room.joins));
+                let reclaim = self.room.joiner_token.clone();
                 self.tell(
                     from,
                     ServerMessage::Joined {
                         room: "room1234".into(),
+                        reclaim,
                     },
                 );
                 self.ice(from);
@@ -484,14 +522,10 @@ impl World {
             rejoin_wait: Some(REJOIN_WAIT),
             ..Config::default()
         };
-        let room = self
-            .peers
-            .get(&Who::B)
-            .and_then(|p| p.rv.room())
-            .map(str::to_string);
+        let place = self.peers.get(&Who::B).and_then(|p| p.rv.place());
         let rv = Rendezvous::rejoin(
             &inv,
-            room.as_deref(),
+            place.as_ref(),
             SERVER,
             Want::Receive,
             config,
@@ -523,10 +557,20 @@ impl World {
                     p.rv.handle_server(m, now);
                 }
             }
+            Wire::Closed(who) if self.unheard_closes == Some(who) => {}
             Wire::Closed(who) if self.room.hold && self.room.joiner == Some(who) => {
                 self.room.joiner = None;
                 self.room.pake_sent.clear();
-                self.tell(who.other(), ServerMessage::PeerLeft);
+                if self.room.creator.is_some() {
+                    self.tell(who.other(), ServerMessage::PeerLeft);
+                }
+            }
+            Wire::Closed(who) if self.room.hold && self.room.creator == Some(who) => {
+                self.room.creator = None;
+                self.room.pake_sent.clear();
+                if self.room.joiner.is_some() {
+                    self.tell(who.other(), ServerMessage::PeerLeft);
+                }
             }
             Wire::Closed(who) => {
                 let other = who.other();
@@ -965,6 +1009,7 @@ fn a_description_while_picking_files_is_out_of_turn() {
     rv.handle_server(
         ServerMessage::Joined {
             room: "room1234".into(),
+            reclaim: None,
         },
         T0,
     );
@@ -1715,11 +1760,35 @@ fn a_rejoining_joiner_that_never_gets_through_says_so_in_time() {
 }
 
 #[test]
-fn a_rejoining_joiner_stops_at_once_when_the_room_is_gone() {
+fn a_rejoining_joiner_waits_for_a_creator_that_is_away_then_says_so() {
     let (mut w, link) = held_and_connected();
-    // The creator gave up (its program ended): the room went with it.
+    // The creator's program ended without a word: the server keeps its place (it cannot
+    // tell a crash from a network gone away), and the joiner keeps trying in its wait.
     w.peers.remove(&Who::A);
     w.schedule(HOP, Wire::Closed(Who::A));
+    w.run_for(Duration::from_secs(1));
+    let t = w.now;
+    w.b_rejoins(&link);
+    w.run_until(|w| w.b().failed.is_some());
+    assert_eq!(w.b().failed, Some(RendezvousError::NoReturn(REJOIN_WAIT)));
+    assert!(w.now - t <= REJOIN_WAIT + Duration::from_secs(1));
+    assert!(w.b().error().contains("lost"), "{}", w.b().error());
+}
+
+#[test]
+fn a_rejoining_joiner_stops_at_once_when_the_room_is_gone() {
+    let (mut w, link) = held_and_connected();
+    // The creator gave up: the room went with it.
+    w.peers.remove(&Who::A);
+    w.schedule(
+        HOP,
+        Wire::ToServer(
+            Who::A,
+            ClientMessage::Abort {
+                reason: AbortReason::Cancelled,
+            },
+        ),
+    );
     w.run_for(Duration::from_secs(1));
     let t = w.now;
     w.b_rejoins(&link);
@@ -1785,7 +1854,12 @@ fn a_joiner_that_typed_a_code_comes_back_by_the_room_id() {
             _ => None,
         })
         .collect();
-    assert_eq!(joins, [&RoomRef::Id("room1234".into())]);
+    // (The creator taking its place back meanwhile may turn the first try away.)
+    assert!(!joins.is_empty());
+    assert!(
+        joins.iter().all(|r| **r == RoomRef::Id("room1234".into())),
+        "{joins:?}"
+    );
 }
 
 #[test]
@@ -1832,4 +1906,189 @@ fn a_rejoiner_that_never_says_hello_does_not_outlast_the_wait() {
     w.run_until(|w| w.a().failed.is_some());
     assert_eq!(w.a().failed, Some(RendezvousError::NoRejoin(REJOIN_WAIT)));
     assert!(w.now - lost_at <= REJOIN_WAIT + Duration::from_secs(1));
+}
+
+// ── a place in a held room taken back ─────────────────────────────────────────────────────
+
+fn reclaims(p: &Peer) -> Vec<(String, String)> {
+    p.sent
+        .iter()
+        .filter_map(|m| match m {
+            ClientMessage::Reclaim { room, token, .. } => Some((room.clone(), token.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn joins(p: &Peer) -> Vec<Option<String>> {
+    p.sent
+        .iter()
+        .filter_map(|m| match m {
+            ClientMessage::Join { reclaim, .. } => Some(reclaim.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_holding_creator_whose_socket_dies_takes_its_place_back_and_the_transfer_goes_on() {
+    let (mut w, link) = held_and_connected();
+    // The server's socket to A closes (a proxy's idle cut, the path to the server broken).
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.schedule(HOP, Wire::ServerGone(Who::A));
+    w.run_for(Duration::from_secs(5));
+    assert!(w.a().rv.is_connected() && w.a().failed.is_none());
+    assert_eq!(reclaims(w.a()), [("room1234".into(), "ctok".into())]);
+    assert_eq!(w.room.creator, Some(Who::A), "back in its place");
+    assert!(reconnecting(w.a()).is_empty(), "the transfer never stopped");
+    // The room is there for a loss later.
+    assert!(w.a_loses_link());
+    w.b_rejoins(&link);
+    w.run();
+    connected(&w);
+}
+
+#[test]
+fn a_creator_whose_network_changed_takes_its_place_back_past_its_dead_socket() {
+    let (mut w, link) = held_and_connected();
+    // A's address changed: the server never hears its old socket close (it would only drop
+    // it once its pings went unanswered).
+    w.unheard_closes = Some(Who::A);
+    assert!(w.a_loses_link());
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(reclaims(w.a()).len(), 1, "at once, on a new socket");
+    w.unheard_closes = None;
+    w.b_rejoins(&link);
+    w.run();
+    connected(&w);
+    assert_eq!(reconnecting(w.a()), [ReconnectReason::LinkLost]);
+}
+
+#[test]
+fn a_joiner_meets_an_away_creator_and_tries_again_until_it_is_back() {
+    let (mut w, link) = held_and_connected();
+    // A's network is gone for a while: its new sockets do not open.
+    w.peers.get_mut(&Who::A).unwrap().connects = false;
+    assert!(w.a_loses_link());
+    w.b_rejoins(&link);
+    w.run_for(Duration::from_secs(30));
+    assert!(w.a().failed.is_none() && w.b().failed.is_none());
+    assert_eq!(w.room.creator, None, "A is away");
+    assert!(joins(w.b()).len() > 3, "B keeps trying: {:?}", joins(w.b()));
+    let back = w.now;
+    w.peers.get_mut(&Who::A).unwrap().connects = true;
+    w.run();
+    connected(&w);
+    assert!(
+        w.now - back < RETRY_MAX * 2 + Duration::from_secs(1),
+        "{:?}",
+        w.now - back
+    );
+}
+
+#[test]
+fn a_room_gone_from_the_server_ends_a_creators_wait_plainly() {
+    // Connected: the transfer goes on, but nothing can come back into the room.
+    let (mut w, _) = held_and_connected();
+    w.room.gone = true;
+    w.schedule(HOP, Wire::ServerGone(Who::A));
+    w.run_for(Duration::from_secs(3));
+    assert!(w.a().rv.is_connected() && w.a().failed.is_none());
+    assert_eq!(reclaims(w.a()).len(), 1);
+    assert!(!w.a_loses_link(), "no room to wait in");
+    // Waiting for the joiner: the wait ends, saying why.
+    let (mut w, _) = held_and_connected();
+    assert!(w.a_loses_link());
+    w.room.gone = true;
+    w.run();
+    assert_eq!(
+        w.a().failed,
+        Some(RendezvousError::RoomGone(ErrorCode::NoSuchRoom))
+    );
+    assert!(
+        w.a().error().contains("no longer has the room"),
+        "{}",
+        w.a().error()
+    );
+}
+
+#[test]
+fn a_joiner_whose_network_changed_takes_its_place_back_with_its_token() {
+    let (mut w, link) = held_and_connected();
+    // B's old socket stays in the room as far as the server knows.
+    w.unheard_closes = Some(Who::B);
+    assert!(w.a_loses_link());
+    w.run_for(Duration::from_millis(500));
+    w.b_rejoins(&link);
+    w.run();
+    connected(&w);
+    assert_eq!(
+        joins(w.b()),
+        [Some("jtok1".to_string())],
+        "in at the first try"
+    );
+    // The new place has a new token, for the next time.
+    assert_eq!(
+        w.b().rv.place(),
+        Some(Place {
+            room: "room1234".into(),
+            token: Some("jtok2".into())
+        })
+    );
+}
+
+#[test]
+fn a_shared_link_outlives_its_creators_socket_dropping_before_anyone_joined() {
+    let config = Config {
+        rejoin_wait: Some(REJOIN_WAIT),
+        ..Config::default()
+    };
+    let mut w = World::open_room(World::created_with(Want::Send, config));
+    let link = w.a().event::<event::Ready>().unwrap().link;
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.schedule(HOP, Wire::ServerGone(Who::A));
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(reclaims(w.a()).len(), 1);
+    w.join(&link, Want::Receive);
+    w.run();
+    connected(&w);
+    assert_eq!(w.a().names(), ["ready", "joined", "verify"]);
+}
+
+#[test]
+fn a_newcomer_must_prove_the_secret_before_the_live_connection_is_given_up() {
+    let (mut w, link) = held_and_connected();
+    // B's socket to the server drops, its connection to A lives on; someone who knows the
+    // room but not the secret joins it.
+    w.schedule(HOP, Wire::Closed(Who::B));
+    w.run_for(Duration::from_secs(1));
+    let wrong = ShareLink::new(SERVER, "room1234", "AAECAwQFBgcICQoLDA0ODw").to_string();
+    assert_ne!(wrong, link);
+    w.join(&wrong, Want::Receive);
+    w.run_until(|w| w.b().failed.is_some());
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.b().failed, Some(RendezvousError::WrongSecret));
+    let a = w.a();
+    assert!(a.rv.is_connected(), "the live connection stays");
+    assert_eq!(a.closed, 0);
+    assert!(reconnecting(a).is_empty(), "{:?}", a.names());
+    assert!(a.failed.is_none());
+}
+
+#[test]
+fn a_newcomer_with_the_secret_takes_over_from_a_connection_that_looks_open() {
+    let (mut w, link) = held_and_connected();
+    w.schedule(HOP, Wire::Closed(Who::B));
+    w.run_for(Duration::from_secs(1));
+    // A page opened on the link again (it takes whichever side the creator does not).
+    w.join(&link, Want::Opposite);
+    w.run();
+    connected(&w);
+    assert_eq!(
+        w.a().closed,
+        1,
+        "the old connection goes once the newcomer proved the key"
+    );
+    assert_eq!(reconnecting(w.a()), [ReconnectReason::PeerLeft]);
+    assert_eq!(w.b().setup.as_ref().unwrap().role, TransferRole::Receiver);
 }
