@@ -518,6 +518,25 @@ fn a_page_receiving_comes_back_after_a_long_outage() {
 /// is back, the page offers the same files again and the receiver continues what it kept.
 #[test]
 fn a_page_sharing_holds_its_room_through_a_long_outage() {
+    page_sharing_comes_back(|lab| {
+        lab.cut_router("b").unwrap();
+        std::thread::sleep(SECS(25));
+        lab.restore_router("b").unwrap();
+    });
+}
+
+/// The page that shared the link moves to a new address mid-transfer (its old one removed):
+/// its connection and its socket to the server die without a word. The page takes its place
+/// in the room back from the new address with the server's token (`reclaim`), the native
+/// receiver joins again, and it continues what it kept.
+#[test]
+fn a_page_sharing_keeps_its_room_when_its_address_changes() {
+    page_sharing_comes_back(|lab| lab.move_host("a", 1, 2, 102).unwrap());
+}
+
+/// A page on A shares 96 MiB with `native-peer recv` on B; once a fifth arrived, `disrupt`
+/// the lab. Both come back, the receiver continues its part, little is sent twice.
+fn page_sharing_comes_back(disrupt: impl FnOnce(&Lab)) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = cone_lab_with_delay();
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -528,9 +547,7 @@ fn a_page_sharing_holds_its_room_through_a_long_outage() {
     let link = page_shares(&mut c, &lab, std::slice::from_ref(&file));
     let receiver = lab.receiver(&[], dst.path(), &link);
     wait_for_a_fifth(&mut c, size);
-    lab.cut_router("b").unwrap();
-    std::thread::sleep(SECS(25));
-    lab.restore_router("b").unwrap();
+    disrupt(&lab);
     let (_, received) = native_outcome(receiver);
     assert_received(dst.path(), std::slice::from_ref(&file));
     let (_, page_done) = page_outcome(&mut c);
@@ -541,6 +558,50 @@ fn a_page_sharing_holds_its_room_through_a_long_outage() {
         "the receiver continued its part: {page:?}"
     );
     for (who, d) in [("page", &page_done), ("receiver", &received)] {
+        assert!(
+            d.transferred <= size + (16 << 20),
+            "the {who} moved {} for {size}",
+            d.transferred
+        );
+    }
+}
+
+/// Browser ↔ browser: a page shares, a page on another network receives, and the receiving
+/// page's side is cut for longer than either ICE agent waits. The sharing page holds its
+/// room, the receiving page joins it again by itself and continues its download.
+#[test]
+fn two_pages_come_back_after_a_long_outage() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = cone_lab_with_delay();
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("video.mp4");
+    let size: u64 = 96 << 20;
+    make_file(&file, size, 81);
+    let mut alice = browser(&lab, "a", "browser A (shares)");
+    let link = page_shares(&mut alice, &lab, std::slice::from_ref(&file));
+    let mut bob = browser(&lab, "b", "browser B (receives)");
+    bob.goto(&link).unwrap();
+    bob.wait_state("offer", SECS(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", bob.diagnostics()));
+    bob.click("#accept").unwrap();
+    wait_for_a_fifth(&mut bob, size);
+    lab.cut_router("b").unwrap();
+    std::thread::sleep(SECS(25));
+    lab.restore_router("b").unwrap();
+    let got = bob
+        .wait_download("video.mp4", size, LONG)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", bob.diagnostics()));
+    assert_eq!(hash_file(&got), hash_file(&file));
+    let (_, bob_done) = page_outcome(&mut bob);
+    let (_, alice_done) = page_outcome(&mut alice);
+    let (bob_events, alice_events) = (bob.events().unwrap(), alice.events().unwrap());
+    assert_reconnected("the receiving page", &bob_events);
+    assert_reconnected("the sharing page", &alice_events);
+    assert!(
+        event::find::<event::Resumed>(&bob_events).is_some(),
+        "the receiving page continued its download: {bob_events:?}"
+    );
+    for (who, d) in [("sharing page", &alice_done), ("receiving page", &bob_done)] {
         assert!(
             d.transferred <= size + (16 << 20),
             "the {who} moved {} for {size}",

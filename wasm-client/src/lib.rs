@@ -35,6 +35,7 @@ use protocol::signal::TransferRole;
 use protocol::transfer::OfferEntry;
 use std::cell::RefCell;
 use std::future::Future;
+use std::time::Duration;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -216,8 +217,17 @@ async fn transfer_over(
         Some(done) => events.emit(&done.into()),
         None => events.emit(&Event::Declined),
     }
+    if link.role == TransferRole::Receiver {
+        // The sender finishes when our last acknowledgement arrives, and closes. Closing
+        // first could cut that acknowledgement off (Chromium's close aborts the SCTP
+        // association): the sender would then wait for us to come back.
+        link.closed_by_peer(RECEIVER_LINGER).await;
+    }
     Ok(())
 }
+
+/// How long a receiver that finished leaves the connection up for the sender to close it.
+const RECEIVER_LINGER: Duration = Duration::from_secs(1);
 
 async fn share_flow(
     server: String,

@@ -15,7 +15,11 @@ use protocol::event::Event;
 use protocol::path::PathReport;
 use protocol::rendezvous::{LocalIce, Output, Place, Rendezvous};
 use protocol::signal::TransferRole;
-use web_sys::{RtcDataChannel, RtcDataChannelType, RtcPeerConnection, RtcPeerConnectionState};
+use std::time::Duration;
+use web_sys::{
+    RtcDataChannel, RtcDataChannelState, RtcDataChannelType, RtcPeerConnection,
+    RtcPeerConnectionState,
+};
 
 use crate::Command;
 use crate::error::{Error, Result};
@@ -65,6 +69,14 @@ impl Link {
     pub async fn take_signalling(&mut self) -> Option<(Rendezvous, Ws)> {
         self.stop.take();
         self.back.take()?.await.ok()
+    }
+
+    /// Until the other side closes the channel, or `max` passed.
+    pub async fn closed_by_peer(&self, max: Duration) {
+        let until = js::now() + max;
+        while self.dc.ready_state() == RtcDataChannelState::Open && js::now() < until {
+            js::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The path as it is now: ICE may have moved since the channel opened.
