@@ -16,7 +16,9 @@
 //! - A held room outlives its creator's connection too: the joiner is told (`peer_left`), a
 //!   join meanwhile is refused as `peer_away` (try again), and the creator takes its place
 //!   back with the token it got at `created` (`reclaim`) within [`CREATOR_AWAY_MAX`], or the
-//!   room ends. A held room's joiner gets a token at `joined` too: joining again with it
+//!   room ends — unless its client (address or /64) already has [`MAX_AWAY_PER_CLIENT`]
+//!   rooms waiting for their creators: what a client makes the server hold stays bounded
+//!   by the client. A held room's joiner gets a token at `joined` too: joining again with it
 //!   takes its place back from a connection of its that is still there (a network gone
 //!   away without closing it), counted as a rejoin. A connection whose place was taken is
 //!   closed, and nothing it does afterwards (leaving included) touches the room.
@@ -82,6 +84,8 @@ struct Room {
     creator_away: Option<Instant>,
     /// Held rooms: the digest of the creator's token (its slot goes while it is away).
     creator_token: Option<[u8; 32]>,
+    /// The client that made the room (address or /64): its away rooms are capped.
+    owner: std::net::IpAddr,
     joiner: Option<Slot>,
     /// What happens when the joiner's connection closes.
     hold: Hold,
@@ -113,6 +117,10 @@ pub(crate) const MAX_REJOINS: u8 = 32;
 /// How long a held room waits for its creator to take its place back (its program's own
 /// wait for the other peer, `--reconnect-timeout`, is 5 minutes by default).
 pub(crate) const CREATOR_AWAY_MAX: Duration = Duration::from_secs(10 * 60);
+
+/// Held rooms one client may have waiting for their creator; beyond, a creator's connection
+/// closing ends its room as in a room not held.
+pub(crate) const MAX_AWAY_PER_CLIENT: usize = 8;
 
 impl Room {
     fn slot(&mut self, side: Side) -> Option<&mut Slot> {
@@ -173,6 +181,23 @@ fn new_slot(tx: Outbox, conn: u64, held: bool) -> (Slot, Option<String>) {
 struct Inner {
     rooms: HashMap<String, Room>,
     numbers: HashMap<u32, String>,
+    /// Held rooms waiting for their creator, per client that made them.
+    away: HashMap<std::net::IpAddr, usize>,
+}
+
+impl Inner {
+    /// A room whose creator was away is back (reclaimed) or gone: its client's count drops.
+    fn away_ends(&mut self, room: &Room) {
+        if room.creator_away.is_none() {
+            return;
+        }
+        if let Some(n) = self.away.get_mut(&room.owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.away.remove(&room.owner);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -261,6 +286,7 @@ impl Rooms {
     pub fn create(
         &self,
         tx: Outbox,
+        owner: std::net::IpAddr,
         now: Instant,
         code: bool,
         hold: bool,
@@ -288,6 +314,7 @@ impl Rooms {
                 number,
                 expires: now + self.ttl,
                 creator_token: creator.token,
+                owner: crate::limits::subscriber(owner),
                 creator: Some(creator),
                 creator_away: None,
                 joiner: None,
@@ -416,7 +443,8 @@ impl Rooms {
         token: &str,
         now: Instant,
     ) -> Result<Membership, ErrorCode> {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let room = inner
             .rooms
             .get_mut(room_id)
@@ -430,6 +458,7 @@ impl Rooms {
         if let Some(old) = room.creator.take() {
             let _ = old.tx.try_send(Outgoing::Replaced);
         }
+        let was_away = room.creator_away.is_some().then_some(room.owner);
         // A joiner in the middle of a key exchange with the old connection starts over; one
         // already connected only learns that the creator's signalling went away and back.
         if let Some(joiner) = &mut room.joiner {
@@ -446,6 +475,14 @@ impl Rooms {
             token: Some(token),
         });
         room.creator_away = None;
+        if let Some(owner) = was_away
+            && let Some(n) = inner.away.get_mut(&owner)
+        {
+            *n -= 1;
+            if *n == 0 {
+                inner.away.remove(&owner);
+            }
+        }
         self.metrics.rooms_reclaimed.fetch_add(1, Ordering::Relaxed);
         Ok(Membership {
             room: room_id.to_string(),
@@ -528,7 +565,13 @@ impl Rooms {
         };
         match (m.side, room.hold.asked) {
             (_, false) => Self::remove(inner, m, ServerMessage::PeerLeft),
+            (Side::Creator, true)
+                if inner.away.get(&room.owner).copied().unwrap_or(0) >= MAX_AWAY_PER_CLIENT =>
+            {
+                Self::remove(inner, m, ServerMessage::PeerLeft)
+            }
             (Side::Creator, true) => {
+                *inner.away.entry(room.owner).or_default() += 1;
                 room.creator = None;
                 room.creator_away = Some(now);
                 if let Some(joiner) = &mut room.joiner {
@@ -577,6 +620,7 @@ impl Rooms {
 
     fn remove(inner: &mut Inner, m: &Membership, tell_other: ServerMessage) {
         if let Some(mut room) = inner.rooms.remove(&m.room) {
+            inner.away_ends(&room);
             if let Some(n) = room.number {
                 inner.numbers.remove(&n);
             }
@@ -608,6 +652,7 @@ impl Rooms {
         };
         for id in &expired {
             if let Some(room) = inner.rooms.remove(id) {
+                inner.away_ends(&room);
                 if let Some(n) = room.number {
                     inner.numbers.remove(&n);
                 }
@@ -635,6 +680,7 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(1800);
     const LIFETIME: Duration = Duration::from_secs(7200);
+    const ME: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
     fn rooms() -> Rooms {
         Rooms::new(TTL, LIFETIME, 100, Default::default())
@@ -666,7 +712,7 @@ mod tests {
     /// A held room with its creator and a joiner in it, and the tokens they were given.
     fn held_and_joined(r: &Rooms, t0: Instant) -> (Seat, Seat) {
         let (tx, mut creator) = outbox();
-        let (m, _, token) = r.create(tx, t0, false, true).unwrap();
+        let (m, _, token) = r.create(tx, ME, t0, false, true).unwrap();
         let (jtx, joiner) = outbox();
         let (j, jtoken) = r.join(jtx, &RoomRef::Id(m.room.clone()), None, t0).unwrap();
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
@@ -681,7 +727,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, _c) = outbox();
-        let (m, _, token) = r.create(tx, t0, false, false).unwrap();
+        let (m, _, token) = r.create(tx, ME, t0, false, false).unwrap();
         assert_eq!(token, None);
         let (jtx, _j) = outbox();
         let (_, jtoken) = r.join(jtx, &RoomRef::Id(m.room), None, t0).unwrap();
@@ -814,6 +860,41 @@ mod tests {
     }
 
     #[test]
+    fn a_client_has_only_so_many_rooms_waiting_for_it() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..=MAX_AWAY_PER_CLIENT {
+            let (tx, rx) = outbox();
+            let (m, _, token) = r.create(tx, ME, t0, false, true).unwrap();
+            held.push((m, token.unwrap(), rx));
+        }
+        // Its creators' connections close: up to the cap the rooms wait, the next one ends.
+        for (m, _, _) in &held {
+            r.leave(m, t0);
+        }
+        assert_eq!(r.active(), MAX_AWAY_PER_CLIENT);
+        // Another client's room is not counted against it.
+        let (tx, _c) = outbox();
+        let other = std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+        let (m, _, _) = r.create(tx, other, t0, false, true).unwrap();
+        r.leave(&m, t0);
+        assert_eq!(r.active(), MAX_AWAY_PER_CLIENT + 1);
+        // A room taken back frees its count: the next one to close waits again.
+        let (m0, token0, _) = &held[0];
+        let (tx, _back) = outbox();
+        let back = r.reclaim(tx, &m0.room, token0, t0).unwrap();
+        let (tx, _c) = outbox();
+        let (m, _, _) = r.create(tx, ME, t0, false, true).unwrap();
+        r.leave(&m, t0);
+        assert_eq!(r.active(), MAX_AWAY_PER_CLIENT + 2);
+        // Swept rooms free theirs too.
+        assert_eq!(r.sweep(t0 + CREATOR_AWAY_MAX), MAX_AWAY_PER_CLIENT + 1);
+        assert!(r.lock().away.is_empty(), "{:?}", r.lock().away);
+        let _ = back;
+    }
+
+    #[test]
     fn a_creator_away_too_long_ends_its_room() {
         let r = rooms();
         let t0 = Instant::now();
@@ -842,7 +923,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, number, _) = r.create(tx, t0, true, false).unwrap();
+        let (m, number, _) = r.create(tx, ME, t0, true, false).unwrap();
         let number = number.unwrap();
         assert_eq!(r.sweep(t0 + TTL - Duration::from_millis(1)), 0);
         // At the deadline it is gone for joiners, by id and by number, before any sweep.
@@ -873,7 +954,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, number, _) = r.create(tx, t0, true, false).unwrap();
+        let (m, number, _) = r.create(tx, ME, t0, true, false).unwrap();
         let number = number.unwrap();
         let (jtx, mut joiner) = outbox();
         let joined = t0 + TTL / 2;
@@ -921,7 +1002,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, _, _) = r.create(tx, t0, true, false).unwrap();
+        let (m, _, _) = r.create(tx, ME, t0, true, false).unwrap();
         let (jtx, _joiner) = outbox();
         let j = r
             .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
@@ -941,7 +1022,7 @@ mod tests {
         for _ in 0..60 {
             let (tx, rx) = outbox();
             keep.push(rx);
-            numbers.push(r.create(tx, t0, true, false).unwrap().1.unwrap());
+            numbers.push(r.create(tx, ME, t0, true, false).unwrap().1.unwrap());
         }
         // 3 digits while at most one number in NUMBER_DENSITY is taken, then up to 4.
         let three = 999 / NUMBER_DENSITY;
@@ -950,7 +1031,7 @@ mod tests {
         assert!(numbers[three..].iter().any(|&n| n > 999), "{numbers:?}");
         // A room whose creator shows no code takes no number.
         let (tx, _rx) = outbox();
-        assert_eq!(r.create(tx, t0, false, false).unwrap().1, None);
+        assert_eq!(r.create(tx, ME, t0, false, false).unwrap().1, None);
     }
 
     #[test]
@@ -958,7 +1039,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, _, _) = r.create(tx, t0, false, true).unwrap();
+        let (m, _, _) = r.create(tx, ME, t0, false, true).unwrap();
         let id = RoomRef::Id(m.room.clone());
         let (jtx, _joiner) = outbox();
         let j = r.join(jtx, &id, None, t0).unwrap().0;
@@ -1005,7 +1086,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, mut creator) = outbox();
-        let (m, _, _) = r.create(tx, t0, false, true).unwrap();
+        let (m, _, _) = r.create(tx, ME, t0, false, true).unwrap();
         let id = RoomRef::Id(m.room.clone());
         // The creator reads what it is told as it comes (its queue is bounded).
         let mut told = Vec::new();
@@ -1042,7 +1123,7 @@ mod tests {
         );
 
         let (tx, mut creator) = outbox();
-        let (m, _, _) = r.create(tx, t0, false, true).unwrap();
+        let (m, _, _) = r.create(tx, ME, t0, false, true).unwrap();
         let (jtx, _j) = outbox();
         let j = r
             .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
@@ -1060,7 +1141,7 @@ mod tests {
 
         // Without hold, a leave ends the room as before.
         let (tx, _c) = outbox();
-        let (m, _, _) = r.create(tx, t0, false, false).unwrap();
+        let (m, _, _) = r.create(tx, ME, t0, false, false).unwrap();
         let (jtx, _j) = outbox();
         let j = r
             .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
@@ -1075,7 +1156,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, _creator) = outbox();
-        let (m, number, _) = r.create(tx, t0, true, true).unwrap();
+        let (m, number, _) = r.create(tx, ME, t0, true, true).unwrap();
         let number = RoomRef::Number(number.unwrap());
         let (jtx, _j) = outbox();
         let j = r.join(jtx, &number, None, t0).unwrap().0;
@@ -1095,7 +1176,7 @@ mod tests {
 
         // A joiner who used the link does not bring the number back.
         let (tx, _creator) = outbox();
-        let (m, n, _) = r.create(tx, t0, true, true).unwrap();
+        let (m, n, _) = r.create(tx, ME, t0, true, true).unwrap();
         let (jtx, _j) = outbox();
         let j = r
             .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
@@ -1115,7 +1196,7 @@ mod tests {
         let r = rooms();
         let t0 = Instant::now();
         let (tx, _creator) = outbox();
-        let (m, number, _) = r.create(tx, t0, true, true).unwrap();
+        let (m, number, _) = r.create(tx, ME, t0, true, true).unwrap();
         let id = RoomRef::Id(m.room.clone());
         let (jtx, _j) = outbox();
         let j = r

@@ -240,7 +240,7 @@ fn handle(
             let (m, number, reclaim) =
                 state
                     .rooms
-                    .create(tx.clone(), std::time::Instant::now(), code, hold)?;
+                    .create(tx.clone(), ip, std::time::Instant::now(), code, hold)?;
             let reply = ServerMessage::Created {
                 room: m.room.clone(),
                 number,
