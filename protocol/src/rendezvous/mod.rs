@@ -426,6 +426,8 @@ pub struct Rendezvous {
     /// it, at least its socket did), and the key agreed with it once its message arrives.
     /// The old connection is given up only when the newcomer's hello opens with that key.
     newcomer: Option<Option<Channel>>,
+    /// A first join met the creator away (`peer_away`) and tries again until `rejoin_until`.
+    away_wait: bool,
     server_up: bool,
     out: VecDeque<Output>,
 }
@@ -435,6 +437,9 @@ const IDLE: Duration = Duration::from_secs(3600);
 
 /// How long a rejoin tries when its config sets no [`Config::rejoin_wait`].
 pub const REJOIN_DEFAULT: Duration = Duration::from_secs(300);
+
+/// How long a first join that meets the creator away (between two sockets) keeps trying.
+const PEER_AWAY_WAIT: Duration = Duration::from_secs(60);
 
 /// The longest pause between a rejoining joiner's attempts: once the network is back, it is
 /// back in the room within this.
@@ -532,6 +537,7 @@ impl Rendezvous {
             token: None,
             reclaiming: false,
             newcomer: None,
+            away_wait: false,
             server_up: false,
             out: VecDeque::new(),
         }
@@ -817,6 +823,7 @@ impl Rendezvous {
         self.stage = Stage::Connected;
         self.deadline = None;
         self.rejoin_until = None;
+        self.away_wait = false;
         self.attempts = 0;
     }
 
@@ -901,9 +908,10 @@ impl Rendezvous {
             // time to get the other peer back is over.
             self.rejoin_until = None;
             let wait = self.config.rejoin_wait.unwrap_or(REJOIN_DEFAULT);
-            let e = match self.holds_room() {
-                true => RendezvousError::NoRejoin(wait),
-                false => RendezvousError::NoReturn(wait),
+            let e = match (self.away_wait, self.holds_room()) {
+                (true, _) => RendezvousError::Server(ErrorCode::PeerAway),
+                (false, true) => RendezvousError::NoRejoin(wait),
+                (false, false) => RendezvousError::NoReturn(wait),
             };
             return self.abort_and_fail(AbortReason::Failed, e);
         }
@@ -1109,6 +1117,16 @@ impl Rendezvous {
     /// again later. Nothing tells the room to end. `false`: the failure stands.
     fn setback(&mut self, e: &RendezvousError) -> bool {
         use RendezvousError as E;
+        if self.rejoin_until.is_none()
+            && !self.away_wait
+            && *e == E::Server(ErrorCode::PeerAway)
+            && matches!(self.entry, Entry::Join { .. })
+        {
+            // A first join that meets the creator between two sockets (its network changing
+            // under it): that takes a moment, so this side tries again for a while.
+            self.rejoin_until = Some(self.now + PEER_AWAY_WAIT);
+            self.away_wait = true;
+        }
         if self.rejoin_until.is_none_or(|t| self.now >= t) {
             return false;
         }
@@ -1363,6 +1381,10 @@ impl Rendezvous {
             return;
         }
         self.token = token;
+        if std::mem::take(&mut self.away_wait) {
+            // In: from here it is a first join like any other.
+            self.rejoin_until = None;
+        }
         let Entry::Join { password, auth, .. } = &self.entry else {
             return;
         };

@@ -2092,3 +2092,49 @@ fn a_newcomer_with_the_secret_takes_over_from_a_connection_that_looks_open() {
     assert_eq!(reconnecting(w.a()), [ReconnectReason::PeerLeft]);
     assert_eq!(w.b().setup.as_ref().unwrap().role, TransferRole::Receiver);
 }
+
+/// A's room, held, with A's socket gone and its next ones not opening (its network changing):
+/// B opens the link meanwhile.
+fn creator_between_sockets() -> World {
+    let config = Config {
+        rejoin_wait: Some(REJOIN_WAIT),
+        ..Config::default()
+    };
+    let mut w = World::open_room(World::created_with(Want::Send, config));
+    let link = w.a().event::<event::Ready>().unwrap().link;
+    w.peers.get_mut(&Who::A).unwrap().connects = false;
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.schedule(HOP, Wire::ServerGone(Who::A));
+    w.run_for(Duration::from_secs(1));
+    w.join(&link, Want::Receive);
+    w
+}
+
+#[test]
+fn a_first_join_that_meets_the_creator_between_sockets_waits_for_it() {
+    let mut w = creator_between_sockets();
+    w.run_for(Duration::from_secs(10));
+    assert!(w.b().failed.is_none(), "{:?}", w.b().failed);
+    assert!(joins(w.b()).len() >= 3, "{:?}", joins(w.b()));
+    w.peers.get_mut(&Who::A).unwrap().connects = true;
+    w.run();
+    connected(&w);
+    assert_eq!(
+        w.b().names(),
+        ["joined", "verify"],
+        "nothing to say: it got in"
+    );
+}
+
+#[test]
+fn a_first_join_gives_up_on_a_creator_that_stays_away() {
+    let mut w = creator_between_sockets();
+    let t = w.now;
+    w.run_until(|w| w.b().failed.is_some());
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::Server(ErrorCode::PeerAway))
+    );
+    assert!(w.now - t <= PEER_AWAY_WAIT + Duration::from_secs(1));
+    assert!(w.b().error().contains("lost its connection to the server"));
+}
