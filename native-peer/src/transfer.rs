@@ -115,6 +115,41 @@ async fn send_frame(dc: &dyn DataChannel, frame: BytesMut) -> anyhow::Result<()>
     }
 }
 
+/// Test builds only (`test-hooks`): `PUNCHDROP_TEST_PACE_MIB` caps what the sender sends per
+/// second, so a test that stops a peer midway finds it midway however fast loopback is.
+struct Pace {
+    bytes_per_s: Option<f64>,
+    since: tokio::time::Instant,
+    sent: u64,
+}
+
+impl Pace {
+    fn new() -> Self {
+        #[cfg(feature = "test-hooks")]
+        let bytes_per_s = std::env::var("PUNCHDROP_TEST_PACE_MIB")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|mib| mib * 1048576.0);
+        #[cfg(not(feature = "test-hooks"))]
+        let bytes_per_s = None;
+        Self {
+            bytes_per_s,
+            since: tokio::time::Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// `bytes` went out: wait until the pace allows more.
+    async fn sent(&mut self, bytes: usize) {
+        let Some(rate) = self.bytes_per_s else {
+            return;
+        };
+        self.sent += bytes as u64;
+        let due = self.since + Duration::from_secs_f64(self.sent as f64 / rate);
+        tokio::time::sleep_until(due).await;
+    }
+}
+
 fn lost() -> anyhow::Error {
     LinkLost::Vanished.into()
 }
@@ -213,6 +248,7 @@ pub async fn send(
     let source_paths: Vec<PathBuf> = sources.iter().map(|s| s.path.clone()).collect();
     let mut sources = Some(sources);
     let mut started = None;
+    let mut pace = Pace::new();
 
     let result: anyhow::Result<()> = async {
         loop {
@@ -300,10 +336,12 @@ pub async fn send(
                 if sm.bytes_done() == total {
                     paths.at_end_of_part(link, |p| sm.set_path(p)).await;
                 }
+                let len = buf.len();
                 if let Err(e) = send_frame(&*dc, buf).await {
                     return Err(explain_loss(&mut sm, &mut inbox, clock, e).await);
                 }
                 out.event(&event::Progress { bytes: sm.bytes_done(), total }.into());
+                pace.sent(len).await;
                 continue;
             }
             let timer = sm.poll_timeout().map(|t| clock.at(t));

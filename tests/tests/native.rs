@@ -16,6 +16,14 @@ fn recv_args<'a>(server: &'a str, dir: &'a Path, invitation: &'a str) -> Vec<Str
     ]
 }
 
+/// `native-peer` sending at most 64 MiB/s (a test hook): a test that stops a peer at about
+/// half of 200 MiB then finds the transfer still running, however fast loopback is.
+fn paced() -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin("native-peer"));
+    cmd.env("PUNCHDROP_TEST_PACE_MIB", "64");
+    cmd
+}
+
 fn spawn(args: &[String]) -> Peer {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     Peer::spawn(&argv)
@@ -318,7 +326,7 @@ fn a_vanished_sender_is_continued_by_a_new_send_into_the_same_folder() {
     let file = src.path().join("big.bin");
     let size: u64 = 200 << 20;
     make_file(&file, size, 8);
-    let (mut sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    let (mut sender, link, _) = start_sender_with(paced(), &sig.url, &[], &[&file]).unwrap();
     // The receiver cannot tell a killed sender from one whose network changed (which takes
     // its place in the room back): it waits `--reconnect-timeout` for it, here 5 s.
     let mut args = recv_args(&sig.url, dst.path(), &link);
@@ -371,7 +379,7 @@ fn kill_the_receiver_midway(
     dst: &Path,
 ) -> (Peer, String, u64) {
     let size = std::fs::metadata(file).unwrap().len();
-    let (sender, link, _) = start_sender(&sig.url, sender_args, &[file]).unwrap();
+    let (sender, link, _) = start_sender_with(paced(), &sig.url, sender_args, &[file]).unwrap();
     let mut receiver = spawn(&recv_args(&sig.url, dst, &link));
     receiver.wait_for_progress(size * 45 / 100);
     // SIGKILL: nothing of the receiver runs after this.
@@ -505,7 +513,8 @@ fn a_restarted_sender_continues_a_folder_without_resending_what_arrived() {
     let mut receiver = Peer::spawn(&["--server", &sig.url, "recv", "--dir", &dir]);
     let ready: event::Ready = receiver.wait(Duration::from_secs(10)).unwrap();
     let f = album.display().to_string();
-    let mut sender = Peer::spawn(&["--server", &sig.url, "send", "--to", &ready.link, &f]);
+    let args = ["--server", &sig.url, "send", "--to", &ready.link, &f];
+    let mut sender = Peer::spawn_cmd(paced(), &args);
     receiver.wait_for_progress(total * 45 / 100);
     sender.kill();
     let _ = sender.finish(LONG);
@@ -552,7 +561,7 @@ fn a_new_run_continues_a_folder_a_killed_receiver_left() {
     let (a_size, b_size) = (ALBUM_A, ALBUM_B);
     let total = a_size + b_size;
     let f = album.display().to_string();
-    let (mut sender, link, _) = start_sender(&sig.url, &[], &[&album]).unwrap();
+    let (mut sender, link, _) = start_sender_with(paced(), &sig.url, &[], &[&album]).unwrap();
     let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
     receiver.wait_for_progress(total * 45 / 100);
     // Both programs gone: the person starts over with a new link.
