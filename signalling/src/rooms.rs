@@ -185,17 +185,15 @@ struct Inner {
     away: HashMap<std::net::IpAddr, usize>,
 }
 
-impl Inner {
-    /// A room whose creator was away is back (reclaimed) or gone: its client's count drops.
-    fn away_ends(&mut self, room: &Room) {
-        if room.creator_away.is_none() {
-            return;
-        }
-        if let Some(n) = self.away.get_mut(&room.owner) {
-            *n -= 1;
-            if *n == 0 {
-                self.away.remove(&room.owner);
-            }
+/// A room whose creator was away is back (reclaimed) or gone: its client's count drops.
+fn away_ends(away: &mut HashMap<std::net::IpAddr, usize>, room: &Room) {
+    if room.creator_away.is_none() {
+        return;
+    }
+    if let Some(n) = away.get_mut(&room.owner) {
+        *n -= 1;
+        if *n == 0 {
+            away.remove(&room.owner);
         }
     }
 }
@@ -458,7 +456,7 @@ impl Rooms {
         if let Some(old) = room.creator.take() {
             let _ = old.tx.try_send(Outgoing::Replaced);
         }
-        let was_away = room.creator_away.is_some().then_some(room.owner);
+        away_ends(&mut inner.away, room);
         // A joiner in the middle of a key exchange with the old connection starts over; one
         // already connected only learns that the creator's signalling went away and back.
         if let Some(joiner) = &mut room.joiner {
@@ -475,14 +473,6 @@ impl Rooms {
             token: Some(token),
         });
         room.creator_away = None;
-        if let Some(owner) = was_away
-            && let Some(n) = inner.away.get_mut(&owner)
-        {
-            *n -= 1;
-            if *n == 0 {
-                inner.away.remove(&owner);
-            }
-        }
         self.metrics.rooms_reclaimed.fetch_add(1, Ordering::Relaxed);
         Ok(Membership {
             room: room_id.to_string(),
@@ -620,7 +610,7 @@ impl Rooms {
 
     fn remove(inner: &mut Inner, m: &Membership, tell_other: ServerMessage) {
         if let Some(mut room) = inner.rooms.remove(&m.room) {
-            inner.away_ends(&room);
+            away_ends(&mut inner.away, &room);
             if let Some(n) = room.number {
                 inner.numbers.remove(&n);
             }
@@ -652,7 +642,7 @@ impl Rooms {
         };
         for id in &expired {
             if let Some(room) = inner.rooms.remove(id) {
-                inner.away_ends(&room);
+                away_ends(&mut inner.away, &room);
                 if let Some(n) = room.number {
                     inner.numbers.remove(&n);
                 }

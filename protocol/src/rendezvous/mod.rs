@@ -1046,9 +1046,7 @@ impl Rendezvous {
                 version: SIGNAL_VERSION,
                 role,
             };
-            let data = channel.seal_b64(&serde_json::to_vec(&hello).expect("signals serialise"));
-            self.out
-                .push_back(Output::ToServer(ClientMessage::Sealed { data }));
+            self.out.push_back(sealed(&mut channel, &hello));
         }
         self.newcomer = Some(Some(channel));
     }
@@ -1452,10 +1450,7 @@ impl Rendezvous {
         if !self.server_up {
             return;
         }
-        let json = serde_json::to_vec(sig).expect("peer signals serialise");
-        let data = channel.seal_b64(&json);
-        self.out
-            .push_back(Output::ToServer(ClientMessage::Sealed { data }));
+        self.out.push_back(sealed(channel, sig));
     }
 
     fn send_hello(&mut self, role: TransferRole) {
@@ -1637,6 +1632,14 @@ impl Rendezvous {
         self.neg.remote_seen = true;
         self.out.push_back(Output::ApplyDescription { kind, sdp });
     }
+}
+
+/// `sig` sealed with `channel`, for the server to forward.
+fn sealed(channel: &mut Channel, sig: &PeerSignal) -> Output {
+    let json = serde_json::to_vec(sig).expect("peer signals serialise");
+    Output::ToServer(ClientMessage::Sealed {
+        data: channel.seal_b64(&json),
+    })
 }
 
 /// `sdp` without its relay candidate lines, and those candidates (with the media section they
