@@ -51,9 +51,10 @@ fn client_messages() -> Vec<ClientMessage> {
             reclaim: Some("t0k3n".into()),
         },
         ClientMessage::Reclaim {
-            version: 4,
+            version: 5,
             room: "abcd1234".into(),
             token: "t0k3n".into(),
+            lost: true,
         },
         ClientMessage::Join {
             version: 2,
@@ -102,6 +103,7 @@ fn server_messages() -> Vec<ServerMessage> {
         },
         ServerMessage::Sealed { data: "QQ".into() },
         ServerMessage::PeerLeft,
+        ServerMessage::PeerLost,
         ServerMessage::PeerAborted {
             reason: AbortReason::Cancelled,
         },

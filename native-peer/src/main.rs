@@ -6,6 +6,7 @@
 //! with `--json`.
 
 mod files;
+mod netwatch;
 mod output;
 mod portmap;
 mod rendezvous;

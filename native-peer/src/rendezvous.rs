@@ -30,6 +30,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::data_channel::DataChannelEvent;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
+use crate::netwatch::{self, Route};
 use crate::output::Output as Screen;
 use crate::portmap;
 use crate::rtc::{Link, NetOptions, PcEvent, Peer};
@@ -538,10 +539,19 @@ async fn late_signalling(
         mut server,
         mut adverts,
     } = sig;
+    let mut route: Option<Route> = None;
+    let mut moved = false;
+    let mut watch = tokio::time::interval(netwatch::EVERY);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = clock.now();
-        if !rv.is_connected() {
-            tracing::info!("the other peer is back through the room: dropping the old connection");
+        if moved || !rv.is_connected() {
+            match moved {
+                true => tracing::info!("this host's address changed: the connection cannot go on"),
+                false => tracing::info!(
+                    "the other peer is back or calls us back through the room: dropping the old connection"
+                ),
+            }
             // The transfer hears it at once (its inbox ends, its sends wake), not only when
             // the connection's close gets through.
             let _ = replaced.send(true);
@@ -589,6 +599,10 @@ async fn late_signalling(
                         rv.advertise(c, clock.now());
                     },
                     () = tokio::time::sleep_until(clock.at(t)) => rv.handle_timeout(clock.now()),
+                    _ = watch.tick() => match route.as_mut() {
+                        Some(route) => moved = route.moved(),
+                        None => route = crate::rtc::selected_remote(&*pc).await.map(Route::new),
+                    },
                 }
             }
             // Nothing else follows an open channel.

@@ -154,8 +154,8 @@ pub struct Link {
     pub role: TransferRole,
     /// A connection before this one was lost: the transfer says `reconnected`.
     pub again: bool,
-    /// Becomes `true` when the other peer came back through the room: this connection is
-    /// dead, whatever its state says.
+    /// Becomes `true` when this connection is known dead, whatever its state says: the other
+    /// peer came back through the room, or said it lost it, or this host's address changed.
     pub gone: watch::Receiver<bool>,
     path_ctx: PathContext,
     tcp_bridges: Vec<String>,
@@ -523,17 +523,31 @@ async fn selected_pair(pc: &dyn PeerConnection, tcp_bridges: &[String]) -> Selec
     }
 }
 
+/// The other peer's address on the nominated pair (what [`crate::netwatch::Route`] watches
+/// the way to); `None` before ICE chose one, or for a name rather than an address.
+pub async fn selected_remote(pc: &dyn PeerConnection) -> Option<SocketAddr> {
+    let pair = nominated_pair(pc).await?;
+    let remote = pair.remote();
+    let ip: std::net::IpAddr = remote.address.parse().ok()?;
+    Some(SocketAddr::new(ip, remote.port))
+}
+
 /// The remote candidate priority of the nominated pair, from the ICE transport (the stats
 /// have no entry for peer-reflexive candidates).
 async fn selected_remote_priority(pc: &dyn PeerConnection) -> Option<u32> {
+    Some(nominated_pair(pc).await?.remote().priority)
+}
+
+/// The pair ICE nominated, from the ICE transport.
+async fn nominated_pair(
+    pc: &dyn PeerConnection,
+) -> Option<rtc::peer_connection::transport::RTCIceCandidatePair> {
     let sctp = pc.sctp().await?;
-    let pair = sctp
-        .transport()
+    sctp.transport()
         .ice_transport()
         .get_selected_candidate_pair()
         .await
-        .ok()??;
-    Some(pair.remote().priority)
+        .ok()?
 }
 
 /// The local and remote candidate types ICE knows (the stats miss those that came in a

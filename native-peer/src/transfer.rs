@@ -50,7 +50,7 @@ fn spawn_inbox(dc: Arc<dyn DataChannel>, mut gone: watch::Receiver<bool>) -> mps
     rx
 }
 
-/// Resolves once the link is `gone` (the other peer came back through the room); never if
+/// Resolves once the link is `gone` (known dead: see [`Link::gone`]); never if
 /// the signalling that would say so ended (the server went away: the link lives on).
 async fn replaced(gone: &mut watch::Receiver<bool>) {
     if gone.wait_for(|g| *g).await.is_err() {
@@ -79,7 +79,7 @@ fn spawn_watchdog(
             tokio::select! {
                 r = state.changed() => if r.is_err() { return },
                 () = replaced(&mut gone) => {
-                    tracing::info!("the other peer came back through the room");
+                    tracing::info!("the connection is given up");
                     let _ = dc.close().await;
                     return;
                 }

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 /// joiner to come back. 4: the peers of a held room get a token (`created.reclaim`,
 /// `joined.reclaim`) that takes their place back from a connection that died (`reclaim`,
 /// `join.reclaim`); a held room outlives its creator's connection too (`peer_away`).
-pub const SIGNAL_VERSION: u32 = 4;
+/// 5: a creator that lost its connection to the joiner says so as it takes its place back
+/// (`reclaim.lost`), and the joiner hears `peer_lost`.
+pub const SIGNAL_VERSION: u32 = 5;
 
 /// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of
 /// candidates sealed and base64-encoded fits in a few KiB; files never travel here.
@@ -73,10 +75,14 @@ pub enum ClientMessage {
     /// The creator of a held room takes its place back with the token it was given
     /// ([`ServerMessage::Created`]), after its connection to the server died; an old
     /// connection still in its place is closed. Answered with [`ServerMessage::Reclaimed`].
+    /// `lost`: the creator's connection to the joiner is gone too (its network changed): a
+    /// joiner in the room is told [`ServerMessage::PeerLost`] rather than `peer_left`.
     Reclaim {
         version: u32,
         room: String,
         token: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lost: bool,
     },
     /// This peer's single SPAKE2 message (base64). One per peer per room: the server refuses a
     /// second, which bounds online guessing of a typed code to one try.
@@ -132,6 +138,9 @@ pub enum ServerMessage {
     Sealed { data: String },
     /// The other peer's WebSocket closed.
     PeerLeft,
+    /// The creator of a held room took its place back and says its connection to this peer
+    /// is gone (sent to the joiner): come back through the room.
+    PeerLost,
     /// The other peer aborted the room.
     PeerAborted { reason: AbortReason },
     /// STUN/TURN servers for this room, with short-lived credentials. Sent to each peer right
@@ -326,8 +335,18 @@ mod tests {
                     version: 4,
                     room: "abcd1234".into(),
                     token: "t0k3n".into(),
+                    lost: false,
                 },
                 r#"{"type":"reclaim","version":4,"room":"abcd1234","token":"t0k3n"}"#,
+            ),
+            (
+                ClientMessage::Reclaim {
+                    version: 5,
+                    room: "abcd1234".into(),
+                    token: "t0k3n".into(),
+                    lost: true,
+                },
+                r#"{"type":"reclaim","version":5,"room":"abcd1234","token":"t0k3n","lost":true}"#,
             ),
             (
                 ClientMessage::Join {
@@ -428,6 +447,7 @@ mod tests {
                 r#"{"type":"sealed","data":"QQ"}"#,
             ),
             (ServerMessage::PeerLeft, r#"{"type":"peer_left"}"#),
+            (ServerMessage::PeerLost, r#"{"type":"peer_lost"}"#),
             (
                 ServerMessage::IceServers {
                     servers: vec![

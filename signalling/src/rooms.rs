@@ -434,11 +434,14 @@ impl Rooms {
 
     /// The creator of a held room takes its place back with its token (from a connection
     /// that closed, or from one still there, which is closed now).
+    /// `lost`: the creator's connection to its joiner is gone too; the joiner hears
+    /// `peer_lost` (come back) instead of `peer_left`.
     pub fn reclaim(
         &self,
         tx: Outbox,
         room_id: &str,
         token: &str,
+        lost: bool,
         now: Instant,
     ) -> Result<Membership, ErrorCode> {
         let mut guard = self.lock();
@@ -458,10 +461,15 @@ impl Rooms {
         }
         away_ends(&mut inner.away, room);
         // A joiner in the middle of a key exchange with the old connection starts over; one
-        // already connected only learns that the creator's signalling went away and back.
+        // already connected learns that the creator's signalling went away and back, and
+        // whether the creator lost their connection too.
         if let Some(joiner) = &mut room.joiner {
             joiner.pake_sent = false;
-            deliver(joiner, ServerMessage::PeerLeft);
+            let told = match lost {
+                true => ServerMessage::PeerLost,
+                false => ServerMessage::PeerLeft,
+            };
+            deliver(joiner, told);
         }
         let conn = self.conn();
         room.creator = Some(Slot {
@@ -746,16 +754,16 @@ mod tests {
         // A wrong token learns nothing; the right one takes the place back.
         let (ctx, mut creator) = outbox();
         assert_eq!(
-            r.reclaim(ctx.clone(), &m.room, "not-the-token", t0)
+            r.reclaim(ctx.clone(), &m.room, "not-the-token", false, t0)
                 .unwrap_err(),
             ErrorCode::NoSuchRoom
         );
         assert_eq!(
-            r.reclaim(ctx.clone(), "nosuchroom", &token, t0)
+            r.reclaim(ctx.clone(), "nosuchroom", &token, false, t0)
                 .unwrap_err(),
             ErrorCode::NoSuchRoom
         );
-        let back = r.reclaim(ctx, &m.room, &token, t0).unwrap();
+        let back = r.reclaim(ctx, &m.room, &token, false, t0).unwrap();
         assert_eq!(r.metrics.rooms_reclaimed.load(Ordering::Relaxed), 1);
         // The old place acts no more; the new one is the creator, and a joiner meets it.
         assert_eq!(
@@ -790,7 +798,7 @@ mod tests {
         let t0 = Instant::now();
         let ((m, token, mut old), (j, _, mut joiner)) = held_and_joined(&r, t0);
         let (ctx, mut creator) = outbox();
-        r.reclaim(ctx, &m.room, &token, t0).unwrap();
+        r.reclaim(ctx, &m.room, &token, false, t0).unwrap();
         assert!(replaced(&mut old), "the old connection is told to close");
         // The joiner learns that the creator's signalling went and came back.
         assert_eq!(next(&mut joiner), Some(ServerMessage::PeerLeft));
@@ -802,10 +810,12 @@ mod tests {
                 data: "eQ==".into()
             })
         );
-        // The token stays the creator's: another reclaim later works the same.
+        // The token stays the creator's: another reclaim later works the same. A creator
+        // whose connection to the joiner went too says so, and the joiner hears it.
         let (ctx, _again) = outbox();
-        r.reclaim(ctx, &m.room, &token, t0).unwrap();
+        r.reclaim(ctx, &m.room, &token, true, t0).unwrap();
         assert!(replaced(&mut creator));
+        assert_eq!(next(&mut joiner), Some(ServerMessage::PeerLost));
     }
 
     #[test]
@@ -873,7 +883,7 @@ mod tests {
         // A room taken back frees its count: the next one to close waits again.
         let (m0, token0, _) = &held[0];
         let (tx, _back) = outbox();
-        let back = r.reclaim(tx, &m0.room, token0, t0).unwrap();
+        let back = r.reclaim(tx, &m0.room, token0, false, t0).unwrap();
         let (tx, _c) = outbox();
         let (m, _, _) = r.create(tx, ME, t0, false, true).unwrap();
         r.leave(&m, t0);
@@ -902,7 +912,7 @@ mod tests {
         );
         let (ctx, _) = outbox();
         assert_eq!(
-            r.reclaim(ctx, &m.room, &token, t0 + CREATOR_AWAY_MAX)
+            r.reclaim(ctx, &m.room, &token, false, t0 + CREATOR_AWAY_MAX)
                 .unwrap_err(),
             ErrorCode::NoSuchRoom
         );

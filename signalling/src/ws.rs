@@ -263,10 +263,12 @@ fn handle(
             *member = Some(m);
             Ok(Some(reply))
         }
-        ClientMessage::Reclaim { room, token, .. } => {
+        ClientMessage::Reclaim {
+            room, token, lost, ..
+        } => {
             may_enter(state, ip, member)?;
             let now = std::time::Instant::now();
-            let m = state.rooms.reclaim(tx.clone(), &room, &token, now)?;
+            let m = state.rooms.reclaim(tx.clone(), &room, &token, lost, now)?;
             let reply = ServerMessage::Reclaimed {
                 room: m.room.clone(),
             };

@@ -1515,6 +1515,7 @@ async fn a_held_rooms_peers_take_their_places_back_with_their_tokens() {
         version: SIGNAL_VERSION,
         room: room.clone(),
         token: token.into(),
+        lost: false,
     };
 
     // The creator's socket closes: the joiner hears it, the room stays.

@@ -720,6 +720,51 @@ impl Lab {
         Ok(())
     }
 
+    /// Host `name`'s interface goes down for `down` and comes back with the same address;
+    /// its default route (which the kernel drops with the link) is put back, as a network
+    /// manager does.
+    pub fn bounce_host(&self, name: &str, subnet: u8, down: Duration) -> anyhow::Result<()> {
+        let h = self.ns(&format!("h{name}"));
+        run(&["ip", "-n", &h, "link", "set", "eth0", "down"])?;
+        std::thread::sleep(down);
+        run(&["ip", "-n", &h, "link", "set", "eth0", "up"])?;
+        let gw = format!("10.0.{subnet}.1");
+        run(&["ip", "-n", &h, "route", "replace", "default", "via", &gw])?;
+        Ok(())
+    }
+
+    /// Router `name` forgets its NAT mappings, as a reboot does, and maps what comes next to
+    /// other ports (50000–59999, at random): the other side sees this side's packets come
+    /// from a port it never checked, and the server sees segments of no connection it knows.
+    pub fn forget_mappings(&self, name: &str) -> anyhow::Result<()> {
+        let r = self.ns(&format!("r{name}"));
+        for proto in ["udp", "tcp"] {
+            in_ns(
+                &r,
+                &[
+                    "iptables",
+                    "-w",
+                    "-t",
+                    "nat",
+                    "-I",
+                    "POSTROUTING",
+                    "1",
+                    "-o",
+                    "wan",
+                    "-p",
+                    proto,
+                    "-j",
+                    "MASQUERADE",
+                    "--to-ports",
+                    "50000-59999",
+                    "--random-fully",
+                ],
+            )?;
+        }
+        in_ns(&r, &["conntrack", "-F"])?;
+        Ok(())
+    }
+
     /// Send a `size`-byte file from host A to host B; once a fifth has arrived, `disrupt`
     /// the lab. Checks the file arrived intact and measures how soon after `disrupt` returned
     /// bytes moved again (up to two minutes).

@@ -275,17 +275,19 @@ fn cone_to_cone_reconnects_after_an_outage_longer_than_ice_waits() {
 }
 
 /// The receiver's host gets a new address mid-transfer (its old one removed): its
-/// connection and its socket to the server die without a word. Its ICE gives the connection
-/// up, it joins the room again from the new address — its token takes its place back from
-/// the old socket the server still counts in the room — and the transfer continues from
-/// what it kept.
+/// connection and its socket to the server die without a word. It notices (the kernel's
+/// source address towards the sender changed), gives the connection up, joins the room again
+/// from the new address — its token takes its place back from the old socket the server
+/// still counts in the room — and the transfer continues from what it kept.
 #[test]
 fn a_receiver_whose_address_changes_reconnects_and_continues() {
     continues_through_an_address_change("b", 2);
 }
 
 /// 128 MiB from A to B; once a fifth arrived, host `host` (on LAN 10.0.`subnet`) moves from
-/// .2 to .102.
+/// .2 to .102. Recovery must not wait for ICE to give up on the old path (≈ 20 s of silence):
+/// bytes moving again within 10 s proves the moved host noticed by itself and (as the
+/// creator) called the other peer back.
 fn continues_through_an_address_change(host: &str, subnet: u8) {
     let lab = cone_lab_with_delay(10);
     let size = 128 << 20;
@@ -295,18 +297,72 @@ fn continues_through_an_address_change(host: &str, subnet: u8) {
         o.moving_again
     );
     assert_continued(&o);
+    assert!(
+        o.moving_again < Duration::from_secs(10),
+        "recovery waited {:?}: as long as ICE takes to give up",
+        o.moving_again
+    );
 }
 
 /// The sender's host — the one that made the room — gets a new address mid-transfer: its
 /// connection and its socket to the server die without a word, the server still counting
-/// the old socket in the room. When its ICE gives the connection up it opens a new socket
-/// and takes its place in the room back with the token the server gave it (`reclaim`); the
-/// receiver joins again (meeting `peer_away` and trying again if it is first), and the
-/// transfer continues from what the receiver kept. Before the token, the room was lost with
-/// the creator's socket.
+/// the old socket in the room. It notices, opens a new socket and takes its place in the
+/// room back with the token the server gave it (`reclaim`, saying its connection is lost);
+/// the receiver, whose connection still looks alive, hears `peer_lost` and joins again, and
+/// the transfer continues from what the receiver kept. Before the token, the room was lost
+/// with the creator's socket.
 #[test]
 fn a_sender_whose_address_changes_keeps_its_room_and_continues() {
     continues_through_an_address_change("a", 1);
+}
+
+/// The receiver's interface goes down for 8 s and comes back with its address: no route
+/// meanwhile is no address change, so the connection rides it out as an outage (nobody
+/// reconnects), and the transfer completes having sent nothing twice.
+#[test]
+fn an_interface_down_and_up_again_is_ridden_out_on_the_same_connection() {
+    let lab = cone_lab_with_delay(5);
+    let size = 128 << 20;
+    let o = lab.transfer_through(size, |lab| {
+        lab.bounce_host("b", 2, Duration::from_secs(8)).unwrap()
+    });
+    eprintln!(
+        "bytes moved again {:?} after the interface came back",
+        o.moving_again
+    );
+    for (who, events) in [
+        ("sender", &o.sender_events),
+        ("receiver", &o.receiver_events),
+    ] {
+        assert!(
+            event::find::<event::Reconnecting>(events).is_none(),
+            "the {who} reconnected: {events:?}"
+        );
+    }
+    assert_eq!(o.sender_transferred, size, "nothing sent twice");
+}
+
+/// The receiver's router forgets its NAT mappings mid-transfer (a reboot) and maps what
+/// comes next to other ports: the sender sees the receiver's packets from a port it never
+/// checked, the server sees segments of a connection it does not know. The transfer
+/// completes, hash checked, having sent at most 16 MiB twice.
+#[test]
+fn a_router_that_forgets_its_mappings_mid_transfer_is_survived() {
+    let lab = cone_lab_with_delay(5);
+    let size = 128 << 20;
+    let o = lab.transfer_through(size, |lab| lab.forget_mappings("b").unwrap());
+    eprintln!(
+        "bytes moved again {:?} after the router forgot its mappings; sender {:?}; receiver {:?}",
+        o.moving_again,
+        event::find::<event::Reconnecting>(&o.sender_events),
+        event::find::<event::Reconnecting>(&o.receiver_events),
+    );
+    assert!(
+        o.sender_transferred <= o.size + (16 << 20),
+        "sent {} for {}",
+        o.sender_transferred,
+        o.size
+    );
 }
 
 /// A long outage on the receiver's side, and the signalling server unreachable meanwhile:

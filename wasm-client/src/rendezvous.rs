@@ -282,8 +282,9 @@ async fn late_signalling(
     loop {
         let now = js::now();
         if !rv.is_connected() {
-            // The other side is back through the room (a holding creator): this connection
-            // is dead. The transfer hears it now; what the machine queued is for `connect`.
+            // The other side is back through the room (a holding creator), or calls this one
+            // back (`peer_lost`: its network changed): this connection is dead. The transfer
+            // hears it now; what the machine queued is for `connect`.
             pc.close();
             let _ = state.unbounded_send(RtcPeerConnectionState::Closed);
             return (rv, ws);

@@ -211,6 +211,7 @@ fn outage_row(bins: &Path, args: &Args) -> anyhow::Result<()> {
         size >> 20,
     );
     outage_line("native → native", "receiver's", again, resent);
+    address_rows(bins, spec, size, reps)?;
     if args.browser {
         for page_receives in [false, true] {
             let (mut again, mut resent) = (Vec::new(), Vec::new());
@@ -229,6 +230,27 @@ fn outage_row(bins: &Path, args: &Args) -> anyhow::Result<()> {
             };
             outage_line(name, "browser's", again, resent);
         }
+    }
+    Ok(())
+}
+
+/// native → native across cone / cone, one host's address changing mid-transfer (the new
+/// one comes, the old one goes): how soon bytes move again, and what was sent twice.
+fn address_rows(bins: &Path, spec: Spec, size: u64, reps: usize) -> anyhow::Result<()> {
+    println!(
+        "\n| address change (cone / cone, {} MiB, median of {reps}) | host moved | address changed → bytes moving (median, max) | bytes sent twice (median) |\n|---|---|---|---|",
+        size >> 20,
+    );
+    for (host, subnet, side) in [("b", 2, "receiver's"), ("a", 1, "sender's")] {
+        let (mut again, mut resent) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let lab = Lab::with_bins(spec, bins.to_path_buf())
+                .context("build the lab for the address change")?;
+            let o = lab.transfer_through(size, |lab| lab.move_host(host, subnet, 2, 102).unwrap());
+            again.push(o.moving_again.as_secs_f64() * 1e3);
+            resent.push(o.sender_transferred.saturating_sub(o.size) as f64);
+        }
+        outage_line("native → native", side, again, resent);
     }
     Ok(())
 }

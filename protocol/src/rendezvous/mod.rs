@@ -426,6 +426,9 @@ pub struct Rendezvous {
     /// it, at least its socket did), and the key agreed with it once its message arrives.
     /// The old connection is given up only when the newcomer's hello opens with that key.
     newcomer: Option<Option<Channel>>,
+    /// A connected joiner was told by the creator that their connection is gone
+    /// (`peer_lost`): no longer connected, whatever the connection's state says.
+    told_lost: bool,
     /// A first join met the creator away (`peer_away`) and tries again until `rejoin_until`.
     away_wait: bool,
     server_up: bool,
@@ -537,6 +540,7 @@ impl Rendezvous {
             token: None,
             reclaiming: false,
             newcomer: None,
+            told_lost: false,
             away_wait: false,
             server_up: false,
             out: VecDeque::new(),
@@ -574,7 +578,7 @@ impl Rendezvous {
 
     /// The data channel is open.
     pub fn is_connected(&self) -> bool {
-        self.stage == Stage::Connected
+        self.stage == Stage::Connected && !self.told_lost
     }
 
     /// The STUN/TURN servers handed out so far (drivers may start probing them early).
@@ -680,6 +684,7 @@ impl Rendezvous {
             } if self.holds_room() => {}
             ServerMessage::Error { code, .. } => self.room_ended(RendezvousError::Server(code)),
             ServerMessage::PeerLeft => self.on_peer_left(),
+            ServerMessage::PeerLost => self.on_peer_lost(),
             ServerMessage::PeerAborted { reason } => self.room_ended(match reason {
                 AbortReason::WrongSecret => RendezvousError::WrongSecret,
                 _ => RendezvousError::PeerGaveUp,
@@ -1087,6 +1092,21 @@ impl Rendezvous {
         }
     }
 
+    /// The creator took its place back and says its connection to this joiner is gone (its
+    /// network changed): connected, this machine is done with that connection
+    /// ([`Rendezvous::is_connected`] turns `false`; the driver closes it and joins again with
+    /// [`Rendezvous::rejoin`]), long before this side's ICE would notice the silence.
+    /// Anywhere else it is the creator leaving.
+    fn on_peer_lost(&mut self) {
+        match self.stage {
+            Stage::Connected if !matches!(self.entry, Entry::Create) => {
+                self.told_lost = true;
+                self.deadline = None;
+            }
+            _ => self.on_peer_left(),
+        }
+    }
+
     fn on_peer_left(&mut self) {
         match self.stage {
             // The transfer needs the server no more; if the connection goes too, the driver
@@ -1236,10 +1256,14 @@ impl Rendezvous {
             return;
         };
         self.arm(Deadline::ServerAnswer, self.config.server_answer);
+        // Waiting for the joiner (not connected to it): a joiner still in the room, maybe
+        // on a connection that looks alive to it, must come back.
+        let lost = self.stage != Stage::Connected;
         self.out.push_back(Output::ToServer(ClientMessage::Reclaim {
             version: SIGNAL_VERSION,
             room,
             token,
+            lost,
         }));
     }
 

@@ -310,7 +310,9 @@ impl World {
                     },
                 );
             }
-            ClientMessage::Reclaim { room, token, .. } => {
+            ClientMessage::Reclaim {
+                room, token, lost, ..
+            } => {
                 if self.room.gone
                     || room != "room1234"
                     || self.room.creator_token.as_ref() != Some(&token)
@@ -321,7 +323,11 @@ impl World {
                 self.room.pake_sent.clear();
                 self.tell(from, ServerMessage::Reclaimed { room });
                 if self.room.joiner.is_some() {
-                    self.tell(other, ServerMessage::PeerLeft);
+                    let told = match lost {
+                        true => ServerMessage::PeerLost,
+                        false => ServerMessage::PeerLeft,
+                    };
+                    self.tell(other, told);
                 }
             }
             ClientMessage::ShowCode => {
@@ -1962,6 +1968,46 @@ fn a_creator_whose_network_changed_takes_its_place_back_past_its_dead_socket() {
     w.run();
     connected(&w);
     assert_eq!(reconnecting(w.a()), [ReconnectReason::LinkLost]);
+}
+
+/// The creator's network changed: it takes its place back saying its connection is lost,
+/// and the joiner — whose connection may look alive for seconds yet — hears `peer_lost`,
+/// stops counting itself connected, and joins again; both connect.
+#[test]
+fn a_creator_whose_network_changed_calls_its_joiner_back_at_once() {
+    let (mut w, link) = held_and_connected();
+    w.unheard_closes = Some(Who::A);
+    assert!(w.a_loses_link());
+    w.run_for(Duration::from_millis(100));
+    assert!(
+        w.a()
+            .sent
+            .iter()
+            .any(|m| matches!(m, ClientMessage::Reclaim { lost: true, .. }))
+    );
+    assert!(!w.b().rv.is_connected(), "told its connection is gone");
+    assert!(w.b().failed.is_none(), "nothing failed: it comes back");
+    w.unheard_closes = None;
+    w.b_rejoins(&link);
+    w.run();
+    connected(&w);
+}
+
+/// A creator whose socket alone dropped (its connection to the joiner fine) takes its place
+/// back without calling the joiner back.
+#[test]
+fn a_creator_whose_socket_alone_dropped_leaves_its_joiner_connected() {
+    let (mut w, _) = held_and_connected();
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.schedule(HOP, Wire::ServerGone(Who::A));
+    w.run_for(Duration::from_secs(5));
+    assert!(
+        w.a()
+            .sent
+            .iter()
+            .any(|m| matches!(m, ClientMessage::Reclaim { lost: false, .. }))
+    );
+    assert!(w.b().rv.is_connected() && w.a().rv.is_connected());
 }
 
 #[test]
