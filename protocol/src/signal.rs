@@ -185,6 +185,9 @@ pub enum ErrorCode {
     /// The creator of a held room lost its connection to the server and has not taken its
     /// place back yet: try again in a moment.
     PeerAway,
+    /// The creator of a held room closed its connection and did not come back: its program
+    /// stopped. The room is over.
+    PeerGone,
 }
 
 impl ErrorCode {
@@ -208,6 +211,9 @@ impl ErrorCode {
             Self::Idle => "the connection was idle too long; open the link or code again",
             Self::PeerAway => {
                 "the other peer lost its connection to the server; try again in a moment"
+            }
+            Self::PeerGone => {
+                "the other peer's program stopped; start it again (the same files) to continue"
             }
         }
     }
@@ -485,6 +491,13 @@ mod tests {
                     message: "x".into(),
                 },
                 r#"{"type":"error","code":"peer_away","message":"x"}"#,
+            ),
+            (
+                ServerMessage::Error {
+                    code: ErrorCode::PeerGone,
+                    message: "x".into(),
+                },
+                r#"{"type":"error","code":"peer_gone","message":"x"}"#,
             ),
         ];
         for (msg, json) in cases {

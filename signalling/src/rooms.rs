@@ -18,7 +18,10 @@
 //!   back with the token it got at `created` (`reclaim`) within [`CREATOR_AWAY_MAX`], or the
 //!   room ends — unless its client (address or /64) already has [`MAX_AWAY_PER_CLIENT`]
 //!   rooms waiting for their creators: what a client makes the server hold stays bounded
-//!   by the client. A held room's joiner gets a token at `joined` too: joining again with it
+//!   by the client. A creator whose connection *closed* (its program stopped: the kernel
+//!   closes a dead program's sockets) rather than went silent (a network gone) and that is
+//!   not back within [`CREATOR_GONE_AFTER`] has stopped: a join then ends the room with
+//!   `peer_gone`, so a joiner coming back stops at once instead of waiting its timeout. A held room's joiner gets a token at `joined` too: joining again with it
 //!   takes its place back from a connection of its that is still there (a network gone
 //!   away without closing it), counted as a rejoin. A connection whose place was taken is
 //!   closed, and nothing it does afterwards (leaving included) touches the room.
@@ -82,6 +85,8 @@ struct Room {
     /// `None` while the creator of a held room is away (its connection closed), since then.
     creator: Option<Slot>,
     creator_away: Option<Instant>,
+    /// The away creator's connection closed (rather than went silent).
+    creator_closed: bool,
     /// Held rooms: the digest of the creator's token (its slot goes while it is away).
     creator_token: Option<[u8; 32]>,
     /// The client that made the room (address or /64): its away rooms are capped.
@@ -117,6 +122,11 @@ pub(crate) const MAX_REJOINS: u8 = 32;
 /// How long a held room waits for its creator to take its place back (its program's own
 /// wait for the other peer, `--reconnect-timeout`, is 5 minutes by default).
 pub(crate) const CREATOR_AWAY_MAX: Duration = Duration::from_secs(10 * 60);
+
+/// A held room's creator whose connection closed and that has not taken its place back
+/// within this has stopped (a live one reclaims within a second or two; a few retries
+/// fit).
+pub(crate) const CREATOR_GONE_AFTER: Duration = Duration::from_secs(15);
 
 /// Held rooms one client may have waiting for their creator; beyond, a creator's connection
 /// closing ends its room as in a room not held.
@@ -315,6 +325,7 @@ impl Rooms {
                 owner: crate::limits::subscriber(owner),
                 creator: Some(creator),
                 creator_away: None,
+                creator_closed: false,
                 joiner: None,
                 hold: Hold {
                     asked: hold,
@@ -385,7 +396,19 @@ impl Rooms {
             return Err(ErrorCode::NoSuchRoom);
         }
         if room.creator.is_none() {
-            return Err(ErrorCode::PeerAway);
+            let stopped = room.creator_closed
+                && room
+                    .creator_away
+                    .is_some_and(|t| now >= t + CREATOR_GONE_AFTER);
+            if !stopped {
+                return Err(ErrorCode::PeerAway);
+            }
+            let room = inner.rooms.remove(&id).expect("looked up above");
+            away_ends(&mut inner.away, &room);
+            if let Some(n) = room.number {
+                inner.numbers.remove(&n);
+            }
+            return Err(ErrorCode::PeerGone);
         }
         if let Some(old) = &room.joiner {
             let same = reclaim.is_some_and(|t| old.token == Some(digest(t)));
@@ -481,6 +504,7 @@ impl Rooms {
             token: Some(token),
         });
         room.creator_away = None;
+        room.creator_closed = false;
         self.metrics.rooms_reclaimed.fetch_add(1, Ordering::Relaxed);
         Ok(Membership {
             room: room_id.to_string(),
@@ -538,15 +562,33 @@ impl Rooms {
         }
     }
 
-    /// A peer gave up: the other is told and the room is gone.
-    pub fn abort(&self, m: &Membership, reason: AbortReason) {
-        let mut inner = self.lock();
-        if !inner.rooms.get_mut(&m.room).is_some_and(|r| r.holds(m)) {
-            return;
-        }
-        Self::remove(&mut inner, m, ServerMessage::PeerAborted { reason });
-        if reason == AbortReason::WrongSecret {
-            self.metrics.pake_failures.fetch_add(1, Ordering::Relaxed);
+    /// A peer gave up: the other is told and the room is gone. Except a joiner whose secret
+    /// was wrong in a held room that had a joiner before (whose place came free): that is a
+    /// stranger who learnt the room id while the transfer's own joiner is away, and the
+    /// transfer must still be able to come back into the room, so it counts as that joiner
+    /// leaving (its creator hears `peer_left`; comebacks and a typed code's tries stay
+    /// bounded as for any joiner). A first joiner's wrong secret (a mistyped code) still ends
+    /// the room, so both sides hear it.
+    pub fn abort(&self, m: &Membership, reason: AbortReason, now: Instant) {
+        let stranger = {
+            let mut inner = self.lock();
+            let Some(room) = inner.rooms.get_mut(&m.room).filter(|r| r.holds(m)) else {
+                return;
+            };
+            if reason == AbortReason::WrongSecret {
+                self.metrics.pake_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            let stranger = reason == AbortReason::WrongSecret
+                && m.side == Side::Joiner
+                && room.hold.asked
+                && room.hold.rejoins > 0;
+            if !stranger {
+                Self::remove(&mut inner, m, ServerMessage::PeerAborted { reason });
+            }
+            stranger
+        };
+        if stranger {
+            self.leave(m, now);
         }
     }
 
@@ -556,6 +598,16 @@ impl Rooms {
     /// joiner left, which it would wait out). A connection whose place was taken leaves
     /// nothing.
     pub fn leave(&self, m: &Membership, now: Instant) {
+        self.depart(m, now, true)
+    }
+
+    /// Like [`Rooms::leave`] for a connection that went silent (its pings unanswered)
+    /// rather than closed: its peer may be alive behind a network that went away.
+    pub fn went_silent(&self, m: &Membership, now: Instant) {
+        self.depart(m, now, false)
+    }
+
+    fn depart(&self, m: &Membership, now: Instant, closed: bool) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let Some(room) = inner.rooms.get_mut(&m.room).filter(|r| r.holds(m)) else {
@@ -572,6 +624,7 @@ impl Rooms {
                 *inner.away.entry(room.owner).or_default() += 1;
                 room.creator = None;
                 room.creator_away = Some(now);
+                room.creator_closed = closed;
                 if let Some(joiner) = &mut room.joiner {
                     joiner.pake_sent = false;
                     deliver(joiner, ServerMessage::PeerLeft);
@@ -787,7 +840,7 @@ mod tests {
         );
         // The old connection closing late (or aborting) touches nothing.
         r.leave(&m, t0);
-        r.abort(&m, AbortReason::Failed);
+        r.abort(&m, AbortReason::Failed, t0);
         assert_eq!(r.active(), 1);
         assert_eq!(next(&mut creator), None);
     }
@@ -892,6 +945,52 @@ mod tests {
         assert_eq!(r.sweep(t0 + CREATOR_AWAY_MAX), MAX_AWAY_PER_CLIENT + 1);
         assert!(r.lock().away.is_empty(), "{:?}", r.lock().away);
         let _ = back;
+    }
+
+    /// A creator whose connection closed and that is not back in time has stopped: a join
+    /// ends the room with `peer_gone`. One whose connection went silent may be behind a
+    /// network that went away: joins are told to try again until `CREATOR_AWAY_MAX`.
+    #[test]
+    fn a_creator_that_closed_and_stays_away_has_stopped() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let ((m, _, _), (_, jtoken, _)) = held_and_joined(&r, t0);
+        r.leave(&m, t0);
+        let id = RoomRef::Id(m.room.clone());
+        let (x, _) = outbox();
+        let back = |at| {
+            r.join(x.clone(), &id, Some(&jtoken), at)
+                .map(|_| ())
+                .unwrap_err()
+        };
+        assert_eq!(back(t0 + Duration::from_secs(1)), ErrorCode::PeerAway);
+        assert_eq!(back(t0 + CREATOR_GONE_AFTER), ErrorCode::PeerGone);
+        assert_eq!(r.active(), 0, "the room is over");
+        assert_eq!(back(t0 + CREATOR_GONE_AFTER), ErrorCode::NoSuchRoom);
+
+        let ((m, _, _), (_, jtoken, _)) = held_and_joined(&r, t0);
+        r.went_silent(&m, t0);
+        let id = RoomRef::Id(m.room.clone());
+        let (x, _) = outbox();
+        assert_eq!(
+            r.join(x.clone(), &id, Some(&jtoken), t0 + CREATOR_GONE_AFTER)
+                .map(|_| ())
+                .unwrap_err(),
+            ErrorCode::PeerAway
+        );
+        // A creator back in time (from a closed connection too) clears it.
+        let ((m2, token2, _), (_, jtoken2, _)) = held_and_joined(&r, t0);
+        r.leave(&m2, t0);
+        let (c, _c) = outbox();
+        r.reclaim(c, &m2.room, &token2, false, t0 + Duration::from_secs(1))
+            .unwrap();
+        let (x2, _) = outbox();
+        let at = t0 + CREATOR_GONE_AFTER;
+        assert!(
+            r.join(x2, &RoomRef::Id(m2.room.clone()), Some(&jtoken2), at)
+                .is_ok(),
+            "the joiner gets its place back"
+        );
     }
 
     #[test]
@@ -1082,6 +1181,43 @@ mod tests {
     }
 
     #[test]
+    fn a_joiner_with_the_wrong_secret_does_not_end_a_held_room() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let ((m, _, mut creator), (j, _, _)) = held_and_joined(&r, t0);
+        r.leave(&j, t0);
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
+        // Someone with the room id but not the secret joins and fails the key confirmation.
+        let (x, _stranger) = outbox();
+        let (s, _) = r.join(x, &RoomRef::Id(m.room.clone()), None, t0).unwrap();
+        r.abort(&s, AbortReason::WrongSecret, t0);
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
+        assert_eq!(r.active(), 1, "the room waits on");
+        // The real joiner still gets back in.
+        let (y, _back) = outbox();
+        r.join(y, &RoomRef::Id(m.room.clone()), None, t0).unwrap();
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+        // A first joiner's wrong secret ends the room, held or not, as before: both sides
+        // hear it.
+        for hold in [true, false] {
+            let (tx, mut creator) = outbox();
+            let (m, _, _) = r.create(tx, ME, t0, false, hold).unwrap();
+            let (jtx, _j) = outbox();
+            let (j, _) = r.join(jtx, &RoomRef::Id(m.room.clone()), None, t0).unwrap();
+            r.abort(&j, AbortReason::WrongSecret, t0);
+            assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
+            assert_eq!(
+                next(&mut creator),
+                Some(ServerMessage::PeerAborted {
+                    reason: AbortReason::WrongSecret
+                })
+            );
+        }
+        assert_eq!(r.active(), 1, "only the first room waits on");
+    }
+
+    #[test]
     fn a_held_room_comes_back_a_bounded_number_of_times_and_never_after_an_abort() {
         let r = rooms();
         let t0 = Instant::now();
@@ -1129,12 +1265,12 @@ mod tests {
             .join(jtx, &RoomRef::Id(m.room.clone()), None, t0)
             .unwrap()
             .0;
-        r.abort(&j, AbortReason::WrongSecret);
+        r.abort(&j, AbortReason::Cancelled, t0);
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
         assert_eq!(
             next(&mut creator),
             Some(ServerMessage::PeerAborted {
-                reason: AbortReason::WrongSecret
+                reason: AbortReason::Cancelled
             })
         );
         assert_eq!(r.active(), 0, "an abort ends a held room");

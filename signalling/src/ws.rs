@@ -95,12 +95,16 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    // Closed (the peer's program or its side of the connection ended it) unless its pings
+    // went unanswered: a held room tells the two apart.
+    let mut silent = false;
 
     loop {
         tokio::select! {
             _ = heartbeat.tick(), if in_a_room => {
                 if last_heard.elapsed() >= state.ping_every * 3 {
                     tracing::debug!(peer = %who, "no answer to pings: connection dropped");
+                    silent = true;
                     break;
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() { break; }
@@ -203,7 +207,10 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
         }
     }
     if let Some(m) = member {
-        state.rooms.leave(&m, std::time::Instant::now());
+        match silent {
+            true => state.rooms.went_silent(&m, std::time::Instant::now()),
+            false => state.rooms.leave(&m, std::time::Instant::now()),
+        }
     }
     tracing::debug!(peer = %who, "connection closed");
 }
@@ -290,7 +297,7 @@ fn handle(
         }
         ClientMessage::Abort { reason } => {
             let m = member.take().ok_or(ErrorCode::NotInRoom)?;
-            state.rooms.abort(&m, reason);
+            state.rooms.abort(&m, reason, std::time::Instant::now());
             Ok(None)
         }
     }

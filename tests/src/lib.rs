@@ -407,6 +407,14 @@ pub fn count<T: Payload>(events: &[Event]) -> usize {
     events.iter().filter(|e| T::of(e).is_some()).count()
 }
 
+/// `link` with its secret changed: the same room, a key exchange that fails.
+pub fn wrong_secret(link: &str) -> String {
+    let (base, secret) = link.split_once('#').expect("link with a fragment");
+    let mut s: Vec<char> = secret.chars().collect();
+    s[0] = if s[0] == 'A' { 'B' } else { 'A' };
+    format!("{base}#{}", s.into_iter().collect::<String>())
+}
+
 /// Write `len` pseudo-random bytes (seeded) to `path`, streaming.
 pub fn make_file(path: &Path, len: u64, seed: u64) {
     use rand::{RngCore as _, SeedableRng as _};

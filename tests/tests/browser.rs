@@ -714,13 +714,6 @@ fn browser_to_browser_with_screenshots() {
 
 /// Alter the secret in a link's fragment (its first character: the last one carries padding
 /// bits a lenient decoder may ignore).
-fn wrong_secret(link: &str) -> String {
-    let (base, secret) = link.split_once('#').expect("link with a fragment");
-    let mut s: Vec<char> = secret.chars().collect();
-    s[0] = if s[0] == 'A' { 'B' } else { 'A' };
-    format!("{base}#{}", s.into_iter().collect::<String>())
-}
-
 fn expect_page_error(c: &mut Chromium) -> anyhow::Result<String> {
     c.wait_state("error", SECS(60))?;
     let msg = c.eval("document.querySelector('#error').textContent")?;

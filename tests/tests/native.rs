@@ -327,16 +327,22 @@ fn a_vanished_sender_is_continued_by_a_new_send_into_the_same_folder() {
     let size: u64 = 200 << 20;
     make_file(&file, size, 8);
     let (mut sender, link, _) = start_sender_with(paced(), &sig.url, &[], &[&file]).unwrap();
-    // The receiver cannot tell a killed sender from one whose network changed (which takes
-    // its place in the room back): it waits `--reconnect-timeout` for it, here 5 s.
-    let mut args = recv_args(&sig.url, dst.path(), &link);
-    args.splice(2..2, ["--reconnect-timeout".to_string(), "5".to_string()]);
-    let mut receiver = spawn(&args);
+    let mut receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
     receiver.wait_for_progress(size * 45 / 100);
+    // A killed program's socket to the server closes (a network that went away leaves it
+    // silent): the server knows the sender stopped once it has not come back for a few
+    // seconds, and the receiver, coming back into the room, hears so at once instead of
+    // waiting its `--reconnect-timeout` (300 s).
     sender.kill();
+    let killed = std::time::Instant::now();
     let (rs, revents) = receiver.finish(LONG).unwrap();
+    eprintln!(
+        "the receiver stopped {:?} after the sender was killed",
+        killed.elapsed()
+    );
     let msg = expect_error(rs, &revents);
     assert!(msg.contains("vanished") || msg.contains("lost"), "{msg}");
+    assert!(msg.contains("program stopped"), "{msg}");
     assert!(
         msg.contains("kept"),
         "the receiver says the part is kept: {msg}"
@@ -393,6 +399,35 @@ fn kill_the_receiver_midway(
     (sender, link, held)
 }
 
+/// Run the receiver again on `link` into `dst`, which holds `held` bytes of `file`, and
+/// finish it and `sender`: it continues from what it held (moving at most 55 %), and the
+/// file arrives whole. The sender's `done` and events.
+fn receive_the_rest(
+    sig: &Signalling,
+    dst: &Path,
+    link: &str,
+    file: &Path,
+    held: u64,
+    sender: Peer,
+) -> (event::Done, Vec<Event>) {
+    let size = std::fs::metadata(file).unwrap().len();
+    let receiver = spawn(&recv_args(&sig.url, dst, link));
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    let sdone = expect_done(ss, &sevents);
+    let resumed = event::find::<event::Resumed>(&revents).expect("a resumed event");
+    assert_eq!(resumed.offset, held.min(size));
+    assert_eq!(done.transferred, size - resumed.offset);
+    assert!(done.transferred <= size * 55 / 100, "{}", done.transferred);
+    assert_eq!(
+        hash_file(&dst.join(file.file_name().unwrap())),
+        hash_file(file)
+    );
+    assert_eq!(tree(dst).len(), 1, "{:?}", tree(dst));
+    (sdone, sevents)
+}
+
 #[test]
 fn a_killed_receiver_run_again_on_the_same_link_continues_where_it_stopped() {
     let sig = Signalling::start();
@@ -403,17 +438,7 @@ fn a_killed_receiver_run_again_on_the_same_link_continues_where_it_stopped() {
     make_file(&file, size, 31);
     let (sender, link, held) = kill_the_receiver_midway(&sig, &[], &file, dst.path());
     // The sender waits in its room; the same command again rejoins it.
-    let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
-    let (rs, revents) = receiver.finish(LONG).unwrap();
-    let (ss, sevents) = sender.finish(LONG).unwrap();
-    let done = expect_done(rs, &revents);
-    let sdone = expect_done(ss, &sevents);
-    let resumed = event::find::<event::Resumed>(&revents).expect("a resumed event");
-    assert_eq!(resumed.offset, held.min(size));
-    assert_eq!(done.transferred, size - resumed.offset);
-    assert!(done.transferred <= size * 55 / 100, "{}", done.transferred);
-    assert_eq!(hash_file(&dst.path().join("video.mkv")), hash_file(&file));
-    assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
+    let (sdone, sevents) = receive_the_rest(&sig, dst.path(), &link, &file, held, sender);
     // The sender said what happened, and moved each byte about once.
     assert_reconnected("sender", &sevents);
     assert!(
@@ -426,6 +451,27 @@ fn a_killed_receiver_run_again_on_the_same_link_continues_where_it_stopped() {
         sdone.transferred
     );
     assert_eq!(sig.metric("punchdrop_rooms_rejoined_total"), 1);
+}
+
+/// While the sender waits for its killed receiver, someone with the room's id but not its
+/// secret opens the link: it fails with "wrong", the room stays, and the receiver run
+/// again continues into it.
+#[test]
+fn a_stranger_with_the_wrong_secret_cannot_end_a_room_waiting_for_its_receiver() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let file = src.path().join("video.mkv");
+    let size: u64 = 200 << 20;
+    make_file(&file, size, 33);
+    let (sender, link, held) = kill_the_receiver_midway(&sig, &[], &file, dst.path());
+    let stranger = spawn(&recv_args(&sig.url, other.path(), &wrong_secret(&link)));
+    let (xs, xevents) = stranger.finish(LONG).unwrap();
+    let msg = expect_error(xs, &xevents);
+    assert!(msg.contains("wrong"), "stranger: {msg}");
+    assert!(tree(other.path()).is_empty(), "{:?}", tree(other.path()));
+    receive_the_rest(&sig, dst.path(), &link, &file, held, sender);
 }
 
 #[test]
@@ -447,17 +493,7 @@ fn a_receiver_that_does_not_come_back_in_time_is_continued_by_the_next_run() {
     );
 
     let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
-    let receiver = spawn(&recv_args(&sig.url, dst.path(), &link));
-    let (rs, revents) = receiver.finish(LONG).unwrap();
-    let (ss, sevents) = sender.finish(LONG).unwrap();
-    let done = expect_done(rs, &revents);
-    expect_done(ss, &sevents);
-    let resumed = event::find::<event::Resumed>(&revents).expect("a resumed event");
-    assert_eq!(resumed.offset, held.min(size));
-    assert_eq!(done.transferred, size - resumed.offset);
-    assert!(done.transferred <= size * 55 / 100, "{}", done.transferred);
-    assert_eq!(hash_file(&dst.path().join("video.mkv")), hash_file(&file));
-    assert_eq!(tree(dst.path()).len(), 1, "{:?}", tree(dst.path()));
+    receive_the_rest(&sig, dst.path(), &link, &file, held, sender);
 }
 
 /// A folder to send: `album/0-empty.txt` (nothing to claim once saved, so never received

@@ -1148,6 +1148,8 @@ impl Rendezvous {
         if self.rejoin_until.is_none_or(|t| self.now >= t) {
             return false;
         }
+        // A holder waiting for its joiner back meets a wrong secret: a stranger with the room
+        // id (the server lets it only leave), not the joiner it waits for.
         let peer_side = matches!(
             e,
             E::PeerLeft
@@ -1155,7 +1157,7 @@ impl Rendezvous {
                 | E::NoHello(_)
                 | E::ConnectTimeout { .. }
                 | E::NoPath { .. }
-        );
+        ) || (*e == E::WrongSecret && self.holds_room());
         let server_side = matches!(
             e,
             E::Unreachable(_)

@@ -69,6 +69,8 @@ struct Room {
     creator_token: Option<String>,
     joiner_token: Option<String>,
     joins: u32,
+    /// The away creator's connection closed long enough ago: it stopped (`peer_gone`).
+    creator_stopped: bool,
 }
 
 /// A peer: its machine, its stand-in ICE stack, and what it showed.
@@ -344,6 +346,10 @@ impl World {
                 if !ok || self.room.gone {
                     return self.error(from, ErrorCode::NoSuchRoom);
                 }
+                if self.room.creator.is_none() && self.room.creator_stopped {
+                    self.room.gone = true;
+                    return self.error(from, ErrorCode::PeerGone);
+                }
                 if self.room.creator.is_none() {
                     return self.error(from, ErrorCode::PeerAway);
                 }
@@ -385,6 +391,16 @@ impl World {
             ClientMessage::Sealed { data } => {
                 if !self.room.gone && in_room(&self.room, other) {
                     self.tell(other, ServerMessage::Sealed { data });
+                }
+            }
+            // A held room outlives a joiner with the wrong secret: it only leaves.
+            ClientMessage::Abort {
+                reason: AbortReason::WrongSecret,
+            } if self.room.hold && self.room.joiner == Some(from) && self.room.joins > 1 => {
+                self.room.joiner = None;
+                self.room.pake_sent.clear();
+                if in_room(&self.room, other) {
+                    self.tell(other, ServerMessage::PeerLeft);
                 }
             }
             ClientMessage::Abort { reason } => {
@@ -1806,6 +1822,25 @@ fn a_rejoining_joiner_stops_at_once_when_the_room_is_gone() {
     assert!(w.now - t < Duration::from_secs(1));
 }
 
+/// The creator's program died (its socket closed, and it did not come back): the server
+/// says so to the joiner coming back, which stops at once rather than waiting its timeout.
+#[test]
+fn a_rejoining_joiner_stops_at_once_when_the_creator_stopped() {
+    let (mut w, link) = held_and_connected();
+    w.peers.remove(&Who::A);
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.run_for(Duration::from_secs(1));
+    w.room.creator_stopped = true;
+    let t = w.now;
+    w.b_rejoins(&link);
+    w.run_until(|w| w.b().failed.is_some());
+    assert_eq!(
+        w.b().failed,
+        Some(RendezvousError::Server(ErrorCode::PeerGone))
+    );
+    assert!(w.now - t < Duration::from_secs(1));
+}
+
 #[test]
 fn a_rejoin_whose_new_connection_fails_is_tried_again_not_ended() {
     let (mut w, link) = held_and_connected();
@@ -2119,6 +2154,28 @@ fn a_newcomer_must_prove_the_secret_before_the_live_connection_is_given_up() {
     assert_eq!(a.closed, 0);
     assert!(reconnecting(a).is_empty(), "{:?}", a.names());
     assert!(a.failed.is_none());
+}
+
+/// While a holding creator waits for its joiner to come back, someone who has the room id
+/// but not the secret joins: it fails, the creator waits on (no abort, the room stays), and
+/// the real joiner gets back in.
+#[test]
+fn a_stranger_with_the_wrong_secret_cannot_end_the_way_back() {
+    let (mut w, link) = held_and_connected();
+    w.kill_b();
+    w.run_for(Duration::from_secs(1));
+    assert!(w.a_loses_link());
+    let wrong = ShareLink::new(SERVER, "room1234", "AAECAwQFBgcICQoLDA0ODw").to_string();
+    w.join(&wrong, Want::Receive);
+    w.run_until(|w| w.b().failed.is_some());
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.b().failed, Some(RendezvousError::WrongSecret));
+    assert!(w.a().failed.is_none(), "{:?}", w.a().names());
+    assert_eq!(w.a().aborted(), None);
+    assert!(!w.room.gone);
+    w.b_rejoins(&link);
+    w.run();
+    connected(&w);
 }
 
 #[test]
