@@ -98,6 +98,8 @@ pub enum LinkLost {
     Stalled,
     #[error("the other peer vanished: the connection closed before the transfer finished")]
     Vanished,
+    #[error("the connection stalled: nothing arrived for {} s", protocol::transfer::RECEIVE_STALL.as_secs())]
+    Silent,
 }
 
 impl LinkLost {
@@ -422,8 +424,13 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// A transfer error as the run sees it: a receiver that heard nothing for too long lost
+/// its link (and recovers as from one); everything else ends the transfer.
 fn map_err(e: TransferError) -> anyhow::Error {
-    anyhow!(e)
+    match e {
+        TransferError::Stalled => LinkLost::Silent.into(),
+        e => anyhow!(e),
+    }
 }
 
 /// Free space needed beyond the files themselves (filesystem metadata, `.part` slack).

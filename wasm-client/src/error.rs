@@ -45,7 +45,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// The connection went away under a transfer that did not itself fail.
     pub fn is_link_lost(&self) -> bool {
-        matches!(self, Self::Vanished | Self::Stalled)
+        matches!(
+            self,
+            Self::Vanished | Self::Stalled | Self::Transfer(TransferError::Stalled)
+        )
     }
 }
 

@@ -4,7 +4,7 @@ use super::frame::{self, Control, Frame, Held, ResumeAt};
 use super::names::{self, SafePath};
 use super::{
     CancelReason, Continued, HelloState, MAX_OFFER_ENTRIES, MAX_OFFER_NAME_BYTES, Offer,
-    OfferEntry, Role, TransferError,
+    OfferEntry, RECEIVE_STALL, Role, TransferError,
 };
 use crate::path::PairView;
 use core::time::Duration;
@@ -120,6 +120,8 @@ impl Default for Limits {
 pub struct Receiver {
     state: State,
     hello: HelloState,
+    /// When the last frame arrived (for [`RECEIVE_STALL`]).
+    last_heard: Duration,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<ReceiverEvent>,
     limits: Limits,
@@ -158,6 +160,7 @@ impl Receiver {
         Self {
             state: State::Hello,
             hello: HelloState::new(Role::Receiver, now),
+            last_heard: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
             limits,
@@ -213,10 +216,10 @@ impl Receiver {
         buf: &'a [u8],
         now: Duration,
     ) -> Result<Received<'a>, TransferError> {
-        let _ = now;
         if matches!(self.state, State::Done | State::Failed) {
             return Ok(Received::Nothing);
         }
+        self.last_heard = now;
         let result = self.on_frame(buf);
         if let Err(e) = &result {
             self.fail(e);
@@ -692,7 +695,18 @@ impl Receiver {
     }
 
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.hello.timeout().filter(|_| self.state == State::Hello)
+        match self.state {
+            State::Hello => self.hello.timeout(),
+            _ if self.stall_counts() => Some(self.last_heard + RECEIVE_STALL),
+            _ => None,
+        }
+    }
+
+    /// Whether silence means a stall now: waiting for the offer, or receiving data. Not
+    /// while this side's person decides, nor while the sender checks what is held (it may
+    /// hash a long beginning first).
+    fn stall_counts(&self) -> bool {
+        matches!(self.state, State::Offering | State::Receiving)
     }
 
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), TransferError> {
@@ -700,6 +714,11 @@ impl Receiver {
             let e = TransferError::Timeout;
             self.fail(&e);
             return Err(e);
+        }
+        if self.stall_counts() && now >= self.last_heard + RECEIVE_STALL {
+            // Not a failure of the transfer (no cancel frame, nothing discarded): the link is
+            // what failed, and what was received stays good for the next connection.
+            return Err(TransferError::Stalled);
         }
         Ok(())
     }

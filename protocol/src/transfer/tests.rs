@@ -336,6 +336,31 @@ fn silent_peer_times_out() {
     assert!(hellos >= 10, "hello was resent ({hellos})");
 }
 
+/// After the hellos the receiver waits for the offer; a connection that carries nothing
+/// (it looks open) is called stalled after [`RECEIVE_STALL`] — a lost link, not a failed
+/// transfer: no cancel goes out and what was received stays. While this side's person
+/// decides there is no such limit.
+#[test]
+fn a_receiver_hearing_nothing_calls_the_connection_stalled() {
+    let mut rx = Receiver::new(Duration::ZERO);
+    let t = Duration::from_secs(3);
+    rx.handle_frame(&sender_hello(), t).unwrap();
+    while rx.poll_transmit(t).is_some() {}
+    assert_eq!(rx.poll_timeout(), Some(t + RECEIVE_STALL));
+    assert_eq!(rx.handle_timeout(t + RECEIVE_STALL / 2), Ok(()));
+    assert_eq!(
+        rx.handle_timeout(t + RECEIVE_STALL),
+        Err(TransferError::Stalled)
+    );
+    assert!(!rx.has_failed(), "the transfer itself did not fail");
+    assert_eq!(rx.poll_transmit(t + RECEIVE_STALL), None, "no cancel");
+
+    // An offer waiting for this side's decision has no such limit.
+    let mut rx = Receiver::new(Duration::ZERO);
+    deliver_offer(&mut rx, vec![OfferEntry::file("a", 1)]);
+    assert_eq!(rx.poll_timeout(), None);
+}
+
 #[test]
 fn many_entries_split_over_several_offer_frames() {
     let n = 5000;
@@ -1011,15 +1036,19 @@ fn a_receiver_cannot_claim_more_than_the_file() {
 }
 
 /// A receiver past the hellos with `entries` offered to it.
-fn deliver_offer(rx: &mut Receiver, entries: Vec<OfferEntry>) {
-    let hello = frame::encode_control(&Control::Hello {
+/// A sender's hello that has seen the receiver's.
+fn sender_hello() -> Vec<u8> {
+    frame::encode_control(&Control::Hello {
         version: TRANSFER_VERSION,
         role: Role::Sender,
         seen_peer: true,
         max_frame: MAX_FRAME as u32,
         path: None,
-    });
-    rx.handle_frame(&hello, Duration::ZERO).unwrap();
+    })
+}
+
+fn deliver_offer(rx: &mut Receiver, entries: Vec<OfferEntry>) {
+    rx.handle_frame(&sender_hello(), Duration::ZERO).unwrap();
     let total: u64 = entries.iter().map(|e| e.size).sum();
     let n = entries.len() as u32;
     rx.handle_frame(&offer_frame(n, total, entries), Duration::ZERO)
