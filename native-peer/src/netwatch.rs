@@ -1,65 +1,66 @@
-//! Notice this host's network changing under a live connection.
+//! Notice this host's address going away under a live connection.
 //!
 //! An address change (another Wi-Fi, a new DHCP lease, an interface replaced) breaks the
-//! path ICE chose without a word: packets leave from an address the other peer never checked
-//! (or through a NAT mapping it never saw), and ICE only calls the connection failed after
-//! its timeouts of silence (≈ 20 s). The kernel knows at once: the source address it picks
-//! towards the other peer changes. [`Route`] asks it (a connected UDP socket's local address:
-//! no packet is sent) and says when the answer differs from the one the connection was made
-//! with; the driver then treats the connection as lost and recovers through the room.
+//! path ICE chose without a word: its local address is gone, and ICE only calls the
+//! connection failed after its timeouts of silence (≈ 20 s). The host knows at once. Beside a
+//! live link the driver asks every [`EVERY`] whether the nominated pair's local address — a
+//! host candidate's own, or the base a reflexive candidate was learnt from — is still on one
+//! of this host's interfaces ([`Watch::gone`]); missing on two asks in a row, the connection
+//! is given up and recovered through the room.
 //!
-//! Invariant: only a *changed* answer counts. No answer (no route for the moment: an
-//! interface down, a cable out) is not a verdict — ICE rides that out, and when the network
-//! comes back with the same address nothing was lost. The first answer is the reference, not
-//! the ICE candidate's address, so a multi-homed host whose chosen path is not the default
-//! route is never taken for a moved one.
+//! Invariants: only an address that is *gone* counts. A new address beside it, a new default
+//! route, a VPN coming up, an IPv6 temporary address rotating (the old one stays, deprecated)
+//! leave the path's address in place, and ICE keeps what still works. An interface down
+//! with its address kept is no verdict either: ICE rides that out. A relayed pair is not
+//! watched (its base is not among the candidate's fields), nor a host candidate published
+//! as an mDNS name.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// How often the driver asks.
 pub const EVERY: Duration = Duration::from_millis(500);
 
-/// The source address this host uses towards one destination, and whether it changed.
+/// Asks in a row the address must be missing on (an address removed and put back by a
+/// network manager in one go is not a change).
+const MISSING_ASKS: u8 = 2;
+
+/// One local address a connection's path starts from, and whether it is gone.
 #[derive(Debug)]
-pub struct Route {
-    towards: SocketAddr,
-    was: Option<IpAddr>,
+pub struct Watch {
+    base: IpAddr,
+    missing: u8,
 }
 
-impl Route {
-    /// Watch the route towards `towards` (the other peer's address on the chosen path).
-    pub fn new(towards: SocketAddr) -> Self {
-        Self {
-            towards,
-            was: source_towards(towards),
-        }
+impl Watch {
+    pub fn new(base: IpAddr) -> Self {
+        Self { base, missing: 0 }
     }
 
-    /// `true` once the kernel picks another source address towards the other peer than it
-    /// did when the watch began (or than its first answer, if it had none then).
-    pub fn moved(&mut self) -> bool {
-        let now = source_towards(self.towards);
-        match (self.was, now) {
-            (Some(was), Some(now)) => was != now,
-            (None, now) => {
-                self.was = now;
-                false
+    /// Ask again: `true` once the address has been missing from every interface on
+    /// [`MISSING_ASKS`] asks in a row. An ask that fails (cannot list interfaces) says
+    /// nothing.
+    pub fn gone(&mut self) -> bool {
+        if let Ok(addresses) = local_addresses() {
+            match addresses.contains(&self.base) {
+                true => self.missing = 0,
+                false => self.missing = self.missing.saturating_add(1),
             }
-            (Some(_), None) => false,
         }
+        self.missing >= MISSING_ASKS
     }
 }
 
-/// The local address the kernel would send from towards `to`; `None` without a route.
-fn source_towards(to: SocketAddr) -> Option<IpAddr> {
-    let any: IpAddr = match to {
-        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    };
-    let socket = UdpSocket::bind((any, 0)).ok()?;
-    socket.connect(to).ok()?;
-    socket.local_addr().ok().map(|a| a.ip())
+/// Every address on this host's interfaces.
+fn local_addresses() -> nix::Result<Vec<IpAddr>> {
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|i| i.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -67,23 +68,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_is_reached_from_loopback_and_never_moves() {
-        let mut r = Route::new("127.0.0.1:9".parse().unwrap());
-        assert_eq!(r.was, Some(IpAddr::from([127, 0, 0, 1])));
-        assert!(!r.moved());
+    fn an_address_on_an_interface_is_never_gone() {
+        assert!(
+            local_addresses()
+                .unwrap()
+                .contains(&IpAddr::from([127, 0, 0, 1]))
+        );
+        let mut w = Watch::new(IpAddr::from([127, 0, 0, 1]));
+        for _ in 0..5 {
+            assert!(!w.gone());
+        }
     }
 
     #[test]
-    fn a_changed_answer_is_a_move_and_no_answer_is_not() {
-        let mut r = Route::new("127.0.0.1:9".parse().unwrap());
-        r.was = Some(IpAddr::from([10, 0, 2, 2]));
-        assert!(r.moved(), "the kernel now answers 127.0.0.1");
-        // No route at the start: the first answer becomes the reference.
-        let mut r = Route {
-            towards: "127.0.0.1:9".parse().unwrap(),
-            was: None,
-        };
-        assert!(!r.moved());
-        assert_eq!(r.was, Some(IpAddr::from([127, 0, 0, 1])));
+    fn an_address_missing_twice_in_a_row_is_gone() {
+        // TEST-NET-1: on no interface of any machine that runs the tests.
+        let mut w = Watch::new(IpAddr::from([192, 0, 2, 123]));
+        assert!(!w.gone(), "one ask is not enough");
+        assert!(w.gone());
     }
 }

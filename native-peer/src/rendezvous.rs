@@ -30,7 +30,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::data_channel::DataChannelEvent;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
-use crate::netwatch::{self, Route};
+use crate::netwatch::{self, Watch};
 use crate::output::Output as Screen;
 use crate::portmap;
 use crate::rtc::{Link, NetOptions, PcEvent, Peer};
@@ -539,7 +539,7 @@ async fn late_signalling(
         mut server,
         mut adverts,
     } = sig;
-    let mut route: Option<Route> = None;
+    let mut base: Option<Watch> = None;
     let mut moved = false;
     let mut watch = tokio::time::interval(netwatch::EVERY);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -547,7 +547,9 @@ async fn late_signalling(
         let now = clock.now();
         if moved || !rv.is_connected() {
             match moved {
-                true => tracing::info!("this host's address changed: the connection cannot go on"),
+                true => {
+                    tracing::info!("this host's address went away: the connection cannot go on")
+                }
                 false => tracing::info!(
                     "the other peer is back or calls us back through the room: dropping the old connection"
                 ),
@@ -599,9 +601,9 @@ async fn late_signalling(
                         rv.advertise(c, clock.now());
                     },
                     () = tokio::time::sleep_until(clock.at(t)) => rv.handle_timeout(clock.now()),
-                    _ = watch.tick() => match route.as_mut() {
-                        Some(route) => moved = route.moved(),
-                        None => route = crate::rtc::selected_remote(&*pc).await.map(Route::new),
+                    _ = watch.tick() => match base.as_mut() {
+                        Some(base) => moved = base.gone(),
+                        None => base = crate::rtc::selected_base(&*pc).await.map(Watch::new),
                     },
                 }
             }

@@ -523,13 +523,19 @@ async fn selected_pair(pc: &dyn PeerConnection, tcp_bridges: &[String]) -> Selec
     }
 }
 
-/// The other peer's address on the nominated pair (what [`crate::netwatch::Route`] watches
-/// the way to); `None` before ICE chose one, or for a name rather than an address.
-pub async fn selected_remote(pc: &dyn PeerConnection) -> Option<SocketAddr> {
+/// The local address the nominated pair's path starts from (what
+/// [`crate::netwatch::Watch`] watches): a host candidate's own, a reflexive one's base.
+/// `None` before ICE chose a pair, for a relayed pair, or for an mDNS name.
+pub async fn selected_base(pc: &dyn PeerConnection) -> Option<std::net::IpAddr> {
     let pair = nominated_pair(pc).await?;
-    let remote = pair.remote();
-    let ip: std::net::IpAddr = remote.address.parse().ok()?;
-    Some(SocketAddr::new(ip, remote.port))
+    let local = pair.local();
+    match local.typ {
+        RTCIceCandidateType::Host => local.address.parse().ok(),
+        RTCIceCandidateType::Srflx | RTCIceCandidateType::Prflx => {
+            local.related_address.parse().ok()
+        }
+        _ => None,
+    }
 }
 
 /// The remote candidate priority of the nominated pair, from the ICE transport (the stats

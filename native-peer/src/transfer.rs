@@ -98,7 +98,7 @@ pub enum LinkLost {
     Stalled,
     #[error("the other peer vanished: the connection closed before the transfer finished")]
     Vanished,
-    #[error("the connection stalled: nothing arrived for {} s", protocol::transfer::RECEIVE_STALL.as_secs())]
+    #[error("the connection stalled: no offer arrived within {} s", protocol::transfer::RECEIVE_STALL.as_secs())]
     Silent,
 }
 
@@ -424,8 +424,8 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// A transfer error as the run sees it: a receiver that heard nothing for too long lost
-/// its link (and recovers as from one); everything else ends the transfer.
+/// A transfer error as the run sees it: a receiver that got no offer in time lost its link
+/// (and recovers as from one); everything else ends the transfer.
 fn map_err(e: TransferError) -> anyhow::Error {
     match e {
         TransferError::Stalled => LinkLost::Silent.into(),

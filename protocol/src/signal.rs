@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 /// `joined.reclaim`) that takes their place back from a connection that died (`reclaim`,
 /// `join.reclaim`); a held room outlives its creator's connection too (`peer_away`).
 /// 5: a creator that lost its connection to the joiner says so as it takes its place back
-/// (`reclaim.lost`), and the joiner hears `peer_lost`.
+/// (`reclaim.lost`), and the joiner hears `peer_lost`; a join meets `peer_gone` once a held
+/// room's creator stopped.
 pub const SIGNAL_VERSION: u32 = 5;
 
 /// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of

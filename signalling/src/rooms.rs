@@ -18,10 +18,12 @@
 //!   back with the token it got at `created` (`reclaim`) within [`CREATOR_AWAY_MAX`], or the
 //!   room ends — unless its client (address or /64) already has [`MAX_AWAY_PER_CLIENT`]
 //!   rooms waiting for their creators: what a client makes the server hold stays bounded
-//!   by the client. A creator whose connection *closed* (its program stopped: the kernel
-//!   closes a dead program's sockets) rather than went silent (a network gone) and that is
-//!   not back within [`CREATOR_GONE_AFTER`] has stopped: a join then ends the room with
-//!   `peer_gone`, so a joiner coming back stops at once instead of waiting its timeout. A held room's joiner gets a token at `joined` too: joining again with it
+//!   by the client. A creator whose connection *broke off* — ended without a close frame,
+//!   as the kernel ends a killed program's sockets — rather than closed (a live program
+//!   switching sockets says goodbye) or went silent (a network gone), and that is not back
+//!   within [`CREATOR_GONE_AFTER`], has stopped: joins are then refused with `peer_gone`,
+//!   so a joiner coming back stops at once instead of waiting its timeout. The room itself
+//!   waits on as any held room (a late reclaim still takes it). A held room's joiner gets a token at `joined` too: joining again with it
 //!   takes its place back from a connection of its that is still there (a network gone
 //!   away without closing it), counted as a rejoin. A connection whose place was taken is
 //!   closed, and nothing it does afterwards (leaving included) touches the room.
@@ -38,6 +40,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+
+/// How a peer's connection ended (a held room tells a stopped creator from an away one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// With a close frame: a live program closing on purpose (switching sockets, done).
+    Closed,
+    /// Without one (end of stream, reset): what a killed program's kernel does.
+    BrokeOff,
+    /// Its pings went unanswered: a network gone away.
+    Silent,
+}
 
 /// What a connection task is told to do.
 #[derive(Debug)]
@@ -85,8 +98,8 @@ struct Room {
     /// `None` while the creator of a held room is away (its connection closed), since then.
     creator: Option<Slot>,
     creator_away: Option<Instant>,
-    /// The away creator's connection closed (rather than went silent).
-    creator_closed: bool,
+    /// How the away creator's connection ended.
+    creator_left: Departure,
     /// Held rooms: the digest of the creator's token (its slot goes while it is away).
     creator_token: Option<[u8; 32]>,
     /// The client that made the room (address or /64): its away rooms are capped.
@@ -325,7 +338,7 @@ impl Rooms {
                 owner: crate::limits::subscriber(owner),
                 creator: Some(creator),
                 creator_away: None,
-                creator_closed: false,
+                creator_left: Departure::Closed,
                 joiner: None,
                 hold: Hold {
                     asked: hold,
@@ -396,19 +409,14 @@ impl Rooms {
             return Err(ErrorCode::NoSuchRoom);
         }
         if room.creator.is_none() {
-            let stopped = room.creator_closed
+            let stopped = room.creator_left == Departure::BrokeOff
                 && room
                     .creator_away
                     .is_some_and(|t| now >= t + CREATOR_GONE_AFTER);
-            if !stopped {
-                return Err(ErrorCode::PeerAway);
-            }
-            let room = inner.rooms.remove(&id).expect("looked up above");
-            away_ends(&mut inner.away, &room);
-            if let Some(n) = room.number {
-                inner.numbers.remove(&n);
-            }
-            return Err(ErrorCode::PeerGone);
+            return Err(match stopped {
+                true => ErrorCode::PeerGone,
+                false => ErrorCode::PeerAway,
+            });
         }
         if let Some(old) = &room.joiner {
             let same = reclaim.is_some_and(|t| old.token == Some(digest(t)));
@@ -504,7 +512,7 @@ impl Rooms {
             token: Some(token),
         });
         room.creator_away = None;
-        room.creator_closed = false;
+        room.creator_left = Departure::Closed;
         self.metrics.rooms_reclaimed.fetch_add(1, Ordering::Relaxed);
         Ok(Membership {
             room: room_id.to_string(),
@@ -562,13 +570,14 @@ impl Rooms {
         }
     }
 
-    /// A peer gave up: the other is told and the room is gone. Except a joiner whose secret
-    /// was wrong in a held room that had a joiner before (whose place came free): that is a
-    /// stranger who learnt the room id while the transfer's own joiner is away, and the
-    /// transfer must still be able to come back into the room, so it counts as that joiner
-    /// leaving (its creator hears `peer_left`; comebacks and a typed code's tries stay
-    /// bounded as for any joiner). A first joiner's wrong secret (a mistyped code) still ends
-    /// the room, so both sides hear it.
+    /// A peer gave up: the other is told and the room is gone. Except a joiner of a held
+    /// room whose joiner place came free before: that may be a stranger who learnt the room
+    /// id while the transfer's own joiner is away (with a wrong secret, or none at all), and
+    /// the transfer must still be able to come back into the room, so it counts as that
+    /// joiner leaving (its creator hears `peer_left`; comebacks and a typed code's tries stay
+    /// bounded as for any joiner). The transfer's own joiner ends a running transfer over
+    /// the peers' authenticated channel, not here. A first joiner's abort (a mistyped code, a
+    /// cancel) still ends the room, so both sides hear it.
     pub fn abort(&self, m: &Membership, reason: AbortReason, now: Instant) {
         let stranger = {
             let mut inner = self.lock();
@@ -578,10 +587,7 @@ impl Rooms {
             if reason == AbortReason::WrongSecret {
                 self.metrics.pake_failures.fetch_add(1, Ordering::Relaxed);
             }
-            let stranger = reason == AbortReason::WrongSecret
-                && m.side == Side::Joiner
-                && room.hold.asked
-                && room.hold.rejoins > 0;
+            let stranger = m.side == Side::Joiner && room.hold.asked && room.hold.rejoins > 0;
             if !stranger {
                 Self::remove(&mut inner, m, ServerMessage::PeerAborted { reason });
             }
@@ -598,16 +604,11 @@ impl Rooms {
     /// joiner left, which it would wait out). A connection whose place was taken leaves
     /// nothing.
     pub fn leave(&self, m: &Membership, now: Instant) {
-        self.depart(m, now, true)
+        self.depart(m, now, Departure::Closed)
     }
 
-    /// Like [`Rooms::leave`] for a connection that went silent (its pings unanswered)
-    /// rather than closed: its peer may be alive behind a network that went away.
-    pub fn went_silent(&self, m: &Membership, now: Instant) {
-        self.depart(m, now, false)
-    }
-
-    fn depart(&self, m: &Membership, now: Instant, closed: bool) {
+    /// Like [`Rooms::leave`], saying how the connection ended.
+    pub fn depart(&self, m: &Membership, now: Instant, how: Departure) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let Some(room) = inner.rooms.get_mut(&m.room).filter(|r| r.holds(m)) else {
@@ -624,7 +625,7 @@ impl Rooms {
                 *inner.away.entry(room.owner).or_default() += 1;
                 room.creator = None;
                 room.creator_away = Some(now);
-                room.creator_closed = closed;
+                room.creator_left = how;
                 if let Some(joiner) = &mut room.joiner {
                     joiner.pake_sent = false;
                     deliver(joiner, ServerMessage::PeerLeft);
@@ -947,15 +948,16 @@ mod tests {
         let _ = back;
     }
 
-    /// A creator whose connection closed and that is not back in time has stopped: a join
-    /// ends the room with `peer_gone`. One whose connection went silent may be behind a
-    /// network that went away: joins are told to try again until `CREATOR_AWAY_MAX`.
+    /// A creator whose connection broke off (no close frame: a killed program) and that is
+    /// not back in time has stopped: joins are refused with `peer_gone`, and the room waits
+    /// on. One that closed on purpose or went silent may be alive: joins are told to try
+    /// again until `CREATOR_AWAY_MAX`.
     #[test]
-    fn a_creator_that_closed_and_stays_away_has_stopped() {
+    fn a_creator_that_broke_off_and_stays_away_has_stopped() {
         let r = rooms();
         let t0 = Instant::now();
-        let ((m, _, _), (_, jtoken, _)) = held_and_joined(&r, t0);
-        r.leave(&m, t0);
+        let ((m, token, _), (_, jtoken, _)) = held_and_joined(&r, t0);
+        r.depart(&m, t0, Departure::BrokeOff);
         let id = RoomRef::Id(m.room.clone());
         let (x, _) = outbox();
         let back = |at| {
@@ -965,22 +967,28 @@ mod tests {
         };
         assert_eq!(back(t0 + Duration::from_secs(1)), ErrorCode::PeerAway);
         assert_eq!(back(t0 + CREATOR_GONE_AFTER), ErrorCode::PeerGone);
-        assert_eq!(r.active(), 0, "the room is over");
-        assert_eq!(back(t0 + CREATOR_GONE_AFTER), ErrorCode::NoSuchRoom);
+        assert_eq!(back(t0 + CREATOR_GONE_AFTER), ErrorCode::PeerGone);
+        // The room waits on: a creator alive after all takes it back.
+        let (c, _c) = outbox();
+        r.reclaim(c, &m.room, &token, false, t0 + CREATOR_GONE_AFTER)
+            .unwrap();
 
-        let ((m, _, _), (_, jtoken, _)) = held_and_joined(&r, t0);
-        r.went_silent(&m, t0);
-        let id = RoomRef::Id(m.room.clone());
-        let (x, _) = outbox();
-        assert_eq!(
-            r.join(x.clone(), &id, Some(&jtoken), t0 + CREATOR_GONE_AFTER)
-                .map(|_| ())
-                .unwrap_err(),
-            ErrorCode::PeerAway
-        );
-        // A creator back in time (from a closed connection too) clears it.
+        for how in [Departure::Closed, Departure::Silent] {
+            let ((m, _, _), (_, jtoken, _)) = held_and_joined(&r, t0);
+            r.depart(&m, t0, how);
+            let id = RoomRef::Id(m.room.clone());
+            let (x, _) = outbox();
+            assert_eq!(
+                r.join(x, &id, Some(&jtoken), t0 + CREATOR_GONE_AFTER)
+                    .map(|_| ())
+                    .unwrap_err(),
+                ErrorCode::PeerAway,
+                "{how:?}"
+            );
+        }
+        // A creator back in time clears it.
         let ((m2, token2, _), (_, jtoken2, _)) = held_and_joined(&r, t0);
-        r.leave(&m2, t0);
+        r.depart(&m2, t0, Departure::BrokeOff);
         let (c, _c) = outbox();
         r.reclaim(c, &m2.room, &token2, false, t0 + Duration::from_secs(1))
             .unwrap();

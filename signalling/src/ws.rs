@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::AppState;
 use crate::admission::{Refusal, Slot};
 use crate::limits::redact_ip;
-use crate::rooms::{Membership, Outgoing};
+use crate::rooms::{Departure, Membership, Outgoing};
 
 /// Frames above this are cut off by the WebSocket layer itself; between
 /// [`MAX_SIGNAL_MESSAGE`] and this, the peer gets a clear [`ErrorCode::TooLarge`].
@@ -95,16 +95,16 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
-    // Closed (the peer's program or its side of the connection ended it) unless its pings
-    // went unanswered: a held room tells the two apart.
-    let mut silent = false;
+    // How it ended, for a held room to tell a stopped creator from an away one: broken off
+    // (no close frame) unless the peer said goodbye or its pings went unanswered.
+    let mut how = Departure::BrokeOff;
 
     loop {
         tokio::select! {
             _ = heartbeat.tick(), if in_a_room => {
                 if last_heard.elapsed() >= state.ping_every * 3 {
                     tracing::debug!(peer = %who, "no answer to pings: connection dropped");
-                    silent = true;
+                    how = Departure::Silent;
                     break;
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() { break; }
@@ -151,7 +151,11 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                         let _ = sink.send(text(&error(ErrorCode::RateLimited))).await;
                         continue;
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        how = Departure::Closed;
+                        break;
+                    }
+                    None => break,
                     Some(Err(e)) => {
                         tracing::debug!(peer = %who, error = %e, "connection error");
                         break;
@@ -207,10 +211,7 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
         }
     }
     if let Some(m) = member {
-        match silent {
-            true => state.rooms.went_silent(&m, std::time::Instant::now()),
-            false => state.rooms.leave(&m, std::time::Instant::now()),
-        }
+        state.rooms.depart(&m, std::time::Instant::now(), how);
     }
     tracing::debug!(peer = %who, "connection closed");
 }

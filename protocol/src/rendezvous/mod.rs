@@ -429,6 +429,8 @@ pub struct Rendezvous {
     /// A connected joiner was told by the creator that their connection is gone
     /// (`peer_lost`): no longer connected, whatever the connection's state says.
     told_lost: bool,
+    /// What the reclaim on its way said of the connection (`None`: not sent yet).
+    reclaim_said_lost: Option<bool>,
     /// A first join met the creator away (`peer_away`) and tries again until `rejoin_until`.
     away_wait: bool,
     server_up: bool,
@@ -541,6 +543,7 @@ impl Rendezvous {
             reclaiming: false,
             newcomer: None,
             told_lost: false,
+            reclaim_said_lost: None,
             away_wait: false,
             server_up: false,
             out: VecDeque::new(),
@@ -852,8 +855,10 @@ impl Rendezvous {
                 self.lose_link(reason);
                 // The network may have changed under a socket that still looks open (the
                 // server would count it in the room until its pings go unanswered): a new
-                // one takes the place back now.
-                if self.can_reclaim() && !self.reclaiming {
+                // one takes the place back now — again if a reclaim already went out saying
+                // the connection was fine (the joiner must hear it is lost).
+                let said_fine = self.reclaiming && self.reclaim_said_lost == Some(false);
+                if self.can_reclaim() && (!self.reclaiming || said_fine) {
                     self.reclaim_place(true);
                 }
                 true
@@ -1231,6 +1236,7 @@ impl Rendezvous {
             }
         }
         self.reclaiming = true;
+        self.reclaim_said_lost = None;
         self.attempts = 0;
         match at_once {
             true => {
@@ -1261,6 +1267,7 @@ impl Rendezvous {
         // Waiting for the joiner (not connected to it): a joiner still in the room, maybe
         // on a connection that looks alive to it, must come back.
         let lost = self.stage != Stage::Connected;
+        self.reclaim_said_lost = Some(lost);
         self.out.push_back(Output::ToServer(ClientMessage::Reclaim {
             version: SIGNAL_VERSION,
             room,

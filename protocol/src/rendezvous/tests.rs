@@ -2014,18 +2014,41 @@ fn a_creator_whose_network_changed_calls_its_joiner_back_at_once() {
     w.unheard_closes = Some(Who::A);
     assert!(w.a_loses_link());
     w.run_for(Duration::from_millis(100));
-    assert!(
-        w.a()
-            .sent
-            .iter()
-            .any(|m| matches!(m, ClientMessage::Reclaim { lost: true, .. }))
-    );
+    w.unheard_closes = None;
+    called_back_and_back(&mut w, &link);
+}
+
+/// A's reclaim said its connection to B is lost; B heard it, counts itself no longer
+/// connected (nothing failed), joins again, and both connect.
+fn called_back_and_back(w: &mut World, link: &str) {
+    assert!(said_reclaim(w.a(), true));
     assert!(!w.b().rv.is_connected(), "told its connection is gone");
     assert!(w.b().failed.is_none(), "nothing failed: it comes back");
-    w.unheard_closes = None;
-    w.b_rejoins(&link);
+    w.b_rejoins(link);
     w.run();
-    connected(&w);
+    connected(w);
+}
+
+/// `p` sent a reclaim saying its connection was lost (`lost`) or fine.
+fn said_reclaim(p: &Peer, lost: bool) -> bool {
+    p.sent
+        .iter()
+        .any(|m| matches!(m, ClientMessage::Reclaim { lost: l, .. } if *l == lost))
+}
+
+/// The creator's socket dropped and its reclaim went out saying the connection was fine;
+/// then the connection is lost too: it takes its place back once more, saying so, and the
+/// joiner comes back.
+#[test]
+fn a_connection_lost_while_a_reclaim_is_out_is_still_told() {
+    let (mut w, link) = held_and_connected();
+    w.schedule(HOP, Wire::Closed(Who::A));
+    w.schedule(HOP, Wire::ServerGone(Who::A));
+    w.run_until(|w| !reclaims(w.a()).is_empty());
+    assert!(said_reclaim(w.a(), false));
+    assert!(w.a_loses_link());
+    w.run_for(Duration::from_millis(500));
+    called_back_and_back(&mut w, &link);
 }
 
 /// A creator whose socket alone dropped (its connection to the joiner fine) takes its place
@@ -2036,12 +2059,7 @@ fn a_creator_whose_socket_alone_dropped_leaves_its_joiner_connected() {
     w.schedule(HOP, Wire::Closed(Who::A));
     w.schedule(HOP, Wire::ServerGone(Who::A));
     w.run_for(Duration::from_secs(5));
-    assert!(
-        w.a()
-            .sent
-            .iter()
-            .any(|m| matches!(m, ClientMessage::Reclaim { lost: false, .. }))
-    );
+    assert!(said_reclaim(w.a(), false));
     assert!(w.b().rv.is_connected() && w.a().rv.is_connected());
 }
 

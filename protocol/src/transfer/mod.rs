@@ -72,11 +72,9 @@ pub const HELLO_RESEND: Duration = Duration::from_millis(250);
 /// How long to wait for the peer's Hello before giving up.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a receiver waiting for the offer, or receiving, hears nothing at all before it
-/// calls the connection stalled ([`TransferError::Stalled`]): the sender sends the offer
-/// right after the hellos and data without pause after that, so silence this long is a
-/// connection that looks open and carries nothing (the sender's own limit for a send that
-/// cannot go out is [`SEND_STALL`]).
+/// How long a receiver waiting for the offer hears nothing at all before it calls the
+/// connection stalled ([`TransferError::Stalled`]): the sender sends the offer right after
+/// the hellos, so silence this long is a connection that looks open and carries nothing.
 pub const RECEIVE_STALL: Duration = Duration::from_secs(60);
 /// A send that waits this long for buffer space means the path is dead, not slow: the
 /// transfer fails with that said.
@@ -180,8 +178,8 @@ pub enum TransferError {
     HashMismatch { index: u32 },
     #[error("the other peer did not answer")]
     Timeout,
-    /// Nothing arrived for [`RECEIVE_STALL`] where the sender sends without pause: the
-    /// connection carries nothing (a lost link: drivers recover from it as from one).
+    /// No offer came within [`RECEIVE_STALL`] of the hellos: the connection carries nothing
+    /// (a lost link: drivers recover from it as from one).
     #[error("nothing arrived for {} s", RECEIVE_STALL.as_secs())]
     Stalled,
     #[error("the other peer cancelled ({reason:?}): {message}")]

@@ -702,11 +702,13 @@ impl Receiver {
         }
     }
 
-    /// Whether silence means a stall now: waiting for the offer, or receiving data. Not
-    /// while this side's person decides, nor while the sender checks what is held (it may
-    /// hash a long beginning first).
+    /// Whether silence means a stall now: only while waiting for the offer, which the
+    /// sender sends as soon as the hellos are through. Not while this side's person decides,
+    /// nor while the sender checks what is held (it may hash a long beginning first), nor
+    /// while receiving (this side's own slow writes may hold the sender back, and the
+    /// sender waits for the last file's save without a word).
     fn stall_counts(&self) -> bool {
-        matches!(self.state, State::Offering | State::Receiving)
+        self.state == State::Offering
     }
 
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), TransferError> {

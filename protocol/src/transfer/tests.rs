@@ -338,8 +338,7 @@ fn silent_peer_times_out() {
 
 /// After the hellos the receiver waits for the offer; a connection that carries nothing
 /// (it looks open) is called stalled after [`RECEIVE_STALL`] — a lost link, not a failed
-/// transfer: no cancel goes out and what was received stays. While this side's person
-/// decides there is no such limit.
+/// transfer: no cancel goes out. While this side's person decides there is no such limit.
 #[test]
 fn a_receiver_hearing_nothing_calls_the_connection_stalled() {
     let mut rx = Receiver::new(Duration::ZERO);
