@@ -98,8 +98,6 @@ pub enum LinkLost {
     Stalled,
     #[error("the other peer vanished: the connection closed before the transfer finished")]
     Vanished,
-    #[error("the connection stalled: no offer arrived within {} s", protocol::transfer::RECEIVE_STALL.as_secs())]
-    Silent,
 }
 
 impl LinkLost {
@@ -428,7 +426,7 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
 /// (and recovers as from one); everything else ends the transfer.
 fn map_err(e: TransferError) -> anyhow::Error {
     match e {
-        TransferError::Stalled => LinkLost::Silent.into(),
+        e @ TransferError::Stalled => LinkLost::Broken(e.to_string()).into(),
         e => anyhow!(e),
     }
 }

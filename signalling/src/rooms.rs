@@ -23,7 +23,8 @@
 //!   switching sockets says goodbye) or went silent (a network gone), and that is not back
 //!   within [`CREATOR_GONE_AFTER`], has stopped: joins are then refused with `peer_gone`,
 //!   so a joiner coming back stops at once instead of waiting its timeout. The room itself
-//!   waits on as any held room (a late reclaim still takes it). A held room's joiner gets a token at `joined` too: joining again with it
+//!   waits on as any held room (a late reclaim still takes it). A held room's joiner gets a
+//!   token at `joined` too: joining again with it
 //!   takes its place back from a connection of its that is still there (a network gone
 //!   away without closing it), counted as a rejoin. A connection whose place was taken is
 //!   closed, and nothing it does afterwards (leaving included) touches the room.
@@ -50,6 +51,13 @@ pub enum Departure {
     BrokeOff,
     /// Its pings went unanswered: a network gone away.
     Silent,
+}
+
+/// A held room's creator away: since when, and how its connection ended.
+#[derive(Debug, Clone, Copy)]
+struct Away {
+    since: Instant,
+    how: Departure,
 }
 
 /// What a connection task is told to do.
@@ -95,11 +103,10 @@ struct Room {
     number: Option<u32>,
     /// Unjoined: when it expires. Joined: when its lifetime ends.
     expires: Instant,
-    /// `None` while the creator of a held room is away (its connection closed), since then.
+    /// `None` while the creator of a held room is away (`creator_away`: since when, and how
+    /// its connection ended).
     creator: Option<Slot>,
-    creator_away: Option<Instant>,
-    /// How the away creator's connection ended.
-    creator_left: Departure,
+    creator_away: Option<Away>,
     /// Held rooms: the digest of the creator's token (its slot goes while it is away).
     creator_token: Option<[u8; 32]>,
     /// The client that made the room (address or /64): its away rooms are capped.
@@ -136,9 +143,9 @@ pub(crate) const MAX_REJOINS: u8 = 32;
 /// wait for the other peer, `--reconnect-timeout`, is 5 minutes by default).
 pub(crate) const CREATOR_AWAY_MAX: Duration = Duration::from_secs(10 * 60);
 
-/// A held room's creator whose connection closed and that has not taken its place back
-/// within this has stopped (a live one reclaims within a second or two; a few retries
-/// fit).
+/// A held room's creator whose connection broke off and that has not taken its place back
+/// within this has stopped (a live one whose socket broke reclaims within a second or two;
+/// a few retries fit).
 pub(crate) const CREATOR_GONE_AFTER: Duration = Duration::from_secs(15);
 
 /// Held rooms one client may have waiting for their creator; beyond, a creator's connection
@@ -338,7 +345,6 @@ impl Rooms {
                 owner: crate::limits::subscriber(owner),
                 creator: Some(creator),
                 creator_away: None,
-                creator_left: Departure::Closed,
                 joiner: None,
                 hold: Hold {
                     asked: hold,
@@ -409,10 +415,9 @@ impl Rooms {
             return Err(ErrorCode::NoSuchRoom);
         }
         if room.creator.is_none() {
-            let stopped = room.creator_left == Departure::BrokeOff
-                && room
-                    .creator_away
-                    .is_some_and(|t| now >= t + CREATOR_GONE_AFTER);
+            let stopped = room.creator_away.is_some_and(|a| {
+                a.how == Departure::BrokeOff && now >= a.since + CREATOR_GONE_AFTER
+            });
             return Err(match stopped {
                 true => ErrorCode::PeerGone,
                 false => ErrorCode::PeerAway,
@@ -512,7 +517,6 @@ impl Rooms {
             token: Some(token),
         });
         room.creator_away = None;
-        room.creator_left = Departure::Closed;
         self.metrics.rooms_reclaimed.fetch_add(1, Ordering::Relaxed);
         Ok(Membership {
             room: room_id.to_string(),
@@ -624,8 +628,7 @@ impl Rooms {
             (Side::Creator, true) => {
                 *inner.away.entry(room.owner).or_default() += 1;
                 room.creator = None;
-                room.creator_away = Some(now);
-                room.creator_left = how;
+                room.creator_away = Some(Away { since: now, how });
                 if let Some(joiner) = &mut room.joiner {
                     joiner.pake_sent = false;
                     deliver(joiner, ServerMessage::PeerLeft);
@@ -688,7 +691,9 @@ impl Rooms {
     pub fn sweep(&self, now: Instant) -> usize {
         let mut inner = self.lock();
         let over = |r: &Room| {
-            r.expires <= now || r.creator_away.is_some_and(|t| now >= t + CREATOR_AWAY_MAX)
+            r.expires <= now
+                || r.creator_away
+                    .is_some_and(|a| now >= a.since + CREATOR_AWAY_MAX)
         };
         let expired: Vec<String> = inner
             .rooms

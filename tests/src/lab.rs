@@ -123,6 +123,13 @@ fn run(args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Run a command inside namespace `ns`.
+/// `iptables -w ARGS` inside namespace `ns` (waiting for the xtables lock).
+fn iptables(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut v = vec!["iptables", "-w"];
+    v.extend_from_slice(args);
+    in_ns(ns, &v)
+}
+
 fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut v = vec!["ip", "netns", "exec", ns];
     v.extend_from_slice(args);
@@ -371,11 +378,7 @@ impl Lab {
             std::fs::write(&file, rules)?;
             in_ns(r, &["nft", "-f", &file.display().to_string()])?;
         } else {
-            let ipt = |args: &[&str]| {
-                let mut v = vec!["iptables", "-w"];
-                v.extend_from_slice(args);
-                in_ns(r, &v)
-            };
+            let ipt = |args: &[&str]| iptables(r, args);
             let mut masq = vec![
                 "-t",
                 "nat",
@@ -535,11 +538,9 @@ deny 0-65535 0.0.0.0/0 0-65535
         let host = format!("10.0.{subnet}.2");
         let p = port.to_string();
         let to = format!("{host}:{port}");
-        in_ns(
+        iptables(
             &r,
             &[
-                "iptables",
-                "-w",
                 "-t",
                 "nat",
                 "-A",
@@ -556,11 +557,11 @@ deny 0-65535 0.0.0.0/0 0-65535
                 &to,
             ],
         )?;
-        in_ns(
+        iptables(
             &r,
             &[
-                "iptables", "-w", "-I", "FORWARD", "-i", "wan", "-p", "udp", "-d", &host,
-                "--dport", &p, "-j", "ACCEPT",
+                "-I", "FORWARD", "-i", "wan", "-p", "udp", "-d", &host, "--dport", &p, "-j",
+                "ACCEPT",
             ],
         )?;
         Ok(())
@@ -571,11 +572,9 @@ deny 0-65535 0.0.0.0/0 0-65535
     /// the NAT's mappings, as a modem losing its line does.
     pub fn cut_router(&self, name: &str) -> anyhow::Result<()> {
         let r = self.ns(&format!("r{name}"));
-        in_ns(
+        iptables(
             &r,
             &[
-                "iptables",
-                "-w",
                 "-I",
                 "FORWARD",
                 "1",
@@ -593,11 +592,9 @@ deny 0-65535 0.0.0.0/0 0-65535
     /// Router `name` forwards again after [`Lab::cut_router`].
     pub fn restore_router(&self, name: &str) -> anyhow::Result<()> {
         let r = self.ns(&format!("r{name}"));
-        in_ns(
+        iptables(
             &r,
             &[
-                "iptables",
-                "-w",
                 "-D",
                 "FORWARD",
                 "-m",
@@ -733,17 +730,15 @@ impl Lab {
         Ok(())
     }
 
-    /// Router `name` forgets its NAT mappings, as a reboot does, and maps what comes next to
-    /// other ports (50000–59999, at random): the other side sees this side's packets come
+    /// Router `name` (an iptables router) forgets its NAT mappings, as a reboot does, and
+    /// maps what comes next to other ports (50000–59999, at random): the other side sees this side's packets come
     /// from a port it never checked, and the server sees segments of no connection it knows.
     pub fn forget_mappings(&self, name: &str) -> anyhow::Result<()> {
         let r = self.ns(&format!("r{name}"));
         for proto in ["udp", "tcp"] {
-            in_ns(
+            iptables(
                 &r,
                 &[
-                    "iptables",
-                    "-w",
                     "-t",
                     "nat",
                     "-I",

@@ -180,7 +180,7 @@ pub enum TransferError {
     Timeout,
     /// No offer came within [`RECEIVE_STALL`] of the hellos: the connection carries nothing
     /// (a lost link: drivers recover from it as from one).
-    #[error("nothing arrived for {} s", RECEIVE_STALL.as_secs())]
+    #[error("no offer arrived within {} s", RECEIVE_STALL.as_secs())]
     Stalled,
     #[error("the other peer cancelled ({reason:?}): {message}")]
     PeerCancelled {

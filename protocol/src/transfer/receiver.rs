@@ -697,18 +697,17 @@ impl Receiver {
     pub fn poll_timeout(&self) -> Option<Duration> {
         match self.state {
             State::Hello => self.hello.timeout(),
-            _ if self.stall_counts() => Some(self.last_heard + RECEIVE_STALL),
-            _ => None,
+            _ => self.stall_at(),
         }
     }
 
-    /// Whether silence means a stall now: only while waiting for the offer, which the
-    /// sender sends as soon as the hellos are through. Not while this side's person decides,
-    /// nor while the sender checks what is held (it may hash a long beginning first), nor
-    /// while receiving (this side's own slow writes may hold the sender back, and the
-    /// sender waits for the last file's save without a word).
-    fn stall_counts(&self) -> bool {
-        self.state == State::Offering
+    /// When silence becomes a stall: only while waiting for the offer, which the sender
+    /// sends as soon as the hellos are through. Not while this side's person decides, nor
+    /// while the sender checks what is held (it may hash a long beginning first), nor while
+    /// receiving (this side's own slow writes may hold the sender back, and the sender waits
+    /// for the last file's save without a word).
+    fn stall_at(&self) -> Option<Duration> {
+        (self.state == State::Offering).then(|| self.last_heard + RECEIVE_STALL)
     }
 
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), TransferError> {
@@ -717,7 +716,7 @@ impl Receiver {
             self.fail(&e);
             return Err(e);
         }
-        if self.stall_counts() && now >= self.last_heard + RECEIVE_STALL {
+        if self.stall_at().is_some_and(|t| now >= t) {
             // Not a failure of the transfer (no cancel frame, nothing discarded): the link is
             // what failed, and what was received stays good for the next connection.
             return Err(TransferError::Stalled);
