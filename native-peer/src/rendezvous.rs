@@ -334,6 +334,13 @@ impl Driver<'_> {
                     .map(|()| self.rv.handle_local(LocalIce::DescriptionCreated, now)),
                 None => Ok(()),
             },
+            // (Only ever asked once connected, where `late_signalling` drives.)
+            Output::RestartIce => match &self.peer {
+                Some(p) => crate::rtc::restart_ice(&*p.pc)
+                    .await
+                    .map(|()| self.rv.handle_local(LocalIce::DescriptionCreated, now)),
+                None => Ok(()),
+            },
             Output::ReadLocalDescription => match &self.peer {
                 Some(p) => p
                     .local_description()
@@ -491,6 +498,7 @@ impl Driver<'_> {
             .map(|t| clock.0 + t)
             .unwrap_or_else(Instant::now);
         let events = peer.take_events();
+        let state = peer.state.clone();
         let (stop, stopped) = oneshot::channel();
         let sig = Signalling {
             rv,
@@ -502,7 +510,7 @@ impl Driver<'_> {
             clock,
             sig,
             peer.pc.clone(),
-            events,
+            (events, state),
             stopped,
             replaced,
         ));
@@ -521,16 +529,79 @@ fn close_soon(pc: Arc<dyn PeerConnection>) {
     });
 }
 
+/// Whether the other peer shows up at a new address while the path is down: its checks
+/// arrive from a port ICE never heard of (peer-reflexive), as when its router maps anew.
+/// Known are every remote address from while the path was last up (at open and each time it
+/// came back) and every one the other peer signalled since.
+struct PeerWatch {
+    known: std::collections::HashSet<String>,
+    down: bool,
+}
+
+impl PeerWatch {
+    async fn new(pc: &dyn PeerConnection) -> Self {
+        let mut w = Self {
+            known: Default::default(),
+            down: false,
+        };
+        w.relearn(pc).await;
+        w
+    }
+
+    async fn relearn(&mut self, pc: &dyn PeerConnection) {
+        self.known = crate::rtc::remote_addresses(pc)
+            .await
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+    }
+
+    /// The connection's state changed to `s`.
+    async fn path(&mut self, s: RTCPeerConnectionState, pc: &dyn PeerConnection) {
+        match s {
+            RTCPeerConnectionState::Disconnected => self.down = true,
+            RTCPeerConnectionState::Connected => {
+                self.down = false;
+                self.relearn(pc).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Down, ICE learnt a remote address from the other peer's checks that it did not know
+    /// (once per address).
+    async fn moved(&mut self, pc: &dyn PeerConnection) -> bool {
+        let mut new = false;
+        for (address, learnt) in crate::rtc::remote_addresses(pc).await {
+            if self.known.contains(&address) {
+                continue;
+            }
+            if learnt && !self.down {
+                // Heard while the path still looks up: may be the move itself, noticed
+                // before ICE gives the old pair up; judged once it is down.
+                continue;
+            }
+            new |= learnt;
+            self.known.insert(address);
+        }
+        new
+    }
+}
+
 /// After the channel opened: forward late candidates both ways until signalling ends or the
-/// link asks for it back (`stop`), and open a new socket when the machine asks (a holding
-/// creator taking its place in the room back). If the machine leaves the connected state
+/// link asks for it back (`stop`), open a new socket when the machine asks (a peer taking
+/// its place in the room back), tell it when the path goes down and up, and restart ICE or
+/// answer a restart as it says. If the machine leaves the connected state
 /// (the joiner came back through the room: this connection is dead), close the connection so
 /// the transfer fails over now, and stop, leaving what the machine queued for [`connect`].
 async fn late_signalling(
     clock: Clock,
     sig: Signalling,
     pc: Arc<dyn PeerConnection>,
-    mut events: mpsc::UnboundedReceiver<PcEvent>,
+    (mut events, mut state): (
+        mpsc::UnboundedReceiver<PcEvent>,
+        watch::Receiver<RTCPeerConnectionState>,
+    ),
     mut stop: oneshot::Receiver<()>,
     replaced: watch::Sender<bool>,
 ) -> Signalling {
@@ -541,6 +612,8 @@ async fn late_signalling(
     } = sig;
     let mut base: Option<Watch> = None;
     let mut moved = false;
+    let mut state_open = true;
+    let mut peer = PeerWatch::new(&*pc).await;
     let mut watch = tokio::time::interval(netwatch::EVERY);
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -563,15 +636,29 @@ async fn late_signalling(
         match rv.poll_output() {
             Output::ToServer(m) if !server.send(&m).await => rv.server_closed(now),
             Output::ToServer(_) => {}
-            Output::AddCandidate(c) => {
-                let init = webrtc::peer_connection::RTCIceCandidateInit {
-                    candidate: c.candidate,
-                    sdp_mid: c.sdp_mid,
-                    sdp_mline_index: c.sdp_mline_index,
-                    ..Default::default()
-                };
-                if let Err(e) = pc.add_ice_candidate(init).await {
-                    tracing::debug!("ignoring a late remote candidate: {e}");
+            Output::AddCandidate(c) => crate::rtc::add_candidate(&*pc, c).await,
+            Output::RestartIce => {
+                tracing::info!("the path to the other peer is down: restarting ICE");
+                match crate::rtc::restart_ice(&*pc).await {
+                    Ok(()) => rv.handle_local(LocalIce::DescriptionCreated, clock.now()),
+                    Err(e) => tracing::info!("could not restart ICE: {e:#}"),
+                }
+            }
+            Output::CreateDescription(kind) => {
+                tracing::info!("answering an ICE restart");
+                match crate::rtc::create_description(&*pc, kind).await {
+                    Ok(()) => rv.handle_local(LocalIce::DescriptionCreated, clock.now()),
+                    Err(e) => tracing::info!("could not answer an ICE restart: {e:#}"),
+                }
+            }
+            Output::ReadLocalDescription => match crate::rtc::local_description(&*pc).await {
+                Ok(sdp) => rv.handle_local(LocalIce::Description(sdp), clock.now()),
+                Err(e) => tracing::info!("no description to send for an ICE restart: {e:#}"),
+            },
+            Output::ApplyDescription { kind, sdp } => {
+                match crate::rtc::apply(&*pc, kind, sdp).await {
+                    Ok(()) => rv.handle_local(LocalIce::RemoteApplied, clock.now()),
+                    Err(e) => tracing::info!("could not apply an ICE restart: {e:#}"),
                 }
             }
             Output::Failed(e) => {
@@ -601,9 +688,30 @@ async fn late_signalling(
                         rv.advertise(c, clock.now());
                     },
                     () = tokio::time::sleep_until(clock.at(t)) => rv.handle_timeout(clock.now()),
-                    _ = watch.tick() => match base.as_mut() {
-                        Some(base) => moved = base.gone(),
-                        None => base = crate::rtc::selected_base(&*pc).await.map(Watch::new),
+                    changed = state.changed(), if state_open => match changed {
+                        Ok(()) => {
+                            let s = *state.borrow_and_update();
+                            match s {
+                                RTCPeerConnectionState::Disconnected => {
+                                    tracing::info!("the path to the other peer is down");
+                                    rv.path_down(clock.now());
+                                }
+                                RTCPeerConnectionState::Connected => rv.path_up(clock.now()),
+                                _ => {}
+                            }
+                            peer.path(s, &*pc).await;
+                        }
+                        Err(_) => state_open = false,
+                    },
+                    _ = watch.tick() => {
+                        match base.as_mut() {
+                            Some(base) => moved = base.gone(),
+                            None => base = crate::rtc::selected_base(&*pc).await.map(Watch::new),
+                        }
+                        if peer.moved(&*pc).await {
+                            tracing::info!("the other peer is heard from a new address");
+                            rv.peer_moved(clock.now());
+                        }
                     },
                 }
             }

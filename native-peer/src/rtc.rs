@@ -323,50 +323,21 @@ impl Peer {
 
     /// Create an offer or an answer and set it as the local description.
     pub async fn create_description(&self, kind: SdpKind) -> anyhow::Result<()> {
-        let desc = match kind {
-            SdpKind::Offer => self.pc.create_offer(None).await,
-            SdpKind::Answer => self.pc.create_answer(None).await,
-        }
-        .with_context(|| format!("cannot create an {}", kind_name(kind)))?;
-        self.pc
-            .set_local_description(desc)
-            .await
-            .with_context(|| format!("cannot use our own {}", kind_name(kind)))
+        create_description(&*self.pc, kind).await
     }
 
     /// The local description as it stands, with the candidates gathered so far.
     pub async fn local_description(&self) -> anyhow::Result<String> {
-        Ok(self
-            .pc
-            .local_description()
-            .await
-            .context("no local description")?
-            .sdp)
+        local_description(&*self.pc).await
     }
 
     pub async fn apply(&self, kind: SdpKind, sdp: String) -> anyhow::Result<()> {
-        let desc = match kind {
-            SdpKind::Offer => RTCSessionDescription::offer(sdp),
-            SdpKind::Answer => RTCSessionDescription::answer(sdp),
-        }
-        .with_context(|| format!("the other peer's {} is invalid", kind_name(kind)))?;
-        self.pc
-            .set_remote_description(desc)
-            .await
-            .with_context(|| format!("cannot apply the other peer's {}", kind_name(kind)))
+        apply(&*self.pc, kind, sdp).await
     }
 
     /// Add a remote candidate; one the stack cannot use is not fatal.
     pub async fn add_candidate(&self, c: IceCandidate) {
-        let init = RTCIceCandidateInit {
-            candidate: c.candidate,
-            sdp_mid: c.sdp_mid,
-            sdp_mline_index: c.sdp_mline_index,
-            ..Default::default()
-        };
-        if let Err(e) = self.pc.add_ice_candidate(init).await {
-            tracing::debug!("ignoring a remote candidate: {e}");
-        }
+        add_candidate(&*self.pc, c).await
     }
 
     /// What [`protocol::path::describe`] needs besides the pair.
@@ -392,6 +363,59 @@ impl Peer {
 
     pub async fn path(&self, ctx: &PathContext) -> PathReport {
         selected_path(&*self.pc, &self.bridges.urls, ctx).await
+    }
+}
+
+/// Create an offer or an answer and set it as the local description.
+pub async fn create_description(pc: &dyn PeerConnection, kind: SdpKind) -> anyhow::Result<()> {
+    let desc = match kind {
+        SdpKind::Offer => pc.create_offer(None).await,
+        SdpKind::Answer => pc.create_answer(None).await,
+    }
+    .with_context(|| format!("cannot create an {}", kind_name(kind)))?;
+    pc.set_local_description(desc)
+        .await
+        .with_context(|| format!("cannot use our own {}", kind_name(kind)))
+}
+
+/// Create an offer that restarts ICE (new credentials, candidates gathered again) and set
+/// it as the local description.
+pub async fn restart_ice(pc: &dyn PeerConnection) -> anyhow::Result<()> {
+    pc.restart_ice().await.context("cannot restart ICE")?;
+    create_description(pc, SdpKind::Offer).await
+}
+
+/// The local description as it stands, with the candidates gathered so far.
+pub async fn local_description(pc: &dyn PeerConnection) -> anyhow::Result<String> {
+    Ok(pc
+        .local_description()
+        .await
+        .context("no local description")?
+        .sdp)
+}
+
+/// Set the other peer's description.
+pub async fn apply(pc: &dyn PeerConnection, kind: SdpKind, sdp: String) -> anyhow::Result<()> {
+    let desc = match kind {
+        SdpKind::Offer => RTCSessionDescription::offer(sdp),
+        SdpKind::Answer => RTCSessionDescription::answer(sdp),
+    }
+    .with_context(|| format!("the other peer's {} is invalid", kind_name(kind)))?;
+    pc.set_remote_description(desc)
+        .await
+        .with_context(|| format!("cannot apply the other peer's {}", kind_name(kind)))
+}
+
+/// Add a remote candidate; one the stack cannot use is not fatal.
+pub async fn add_candidate(pc: &dyn PeerConnection, c: IceCandidate) {
+    let init = RTCIceCandidateInit {
+        candidate: c.candidate,
+        sdp_mid: c.sdp_mid,
+        sdp_mline_index: c.sdp_mline_index,
+        ..Default::default()
+    };
+    if let Err(e) = pc.add_ice_candidate(init).await {
+        tracing::debug!("ignoring a remote candidate: {e}");
     }
 }
 
@@ -578,6 +602,27 @@ async fn ice_candidates(pc: &dyn PeerConnection) -> (Vec<CandidateType>, Vec<Can
             .map(types)
             .unwrap_or_default(),
     )
+}
+
+/// The addresses (`ip:port`) of the remote candidates ICE knows now, and whether ICE learnt
+/// each from the other peer's checks (peer-reflexive) rather than from its signals.
+pub async fn remote_addresses(pc: &dyn PeerConnection) -> Vec<(String, bool)> {
+    let Some(sctp) = pc.sctp().await else {
+        return Vec::new();
+    };
+    let remote = sctp
+        .transport()
+        .ice_transport()
+        .get_remote_candidates()
+        .await;
+    remote
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let learnt = c.typ == RTCIceCandidateType::Prflx;
+            (format!("{}:{}", c.address, c.port), learnt)
+        })
+        .collect()
 }
 
 /// The ICE servers for webrtc-rs: `transport=tcp` TURN servers are reached through local

@@ -6,8 +6,10 @@
 //!
 //! Invariants:
 //! - Nonces are per-direction message counters and never repeat under one key; the receiver
-//!   expects them in order, so a server that drops, replays or reorders sealed messages makes
-//!   [`Channel::open`] fail rather than go unnoticed.
+//!   takes them strictly increasing, so a replayed or reordered message fails
+//!   [`Channel::open`] rather than go unnoticed. A gap of up to [`MAX_GAP`] messages is
+//!   accepted: what one peer sealed while the other's socket to the server was down never
+//!   arrives (the server cannot deliver it), and the messages after it must still open.
 //! - The first message each side seals is the key confirmation: failing to open message 0 means
 //!   the peers hold different secrets ([`CryptoError::WrongSecret`]); failing later means
 //!   tampering ([`CryptoError::Tampered`]).
@@ -21,6 +23,13 @@ use sha2::Sha256;
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
 const SALT: &[u8] = b"punchdrop/v1";
+
+/// How many sealed messages in a row may be lost between two that arrive (see the module
+/// invariants). A lost stretch is an ICE restart or a few (a description and a dozen
+/// candidates each, every 3 s) sent to a socket of the other peer that the server still
+/// counted but that was dead. A message that does not open costs at most this many
+/// decryption attempts.
+pub const MAX_GAP: u64 = 256;
 const AAD: &[u8] = b"punchdrop/v1 signal";
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -159,22 +168,27 @@ impl Channel {
         B64.encode(self.seal(plaintext))
     }
 
-    /// Open the next incoming message. Messages must arrive in the order they were sealed.
+    /// Open the next incoming message: one sealed after the last one opened, with at most
+    /// [`MAX_GAP`] lost in between. The first message has no gap before it (failing to open
+    /// it is a wrong secret).
     pub fn open(&mut self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let n = nonce(self.recv_seq);
-        match self.recv.decrypt(
-            &n,
-            Payload {
+        let tries = match self.recv_seq {
+            0 => 1,
+            _ => MAX_GAP + 1,
+        };
+        for seq in self.recv_seq..self.recv_seq + tries {
+            let payload = Payload {
                 msg: ciphertext,
                 aad: AAD,
-            },
-        ) {
-            Ok(plain) => {
-                self.recv_seq += 1;
-                Ok(plain)
+            };
+            if let Ok(plain) = self.recv.decrypt(&nonce(seq), payload) {
+                self.recv_seq = seq + 1;
+                return Ok(plain);
             }
-            Err(_) if self.recv_seq == 0 => Err(CryptoError::WrongSecret),
-            Err(_) => Err(CryptoError::Tampered),
+        }
+        match self.recv_seq {
+            0 => Err(CryptoError::WrongSecret),
+            _ => Err(CryptoError::Tampered),
         }
     }
 
@@ -239,13 +253,41 @@ mod tests {
         let m1 = a.seal(b"one");
         let m2 = a.seal(b"two");
         b.open(&m0).unwrap();
-        assert_eq!(b.open(&m2), Err(CryptoError::Tampered), "skipped message");
-        b.open(&m1).unwrap();
-        assert_eq!(b.open(&m1), Err(CryptoError::Tampered), "replay");
-        let mut bad = m2.clone();
+        let mut bad = m1.clone();
         bad[0] ^= 1;
         assert_eq!(b.open(&bad), Err(CryptoError::Tampered), "bit flip");
+        b.open(&m1).unwrap();
+        assert_eq!(b.open(&m1), Err(CryptoError::Tampered), "replay");
         b.open(&m2).unwrap();
+        assert_eq!(b.open(&m0), Err(CryptoError::Tampered), "reordered");
+    }
+
+    #[test]
+    fn messages_after_a_lost_stretch_still_open_but_never_an_older_one() {
+        let (mut a, mut b) = pair(b"s", b"s");
+        b.open(&a.seal(b"hello")).unwrap();
+        let lost: Vec<_> = (0..MAX_GAP).map(|_| a.seal(b"lost")).collect();
+        assert_eq!(b.open(&a.seal(b"after")).unwrap(), b"after");
+        assert_eq!(
+            b.open(&lost[3]),
+            Err(CryptoError::Tampered),
+            "older than one opened"
+        );
+        for _ in 0..=MAX_GAP {
+            a.seal(b"lost");
+        }
+        assert_eq!(
+            b.open(&a.seal(b"too far")),
+            Err(CryptoError::Tampered),
+            "a gap longer than MAX_GAP"
+        );
+    }
+
+    #[test]
+    fn a_wrong_secret_is_not_taken_for_a_gap() {
+        let (mut a, mut b) = pair(b"s", b"s");
+        a.seal(b"lost hello");
+        assert_eq!(b.open(&a.seal(b"second")), Err(CryptoError::WrongSecret));
     }
 
     #[test]

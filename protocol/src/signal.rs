@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 /// 5: a creator that lost its connection to the joiner says so as it takes its place back
 /// (`reclaim.lost`), and the joiner hears `peer_lost`; a join meets `peer_gone` once a held
 /// room's creator stopped.
-pub const SIGNAL_VERSION: u32 = 5;
+/// 6: a held room's joiner takes its place back too (`reclaim` with its token, while its
+/// connection to the creator lives on; the creator hears `peer_back`), and connected peers
+/// restart ICE with a new sealed offer and answer (asked for with a sealed `path_down`).
+pub const SIGNAL_VERSION: u32 = 6;
 
 /// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of
 /// candidates sealed and base64-encoded fits in a few KiB; files never travel here.
@@ -73,11 +76,14 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reclaim: Option<String>,
     },
-    /// The creator of a held room takes its place back with the token it was given
-    /// ([`ServerMessage::Created`]), after its connection to the server died; an old
-    /// connection still in its place is closed. Answered with [`ServerMessage::Reclaimed`].
-    /// `lost`: the creator's connection to the joiner is gone too (its network changed): a
-    /// joiner in the room is told [`ServerMessage::PeerLost`] rather than `peer_left`.
+    /// A peer of a held room takes its place back with the token it was given
+    /// ([`ServerMessage::Created`], [`ServerMessage::Joined`]), after its connection to the
+    /// server died; an old connection still in its place is closed. Answered with
+    /// [`ServerMessage::Reclaimed`]. A joiner does this only while its connection to the
+    /// creator lives (the creator hears [`ServerMessage::PeerBack`]); one whose connection is
+    /// gone joins again. `lost` (creators only): the creator's connection to the joiner is
+    /// gone too (its network changed): a joiner in the room is told
+    /// [`ServerMessage::PeerLost`] rather than `peer_left`.
     Reclaim {
         version: u32,
         room: String,
@@ -142,6 +148,9 @@ pub enum ServerMessage {
     /// The creator of a held room took its place back and says its connection to this peer
     /// is gone (sent to the joiner): come back through the room.
     PeerLost,
+    /// The joiner, whose socket to the server had closed, took its place back (sent to the
+    /// creator): its connection to this peer lives, and signals reach it again.
+    PeerBack,
     /// The other peer aborted the room.
     PeerAborted { reason: AbortReason },
     /// STUN/TURN servers for this room, with short-lived credentials. Sent to each peer right
@@ -261,6 +270,9 @@ pub enum PeerSignal {
     },
     /// Gathering finished; no more candidates follow.
     EndOfCandidates,
+    /// Connected, this side's path to the other is down (sent by the side that did not make
+    /// the offer): restart ICE. It arriving says this side hears signals again.
+    PathDown,
 }
 
 impl ClientMessage {
@@ -455,6 +467,7 @@ mod tests {
             ),
             (ServerMessage::PeerLeft, r#"{"type":"peer_left"}"#),
             (ServerMessage::PeerLost, r#"{"type":"peer_lost"}"#),
+            (ServerMessage::PeerBack, r#"{"type":"peer_back"}"#),
             (
                 ServerMessage::IceServers {
                     servers: vec![
@@ -536,6 +549,7 @@ mod tests {
                 PeerSignal::EndOfCandidates,
                 r#"{"type":"end_of_candidates"}"#,
             ),
+            (PeerSignal::PathDown, r#"{"type":"path_down"}"#),
         ];
         for (msg, json) in cases {
             assert_eq!(serde_json::to_string(&msg).unwrap(), json);

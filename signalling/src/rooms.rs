@@ -112,6 +112,10 @@ struct Room {
     /// The client that made the room (address or /64): its away rooms are capped.
     owner: std::net::IpAddr,
     joiner: Option<Slot>,
+    /// Held rooms: the digest of the last joiner's token. It outlives the joiner's socket:
+    /// a joiner still connected to the creator takes its place back with it (until another
+    /// joiner takes the place).
+    joiner_token: Option<[u8; 32]>,
     /// What happens when the joiner's connection closes.
     hold: Hold,
 }
@@ -346,6 +350,7 @@ impl Rooms {
                 creator: Some(creator),
                 creator_away: None,
                 joiner: None,
+                joiner_token: None,
                 hold: Hold {
                     asked: hold,
                     ..Hold::default()
@@ -441,6 +446,7 @@ impl Rooms {
         }
         let conn = self.conn();
         let (slot, token) = new_slot(tx, conn, room.hold.asked);
+        room.joiner_token = slot.token;
         room.joiner = Some(slot);
         let counter = match std::mem::replace(&mut room.hold.joined, true) {
             true => &self.metrics.rooms_rejoined,
@@ -468,10 +474,12 @@ impl Rooms {
         Ok((m, token))
     }
 
-    /// The creator of a held room takes its place back with its token (from a connection
-    /// that closed, or from one still there, which is closed now).
-    /// `lost`: the creator's connection to its joiner is gone too; the joiner hears
-    /// `peer_lost` (come back) instead of `peer_left`.
+    /// A peer of a held room takes its place back with its token (from a connection that
+    /// closed, or from one still there, which is closed now).
+    /// The creator: `lost` says its connection to its joiner is gone too; the joiner hears
+    /// `peer_lost` (come back) instead of `peer_left`. The joiner (its connection to the
+    /// creator alive; `lost` is not its to say): the creator hears `peer_back`; a place
+    /// another joiner took meanwhile is not given back (`room_full`).
     pub fn reclaim(
         &self,
         tx: Outbox,
@@ -489,7 +497,20 @@ impl Rooms {
             .ok_or(ErrorCode::NoSuchRoom)?;
         let token = digest(token);
         // A wrong token learns nothing about the room.
-        if !room.hold.asked || room.creator_token != Some(token) {
+        if !room.hold.asked {
+            return Err(ErrorCode::NoSuchRoom);
+        }
+        if room.joiner_token == Some(token) {
+            let conn = self.conn();
+            Self::joiner_back(room, &mut inner.numbers, tx, token, conn)?;
+            self.metrics.rooms_reclaimed.fetch_add(1, Ordering::Relaxed);
+            return Ok(Membership {
+                room: room_id.to_string(),
+                side: Side::Joiner,
+                conn,
+            });
+        }
+        if room.creator_token != Some(token) {
             return Err(ErrorCode::NoSuchRoom);
         }
         if let Some(old) = room.creator.take() {
@@ -501,11 +522,13 @@ impl Rooms {
         // whether the creator lost their connection too.
         if let Some(joiner) = &mut room.joiner {
             joiner.pake_sent = false;
-            let told = match lost {
-                true => ServerMessage::PeerLost,
-                false => ServerMessage::PeerLeft,
+            let told: &[ServerMessage] = match lost {
+                true => &[ServerMessage::PeerLost],
+                false => &[ServerMessage::PeerLeft, ServerMessage::PeerBack],
             };
-            deliver(joiner, told);
+            for m in told {
+                deliver(joiner, m.clone());
+            }
         }
         let conn = self.conn();
         room.creator = Some(Slot {
@@ -523,6 +546,40 @@ impl Rooms {
             side: Side::Creator,
             conn,
         })
+    }
+
+    /// The joiner's half of [`Rooms::reclaim`]: its place, still held by its old socket or
+    /// freed when that closed, goes to the new one.
+    fn joiner_back(
+        room: &mut Room,
+        numbers: &mut HashMap<u32, String>,
+        tx: Outbox,
+        token: [u8; 32],
+        conn: u64,
+    ) -> Result<(), ErrorCode> {
+        match &room.joiner {
+            Some(old) if old.token == Some(token) => {
+                let _ = old.tx.try_send(Outgoing::Replaced);
+            }
+            Some(_) => return Err(ErrorCode::RoomFull),
+            None => {}
+        }
+        // A typed code's number handed back when the joiner's socket closed is retired
+        // again: the joiner is in.
+        if let Some(n) = room.number.take() {
+            numbers.remove(&n);
+        }
+        room.joiner = Some(Slot {
+            tx,
+            // Its key exchange is long done: another message of it would be a stray.
+            pake_sent: true,
+            conn,
+            token: Some(token),
+        });
+        if let Some(creator) = &room.creator {
+            deliver(creator, ServerMessage::PeerBack);
+        }
+        Ok(())
     }
 
     pub fn pake(&self, m: &Membership, auth: AuthKind, msg: String) -> Result<(), ErrorCode> {
@@ -861,6 +918,7 @@ mod tests {
         assert!(replaced(&mut old), "the old connection is told to close");
         // The joiner learns that the creator's signalling went and came back.
         assert_eq!(next(&mut joiner), Some(ServerMessage::PeerLeft));
+        assert_eq!(next(&mut joiner), Some(ServerMessage::PeerBack));
         r.leave(&m, t0);
         r.sealed(&j, "eQ==".into()).unwrap();
         assert_eq!(
@@ -916,6 +974,58 @@ mod tests {
             next(&mut creator),
             Some(ServerMessage::Sealed { .. })
         ));
+    }
+
+    #[test]
+    fn a_connected_joiner_takes_its_place_back_quietly_with_its_token() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let ((m, _, mut creator), (j, jtoken, mut old)) = held_and_joined(&r, t0);
+        // While its old socket is still counted in the room: that one is closed, the
+        // creator hears the joiner is back, and signals flow to the new socket.
+        let (jtx, mut joiner) = outbox();
+        let back = r.reclaim(jtx, &m.room, &jtoken, false, t0).unwrap();
+        assert!(replaced(&mut old));
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerBack));
+        r.sealed(&m, "eQ==".into()).unwrap();
+        assert!(matches!(
+            next(&mut joiner),
+            Some(ServerMessage::Sealed { .. })
+        ));
+        r.leave(&j, t0);
+        assert_eq!(next(&mut creator), None, "the old socket closing late");
+        // Its new socket closes too (the server noticed first): the place is freed as for
+        // any joiner; the same token takes it back, without a new key exchange.
+        r.leave(&back, t0);
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
+        let (jtx, mut joiner) = outbox();
+        let again = r.reclaim(jtx, &m.room, &jtoken, false, t0).unwrap();
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerBack));
+        assert_eq!(
+            r.pake(&again, AuthKind::Link, "YQ==".into()).unwrap_err(),
+            ErrorCode::PakeAlreadySent
+        );
+        r.sealed(&again, "eQ==".into()).unwrap();
+        assert!(matches!(
+            next(&mut creator),
+            Some(ServerMessage::Sealed { .. })
+        ));
+        r.sealed(&m, "eQ==".into()).unwrap();
+        assert!(matches!(
+            next(&mut joiner),
+            Some(ServerMessage::Sealed { .. })
+        ));
+        // Once another joiner took the place (its socket gone, a new join with the
+        // secret), the old token brings nothing back.
+        r.leave(&again, t0);
+        assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
+        let (ntx, _n) = outbox();
+        r.join(ntx, &RoomRef::Id(m.room.clone()), None, t0).unwrap();
+        let (jtx, _) = outbox();
+        assert_eq!(
+            r.reclaim(jtx, &m.room, &jtoken, false, t0).unwrap_err(),
+            ErrorCode::NoSuchRoom
+        );
     }
 
     #[test]

@@ -88,7 +88,8 @@ async fn recv(ws: &mut Ws) -> ServerMessage {
     }
 }
 
-/// The connection ends within [`WAIT`] (close frame, EOF or reset) and sends no more messages.
+/// The connection ends within [`WAIT`] (close frame, EOF or reset) and sends no more messages
+/// (but `ice_servers`, which a join may still have on the way).
 async fn expect_closed(ws: &mut Ws) {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -99,6 +100,7 @@ async fn expect_closed(ws: &mut Ws) {
         match frame {
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Text(t))) if t.contains(r#""type":"ice_servers""#) => continue,
             Some(Ok(other)) => panic!("expected the connection to close, got {other:?}"),
         }
     }
@@ -1533,6 +1535,7 @@ async fn a_held_rooms_peers_take_their_places_back_with_their_tokens() {
         ServerMessage::Reclaimed { room: room.clone() }
     );
     assert_eq!(recv(&mut joiner).await, ServerMessage::PeerLeft);
+    assert_eq!(recv(&mut joiner).await, ServerMessage::PeerBack);
     let sealed = ClientMessage::Sealed {
         data: "eHl6".into(),
     };
@@ -1553,6 +1556,7 @@ async fn a_held_rooms_peers_take_their_places_back_with_their_tokens() {
     ));
     expect_closed(&mut creator).await;
     assert_eq!(recv(&mut joiner).await, ServerMessage::PeerLeft);
+    assert_eq!(recv(&mut joiner).await, ServerMessage::PeerBack);
 
     // The joiner's socket goes silent; joining with its token takes its place back.
     let mut back = connect(&handle).await;
@@ -1567,16 +1571,33 @@ async fn a_held_rooms_peers_take_their_places_back_with_their_tokens() {
         },
     )
     .await;
-    assert!(matches!(
-        recv(&mut back).await,
-        ServerMessage::Joined {
-            reclaim: Some(_),
-            ..
-        }
-    ));
+    let ServerMessage::Joined {
+        reclaim: Some(jtoken),
+        ..
+    } = recv(&mut back).await
+    else {
+        panic!("a held room's joiner gets a token");
+    };
     expect_closed(&mut joiner).await;
     assert_eq!(recv(&mut again).await, ServerMessage::PeerLeft);
     assert_eq!(recv(&mut again).await, ServerMessage::PeerJoined);
     assert_eq!(metric(&handle, "punchdrop_rooms_reclaimed_total").await, 2);
     assert_eq!(metric(&handle, "punchdrop_rooms_rejoined_total").await, 1);
+
+    // Connected, the joiner's socket goes silent: a new one takes its place back with the
+    // token, quietly (no new key exchange); the creator hears it is back.
+    let mut quiet = connect(&handle).await;
+    send(&mut quiet, &reclaim(&jtoken)).await;
+    assert_eq!(
+        recv(&mut quiet).await,
+        ServerMessage::Reclaimed { room: room.clone() }
+    );
+    expect_closed(&mut back).await;
+    assert_eq!(recv(&mut again).await, ServerMessage::PeerBack);
+    send(&mut quiet, &sealed).await;
+    assert!(matches!(
+        recv(&mut again).await,
+        ServerMessage::Sealed { .. }
+    ));
+    assert_eq!(metric(&handle, "punchdrop_rooms_reclaimed_total").await, 3);
 }

@@ -312,6 +312,25 @@ fn wait_for_a_fifth(c: &mut Chromium, size: u64) {
     }
 }
 
+/// `file` between a page and `native-peer`, started: `page_receives`, native-peer on A sends
+/// and the page on B accepts; else the page on A shares and native-peer on B receives into
+/// `dst`.
+fn page_and_native(lab: &Lab, page_receives: bool, file: &Path, dst: &Path) -> (Chromium, Peer) {
+    if page_receives {
+        let (sender, link) = lab.sender(&[], &[file]).unwrap();
+        let mut c = browser(lab, "b", "browser B (receives)");
+        c.goto(&link).unwrap();
+        c.wait_state("offer", SECS(60))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+        c.click("#accept").unwrap();
+        (c, sender)
+    } else {
+        let mut c = browser(lab, "a", "browser A (shares)");
+        let link = page_shares(&mut c, lab, &[file.to_path_buf()]);
+        (c, lab.receiver(&[], dst, &link))
+    }
+}
+
 /// How long the browser's side is cut off: well inside both ICE agents' patience (native-peer
 /// gives a silent pair up 20 s after the last answer; Chromium answers again only while it
 /// still holds the pair), long enough for SCTP's backoff to matter.
@@ -328,19 +347,8 @@ fn browser_rides_out_an_outage(page_receives: bool) {
     let size: u64 = 96 << 20;
     make_file(&file, size, 77);
     // The page is on host B when it receives, on host A when it sends; its router is cut.
-    let (mut c, native, page_host) = if page_receives {
-        let (sender, link) = lab.sender(&[], &[&file]).unwrap();
-        let mut c = browser(&lab, "b", "browser B (receives)");
-        c.goto(&link).unwrap();
-        c.wait_state("offer", SECS(60))
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
-        c.click("#accept").unwrap();
-        (c, sender, "b")
-    } else {
-        let mut c = browser(&lab, "a", "browser A (shares)");
-        let link = page_shares(&mut c, &lab, std::slice::from_ref(&file));
-        (c, lab.receiver(&[], dst.path(), &link), "a")
-    };
+    let (mut c, native) = page_and_native(&lab, page_receives, &file, dst.path());
+    let page_host = if page_receives { "b" } else { "a" };
     wait_for_a_fifth(&mut c, size);
     lab.cut_router(page_host).unwrap();
     std::thread::sleep(BROWSER_OUTAGE);
@@ -404,6 +412,92 @@ fn native_to_browser_rides_out_twelve_seconds_without_internet() {
 #[test]
 fn browser_to_native_rides_out_twelve_seconds_without_internet() {
     browser_rides_out_an_outage(false);
+}
+
+/// Between a page and `native-peer`, `disrupt` the lab mid-transfer so that the old path and
+/// a socket to the server die without a word (a router forgetting its mappings, a host's
+/// address changing). Whoever's path went down takes its place in the room back; the file
+/// sender (the one that made the offer) restarts ICE once the receiver says its path is down
+/// or is heard from a new address, and the same connection carries on over the new path.
+/// `page_receives`: the page on B answers native-peer's restart; else the page on A shares
+/// and makes the restart itself (`iceRestart`).
+fn an_ice_restart_carries_on_after(page_receives: bool, what: &str, disrupt: impl FnOnce(&Lab)) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = cone_lab_with_delay();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("photos.zip");
+    let size: u64 = 96 << 20;
+    make_file(&file, size, 81);
+    let (mut c, native) = page_and_native(&lab, page_receives, &file, dst.path());
+    wait_for_a_fifth(&mut c, size);
+    disrupt(&lab);
+    let before = page_progress(&mut c);
+    let back = std::time::Instant::now();
+    while page_progress(&mut c) <= before && back.elapsed() < SECS(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = back.elapsed();
+    println!("page: bytes moved again {waited:?} after {what}");
+    if page_receives {
+        let got = c.wait_download("photos.zip", size, LONG).unwrap();
+        assert_eq!(hash_file(&got), hash_file(&file));
+    }
+    let (_, page_done) = page_outcome(&mut c);
+    let page_events = c.events().unwrap();
+    let (status, native_events, native_err) = native.finish_all(LONG).unwrap();
+    let native_done = expect_done(status, &native_events);
+    let native_said = |t: &str| native_err.lines().filter(|l| l.contains(t)).count();
+    println!(
+        "native-peer restarted ICE {} times, answered {} restarts",
+        native_said("restarting ICE"),
+        native_said("answering an ICE restart")
+    );
+    if !page_receives {
+        assert_received(dst.path(), std::slice::from_ref(&file));
+    }
+    for (who, events) in [("page", &page_events), ("native-peer", &native_events)] {
+        assert!(
+            event::find::<event::Reconnecting>(events).is_none(),
+            "the {who} reconnected through the room instead: {events:?}\n\
+             native-peer's stderr:\n{native_err}\npage: {}",
+            c.diagnostics()
+        );
+    }
+    let sender_done = if page_receives {
+        native_done
+    } else {
+        page_done
+    };
+    assert_eq!(sender_done.transferred, size, "nothing sent twice");
+    assert!(
+        waited < SECS(15),
+        "nothing moved for {waited:?} after {what}"
+    );
+}
+
+#[test]
+fn a_page_receiving_answers_an_ice_restart_after_its_router_forgets_its_mappings() {
+    an_ice_restart_carries_on_after(true, "the page's router forgot its mappings", |lab| {
+        lab.forget_mappings("b").unwrap()
+    });
+}
+
+#[test]
+fn a_page_sharing_restarts_ice_when_its_receivers_router_forgets_its_mappings() {
+    an_ice_restart_carries_on_after(false, "the receiver's router forgot its mappings", |lab| {
+        lab.forget_mappings("b").unwrap()
+    });
+}
+
+/// The page that shared the link moves to a new address mid-transfer (its old one removed):
+/// its path and its socket to the server die without a word (a page cannot see addresses;
+/// Chromium says the path is down). It takes its place in the room back from the new address
+/// with the server's token, hears the receiver's `path_down` and restarts ICE.
+#[test]
+fn a_page_sharing_restarts_ice_when_its_address_changes() {
+    an_ice_restart_carries_on_after(false, "the page's address changed", |lab| {
+        lab.move_host("a", 1, 2, 102).unwrap()
+    });
 }
 
 /// The NAS case through an outage longer than the native side's ICE waits: `native-peer
@@ -523,15 +617,6 @@ fn a_page_sharing_holds_its_room_through_a_long_outage() {
         std::thread::sleep(SECS(25));
         lab.restore_router("b").unwrap();
     });
-}
-
-/// The page that shared the link moves to a new address mid-transfer (its old one removed):
-/// its connection and its socket to the server die without a word. The page takes its place
-/// in the room back from the new address with the server's token (`reclaim`), the native
-/// receiver joins again, and it continues what it kept.
-#[test]
-fn a_page_sharing_keeps_its_room_when_its_address_changes() {
-    page_sharing_comes_back(|lab| lab.move_host("a", 1, 2, 102).unwrap());
 }
 
 /// A page on A shares 96 MiB with `native-peer recv` on B; once a fifth arrived, `disrupt`

@@ -13,6 +13,12 @@ pub fn window() -> web_sys::Window {
     web_sys::window().expect("punchdrop runs in a page with a window")
 }
 
+/// A note for the browser's console (what a developer looking at a stuck transfer needs:
+/// no names, no addresses, no secrets).
+pub fn note(what: &str) {
+    web_sys::console::info_1(&format!("punchdrop: {what}").into());
+}
+
 /// Monotonic time since the page loaded, for the state machines.
 pub fn now() -> Duration {
     let ms = window().performance().map(|p| p.now()).unwrap_or_default();

@@ -13,8 +13,8 @@ use protocol::signal::{SdpKind, TransferRole};
 use wasm_bindgen::JsCast;
 use web_sys::{
     RtcDataChannel, RtcDataChannelEvent, RtcDataChannelInit, RtcDataChannelState,
-    RtcIceCandidateInit, RtcPeerConnection, RtcPeerConnectionIceEvent, RtcPeerConnectionState,
-    RtcSdpType, RtcSessionDescriptionInit,
+    RtcIceCandidateInit, RtcOfferOptions, RtcPeerConnection, RtcPeerConnectionIceEvent,
+    RtcPeerConnectionState, RtcSdpType, RtcSessionDescriptionInit,
 };
 
 use crate::error::{Error, Result};
@@ -132,44 +132,68 @@ impl Peer {
 
     /// Create an offer or an answer and set it as the local description.
     pub async fn create_description(&self, kind: SdpKind) -> Result<()> {
-        let promise = match kind {
-            SdpKind::Offer => self.pc.create_offer(),
-            SdpKind::Answer => self.pc.create_answer(),
-        };
-        let desc = js::wait(promise)
-            .await
-            .map_err(rtc_error(&format!("cannot create an {}", kind_name(kind))))?;
-        js::wait(self.pc.set_local_description(desc.unchecked_ref()))
-            .await
-            .map_err(rtc_error(&format!(
-                "cannot use our own {}",
-                kind_name(kind)
-            )))?;
-        Ok(())
+        create_description(&self.pc, kind, false).await
     }
 
     /// The local description as it stands, with the candidates gathered so far.
     pub fn local_description(&self) -> Result<String> {
-        self.pc
-            .local_description()
-            .map(|d| d.sdp())
-            .ok_or_else(|| Error::Connect("no local description".into()))
+        local_description(&self.pc)
     }
 
     pub async fn apply(&self, kind: SdpKind, sdp: &str) -> Result<()> {
-        let desc = RtcSessionDescriptionInit::new(match kind {
-            SdpKind::Offer => RtcSdpType::Offer,
-            SdpKind::Answer => RtcSdpType::Answer,
-        });
-        desc.set_sdp(sdp);
-        js::wait(self.pc.set_remote_description(&desc))
-            .await
-            .map_err(rtc_error(&format!(
-                "the other peer's {} is unusable",
-                kind_name(kind)
-            )))?;
-        Ok(())
+        apply(&self.pc, kind, sdp).await
     }
+}
+
+/// Create an offer or an answer and set it as the local description; `restart`: an offer
+/// that restarts ICE (new credentials, candidates gathered again).
+pub async fn create_description(
+    pc: &RtcPeerConnection,
+    kind: SdpKind,
+    restart: bool,
+) -> Result<()> {
+    let promise = match kind {
+        SdpKind::Offer if restart => {
+            let options = RtcOfferOptions::new();
+            options.set_ice_restart(true);
+            pc.create_offer_with_rtc_offer_options(&options)
+        }
+        SdpKind::Offer => pc.create_offer(),
+        SdpKind::Answer => pc.create_answer(),
+    };
+    let desc = js::wait(promise)
+        .await
+        .map_err(rtc_error(&format!("cannot create an {}", kind_name(kind))))?;
+    js::wait(pc.set_local_description(desc.unchecked_ref()))
+        .await
+        .map_err(rtc_error(&format!(
+            "cannot use our own {}",
+            kind_name(kind)
+        )))?;
+    Ok(())
+}
+
+/// The local description as it stands, with the candidates gathered so far.
+pub fn local_description(pc: &RtcPeerConnection) -> Result<String> {
+    pc.local_description()
+        .map(|d| d.sdp())
+        .ok_or_else(|| Error::Connect("no local description".into()))
+}
+
+/// Set the other peer's description.
+pub async fn apply(pc: &RtcPeerConnection, kind: SdpKind, sdp: &str) -> Result<()> {
+    let desc = RtcSessionDescriptionInit::new(match kind {
+        SdpKind::Offer => RtcSdpType::Offer,
+        SdpKind::Answer => RtcSdpType::Answer,
+    });
+    desc.set_sdp(sdp);
+    js::wait(pc.set_remote_description(&desc))
+        .await
+        .map_err(rtc_error(&format!(
+            "the other peer's {} is unusable",
+            kind_name(kind)
+        )))?;
+    Ok(())
 }
 
 fn open_listener(dc: &RtcDataChannel, tx: &mpsc::UnboundedSender<Local>) -> Listener {

@@ -14,7 +14,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use protocol::event::Event;
 use protocol::path::PathReport;
 use protocol::rendezvous::{LocalIce, Output, Place, Rendezvous};
-use protocol::signal::TransferRole;
+use protocol::signal::{SdpKind, TransferRole};
 use std::time::Duration;
 use web_sys::{
     RtcDataChannel, RtcDataChannelState, RtcDataChannelType, RtcPeerConnection,
@@ -126,6 +126,15 @@ pub async fn connect(
             Output::CreateDescription(kind) => {
                 if let Some(p) = &peer {
                     match p.create_description(kind).await {
+                        Ok(()) => rv.handle_local(LocalIce::DescriptionCreated, js::now()),
+                        Err(e) => rv.local_error(e.to_string(), js::now()),
+                    }
+                }
+            }
+            // (Only ever asked once connected, where `late_signalling` drives.)
+            Output::RestartIce => {
+                if let Some(p) = &peer {
+                    match peer::create_description(&p.pc, SdpKind::Offer, true).await {
                         Ok(()) => rv.handle_local(LocalIce::DescriptionCreated, js::now()),
                         Err(e) => rv.local_error(e.to_string(), js::now()),
                     }
@@ -266,6 +275,27 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> 
     })
 }
 
+/// One step of an ICE restart on the open connection, and what the machine hears of it. A
+/// step that fails is left to the next restart (or to the connection failing).
+async fn renegotiate(pc: &RtcPeerConnection, out: Output) -> Option<LocalIce> {
+    match out {
+        Output::RestartIce => peer::create_description(pc, SdpKind::Offer, true)
+            .await
+            .ok()
+            .map(|()| LocalIce::DescriptionCreated),
+        Output::CreateDescription(kind) => peer::create_description(pc, kind, false)
+            .await
+            .ok()
+            .map(|()| LocalIce::DescriptionCreated),
+        Output::ReadLocalDescription => peer::local_description(pc).ok().map(LocalIce::Description),
+        Output::ApplyDescription { kind, sdp } => peer::apply(pc, kind, &sdp)
+            .await
+            .ok()
+            .map(|()| LocalIce::RemoteApplied),
+        _ => None,
+    }
+}
+
 /// After the channel opened: forward late candidates both ways while the server is there, and
 /// connection-state changes to the link for as long as it lives. Gives the machine and its
 /// socket back when stopped, or when the machine is no longer connected (the other side
@@ -296,7 +326,21 @@ async fn late_signalling(
             }
             Output::ToServer(_) => {}
             Output::AddCandidate(c) => peer::add_candidate(&pc, c).await,
-            // A page holding its room takes its place back on a new socket.
+            // The path went down: restart ICE, or answer the other side's restart.
+            out @ (Output::RestartIce
+            | Output::CreateDescription(_)
+            | Output::ReadLocalDescription
+            | Output::ApplyDescription { .. }) => {
+                match &out {
+                    Output::RestartIce => js::note("the path is down: restarting ICE"),
+                    Output::ApplyDescription { .. } => js::note("answering an ICE restart"),
+                    _ => {}
+                }
+                if let Some(done) = renegotiate(&pc, out).await {
+                    rv.handle_local(done, js::now());
+                }
+            }
+            // A page taking its place back on a new socket.
             Output::CloseServer => ws = Ws::none(),
             Output::OpenServer => ws = Ws::open(rv.server()),
             Output::Timeout(t) => {
@@ -314,7 +358,20 @@ async fn late_signalling(
                     ev = events.next() => match ev {
                         Some(Local::Candidate(c)) => rv.handle_local(LocalIce::Candidate(c), js::now()),
                         Some(Local::GatheringDone) => rv.handle_local(LocalIce::GatheringDone, js::now()),
-                        Some(Local::State(s)) => { let _ = state.unbounded_send(s); }
+                        Some(Local::State(s)) => {
+                            match s {
+                                RtcPeerConnectionState::Disconnected => {
+                                    js::note("the path is down");
+                                    rv.path_down(js::now());
+                                }
+                                RtcPeerConnectionState::Connected => {
+                                    js::note("the path is up");
+                                    rv.path_up(js::now());
+                                }
+                                _ => {}
+                            }
+                            let _ = state.unbounded_send(s);
+                        }
                         Some(_) => {}
                         None => return (rv, ws),
                     },

@@ -46,7 +46,23 @@
 //!   back (`reclaim`), trying again after 0.25, 0.5, 1, 2, 4, 4… s; the transfer never waits
 //!   for it. Meanwhile a joiner coming back meets `peer_away` and tries again the same way. A
 //!   rejoining joiner brings its token, so a connection of its that the server still counts
-//!   in the room does not keep it out.
+//!   in the room does not keep it out. A connected joiner whose socket dies takes its place
+//!   back the same way, quietly: its connection to the creator lives on, and the creator
+//!   hears `peer_back`.
+//! - Connected, the path can go down under a live connection (the driver says so:
+//!   [`Rendezvous::path_down`]). Both sides then take their places back on new sockets at once
+//!   (a network change kills the old ones, often without a word). The file sender, which made
+//!   the offer, restarts ICE ([`Output::RestartIce`]: a new sealed offer and answer) when the
+//!   receiver says its path is down (a sealed `path_down`, sent as soon as it is back in the
+//!   room), or when its own path is down and it heard the receiver back in the room
+//!   (`peer_back`, before or after: either may notice first) or at a new address
+//!   ([`Rendezvous::peer_moved`]), and
+//!   again every [`RESTART_AGAIN`] while it stays down. Not before: a restart drops the old
+//!   pair at once (webrtc-rs), so one sent into an outage that the old pair would ride out,
+//!   or to a peer that cannot hear it, only makes things worse; a restart lost anyway leaves
+//!   a gap the sealed channel tolerates. A path down for [`PATH_GIVE_UP`] is given up: the
+//!   machine no longer counts itself connected and the driver recovers through the room as
+//!   from any lost link.
 
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
@@ -195,6 +211,10 @@ pub enum Output {
     ApplyDescription { kind: SdpKind, sdp: String },
     /// Add the other peer's candidate (a candidate the stack rejects is not fatal).
     AddCandidate(IceCandidate),
+    /// Restart ICE on the open connection: create an offer with new ICE credentials
+    /// (`restartIce()`, then `createOffer()`), set it as the local description, then
+    /// `handle_local(LocalIce::DescriptionCreated)` as for [`Output::CreateDescription`].
+    RestartIce,
     /// Close the peer connection: the other peer left before it was up, or came back
     /// through the room (so the old connection is dead). If it returns, a new
     /// [`Output::StartPeer`] follows.
@@ -431,6 +451,18 @@ pub struct Rendezvous {
     told_lost: bool,
     /// What the reclaim on its way said of the connection (`None`: not sent yet).
     reclaim_said_lost: Option<bool>,
+    /// Connected: since when the driver says the path is down ([`Rendezvous::path_down`]).
+    down_since: Option<Duration>,
+    /// Its path down: when the file sender restarts ICE next, or the receiver asks for it
+    /// again (`path_down`).
+    restart_at: Option<Duration>,
+    /// When the file sender last restarted ICE.
+    restarted: Option<Duration>,
+    /// Connected: the other side took its place in the room back since the path was last up
+    /// (it can hear signals; its own path went down, maybe before this side's did).
+    peer_back: bool,
+    /// The path stayed down for [`PATH_GIVE_UP`]: this connection is given up.
+    path_gone: bool,
     /// A first join met the creator away (`peer_away`) and tries again until `rejoin_until`.
     away_wait: bool,
     server_up: bool,
@@ -442,6 +474,14 @@ const IDLE: Duration = Duration::from_secs(3600);
 
 /// How long a rejoin tries when its config sets no [`Config::rejoin_wait`].
 pub const REJOIN_DEFAULT: Duration = Duration::from_secs(300);
+
+/// How often the file sender restarts ICE again while the path stays down.
+pub const RESTART_AGAIN: Duration = Duration::from_secs(3);
+
+/// How long a path may stay down before its connection is given up and the peers recover
+/// through the room: about when ICE itself would have called it failed (a restart starts
+/// ICE's own clock again).
+pub const PATH_GIVE_UP: Duration = Duration::from_secs(20);
 
 /// How long a first join that meets the creator away (between two sockets) keeps trying.
 const PEER_AWAY_WAIT: Duration = Duration::from_secs(60);
@@ -544,6 +584,11 @@ impl Rendezvous {
             newcomer: None,
             told_lost: false,
             reclaim_said_lost: None,
+            down_since: None,
+            restart_at: None,
+            restarted: None,
+            peer_back: false,
+            path_gone: false,
             away_wait: false,
             server_up: false,
             out: VecDeque::new(),
@@ -579,9 +624,9 @@ impl Rendezvous {
         self.role.filter(|_| self.stage >= Stage::Negotiating)
     }
 
-    /// The data channel is open.
+    /// The data channel is open (and its connection not given up).
     pub fn is_connected(&self) -> bool {
-        self.stage == Stage::Connected && !self.told_lost
+        self.stage == Stage::Connected && !self.told_lost && !self.path_gone
     }
 
     /// The STUN/TURN servers handed out so far (drivers may start probing them early).
@@ -680,14 +725,16 @@ impl Rendezvous {
         }
         match msg {
             ServerMessage::IceServers { servers, .. } => self.ice_servers = servers,
-            // A holder's message that crossed its joiner leaving: `peer_left` says it all.
+            // A holder's message that crossed its joiner leaving (`peer_left` says it all), or
+            // a connected peer's signal while the other side is away from the server.
             ServerMessage::Error {
                 code: ErrorCode::NoPeer,
                 ..
-            } if self.holds_room() => {}
+            } if self.holds_room() || self.stage == Stage::Connected => {}
             ServerMessage::Error { code, .. } => self.room_ended(RendezvousError::Server(code)),
             ServerMessage::PeerLeft => self.on_peer_left(),
             ServerMessage::PeerLost => self.on_peer_lost(),
+            ServerMessage::PeerBack => self.on_peer_back(),
             ServerMessage::PeerAborted { reason } => self.room_ended(match reason {
                 AbortReason::WrongSecret => RendezvousError::WrongSecret,
                 _ => RendezvousError::PeerGaveUp,
@@ -762,8 +809,17 @@ impl Rendezvous {
                 };
                 self.neg.gather_deadline = None;
                 self.neg.described = true;
+                if self.stage == Stage::Connected && !self.server_up {
+                    // A restart's offer with the socket gone meanwhile: it is lost, so the
+                    // next occasion (`reclaimed`) restarts again at once.
+                    self.restarted = None;
+                }
                 let sdp = self.hold_relays_of(sdp, now);
                 self.send_sealed(&PeerSignal::Description { kind, sdp });
+                // (A restart's: the first negotiation sent them before its offer.)
+                for c in std::mem::take(&mut self.neg.adverts) {
+                    self.send_sealed(&c.into_signal());
+                }
                 if self.neg.gathering_done {
                     self.end_of_candidates();
                 }
@@ -830,6 +886,11 @@ impl Rendezvous {
         }
         self.stage = Stage::Connected;
         self.deadline = None;
+        self.down_since = None;
+        self.restart_at = None;
+        self.restarted = None;
+        self.peer_back = false;
+        self.path_gone = false;
         self.rejoin_until = None;
         self.away_wait = false;
         self.attempts = 0;
@@ -871,6 +932,51 @@ impl Rendezvous {
         }
     }
 
+    /// Connected, the path to the other peer went down under the connection (ICE says
+    /// `disconnected`): take this side's place in the room back on a new socket (the old one
+    /// may have died with the network); the file sender restarts ICE once the other side is
+    /// heard back. See the module invariants.
+    pub fn path_down(&mut self, now: Duration) {
+        self.now = now;
+        if !self.is_connected() || self.down_since.is_some() {
+            return;
+        }
+        self.down_since = Some(now);
+        let reclaim = self.can_reclaim() && !self.reclaiming;
+        // With its socket kept, the receiver asks for a restart at once, and the file sender
+        // restarts if the receiver was heard; else both once they have their places back
+        // (`Reclaimed`).
+        let asks = self.role == Some(TransferRole::Receiver) || self.peer_back;
+        if asks && !reclaim {
+            self.restart_ice();
+        }
+        if reclaim {
+            self.reclaim_place(true);
+        }
+    }
+
+    /// Connected, the path down: the other peer is heard from an address ICE did not know
+    /// before (its checks arrive from a port its router mapped anew): it is alive and can be
+    /// reached there, which only a restart nominates. The file sender restarts now.
+    pub fn peer_moved(&mut self, now: Duration) {
+        self.now = now;
+        if self.stage != Stage::Connected || self.down_since.is_none() || self.peer_back {
+            return;
+        }
+        self.peer_back = true;
+        self.restart_ice();
+    }
+
+    /// Connected, the path is up again (ICE says `connected`), on the old pair or a new one.
+    pub fn path_up(&mut self, now: Duration) {
+        self.now = now;
+        if self.stage == Stage::Connected {
+            self.down_since = None;
+            self.restart_at = None;
+            self.peer_back = false;
+        }
+    }
+
     /// The connection failed before the channel opened (ICE found no path).
     pub fn connection_failed(&mut self, now: Duration) {
         self.now = now;
@@ -901,6 +1007,13 @@ impl Rendezvous {
 
     pub fn handle_timeout(&mut self, now: Duration) {
         self.now = now;
+        if self.restart_at.is_some_and(|t| t <= now) {
+            self.restart_ice();
+        }
+        if self.is_connected() && self.down_since.is_some_and(|t| now >= t + PATH_GIVE_UP) {
+            self.path_gone = true;
+            self.restart_at = None;
+        }
         if self.neg.gather_deadline.is_some_and(|t| t <= now) {
             self.neg.gather_deadline = None;
             self.request_description();
@@ -966,6 +1079,10 @@ impl Rendezvous {
             self.neg.relay_release,
             self.retry_at,
             self.rejoin_until.filter(|_| self.stage < Stage::Connected),
+            self.restart_at,
+            self.down_since
+                .filter(|_| self.is_connected())
+                .map(|t| t + PATH_GIVE_UP),
             Some(self.now + IDLE),
         ];
         Output::Timeout(next.into_iter().flatten().min().expect("one is always set"))
@@ -1112,6 +1229,58 @@ impl Rendezvous {
         }
     }
 
+    /// The other side took its place in the room back with its connection to this side
+    /// alive: signals reach it again. The file sender whose path is down restarts ICE now.
+    fn on_peer_back(&mut self) {
+        if self.stage != Stage::Connected {
+            return;
+        }
+        self.peer_away = false;
+        self.peer_back = true;
+        if self.down_since.is_some() {
+            self.restart_ice();
+        }
+    }
+
+    /// Restart ICE: the file sender makes a new offer with new credentials, its candidates
+    /// and this side's advertised ones after it (the answer comes as the first one did); the
+    /// receiver asks it to (`path_down`). Again after [`RESTART_AGAIN`] while the path stays
+    /// down.
+    fn restart_ice(&mut self) {
+        if !self.is_connected() {
+            self.restart_at = None;
+            return;
+        }
+        if self.down_since.is_some() {
+            self.restart_at = Some(self.now + RESTART_AGAIN);
+        }
+        // Not while either side is away from the server: nothing would reach the other side,
+        // and every sealed message lost widens the gap its counter must skip. Its return
+        // (`reclaimed`, `peer_back`) comes back here.
+        let reachable =
+            self.server_up && !self.reclaiming && self.channel.is_some() && !self.peer_away;
+        if !reachable {
+            return;
+        }
+        if self.role == Some(TransferRole::Receiver) {
+            return self.send_sealed(&PeerSignal::PathDown);
+        }
+        // A `path_down` and a `peer_back` for the same loss come together: one restart.
+        if self
+            .restarted
+            .is_some_and(|t| self.now < t + RESTART_AGAIN / 3)
+        {
+            return;
+        }
+        self.restarted = Some(self.now);
+        self.neg = Negotiation {
+            adverts: self.advertised.clone(),
+            describing: Some(SdpKind::Offer),
+            ..Negotiation::default()
+        };
+        self.out.push_back(Output::RestartIce);
+    }
+
     fn on_peer_left(&mut self) {
         match self.stage {
             // The transfer needs the server no more; if the connection goes too, the driver
@@ -1212,16 +1381,21 @@ impl Rendezvous {
         pause
     }
 
-    /// A holding creator that can take its place back on a new socket: it has the server's
-    /// token, the room is not over, and it is in it (waiting for a joiner, with one coming
-    /// back, or with the transfer running).
+    /// This side can take its place back on a new socket: it has the server's token, the
+    /// room is not over, and it is in it — a holding creator waiting for a joiner, with one
+    /// coming back, or with the transfer running; a joiner with the transfer running on a
+    /// connection it still counts as live.
     fn can_reclaim(&self) -> bool {
-        let in_room = match self.stage {
-            Stage::AwaitPeer | Stage::Connected => true,
-            Stage::Hello | Stage::Pick | Stage::Negotiating => self.rejoin_until.is_some(),
+        let in_room = match (&self.entry, self.stage) {
+            (Entry::Join { .. }, Stage::Connected) => self.is_connected(),
+            (Entry::Join { .. }, _) => false,
+            (Entry::Create, Stage::AwaitPeer | Stage::Connected) => self.holds_room(),
+            (Entry::Create, Stage::Hello | Stage::Pick | Stage::Negotiating) => {
+                self.holds_room() && self.rejoin_until.is_some()
+            }
             _ => false,
         };
-        self.holds_room() && self.token.is_some() && !self.room_gone && in_room
+        self.token.is_some() && !self.room_gone && in_room
     }
 
     /// Get this side's place in the room back on a new socket: `at_once` when the old one
@@ -1284,6 +1458,12 @@ impl Rendezvous {
                 self.server_up = true;
                 self.attempts = 0;
                 self.deadline = None;
+                // Its path down, a receiver is heard again: it asks for the restart. (A file
+                // sender back in the room knows nothing yet of the receiver.)
+                let asks = self.role == Some(TransferRole::Receiver) || self.peer_back;
+                if self.down_since.is_some() && asks {
+                    self.restart_ice();
+                }
             }
             ServerMessage::Error {
                 code:
@@ -1295,10 +1475,14 @@ impl Rendezvous {
             } => self.retry_server(),
             ServerMessage::Error {
                 code:
-                    code @ (ErrorCode::NoSuchRoom | ErrorCode::Expired | ErrorCode::UnsupportedVersion),
+                    code @ (ErrorCode::NoSuchRoom
+                    | ErrorCode::Expired
+                    | ErrorCode::UnsupportedVersion
+                    | ErrorCode::RoomFull),
                 ..
             } => {
-                // The room is over on the server: no one can come back into it.
+                // The room is over on the server (or a joiner's place was taken by another
+                // that proved the secret): no one can come back into it this way.
                 self.reclaiming = false;
                 self.out.push_back(Output::CloseServer);
                 match self.stage {
@@ -1337,6 +1521,11 @@ impl Rendezvous {
         self.peer_role = None;
         self.peer_away = false;
         self.both_in_room = None;
+        self.down_since = None;
+        self.restart_at = None;
+        self.restarted = None;
+        self.peer_back = false;
+        self.path_gone = false;
         self.neg = Negotiation {
             adverts: self.advertised.clone(),
             ..Negotiation::default()
@@ -1546,6 +1735,11 @@ impl Rendezvous {
             }
             // Nothing waits for it: ICE ends on success or its own timers.
             PeerSignal::EndOfCandidates => {}
+            PeerSignal::PathDown => {
+                if self.stage == Stage::Connected && self.role == Some(TransferRole::Sender) {
+                    self.restart_ice();
+                }
+            }
         }
     }
 
@@ -1659,7 +1853,21 @@ impl Rendezvous {
             TransferRole::Sender => SdpKind::Answer,
             TransferRole::Receiver => SdpKind::Offer,
         };
-        if kind != expected || self.neg.remote_seen || self.stage != Stage::Negotiating {
+        let restart = self.stage == Stage::Connected;
+        if restart && kind == SdpKind::Offer && expected == kind {
+            // The file sender restarts ICE: answer it as the first offer, with this side's
+            // advertised candidates again (a new ICE generation forgets the old ones).
+            self.neg = Negotiation {
+                adverts: self.advertised.clone(),
+                ..Negotiation::default()
+            };
+        } else if restart && (kind != expected || self.neg.remote_seen || !self.neg.described) {
+            // Not the answer to a restart of ours (a late one, or one we did not ask for): the
+            // next restart settles it.
+            return;
+        } else if !restart
+            && (kind != expected || self.neg.remote_seen || self.stage != Stage::Negotiating)
+        {
             return self.unexpected(Party::Peer, "a description out of turn");
         }
         self.neg.remote_seen = true;

@@ -96,6 +96,8 @@ struct Peer {
     open: bool,
     /// How many times the driver was told to close its peer connection.
     closed: usize,
+    /// How many times it was told to restart ICE.
+    restarts: usize,
 }
 
 impl Peer {
@@ -130,6 +132,7 @@ impl Peer {
             described_at: None,
             open: false,
             closed: 0,
+            restarts: 0,
         }
     }
 
@@ -312,6 +315,21 @@ impl World {
                     },
                 );
             }
+            ClientMessage::Reclaim { room, token, .. }
+                if self.room.joiner_token.as_ref() == Some(&token) =>
+            {
+                if self.room.gone || room != "room1234" {
+                    return self.error(from, ErrorCode::NoSuchRoom);
+                }
+                if self.room.joiner.is_some_and(|j| j != from) {
+                    return self.error(from, ErrorCode::RoomFull);
+                }
+                self.room.joiner = Some(from);
+                self.tell(from, ServerMessage::Reclaimed { room });
+                if self.room.creator.is_some() {
+                    self.tell(other, ServerMessage::PeerBack);
+                }
+            }
             ClientMessage::Reclaim {
                 room, token, lost, ..
             } => {
@@ -330,6 +348,9 @@ impl World {
                         false => ServerMessage::PeerLeft,
                     };
                     self.tell(other, told);
+                    if !lost {
+                        self.tell(other, ServerMessage::PeerBack);
+                    }
                 }
             }
             ClientMessage::ShowCode => {
@@ -472,7 +493,19 @@ impl World {
                 assert!(p.setup.is_none(), "{who:?} started two peer connections");
                 p.setup = Some(setup);
             }
-            Output::CreateDescription(_) => {
+            Output::CreateDescription(_) | Output::RestartIce => {
+                let p = self.peers.get_mut(&who).unwrap();
+                if matches!(out, Output::RestartIce) {
+                    // New credentials: the other side's description and candidates are of
+                    // the old generation.
+                    p.restarts += 1;
+                    p.remote_description = None;
+                    p.remote_applied = false;
+                    p.remote_candidates.clear();
+                }
+                if p.open {
+                    p.local.clear();
+                }
                 self.schedule(
                     Duration::from_millis(1),
                     Wire::Local(who, LocalIce::DescriptionCreated),
@@ -506,9 +539,14 @@ impl World {
             Output::ApplyDescription { sdp, .. } => {
                 let p = self.peers.get_mut(&who).unwrap();
                 assert!(
-                    p.remote_description.is_none(),
-                    "{who:?}: two remote descriptions"
+                    p.remote_description.is_none() || p.open,
+                    "{who:?}: two remote descriptions before connecting"
                 );
+                if p.open {
+                    // An ICE restart: candidates of the old generation go.
+                    p.remote_applied = false;
+                    p.remote_candidates.clear();
+                }
                 p.remote_description = Some(sdp);
                 self.schedule(
                     Duration::from_millis(1),
@@ -2258,4 +2296,191 @@ fn a_first_join_gives_up_on_a_creator_that_stays_away() {
     );
     assert!(w.now - t <= PEER_AWAY_WAIT + Duration::from_secs(1));
     assert!(w.b().error().contains("lost its connection to the server"));
+}
+
+// ── the path going down under a live connection: ICE restart ──────────────────────────────
+
+/// Both drivers say the path went down at once (ICE `disconnected`).
+fn path_down(w: &mut World) {
+    let now = w.now;
+    for p in w.peers.values_mut() {
+        p.rv.path_down(now);
+    }
+}
+
+fn path_up(w: &mut World) {
+    let now = w.now;
+    for p in w.peers.values_mut() {
+        p.rv.path_up(now);
+    }
+}
+
+/// The restart went through: both sides hold the other's new description.
+fn restarted(w: &World) -> bool {
+    w.peers
+        .values()
+        .all(|p| p.remote_applied && p.remote_description.is_some())
+}
+
+#[test]
+fn the_file_sender_restarts_ice_when_the_path_goes_down_and_the_receiver_answers() {
+    let (mut w, _) = held_and_connected();
+    path_down(&mut w);
+    w.run_until(|w| w.a().restarts > 0 && restarted(w) && w.wire.is_empty());
+    assert_eq!(w.a().restarts, 1);
+    assert_eq!(w.b().restarts, 0, "only the offerer restarts (no glare)");
+    // Both took their places back on new sockets on the way (a network change may have
+    // killed the old ones without a word), and both still count themselves connected.
+    for p in [w.a(), w.b()] {
+        assert!(
+            p.sent
+                .iter()
+                .any(|m| matches!(m, ClientMessage::Reclaim { lost: false, .. })),
+            "{:?}",
+            p.sent
+        );
+        assert!(p.rv.is_connected());
+        assert!(reconnecting(p).is_empty(), "the connection is not given up");
+    }
+    // Once the path is up, no more restarts.
+    path_up(&mut w);
+    w.run_for(Duration::from_secs(60));
+    assert_eq!(w.a().restarts, 1);
+    connected(&w);
+}
+
+#[test]
+fn the_sender_restarts_when_the_receiver_noticed_first() {
+    let (mut w, _) = held_and_connected();
+    // B's socket to the server dies with its path; A's path goes down a moment later.
+    w.schedule(Duration::ZERO, Wire::ServerGone(Who::B));
+    w.run_for(Duration::from_secs(2));
+    let now = w.now;
+    w.peers.get_mut(&Who::A).unwrap().rv.path_down(now);
+    w.peers.get_mut(&Who::B).unwrap().rv.path_down(now);
+    w.run_until(|w| w.a().restarts > 0 && restarted(w) && w.wire.is_empty());
+    assert_eq!(w.a().restarts, 1);
+    connected(&w);
+}
+
+#[test]
+fn a_receiver_whose_path_is_down_asks_the_sender_to_restart() {
+    // Only the receiver's side sees the path down (its NAT mapped anew; the sender still
+    // hears its checks from the new port): once back in the room it says so, and the
+    // sender restarts though its own path looks up.
+    let (mut w, _) = held_and_connected();
+    let now = w.now;
+    w.peers.get_mut(&Who::B).unwrap().rv.path_down(now);
+    w.run_until(|w| w.a().restarts > 0 && restarted(w) && w.wire.is_empty());
+    assert_eq!(w.a().restarts, 1, "path_down and peer_back: one restart");
+    connected(&w);
+    // Still down on B's side: it asks again, and A restarts again.
+    w.run_for(RESTART_AGAIN + Duration::from_millis(200));
+    assert_eq!(w.a().restarts, 2);
+    let now = w.now;
+    w.peers.get_mut(&Who::B).unwrap().rv.path_up(now);
+    w.run_for(RESTART_AGAIN * 3);
+    assert_eq!(w.a().restarts, 2, "no more once B's path is up");
+}
+
+#[test]
+fn the_sender_restarts_again_while_the_path_stays_down() {
+    let (mut w, _) = held_and_connected();
+    path_down(&mut w);
+    w.run_for(RESTART_AGAIN * 2 + Duration::from_millis(500));
+    assert_eq!(w.a().restarts, 3);
+    assert!(w.a().rv.is_connected() && w.b().rv.is_connected());
+}
+
+#[test]
+fn a_path_down_too_long_is_given_up_and_recovered_through_the_room() {
+    let (mut w, link) = held_and_connected();
+    path_down(&mut w);
+    let down_at = w.now;
+    w.run_until(|w| !w.a().rv.is_connected() && !w.b().rv.is_connected());
+    assert!(
+        w.now - down_at <= PATH_GIVE_UP + HOP,
+        "{:?}",
+        w.now - down_at
+    );
+    // The drivers now do what they do for any lost link: the creator waits in its room,
+    // the joiner joins again, and a new connection comes up.
+    assert!(w.a_loses_link());
+    w.b_rejoins(&link);
+    w.run();
+    connected(&w);
+}
+
+#[test]
+fn a_joiner_whose_socket_died_takes_its_place_back_quietly() {
+    let (mut w, _) = held_and_connected();
+    w.schedule(Duration::ZERO, Wire::ServerGone(Who::B));
+    w.run_for(Duration::from_secs(2));
+    assert!(
+        w.b().sent.iter().any(|m| matches!(
+            m,
+            ClientMessage::Reclaim { token, lost: false, .. } if token == "jtok1"
+        )),
+        "{:?}",
+        w.b().sent
+    );
+    assert_eq!(w.room.joiner, Some(Who::B));
+    assert!(w.a().rv.is_connected() && w.b().rv.is_connected());
+    assert!(reconnecting(w.a()).is_empty() && reconnecting(w.b()).is_empty());
+    assert!(!w.a().rv.peer_away, "the creator heard it is back");
+}
+
+#[test]
+fn the_sender_restarts_only_once_the_receiver_is_back_and_its_signals_open_after_a_gap() {
+    let (mut w, _) = held_and_connected();
+    // The receiver's network changed: its socket to the server is dead and its path too;
+    // the server notices at once, the receiver only a while later.
+    w.unheard_closes = None;
+    w.schedule(Duration::ZERO, Wire::Closed(Who::B));
+    let now = w.now;
+    w.peers.get_mut(&Who::A).unwrap().rv.path_down(now);
+    w.peers.get_mut(&Who::B).unwrap().connects = false;
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(
+        w.a().restarts,
+        0,
+        "no restart while nothing says B can hear it (the old pair may still come back)"
+    );
+    // B's network is back: it finds its socket dead and takes its place back; A hears it and
+    // restarts, and the offer opens although the signals before it never arrived.
+    // The first restart's signals are lost on the way (B's new socket dropped too).
+    w.faults = sealed_to(Who::B, |n| match n {
+        1..=3 => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    let now = w.now;
+    w.peers.get_mut(&Who::B).unwrap().rv.path_down(now);
+    w.peers.get_mut(&Who::B).unwrap().connects = true;
+    w.schedule(Duration::ZERO, Wire::ServerGone(Who::B));
+    w.run_until(|w| w.a().restarts >= 2 && restarted(w) && w.wire.is_empty());
+    assert_eq!(w.a().restarts, 2, "the second restart went through");
+    assert!(w.a().rv.is_connected() && w.b().rv.is_connected());
+    assert!(w.b().failed.is_none());
+}
+
+#[test]
+fn the_sender_restarts_when_it_hears_the_receiver_at_a_new_address() {
+    // Only the sender sees the path down; the receiver's side still hears the sender's
+    // answers to its checks from a new port, so it neither reclaims nor asks.
+    let (mut w, _) = held_and_connected();
+    let now = w.now;
+    w.peers.get_mut(&Who::A).unwrap().rv.path_down(now);
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.a().restarts, 0, "nothing says the receiver is reachable");
+    let now = w.now;
+    w.peers.get_mut(&Who::A).unwrap().rv.peer_moved(now);
+    w.run_until(|w| w.a().restarts > 0 && restarted(w) && w.wire.is_empty());
+    assert_eq!(w.a().restarts, 1);
+    connected(&w);
+    // Up again: a later move while up is nothing to act on.
+    path_up(&mut w);
+    let now = w.now;
+    w.peers.get_mut(&Who::A).unwrap().rv.peer_moved(now);
+    w.run_for(Duration::from_secs(5));
+    assert_eq!(w.a().restarts, 1);
 }
