@@ -531,8 +531,8 @@ fn close_soon(pc: Arc<dyn PeerConnection>) {
 
 /// Whether the other peer shows up at a new address while the path is down: its checks
 /// arrive from a port ICE never heard of (peer-reflexive), as when its router maps anew.
-/// Known are every remote address from while the path was last up (at open and each time it
-/// came back) and every one the other peer signalled since.
+/// Known are the remote addresses from while the path was last up (at open and each time it
+/// came back).
 struct PeerWatch {
     known: std::collections::HashSet<String>,
     down: bool,
@@ -569,20 +569,18 @@ impl PeerWatch {
     }
 
     /// Down, ICE learnt a remote address from the other peer's checks that it did not know
-    /// (once per address).
+    /// (once per address). Nothing is read while the path is up: an address learnt then may
+    /// be the move itself, noticed before ICE gives the old pair up, and one the other peer
+    /// signalled never counts.
     async fn moved(&mut self, pc: &dyn PeerConnection) -> bool {
+        if !self.down {
+            return false;
+        }
         let mut new = false;
         for (address, learnt) in crate::rtc::remote_addresses(pc).await {
-            if self.known.contains(&address) {
-                continue;
+            if self.known.insert(address) {
+                new |= learnt;
             }
-            if learnt && !self.down {
-                // Heard while the path still looks up: may be the move itself, noticed
-                // before ICE gives the old pair up; judged once it is down.
-                continue;
-            }
-            new |= learnt;
-            self.known.insert(address);
         }
         new
     }

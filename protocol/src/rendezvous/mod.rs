@@ -403,6 +403,34 @@ struct Negotiation {
     end_held: bool,
 }
 
+/// The path under an open connection, as the driver reports it, and this side's ICE
+/// restarts (see the module invariants). A new connection starts from the default.
+#[derive(Debug, Default)]
+struct PathWatch {
+    /// Since when the driver says the path is down ([`Rendezvous::path_down`]).
+    down_since: Option<Duration>,
+    /// Its path down: when the file sender restarts ICE next, or the receiver asks for it
+    /// again (`path_down`).
+    restart_at: Option<Duration>,
+    /// When the file sender last restarted ICE.
+    restarted: Option<Duration>,
+    /// The other side took its place in the room back since the path was last up (it can
+    /// hear signals; its own path went down, maybe before this side's did).
+    peer_back: bool,
+    /// The path stayed down for [`PATH_GIVE_UP`]: this connection is given up.
+    gone: bool,
+}
+
+impl PathWatch {
+    /// The path is up again: nothing to restart (a restart's time and a given-up connection
+    /// stay as they are).
+    fn up(&mut self) {
+        self.down_since = None;
+        self.restart_at = None;
+        self.peer_back = false;
+    }
+}
+
 /// One peer's rendezvous. See the module documentation.
 #[derive(Debug)]
 pub struct Rendezvous {
@@ -451,18 +479,8 @@ pub struct Rendezvous {
     told_lost: bool,
     /// What the reclaim on its way said of the connection (`None`: not sent yet).
     reclaim_said_lost: Option<bool>,
-    /// Connected: since when the driver says the path is down ([`Rendezvous::path_down`]).
-    down_since: Option<Duration>,
-    /// Its path down: when the file sender restarts ICE next, or the receiver asks for it
-    /// again (`path_down`).
-    restart_at: Option<Duration>,
-    /// When the file sender last restarted ICE.
-    restarted: Option<Duration>,
-    /// Connected: the other side took its place in the room back since the path was last up
-    /// (it can hear signals; its own path went down, maybe before this side's did).
-    peer_back: bool,
-    /// The path stayed down for [`PATH_GIVE_UP`]: this connection is given up.
-    path_gone: bool,
+    /// The path under the open connection: down, restarts.
+    path: PathWatch,
     /// A first join met the creator away (`peer_away`) and tries again until `rejoin_until`.
     away_wait: bool,
     server_up: bool,
@@ -584,11 +602,7 @@ impl Rendezvous {
             newcomer: None,
             told_lost: false,
             reclaim_said_lost: None,
-            down_since: None,
-            restart_at: None,
-            restarted: None,
-            peer_back: false,
-            path_gone: false,
+            path: PathWatch::default(),
             away_wait: false,
             server_up: false,
             out: VecDeque::new(),
@@ -626,7 +640,7 @@ impl Rendezvous {
 
     /// The data channel is open (and its connection not given up).
     pub fn is_connected(&self) -> bool {
-        self.stage == Stage::Connected && !self.told_lost && !self.path_gone
+        self.stage == Stage::Connected && !self.told_lost && !self.path.gone
     }
 
     /// The STUN/TURN servers handed out so far (drivers may start probing them early).
@@ -812,7 +826,7 @@ impl Rendezvous {
                 if self.stage == Stage::Connected && !self.server_up {
                     // A restart's offer with the socket gone meanwhile: it is lost, so the
                     // next occasion (`reclaimed`) restarts again at once.
-                    self.restarted = None;
+                    self.path.restarted = None;
                 }
                 let sdp = self.hold_relays_of(sdp, now);
                 self.send_sealed(&PeerSignal::Description { kind, sdp });
@@ -886,11 +900,7 @@ impl Rendezvous {
         }
         self.stage = Stage::Connected;
         self.deadline = None;
-        self.down_since = None;
-        self.restart_at = None;
-        self.restarted = None;
-        self.peer_back = false;
-        self.path_gone = false;
+        self.path = PathWatch::default();
         self.rejoin_until = None;
         self.away_wait = false;
         self.attempts = 0;
@@ -938,15 +948,15 @@ impl Rendezvous {
     /// heard back. See the module invariants.
     pub fn path_down(&mut self, now: Duration) {
         self.now = now;
-        if !self.is_connected() || self.down_since.is_some() {
+        if !self.is_connected() || self.path.down_since.is_some() {
             return;
         }
-        self.down_since = Some(now);
+        self.path.down_since = Some(now);
         let reclaim = self.can_reclaim() && !self.reclaiming;
         // With its socket kept, the receiver asks for a restart at once, and the file sender
         // restarts if the receiver was heard; else both once they have their places back
         // (`Reclaimed`).
-        let asks = self.role == Some(TransferRole::Receiver) || self.peer_back;
+        let asks = self.role == Some(TransferRole::Receiver) || self.path.peer_back;
         if asks && !reclaim {
             self.restart_ice();
         }
@@ -960,10 +970,10 @@ impl Rendezvous {
     /// reached there, which only a restart nominates. The file sender restarts now.
     pub fn peer_moved(&mut self, now: Duration) {
         self.now = now;
-        if self.stage != Stage::Connected || self.down_since.is_none() || self.peer_back {
+        if self.stage != Stage::Connected || self.path.down_since.is_none() || self.path.peer_back {
             return;
         }
-        self.peer_back = true;
+        self.path.peer_back = true;
         self.restart_ice();
     }
 
@@ -971,9 +981,7 @@ impl Rendezvous {
     pub fn path_up(&mut self, now: Duration) {
         self.now = now;
         if self.stage == Stage::Connected {
-            self.down_since = None;
-            self.restart_at = None;
-            self.peer_back = false;
+            self.path.up();
         }
     }
 
@@ -1007,12 +1015,17 @@ impl Rendezvous {
 
     pub fn handle_timeout(&mut self, now: Duration) {
         self.now = now;
-        if self.restart_at.is_some_and(|t| t <= now) {
+        if self.path.restart_at.is_some_and(|t| t <= now) {
             self.restart_ice();
         }
-        if self.is_connected() && self.down_since.is_some_and(|t| now >= t + PATH_GIVE_UP) {
-            self.path_gone = true;
-            self.restart_at = None;
+        if self.is_connected()
+            && self
+                .path
+                .down_since
+                .is_some_and(|t| now >= t + PATH_GIVE_UP)
+        {
+            self.path.gone = true;
+            self.path.restart_at = None;
         }
         if self.neg.gather_deadline.is_some_and(|t| t <= now) {
             self.neg.gather_deadline = None;
@@ -1079,8 +1092,9 @@ impl Rendezvous {
             self.neg.relay_release,
             self.retry_at,
             self.rejoin_until.filter(|_| self.stage < Stage::Connected),
-            self.restart_at,
-            self.down_since
+            self.path.restart_at,
+            self.path
+                .down_since
                 .filter(|_| self.is_connected())
                 .map(|t| t + PATH_GIVE_UP),
             Some(self.now + IDLE),
@@ -1236,8 +1250,8 @@ impl Rendezvous {
             return;
         }
         self.peer_away = false;
-        self.peer_back = true;
-        if self.down_since.is_some() {
+        self.path.peer_back = true;
+        if self.path.down_since.is_some() {
             self.restart_ice();
         }
     }
@@ -1248,11 +1262,11 @@ impl Rendezvous {
     /// down.
     fn restart_ice(&mut self) {
         if !self.is_connected() {
-            self.restart_at = None;
+            self.path.restart_at = None;
             return;
         }
-        if self.down_since.is_some() {
-            self.restart_at = Some(self.now + RESTART_AGAIN);
+        if self.path.down_since.is_some() {
+            self.path.restart_at = Some(self.now + RESTART_AGAIN);
         }
         // Not while either side is away from the server: nothing would reach the other side,
         // and every sealed message lost widens the gap its counter must skip. Its return
@@ -1266,13 +1280,15 @@ impl Rendezvous {
             return self.send_sealed(&PeerSignal::PathDown);
         }
         // A `path_down` and a `peer_back` for the same loss come together: one restart.
+        let now = self.now;
         if self
+            .path
             .restarted
-            .is_some_and(|t| self.now < t + RESTART_AGAIN / 3)
+            .is_some_and(|t| now < t + RESTART_AGAIN / 3)
         {
             return;
         }
-        self.restarted = Some(self.now);
+        self.path.restarted = Some(self.now);
         self.neg = Negotiation {
             adverts: self.advertised.clone(),
             describing: Some(SdpKind::Offer),
@@ -1460,8 +1476,8 @@ impl Rendezvous {
                 self.deadline = None;
                 // Its path down, a receiver is heard again: it asks for the restart. (A file
                 // sender back in the room knows nothing yet of the receiver.)
-                let asks = self.role == Some(TransferRole::Receiver) || self.peer_back;
-                if self.down_since.is_some() && asks {
+                let asks = self.role == Some(TransferRole::Receiver) || self.path.peer_back;
+                if self.path.down_since.is_some() && asks {
                     self.restart_ice();
                 }
             }
@@ -1521,11 +1537,7 @@ impl Rendezvous {
         self.peer_role = None;
         self.peer_away = false;
         self.both_in_room = None;
-        self.down_since = None;
-        self.restart_at = None;
-        self.restarted = None;
-        self.peer_back = false;
-        self.path_gone = false;
+        self.path = PathWatch::default();
         self.neg = Negotiation {
             adverts: self.advertised.clone(),
             ..Negotiation::default()
