@@ -252,14 +252,15 @@ pub async fn send(
 
     let result: anyhow::Result<()> = async {
         loop {
+            // Whatever has arrived first (acks and cancels are small and rare), then what
+            // that and anything earlier queued.
+            while let Ok(frame) = inbox.try_recv() {
+                sm.handle_frame(&frame, clock.now()).map_err(map_err)?;
+            }
             while let Some(f) = sm.poll_transmit(clock.now()) {
                 if let Err(e) = send_frame(&*dc, BytesMut::from(&f[..])).await {
                     return Err(explain_loss(&mut sm, &mut inbox, clock, e).await);
                 }
-            }
-            // Whatever has arrived first: acks and cancels are small and rare.
-            while let Ok(frame) = inbox.try_recv() {
-                sm.handle_frame(&frame, clock.now()).map_err(map_err)?;
             }
             while let Some(ev) = sm.poll_event() {
                 match ev {

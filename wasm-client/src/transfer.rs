@@ -364,17 +364,18 @@ pub async fn send(
 
     let result: Result<()> = async {
         loop {
-            while let Some(f) = sm.poll_transmit(js::now()) {
-                if let Err(e) = wire.send(&f).await {
-                    return Err(explain_loss(&mut sm, &mut wire, e).await);
-                }
-            }
+            // Whatever has arrived first, then what that and anything earlier queued.
             while let Ok(inc) = wire.inbox.try_recv() {
                 let f = match closed_or_frame(Some(inc)) {
                     Ok(f) => f,
                     Err(e) => return Err(explain_loss(&mut sm, &mut wire, e).await),
                 };
                 sm.handle_frame(&f, js::now())?;
+            }
+            while let Some(f) = sm.poll_transmit(js::now()) {
+                if let Err(e) = wire.send(&f).await {
+                    return Err(explain_loss(&mut sm, &mut wire, e).await);
+                }
             }
             while let Some(ev) = sm.poll_event() {
                 match ev {

@@ -284,6 +284,18 @@ impl Continued {
     }
 }
 
+/// An endpoint's next timeout: `timer`, or [`Duration::ZERO`] (due already) while `out`
+/// holds a frame not yet taken by `poll_transmit`. A driver that handles frames and then
+/// waits on the timer without transmitting first (both hellos read in one go, say) would
+/// otherwise wait on a peer that waits on it; this way it wakes at once and transmits.
+fn due(out: &VecDeque<Vec<u8>>, timer: Option<Duration>) -> Option<Duration> {
+    if out.is_empty() {
+        timer
+    } else {
+        Some(Duration::ZERO)
+    }
+}
+
 /// Hello handling and its resend timer, shared by both ends, and the pairs each side says it
 /// sends on (carried by hellos, then by `path` frames when they change).
 #[derive(Debug)]

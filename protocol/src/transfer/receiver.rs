@@ -4,7 +4,7 @@ use super::frame::{self, Control, Frame, Held, ResumeAt};
 use super::names::{self, SafePath};
 use super::{
     CancelReason, Continued, HelloState, MAX_OFFER_ENTRIES, MAX_OFFER_NAME_BYTES, Offer,
-    OfferEntry, RECEIVE_STALL, Role, TransferError,
+    OfferEntry, RECEIVE_STALL, Role, TransferError, due,
 };
 use crate::path::PairView;
 use core::time::Duration;
@@ -694,11 +694,14 @@ impl Receiver {
         self.events.pop_front()
     }
 
+    /// When [`Receiver::handle_timeout`] should next be called: at once while a frame waits
+    /// for [`Receiver::poll_transmit`] (see [`due`]).
     pub fn poll_timeout(&self) -> Option<Duration> {
-        match self.state {
+        let timer = match self.state {
             State::Hello => self.hello.timeout(),
             _ => self.stall_at(),
-        }
+        };
+        due(&self.out, timer)
     }
 
     /// When silence becomes a stall: only while waiting for the offer, which the sender

@@ -1,7 +1,9 @@
 //! The sending end of a transfer.
 
 use super::frame::{self, Control, DATA_HEADER_LEN, Frame, Held, MAX_FRAME, ResumeAt};
-use super::{CancelReason, Continued, DEFAULT_CHUNK, HelloState, OfferEntry, Role, TransferError};
+use super::{
+    CancelReason, Continued, DEFAULT_CHUNK, HelloState, OfferEntry, Role, TransferError, due,
+};
 use crate::path::PairView;
 use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
@@ -494,9 +496,13 @@ impl Sender {
         self.events.pop_front()
     }
 
-    /// When [`Sender::handle_timeout`] should next be called.
+    /// When [`Sender::handle_timeout`] should next be called: at once while a frame waits
+    /// for [`Sender::poll_transmit`] (see [`due`]).
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.hello.timeout().filter(|_| self.state == State::Hello)
+        due(
+            &self.out,
+            self.hello.timeout().filter(|_| self.state == State::Hello),
+        )
     }
 
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), TransferError> {

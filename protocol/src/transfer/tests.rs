@@ -316,6 +316,44 @@ fn lost_first_message_either_way_is_recovered_by_hello_resend() {
     }
 }
 
+/// The interleaving behind a native-suite stall: the sender's Hello is out, and both of the
+/// receiver's Hellos (its own, then its answer to ours) arrive before the sender looks.
+/// Handling them queues the sender's answer and its offer; a driver that then waits on
+/// `poll_timeout` without transmitting first must wake at once, or each side waits on the
+/// other (the receiver for the offer, the sender for a frame).
+#[test]
+fn frames_queued_by_handling_make_the_timeout_due_at_once() {
+    let now = Duration::from_secs(100);
+    let (entries, _) = mixed();
+    let mut tx = Sender::new(entries, 16 * 1024, now);
+    let mut rx = Receiver::new(now);
+    let tx_hello = tx.poll_transmit(now).expect("the sender's hello");
+    let rx_hello = rx.poll_transmit(now).expect("the receiver's hello");
+    rx.handle_frame(&tx_hello, now).unwrap();
+    let rx_answer = rx
+        .poll_transmit(now)
+        .expect("the receiver answers our hello");
+    assert_eq!(rx.poll_transmit(now), None);
+    tx.handle_frame(&rx_hello, now).unwrap();
+    tx.handle_frame(&rx_answer, now).unwrap();
+    // Nothing more will arrive until the sender transmits: its timer must say so.
+    assert_eq!(tx.poll_timeout(), Some(Duration::ZERO));
+    tx.handle_timeout(now).unwrap();
+    let mut offered = false;
+    while let Some(f) = tx.poll_transmit(now) {
+        rx.handle_frame(&f, now).unwrap();
+        offered |=
+            std::iter::from_fn(|| rx.poll_event()).any(|e| matches!(e, ReceiverEvent::Offer(_)));
+    }
+    assert!(offered, "the offer went out");
+    assert_ne!(tx.poll_timeout(), Some(Duration::ZERO));
+    // The receiver too: an accept queued is due at once, then its timer is its own again.
+    rx.accept().unwrap();
+    assert_eq!(rx.poll_timeout(), Some(Duration::ZERO));
+    while rx.poll_transmit(now).is_some() {}
+    assert_ne!(rx.poll_timeout(), Some(Duration::ZERO));
+}
+
 #[test]
 fn silent_peer_times_out() {
     let mut tx = Sender::with_default_chunk(vec![OfferEntry::file("a", 1)], Duration::ZERO);
