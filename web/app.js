@@ -133,9 +133,10 @@ function onEvent(ev) {
       break;
     case 'reconnecting':
       $('progress-title').textContent = 'Reconnecting…';
-      $('path-text').textContent = ev.reason === 'peer_left'
-        ? 'The other device left; waiting for it to come back.'
-        : 'The connection was lost; getting it back.';
+      $('path-text').textContent = {
+        peer_left: 'The other device left; waiting for it to come back.',
+        path_down: 'The connection went quiet; bringing it back.',
+      }[ev.reason] ?? 'The connection was lost; getting it back.';
       break;
     case 'reconnected':
       $('path-text').textContent = describePath(ev);

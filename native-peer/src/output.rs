@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::event::{self, Event};
 use protocol::signal::TransferRole;
 use std::io::{IsTerminal as _, Write as _};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `progress` lines at most this often with `--json` (the last one always).
@@ -13,9 +14,8 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
 pub struct Output {
-    json: bool,
+    shared: Shared,
     tty: bool,
-    bar: Option<ProgressBar>,
     last_progress: Option<Instant>,
     /// What this side does, for the closing line ("Sent"/"Received").
     pub role: Option<TransferRole>,
@@ -26,9 +26,11 @@ pub struct Output {
 impl Output {
     pub fn new(json: bool) -> Self {
         Self {
-            json,
+            shared: Shared {
+                json,
+                bar: Arc::default(),
+            },
             tty: std::io::stdout().is_terminal(),
-            bar: None,
             last_progress: None,
             role: None,
             hint: "Open this link on the other device:",
@@ -36,17 +38,25 @@ impl Output {
     }
 
     pub fn is_json(&self) -> bool {
-        self.json
+        self.shared.json
+    }
+
+    /// What a task beside the transfer may show while it runs.
+    pub fn shared(&self) -> Shared {
+        self.shared.clone()
     }
 
     /// A human line on stderr (kept off stdout so links stay easy to pipe).
     pub fn note(&self, msg: &str) {
-        if !self.json {
-            match &self.bar {
-                Some(b) => b.println(msg),
-                None => eprintln!("{msg}"),
-            }
-        }
+        self.shared.note(msg);
+    }
+
+    fn bar(&self) -> Option<ProgressBar> {
+        self.shared.bar.lock().expect("bar").clone()
+    }
+
+    fn take_bar(&self) -> Option<ProgressBar> {
+        self.shared.bar.lock().expect("bar").take()
     }
 
     /// Show one event.
@@ -54,8 +64,8 @@ impl Output {
         if let Event::Progress(p) = e {
             return self.progress(p);
         }
-        if self.json {
-            self.emit(e);
+        if self.shared.json {
+            self.shared.emit(e);
             return;
         }
         match e {
@@ -67,20 +77,7 @@ impl Output {
                 v.words.join(" ")
             ),
             Event::Connected(c) => eprintln!("Connected: {}", c.path),
-            Event::Reconnecting(r) => {
-                if let Some(b) = &self.bar {
-                    b.set_message("reconnecting…");
-                }
-                self.note(match r.reason {
-                    event::ReconnectReason::LinkLost => {
-                        "The connection was lost; waiting for the other peer to come back…"
-                    }
-                    event::ReconnectReason::PeerLeft => {
-                        "The other peer left; waiting for it to come back (the same link or code, run again)…"
-                    }
-                });
-            }
-            Event::Reconnected(c) => self.note(&format!("Reconnected: {}", c.path)),
+            Event::Reconnecting(_) | Event::Reconnected(_) => self.shared.event(e),
             Event::Offer(o) => eprintln!("{} file(s), {}", o.files, indicatif::HumanBytes(o.bytes)),
             Event::Accepted(a) => self.start(a.bytes),
             Event::Resumed(r) => self.note(&format!(
@@ -94,7 +91,7 @@ impl Output {
             )),
             Event::Done(d) => self.done(d),
             Event::Error(f) => {
-                if let Some(b) = self.bar.take() {
+                if let Some(b) = self.take_bar() {
                     b.abandon();
                 }
                 eprintln!("error: {}", f.message);
@@ -111,12 +108,6 @@ impl Output {
     /// decline reason): it never drives the terminal.
     pub fn error(&mut self, err: &anyhow::Error) {
         self.event(&Event::error(printable(&format!("{err:#}"))));
-    }
-
-    fn emit(&self, e: &Event) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", e.to_json());
-        let _ = out.flush();
     }
 
     fn ready(&self, r: &event::Ready) {
@@ -151,24 +142,24 @@ impl Output {
             .expect("static template")
             .progress_chars("█▉▊▋▌▍▎▏ "),
         );
-        self.bar = Some(bar);
+        *self.shared.bar.lock().expect("bar") = Some(bar);
     }
 
     fn progress(&mut self, p: &event::Progress) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = self.bar() {
             b.set_position(p.bytes);
         }
-        if self.json {
+        if self.shared.json {
             let now = Instant::now();
             if self.last_progress.is_none_or(|t| now - t >= PROGRESS_EVERY) || p.bytes == p.total {
                 self.last_progress = Some(now);
-                self.emit(&Event::Progress(p.clone()));
+                self.shared.emit(&Event::Progress(p.clone()));
             }
         }
     }
 
     fn done(&mut self, d: &event::Done) {
-        if let Some(b) = self.bar.take() {
+        if let Some(b) = self.take_bar() {
             b.finish_and_clear();
         }
         let rate = if d.seconds > 0.0 {
@@ -191,6 +182,66 @@ impl Output {
         if let Some(why) = d.path.reason {
             eprintln!("Relayed because: {why}");
         }
+    }
+}
+
+/// The part of [`Output`] that a task beside the transfer writes to as well: the signalling
+/// that goes on after open says `reconnecting` and `reconnected` while the transfer itself
+/// may be blocked on the path that went down.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    json: bool,
+    /// The progress bar, once the transfer started.
+    bar: Arc<Mutex<Option<ProgressBar>>>,
+}
+
+impl Shared {
+    /// Show `reconnecting` or `reconnected` (what else it is given, as JSON only).
+    pub fn event(&self, e: &Event) {
+        if self.json {
+            return self.emit(e);
+        }
+        let bar = self.bar.lock().expect("bar").clone();
+        match e {
+            Event::Reconnecting(r) => {
+                if let Some(b) = &bar {
+                    b.set_message("reconnecting…");
+                }
+                self.note(match r.reason {
+                    event::ReconnectReason::LinkLost => {
+                        "The connection was lost; waiting for the other peer to come back…"
+                    }
+                    event::ReconnectReason::PeerLeft => {
+                        "The other peer left; waiting for it to come back (the same link or code, run again)…"
+                    }
+                    event::ReconnectReason::PathDown => {
+                        "The connection went quiet; bringing it back…"
+                    }
+                });
+            }
+            Event::Reconnected(c) => {
+                if let Some(b) = &bar {
+                    b.set_message("");
+                }
+                self.note(&format!("Reconnected: {}", c.path));
+            }
+            _ => {}
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        if !self.json {
+            match &*self.bar.lock().expect("bar") {
+                Some(b) => b.println(msg),
+                None => eprintln!("{msg}"),
+            }
+        }
+    }
+
+    fn emit(&self, e: &Event) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", e.to_json());
+        let _ = out.flush();
     }
 }
 

@@ -31,9 +31,9 @@ use webrtc::data_channel::DataChannelEvent;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
 use crate::netwatch::{self, Watch};
-use crate::output::Output as Screen;
+use crate::output::{Output as Screen, Shared};
 use crate::portmap;
-use crate::rtc::{Link, NetOptions, PcEvent, Peer};
+use crate::rtc::{Link, NetOptions, PathReader, PcEvent, Peer};
 use crate::transfer::{Interrupt, interrupted};
 use crate::turn_tcp;
 
@@ -305,7 +305,7 @@ pub async fn connect(
                 d.server.close().await;
                 return Err(e.into());
             }
-            Output::Timeout(_) if d.rv.is_connected() => return d.into_link(),
+            Output::Timeout(_) if d.rv.is_connected() => return d.into_link(screen.shared()),
             Output::Timeout(t) => {
                 let wake = d.wait(t, interrupt).await;
                 d.wake(wake).await;
@@ -452,7 +452,9 @@ impl Driver<'_> {
             Wake::Channel(Some(DataChannelEvent::OnClose) | None) => self
                 .rv
                 .local_error("the data channel closed before it opened", now),
-            Wake::Channel(Some(_)) => {}
+            Wake::Channel(Some(ev)) => {
+                tracing::debug!(?ev, "channel event before the link was handed over")
+            }
             Wake::Advert => {
                 for c in self.adverts.ready() {
                     self.rv.advertise(c, now);
@@ -475,7 +477,7 @@ impl Driver<'_> {
     }
 
     /// Hand over the open link, leaving the signalling to run on in the background.
-    fn into_link(self) -> anyhow::Result<Link> {
+    fn into_link(self, screen: Shared) -> anyhow::Result<Link> {
         let Driver {
             clock,
             rv,
@@ -506,15 +508,16 @@ impl Driver<'_> {
             adverts,
         };
         let (replaced, gone) = watch::channel(false);
+        let reader = peer.path_reader(ctx);
         let late = tokio::spawn(late_signalling(
             clock,
             sig,
-            peer.pc.clone(),
+            (peer.pc.clone(), reader.clone()),
             (events, state),
-            stopped,
-            replaced,
+            (stopped, replaced),
+            screen,
         ));
-        let mut link = Link::new(peer, dc, path, both_in_room, role, ctx, (stop, late));
+        let mut link = Link::new(peer, dc, path, both_in_room, role, reader, (stop, late));
         link.again = again;
         link.gone = gone;
         Ok(link)
@@ -595,13 +598,13 @@ impl PeerWatch {
 async fn late_signalling(
     clock: Clock,
     sig: Signalling,
-    pc: Arc<dyn PeerConnection>,
+    (pc, reader): (Arc<dyn PeerConnection>, PathReader),
     (mut events, mut state): (
         mpsc::UnboundedReceiver<PcEvent>,
         watch::Receiver<RTCPeerConnectionState>,
     ),
-    mut stop: oneshot::Receiver<()>,
-    replaced: watch::Sender<bool>,
+    (mut stop, replaced): (oneshot::Receiver<()>, watch::Sender<bool>),
+    screen: Shared,
 ) -> Signalling {
     let Signalling {
         mut rv,
@@ -665,6 +668,8 @@ async fn late_signalling(
             }
             Output::CloseServer => server.close().await,
             Output::OpenServer => server = Server::connect(rv.server()),
+            // `reconnecting` as the path goes down, `reconnected` as it comes back.
+            Output::Event(e) => screen.event(&e),
             Output::Timeout(t) => {
                 tokio::select! {
                     _ = &mut stop => break,
@@ -694,7 +699,9 @@ async fn late_signalling(
                                     tracing::info!("the path to the other peer is down");
                                     rv.path_down(clock.now());
                                 }
-                                RTCPeerConnectionState::Connected => rv.path_up(clock.now()),
+                                RTCPeerConnectionState::Connected => {
+                                    rv.path_up(clock.now(), reader.now().await)
+                                }
                                 _ => {}
                             }
                             peer.path(s, &*pc).await;

@@ -157,8 +157,7 @@ pub struct Link {
     /// Becomes `true` when this connection is known dead, whatever its state says: the other
     /// peer came back through the room, or said it lost it, or this host's address changed.
     pub gone: watch::Receiver<bool>,
-    path_ctx: PathContext,
-    tcp_bridges: Vec<String>,
+    reader: PathReader,
     /// Dropped with the link.
     _bridges: Bridges,
     /// The signalling that carries late candidates, and how to ask it back.
@@ -196,7 +195,7 @@ impl Link {
         path: PathReport,
         both_in_room: Instant,
         role: TransferRole,
-        path_ctx: PathContext,
+        reader: PathReader,
         signalling: Background,
     ) -> Self {
         Self {
@@ -208,8 +207,7 @@ impl Link {
             role,
             again: false,
             gone: watch::channel(false).1,
-            path_ctx,
-            tcp_bridges: peer.bridges.urls.clone(),
+            reader,
             _bridges: peer.bridges,
             signalling: Some(signalling),
         }
@@ -225,7 +223,7 @@ impl Link {
 
     /// The path as it is now: ICE may have moved since the channel opened.
     pub async fn path_now(&self) -> PathReport {
-        selected_path(&*self.pc, &self.tcp_bridges, &self.path_ctx).await
+        self.reader.now().await
     }
 
     /// Close the connection, but never hang on it: the outcome is already decided, and
@@ -363,6 +361,29 @@ impl Peer {
 
     pub async fn path(&self, ctx: &PathContext) -> PathReport {
         selected_path(&*self.pc, &self.bridges.urls, ctx).await
+    }
+
+    /// What reads this connection's path later, described in `ctx`.
+    pub fn path_reader(&self, ctx: PathContext) -> PathReader {
+        PathReader {
+            pc: self.pc.clone(),
+            tcp_bridges: self.bridges.urls.clone(),
+            ctx,
+        }
+    }
+}
+
+/// Reads the path a connection uses now: its selected pair, described.
+#[derive(Clone)]
+pub struct PathReader {
+    pc: Arc<dyn PeerConnection>,
+    tcp_bridges: Vec<String>,
+    ctx: PathContext,
+}
+
+impl PathReader {
+    pub async fn now(&self) -> PathReport {
+        selected_path(&*self.pc, &self.tcp_bridges, &self.ctx).await
     }
 }
 

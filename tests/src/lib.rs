@@ -311,7 +311,9 @@ impl Peer {
             );
             assert!(
                 std::time::Instant::now() < deadline,
-                "no progress to {bytes} bytes; so far {so_far}"
+                "no progress to {bytes} bytes; so far {so_far}; events: {:?}\nstderr: {}",
+                self.seen,
+                self.stderr()
             );
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -400,6 +402,34 @@ pub fn assert_reconnected(who: &str, events: &[Event]) {
         lost.is_some() && lost < back && at("done").is_none_or(|d| back < Some(d)),
         "{who}: {names:?}"
     );
+}
+
+/// `who` kept its connection: it never said `reconnecting` for a connection that had to be
+/// replaced (`link_lost`, `peer_left`), and each `reconnecting` `path_down` (the path went
+/// down under the connection) was followed by `reconnected` (before `done`, if it finished).
+/// Returns whether it said `path_down` at all.
+pub fn assert_same_connection(who: &str, events: &[Event]) -> bool {
+    let names: Vec<&str> = events.iter().map(Event::name).collect();
+    let mut down = false;
+    let mut said = false;
+    for e in events {
+        if let Some(r) = event::Reconnecting::of(e) {
+            assert_eq!(
+                r.reason,
+                event::ReconnectReason::PathDown,
+                "{who} reconnected through the room: {names:?}"
+            );
+            down = true;
+            said = true;
+        }
+        match e.name() {
+            "reconnected" => down = false,
+            "done" => assert!(!down, "{who} finished while reconnecting: {names:?}"),
+            _ => {}
+        }
+    }
+    assert!(!down, "{who} never said reconnected: {names:?}");
+    said
 }
 
 /// How many events of kind `T` there are.

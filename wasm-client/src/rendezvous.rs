@@ -175,7 +175,7 @@ pub async fn connect(
                 let (p, path) = peer
                     .zip(opened)
                     .ok_or(Error::Usage("connected without a path"))?;
-                return Ok((into_link(rv, ws, p, path)?, picked));
+                return Ok((into_link(rv, ws, p, path, events.clone())?, picked));
             }
             Output::Timeout(t) => {
                 let wake = futures::select! {
@@ -240,7 +240,7 @@ async fn on_local(rv: &mut Rendezvous, peer: Option<&mut Peer>, ev: Local) -> Op
 }
 
 /// Hand over the open link; the signalling goes on in the background until it is dropped.
-fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> {
+fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport, sink: Events) -> Result<Link> {
     let role = rv.role().ok_or(Error::Usage("connected without a role"))?;
     let place = rv.place();
     let dc = p
@@ -257,7 +257,7 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport) -> Result<Link> 
         listeners,
         ..
     } = p;
-    let task = late_signalling(rv, ws, pc.clone(), events, state_tx, stopped);
+    let task = late_signalling(rv, ws, pc.clone(), (events, sink), state_tx, stopped);
     wasm_bindgen_futures::spawn_local(async move {
         let _ = back_tx.send(task.await);
     });
@@ -304,7 +304,7 @@ async fn late_signalling(
     mut rv: Rendezvous,
     mut ws: Ws,
     pc: RtcPeerConnection,
-    mut events: mpsc::UnboundedReceiver<Local>,
+    (mut events, sink): (mpsc::UnboundedReceiver<Local>, Events),
     state: mpsc::UnboundedSender<RtcPeerConnectionState>,
     stopped: oneshot::Receiver<()>,
 ) -> (Rendezvous, Ws) {
@@ -343,6 +343,8 @@ async fn late_signalling(
             // A page taking its place back on a new socket.
             Output::CloseServer => ws = Ws::none(),
             Output::OpenServer => ws = Ws::open(rv.server()),
+            // `reconnecting` as the path goes down, `reconnected` as it comes back.
+            Output::Event(e) => sink.emit(&e),
             Output::Timeout(t) => {
                 futures::select! {
                     _ = stopped => return (rv, ws),
@@ -366,7 +368,8 @@ async fn late_signalling(
                                 }
                                 RtcPeerConnectionState::Connected => {
                                     js::note("the path is up");
-                                    rv.path_up(js::now());
+                                    let path = peer::path_of(&pc).await.unwrap_or_else(PathReport::unknown);
+                                    rv.path_up(js::now(), path);
                                 }
                                 _ => {}
                             }

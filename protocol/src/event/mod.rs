@@ -141,6 +141,9 @@ pub enum ReconnectReason {
     LinkLost,
     /// The other peer's program left the room (it stopped, or it is already back).
     PeerLeft,
+    /// The path under the connection went down: the same connection is being brought back
+    /// (an ICE restart through the room), with the transfer where it stopped.
+    PathDown,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -152,7 +155,8 @@ pub struct Reconnecting {
 pub struct Reconnected {
     #[serde(flatten)]
     pub path: PathReport,
-    /// The other peer back in the room → data channel open again.
+    /// The other peer back in the room → data channel open again; for a connection brought
+    /// back in place (after `reconnecting` `path_down`), since both peers met in the room.
     pub ms_since_room: f64,
 }
 

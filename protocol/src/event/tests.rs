@@ -77,6 +77,13 @@ fn golden() -> Vec<(Event, &'static str)> {
             r#"{"event":"reconnecting","reason":"peer_left"}"#,
         ),
         (
+            Reconnecting {
+                reason: ReconnectReason::PathDown,
+            }
+            .into(),
+            r#"{"event":"reconnecting","reason":"path_down"}"#,
+        ),
+        (
             Reconnected {
                 path: path(),
                 ms_since_room: 3.0,

@@ -71,6 +71,7 @@ use std::collections::VecDeque;
 use crate::crypto::{Channel, CryptoError, Handshake, RoomRole};
 use crate::event::{self, Event, ReconnectReason};
 use crate::invite::{Invitation, ShareLink, ShortCode};
+use crate::path::PathReport;
 use crate::signal::{
     AbortReason, AuthKind, ClientMessage, ErrorCode, IceServer, PeerSignal, RoomRef,
     SIGNAL_VERSION, SdpKind, ServerMessage, TransferRole, WRONG_SECRET,
@@ -952,6 +953,9 @@ impl Rendezvous {
             return;
         }
         self.path.down_since = Some(now);
+        self.emit(event::Reconnecting {
+            reason: ReconnectReason::PathDown,
+        });
         let reclaim = self.can_reclaim() && !self.reclaiming;
         // With its socket kept, the receiver asks for a restart at once, and the file sender
         // restarts if the receiver was heard; else both once they have their places back
@@ -978,10 +982,18 @@ impl Rendezvous {
     }
 
     /// Connected, the path is up again (ICE says `connected`), on the old pair or a new one.
-    pub fn path_up(&mut self, now: Duration) {
+    pub fn path_up(&mut self, now: Duration, path: PathReport) {
         self.now = now;
-        if self.stage == Stage::Connected {
-            self.path.up();
+        if self.stage != Stage::Connected {
+            return;
+        }
+        let was_down = self.path.down_since.is_some();
+        self.path.up();
+        if was_down {
+            self.emit(event::Reconnected {
+                path,
+                ms_since_room: self.ms_since_room(now),
+            });
         }
     }
 

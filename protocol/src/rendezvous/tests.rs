@@ -2311,7 +2311,7 @@ fn path_down(w: &mut World) {
 fn path_up(w: &mut World) {
     let now = w.now;
     for p in w.peers.values_mut() {
-        p.rv.path_up(now);
+        p.rv.path_up(now, PathReport::unknown());
     }
 }
 
@@ -2340,13 +2340,26 @@ fn the_file_sender_restarts_ice_when_the_path_goes_down_and_the_receiver_answers
             p.sent
         );
         assert!(p.rv.is_connected());
-        assert!(reconnecting(p).is_empty(), "the connection is not given up");
+        // The person sees it: reconnecting, on the same connection (not given up).
+        assert_eq!(reconnecting(p), [ReconnectReason::PathDown]);
+        assert!(!p.events.iter().any(|e| e.name() == "reconnected"));
     }
-    // Once the path is up, no more restarts.
+    // Once the path is up, no more restarts; each side says it is back, once.
+    path_up(&mut w);
     path_up(&mut w);
     w.run_for(Duration::from_secs(60));
     assert_eq!(w.a().restarts, 1);
     connected(&w);
+    for p in [w.a(), w.b()] {
+        assert_eq!(reconnecting(p), [ReconnectReason::PathDown]);
+        let names: Vec<&str> = p.events.iter().map(Event::name).collect();
+        assert_eq!(
+            names.iter().filter(|n| **n == "reconnected").count(),
+            1,
+            "{names:?}"
+        );
+        assert!(names.ends_with(&["reconnected"]), "{names:?}");
+    }
 }
 
 #[test]
@@ -2378,7 +2391,11 @@ fn a_receiver_whose_path_is_down_asks_the_sender_to_restart() {
     w.run_for(RESTART_AGAIN + Duration::from_millis(200));
     assert_eq!(w.a().restarts, 2);
     let now = w.now;
-    w.peers.get_mut(&Who::B).unwrap().rv.path_up(now);
+    w.peers
+        .get_mut(&Who::B)
+        .unwrap()
+        .rv
+        .path_up(now, PathReport::unknown());
     w.run_for(RESTART_AGAIN * 3);
     assert_eq!(w.a().restarts, 2, "no more once B's path is up");
 }
