@@ -18,6 +18,8 @@ let sending = false;
 let total = 0;
 let startedAt = 0;
 let savedWhere = '';
+// What the progress title said before `reconnecting` (put back on `reconnected`).
+let titleBeforeReconnecting = '';
 // This receive page was reloaded while its transfer ran (the link is kept for the tab, see main).
 let reloaded = false;
 const LINK_KEY = `punchdrop:link:${location.pathname}`;
@@ -132,6 +134,9 @@ function onEvent(ev) {
         : 'Connected';
       break;
     case 'reconnecting':
+      // Over once done (a blip in the last moments changes nothing the person needs).
+      if (document.body.dataset.state === 'done') break;
+      if (!titleBeforeReconnecting) titleBeforeReconnecting = $('progress-title').textContent;
       $('progress-title').textContent = 'Reconnecting…';
       $('path-text').textContent = {
         peer_left: 'The other device left; waiting for it to come back.',
@@ -139,8 +144,11 @@ function onEvent(ev) {
       }[ev.reason] ?? 'The connection was lost; getting it back.';
       break;
     case 'reconnected':
+      if (document.body.dataset.state === 'done') break;
       $('path-text').textContent = describePath(ev);
-      $('progress-title').textContent = sending ? 'Sending…' : 'Receiving…';
+      // Back to what it said before (waiting for an accept, sending, receiving).
+      $('progress-title').textContent = titleBeforeReconnecting || (sending ? 'Sending…' : 'Receiving…');
+      titleBeforeReconnecting = '';
       break;
     case 'offer': {
       const n = ev.files;

@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::event::{self, Event};
 use protocol::signal::TransferRole;
 use std::io::{IsTerminal as _, Write as _};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// `progress` lines at most this often with `--json` (the last one always).
@@ -52,11 +52,19 @@ impl Output {
     }
 
     fn bar(&self) -> Option<ProgressBar> {
-        self.shared.bar.lock().expect("bar").clone()
+        self.shared
+            .bar
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn take_bar(&self) -> Option<ProgressBar> {
-        self.shared.bar.lock().expect("bar").take()
+        self.shared
+            .bar
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Show one event.
@@ -142,7 +150,11 @@ impl Output {
             .expect("static template")
             .progress_chars("█▉▊▋▌▍▎▏ "),
         );
-        *self.shared.bar.lock().expect("bar") = Some(bar);
+        *self
+            .shared
+            .bar
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(bar);
     }
 
     fn progress(&mut self, p: &event::Progress) {
@@ -201,7 +213,11 @@ impl Shared {
         if self.json {
             return self.emit(e);
         }
-        let bar = self.bar.lock().expect("bar").clone();
+        let bar = self
+            .bar
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         match e {
             Event::Reconnecting(r) => {
                 if let Some(b) = &bar {
@@ -231,9 +247,11 @@ impl Shared {
 
     fn note(&self, msg: &str) {
         if !self.json {
-            match &*self.bar.lock().expect("bar") {
-                Some(b) => b.println(msg),
-                None => eprintln!("{msg}"),
+            // Through the bar when it is drawn, so the line lands above it; a hidden bar (stderr
+            // is not a terminal) prints nothing.
+            match &*self.bar.lock().unwrap_or_else(PoisonError::into_inner) {
+                Some(b) if !b.is_hidden() => b.println(msg),
+                _ => eprintln!("{msg}"),
             }
         }
     }

@@ -474,11 +474,13 @@ fn settings(opts: &NetOptions) -> webrtc::peer_connection::SettingEngine {
         // 50 ms between checks (RFC 8445's Ta) instead of 200 ms: a direct path is found in
         // one round trip, and hole punching sends more often while both NATs open up.
         .with_ice_connection_attempts(Some(opts.ice_check_interval), Some(40))
-        // A vanished peer is noticed in seconds, not the default half-minute.
+        // A vanished peer is noticed in seconds, not the default half-minute. Checks every
+        // second keep the pair alive, and tell that a path is back within a second of it
+        // (SCTP then retransmits at once: patches/rtc-sctp, path restored).
         .with_ice_timeouts(
             Some(Duration::from_secs(5)),
             Some(Duration::from_secs(15)),
-            Some(Duration::from_secs(2)),
+            Some(Duration::from_secs(1)),
         )
         .build()
 }

@@ -406,8 +406,9 @@ pub fn assert_reconnected(who: &str, events: &[Event]) {
 
 /// `who` kept its connection: it never said `reconnecting` for a connection that had to be
 /// replaced (`link_lost`, `peer_left`), and each `reconnecting` `path_down` (the path went
-/// down under the connection) was followed by `reconnected` (before `done`, if it finished).
-/// Returns whether it said `path_down` at all.
+/// down under the connection) was followed by `reconnected`, or by `done` (SCTP's
+/// retransmissions can carry the end of a transfer before ICE's next check says the path is
+/// back). Returns whether it said `path_down` at all.
 pub fn assert_same_connection(who: &str, events: &[Event]) -> bool {
     let names: Vec<&str> = events.iter().map(Event::name).collect();
     let mut down = false;
@@ -422,10 +423,8 @@ pub fn assert_same_connection(who: &str, events: &[Event]) -> bool {
             down = true;
             said = true;
         }
-        match e.name() {
-            "reconnected" => down = false,
-            "done" => assert!(!down, "{who} finished while reconnecting: {names:?}"),
-            _ => {}
+        if matches!(e.name(), "reconnected" | "done") {
+            down = false;
         }
     }
     assert!(!down, "{who} never said reconnected: {names:?}");

@@ -724,6 +724,37 @@ impl Association {
         self.close(AssociationError::LocallyClosed)
     }
 
+    /// punchdrop patch: the layer below (ICE) says the path under the association works again
+    /// after an outage. If SCTP saw the outage too (T3-rtx expired with no SACK since), the
+    /// DATA outstanding is retransmitted now, as on a T3-rtx expiry, and the timer's backoff
+    /// is undone (the RTO from the RTT estimate): while the path was dead the timer backed
+    /// off, and its next expiry, which would otherwise find the path back, could be up to
+    /// RTO.max away. RFC 9260 undoes the backoff only on a new RTT sample; ICE's connectivity
+    /// check through the path is that evidence here. A no-op otherwise: with nothing
+    /// outstanding, or when SACKs kept coming (ICE's liveness is its own STUN traffic, so a
+    /// few lost checks can say `disconnected` under a transfer that never stopped).
+    pub fn on_path_restored(&mut self, now: Instant) {
+        if self.state() != AssociationState::Established
+            || self.inflight_queue.is_empty()
+            || self.timers.get(Timer::T3RTX).is_none()
+            || self.timers.expiries(Timer::T3RTX) == 0
+        {
+            return;
+        }
+        debug!("[{}] path restored: retransmitting now", self.side);
+        let rto = self.rto_mgr.get_rto();
+        self.timers.set(Timer::T3RTX, None);
+        self.on_retransmission_timeout(Timer::T3RTX, 0, now);
+        if self.state() == AssociationState::Closed {
+            return;
+        }
+        if !self.rto_mgr.restore() {
+            // No estimate to restore from: at least not backed off once more.
+            self.rto_mgr.rto = rto;
+        }
+        self.timers.start(Timer::T3RTX, now, self.rto_mgr.get_rto());
+    }
+
     /// Close ends the SCTP Association and cleans up any state
     pub fn close(&mut self, reason: AssociationError) -> Result<()> {
         if self.state() != AssociationState::Closed {

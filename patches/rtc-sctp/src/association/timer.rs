@@ -152,6 +152,12 @@ impl TimerTable {
         self.retrans[timer as usize] = 0;
     }
 
+    /// punchdrop patch: how often `timer` expired since it was last reset (for T3-rtx: since
+    /// a SACK last acknowledged progress).
+    pub fn expiries(&self, timer: Timer) -> usize {
+        self.retrans[timer as usize]
+    }
+
     pub fn is_expired(&mut self, timer: Timer, after: Instant) -> (bool, bool, usize) {
         let expired = self.data[timer as usize].is_some_and(|x| x <= after);
         let mut failure = false;
@@ -221,9 +227,14 @@ impl RtoManager {
             self.srtt = ((RTO_BASE - RTO_ALPHA) * self.srtt + RTO_ALPHA * rtt) / RTO_BASE;
         }
 
-        self.rto = (self.srtt + (4.0 * self.rttvar) as u64).clamp(RTO_MIN, RTO_MAX);
+        self.rto = self.estimated();
 
         self.srtt
+    }
+
+    /// The RTO the RTT estimate gives (RFC 9260 6.3.1 C3), without backoff.
+    fn estimated(&self) -> u64 {
+        (self.srtt + (4.0 * self.rttvar) as u64).clamp(RTO_MIN, RTO_MAX)
     }
 
     /// get_rto simply returns the current RTO in msec.
@@ -236,6 +247,17 @@ impl RtoManager {
         if !self.no_update {
             self.rto = self.rto.saturating_mul(2).min(RTO_MAX);
         }
+    }
+
+    /// punchdrop patch: undo the backoff, the RTO from the RTT estimate again (after an
+    /// outage, once the path is known to work: `Association::on_path_restored`).
+    /// Nothing to restore from without an RTT sample: `false`.
+    pub(crate) fn restore(&mut self) -> bool {
+        if self.no_update || self.srtt == 0 {
+            return false;
+        }
+        self.rto = self.estimated();
+        true
     }
 
     /// reset resets the RTO variables to the initial values.

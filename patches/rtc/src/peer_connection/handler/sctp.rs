@@ -1,7 +1,10 @@
-use crate::peer_connection::event::{RTCEventInternal, TaggedRTCEventInternal};
+use crate::peer_connection::event::{
+    RTCEventInternal, RTCPeerConnectionEvent, TaggedRTCEventInternal,
+};
 use crate::peer_connection::message::internal::{
     DTLSMessage, RTCMessageInternal, TaggedRTCMessageInternal,
 };
+use crate::peer_connection::state::ice_connection_state::RTCIceConnectionState;
 use crate::peer_connection::transport::sctp::SctpTransport;
 use bytes::BytesMut;
 use datachannel::data_channel::DataChannelMessage;
@@ -70,6 +73,11 @@ pub(crate) struct SctpHandlerContext {
     /// nothing seeded it; that fallback was taken on **every client connection**, for the flush
     /// that emits the INIT chunk. Seeding at construction makes the `Option` unnecessary.
     now: Instant,
+
+    /// punchdrop patch: ICE called the path `disconnected` and has not called it `connected`
+    /// since; when it does, the associations hear the path is back
+    /// (`Association::on_path_restored`).
+    path_down: bool,
 }
 
 impl SctpHandlerContext {
@@ -84,6 +92,7 @@ impl SctpHandlerContext {
             pending_readable: HashSet::new(),
             association_transport: HashMap::new(),
             now,
+            path_down: false,
         }
     }
 
@@ -743,6 +752,30 @@ impl<'a>
                 }
             }
             self.ctx.pending_readable.clear();
+        }
+
+        // punchdrop patch: after an outage (ICE `disconnected`, then `connected` again, on the
+        // old pair or, after an ICE restart, a new one), retransmit what is outstanding now
+        // rather than at SCTP's backed-off timer.
+        if let RTCEventInternal::RTCPeerConnectionEvent(
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state),
+        ) = &evt.event
+        {
+            match state {
+                RTCIceConnectionState::Disconnected => self.ctx.path_down = true,
+                RTCIceConnectionState::Connected if self.ctx.path_down => {
+                    self.ctx.path_down = false;
+                    debug!("sctp: the path is back");
+                    for association in self.ctx.sctp_transport.sctp_associations.values_mut() {
+                        association.on_path_restored(now);
+                    }
+                    self.ctx.flush_dirty = true;
+                }
+                RTCIceConnectionState::Failed | RTCIceConnectionState::Closed => {
+                    self.ctx.path_down = false
+                }
+                _ => {}
+            }
         }
 
         self.ctx.event_outs.push_back(evt);
