@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::event::{self, Event};
 use protocol::signal::TransferRole;
 use std::io::{IsTerminal as _, Write as _};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// `progress` lines at most this often with `--json` (the last one always).
@@ -51,20 +51,8 @@ impl Output {
         self.shared.note(msg);
     }
 
-    fn bar(&self) -> Option<ProgressBar> {
-        self.shared
-            .bar
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     fn take_bar(&self) -> Option<ProgressBar> {
-        self.shared
-            .bar
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.shared.bar().take()
     }
 
     /// Show one event.
@@ -150,15 +138,11 @@ impl Output {
             .expect("static template")
             .progress_chars("█▉▊▋▌▍▎▏ "),
         );
-        *self
-            .shared
-            .bar
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(bar);
+        *self.shared.bar() = Some(bar);
     }
 
     fn progress(&mut self, p: &event::Progress) {
-        if let Some(b) = self.bar() {
+        if let Some(b) = &*self.shared.bar() {
             b.set_position(p.bytes);
         }
         if self.shared.json {
@@ -208,16 +192,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The bar's slot. A panic while it was held (printing to a closed stderr) leaves it
+    /// usable.
+    fn bar(&self) -> MutexGuard<'_, Option<ProgressBar>> {
+        self.bar.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Show `reconnecting` or `reconnected` (what else it is given, as JSON only).
     pub fn event(&self, e: &Event) {
         if self.json {
             return self.emit(e);
         }
-        let bar = self
-            .bar
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let bar = self.bar().clone();
         match e {
             Event::Reconnecting(r) => {
                 if let Some(b) = &bar {
@@ -249,7 +235,7 @@ impl Shared {
         if !self.json {
             // Through the bar when it is drawn, so the line lands above it; a hidden bar (stderr
             // is not a terminal) prints nothing.
-            match &*self.bar.lock().unwrap_or_else(PoisonError::into_inner) {
+            match &*self.bar() {
                 Some(b) if !b.is_hidden() => b.println(msg),
                 _ => eprintln!("{msg}"),
             }

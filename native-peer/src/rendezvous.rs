@@ -15,7 +15,7 @@
 
 use anyhow::Context as _;
 use futures::{SinkExt as _, StreamExt as _};
-use protocol::path::{PathContext, PathReport};
+use protocol::path::PathReport;
 use protocol::rendezvous::{IceCandidate, LocalIce, Output, PeerSetup, Place, Rendezvous};
 use protocol::signal::ClientMessage;
 use std::future::Future;
@@ -265,8 +265,8 @@ struct Driver<'a> {
     adverts: Adverts,
     probe: Option<tokio::task::JoinHandle<bool>>,
     probed: bool,
-    /// The path the channel opened on, and what describing it took.
-    opened: Option<(PathReport, PathContext)>,
+    /// The path the channel opened on, and what reads it again later.
+    opened: Option<(PathReport, PathReader)>,
     /// A connection before this one was lost: the link says `reconnected`.
     again: bool,
 }
@@ -469,11 +469,12 @@ impl Driver<'_> {
     async fn opened(&mut self) {
         let Some(p) = &self.peer else { return };
         let ctx = p.path_context(self.net);
-        let path = p.path(&ctx).await;
+        let reader = p.path_reader(ctx);
+        let path = reader.now().await;
         let now = self.clock.now();
         tracing::info!(ms = now.as_millis() as u64, %path, "data channel open");
         self.rv.channel_open(now);
-        self.opened = Some((path, ctx));
+        self.opened = Some((path, reader));
     }
 
     /// Hand over the open link, leaving the signalling to run on in the background.
@@ -494,7 +495,7 @@ impl Driver<'_> {
             .clone()
             .context("connected without a channel")?;
         let role = rv.role().context("connected without a role")?;
-        let (path, ctx) = opened.context("connected without a path")?;
+        let (path, reader) = opened.context("connected without a path")?;
         let both_in_room = rv
             .both_in_room()
             .map(|t| clock.0 + t)
@@ -508,7 +509,6 @@ impl Driver<'_> {
             adverts,
         };
         let (replaced, gone) = watch::channel(false);
-        let reader = peer.path_reader(ctx);
         let late = tokio::spawn(late_signalling(
             clock,
             sig,

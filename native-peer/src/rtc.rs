@@ -359,10 +359,6 @@ impl Peer {
         }
     }
 
-    pub async fn path(&self, ctx: &PathContext) -> PathReport {
-        selected_path(&*self.pc, &self.bridges.urls, ctx).await
-    }
-
     /// What reads this connection's path later, described in `ctx`.
     pub fn path_reader(&self, ctx: PathContext) -> PathReader {
         PathReader {
