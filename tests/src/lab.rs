@@ -25,6 +25,9 @@
 //!   panicked. Namespaces left by a killed test process are removed by the next lab.
 //! - Delay and loss ([`Spec::wan`]) come from [`wire`], a userspace link: this kernel has no
 //!   netem.
+//! - Diagnostics: `PUNCHDROP_LAB_LOGS=1` prints the peers' stderr; `PUNCHDROP_LAB_SERVER_LOG`
+//!   sets the lab server's log filter (default `warn`; `signalling=trace` shows each
+//!   message's kind, never its content), which a failing test prints with its diagnostics.
 //! - Needs root and the tools `ip`, `iptables`, `nft`, `conntrack`, `miniupnpd`
 //!   (the README's test command installs them); without them a lab fails loudly.
 
@@ -430,7 +433,10 @@ impl Lab {
             // internet.
             .arg("--turn-allow-private-peers")
             .arg("--no-admin")
-            .env("PUNCHDROP_LOG", "warn")
+            .env(
+                "PUNCHDROP_LOG",
+                std::env::var("PUNCHDROP_LAB_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -422,7 +422,8 @@ fn browser_to_native_rides_out_twelve_seconds_without_internet() {
 /// a socket to the server die without a word (a router forgetting its mappings, a host's
 /// address changing). Whoever's path went down takes its place in the room back; the file
 /// sender (the one that made the offer) restarts ICE once the receiver says its path is down
-/// or is heard from a new address, and the same connection carries on over the new path.
+/// or is heard from a new address, and the same connection carries on over the new path —
+/// unless ICE found the new path by itself first.
 /// `page_receives`: the page on B answers native-peer's restart; else the page on A shares
 /// and makes the restart itself (`iceRestart`).
 fn an_ice_restart_carries_on_after(page_receives: bool, what: &str, disrupt: impl FnOnce(&Lab)) {
@@ -463,17 +464,23 @@ fn an_ice_restart_carries_on_after(page_receives: bool, what: &str, disrupt: imp
     // (`reconnecting` `path_down`, then `reconnected`).
     // (Shown only if the test fails: the harness captures what a passing test prints.)
     eprintln!(
-        "native-peer's stderr:\n{native_err}\npage: {}",
-        c.diagnostics()
+        "native-peer's stderr:\n{native_err}\npage: {}\nserver:\n{}",
+        c.diagnostics(),
+        lab.server_log()
     );
-    let said = [
-        assert_same_connection("the page", &page_events),
-        assert_same_connection("native-peer", &native_events),
-    ];
+    // A browser's mDNS host candidates that native-peer cannot resolve are a normal outcome
+    // (patches/rtc-ice-0.21.1-mdns-timeout-quiet.patch): nothing alarming on its screen.
     assert!(
-        said.contains(&true),
-        "nobody said reconnecting: page {page_events:?}, native-peer {native_events:?}"
+        !native_err
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("mDNS")),
+        "native-peer printed an error:\n{native_err}"
     );
+    // Nobody need have said so: ICE may move to the new path by itself (the controlling
+    // side's checks find it, and its nomination moves the other side too) before either
+    // side counts its path as down.
+    assert_same_connection("the page", &page_events);
+    assert_same_connection("native-peer", &native_events);
     let sender_done = if page_receives {
         native_done
     } else {
@@ -501,9 +508,13 @@ fn a_page_sharing_restarts_ice_when_its_receivers_router_forgets_its_mappings() 
 }
 
 /// The page that shared the link moves to a new address mid-transfer (its old one removed):
-/// its path and its socket to the server die without a word (a page cannot see addresses;
-/// Chromium says the path is down). It takes its place in the room back from the new address
-/// with the server's token, hears the receiver's `path_down` and restarts ICE.
+/// its path and its socket to the server die without a word (a page cannot see addresses).
+/// Either Chromium says the path is down first: the page takes its place in the room back
+/// from the new address with the server's token, hears the receiver's `path_down` and
+/// restarts ICE. Or Chromium's checks from the new address find native-peer first and it
+/// nominates that pair, which native-peer follows since its old pair went silent (the
+/// `rtc-ice` silent-pair patch; without it native-peer answered on the dead pair until ICE
+/// failed, and the two met again through the room: 3 failures in 5 runs).
 #[test]
 fn a_page_sharing_restarts_ice_when_its_address_changes() {
     an_ice_restart_carries_on_after(false, "the page's address changed", |lab| {

@@ -342,7 +342,11 @@ impl ControllingSelector for Agent {
                     selected_pair_is_none,
                     rtt.as_millis()
                 );
-                if pending_request.is_use_candidate && selected_pair_is_none {
+                // punchdrop patch: or the nomination of a live pair that replaces a selected
+                // pair gone silent (`handle_binding_request` below).
+                let renominated = self.nominated_pair == Some(pair_index)
+                    && self.get_selected_pair().is_some_and(|s| s != pair_index);
+                if pending_request.is_use_candidate && (selected_pair_is_none || renominated) {
                     self.set_selected_pair(Some(now), Some(pair_index));
                 }
             } else {
@@ -412,6 +416,26 @@ impl ControllingSelector for Agent {
             if let Some(pair_index) = self.find_pair(local_index, remote_index) {
                 self.candidate_pairs[pair_index].on_request_received();
             }
+        }
+
+        // punchdrop patch: the other side's checks arrive on another pair while the selected
+        // one has gone silent (its router mapped it anew after a reboot, its address
+        // changed): that pair is alive, so nominate it (the check of the nomination makes
+        // it valid; its success selects it). Without this, the controlling agent kept the
+        // dead pair until ICE failed or was restarted through signalling, which may be dead
+        // too.
+        if let (Some(selected), Some(pair_index)) = (
+            self.get_selected_pair(),
+            self.find_pair(local_index, remote_index),
+        ) && selected != pair_index
+            && self.pair_silent(now, selected)
+        {
+            debug!(
+                "[{}]: the selected pair went silent; nominating the pair the other side checks on",
+                self.get_name()
+            );
+            self.nominated_pair = Some(pair_index);
+            self.nominate_pair(now);
         }
     }
 }
@@ -555,12 +579,18 @@ impl ControlledSelector for Agent {
                     // controlling, nominates the best pair it has *so far*, and nominates
                     // again when a better one becomes writable; keeping the first one left
                     // this side sending through its TURN relay while Chromium sent direct.
+                    // And a pair nominated while the selected one has gone silent takes
+                    // over whatever its priority (as Chromium's own controlled side
+                    // prefers a receiving connection): the other side moved to it after
+                    // its network changed, and sends there; answering on the old pair
+                    // would leave this side deaf to the path that works.
                     let better = match self.get_selected_pair() {
                         None => true,
                         Some(selected) => {
                             selected != pair_index
-                                && self.candidate_pairs[pair_index].priority()
+                                && (self.candidate_pairs[pair_index].priority()
                                     > self.candidate_pairs[selected].priority()
+                                    || self.pair_silent(now, selected))
                         }
                     };
                     if better {

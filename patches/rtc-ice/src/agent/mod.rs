@@ -47,6 +47,11 @@ use shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 const ZERO_DURATION: Duration = Duration::from_secs(0);
 
+/// punchdrop patch: how long a selected pair may hear nothing before a pair the other side
+/// nominates takes over whatever its priority (Chromium's receiving timeout: a connection
+/// that heard nothing for this long is not receiving).
+const SILENT_PAIR: Duration = Duration::from_millis(2500);
+
 #[derive(Debug, Clone)]
 pub(crate) struct BindingRequest {
     pub(crate) timestamp: Instant,
@@ -921,6 +926,16 @@ impl Agent {
     ///
     /// `now` comes from the caller so that this decision and the keepalive decision below are
     /// made against the same instant as the `contact(now)` that reached them.
+    /// punchdrop patch: nothing has come from pair `pair_index`'s remote candidate for
+    /// [`SILENT_PAIR`]: the other side no longer sends there.
+    pub(crate) fn pair_silent(&self, now: Instant, pair_index: usize) -> bool {
+        let remote_index = self.candidate_pairs[pair_index].remote_index;
+        let last_received = self.remote_candidates[remote_index]
+            .last_received()
+            .unwrap_or(self.start_time);
+        now.saturating_duration_since(last_received) >= SILENT_PAIR
+    }
+
     pub(crate) fn validate_selected_pair(&mut self, now: Instant) -> bool {
         let (valid, disconnected_time) = {
             self.selected_pair.as_ref().map_or_else(
