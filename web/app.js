@@ -23,6 +23,8 @@ let titleBeforeReconnecting = '';
 // This receive page was reloaded while its transfer ran (the link is kept for the tab, see main).
 let reloaded = false;
 const LINK_KEY = `punchdrop:link:${location.pathname}`;
+// On an inbox's link (`/i/ID#SECRET`): files go to that inbox.
+let inboxLink = null;
 
 function setState(state) {
   document.body.dataset.state = state;
@@ -265,6 +267,11 @@ function send(entries) {
     return;
   }
   setState('connecting');
+  if (inboxLink) {
+    $('progress-title').textContent = 'Knocking on the inbox…';
+    client.dropTo(inboxLink, entries).catch(() => {});
+    return;
+  }
   $('progress-title').textContent = 'Creating a link…';
   client.share(entries).catch(() => {});
 }
@@ -365,6 +372,19 @@ async function main() {
   worker = await registerWorker();
   client = new Client(location.origin, onEvent);
   wire();
+  if (/^\/i\/[^/]+$/.test(location.pathname)) {
+    // An inbox's link stays valid (it is kept in the address bar, to bookmark).
+    if (location.hash.length < 2) {
+      fail('This inbox link is incomplete: the part after “#” is missing. Ask for the whole link.');
+      return;
+    }
+    inboxLink = location.href;
+    $('send-title').textContent = 'Send files to this inbox';
+    $('send-hint').textContent = 'They go straight to the inbox, encrypted. Nothing is stored on a server.';
+    $('code-form').hidden = true;
+    setState('ready');
+    return;
+  }
   const room = /^\/r\/[^/]+$/.test(location.pathname);
   if (!room) {
     setState('ready');

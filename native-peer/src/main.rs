@@ -2,10 +2,11 @@
 //!
 //! `send FILES…` creates a room and prints a link, a code and a QR code (or joins a receiver's
 //! room with `--to`); `recv [LINK|CODE]` joins one, or creates a room for a sender when given
-//! none (the NAS case). Progress goes to a terminal as bars, or to programs as JSON lines
-//! with `--json`.
+//! none (the NAS case); `inbox` keeps a link valid for drops at any time. Progress goes to a
+//! terminal as bars, or to programs as JSON lines with `--json`.
 
 mod files;
+mod inbox;
 mod netwatch;
 mod output;
 mod portmap;
@@ -144,6 +145,9 @@ enum Command {
         /// of the shell's history); without one, create a room for a sender to join.
         invitation: Option<String>,
     },
+    /// Run an inbox: an always-on receiver with a link that stays valid, which browsers
+    /// and `native-peer send --to LINK` drop files into at any time.
+    Inbox(inbox::InboxArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -164,13 +168,14 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
-        // Ctrl-C asks the current step to stop: a transfer then tells the other side and
-        // cleans up its `.part`. A second Ctrl-C exits at once.
+        // Ctrl-C (or SIGTERM, as a service manager stops an inbox) asks the current step to
+        // stop: a transfer then tells the other side and cleans up its `.part`. A second
+        // one exits at once.
         let (stop, interrupt) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if stop_asked().await {
                 let _ = stop.send(true);
-                if tokio::signal::ctrl_c().await.is_ok() {
+                if stop_asked().await {
                     std::process::exit(130);
                 }
             }
@@ -185,6 +190,25 @@ fn main() -> std::process::ExitCode {
             out.error(&e);
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Ctrl-C or SIGTERM arrived (false: signals cannot be watched).
+async fn stop_asked() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return tokio::signal::ctrl_c().await.is_ok();
+        };
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            r = term.recv() => r.is_some(),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
     }
 }
 
@@ -275,23 +299,112 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
             protocol::transfer::MAX_FRAME - protocol::transfer::DATA_HEADER_LEN
         );
     }
-    let (invitation, want) = match &cli.command {
+    let (target, want) = match &cli.command {
         Command::Send { to, .. } => (to.clone(), Want::Send),
         Command::Recv { invitation, .. } => (invitation.clone(), Want::Receive),
+        Command::Inbox(args) => return inbox::run(c, args, out, interrupt).await,
     };
-    let invitation = invitation
+    let target = target
         .map(|text| read_invitation(&text))
         .transpose()?
-        .map(|text| Invitation::parse(&text))
-        .transpose()
-        .context("cannot use that link or code")?;
+        .map(|text| Target::parse(&text, want))
+        .transpose()?;
     // The work before anyone waits: files to send must exist, a folder to receive into too.
-    let (sources, dest) = match &cli.command {
-        Command::Send { paths, .. } => (Some(sources(&cli.command, paths)?), None),
-        Command::Recv { dir, .. } => (None, Some(files::Destination::open(dir)?)),
+    let job = match &cli.command {
+        Command::Send { paths, .. } => Job::Send(sources(&cli.command, paths)?),
+        Command::Recv { dir, max_bytes, .. } => Job::Receive {
+            dest: files::Destination::open(dir)?,
+            limits: protocol::transfer::Limits {
+                max_bytes: *max_bytes,
+                ..Default::default()
+            },
+        },
+        Command::Inbox(_) => unreachable!("the inbox returned above"),
     };
     let clock = Clock::start();
-    let config = rv::Config {
+    let config = session_config(c);
+    let rendezvous = match &target {
+        Some(Target::Join(inv)) => Rendezvous::join(inv, &c.server, want, config, clock.now()),
+        Some(Target::Inbox(inbox)) => Rendezvous::knock(inbox, want, config, clock.now()),
+        None => {
+            let mut rv = Rendezvous::create(&c.server, want, config, clock.now());
+            if !c.no_code {
+                rv.show_code(clock.now());
+            }
+            rv
+        }
+    };
+    out.hint = match want {
+        Want::Receive => "Send files to this device with the link:",
+        _ => "Open this link on the receiving device:",
+    };
+    let rejoin = match &target {
+        Some(Target::Join(inv)) => Some(inv),
+        _ => None,
+    };
+    let s = Session {
+        common: c,
+        config,
+        clock,
+        rejoin,
+    };
+    let (summary, saved) = s.run(rendezvous, &job, out, &mut interrupt).await?;
+    out.event(&summary.done());
+    if !out.is_json() {
+        for p in saved {
+            out.note(&format!("  {}", p.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Where `send --to` or `recv` meets the other peer.
+enum Target {
+    /// A room a link or code names.
+    Join(Invitation),
+    /// An inbox to drop files into (`send --to INBOX_LINK`).
+    Inbox(protocol::inbox::InboxLink),
+}
+
+impl Target {
+    fn parse(text: &str, want: Want) -> anyhow::Result<Self> {
+        if protocol::inbox::InboxLink::looks_like(text) {
+            if want == Want::Receive {
+                bail!(
+                    "that is an inbox's link: send files to it with `native-peer send --to LINK FILES…`"
+                );
+            }
+            return protocol::inbox::InboxLink::parse(text)
+                .map(Self::Inbox)
+                .context("cannot use that inbox link");
+        }
+        Invitation::parse(text)
+            .map(Self::Join)
+            .context("cannot use that link or code")
+    }
+}
+
+/// What a session does once connected.
+enum Job {
+    Send(Vec<files::Source>),
+    Receive {
+        dest: files::Destination,
+        limits: protocol::transfer::Limits,
+    },
+}
+
+impl Job {
+    fn want(&self) -> Want {
+        match self {
+            Self::Send(_) => Want::Send,
+            Self::Receive { .. } => Want::Receive,
+        }
+    }
+}
+
+/// The rendezvous settings the command line makes.
+fn session_config(c: &Common) -> rv::Config {
+    rv::Config {
         connect_timeout: Duration::from_secs(c.connect_timeout),
         // Relay candidates are all a relay-only peer has: none is held back.
         relay_wait: match (c.relay_only, c.relay_wait_ms) {
@@ -301,102 +414,98 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         },
         rejoin_wait: (c.reconnect_timeout > 0).then(|| Duration::from_secs(c.reconnect_timeout)),
         ..rv::Config::default()
-    };
-    let reconnect = config.rejoin_wait.is_some();
-    let rendezvous = match &invitation {
-        Some(inv) => Rendezvous::join(inv, &c.server, want, config, clock.now()),
-        None => {
-            let mut rv = Rendezvous::create(&c.server, want, config, clock.now());
-            if !c.no_code {
-                rv.show_code(clock.now());
-            }
-            rv
-        }
-    };
-    let (bind, port) = ice_bind(c, rendezvous.server())?;
-    // Port mapping runs alongside signalling; connection setup never waits for it.
-    let portmap = match port {
-        Some(p) if !c.no_portmap && !c.relay_only && c.public_addr.is_none() => portmap::start(p),
-        _ => portmap::PortMapper::off(),
-    };
-    let net = net_options(c, bind, port, &portmap);
-    out.hint = match want {
-        Want::Receive => "Send files to this device with the link:",
-        _ => "Open this link on the receiving device:",
-    };
-    let result = async {
-        let mut signalling = rendezvous::Signalling::start(rendezvous, &net, clock);
-        // File bytes every connection of this run sent; what a receiver keeps between them.
-        let mut moved = 0;
-        let mut carry = transfer::Carry::default();
-        // The loss being recovered from: if getting the other peer back fails, that is what
-        // the person needs to hear first (and that what arrived is kept).
-        let mut lost: Option<anyhow::Error> = None;
-        let (summary, saved) = loop {
-            let connected =
-                rendezvous::connect(signalling, clock, &net, out, &mut interrupt, lost.is_some())
-                    .await;
-            let mut link = match (connected, lost.take()) {
-                (Ok(link), _) => link,
-                (Err(e), None) => return Err(e),
-                (Err(e), Some(loss)) => {
-                    return Err(loss.context(format!("could not get the other peer back ({e:#})")));
-                }
-            };
-            out.role = Some(link.role);
-            if let (protocol::path::PathKind::Relay, portmap::State::Failed(e)) =
-                (link.path.kind, &*net.advertise.portmap.borrow())
-            {
-                out.note(&format!("(no port mapping: {e})"));
-            }
-            let result = match (&cli.command, &sources, &dest) {
-                (Command::Recv { max_bytes, .. }, _, Some(dest)) => {
-                    let limits = protocol::transfer::Limits {
-                        max_bytes: *max_bytes,
-                        ..Default::default()
-                    };
-                    transfer::receive(&link, dest, limits, out, &mut interrupt, &mut carry).await
-                }
-                (Command::Send { .. }, Some(sources), _) => transfer::send(
-                    &link,
-                    sources.clone(),
-                    c.chunk,
-                    out,
-                    &mut interrupt,
-                    &mut moved,
-                )
-                .await
-                .map(|summary| (summary, Vec::new())),
-                _ => unreachable!("sources are collected for send, a destination for recv"),
-            };
-            let waiting = match &result {
-                Err(e) if transfer::LinkLost::is(e) => {
-                    let rejoin = invitation.as_ref().filter(|_| reconnect);
-                    get_back(&mut link, rejoin, want, config, &c.server, &net, clock).await
-                }
-                _ => None,
-            };
-            link.close().await;
-            match (waiting, result) {
-                (Some(s), Err(e)) => {
-                    tracing::info!("getting the other peer back: {e:#}");
-                    signalling = s;
-                    lost = Some(e);
-                }
-                (_, result) => break result?,
-            }
-        };
-        out.event(&summary.done());
-        if !out.is_json() {
-            for p in saved {
-                out.note(&format!("  {}", p.display()));
-            }
-        }
-        anyhow::Ok(())
     }
-    .await;
-    portmap.release().await;
-    result
+}
+
+/// One transfer from meeting to `done`: what `send` and `recv` run once, and an inbox once
+/// per drop.
+struct Session<'a> {
+    common: &'a Common,
+    config: rv::Config,
+    clock: Clock,
+    /// A joiner's invitation, to join again after a lost connection.
+    rejoin: Option<&'a Invitation>,
+}
+
+impl Session<'_> {
+    /// Meet through `rendezvous`, connect, do `job`; a connection lost midway is got back
+    /// (within `--reconnect-timeout`) and the transfer continues from what arrived.
+    async fn run(
+        &self,
+        rendezvous: Rendezvous,
+        job: &Job,
+        out: &mut Output,
+        interrupt: &mut transfer::Interrupt,
+    ) -> anyhow::Result<(transfer::Summary, Vec<PathBuf>)> {
+        let (c, clock, want) = (self.common, self.clock, job.want());
+        let (bind, port) = ice_bind(c, rendezvous.server())?;
+        // Port mapping runs alongside signalling; connection setup never waits for it.
+        let portmap = match port {
+            Some(p) if !c.no_portmap && !c.relay_only && c.public_addr.is_none() => {
+                portmap::start(p)
+            }
+            _ => portmap::PortMapper::off(),
+        };
+        let net = net_options(c, bind, port, &portmap);
+        let result = async {
+            let mut signalling = rendezvous::Signalling::start(rendezvous, &net, clock);
+            // File bytes every connection of this run sent; what a receiver keeps between them.
+            let mut moved = 0;
+            let mut carry = transfer::Carry::default();
+            // The loss being recovered from: if getting the other peer back fails, that is
+            // what the person needs to hear first (and that what arrived is kept).
+            let mut lost: Option<anyhow::Error> = None;
+            loop {
+                let connected =
+                    rendezvous::connect(signalling, clock, &net, out, interrupt, lost.is_some())
+                        .await;
+                let mut link = match (connected, lost.take()) {
+                    (Ok(link), _) => link,
+                    (Err(e), None) => return Err(e),
+                    (Err(e), Some(loss)) => {
+                        return Err(
+                            loss.context(format!("could not get the other peer back ({e:#})"))
+                        );
+                    }
+                };
+                out.role = Some(link.role);
+                if let (protocol::path::PathKind::Relay, portmap::State::Failed(e)) =
+                    (link.path.kind, &*net.advertise.portmap.borrow())
+                {
+                    out.note(&format!("(no port mapping: {e})"));
+                }
+                let result = match job {
+                    Job::Receive { dest, limits } => {
+                        transfer::receive(&link, dest, *limits, out, interrupt, &mut carry).await
+                    }
+                    Job::Send(sources) => {
+                        transfer::send(&link, sources.clone(), c.chunk, out, interrupt, &mut moved)
+                            .await
+                            .map(|summary| (summary, Vec::new()))
+                    }
+                };
+                let waiting = match &result {
+                    Err(e) if transfer::LinkLost::is(e) => {
+                        let rejoin = self.rejoin.filter(|_| self.config.rejoin_wait.is_some());
+                        get_back(&mut link, rejoin, want, self.config, &c.server, &net, clock).await
+                    }
+                    _ => None,
+                };
+                link.close().await;
+                match (waiting, result) {
+                    (Some(s), Err(e)) => {
+                        tracing::info!("getting the other peer back: {e:#}");
+                        signalling = s;
+                        lost = Some(e);
+                    }
+                    (_, result) => break result,
+                }
+            }
+        }
+        .await;
+        portmap.release().await;
+        result
+    }
 }
 
 /// The connection under an unfinished transfer is lost: the room's creator waits in it for

@@ -28,6 +28,7 @@ impl Output {
         Self {
             shared: Shared {
                 json,
+                quiet: false,
                 bar: Arc::default(),
             },
             tty: std::io::stdout().is_terminal(),
@@ -35,6 +36,15 @@ impl Output {
             role: None,
             hint: "Open this link on the other device:",
         }
+    }
+
+    /// An output that shows nothing: an inbox's drops, several at once, which the inbox
+    /// reports one line each itself.
+    pub fn quiet() -> Self {
+        let mut out = Self::new(false);
+        out.shared.quiet = true;
+        out.tty = false;
+        out
     }
 
     pub fn is_json(&self) -> bool {
@@ -57,6 +67,9 @@ impl Output {
 
     /// Show one event.
     pub fn event(&mut self, e: &Event) {
+        if self.shared.quiet {
+            return;
+        }
         if let Event::Progress(p) = e {
             return self.progress(p);
         }
@@ -187,6 +200,8 @@ impl Output {
 #[derive(Debug, Clone)]
 pub struct Shared {
     json: bool,
+    /// Show nothing ([`Output::quiet`]).
+    quiet: bool,
     /// The progress bar, once the transfer started.
     bar: Arc<Mutex<Option<ProgressBar>>>,
 }
@@ -200,6 +215,9 @@ impl Shared {
 
     /// Show `reconnecting` or `reconnected` (what else it is given, as JSON only).
     pub fn event(&self, e: &Event) {
+        if self.quiet {
+            return;
+        }
         if self.json {
             return self.emit(e);
         }
@@ -232,7 +250,7 @@ impl Shared {
     }
 
     fn note(&self, msg: &str) {
-        if !self.json {
+        if !self.json && !self.quiet {
             // Through the bar when it is drawn, so the line lands above it; a hidden bar (stderr
             // is not a terminal) prints nothing.
             match &*self.bar() {

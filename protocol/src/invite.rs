@@ -71,32 +71,8 @@ impl ShareLink {
     }
 
     pub fn parse(s: &str) -> Result<Self, InviteError> {
-        let url = Url::parse(s.trim()).map_err(|e| InviteError::BadUrl(e.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(InviteError::BadScheme);
-        }
-        let path = url.path();
-        let cut = path.rfind("/r/").ok_or(InviteError::NoRoom)?;
-        let room = path[cut + 3..].trim_end_matches('/');
-        if room.is_empty() {
-            return Err(InviteError::NoRoom);
-        }
-        if !valid_room_id(room) {
-            return Err(InviteError::BadRoom);
-        }
-        let secret = url
-            .fragment()
-            .filter(|f| !f.is_empty())
-            .ok_or(InviteError::NoSecret)?;
-        match B64URL.decode(secret) {
-            Ok(raw) if raw.len() >= SECRET_BYTES => {}
-            _ => return Err(InviteError::BadSecret),
-        }
-        let mut server = url.clone();
-        server.set_fragment(None);
-        server.set_query(None);
-        server.set_path(&path[..cut]);
-        Ok(Self::new(server.as_str(), room, secret))
+        let (server, room, secret) = link_parts(s, "/r/", valid_room_id)?;
+        Ok(Self::new(&server, &room, &secret))
     }
 
     /// The PAKE password.
@@ -111,6 +87,45 @@ impl fmt::Display for ShareLink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/r/{}#{}", self.server, self.room, self.secret)
     }
+}
+
+/// A link's server (its base URL), the name after `marker` in its path (`/r/ROOM`,
+/// `/i/INBOX`; `valid` says whether it is well formed) and its secret, or what is wrong.
+pub(crate) fn link_parts(
+    s: &str,
+    marker: &str,
+    valid: impl Fn(&str) -> bool,
+) -> Result<(String, String, String), InviteError> {
+    let url = Url::parse(s.trim()).map_err(|e| InviteError::BadUrl(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(InviteError::BadScheme);
+    }
+    let path = url.path();
+    let cut = path.rfind(marker).ok_or(InviteError::NoRoom)?;
+    let name = path[cut + marker.len()..].trim_end_matches('/');
+    if name.is_empty() {
+        return Err(InviteError::NoRoom);
+    }
+    if !valid(name) {
+        return Err(InviteError::BadRoom);
+    }
+    let secret = url
+        .fragment()
+        .filter(|f| !f.is_empty())
+        .ok_or(InviteError::NoSecret)?;
+    match B64URL.decode(secret) {
+        Ok(raw) if raw.len() >= SECRET_BYTES => {}
+        _ => return Err(InviteError::BadSecret),
+    }
+    let mut server = url.clone();
+    server.set_fragment(None);
+    server.set_query(None);
+    server.set_path(&path[..cut]);
+    Ok((
+        server.as_str().to_string(),
+        name.to_string(),
+        secret.to_string(),
+    ))
 }
 
 /// A fresh link secret: [`SECRET_BYTES`] random bytes, base64url.

@@ -19,6 +19,7 @@
 
 pub mod crypto;
 pub mod event;
+pub mod inbox;
 pub mod invite;
 pub mod path;
 pub mod rendezvous;

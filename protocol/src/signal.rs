@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 /// 6: a held room's joiner takes its place back too (`reclaim` with its token, while its
 /// connection to the creator lives on; the creator hears `peer_back`), and connected peers
 /// restart ICE with a new sealed offer and answer (asked for with a sealed `path_down`).
-pub const SIGNAL_VERSION: u32 = 6;
+/// 7: inboxes (`register`, `challenge`, `prove`, `registered`; `knock` → `drop`).
+pub const SIGNAL_VERSION: u32 = 7;
 
 /// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of
 /// candidates sealed and base64-encoded fits in a few KiB; files never travel here.
@@ -98,6 +99,25 @@ pub enum ClientMessage {
     Sealed { data: String },
     /// This peer gives up on the room (e.g. the PAKE failed); the server closes it.
     Abort { reason: AbortReason },
+    /// An inbox registers its id ([`crate::inbox`]) with its public key (base64); the server
+    /// answers [`ServerMessage::Challenge`].
+    Register {
+        version: u32,
+        inbox: String,
+        key: String,
+    },
+    /// The inbox's signature (base64) of [`crate::inbox::proof_message`] for the challenge:
+    /// answered [`ServerMessage::Registered`], or `not_yours`.
+    Prove { sig: String },
+    /// Drop files into inbox `inbox`: like [`ClientMessage::Create`] (answered `created`),
+    /// and the server tells the inbox [`ServerMessage::Drop`]; `inbox_offline` if it is not
+    /// connected.
+    Knock {
+        version: u32,
+        inbox: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold: bool,
+    },
 }
 
 /// Why a peer aborted a room.
@@ -161,6 +181,12 @@ pub enum ServerMessage {
     },
     /// A request failed; the connection may be closed after this.
     Error { code: ErrorCode, message: String },
+    /// Sign this nonce (base64) to prove the inbox is yours ([`ClientMessage::Prove`]).
+    Challenge { nonce: String },
+    /// This connection is inbox `inbox`'s for as long as it lives.
+    Registered { inbox: String },
+    /// Someone knocked (sent to a registered inbox): join `room` with the inbox's secret.
+    Drop { room: String },
 }
 
 /// One entry of [`ServerMessage::IceServers`], shaped like WebRTC's `RTCIceServer`.
@@ -198,6 +224,10 @@ pub enum ErrorCode {
     /// The creator of a held room closed its connection and did not come back: its program
     /// stopped. The room is over.
     PeerGone,
+    /// The inbox knocked on is not connected to the server.
+    InboxOffline,
+    /// An inbox registration whose key or proof is not the id's.
+    NotYours,
 }
 
 impl ErrorCode {
@@ -225,6 +255,10 @@ impl ErrorCode {
             Self::PeerGone => {
                 "the other peer's program stopped; start it again (the same files) to continue"
             }
+            Self::InboxOffline => {
+                "that inbox is offline (not connected to its server); try again when it is back"
+            }
+            Self::NotYours => "this inbox id belongs to another key: it cannot be registered here",
         }
     }
 }
@@ -394,6 +428,26 @@ mod tests {
                 },
                 r#"{"type":"abort","reason":"wrong_secret"}"#,
             ),
+            (
+                ClientMessage::Register {
+                    version: 7,
+                    inbox: "mfrggzdfmztwq2lk".into(),
+                    key: "a2V5".into(),
+                },
+                r#"{"type":"register","version":7,"inbox":"mfrggzdfmztwq2lk","key":"a2V5"}"#,
+            ),
+            (
+                ClientMessage::Prove { sig: "c2ln".into() },
+                r#"{"type":"prove","sig":"c2ln"}"#,
+            ),
+            (
+                ClientMessage::Knock {
+                    version: 7,
+                    inbox: "mfrggzdfmztwq2lk".into(),
+                    hold: true,
+                },
+                r#"{"type":"knock","version":7,"inbox":"mfrggzdfmztwq2lk","hold":true}"#,
+            ),
         ];
         for (msg, json) in cases {
             assert_eq!(msg.to_json(), json);
@@ -512,6 +566,36 @@ mod tests {
                     message: "x".into(),
                 },
                 r#"{"type":"error","code":"peer_gone","message":"x"}"#,
+            ),
+            (
+                ServerMessage::Error {
+                    code: ErrorCode::InboxOffline,
+                    message: "x".into(),
+                },
+                r#"{"type":"error","code":"inbox_offline","message":"x"}"#,
+            ),
+            (
+                ServerMessage::Error {
+                    code: ErrorCode::NotYours,
+                    message: "x".into(),
+                },
+                r#"{"type":"error","code":"not_yours","message":"x"}"#,
+            ),
+            (
+                ServerMessage::Challenge {
+                    nonce: "bm9uY2U=".into(),
+                },
+                r#"{"type":"challenge","nonce":"bm9uY2U="}"#,
+            ),
+            (
+                ServerMessage::Registered {
+                    inbox: "mfrggzdfmztwq2lk".into(),
+                },
+                r#"{"type":"registered","inbox":"mfrggzdfmztwq2lk"}"#,
+            ),
+            (
+                ServerMessage::Drop { room: "r1".into() },
+                r#"{"type":"drop","room":"r1"}"#,
             ),
         ];
         for (msg, json) in cases {

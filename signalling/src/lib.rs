@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod credentials;
+mod inboxes;
 pub mod limits;
 pub mod metrics;
 mod rooms;
@@ -154,6 +155,7 @@ impl Default for Config {
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub rooms: rooms::Rooms,
+    pub inboxes: inboxes::Inboxes,
     pub limits: limits::Limits,
     pub admission: Arc<admission::Admission>,
     pub first_message_within: Duration,
@@ -219,6 +221,7 @@ impl Server {
                 config.max_rooms,
                 metrics.clone(),
             ),
+            inboxes: inboxes::Inboxes::default(),
             limits: limits::Limits::new(&config),
             admission: admission::Admission::new(config.admission.clone()),
             first_message_within: config.first_message_within,
@@ -450,6 +453,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(web::index))
         .route("/r/{room}", get(web::share_page))
+        .route("/i/{inbox}", get(web::inbox_page))
         .route("/{*asset}", get(web::asset))
         .with_state(state)
 }

@@ -117,7 +117,15 @@ pub(crate) async fn share_page(Path(room): Path<String>) -> Response {
     app()
 }
 
-/// Static files of the app; `index.html` only through `/` and `/r/ROOM`.
+/// `/i/INBOX`: the app, dropping files into that inbox (the secret is in the fragment).
+pub(crate) async fn inbox_page(Path(id): Path<String>) -> Response {
+    if protocol::inbox::InboxId::parse(&id).is_err() {
+        return not_found();
+    }
+    app()
+}
+
+/// Static files of the app; `index.html` only through `/`, `/r/ROOM` and `/i/INBOX`.
 pub(crate) async fn asset(Path(path): Path<String>) -> Response {
     if path == "index.html" {
         return not_found();

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::admission::{Refusal, Slot};
+use crate::inboxes::{Pending, Registration};
 use crate::limits::redact_ip;
 use crate::rooms::{Departure, Membership, Outgoing};
 
@@ -83,6 +84,7 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX);
     let mut member: Option<Membership> = None;
+    let mut inbox = InboxConn::default();
     // A connection is for meeting in a room: one that does not create or join soon is idle.
     let idle = tokio::time::sleep(state.first_message_within);
     tokio::pin!(idle);
@@ -121,6 +123,7 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
             }
             out = rx.recv() => match out {
                 Some(Outgoing::Msg(m)) => {
+                    tracing::trace!(peer = %who, kind = kind_of(&m.to_json()), "to peer");
                     if sink.send(text(&m)).await.is_err() { break; }
                 }
                 Some(Outgoing::Final(m)) => {
@@ -185,7 +188,8 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                         continue;
                     }
                 };
-                match handle(&state, ip, &tx, &mut member, msg) {
+                tracing::trace!(peer = %who, kind = kind_of(raw.as_str()), "from peer");
+                match handle(&state, ip, &tx, (&mut member, &mut inbox), msg) {
                     Ok(Some(reply)) => {
                         in_a_room = true;
                         let joined = match (&reply, &member) {
@@ -213,7 +217,17 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
     if let Some(m) = member {
         state.rooms.depart(&m, std::time::Instant::now(), how);
     }
+    if let Some(r) = inbox.registered {
+        state.inboxes.unregister(&r);
+    }
     tracing::debug!(peer = %who, "connection closed");
+}
+
+fn kind_of(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// A connection may take one place in one room, at the room rate limit.
@@ -228,20 +242,74 @@ fn may_enter(state: &AppState, ip: IpAddr, member: &Option<Membership>) -> Resul
     Ok(())
 }
 
+/// A connection that is (or is becoming) an inbox's ([`crate::inboxes`]).
+#[derive(Debug, Default)]
+struct InboxConn {
+    pending: Option<Pending>,
+    registered: Option<Registration>,
+}
+
 fn handle(
     state: &AppState,
     ip: std::net::IpAddr,
     tx: &mpsc::Sender<Outgoing>,
-    member: &mut Option<Membership>,
+    (member, inbox): (&mut Option<Membership>, &mut InboxConn),
     msg: ClientMessage,
 ) -> Result<Option<ServerMessage>, ErrorCode> {
     match msg {
         ClientMessage::Create { version, .. }
         | ClientMessage::Join { version, .. }
         | ClientMessage::Reclaim { version, .. }
+        | ClientMessage::Register { version, .. }
+        | ClientMessage::Knock { version, .. }
             if version != SIGNAL_VERSION =>
         {
             Err(ErrorCode::UnsupportedVersion)
+        }
+        // An inbox's connection is its registration and nothing else; a room's, its room.
+        ClientMessage::Register { inbox: id, key, .. } => {
+            if inbox.registered.is_some() || inbox.pending.is_some() {
+                return Err(ErrorCode::RoomFull);
+            }
+            may_enter(state, ip, member)?;
+            let (pending, challenge) = Pending::start(&id, &key)?;
+            inbox.pending = Some(pending);
+            Ok(Some(challenge))
+        }
+        ClientMessage::Prove { sig } => {
+            let pending = inbox.pending.take().ok_or(ErrorCode::NotInRoom)?;
+            let id = pending.prove(&sig)?;
+            let reply = ServerMessage::Registered {
+                inbox: id.to_string(),
+            };
+            inbox.registered = Some(state.inboxes.register(id, tx.clone()));
+            Ok(Some(reply))
+        }
+        ClientMessage::Knock {
+            inbox: id, hold, ..
+        } => {
+            if inbox.registered.is_some() || inbox.pending.is_some() {
+                return Err(ErrorCode::RoomFull);
+            }
+            may_enter(state, ip, member)?;
+            let id = protocol::inbox::InboxId::parse(&id).map_err(|_| ErrorCode::Malformed)?;
+            if !state.inboxes.online(&id) {
+                return Err(ErrorCode::InboxOffline);
+            }
+            let now = std::time::Instant::now();
+            let (m, _, reclaim) = state.rooms.create(tx.clone(), ip, now, false, hold)?;
+            if let Err(code) = state.inboxes.knock(&id, &m.room) {
+                state.rooms.leave(&m, now);
+                return Err(code);
+            }
+            let reply = ServerMessage::Created {
+                room: m.room.clone(),
+                number: None,
+                expires_in_secs: state.rooms.ttl().as_secs(),
+                reclaim,
+            };
+            *member = Some(m);
+            Ok(Some(reply))
         }
         ClientMessage::Create { code, hold, .. } => {
             may_enter(state, ip, member)?;

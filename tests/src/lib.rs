@@ -78,10 +78,20 @@ impl Signalling {
         Self::start_configured("warn", &[])
     }
 
+    /// Start listening on `listen` (a fixed port, for a server restarted on the same
+    /// address).
+    pub fn start_at(listen: &str) -> Self {
+        Self::start_listening(listen, "warn", &["--turn-allow-private-peers"])
+    }
+
     fn start_configured(level: &str, args: &[&str]) -> Self {
+        Self::start_listening("127.0.0.1:0", level, args)
+    }
+
+    fn start_listening(listen: &str, level: &str, args: &[&str]) -> Self {
         // The bundled TURN server on ephemeral ports (tests run in parallel).
         let mut child = Command::new(bin("signalling"))
-            .args(["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--turn-listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--turn-relay-ports", "0-0"])
             .args(args)

@@ -190,6 +190,95 @@ fn browser_drops_on_nas(a: Nat, b: B) -> Seen {
     Seen::new([native.0, page.0], [native.1, page.1])
 }
 
+/// An inbox (`native-peer inbox`) on host A behind a cone NAT; a page on host B behind
+/// another opens the inbox's link and drops files, twice, then `native-peer send --to` drops
+/// from B as well. Each drop is direct on both sides (the inbox's `done` per drop says its
+/// side), every file checked by hash.
+#[test]
+fn a_page_drops_files_into_an_inbox_behind_another_nat() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab(Nat::Cone, CONE);
+    let (src, dst, st) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (d, state) = (
+        dst.path().display().to_string(),
+        st.path().join("inbox.json").display().to_string(),
+    );
+    let mut inbox = Peer::spawn_cmd(
+        lab.peer_cmd("a"),
+        &[
+            "--server", &lab.url, "inbox", "--dir", &d, "--state", &state,
+        ],
+    );
+    let ready: event::Ready = inbox.wait(SECS(10)).unwrap();
+    let mut dropped = Vec::new();
+    for round in 0..2u64 {
+        // A fresh page each time (the same link again would be a same-page navigation).
+        let mut c = browser(&lab, "b", "browser B (drops on the inbox)");
+        let files: Vec<PathBuf> = [("photo", (2 << 20) + 77), ("notes", 40_000)]
+            .iter()
+            .map(|(name, len)| {
+                let p = src.path().join(format!("{name}-{round}.bin"));
+                make_file(&p, *len, 60 + round);
+                p
+            })
+            .collect();
+        c.goto(&ready.link).unwrap();
+        c.wait_state("ready", SECS(30))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+        c.set_files("#file-input", &refs(&files)).unwrap();
+        let (page_connected, page_done) = page_outcome(&mut c);
+        assert_ne!(
+            page_connected.path.kind,
+            PathKind::Relay,
+            "{page_connected:?}"
+        );
+        assert_ne!(page_done.path.kind, PathKind::Relay, "{page_done:?}");
+        let inbox_done = nth_done(&mut inbox, round as usize + 1);
+        assert_ne!(inbox_done.path.kind, PathKind::Relay, "{inbox_done:?}");
+        assert_received(dst.path(), &files);
+        dropped.extend(files);
+    }
+    let last = src.path().join("from-native.bin");
+    make_file(&last, 1 << 20, 70);
+    let f = last.display().to_string();
+    let sender = Peer::spawn_cmd(
+        lab.peer_cmd("b"),
+        &["--server", &lab.url, "send", "--to", &ready.link, &f],
+    );
+    native_outcome(sender);
+    nth_done(&mut inbox, 3);
+    dropped.push(last);
+    assert_received(dst.path(), &dropped);
+}
+
+/// The inbox's `n`th `done` (one per drop).
+fn nth_done(inbox: &mut Peer, n: usize) -> event::Done {
+    let until = std::time::Instant::now() + LONG;
+    loop {
+        let done: Vec<event::Done> = inbox
+            .events_so_far()
+            .iter()
+            .filter_map(|e| event::Done::of(e).cloned())
+            .collect();
+        if let Some(d) = done.get(n - 1) {
+            return d.clone();
+        }
+        if std::time::Instant::now() > until {
+            let err = inbox.stderr();
+            panic!(
+                "the inbox reported {} drops, not {n}: {:?}\n{err}",
+                done.len(),
+                inbox.events_so_far()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `native-peer send` on A; the browser on B receives.
 fn native_to_browser(a: Nat, b: B) -> Seen {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -29,6 +29,7 @@ mod transfer;
 
 use futures::channel::mpsc;
 use protocol::event::Event;
+use protocol::inbox::InboxLink;
 use protocol::invite::Invitation;
 use protocol::rendezvous::{Config, REJOIN_DEFAULT, Rendezvous, Want};
 use protocol::signal::TransferRole;
@@ -100,8 +101,25 @@ impl Client {
     pub fn share(&self, entries: js_sys::Array) -> Result<js_sys::Promise, JsValue> {
         let sources = parse_sources(&entries)?;
         let rx = self.begin();
-        let (server, events) = (self.server.clone(), self.events.clone());
-        Ok(self.run(share_flow(server, sources, events, rx)))
+        let events = self.events.clone();
+        let rv = Rendezvous::create(&self.server, Want::Send, held(), js::now());
+        Ok(self.run(share_flow(rv, sources, events, rx)))
+    }
+
+    /// Drop `entries` into the inbox `link` names (`…/i/ID#SECRET`): a room made for the
+    /// drop, which the inbox joins with its secret.
+    #[wasm_bindgen(js_name = dropTo)]
+    pub fn drop_to(
+        &self,
+        link: String,
+        entries: js_sys::Array,
+    ) -> Result<js_sys::Promise, JsValue> {
+        let sources = parse_sources(&entries)?;
+        let inbox = InboxLink::parse(link.trim()).map_err(Error::from)?;
+        let rx = self.begin();
+        let events = self.events.clone();
+        let rv = Rendezvous::knock(&inbox, Want::Send, held(), js::now());
+        Ok(self.run(share_flow(rv, sources, events, rx)))
     }
 
     /// Join the room of a share link or typed code.
@@ -229,19 +247,23 @@ async fn transfer_over(
 /// How long a receiver that finished leaves the connection up for the sender to close it.
 const RECEIVER_LINGER: Duration = Duration::from_secs(1);
 
+/// The page holds the room it made (a share, or a drop into an inbox): when the connection
+/// dies the other side comes back into it (it joins again by itself) and the transfer
+/// continues.
+fn held() -> Config {
+    Config {
+        rejoin_wait: Some(REJOIN_DEFAULT),
+        ..Config::default()
+    }
+}
+
+/// Send `sources` from the room `rv` makes.
 async fn share_flow(
-    server: String,
+    mut rv: Rendezvous,
     sources: Vec<Source>,
     events: Events,
     mut cmds: mpsc::UnboundedReceiver<Command>,
 ) -> Result<()> {
-    // The page holds the room it made: when the connection dies the other side comes back
-    // into it (it joins again by itself) and the transfer continues.
-    let config = Config {
-        rejoin_wait: Some(REJOIN_DEFAULT),
-        ..Config::default()
-    };
-    let mut rv = Rendezvous::create(&server, Want::Send, config, js::now());
     let mut ws = None;
     let mut again = false;
     let mut carry = Carry::default();

@@ -70,6 +70,7 @@ use std::collections::VecDeque;
 
 use crate::crypto::{Channel, CryptoError, Handshake, RoomRole};
 use crate::event::{self, Event, ReconnectReason};
+use crate::inbox::InboxLink;
 use crate::invite::{Invitation, ShareLink, ShortCode};
 use crate::path::PathReport;
 use crate::signal::{
@@ -339,7 +340,9 @@ pub struct Place {
 /// How this peer entered the room.
 #[derive(Debug)]
 enum Entry {
-    Create,
+    /// `knock`: the room is made for a drop into this inbox, whose secret it shares (no
+    /// link or code of its own to show).
+    Create { knock: Option<InboxLink> },
     Join {
         room: RoomRef,
         password: Vec<u8>,
@@ -512,7 +515,16 @@ const RETRY_MAX: Duration = Duration::from_secs(4);
 impl Rendezvous {
     /// Create a room on `server` (its base URL, which links will carry).
     pub fn create(server: &str, want: Want, config: Config, now: Duration) -> Self {
-        Self::new(server, Entry::Create, want, config, now)
+        Self::new(server, Entry::Create { knock: None }, want, config, now)
+    }
+
+    /// Drop files into the inbox `inbox` links to: a room made for the drop on the inbox's
+    /// server, which the inbox joins with its secret ([`crate::inbox`]).
+    pub fn knock(inbox: &InboxLink, want: Want, config: Config, now: Duration) -> Self {
+        let entry = Entry::Create {
+            knock: Some(inbox.clone()),
+        };
+        Self::new(&inbox.server, entry, want, config, now)
     }
 
     /// Join the room `invitation` names; typed codes meet on `default_server`.
@@ -673,11 +685,19 @@ impl Rendezvous {
         }
         self.server_up = true;
         let msg = match &self.entry {
-            Entry::Create => {
+            Entry::Create { knock: None } => {
                 self.stage = Stage::AwaitCreated;
                 ClientMessage::Create {
                     version: SIGNAL_VERSION,
                     code: matches!(self.code, CodeShare::Asked),
+                    hold: self.config.rejoin_wait.is_some(),
+                }
+            }
+            Entry::Create { knock: Some(inbox) } => {
+                self.stage = Stage::AwaitCreated;
+                ClientMessage::Knock {
+                    version: SIGNAL_VERSION,
+                    inbox: inbox.id.to_string(),
                     hold: self.config.rejoin_wait.is_some(),
                 }
             }
@@ -767,6 +787,10 @@ impl Rendezvous {
             ServerMessage::PeerJoined => self.on_peer_joined(),
             ServerMessage::Pake { auth, msg } => self.on_pake(auth, &msg),
             ServerMessage::Sealed { data } => self.on_sealed(&data),
+            // An inbox's registration, on a connection of its own (native-peer's inbox).
+            ServerMessage::Challenge { .. }
+            | ServerMessage::Registered { .. }
+            | ServerMessage::Drop { .. } => {}
         }
     }
 
@@ -775,7 +799,8 @@ impl Rendezvous {
     /// gets one ([`Event::Code`]). Nothing for a joiner, or once the other peer is in.
     pub fn show_code(&mut self, now: Duration) {
         self.now = now;
-        let open = matches!(self.entry, Entry::Create) && self.both_in_room.is_none();
+        let open =
+            matches!(self.entry, Entry::Create { knock: None }) && self.both_in_room.is_none();
         if !open || !matches!(self.code, CodeShare::Hidden) {
             return;
         }
@@ -1160,7 +1185,7 @@ impl Rendezvous {
 
     /// This creator asked the server to keep its room for the joiner to come back.
     fn holds_room(&self) -> bool {
-        matches!(self.entry, Entry::Create) && self.config.rejoin_wait.is_some()
+        matches!(self.entry, Entry::Create { .. }) && self.config.rejoin_wait.is_some()
     }
 
     fn on_peer_joined(&mut self) {
@@ -1247,7 +1272,7 @@ impl Rendezvous {
     /// Anywhere else it is the creator leaving.
     fn on_peer_lost(&mut self) {
         match self.stage {
-            Stage::Connected if !matches!(self.entry, Entry::Create) => {
+            Stage::Connected if !matches!(self.entry, Entry::Create { .. }) => {
                 self.told_lost = true;
                 self.deadline = None;
             }
@@ -1417,8 +1442,8 @@ impl Rendezvous {
         let in_room = match (&self.entry, self.stage) {
             (Entry::Join { .. }, Stage::Connected) => self.is_connected(),
             (Entry::Join { .. }, _) => false,
-            (Entry::Create, Stage::AwaitPeer | Stage::Connected) => self.holds_room(),
-            (Entry::Create, Stage::Hello | Stage::Pick | Stage::Negotiating) => {
+            (Entry::Create { .. }, Stage::AwaitPeer | Stage::Connected) => self.holds_room(),
+            (Entry::Create { .. }, Stage::Hello | Stage::Pick | Stage::Negotiating) => {
                 self.holds_room() && self.rejoin_until.is_some()
             }
             _ => false,
@@ -1580,6 +1605,14 @@ impl Rendezvous {
             return;
         }
         self.token = token;
+        if let Entry::Create { knock: Some(inbox) } = &self.entry {
+            // Nothing to show: the inbox joins with the secret its link carries.
+            self.link = Some(inbox.room_link(&room));
+            self.room = Some(room);
+            self.stage = Stage::AwaitPeer;
+            self.deadline = None;
+            return;
+        }
         let link = ShareLink::new(&self.server, &room, &crate::invite::generate_secret());
         let asked = matches!(self.code, CodeShare::Asked);
         let code = match number {

@@ -297,7 +297,22 @@ impl World {
     fn server(&mut self, from: Who, msg: ClientMessage) {
         let other = from.other();
         let in_room = |r: &Room, w: Who| r.creator == Some(w) || r.joiner == Some(w);
+        // A knock makes a room as a create does; the stand-in inbox joins it by hand.
+        let msg = match msg {
+            ClientMessage::Knock { hold, version, .. } => ClientMessage::Create {
+                version,
+                code: false,
+                hold,
+            },
+            ClientMessage::Register { .. } | ClientMessage::Prove { .. } => {
+                panic!("a rendezvous never registers an inbox")
+            }
+            other => other,
+        };
         match msg {
+            ClientMessage::Knock { .. }
+            | ClientMessage::Register { .. }
+            | ClientMessage::Prove { .. } => unreachable!("handled above"),
             ClientMessage::Create { code, hold, .. } => {
                 self.room.creator = Some(from);
                 self.room.hold = hold;
@@ -798,6 +813,35 @@ fn share_and_receive(faults: Faults) -> World {
     w.faults = faults;
     w.run();
     w
+}
+
+/// A drop: the knocker's room, joined by the inbox with the secret of its link; the
+/// knocker shows no link or code of its own.
+#[test]
+fn a_knock_makes_a_room_the_inbox_joins_with_its_secret() {
+    let inbox = crate::inbox::InboxLink::new(
+        SERVER,
+        crate::inbox::InboxId::parse("mfrggzdfmztwq2lk").unwrap(),
+        &crate::invite::generate_secret(),
+    );
+    let mut w = World::created_with(Want::Send, Config::default());
+    w.peers.get_mut(&Who::A).unwrap().rv =
+        Rendezvous::knock(&inbox, Want::Send, Config::default(), T0);
+    w.open_socket(Who::A);
+    w.run_until(|w| w.room.creator.is_some());
+    w.join(&inbox.room_link("room1234").to_string(), Want::Receive);
+    w.run();
+    connected(&w);
+    assert_eq!(
+        w.a().names(),
+        ["joined", "verify"],
+        "no link or code to show"
+    );
+    assert_eq!(
+        w.a().event::<event::Verify>(),
+        w.b().event::<event::Verify>()
+    );
+    assert_eq!(w.a().setup.as_ref().unwrap().role, TransferRole::Sender);
 }
 
 #[test]

@@ -1,0 +1,181 @@
+//! Registered inboxes ([`protocol::inbox`]): which connection is inbox `ID` right now.
+//!
+//! Invariants:
+//! - An id is registered only by a connection that signed this server's fresh nonce with the
+//!   key the id is derived from ([`Pending`]); nothing else can claim it.
+//! - One connection per id: a new registration (the inbox restarted, or its old socket died
+//!   without closing) replaces the old one, which is told to close.
+//! - A registration lives exactly as long as its connection: it is removed when that
+//!   connection ends (and only by that connection: a replaced one does not remove its
+//!   successor). Nothing about an inbox is kept after.
+
+use protocol::inbox::{self, InboxError, InboxId, NONCE_BYTES};
+use protocol::signal::{ErrorCode, ServerMessage};
+use rand::RngCore as _;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::rooms::{Outbox, Outgoing};
+
+/// A registration in progress on one connection: the id and key it claims and the nonce
+/// it must sign.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    id: InboxId,
+    key: ed25519_dalek::VerifyingKey,
+    nonce: [u8; NONCE_BYTES],
+}
+
+impl Pending {
+    /// Check the claimed key is `id`'s and make a challenge for it.
+    pub fn start(id: &str, key: &str) -> Result<(Self, ServerMessage), ErrorCode> {
+        let id = InboxId::parse(id).map_err(|_| ErrorCode::Malformed)?;
+        let key = inbox::key_of(&id, key).map_err(|e| match e {
+            InboxError::NotYours => ErrorCode::NotYours,
+            _ => ErrorCode::Malformed,
+        })?;
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let challenge = ServerMessage::Challenge {
+            nonce: inbox::encode(&nonce),
+        };
+        Ok((Self { id, key, nonce }, challenge))
+    }
+
+    /// The id, if `sig` proves the key.
+    pub fn prove(self, sig: &str) -> Result<InboxId, ErrorCode> {
+        inbox::verify_proof(&self.key, &self.id, &self.nonce, sig)
+            .map_err(|_| ErrorCode::NotYours)?;
+        Ok(self.id)
+    }
+}
+
+/// A connection's hold on an id, removed when dropped by [`Inboxes::unregister`].
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub id: InboxId,
+    conn: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inboxes {
+    by_id: Mutex<HashMap<InboxId, (u64, Outbox)>>,
+    next_conn: AtomicU64,
+}
+
+impl Inboxes {
+    /// `id` is now the connection whose outbox is `tx`; a previous one is told to close.
+    pub fn register(&self, id: InboxId, tx: Outbox) -> Registration {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let old = self.lock().insert(id.clone(), (conn, tx));
+        if let Some((_, old)) = old {
+            let _ = old.try_send(Outgoing::Replaced);
+        }
+        Registration { id, conn }
+    }
+
+    /// The connection of `reg` ended.
+    pub fn unregister(&self, reg: &Registration) {
+        let mut map = self.lock();
+        if map.get(&reg.id).is_some_and(|(c, _)| *c == reg.conn) {
+            map.remove(&reg.id);
+        }
+    }
+
+    /// Tell inbox `id` that a drop waits in `room`.
+    pub fn knock(&self, id: &InboxId, room: &str) -> Result<(), ErrorCode> {
+        let map = self.lock();
+        let (_, tx) = map.get(id).ok_or(ErrorCode::InboxOffline)?;
+        tx.try_send(Outgoing::Msg(ServerMessage::Drop {
+            room: room.to_string(),
+        }))
+        .map_err(|_| ErrorCode::InboxOffline)
+    }
+
+    /// Whether inbox `id` is connected.
+    pub fn online(&self, id: &InboxId) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InboxId, (u64, Outbox)>> {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer as _, SigningKey};
+    use tokio::sync::mpsc;
+
+    fn owner(seed: u8) -> (SigningKey, String, String) {
+        let k = SigningKey::from_bytes(&[seed; 32]);
+        let id = InboxId::of_key(k.verifying_key().as_bytes()).to_string();
+        let key = inbox::encode(k.verifying_key().as_bytes());
+        (k, id, key)
+    }
+
+    fn sign(k: &SigningKey, id: &str, challenge: &ServerMessage) -> String {
+        let ServerMessage::Challenge { nonce } = challenge else {
+            panic!("{challenge:?}")
+        };
+        let nonce =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, nonce).unwrap();
+        let id = InboxId::parse(id).unwrap();
+        inbox::encode(&k.sign(&inbox::proof_message(&id, &nonce)).to_bytes())
+    }
+
+    #[test]
+    fn the_key_holder_registers_and_others_cannot() {
+        let (k, id, key) = owner(1);
+        let (p, challenge) = Pending::start(&id, &key).unwrap();
+        let sig = sign(&k, &id, &challenge);
+        assert_eq!(p.prove(&sig).unwrap().as_str(), id);
+        // Someone else's key for this id, or a signature for another challenge.
+        let (other, _, their_key) = owner(2);
+        assert_eq!(
+            Pending::start(&id, &their_key).unwrap_err(),
+            ErrorCode::NotYours
+        );
+        let (p, challenge) = Pending::start(&id, &key).unwrap();
+        assert_eq!(
+            p.prove(&sign(&other, &id, &challenge)).unwrap_err(),
+            ErrorCode::NotYours
+        );
+        let (p, _) = Pending::start(&id, &key).unwrap();
+        assert_eq!(
+            p.prove(&sig).unwrap_err(),
+            ErrorCode::NotYours,
+            "a replayed proof"
+        );
+        assert_eq!(
+            Pending::start("nope", &key).unwrap_err(),
+            ErrorCode::Malformed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_registration_replaces_the_old_and_lives_as_long_as_its_connection() {
+        let inboxes = Inboxes::default();
+        let id = InboxId::parse(&owner(1).1).unwrap();
+        assert_eq!(inboxes.knock(&id, "r1"), Err(ErrorCode::InboxOffline));
+        let (tx1, mut rx1) = mpsc::channel(4);
+        let first = inboxes.register(id.clone(), tx1);
+        inboxes.knock(&id, "r1").unwrap();
+        assert!(
+            matches!(rx1.recv().await, Some(Outgoing::Msg(ServerMessage::Drop { room })) if room == "r1")
+        );
+        let (tx2, mut rx2) = mpsc::channel(4);
+        let second = inboxes.register(id.clone(), tx2);
+        assert!(matches!(rx1.recv().await, Some(Outgoing::Replaced)));
+        // The replaced connection ending does not take its successor's registration.
+        inboxes.unregister(&first);
+        inboxes.knock(&id, "r2").unwrap();
+        assert!(
+            matches!(rx2.recv().await, Some(Outgoing::Msg(ServerMessage::Drop { room })) if room == "r2")
+        );
+        inboxes.unregister(&second);
+        assert!(!inboxes.online(&id));
+    }
+}

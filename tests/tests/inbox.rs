@@ -1,0 +1,288 @@
+//! `native-peer inbox` end to end: a real server, a running inbox registered with it, drops
+//! from `native-peer send --to INBOX_LINK`, files compared by hash.
+//!
+//! The server's registration (`register` → `challenge` → `prove`) is also driven by hand
+//! over a WebSocket, to show that an id cannot be claimed without its key.
+
+use base64::Engine as _;
+use protocol::event::{self, Event};
+use protocol::signal::{ClientMessage, SIGNAL_VERSION, ServerMessage};
+use punchdrop_e2e::{
+    LONG, Peer, Signalling, count, expect_done, expect_error, free_port, hash_file, make_file,
+    wrong_secret,
+};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A running inbox saving into `dir`, its identity in `state`; returns it and its link.
+fn inbox(server: &str, dir: &Path, state: &Path, extra: &[&str]) -> (Peer, String) {
+    let (d, s) = (dir.display().to_string(), state.display().to_string());
+    let mut args = vec!["--server", server, "inbox", "--dir", &d, "--state", &s];
+    args.extend_from_slice(extra);
+    let mut p = Peer::spawn(&args);
+    let ready: event::Ready = p.wait(Duration::from_secs(10)).expect("the inbox's link");
+    (p, ready.link)
+}
+
+/// `native-peer send --to link file`, to its end.
+fn drop_file(server: &str, link: &str, file: &Path) -> (std::process::ExitStatus, Vec<Event>) {
+    let f = file.display().to_string();
+    Peer::spawn(&["--server", server, "send", "--to", link, &f])
+        .finish(LONG)
+        .unwrap()
+}
+
+/// Drop `file` once the inbox is registered again: a dropper meets `inbox_offline` until then.
+fn drop_when_back(server: &str, link: &str, file: &Path) -> event::Done {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, events) = drop_file(server, link, file);
+        if status.success() || Instant::now() > until {
+            return expect_done(status, &events);
+        }
+        let why = expect_error(status, &events);
+        assert!(why.contains("offline"), "{why}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn file(dir: &Path, name: &str, len: u64, seed: u64) -> PathBuf {
+    let p = dir.join(name);
+    make_file(&p, len, seed);
+    p
+}
+
+fn assert_arrived(dst: &Path, sent: &Path) {
+    let got = dst.join(sent.file_name().unwrap());
+    assert_eq!(hash_file(&got), hash_file(sent), "{}", got.display());
+}
+
+/// What a running inbox said so far, after it stopped.
+fn stop(mut inbox: Peer) -> Vec<Event> {
+    inbox.kill();
+    inbox.finish(Duration::from_secs(10)).unwrap().1
+}
+
+#[test]
+fn drops_land_one_after_another_and_several_at_once() {
+    let sig = Signalling::start();
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let (inbox, link) = inbox(&sig.url, dst.path(), &state, &[]);
+    assert!(link.contains("/i/"), "{link}");
+    // Two in a row.
+    let one = file(src.path(), "one.bin", 3 << 20, 1);
+    let two = file(src.path(), "two.bin", 1 << 20, 2);
+    for f in [&one, &two] {
+        let (status, events) = drop_file(&sig.url, &link, f);
+        expect_done(status, &events);
+        assert_arrived(dst.path(), f);
+    }
+    // Three at once.
+    let many: Vec<PathBuf> = (0..3)
+        .map(|i| file(src.path(), &format!("many{i}.bin"), 2 << 20, 10 + i))
+        .collect();
+    let senders: Vec<Peer> = many
+        .iter()
+        .map(|f| {
+            let f = f.display().to_string();
+            Peer::spawn(&["--server", &sig.url, "send", "--to", &link, &f])
+        })
+        .collect();
+    for s in senders {
+        let (status, events) = s.finish(LONG).unwrap();
+        expect_done(status, &events);
+    }
+    for f in &many {
+        assert_arrived(dst.path(), f);
+    }
+    let said = stop(inbox);
+    assert_eq!(
+        count::<event::Done>(&said),
+        5,
+        "one done per drop: {said:?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the state file holds the inbox's key");
+    }
+}
+
+/// The link stays valid across a restart of the server (same address) and of the inbox
+/// (same state file).
+#[test]
+fn the_same_link_works_after_the_server_and_the_inbox_restart() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut sig = Signalling::start_at(&listen);
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let (inbox1, link) = inbox(&sig.url, dst.path(), &state, &[]);
+    let a = file(src.path(), "a.bin", 1 << 20, 3);
+    drop_when_back(&sig.url, &link, &a);
+    // The server restarts: the inbox registers again by itself.
+    sig.kill();
+    let sig = Signalling::start_at(&listen);
+    let b = file(src.path(), "b.bin", 1 << 20, 4);
+    drop_when_back(&sig.url, &link, &b);
+    // The inbox restarts from its state: the same link.
+    stop(inbox1);
+    let (inbox2, again) = inbox(&sig.url, dst.path(), &state, &[]);
+    assert_eq!(again, link, "a restarted inbox keeps its link");
+    let c = file(src.path(), "c.bin", 1 << 20, 5);
+    drop_when_back(&sig.url, &link, &c);
+    for f in [&a, &b, &c] {
+        assert_arrived(dst.path(), f);
+    }
+    stop(inbox2);
+}
+
+#[test]
+fn a_wrong_secret_or_an_offline_inbox_is_refused_plainly() {
+    let sig = Signalling::start();
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let (inbox, link) = inbox(&sig.url, dst.path(), &state, &[]);
+    let f = file(src.path(), "secret.bin", 1 << 20, 6);
+    let (status, events) = drop_file(&sig.url, &wrong_secret(&link), &f);
+    let why = expect_error(status, &events);
+    assert!(why.contains("secret does not match"), "{why}");
+    assert!(dir_is_empty(dst.path()), "a refused drop writes nothing");
+    // The inbox goes on: the right link still drops.
+    let (status, events) = drop_file(&sig.url, &link, &f);
+    expect_done(status, &events);
+    assert_arrived(dst.path(), &f);
+    // Stopped, it is offline, and a dropper hears so at once.
+    stop(inbox);
+    let started = Instant::now();
+    let (status, events) = drop_file(&sig.url, &link, &f);
+    let why = expect_error(status, &events);
+    assert!(why.contains("inbox is offline"), "{why}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_drop_over_the_inbox_limit_is_refused_with_the_reason_and_writes_nothing() {
+    let sig = Signalling::start();
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let limit = ["--max-bytes-per-drop", "1000000"];
+    let (inbox, link) = inbox(&sig.url, dst.path(), &state, &limit);
+    let big = file(src.path(), "big.bin", 2 << 20, 7);
+    let (status, events) = drop_file(&sig.url, &link, &big);
+    let why = expect_error(status, &events);
+    assert!(why.contains("declined"), "{why}");
+    assert!(dir_is_empty(dst.path()), "a refused drop writes nothing");
+    let small = file(src.path(), "small.bin", 500_000, 8);
+    let (status, events) = drop_file(&sig.url, &link, &small);
+    expect_done(status, &events);
+    assert_arrived(dst.path(), &small);
+    stop(inbox);
+}
+
+/// The server keeps an inbox id for whoever signs its challenge with the id's key: another
+/// key, a signature by another key, or a replayed proof is refused (`not_yours`), and the
+/// real inbox stays registered.
+#[test]
+fn nobody_without_the_key_can_register_an_inbox() {
+    let sig = Signalling::start();
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let (inbox, link) = inbox(&sig.url, dst.path(), &state, &[]);
+    let id = link
+        .rsplit_once("/i/")
+        .unwrap()
+        .1
+        .split('#')
+        .next()
+        .unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let public = public_key(stored["key"].as_str().unwrap());
+    // Someone else's key for this id.
+    let mut ws = connect(&sig.url);
+    let reply = ask(&mut ws, register(id, &b64(&[9u8; 32])));
+    assert_eq!(error_code(&reply), "not_yours", "{reply:?}");
+    // The right public key, and a signature the claimant cannot make.
+    let mut ws = connect(&sig.url);
+    let reply = ask(&mut ws, register(id, &public));
+    assert!(
+        matches!(reply, ServerMessage::Challenge { .. }),
+        "{reply:?}"
+    );
+    let reply = ask(
+        &mut ws,
+        ClientMessage::Prove {
+            sig: b64(&[1u8; 64]),
+        },
+    );
+    assert_eq!(error_code(&reply), "not_yours", "{reply:?}");
+    // The real inbox still takes drops.
+    let f = file(src.path(), "still.bin", 1 << 20, 9);
+    let (status, events) = drop_file(&sig.url, &link, &f);
+    expect_done(status, &events);
+    assert_arrived(dst.path(), &f);
+    stop(inbox);
+}
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+fn connect(server: &str) -> Ws {
+    let url = format!("{}/ws", server.replacen("http", "ws", 1));
+    tungstenite::connect(url)
+        .expect("WebSocket to the server")
+        .0
+}
+
+fn ask(ws: &mut Ws, msg: ClientMessage) -> ServerMessage {
+    ws.send(tungstenite::Message::text(msg.to_json())).unwrap();
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().unwrap() {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+fn register(id: &str, key: &str) -> ClientMessage {
+    ClientMessage::Register {
+        version: SIGNAL_VERSION,
+        inbox: id.to_string(),
+        key: key.to_string(),
+    }
+}
+
+fn error_code(reply: &ServerMessage) -> String {
+    match reply {
+        ServerMessage::Error { code, .. } => serde_json::to_value(code)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The public key of the secret key the state file holds.
+fn public_key(secret_b64: &str) -> String {
+    let raw: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(secret_b64)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    b64(ed25519_dalek::SigningKey::from_bytes(&raw)
+        .verifying_key()
+        .as_bytes())
+}
+
+fn dir_is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
