@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// One offered entry and where the sender reads it from.
@@ -198,17 +199,60 @@ fn read_range(
     Ok(buf)
 }
 
+/// The top-level names that transfers into one folder at the same time (an inbox's drops)
+/// have taken: a name one of them writes is never another's to write or to continue (its
+/// `.part` is not "held" by the other, nor hashed for it). Shared by their [`Destination`]s.
+#[derive(Debug, Default, Clone)]
+pub struct Claims(Arc<Mutex<HashSet<String>>>);
+
+impl Claims {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One transfer's claims, given back when its last [`Destination`] handle goes.
+#[derive(Debug)]
+struct Claimed {
+    all: Claims,
+    mine: Mutex<HashSet<String>>,
+}
+
+impl Claimed {
+    fn mine(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.mine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        let mine = std::mem::take(&mut *self.mine());
+        self.all.lock().retain(|n| !mine.contains(n));
+    }
+}
+
 /// The destination folder, as a handle every write is resolved under.
 #[derive(Debug)]
 pub struct Destination {
     dir: Dir,
     /// The folder as the user named it, for messages.
     pub path: PathBuf,
+    claimed: Arc<Claimed>,
 }
 
 impl Destination {
     /// Open (creating it if missing) the folder received files go to.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_sharing(path, Claims::default())
+    }
+
+    /// [`Destination::open`] for one of several transfers into the folder at once, which
+    /// share `claims`.
+    pub fn open_sharing(path: &Path, claims: Claims) -> anyhow::Result<Self> {
         fs::create_dir_all(path)
             .with_context(|| format!("cannot create {} to receive into", path.display()))?;
         let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())
@@ -216,7 +260,22 @@ impl Destination {
         Ok(Self {
             dir,
             path: path.to_path_buf(),
+            claimed: Arc::new(Claimed {
+                all: claims,
+                mine: Mutex::default(),
+            }),
         })
+    }
+
+    /// Another transfer into this folder has taken top-level name `top`.
+    fn claimed_by_another(&self, top: &str) -> bool {
+        self.claimed.all.lock().contains(top) && !self.claimed.mine().contains(top)
+    }
+
+    /// Take top-level name `top` for this transfer.
+    fn claim(&self, top: &str) {
+        self.claimed.mine().insert(top.to_string());
+        self.claimed.all.lock().insert(top.to_string());
     }
 
     fn exists(&self, rel: &Path) -> bool {
@@ -260,11 +319,16 @@ impl Destination {
         Ok(Self {
             dir: self.dir.try_clone()?,
             path: self.path.clone(),
+            claimed: self.claimed.clone(),
         })
     }
 
     fn free_name(&self, top: &str) -> String {
-        let taken = |n: &str| self.exists(Path::new(n)) || self.exists(&part_path(Path::new(n)));
+        let taken = |n: &str| {
+            self.exists(Path::new(n))
+                || self.exists(&part_path(Path::new(n)))
+                || self.claimed_by_another(n)
+        };
         if !taken(top) {
             return top.to_string();
         }
@@ -298,7 +362,9 @@ pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
         .filter(|(safe, e)| !e.dir && safe.components().count() > 1)
         .filter(|(safe, _)| {
             let top = safe.top();
-            dest.is_dir(Path::new(top)) && dest.held_part(&join(safe, top))
+            !dest.claimed_by_another(top)
+                && dest.is_dir(Path::new(top))
+                && dest.held_part(&join(safe, top))
         })
         .map(|(safe, _)| safe.top())
         .collect();
@@ -310,14 +376,15 @@ pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
         let top = safe.top().to_string();
         let single_file = !entry.dir && safe.components().count() == 1;
         let continued = interrupted.contains(top.as_str());
-        if !tops.contains_key(&top) && (continued || single_file && dest.held_part(Path::new(&top)))
-        {
+        let held = single_file && !dest.claimed_by_another(&top) && dest.held_part(Path::new(&top));
+        if !tops.contains_key(&top) && (continued || held) {
             tops.insert(top.clone(), top.clone());
         }
         let mapped = tops
             .entry(top.clone())
             .or_insert_with(|| dest.free_name(&top))
             .clone();
+        dest.claim(&mapped);
         let path = join(safe, &mapped);
         if continued && !entry.dir && dest.file_len(&path) == Some(entry.size) {
             found.insert(i as u32);
@@ -551,6 +618,31 @@ mod tests {
                 .collect(),
             total_bytes,
         }
+    }
+
+    /// Two drops into an inbox at once offering the same name: the second never takes (nor
+    /// continues, nor hashes) the first one's part, and gets a name of its own; once the
+    /// first is over, its names are free to be continued again.
+    #[test]
+    fn transfers_at_once_into_one_folder_never_share_a_name() {
+        let d = tempfile::tempdir().unwrap();
+        let claims = Claims::default();
+        let o = offer(vec![OfferEntry::file("x.bin", 10)]);
+        let first = Destination::open_sharing(d.path(), claims.clone()).unwrap();
+        assert_eq!(plan(&first, &o).targets[&0], Path::new("x.bin"));
+        fs::write(d.path().join("x.bin.part"), "12345").unwrap();
+        let second = Destination::open_sharing(d.path(), claims.clone()).unwrap();
+        assert_eq!(plan(&second, &o).targets[&0], Path::new("x (1).bin"));
+        // The first planning again (a reconnection) keeps its own name and part.
+        assert_eq!(plan(&first, &o).targets[&0], Path::new("x.bin"));
+        drop(first);
+        drop(second);
+        let later = Destination::open_sharing(d.path(), claims).unwrap();
+        assert_eq!(
+            plan(&later, &o).targets[&0],
+            Path::new("x.bin"),
+            "a part to continue"
+        );
     }
 
     #[test]

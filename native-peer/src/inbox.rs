@@ -16,7 +16,11 @@
 //!   name), reconnection within `--reconnect-timeout`. A failed drop is reported and the
 //!   inbox goes on. At most `--max-concurrent` run at once; more wait their turn in order.
 //! - Ctrl-C / SIGTERM: no new drops; drops in flight are cancelled the way `recv` cancels
-//!   (the sender is told, what arrived stays as `.part` for a later resume).
+//!   them (the sender is told, and their parts are removed); a second one exits at once.
+//! - A drop never writes a name another drop in flight writes ([`files::Claims`]).
+//! - The connection to the server is pinged when quiet; one silent for 45 s is dead and the
+//!   inbox registers again. A registration refused for good (another protocol version) or
+//!   taken over by another copy of the inbox (`replaced`) stops it with that reason.
 //! - What the inbox prints per drop holds counts, sizes and the path kind; never names.
 
 use anyhow::{Context as _, bail};
@@ -30,15 +34,15 @@ use protocol::event::{self, Event};
 use protocol::inbox::{InboxId, InboxLink};
 use protocol::invite::Invitation;
 use protocol::rendezvous::{Rendezvous, Want};
-use protocol::signal::{ClientMessage, SIGNAL_VERSION, ServerMessage};
+use protocol::signal::{ClientMessage, ErrorCode, SIGNAL_VERSION, ServerMessage};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -72,7 +76,7 @@ pub struct InboxArgs {
     #[arg(long, value_name = "BYTES")]
     max_bytes_per_drop: Option<u64>,
     /// Append one JSON line per drop to this file (time, outcome, files, bytes, path kind;
-    /// never names or addresses).
+    /// never names, addresses or error texts).
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
 }
@@ -222,6 +226,11 @@ pub async fn run(
         .dir
         .as_ref()
         .context("--dir is needed: the folder drops are saved into")?;
+    if c.port.is_some() && args.max_concurrent > 1 {
+        bail!(
+            "--port binds ICE to one port, which one drop at a time can use: add --max-concurrent 1"
+        );
+    }
     // Fail now, not at the first drop, on a folder that cannot be written.
     files::Destination::open(dir)?;
     let me = match Identity::load(&path)? {
@@ -233,13 +242,23 @@ pub async fn run(
         }
     };
     let link = me.link(&c.server);
-    out.event(&ready(&link));
+    if out.is_json() || std::io::stdout().is_terminal() {
+        out.event(&ready(&link));
+    } else {
+        // Standard output is a log here (a service manager's journal): no secret in it.
+        println!(
+            "inbox {} (its link: `native-peer inbox link --state {}`)",
+            link.id,
+            path.display()
+        );
+    }
     Inbox {
         c,
         args,
         dir,
         me: &me,
         link: &link,
+        claims: files::Claims::default(),
     }
     .serve(out, interrupt)
     .await
@@ -259,7 +278,12 @@ type Registering<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Ws>> + 'a>>;
 /// The inbox's connection to the server.
 enum Server<'a> {
     Registering(Registering<'a>),
-    Online(Box<Ws>),
+    Online {
+        ws: Box<Ws>,
+        /// When the server was last heard (any frame), and when the inbox last pinged it.
+        heard: Instant,
+        pinged: Instant,
+    },
     /// Between two attempts.
     Waiting(Pin<Box<tokio::time::Sleep>>),
 }
@@ -271,6 +295,32 @@ enum Heard {
     Drop(String),
     Closed,
     Retry,
+    /// Another process registered this inbox (the same state file runs twice).
+    Replaced,
+}
+
+/// A quiet connection to the server is pinged after this; one quiet for [`SILENT_FOR`] is
+/// dead (the inbox's address changed, its router forgot the connection): it registers
+/// again rather than stay deaf to drops.
+const PING_EVERY: Duration = Duration::from_secs(15);
+const SILENT_FOR: Duration = Duration::from_secs(45);
+
+/// The server refused a registration: `code` says why.
+#[derive(Debug, thiserror::Error)]
+#[error("the server refused: {message}")]
+struct Refused {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refused {
+    /// Trying again cannot help (this build or this key is not welcome there).
+    fn is_final(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::UnsupportedVersion | ErrorCode::NotYours
+        )
+    }
 }
 
 struct Inbox<'a> {
@@ -279,6 +329,8 @@ struct Inbox<'a> {
     dir: &'a Path,
     me: &'a Identity,
     link: &'a InboxLink,
+    /// The names drops in flight write (no two drops share one).
+    claims: files::Claims,
 }
 
 impl<'a> Inbox<'a> {
@@ -302,6 +354,12 @@ impl<'a> Inbox<'a> {
                     Heard::Drop(room) => {
                         tracing::debug!("a drop is waiting");
                         waiting.push_back(room);
+                    }
+                    Heard::Failed(e) if e.downcast_ref::<Refused>().is_some_and(Refused::is_final) => {
+                        return Err(e.context("the inbox cannot register with this server"));
+                    }
+                    Heard::Replaced => {
+                        bail!("another copy of this inbox (the same state file) registered with the server: only one may run");
                     }
                     Heard::Failed(e) => {
                         attempts += 1;
@@ -347,7 +405,7 @@ impl<'a> Inbox<'a> {
         let config = session_config(self.c);
         let rv = Rendezvous::join(&inv, &self.c.server, Want::Receive, config, clock.now());
         let job = Job::Receive {
-            dest: files::Destination::open(self.dir)?,
+            dest: files::Destination::open_sharing(self.dir, self.claims.clone())?,
             limits: protocol::transfer::Limits {
                 max_bytes: self.args.max_bytes_per_drop,
                 ..Default::default()
@@ -377,10 +435,10 @@ impl<'a> Inbox<'a> {
                 "seconds": s.seconds,
                 "path": s.path.kind.as_str(),
             }),
-            Err(e) => serde_json::json!({
+            // Not the error's text: it may name a file, or quote the dropper.
+            Err(_) => serde_json::json!({
                 "time": unix_time(),
                 "outcome": "failed",
-                "error": crate::output::printable(&format!("{e:#}")),
             }),
         };
         if let Some(log) = &self.args.log
@@ -410,15 +468,39 @@ async fn next(server: &mut Server<'_>) -> Heard {
     match server {
         Server::Registering(fut) => match fut.await {
             Ok(ws) => {
-                *server = Server::Online(Box::new(ws));
+                let now = Instant::now();
+                *server = Server::Online {
+                    ws: Box::new(ws),
+                    heard: now,
+                    pinged: now,
+                };
                 Heard::Online
             }
             Err(e) => Heard::Failed(e),
         },
-        Server::Online(ws) => loop {
-            match ws.next().await {
+        Server::Online { ws, heard, pinged } => loop {
+            let now = Instant::now();
+            if now - *heard >= SILENT_FOR {
+                return Heard::Closed;
+            }
+            let quiet_since = (*heard).max(*pinged);
+            if now - quiet_since >= PING_EVERY {
+                *pinged = now;
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return Heard::Closed;
+                }
+                continue;
+            }
+            let frame = tokio::time::timeout_at((quiet_since + PING_EVERY).into(), ws.next()).await;
+            let Ok(frame) = frame else { continue };
+            *heard = Instant::now();
+            match frame {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMessage>(&t) {
                     Ok(ServerMessage::Drop { room }) => return Heard::Drop(room),
+                    Ok(ServerMessage::Error {
+                        code: ErrorCode::Replaced,
+                        ..
+                    }) => return Heard::Replaced,
                     Ok(ServerMessage::Error { code, message }) => {
                         tracing::info!(?code, "the server said: {message}");
                     }
@@ -489,8 +571,8 @@ async fn answer(ws: &mut Ws) -> anyhow::Result<ServerMessage> {
             Some(Ok(Message::Text(t))) => {
                 let msg: ServerMessage =
                     serde_json::from_str(&t).context("the server sent something unreadable")?;
-                if let ServerMessage::Error { message, .. } = msg {
-                    bail!("the server refused: {message}");
+                if let ServerMessage::Error { code, message } = msg {
+                    return Err(Refused { code, message }.into());
                 }
                 return Ok(msg);
             }

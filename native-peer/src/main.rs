@@ -348,13 +348,7 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         clock,
         rejoin,
     };
-    let (summary, saved) = s.run(rendezvous, &job, out, &mut interrupt).await?;
-    out.event(&summary.done());
-    if !out.is_json() {
-        for p in saved {
-            out.note(&format!("  {}", p.display()));
-        }
-    }
+    s.run(rendezvous, &job, out, &mut interrupt).await?;
     Ok(())
 }
 
@@ -429,7 +423,9 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Meet through `rendezvous`, connect, do `job`; a connection lost midway is got back
-    /// (within `--reconnect-timeout`) and the transfer continues from what arrived.
+    /// (within `--reconnect-timeout`) and the transfer continues from what arrived. Says
+    /// `done` (and where files were saved) as soon as it is, before a port mapping is
+    /// released.
     async fn run(
         &self,
         rendezvous: Rendezvous,
@@ -503,6 +499,14 @@ impl Session<'_> {
             }
         }
         .await;
+        if let Ok((summary, saved)) = &result {
+            out.event(&summary.clone().done());
+            if !out.is_json() {
+                for p in saved {
+                    out.note(&format!("  {}", p.display()));
+                }
+            }
+        }
         portmap.release().await;
         result
     }

@@ -171,7 +171,7 @@ fn stopped(_cancel: TransferError) -> anyhow::Error {
 }
 
 /// Everything a finished transfer reports.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     pub files: usize,
     pub bytes: u64,

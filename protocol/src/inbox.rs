@@ -100,9 +100,14 @@ impl InboxLink {
     }
 
     pub fn parse(s: &str) -> Result<Self, InviteError> {
-        let (server, id, secret) =
-            crate::invite::link_parts(s, "/i/", |id| InboxId::parse(id).is_ok())?;
-        let id = InboxId::parse(&id).map_err(|_| InviteError::BadRoom)?;
+        let (server, id, secret) = crate::invite::link_parts(s, "/i/", |id| {
+            InboxId::parse(id).is_ok()
+        })
+        .map_err(|e| match e {
+            InviteError::NoRoom | InviteError::BadRoom => InviteError::BadInbox,
+            e => e,
+        })?;
+        let id = InboxId::parse(&id).map_err(|_| InviteError::BadInbox)?;
         Ok(Self::new(&server, id, &secret))
     }
 
@@ -209,7 +214,11 @@ mod tests {
             ),
             (
                 format!("https://drop.example/i/nope#{secret}"),
-                InviteError::BadRoom,
+                InviteError::BadInbox,
+            ),
+            (
+                format!("https://drop.example/i/#{secret}"),
+                InviteError::BadInbox,
             ),
             (
                 format!("ftp://drop.example/i/{id}#{secret}"),

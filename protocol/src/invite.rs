@@ -32,6 +32,8 @@ pub enum InviteError {
     NoRoom,
     #[error("the room id in the link is malformed")]
     BadRoom,
+    #[error("the inbox id in the link is missing or malformed: copy the whole link")]
+    BadInbox,
     #[error("the link has no secret after '#': copy the whole link")]
     NoSecret,
     #[error("the secret in the link is malformed or too short: copy the whole link")]

@@ -228,6 +228,8 @@ pub enum ErrorCode {
     InboxOffline,
     /// An inbox registration whose key or proof is not the id's.
     NotYours,
+    /// Another connection registered this inbox (sent to the one it replaced).
+    Replaced,
 }
 
 impl ErrorCode {
@@ -259,6 +261,9 @@ impl ErrorCode {
                 "that inbox is offline (not connected to its server); try again when it is back"
             }
             Self::NotYours => "this inbox id belongs to another key: it cannot be registered here",
+            Self::Replaced => {
+                "another copy of this inbox registered with the server; only one may run"
+            }
         }
     }
 }
@@ -580,6 +585,13 @@ mod tests {
                     message: "x".into(),
                 },
                 r#"{"type":"error","code":"not_yours","message":"x"}"#,
+            ),
+            (
+                ServerMessage::Error {
+                    code: ErrorCode::Replaced,
+                    message: "x".into(),
+                },
+                r#"{"type":"error","code":"replaced","message":"x"}"#,
             ),
             (
                 ServerMessage::Challenge {

@@ -65,12 +65,21 @@ pub(crate) struct Inboxes {
 }
 
 impl Inboxes {
-    /// `id` is now the connection whose outbox is `tx`; a previous one is told to close.
+    /// `id` is now the connection whose outbox is `tx`; a previous one is told `replaced`
+    /// and closes (a copy of the inbox still running stops on it).
     pub fn register(&self, id: InboxId, tx: Outbox) -> Registration {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let old = self.lock().insert(id.clone(), (conn, tx));
         if let Some((_, old)) = old {
-            let _ = old.try_send(Outgoing::Replaced);
+            let code = ErrorCode::Replaced;
+            let told = old.try_send(Outgoing::Final(ServerMessage::Error {
+                code,
+                message: code.explain().to_string(),
+            }));
+            if told.is_err() {
+                // Its outbox is full: it is not reading. Close it anyway.
+                let _ = old.try_send(Outgoing::Replaced);
+            }
         }
         Registration { id, conn }
     }
@@ -168,7 +177,13 @@ mod tests {
         );
         let (tx2, mut rx2) = mpsc::channel(4);
         let second = inboxes.register(id.clone(), tx2);
-        assert!(matches!(rx1.recv().await, Some(Outgoing::Replaced)));
+        assert!(matches!(
+            rx1.recv().await,
+            Some(Outgoing::Final(ServerMessage::Error {
+                code: ErrorCode::Replaced,
+                ..
+            }))
+        ));
         // The replaced connection ending does not take its successor's registration.
         inboxes.unregister(&first);
         inboxes.knock(&id, "r2").unwrap();

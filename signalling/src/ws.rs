@@ -267,6 +267,13 @@ fn handle(
             Err(ErrorCode::UnsupportedVersion)
         }
         // An inbox's connection is its registration and nothing else; a room's, its room.
+        ClientMessage::Create { .. }
+        | ClientMessage::Join { .. }
+        | ClientMessage::Reclaim { .. }
+            if inbox.registered.is_some() || inbox.pending.is_some() =>
+        {
+            Err(ErrorCode::RoomFull)
+        }
         ClientMessage::Register { inbox: id, key, .. } => {
             if inbox.registered.is_some() || inbox.pending.is_some() {
                 return Err(ErrorCode::RoomFull);
@@ -299,7 +306,10 @@ fn handle(
             let now = std::time::Instant::now();
             let (m, _, reclaim) = state.rooms.create(tx.clone(), ip, now, false, hold)?;
             if let Err(code) = state.inboxes.knock(&id, &m.room) {
-                state.rooms.leave(&m, now);
+                // Ended, not left: a held room would wait for a creator that has no token.
+                state
+                    .rooms
+                    .abort(&m, protocol::signal::AbortReason::Failed, now);
                 return Err(code);
             }
             let reply = ServerMessage::Created {

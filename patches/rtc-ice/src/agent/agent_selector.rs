@@ -345,7 +345,9 @@ impl ControllingSelector for Agent {
                 // punchdrop patch: or the nomination of a live pair that replaces a selected
                 // pair gone silent (`handle_binding_request` below).
                 let renominated = self.nominated_pair == Some(pair_index)
-                    && self.get_selected_pair().is_some_and(|s| s != pair_index);
+                    && self
+                        .get_selected_pair()
+                        .is_some_and(|s| s != pair_index && self.pair_silent(now, s));
                 if pending_request.is_use_candidate && (selected_pair_is_none || renominated) {
                     self.set_selected_pair(Some(now), Some(pair_index));
                 }
@@ -424,11 +426,22 @@ impl ControllingSelector for Agent {
         // it valid; its success selects it). Without this, the controlling agent kept the
         // dead pair until ICE failed or was restarted through signalling, which may be dead
         // too.
+        // Of several pairs checked meanwhile, a pending nomination of a better one that is
+        // still heard from stands.
+        let better_pending = |agent: &Self, pair_index: usize| {
+            agent.nominated_pair.is_some_and(|n| {
+                Some(n) != agent.get_selected_pair()
+                    && !agent.pair_silent(now, n)
+                    && agent.candidate_pairs[n].priority()
+                        > agent.candidate_pairs[pair_index].priority()
+            })
+        };
         if let (Some(selected), Some(pair_index)) = (
             self.get_selected_pair(),
             self.find_pair(local_index, remote_index),
         ) && selected != pair_index
             && self.pair_silent(now, selected)
+            && !better_pending(self, pair_index)
         {
             debug!(
                 "[{}]: the selected pair went silent; nominating the pair the other side checks on",

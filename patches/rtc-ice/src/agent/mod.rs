@@ -922,10 +922,6 @@ impl Agent {
 
     /// Checks if the selected pair is (still) valid.
     /// Note: the caller should hold the agent lock.
-    /// Re-evaluates the selected pair's liveness as of `now`.
-    ///
-    /// `now` comes from the caller so that this decision and the keepalive decision below are
-    /// made against the same instant as the `contact(now)` that reached them.
     /// punchdrop patch: nothing has come from pair `pair_index`'s remote candidate for
     /// [`SILENT_PAIR`]: the other side no longer sends there.
     pub(crate) fn pair_silent(&self, now: Instant, pair_index: usize) -> bool {
@@ -936,6 +932,10 @@ impl Agent {
         now.saturating_duration_since(last_received) >= SILENT_PAIR
     }
 
+    /// Re-evaluates the selected pair's liveness as of `now`.
+    ///
+    /// `now` comes from the caller so that this decision and the keepalive decision below are
+    /// made against the same instant as the `contact(now)` that reached them.
     pub(crate) fn validate_selected_pair(&mut self, now: Instant) -> bool {
         let (valid, disconnected_time) = {
             self.selected_pair.as_ref().map_or_else(
