@@ -241,6 +241,8 @@ pub struct Destination {
     dir: Dir,
     /// The folder as the user named it, for messages.
     pub path: PathBuf,
+    /// Free space an accepted offer must leave on the disk (an inbox's `--keep-free`).
+    pub keep_free: u64,
     claimed: Arc<Claimed>,
 }
 
@@ -260,6 +262,7 @@ impl Destination {
         Ok(Self {
             dir,
             path: path.to_path_buf(),
+            keep_free: 0,
             claimed: Arc::new(Claimed {
                 all: claims,
                 mine: Mutex::default(),
@@ -319,6 +322,7 @@ impl Destination {
         Ok(Self {
             dir: self.dir.try_clone()?,
             path: self.path.clone(),
+            keep_free: self.keep_free,
             claimed: self.claimed.clone(),
         })
     }

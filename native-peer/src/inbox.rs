@@ -8,7 +8,7 @@
 //!   for as long as that file does; `inbox rotate` changes the secret, and old links stop
 //!   working.
 //! - The inbox keeps one connection to the server, registered by signing the server's
-//!   challenge. When it drops (the server restarted, the network went away) the inbox
+//!   challenge; it says `ready` (its link) once first registered, when drops can come. When it drops (the server restarted, the network went away) the inbox
 //!   registers again after a jittered backoff (0.5 s doubling to 30 s): the same link works
 //!   again as soon as it is back.
 //! - Each drop is a share of its own: its own room, the PAKE with the inbox's secret, the
@@ -37,6 +37,7 @@ use protocol::rendezvous::{Rendezvous, Want};
 use protocol::signal::{ClientMessage, ErrorCode, SIGNAL_VERSION, ServerMessage};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
@@ -75,6 +76,13 @@ pub struct InboxArgs {
     /// written).
     #[arg(long, value_name = "BYTES")]
     max_bytes_per_drop: Option<u64>,
+    /// Take at most this many bytes a day (UTC) in all; a drop beyond what is left today is
+    /// declined. Counted from this run's start.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes_per_day: Option<u64>,
+    /// Decline a drop that would leave less than this many bytes free on the disk.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    keep_free: u64,
     /// Append one JSON line per drop to this file (time, outcome, files, bytes, path kind;
     /// never names, addresses or error texts).
     #[arg(long, value_name = "FILE")]
@@ -242,16 +250,6 @@ pub async fn run(
         }
     };
     let link = me.link(&c.server);
-    if out.is_json() || std::io::stdout().is_terminal() {
-        out.event(&ready(&link));
-    } else {
-        // Standard output is a log here (a service manager's journal): no secret in it.
-        println!(
-            "inbox {} (its link: `native-peer inbox link --state {}`)",
-            link.id,
-            path.display()
-        );
-    }
     Inbox {
         c,
         args,
@@ -259,6 +257,8 @@ pub async fn run(
         me: &me,
         link: &link,
         claims: files::Claims::default(),
+        today: Cell::new((0, 0)),
+        state: &path,
     }
     .serve(out, interrupt)
     .await
@@ -331,6 +331,10 @@ struct Inbox<'a> {
     link: &'a InboxLink,
     /// The names drops in flight write (no two drops share one).
     claims: files::Claims,
+    /// Bytes received on UTC day `.0` (for `--max-bytes-per-day`).
+    today: Cell<(u64, u64)>,
+    /// The state file, for messages.
+    state: &'a Path,
 }
 
 impl<'a> Inbox<'a> {
@@ -342,6 +346,7 @@ impl<'a> Inbox<'a> {
         let mut server = Server::Registering(Box::pin(register(&self.c.server, self.me)));
         let mut attempts: u32 = 0;
         let mut waiting: VecDeque<String> = VecDeque::new();
+        let mut announced = false;
         let mut drops = FuturesUnordered::new();
         let max = usize::from(self.args.max_concurrent);
         loop {
@@ -349,6 +354,10 @@ impl<'a> Inbox<'a> {
                 heard = next(&mut server) => match heard {
                     Heard::Online => {
                         attempts = 0;
+                        // `ready` once drops can come: when first registered.
+                        if !std::mem::replace(&mut announced, true) {
+                            self.announce(out);
+                        }
                         out.note("The inbox is online: drops are welcome.");
                     }
                     Heard::Drop(room) => {
@@ -394,6 +403,20 @@ impl<'a> Inbox<'a> {
         Ok(())
     }
 
+    /// Say the inbox's link (`ready`): on a terminal or to a program. Standard output that
+    /// is neither is a log (a service manager's journal): the id only, no secret in it.
+    fn announce(&self, out: &mut Output) {
+        if out.is_json() || std::io::stdout().is_terminal() {
+            out.event(&ready(self.link));
+        } else {
+            println!(
+                "inbox {} is online (its link: `native-peer inbox link --state {}`)",
+                self.link.id,
+                self.state.display()
+            );
+        }
+    }
+
     /// One drop: join its room with the inbox's secret and receive into the folder.
     async fn receive(
         &self,
@@ -404,10 +427,12 @@ impl<'a> Inbox<'a> {
         let clock = Clock::start();
         let config = session_config(self.c);
         let rv = Rendezvous::join(&inv, &self.c.server, Want::Receive, config, clock.now());
+        let mut dest = files::Destination::open_sharing(self.dir, self.claims.clone())?;
+        dest.keep_free = self.args.keep_free;
         let job = Job::Receive {
-            dest: files::Destination::open_sharing(self.dir, self.claims.clone())?,
+            dest,
             limits: protocol::transfer::Limits {
-                max_bytes: self.args.max_bytes_per_drop,
+                max_bytes: self.allowance(),
                 ..Default::default()
             },
         };
@@ -422,9 +447,34 @@ impl<'a> Inbox<'a> {
         Ok(summary)
     }
 
+    /// The most a drop starting now may bring: `--max-bytes-per-drop`, and what is left of
+    /// `--max-bytes-per-day`. (Drops at once each see what was left as they started.)
+    fn allowance(&self) -> Option<u64> {
+        let left_today = self
+            .args
+            .max_bytes_per_day
+            .map(|max| max.saturating_sub(self.received_today(0)));
+        match (self.args.max_bytes_per_drop, left_today) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes received today (UTC), after adding `more`.
+    fn received_today(&self, more: u64) -> u64 {
+        let day = unix_time() / 86_400;
+        let (d, bytes) = self.today.get();
+        let bytes = if d == day { bytes + more } else { more };
+        self.today.set((day, bytes));
+        bytes
+    }
+
     /// Say how a drop ended: a line for people, its `done` or `error` event with `--json`,
     /// and a line in `--log`.
     fn report(&self, out: &mut Output, result: anyhow::Result<transfer::Summary>) {
+        if let Ok(s) = &result {
+            self.received_today(s.transferred);
+        }
         let line = match &result {
             Ok(s) => serde_json::json!({
                 "time": unix_time(),

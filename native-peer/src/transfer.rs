@@ -14,7 +14,7 @@ use protocol::transfer::{
     CancelReason, Hold, Limits, Received, Receiver, ReceiverEvent, SEND_STALL, STOPPED, Sender,
     SenderEvent, TransferError,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -521,7 +521,7 @@ pub async fn receive(
                                 whole = carry.saved.union(&planned.found).copied()
                                     .filter(|i| empty(i) || held.iter().any(|(h, _)| h == i))
                                     .collect();
-                                if let Err(msg) = check_space(&dest.path, offer.total_bytes - held_bytes) {
+                                if let Err(msg) = check_space(dest, offer.total_bytes - held_bytes) {
                                     sm.decline(&msg);
                                     flush(|| sm.poll_transmit(clock.now()), &*dc).await;
                                     bail!("{msg}");
@@ -750,14 +750,22 @@ fn write_error(sm: &mut Receiver, e: std::io::Error) -> anyhow::Error {
     anyhow!(e).context(msg)
 }
 
-fn check_space(dir: &Path, need: u64) -> Result<(), String> {
+/// The disk under `dest` takes `need` more bytes and keeps what it must free after.
+fn check_space(dest: &Destination, need: u64) -> Result<(), String> {
     // Tests fill a small disk on purpose to see writing fail; users never skip the check.
     #[cfg(feature = "test-hooks")]
     if std::env::var_os("PUNCHDROP_SKIP_SPACE_CHECK").is_some() {
         return Ok(());
     }
-    match fs4::available_space(dir) {
-        Ok(free) if free < need.saturating_add(SPACE_MARGIN) => Err(format!(
+    let keep = SPACE_MARGIN.max(dest.keep_free);
+    match fs4::available_space(&dest.path) {
+        Ok(free) if free < need.saturating_add(keep) && dest.keep_free > 0 => Err(format!(
+            "not enough free space on the receiver: the files need {}, {} is free and it keeps {} free",
+            indicatif::HumanBytes(need),
+            indicatif::HumanBytes(free),
+            indicatif::HumanBytes(dest.keep_free)
+        )),
+        Ok(free) if free < need.saturating_add(keep) => Err(format!(
             "not enough free space on the receiver: the files need {}, {} is free",
             indicatif::HumanBytes(need),
             indicatif::HumanBytes(free)

@@ -181,6 +181,49 @@ fn a_drop_over_the_inbox_limit_is_refused_with_the_reason_and_writes_nothing() {
     stop(inbox);
 }
 
+/// `--max-bytes-per-day` counts every drop of the day: once what is left is less than a
+/// drop, that drop is declined with the reason and writes nothing. `--keep-free` declines a
+/// drop that would leave less than that free on the disk.
+#[test]
+fn a_day_quota_and_a_free_space_reserve_decline_with_the_reason() {
+    let sig = Signalling::start();
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let quota = ["--max-bytes-per-day", "3000000"];
+    let (inbox1, link) = inbox(&sig.url, dst.path(), &state, &quota);
+    let first = file(src.path(), "first.bin", 2_000_000, 11);
+    let (status, events) = drop_file(&sig.url, &link, &first);
+    expect_done(status, &events);
+    assert_arrived(dst.path(), &first);
+    let second = file(src.path(), "second.bin", 2_000_000, 12);
+    let (status, events) = drop_file(&sig.url, &link, &second);
+    let why = expect_error(status, &events);
+    assert!(
+        why.contains("declined") && why.contains("at most 1000000"),
+        "{why}"
+    );
+    assert!(
+        !dst.path().join("second.bin").exists(),
+        "a declined drop writes nothing"
+    );
+    stop(inbox1);
+    // A reserve no disk has: every drop would break it.
+    let (inbox2, link) = inbox(
+        &sig.url,
+        dst.path(),
+        &state,
+        &["--keep-free", "1000000000000000000"],
+    );
+    let (status, events) = drop_file(&sig.url, &link, &second);
+    let why = expect_error(status, &events);
+    assert!(why.contains("keeps") && why.contains("free"), "{why}");
+    assert!(
+        !dst.path().join("second.bin").exists(),
+        "a declined drop writes nothing"
+    );
+    stop(inbox2);
+}
+
 /// The server keeps an inbox id for whoever signs its challenge with the id's key: another
 /// key, a signature by another key, or a replayed proof is refused (`not_yours`), and the
 /// real inbox stays registered.
