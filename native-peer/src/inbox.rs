@@ -347,6 +347,8 @@ impl<'a> Inbox<'a> {
         let mut attempts: u32 = 0;
         let mut waiting: VecDeque<String> = VecDeque::new();
         let mut announced = false;
+        // Why the inbox stops by itself (it cannot stay registered), once its drops ended.
+        let mut stopped: Option<anyhow::Error> = None;
         let mut drops = FuturesUnordered::new();
         let max = usize::from(self.args.max_concurrent);
         loop {
@@ -365,10 +367,12 @@ impl<'a> Inbox<'a> {
                         waiting.push_back(room);
                     }
                     Heard::Failed(e) if e.downcast_ref::<Refused>().is_some_and(Refused::is_final) => {
-                        return Err(e.context("the inbox cannot register with this server"));
+                        stopped = Some(e.context("the inbox cannot register with this server"));
+                        break;
                     }
                     Heard::Replaced => {
-                        bail!("another copy of this inbox (the same state file) registered with the server: only one may run");
+                        stopped = Some(anyhow::anyhow!("another copy of this inbox (the same state file) registered with the server: only one may run"));
+                        break;
                     }
                     Heard::Failed(e) => {
                         attempts += 1;
@@ -395,12 +399,13 @@ impl<'a> Inbox<'a> {
                 drops.push(self.receive(room, interrupt.clone()));
             }
         }
-        // Stopping: no new drops; those in flight saw the interrupt and are cancelling.
+        // Stopping: no new drops. Those in flight saw the interrupt and are cancelling, or
+        // (the inbox cannot stay registered) finish: they need the server no more.
         drop(server);
         while let Some(result) = drops.next().await {
             self.report(out, result);
         }
-        Ok(())
+        stopped.map_or(Ok(()), Err)
     }
 
     /// Say the inbox's link (`ready`): on a terminal or to a program. Standard output that

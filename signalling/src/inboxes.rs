@@ -72,14 +72,12 @@ impl Inboxes {
         let old = self.lock().insert(id.clone(), (conn, tx));
         if let Some((_, old)) = old {
             let code = ErrorCode::Replaced;
-            let told = old.try_send(Outgoing::Final(ServerMessage::Error {
+            // (With its outbox full it is not reading: it stays until its heartbeat ends it,
+            // no longer registered.)
+            let _ = old.try_send(Outgoing::Final(ServerMessage::Error {
                 code,
                 message: code.explain().to_string(),
             }));
-            if told.is_err() {
-                // Its outbox is full: it is not reading. Close it anyway.
-                let _ = old.try_send(Outgoing::Replaced);
-            }
         }
         Registration { id, conn }
     }

@@ -426,22 +426,13 @@ impl ControllingSelector for Agent {
         // it valid; its success selects it). Without this, the controlling agent kept the
         // dead pair until ICE failed or was restarted through signalling, which may be dead
         // too.
-        // Of several pairs checked meanwhile, a pending nomination of a better one that is
-        // still heard from stands.
-        let better_pending = |agent: &Self, pair_index: usize| {
-            agent.nominated_pair.is_some_and(|n| {
-                Some(n) != agent.get_selected_pair()
-                    && !agent.pair_silent(now, n)
-                    && agent.candidate_pairs[n].priority()
-                        > agent.candidate_pairs[pair_index].priority()
-            })
-        };
+        // Each such check nominates its pair again (a nomination lost on the way is sent
+        // again with the next check); whichever succeeds first is selected.
         if let (Some(selected), Some(pair_index)) = (
             self.get_selected_pair(),
             self.find_pair(local_index, remote_index),
         ) && selected != pair_index
             && self.pair_silent(now, selected)
-            && !better_pending(self, pair_index)
         {
             debug!(
                 "[{}]: the selected pair went silent; nominating the pair the other side checks on",
