@@ -58,7 +58,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REGISTER_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct InboxArgs {
     #[command(subcommand)]
     action: Option<InboxAction>,
@@ -67,7 +66,7 @@ pub struct InboxArgs {
     dir: Option<PathBuf>,
     /// The inbox's state file (its key and secret) [default: $XDG_STATE_HOME/punchdrop/inbox.json,
     /// or ~/.local/state/punchdrop/inbox.json].
-    #[arg(long, env = "PUNCHDROP_INBOX_STATE")]
+    #[arg(long, global = true, env = "PUNCHDROP_INBOX_STATE")]
     state: Option<PathBuf>,
     /// Drops received at once; more wait their turn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
@@ -208,6 +207,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let path = state_path(args)?;
     out.hint = "Drop files into this inbox with the link:";
+    out.waiting = match args.action {
+        Some(_) => "",
+        None => "Waiting for drops…",
+    };
     match args.action {
         Some(InboxAction::Link) => {
             let me = Identity::load(&path)?.with_context(|| {

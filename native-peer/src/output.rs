@@ -21,6 +21,8 @@ pub struct Output {
     pub role: Option<TransferRole>,
     /// What `ready` tells a person to do with the link.
     pub hint: &'static str,
+    /// What `ready` says comes next (nothing when empty).
+    pub waiting: &'static str,
 }
 
 impl Output {
@@ -35,6 +37,7 @@ impl Output {
             last_progress: None,
             role: None,
             hint: "Open this link on the other device:",
+            waiting: "Waiting for the other peer…",
         }
     }
 
@@ -134,7 +137,9 @@ impl Output {
                 .build();
             println!("{art}\n");
         }
-        eprintln!("Waiting for the other peer…");
+        if !self.waiting.is_empty() {
+            eprintln!("{}", self.waiting);
+        }
     }
 
     fn start(&mut self, total: u64) {

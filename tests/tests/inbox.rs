@@ -136,6 +136,33 @@ fn the_same_link_works_after_the_server_and_the_inbox_restart() {
         assert_arrived(dst.path(), f);
     }
     stop(inbox2);
+    // `inbox link` prints it any time; `inbox rotate` changes its secret: the old link is
+    // refused, the new one drops.
+    let s = state.display().to_string();
+    let said = |sub: &str| -> String {
+        let (status, events) = Peer::spawn(&["--server", &sig.url, "inbox", sub, "--state", &s])
+            .finish(Duration::from_secs(10))
+            .unwrap();
+        assert!(status.success(), "inbox {sub}: {events:?}");
+        event::find::<event::Ready>(&events).unwrap().link.clone()
+    };
+    assert_eq!(said("link"), link);
+    let rotated = said("rotate");
+    assert_ne!(rotated, link);
+    assert_eq!(
+        rotated.split('#').next(),
+        link.split('#').next(),
+        "the same inbox id"
+    );
+    let (inbox3, again) = inbox(&sig.url, dst.path(), &state, &[]);
+    assert_eq!(again, rotated);
+    let d = file(src.path(), "d.bin", 1 << 20, 13);
+    let (status, events) = drop_file(&sig.url, &link, &d);
+    let why = expect_error(status, &events);
+    assert!(why.contains("secret does not match"), "{why}");
+    drop_when_back(&sig.url, &rotated, &d);
+    assert_arrived(dst.path(), &d);
+    stop(inbox3);
 }
 
 #[test]
