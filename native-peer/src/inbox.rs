@@ -378,16 +378,10 @@ impl<'a> Inbox<'a> {
                         break;
                     }
                     Heard::Failed(e) => {
-                        attempts += 1;
-                        let pause = backoff(attempts);
-                        out.note(&format!("The inbox is offline ({e:#}); trying again in {:.1} s", pause.as_secs_f64()));
-                        server = Server::Waiting(Box::pin(tokio::time::sleep(pause)));
+                        server = wait_again(&mut attempts, out, &format!("The inbox is offline ({e:#})"));
                     }
                     Heard::Closed => {
-                        attempts += 1;
-                        let pause = backoff(attempts);
-                        out.note(&format!("The inbox lost the server; registering again in {:.1} s", pause.as_secs_f64()));
-                        server = Server::Waiting(Box::pin(tokio::time::sleep(pause)));
+                        server = wait_again(&mut attempts, out, "The inbox lost the server");
                     }
                     Heard::Retry => {
                         server = Server::Registering(Box::pin(register(&self.c.server, self.me)));
@@ -519,6 +513,17 @@ impl<'a> Inbox<'a> {
             )),
         }
     }
+}
+
+/// Pause before registering again (attempt `attempts`, counted here), saying `why`.
+fn wait_again<'a>(attempts: &mut u32, out: &Output, why: &str) -> Server<'a> {
+    *attempts += 1;
+    let pause = backoff(*attempts);
+    out.note(&format!(
+        "{why}; registering again in {:.1} s",
+        pause.as_secs_f64()
+    ));
+    Server::Waiting(Box::pin(tokio::time::sleep(pause)))
 }
 
 /// The next thing the connection to the server does.
