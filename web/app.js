@@ -6,8 +6,9 @@
 // current view is document.body.dataset.state: loading, ready, pick, waiting, connecting,
 // offer, transferring, done, error.
 
-import init, { Client, qrSvg } from '/pkg/wasm_client.js';
+import init, { Client, qrSvg, lookInboxes } from '/pkg/wasm_client.js';
 import { registerWorker, downloadSinks, folderSinks, memorySinks } from '/sinks.js';
+import { deviceFor, defaultDeviceName, remembered, remember, forget, rememberedInbox } from '/device.js';
 
 const $ = (id) => document.getElementById(id);
 window.punchdropEvents = [];
@@ -23,8 +24,14 @@ let titleBeforeReconnecting = '';
 // This receive page was reloaded while its transfer ran (the link is kept for the tab, see main).
 let reloaded = false;
 const LINK_KEY = `punchdrop:link:${location.pathname}`;
-// On an inbox's link (`/i/ID#SECRET`): files go to that inbox.
+// On an inbox's link (`/i/ID#SECRET`): files go to that inbox, its id and (once looked up)
+// name; whether this drop pairs this browser with it.
 let inboxLink = null;
+let inboxId = null;
+let inboxName = null;
+let pairing = false;
+// Asks the next load of an inbox's page to open its pairing box (a drop was refused as unpaired).
+const OPEN_PAIRING = 'punchdrop:open-pairing';
 
 function setState(state) {
   document.body.dataset.state = state;
@@ -182,6 +189,10 @@ function onEvent(ev) {
       break;
     case 'done': {
       sessionStorage.removeItem(LINK_KEY);
+      if (inboxLink) {
+        remember(inboxLink, inboxId, inboxName, pairing);
+        $('pair-code').value = '';
+      }
       progress(total || ev.bytes);
       const rate = ev.seconds > 0 ? ` at ${human(ev.bytes / ev.seconds)}/s` : '';
       $('progress-title').textContent = sending ? 'Sent' : 'Received';
@@ -198,6 +209,9 @@ function onEvent(ev) {
       break;
     case 'error':
       sessionStorage.removeItem(LINK_KEY);
+      if (inboxLink && /paired devices|pairing code/.test(ev.message)) {
+        sessionStorage.setItem(OPEN_PAIRING, '1');
+      }
       fail(ev.message);
       break;
     default:
@@ -269,11 +283,93 @@ function send(entries) {
   setState('connecting');
   if (inboxLink) {
     $('progress-title').textContent = 'Knocking on the inbox…';
-    client.dropTo(inboxLink, entries).catch(() => {});
+    dropIntoInbox(entries);
     return;
   }
   $('progress-title').textContent = 'Creating a link…';
   client.share(entries).catch(() => {});
+}
+
+/** Drop `entries` into the inbox, proving this browser's device key for it (and pairing it
+ * with the code typed, if any). */
+async function dropIntoInbox(entries) {
+  const pair = $('pair-code').value.trim() || null;
+  const name = $('device-name').value.trim() || defaultDeviceName();
+  const { device, why } = await deviceFor(inboxId, name, pair);
+  if (!device && pair) {
+    fail(`This browser cannot keep a device key on this page (${why}), so it cannot pair. Open the inbox's https link in a current browser.`);
+    return;
+  }
+  pairing = !!pair;
+  client.dropTo(inboxLink, entries, device).catch(() => {});
+}
+
+/** An inbox's page: its name and whether it is online, the pairing box. */
+function showInbox() {
+  inboxId = location.pathname.slice('/i/'.length).toLowerCase();
+  const known = rememberedInbox(inboxId);
+  inboxName = known?.name ?? null;
+  const title = () => {
+    $('send-title').textContent = inboxName ? `Send files to ${inboxName}` : 'Send files to this inbox';
+  };
+  title();
+  $('send-hint').textContent = 'They go straight to the inbox, encrypted. Nothing is stored on a server.';
+  $('code-form').hidden = true;
+  $('pair-box').hidden = false;
+  $('device-name').value = defaultDeviceName();
+  if (known?.paired) $('pair-summary').textContent = 'This browser is paired with this inbox';
+  $('pair-box').open = sessionStorage.getItem(OPEN_PAIRING) === '1';
+  sessionStorage.removeItem(OPEN_PAIRING);
+  $('retry').hidden = false;
+  $('start-over').hidden = true;
+  lookInboxes([inboxLink]).then(([found]) => {
+    if (found?.name) {
+      inboxName = found.name;
+      title();
+    }
+    $('inbox-offline').hidden = found?.online !== false;
+    document.body.dataset.inbox = found?.online === true ? 'online' : found?.online === false ? 'offline' : 'unknown';
+  }).catch(() => {});
+}
+
+/** The start page: the inboxes this browser sent to, each one click from a drop. */
+function showRemembered() {
+  const list = remembered();
+  $('inboxes-box').hidden = list.length === 0;
+  if (list.length === 0) return;
+  const ul = $('inbox-list');
+  ul.replaceChildren();
+  const states = [];
+  for (const inbox of list) {
+    const li = document.createElement('li');
+    const a = document.createElement('a');
+    a.href = inbox.link;
+    a.className = 'name';
+    a.textContent = inbox.name ?? `Inbox ${inbox.id.slice(0, 6)}…`;
+    const state = document.createElement('span');
+    state.className = 'size';
+    state.textContent = 'checking…';
+    const drop = document.createElement('button');
+    drop.className = 'forget';
+    drop.type = 'button';
+    drop.title = 'Forget this inbox';
+    drop.textContent = '✕';
+    drop.addEventListener('click', () => { forget(inbox.id); showRemembered(); });
+    li.append(a, state, drop);
+    ul.append(li);
+    states.push([inbox, a, state]);
+  }
+  lookInboxes(list.map((i) => i.link)).then((found) => {
+    found.forEach((f, i) => {
+      const [inbox, a, state] = states[i];
+      state.textContent = f.online === true ? 'online' : f.online === false ? 'offline' : 'unreachable';
+      state.classList.toggle('state-online', f.online === true);
+      if (f.name && f.name !== inbox.name) {
+        a.textContent = f.name;
+        remember(inbox.link, inbox.id, f.name, inbox.paired);
+      }
+    });
+  }).catch(() => {});
 }
 
 function wire() {
@@ -335,6 +431,7 @@ function wire() {
   $('decline').addEventListener('click', () => client.decline());
   $('cancel').addEventListener('click', () => client.cancel());
   $('show-code').addEventListener('click', () => client.showCode());
+  $('retry').addEventListener('click', () => location.reload());
   $('stop-sharing').addEventListener('click', () => { client.cancel(); location.assign('/'); });
   window.addEventListener('beforeunload', (e) => {
     if (['waiting', 'connecting', 'transferring', 'offer'].includes(document.body.dataset.state)) {
@@ -379,14 +476,13 @@ async function main() {
       return;
     }
     inboxLink = location.href;
-    $('send-title').textContent = 'Send files to this inbox';
-    $('send-hint').textContent = 'They go straight to the inbox, encrypted. Nothing is stored on a server.';
-    $('code-form').hidden = true;
+    showInbox();
     setState('ready');
     return;
   }
   const room = /^\/r\/[^/]+$/.test(location.pathname);
   if (!room) {
+    showRemembered();
     setState('ready');
     return;
   }

@@ -327,11 +327,13 @@ impl Destination {
         })
     }
 
-    fn free_name(&self, top: &str) -> String {
+    /// `top`, or `top (n)`: the first name free in folder `under`.
+    fn free_name(&self, under: &Path, top: &str) -> String {
         let taken = |n: &str| {
-            self.exists(Path::new(n))
-                || self.exists(&part_path(Path::new(n)))
-                || self.claimed_by_another(n)
+            let at = under.join(n);
+            self.exists(&at)
+                || self.exists(&part_path(&at))
+                || self.claimed_by_another(&at.to_string_lossy())
         };
         if !taken(top) {
             return top.to_string();
@@ -359,16 +361,20 @@ pub struct Plan {
 /// interrupted run left keeps its name, to be continued: a top-level file whose `.part` is
 /// there (and not its final name), and a top-level folder holding the `.part` of one of the
 /// offered files in it (its files saved already are then [`Plan::found`]). Creates nothing.
-pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
+/// All of this in the folder `under` inside the destination (an inbox's `--layout`; empty:
+/// the destination itself): names are free, held and claimed there.
+pub fn plan_under(dest: &Destination, offer: &Offer, under: &Path) -> Plan {
+    let at = |p: &Path| under.join(p);
+    let claim_key = |top: &str| at(Path::new(top)).to_string_lossy().into_owned();
     let interrupted: HashSet<&str> = offer
         .entries
         .iter()
         .filter(|(safe, e)| !e.dir && safe.components().count() > 1)
         .filter(|(safe, _)| {
             let top = safe.top();
-            !dest.claimed_by_another(top)
-                && dest.is_dir(Path::new(top))
-                && dest.held_part(&join(safe, top))
+            !dest.claimed_by_another(&claim_key(top))
+                && dest.is_dir(&at(Path::new(top)))
+                && dest.held_part(&at(&join(safe, top)))
         })
         .map(|(safe, _)| safe.top())
         .collect();
@@ -380,16 +386,18 @@ pub fn plan(dest: &Destination, offer: &Offer) -> Plan {
         let top = safe.top().to_string();
         let single_file = !entry.dir && safe.components().count() == 1;
         let continued = interrupted.contains(top.as_str());
-        let held = single_file && !dest.claimed_by_another(&top) && dest.held_part(Path::new(&top));
+        let held = single_file
+            && !dest.claimed_by_another(&claim_key(&top))
+            && dest.held_part(&at(Path::new(&top)));
         if !tops.contains_key(&top) && (continued || held) {
             tops.insert(top.clone(), top.clone());
         }
         let mapped = tops
             .entry(top.clone())
-            .or_insert_with(|| dest.free_name(&top))
+            .or_insert_with(|| dest.free_name(under, &top))
             .clone();
-        dest.claim(&mapped);
-        let path = join(safe, &mapped);
+        dest.claim(&claim_key(&mapped));
+        let path = at(&join(safe, &mapped));
         if continued && !entry.dir && dest.file_len(&path) == Some(entry.size) {
             found.insert(i as u32);
         }
@@ -622,6 +630,35 @@ mod tests {
                 .collect(),
             total_bytes,
         }
+    }
+
+    fn plan(dest: &Destination, offer: &Offer) -> Plan {
+        plan_under(dest, offer, Path::new(""))
+    }
+
+    /// An inbox's layout: names are free and claimed in the drop's folder, not beside it.
+    #[test]
+    fn a_plan_under_a_folder_names_files_there() {
+        let d = tempfile::tempdir().unwrap();
+        let claims = Claims::default();
+        fs::write(d.path().join("x.bin"), "taken at the top").unwrap();
+        let o = offer(vec![
+            OfferEntry::file("x.bin", 10),
+            OfferEntry::file("f/y", 1),
+        ]);
+        let first = Destination::open_sharing(d.path(), claims.clone()).unwrap();
+        let p = plan_under(&first, &o, Path::new("2026-12-06"));
+        assert_eq!(p.targets[&0], Path::new("2026-12-06/x.bin"));
+        assert_eq!(p.targets[&1], Path::new("2026-12-06/f/y"));
+        p.create_dirs(&first).unwrap();
+        assert!(d.path().join("2026-12-06/f").is_dir());
+        // Another drop into the same folder at once gets its own names; one elsewhere not.
+        let second = Destination::open_sharing(d.path(), claims.clone()).unwrap();
+        let p = plan_under(&second, &o, Path::new("2026-12-06"));
+        assert_eq!(p.targets[&0], Path::new("2026-12-06/x (1).bin"));
+        let third = Destination::open_sharing(d.path(), claims).unwrap();
+        let p = plan_under(&third, &o, Path::new("phone"));
+        assert_eq!(p.targets[&0], Path::new("phone/x.bin"));
     }
 
     /// Two drops into an inbox at once offering the same name: the second never takes (nor

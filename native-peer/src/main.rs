@@ -5,6 +5,7 @@
 //! none (the NAS case); `inbox` keeps a link valid for drops at any time. Progress goes to a
 //! terminal as bars, or to programs as JSON lines with `--json`.
 
+mod device;
 mod files;
 mod inbox;
 mod netwatch;
@@ -127,6 +128,13 @@ enum Command {
         /// Files and folders to send.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Pair this device with the inbox (`--to INBOX_LINK`) with the code its owner gave
+        /// (`native-peer inbox pair`).
+        #[arg(long, value_name = "CODE")]
+        pair: Option<String>,
+        /// The name an inbox knows this device by once paired [default: this host's name].
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
         /// Offer the first file under this exact name, unchecked: tests use it to see that
         /// receivers refuse hostile names. Only in builds with the `test-hooks` feature.
         #[cfg(feature = "test-hooks")]
@@ -311,13 +319,30 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         .transpose()?;
     // The work before anyone waits: files to send must exist, a folder to receive into too.
     let job = match &cli.command {
-        Command::Send { paths, .. } => Job::Send(sources(&cli.command, paths)?),
+        Command::Send {
+            paths,
+            pair,
+            device_name,
+            ..
+        } => Job::Send {
+            sources: sources(&cli.command, paths)?,
+            device: match &target {
+                Some(Target::Inbox(inbox)) => Some(device::for_inbox(
+                    &inbox.id,
+                    device_name.as_deref(),
+                    pair.as_deref(),
+                )?),
+                _ if pair.is_some() => bail!("--pair goes with an inbox's link (`--to LINK`)"),
+                _ => None,
+            },
+        },
         Command::Recv { dir, max_bytes, .. } => Job::Receive {
             dest: files::Destination::open(dir)?,
             limits: protocol::transfer::Limits {
                 max_bytes: *max_bytes,
                 ..Default::default()
             },
+            gate: None,
         },
         Command::Inbox(_) => unreachable!("the inbox returned above"),
     };
@@ -379,18 +404,24 @@ impl Target {
 }
 
 /// What a session does once connected.
-enum Job {
-    Send(Vec<files::Source>),
+enum Job<'a> {
+    Send {
+        sources: Vec<files::Source>,
+        /// Proven to an inbox ([`protocol::device`]).
+        device: Option<transfer::Device>,
+    },
     Receive {
         dest: files::Destination,
         limits: protocol::transfer::Limits,
+        /// An inbox's decision on the offer.
+        gate: Option<&'a dyn transfer::Gate>,
     },
 }
 
-impl Job {
+impl Job<'_> {
     fn want(&self) -> Want {
         match self {
-            Self::Send(_) => Want::Send,
+            Self::Send { .. } => Want::Send,
             Self::Receive { .. } => Want::Receive,
         }
     }
@@ -429,7 +460,7 @@ impl Session<'_> {
     async fn run(
         &self,
         rendezvous: Rendezvous,
-        job: &Job,
+        job: &Job<'_>,
         out: &mut Output,
         interrupt: &mut transfer::Interrupt,
     ) -> anyhow::Result<(transfer::Summary, Vec<PathBuf>)> {
@@ -471,11 +502,13 @@ impl Session<'_> {
                     out.note(&format!("(no port mapping: {e})"));
                 }
                 let result = match job {
-                    Job::Receive { dest, limits } => {
-                        transfer::receive(&link, dest, *limits, out, interrupt, &mut carry).await
+                    Job::Receive { dest, limits, gate } => {
+                        transfer::receive(&link, dest, *limits, *gate, out, interrupt, &mut carry)
+                            .await
                     }
-                    Job::Send(sources) => {
-                        transfer::send(&link, sources.clone(), c.chunk, out, interrupt, &mut moved)
+                    Job::Send { sources, device } => {
+                        let (sources, device) = (sources.clone(), device.as_ref());
+                        transfer::send(&link, sources, device, c.chunk, out, interrupt, &mut moved)
                             .await
                             .map(|summary| (summary, Vec::new()))
                     }

@@ -495,6 +495,7 @@ impl Driver<'_> {
             .clone()
             .context("connected without a channel")?;
         let role = rv.role().context("connected without a role")?;
+        let binding = rv.binding().context("connected without a key")?;
         let (path, reader) = opened.context("connected without a path")?;
         let both_in_room = rv
             .both_in_room()
@@ -518,6 +519,7 @@ impl Driver<'_> {
             screen,
         ));
         let mut link = Link::new(peer, dc, path, both_in_room, role, reader, (stop, late));
+        link.binding = binding;
         link.again = again;
         link.gone = gone;
         Ok(link)

@@ -154,6 +154,9 @@ pub struct Link {
     pub role: TransferRole,
     /// A connection before this one was lost: the transfer says `reconnected`.
     pub again: bool,
+    /// The session's binding ([`protocol::crypto::Channel::binding`]): what a device proof
+    /// signs.
+    pub binding: [u8; 32],
     /// Becomes `true` when this connection is known dead, whatever its state says: the other
     /// peer came back through the room, or said it lost it, or this host's address changed.
     pub gone: watch::Receiver<bool>,
@@ -206,6 +209,7 @@ impl Link {
             both_in_room,
             role,
             again: false,
+            binding: [0; 32],
             gone: watch::channel(false).1,
             reader,
             _bridges: peer.bridges,

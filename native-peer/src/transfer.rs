@@ -225,11 +225,48 @@ impl Paths {
     }
 }
 
+/// What decides on an offer beyond the receiver's limits: an inbox (paired devices, where
+/// a drop's files land).
+pub trait Gate {
+    /// Take the offer (`Ok`: the folder inside the destination its files land in, empty for
+    /// the destination itself) or decline it (`Err`: the reason the sender reads).
+    /// `device`: the proof the sender gave, unchecked; `binding`: this session's.
+    fn admit(
+        &self,
+        device: Option<&protocol::device::DeviceProof>,
+        binding: &[u8; 32],
+    ) -> Result<PathBuf, String>;
+}
+
+/// A device key a sender proves to the receiver (an inbox), with the name it gives and a
+/// pairing code if it pairs with this drop.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub key: ed25519_dalek::SigningKey,
+    pub name: String,
+    pub pair: Option<String>,
+}
+
+impl Device {
+    /// The proof of this key for the session with `binding`.
+    fn prove(&self, binding: &[u8; 32]) -> protocol::device::DeviceProof {
+        use ed25519_dalek::Signer as _;
+        let sig = self.key.sign(&protocol::device::proof_message(binding));
+        protocol::device::DeviceProof {
+            key: protocol::inbox::encode(self.key.verifying_key().as_bytes()),
+            sig: protocol::inbox::encode(&sig.to_bytes()),
+            name: self.name.clone(),
+            pair: self.pair.clone(),
+        }
+    }
+}
+
 /// Send `sources` over `link`. `moved` grows by the file bytes this connection carried,
 /// whether or not the transfer finishes on it.
 pub async fn send(
     link: &Link,
     sources: Vec<Source>,
+    device: Option<&Device>,
     chunk: usize,
     out: &mut Output,
     interrupt: &mut Interrupt,
@@ -241,6 +278,9 @@ pub async fn send(
     spawn_watchdog(dc.clone(), link.state.clone(), link.gone.clone());
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
     let mut sm = Sender::new(entries, chunk, clock.now());
+    if let Some(d) = device {
+        sm.prove_device(d.prove(&link.binding));
+    }
     let mut paths = Paths::start(link, |p| sm.set_path(p));
     let files = sources.iter().filter(|s| !s.entry.dir).count();
     let total = sm.total_bytes();
@@ -455,6 +495,7 @@ pub async fn receive(
     link: &Link,
     dest: &Destination,
     limits: Limits,
+    gate: Option<&dyn Gate>,
     out: &mut Output,
     interrupt: &mut Interrupt,
     carry: &mut Carry,
@@ -504,13 +545,22 @@ pub async fn receive(
                                 paths.connected(link, sm.peer_path(), out);
                                 files_total = offer.file_count();
                                 out.event(&event::Offer::from(&offer).into());
+                                let under = match gate.map(|g| g.admit(sm.device(), &link.binding)) {
+                                    Some(Err(msg)) => {
+                                        sm.decline(&msg);
+                                        flush(|| sm.poll_transmit(clock.now()), &*dc).await;
+                                        bail!("{msg}");
+                                    }
+                                    Some(Ok(under)) => under,
+                                    None => PathBuf::new(),
+                                };
                                 let again = carry.offer.as_ref().filter(|(o, _)| *o == offer).map(|(_, p)| p.clone());
                                 let planned = match again {
                                     Some(p) => p,
                                     None => {
                                         carry.saved.clear();
                                         carry.verified.clear();
-                                        files::plan(dest, &offer)
+                                        files::plan_under(dest, &offer, &under)
                                     }
                                 };
                                 let (held, held_bytes) = hash_held(dest, &offer, &planned, carry).await?;

@@ -107,6 +107,7 @@ pub struct Channel {
     send_seq: u64,
     recv_seq: u64,
     verifier: [u8; 8],
+    binding: [u8; 32],
 }
 
 impl std::fmt::Debug for Channel {
@@ -130,6 +131,9 @@ impl Channel {
         let mut c2j = [0u8; 32];
         let mut j2c = [0u8; 32];
         let mut verifier = [0u8; 8];
+        let mut binding = [0u8; 32];
+        hk.expand(b"session binding", &mut binding)
+            .expect("32 bytes is a valid HKDF length");
         hk.expand(b"creator to joiner", &mut c2j)
             .expect("32 bytes is a valid HKDF length");
         hk.expand(b"joiner to creator", &mut j2c)
@@ -146,6 +150,7 @@ impl Channel {
             send_seq: 0,
             recv_seq: 0,
             verifier,
+            binding,
         }
     }
 
@@ -197,6 +202,13 @@ impl Channel {
         self.open(&raw)
     }
 
+    /// A value both peers of this session hold and nobody else (not the server, not another
+    /// session's peer): what a device signs to prove its key to the other peer
+    /// ([`crate::device`]) without the signature being replayable elsewhere.
+    pub fn binding(&self) -> [u8; 32] {
+        self.binding
+    }
+
     /// Three words both peers can read aloud to compare; equal words mean the same key.
     pub fn verification_words(&self) -> [&'static str; 3] {
         let v = self.verifier;
@@ -229,6 +241,14 @@ mod tests {
             let back = b.seal_b64(b"pong");
             assert_eq!(a.open_b64(&back).unwrap(), b"pong");
         }
+    }
+
+    #[test]
+    fn both_peers_of_a_session_and_nobody_else_share_its_binding() {
+        let (a, b) = pair(b"secret", b"secret");
+        assert_eq!(a.binding(), b.binding());
+        let (c, _) = pair(b"secret", b"secret");
+        assert_ne!(a.binding(), c.binding(), "another session, another binding");
     }
 
     #[test]

@@ -159,6 +159,43 @@ pub fn verify_proof(
         .map_err(|_| InboxError::BadProof)
 }
 
+/// The key that seals an inbox's name: only link holders (who know `secret`) read it.
+fn name_key(secret: &str) -> chacha20poly1305::ChaCha20Poly1305 {
+    use chacha20poly1305::KeyInit as _;
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(NAME_SALT), secret.as_bytes());
+    let mut key = [0u8; 32];
+    hk.expand(b"inbox name", &mut key)
+        .expect("32 bytes is a valid HKDF length");
+    chacha20poly1305::ChaCha20Poly1305::new(&key.into())
+}
+
+const NAME_SALT: &[u8] = b"punchdrop/v1 inbox name";
+
+/// The inbox's name as it registers it ([`crate::signal::ClientMessage::Register`]):
+/// sealed with a key from its secret, so the server keeps and hands out what it cannot read.
+pub fn seal_name(secret: &str, name: &str) -> String {
+    use chacha20poly1305::aead::Aead as _;
+    use rand::RngCore as _;
+    let mut nonce = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let sealed = name_key(secret)
+        .encrypt(&nonce.into(), name.as_bytes())
+        .expect("ChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+    B64.encode([&nonce[..], &sealed].concat())
+}
+
+/// The name [`seal_name`] sealed, if `secret` is the inbox's (and the name reads as one).
+pub fn open_name(secret: &str, sealed: &str) -> Option<String> {
+    use chacha20poly1305::aead::Aead as _;
+    let raw = B64.decode(sealed).ok()?;
+    if raw.len() < 12 {
+        return None;
+    }
+    let (nonce, ct) = raw.split_at(12);
+    let plain = name_key(secret).decrypt(nonce.into(), ct).ok()?;
+    crate::device::clean_name(&String::from_utf8(plain).ok()?)
+}
+
 /// Base64 as the registration messages carry keys, nonces and signatures.
 pub fn encode(bytes: &[u8]) -> String {
     B64.encode(bytes)
@@ -228,6 +265,25 @@ mod tests {
         for (bad, why) in cases {
             assert_eq!(InboxLink::parse(&bad), Err(why), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_link_holders_read_the_inbox_name() {
+        let sealed = seal_name("s3cret", "Anna's NAS");
+        assert!(!sealed.contains("Anna"));
+        assert_ne!(
+            sealed,
+            seal_name("s3cret", "Anna's NAS"),
+            "a fresh nonce each time"
+        );
+        assert_eq!(open_name("s3cret", &sealed).as_deref(), Some("Anna's NAS"));
+        assert_eq!(open_name("other", &sealed), None);
+        assert_eq!(open_name("s3cret", "bm8="), None);
+        assert_eq!(open_name("s3cret", "%%"), None);
+        let long = seal_name("s3cret", &"n".repeat(crate::signal::MAX_SEALED_NAME));
+        assert!(long.len() > crate::signal::MAX_SEALED_NAME);
+        let max = seal_name("s3cret", &"\u{10000}".repeat(crate::device::MAX_NAME_CHARS));
+        assert!(max.len() <= crate::signal::MAX_SEALED_NAME, "{}", max.len());
     }
 
     #[test]

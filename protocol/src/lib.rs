@@ -18,6 +18,7 @@
 //! tests run both ends on virtual time. The crate builds for `wasm32-unknown-unknown`.
 
 pub mod crypto;
+pub mod device;
 pub mod event;
 pub mod inbox;
 pub mod invite;

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 /// 6: a held room's joiner takes its place back too (`reclaim` with its token, while its
 /// connection to the creator lives on; the creator hears `peer_back`), and connected peers
 /// restart ICE with a new sealed offer and answer (asked for with a sealed `path_down`).
-/// 7: inboxes (`register`, `challenge`, `prove`, `registered`; `knock` → `drop`).
+/// 7: inboxes (`register`, `challenge`, `prove`, `registered`; `knock` → `drop`; `look`
+/// → `inboxes`).
 pub const SIGNAL_VERSION: u32 = 7;
 
 /// Largest WebSocket text frame the server accepts. Signalling only: SDP with a handful of
@@ -105,6 +106,10 @@ pub enum ClientMessage {
         version: u32,
         inbox: String,
         key: String,
+        /// The inbox's name sealed with its secret ([`crate::inbox::seal_name`]): shown to
+        /// link holders who [`ClientMessage::Look`], unreadable to the server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     /// The inbox's signature (base64) of [`crate::inbox::proof_message`] for the challenge:
     /// answered [`ServerMessage::Registered`], or `not_yours`.
@@ -118,7 +123,15 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hold: bool,
     },
+    /// Are these inboxes online, and what are their (sealed) names? Answered
+    /// [`ServerMessage::Inboxes`]; at most [`MAX_LOOK`] at once.
+    Look { version: u32, inboxes: Vec<String> },
 }
+
+/// The most inboxes one [`ClientMessage::Look`] asks about.
+pub const MAX_LOOK: usize = 32;
+/// The longest sealed inbox name a server keeps (base64 characters).
+pub const MAX_SEALED_NAME: usize = 400;
 
 /// Why a peer aborted a room.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +200,19 @@ pub enum ServerMessage {
     Registered { inbox: String },
     /// Someone knocked (sent to a registered inbox): join `room` with the inbox's secret.
     Drop { room: String },
+    /// The answer to [`ClientMessage::Look`], in its order.
+    Inboxes { inboxes: Vec<InboxStatus> },
+}
+
+/// One inbox in [`ServerMessage::Inboxes`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InboxStatus {
+    pub inbox: String,
+    /// Registered right now: drops can come.
+    pub online: bool,
+    /// Its name as it registered it, sealed ([`crate::inbox::open_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// One entry of [`ServerMessage::IceServers`], shaped like WebRTC's `RTCIceServer`.
@@ -438,8 +464,25 @@ mod tests {
                     version: 7,
                     inbox: "mfrggzdfmztwq2lk".into(),
                     key: "a2V5".into(),
+                    name: None,
                 },
                 r#"{"type":"register","version":7,"inbox":"mfrggzdfmztwq2lk","key":"a2V5"}"#,
+            ),
+            (
+                ClientMessage::Register {
+                    version: 7,
+                    inbox: "mfrggzdfmztwq2lk".into(),
+                    key: "a2V5".into(),
+                    name: Some("bmFtZQ==".into()),
+                },
+                r#"{"type":"register","version":7,"inbox":"mfrggzdfmztwq2lk","key":"a2V5","name":"bmFtZQ=="}"#,
+            ),
+            (
+                ClientMessage::Look {
+                    version: 7,
+                    inboxes: vec!["mfrggzdfmztwq2lk".into()],
+                },
+                r#"{"type":"look","version":7,"inboxes":["mfrggzdfmztwq2lk"]}"#,
             ),
             (
                 ClientMessage::Prove { sig: "c2ln".into() },
@@ -592,6 +635,23 @@ mod tests {
                     message: "x".into(),
                 },
                 r#"{"type":"error","code":"replaced","message":"x"}"#,
+            ),
+            (
+                ServerMessage::Inboxes {
+                    inboxes: vec![
+                        InboxStatus {
+                            inbox: "mfrggzdfmztwq2lk".into(),
+                            online: true,
+                            name: Some("bmFtZQ==".into()),
+                        },
+                        InboxStatus {
+                            inbox: "mfrggzdfmztwq2ll".into(),
+                            online: false,
+                            name: None,
+                        },
+                    ],
+                },
+                r#"{"type":"inboxes","inboxes":[{"inbox":"mfrggzdfmztwq2lk","online":true,"name":"bmFtZQ=="},{"inbox":"mfrggzdfmztwq2ll","online":false}]}"#,
             ),
             (
                 ServerMessage::Challenge {

@@ -10,7 +10,7 @@
 //!   successor). Nothing about an inbox is kept after.
 
 use protocol::inbox::{self, InboxError, InboxId, NONCE_BYTES};
-use protocol::signal::{ErrorCode, ServerMessage};
+use protocol::signal::{ErrorCode, InboxStatus, MAX_LOOK, MAX_SEALED_NAME, ServerMessage};
 use rand::RngCore as _;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,12 +25,21 @@ pub(crate) struct Pending {
     id: InboxId,
     key: ed25519_dalek::VerifyingKey,
     nonce: [u8; NONCE_BYTES],
+    /// Its name, sealed (the server cannot read it).
+    name: Option<String>,
 }
 
 impl Pending {
     /// Check the claimed key is `id`'s and make a challenge for it.
-    pub fn start(id: &str, key: &str) -> Result<(Self, ServerMessage), ErrorCode> {
+    pub fn start(
+        id: &str,
+        key: &str,
+        name: Option<String>,
+    ) -> Result<(Self, ServerMessage), ErrorCode> {
         let id = InboxId::parse(id).map_err(|_| ErrorCode::Malformed)?;
+        if name.as_ref().is_some_and(|n| n.len() > MAX_SEALED_NAME) {
+            return Err(ErrorCode::Malformed);
+        }
         let key = inbox::key_of(&id, key).map_err(|e| match e {
             InboxError::NotYours => ErrorCode::NotYours,
             _ => ErrorCode::Malformed,
@@ -40,14 +49,20 @@ impl Pending {
         let challenge = ServerMessage::Challenge {
             nonce: inbox::encode(&nonce),
         };
-        Ok((Self { id, key, nonce }, challenge))
+        let pending = Self {
+            id,
+            key,
+            nonce,
+            name,
+        };
+        Ok((pending, challenge))
     }
 
-    /// The id, if `sig` proves the key.
-    pub fn prove(self, sig: &str) -> Result<InboxId, ErrorCode> {
+    /// The id and sealed name, if `sig` proves the key.
+    pub fn prove(self, sig: &str) -> Result<(InboxId, Option<String>), ErrorCode> {
         inbox::verify_proof(&self.key, &self.id, &self.nonce, sig)
             .map_err(|_| ErrorCode::NotYours)?;
-        Ok(self.id)
+        Ok((self.id, self.name))
     }
 }
 
@@ -58,19 +73,29 @@ pub(crate) struct Registration {
     conn: u64,
 }
 
+/// A registered inbox: its connection (a number and its outbox) and sealed name.
+#[derive(Debug)]
+struct Registered {
+    conn: u64,
+    tx: Outbox,
+    name: Option<String>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Inboxes {
-    by_id: Mutex<HashMap<InboxId, (u64, Outbox)>>,
+    by_id: Mutex<HashMap<InboxId, Registered>>,
     next_conn: AtomicU64,
 }
 
 impl Inboxes {
     /// `id` is now the connection whose outbox is `tx`; a previous one is told `replaced`
     /// and closes (a copy of the inbox still running stops on it).
-    pub fn register(&self, id: InboxId, tx: Outbox) -> Registration {
+    pub fn register(&self, id: InboxId, tx: Outbox, name: Option<String>) -> Registration {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let old = self.lock().insert(id.clone(), (conn, tx));
-        if let Some((_, old)) = old {
+        let old = self
+            .lock()
+            .insert(id.clone(), Registered { conn, tx, name });
+        if let Some(Registered { tx: old, .. }) = old {
             let code = ErrorCode::Replaced;
             // (With its outbox full it is not reading: it stays until its heartbeat ends it,
             // no longer registered.)
@@ -85,7 +110,7 @@ impl Inboxes {
     /// The connection of `reg` ended.
     pub fn unregister(&self, reg: &Registration) {
         let mut map = self.lock();
-        if map.get(&reg.id).is_some_and(|(c, _)| *c == reg.conn) {
+        if map.get(&reg.id).is_some_and(|r| r.conn == reg.conn) {
             map.remove(&reg.id);
         }
     }
@@ -93,8 +118,8 @@ impl Inboxes {
     /// Tell inbox `id` that a drop waits in `room`.
     pub fn knock(&self, id: &InboxId, room: &str) -> Result<(), ErrorCode> {
         let map = self.lock();
-        let (_, tx) = map.get(id).ok_or(ErrorCode::InboxOffline)?;
-        tx.try_send(Outgoing::Msg(ServerMessage::Drop {
+        let r = map.get(id).ok_or(ErrorCode::InboxOffline)?;
+        r.tx.try_send(Outgoing::Msg(ServerMessage::Drop {
             room: room.to_string(),
         }))
         .map_err(|_| ErrorCode::InboxOffline)
@@ -105,7 +130,28 @@ impl Inboxes {
         self.lock().contains_key(id)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InboxId, (u64, Outbox)>> {
+    /// `look`: which of `ids` are online, with their sealed names. An id that is not one
+    /// is simply offline (nothing to tell a prober).
+    pub fn look(&self, ids: &[String]) -> Result<ServerMessage, ErrorCode> {
+        if ids.len() > MAX_LOOK {
+            return Err(ErrorCode::Malformed);
+        }
+        let map = self.lock();
+        let inboxes = ids
+            .iter()
+            .map(|id| {
+                let r = InboxId::parse(id).ok().and_then(|id| map.get(&id));
+                InboxStatus {
+                    inbox: id.clone(),
+                    online: r.is_some(),
+                    name: r.and_then(|r| r.name.clone()),
+                }
+            })
+            .collect();
+        Ok(ServerMessage::Inboxes { inboxes })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InboxId, Registered>> {
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -136,28 +182,37 @@ mod tests {
     #[test]
     fn the_key_holder_registers_and_others_cannot() {
         let (k, id, key) = owner(1);
-        let (p, challenge) = Pending::start(&id, &key).unwrap();
+        let (p, challenge) = Pending::start(&id, &key, Some("c2VhbGVk".into())).unwrap();
         let sig = sign(&k, &id, &challenge);
-        assert_eq!(p.prove(&sig).unwrap().as_str(), id);
+        let (proved, name) = p.prove(&sig).unwrap();
+        assert_eq!(
+            (proved.as_str(), name.as_deref()),
+            (id.as_str(), Some("c2VhbGVk"))
+        );
         // Someone else's key for this id, or a signature for another challenge.
         let (other, _, their_key) = owner(2);
         assert_eq!(
-            Pending::start(&id, &their_key).unwrap_err(),
+            Pending::start(&id, &their_key, None).unwrap_err(),
             ErrorCode::NotYours
         );
-        let (p, challenge) = Pending::start(&id, &key).unwrap();
+        let (p, challenge) = Pending::start(&id, &key, None).unwrap();
         assert_eq!(
             p.prove(&sign(&other, &id, &challenge)).unwrap_err(),
             ErrorCode::NotYours
         );
-        let (p, _) = Pending::start(&id, &key).unwrap();
+        let (p, _) = Pending::start(&id, &key, None).unwrap();
         assert_eq!(
             p.prove(&sig).unwrap_err(),
             ErrorCode::NotYours,
             "a replayed proof"
         );
         assert_eq!(
-            Pending::start("nope", &key).unwrap_err(),
+            Pending::start("nope", &key, None).unwrap_err(),
+            ErrorCode::Malformed
+        );
+        let long = "n".repeat(MAX_SEALED_NAME + 1);
+        assert_eq!(
+            Pending::start(&id, &key, Some(long)).unwrap_err(),
             ErrorCode::Malformed
         );
     }
@@ -168,13 +223,27 @@ mod tests {
         let id = InboxId::parse(&owner(1).1).unwrap();
         assert_eq!(inboxes.knock(&id, "r1"), Err(ErrorCode::InboxOffline));
         let (tx1, mut rx1) = mpsc::channel(4);
-        let first = inboxes.register(id.clone(), tx1);
+        let first = inboxes.register(id.clone(), tx1, Some("c2VhbGVk".into()));
+        let other = owner(2).1;
+        let look = inboxes
+            .look(&[id.to_string(), other.clone(), "nope".into()])
+            .unwrap();
+        let ServerMessage::Inboxes { inboxes: seen } = look else {
+            panic!("{look:?}")
+        };
+        let seen: Vec<_> = seen.iter().map(|s| (s.online, s.name.as_deref())).collect();
+        assert_eq!(
+            seen,
+            [(true, Some("c2VhbGVk")), (false, None), (false, None)]
+        );
+        let many = vec![other; MAX_LOOK + 1];
+        assert_eq!(inboxes.look(&many).unwrap_err(), ErrorCode::Malformed);
         inboxes.knock(&id, "r1").unwrap();
         assert!(
             matches!(rx1.recv().await, Some(Outgoing::Msg(ServerMessage::Drop { room })) if room == "r1")
         );
         let (tx2, mut rx2) = mpsc::channel(4);
-        let second = inboxes.register(id.clone(), tx2);
+        let second = inboxes.register(id.clone(), tx2, None);
         assert!(matches!(
             rx1.recv().await,
             Some(Outgoing::Final(ServerMessage::Error {

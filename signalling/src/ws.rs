@@ -262,6 +262,7 @@ fn handle(
         | ClientMessage::Reclaim { version, .. }
         | ClientMessage::Register { version, .. }
         | ClientMessage::Knock { version, .. }
+        | ClientMessage::Look { version, .. }
             if version != SIGNAL_VERSION =>
         {
             Err(ErrorCode::UnsupportedVersion)
@@ -274,23 +275,33 @@ fn handle(
         {
             Err(ErrorCode::RoomFull)
         }
-        ClientMessage::Register { inbox: id, key, .. } => {
+        ClientMessage::Register {
+            inbox: id,
+            key,
+            name,
+            ..
+        } => {
             if inbox.registered.is_some() || inbox.pending.is_some() {
                 return Err(ErrorCode::RoomFull);
             }
             may_enter(state, ip, member)?;
-            let (pending, challenge) = Pending::start(&id, &key)?;
+            let (pending, challenge) = Pending::start(&id, &key, name)?;
             inbox.pending = Some(pending);
             Ok(Some(challenge))
         }
         ClientMessage::Prove { sig } => {
             let pending = inbox.pending.take().ok_or(ErrorCode::NotInRoom)?;
-            let id = pending.prove(&sig)?;
+            let (id, name) = pending.prove(&sig)?;
             let reply = ServerMessage::Registered {
                 inbox: id.to_string(),
             };
-            inbox.registered = Some(state.inboxes.register(id, tx.clone()));
+            inbox.registered = Some(state.inboxes.register(id, tx.clone(), name));
             Ok(Some(reply))
+        }
+        ClientMessage::Look { inboxes, .. } => {
+            // Rate-limited as entering a room is: ids are not to be probed in bulk.
+            may_enter(state, ip, member)?;
+            state.inboxes.look(&inboxes).map(Some)
         }
         ClientMessage::Knock {
             inbox: id, hold, ..

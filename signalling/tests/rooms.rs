@@ -795,6 +795,7 @@ async fn web_app_and_share_pages_are_served() {
     for (path, kind) in [
         ("/app.js", "text/javascript"),
         ("/sinks.js", "text/javascript"),
+        ("/device.js", "text/javascript"),
         ("/sw.js", "text/javascript"),
         ("/style.css", "text/css"),
         ("/icon.svg", "image/svg+xml"),

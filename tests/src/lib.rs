@@ -222,6 +222,14 @@ impl Peer {
         if std::env::var_os("PUNCHDROP_LOG").is_none() {
             cmd.env("PUNCHDROP_LOG", "warn");
         }
+        // A dropper keeps its device key in its state directory: the tests' own, not `~`'s,
+        // unless the test gives one (another device).
+        if !cmd.get_envs().any(|(k, _)| k == "XDG_STATE_HOME") {
+            cmd.env(
+                "XDG_STATE_HOME",
+                std::env::temp_dir().join("punchdrop-e2e-state"),
+            );
+        }
         let mut child = cmd.spawn().expect("start native-peer");
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");

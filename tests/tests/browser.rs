@@ -1041,3 +1041,116 @@ fn a_page_saving_to_a_folder_continues_after_a_reload() {
     })
     .unwrap();
 }
+
+/// `native-peer inbox ACTION --state STATE`: its standard output, trimmed.
+fn inbox_manage(state: &Path, action: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(bin("native-peer"))
+        .arg("inbox")
+        .args(action)
+        .arg("--state")
+        .arg(state)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{action:?}: {out:?}");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// The page opens an inbox's link afresh (the same link again would be a same-page
+/// navigation) and waits until it shows the inbox's name.
+fn open_inbox_page(c: &mut Chromium, link: &str, name: &str) -> anyhow::Result<()> {
+    let origin = link.split("/i/").next().unwrap_or_default();
+    c.goto(&format!("{origin}/"))?;
+    c.goto(link)?;
+    c.wait_state("ready", SECS(30))?;
+    let title = format!("Send files to {name}");
+    c.wait_for(
+        &format!("document.querySelector('#send-title').textContent === {title:?}"),
+        SECS(10),
+    )
+    .with_context(|| c.diagnostics())?;
+    Ok(())
+}
+
+/// A stock page and an inbox that takes paired devices only (issue 15): the page shows the
+/// inbox's name (sealed by the inbox, opened with the link's secret); its first drop is
+/// refused with the reason; with the owner's pairing code it is paired (its WebCrypto key
+/// kept in IndexedDB) and its files land; the next drop needs no code; once revoked it is
+/// refused again. The start page lists the inbox, online, one click from a drop.
+#[test]
+fn a_page_pairs_with_a_paired_only_inbox_and_is_refused_once_revoked() {
+    in_loopback_netns(|| {
+        let sig = Signalling::start();
+        let (src, dst, st) = (
+            tempfile::tempdir()?,
+            tempfile::tempdir()?,
+            tempfile::tempdir()?,
+        );
+        let state = st.path().join("inbox.json");
+        let (d, s) = (
+            dst.path().display().to_string(),
+            state.display().to_string(),
+        );
+        let mut inbox = Peer::spawn(&[
+            "--server", &sig.url, "--bind", "127.0.0.1:0", "inbox", "--dir", &d, "--state", &s,
+            "--paired-only", "--name", "Family NAS",
+        ]);
+        let ready: event::Ready = inbox.wait(SECS(10))?;
+        let mut c = Chromium::launch_named("phone")?;
+        let first = some_files(src.path(), 20);
+        // Not paired: refused with the reason, nothing written.
+        open_inbox_page(&mut c, &ready.link, "Family NAS")?;
+        c.set_files("#file-input", &refs(&first))?;
+        c.wait_state("error", SECS(60))?;
+        let why = c.eval("document.querySelector('#error').textContent")?;
+        assert!(
+            why.as_str().unwrap_or_default().contains("paired devices"),
+            "{why}"
+        );
+        assert!(tree(dst.path()).is_empty(), "{:?}", tree(dst.path()));
+        // The owner's code pairs the page with its next drop.
+        let code = inbox_manage(&state, &["pair"])?;
+        open_inbox_page(&mut c, &ready.link, "Family NAS")?;
+        let opened = c.eval("document.querySelector('#pair-box').open")?;
+        assert_eq!(opened, serde_json::json!(true), "refused as unpaired, the page asks for a code");
+        c.eval(&format!(
+            "document.querySelector('#pair-code').value = {code:?}; document.querySelector('#device-name').value = 'Test phone'"
+        ))?;
+        c.set_files("#file-input", &refs(&first))?;
+        expect_page_done(&mut c, first.len(), total_len(&first))?;
+        for f in &first {
+            let name = f.file_name().unwrap();
+            assert_eq!(hash_file(&dst.path().join(name)), hash_file(f), "{name:?}");
+        }
+        assert!(
+            inbox_manage(&state, &["devices"])?.starts_with("Test phone\t"),
+            "the inbox lists the page's device"
+        );
+        // Known from then on: no code.
+        std::fs::create_dir_all(src.path().join("second"))?;
+        let second = some_files(&src.path().join("second"), 21);
+        open_inbox_page(&mut c, &ready.link, "Family NAS")?;
+        let summary = c.eval("document.querySelector('#pair-summary').textContent")?;
+        assert!(summary.as_str().unwrap_or_default().contains("paired"), "{summary}");
+        c.set_files("#file-input", &refs(&second))?;
+        expect_page_done(&mut c, second.len(), total_len(&second))?;
+        // The start page remembers the inbox, online.
+        c.goto(&format!("{}/", sig.url))?;
+        c.wait_for(
+            "document.querySelector('#inbox-list')?.textContent.includes('Family NAS') && document.querySelector('#inbox-list').textContent.includes('online')",
+            SECS(10),
+        )
+        .with_context(|| c.diagnostics())?;
+        // Revoked: refused again.
+        inbox_manage(&state, &["revoke", "Test phone"])?;
+        open_inbox_page(&mut c, &ready.link, "Family NAS")?;
+        c.set_files("#file-input", &refs(&second))?;
+        c.wait_state("error", SECS(60))?;
+        let why = c.eval("document.querySelector('#error').textContent")?;
+        assert!(
+            why.as_str().unwrap_or_default().contains("paired devices"),
+            "{why}"
+        );
+        inbox.kill();
+        Ok(())
+    })
+    .unwrap();
+}

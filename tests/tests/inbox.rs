@@ -296,6 +296,139 @@ fn nobody_without_the_key_can_register_an_inbox() {
     stop(inbox);
 }
 
+/// `--paired-only`: a device that is not paired is refused with the reason and nothing is
+/// written; one pairing code pairs one device once, which is then known by its key (and
+/// its files land in its folder with `--layout by-device`); a revoked device is refused
+/// again. The inbox's name reaches link holders (sealed: the server cannot read it).
+#[test]
+fn only_paired_devices_drop_into_a_paired_only_inbox() {
+    let sig = Signalling::start();
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let log = st.path().join("drops.log");
+    let log_arg = log.display().to_string();
+    let extra = [
+        "--paired-only",
+        "--layout",
+        "by-device",
+        "--name",
+        "Test NAS",
+        "--log",
+        &log_arg,
+    ];
+    let (inbox, link) = inbox(&sig.url, dst.path(), &state, &extra);
+    let (phone, laptop) = (tempdir(), tempdir());
+    let drop_as = |device: &Path, f: &Path, more: &[&str]| {
+        let f = f.display().to_string();
+        let mut args = vec!["--server", &sig.url, "send", "--to", &link];
+        args.extend_from_slice(more);
+        args.push(&f);
+        let mut cmd = std::process::Command::new(punchdrop_e2e::bin("native-peer"));
+        cmd.env("XDG_STATE_HOME", device);
+        Peer::spawn_cmd(cmd, &args).finish(LONG).unwrap()
+    };
+    let f = file(src.path(), "photo.jpg", 1 << 20, 5);
+    // Not paired: refused, and nothing written.
+    let (status, events) = drop_as(phone.path(), &f, &[]);
+    let why = expect_error(status, &events);
+    assert!(why.contains("paired devices"), "{why}");
+    assert!(dir_is_empty(dst.path()));
+    // A code pairs the phone, under the name it gives; its drops land in its folder.
+    let code = manage(&state, &["pair"]);
+    let (status, events) = drop_as(
+        phone.path(),
+        &f,
+        &["--pair", &code, "--device-name", "Phone"],
+    );
+    expect_done(status, &events);
+    assert_arrived(&dst.path().join("Phone"), &f);
+    let g = file(src.path(), "second.jpg", 1 << 19, 6);
+    let (status, events) = drop_as(phone.path(), &g, &[]);
+    expect_done(status, &events);
+    assert_arrived(&dst.path().join("Phone"), &g);
+    // The code is spent: the laptop cannot use it.
+    let (status, events) = drop_as(laptop.path(), &g, &["--pair", &code]);
+    let why = expect_error(status, &events);
+    assert!(why.contains("pairing code is not valid"), "{why}");
+    assert!(manage(&state, &["devices"]).starts_with("Phone\t"));
+    // Revoked: refused from the next drop on (the running inbox reads its state per drop).
+    manage(&state, &["revoke", "Phone"]);
+    let (status, events) = drop_as(phone.path(), &g, &[]);
+    let why = expect_error(status, &events);
+    assert!(why.contains("paired devices"), "{why}");
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let devices: Vec<Option<String>> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| v["device"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        devices
+            .iter()
+            .filter(|d| d.as_deref() == Some("Phone"))
+            .count(),
+        2,
+        "{lines}"
+    );
+    // The name, as a page opening the link reads it.
+    let (id, secret) = link.rsplit_once("/i/").unwrap().1.split_once('#').unwrap();
+    let reply = ask(
+        &mut connect(&sig.url),
+        ClientMessage::Look {
+            version: SIGNAL_VERSION,
+            inboxes: vec![id.to_string()],
+        },
+    );
+    let ServerMessage::Inboxes { inboxes } = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(inboxes[0].online);
+    let sealed = inboxes[0].name.as_deref().expect("a sealed name");
+    assert!(!sealed.contains("Test"));
+    assert_eq!(
+        protocol::inbox::open_name(secret, sealed).as_deref(),
+        Some("Test NAS")
+    );
+    stop(inbox);
+}
+
+/// Drops into an inbox with `--layout by-date` land in a folder named for the UTC day.
+#[test]
+fn a_by_date_inbox_files_drops_by_day() {
+    let sig = Signalling::start();
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let (inbox, link) = inbox(&sig.url, dst.path(), &state, &["--layout", "by-date"]);
+    let f = file(src.path(), "a.bin", 1 << 20, 7);
+    let (status, events) = drop_file(&sig.url, &link, &f);
+    expect_done(status, &events);
+    let days: Vec<_> = std::fs::read_dir(dst.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(days.len(), 1, "{days:?}");
+    let day = &days[0];
+    assert!(
+        day.len() == 10 && day.as_bytes()[4] == b'-' && day.as_bytes()[7] == b'-',
+        "{day}"
+    );
+    assert_arrived(&dst.path().join(day), &f);
+    stop(inbox);
+}
+
+/// `native-peer inbox ACTION --state STATE`: its standard output, trimmed.
+fn manage(state: &Path, action: &[&str]) -> String {
+    let out = std::process::Command::new(punchdrop_e2e::bin("native-peer"))
+        .arg("inbox")
+        .args(action)
+        .arg("--state")
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{action:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
 
 fn connect(server: &str) -> Ws {
@@ -319,6 +452,7 @@ fn register(id: &str, key: &str) -> ClientMessage {
         version: SIGNAL_VERSION,
         inbox: id.to_string(),
         key: key.to_string(),
+        name: None,
     }
 }
 

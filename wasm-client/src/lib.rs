@@ -21,6 +21,7 @@
 
 mod error;
 mod events;
+mod inboxes;
 mod js;
 mod peer;
 mod rendezvous;
@@ -103,23 +104,27 @@ impl Client {
         let rx = self.begin();
         let events = self.events.clone();
         let rv = Rendezvous::create(&self.server, Want::Send, held(), js::now());
-        Ok(self.run(share_flow(rv, sources, events, rx)))
+        Ok(self.run(share_flow(rv, (sources, None), events, rx)))
     }
 
     /// Drop `entries` into the inbox `link` names (`…/i/ID#SECRET`): a room made for the
-    /// drop, which the inbox joins with its secret.
+    /// drop, which the inbox joins with its secret. `device` (optional): this browser's key
+    /// for that inbox, `{key: Uint8Array(32) public key, name, pair: code|null, sign:
+    /// bytes => Promise<Uint8Array(64)>}` (an Ed25519 WebCrypto key the page keeps).
     #[wasm_bindgen(js_name = dropTo)]
     pub fn drop_to(
         &self,
         link: String,
         entries: js_sys::Array,
+        device: JsValue,
     ) -> Result<js_sys::Promise, JsValue> {
         let sources = parse_sources(&entries)?;
         let inbox = InboxLink::parse(link.trim()).map_err(Error::from)?;
+        let device = transfer::Device::from_js(&device)?;
         let rx = self.begin();
         let events = self.events.clone();
         let rv = Rendezvous::knock(&inbox, Want::Send, held(), js::now());
-        Ok(self.run(share_flow(rv, sources, events, rx)))
+        Ok(self.run(share_flow(rv, (sources, device), events, rx)))
     }
 
     /// Join the room of a share link or typed code.
@@ -188,6 +193,22 @@ impl Client {
     }
 }
 
+/// Which of the inboxes `links` (`…/i/ID#SECRET`, one server each) are online, and their
+/// names (sealed with each link's secret, opened here): `[{online, name}]` in their order,
+/// `online: null` for an inbox whose server did not answer.
+#[wasm_bindgen(js_name = lookInboxes)]
+pub fn look_inboxes(links: js_sys::Array) -> js_sys::Promise {
+    let links: Vec<String> = links.iter().filter_map(|l| l.as_string()).collect();
+    wasm_bindgen_futures::future_to_promise(async move {
+        let found = inboxes::look(&links).await;
+        let json: Vec<serde_json::Value> = found
+            .into_iter()
+            .map(|(online, name)| serde_json::json!({"online": online, "name": name}))
+            .collect();
+        Ok(js::to_js(&serde_json::Value::Array(json)))
+    })
+}
+
 fn parse_sources(entries: &js_sys::Array) -> Result<Vec<Source>> {
     let mut out = Vec::with_capacity(entries.length() as usize);
     for v in entries.iter() {
@@ -216,17 +237,18 @@ fn parse_sources(entries: &js_sys::Array) -> Result<Vec<Source>> {
     Ok(out)
 }
 
-/// Send or receive over an open link, as the rendezvous settled.
+/// Send (with the device proven to an inbox) or receive over an open link, as the
+/// rendezvous settled.
 async fn transfer_over(
     link: &mut Link,
-    sources: Option<Vec<Source>>,
+    sources: Option<(Vec<Source>, Option<&transfer::Device>)>,
     events: &Events,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
     carry: &mut Carry,
 ) -> Result<()> {
     let summary = match (link.role, sources) {
-        (TransferRole::Sender, Some(sources)) => {
-            Some(transfer::send(link, sources, events, cmds, carry).await?)
+        (TransferRole::Sender, Some((sources, device))) => {
+            Some(transfer::send(link, sources, device, events, cmds, carry).await?)
         }
         (TransferRole::Sender, None) => return Err(Error::Usage("sending without files")),
         (TransferRole::Receiver, _) => transfer::receive(link, events, cmds, carry).await?,
@@ -257,10 +279,10 @@ fn held() -> Config {
     }
 }
 
-/// Send `sources` from the room `rv` makes.
+/// Send `sources` from the room `rv` makes (proving `device` to an inbox).
 async fn share_flow(
     mut rv: Rendezvous,
-    sources: Vec<Source>,
+    (sources, device): (Vec<Source>, Option<transfer::Device>),
     events: Events,
     mut cmds: mpsc::UnboundedReceiver<Command>,
 ) -> Result<()> {
@@ -275,7 +297,7 @@ async fn share_flow(
         link.again = again;
         match transfer_over(
             &mut link,
-            Some(sources.clone()),
+            Some((sources.clone(), device.as_ref())),
             &events,
             &mut cmds,
             &mut carry,
@@ -321,7 +343,8 @@ async fn open_flow(
             files = picked;
         }
         let (role, place) = (link.role, link.place.clone());
-        match transfer_over(&mut link, files.clone(), &events, &mut cmds, &mut carry).await {
+        let sending = files.clone().map(|f| (f, None));
+        match transfer_over(&mut link, sending, &events, &mut cmds, &mut carry).await {
             // The other side (which made the room) holds it when the connection dies: this
             // page joins it again and the transfer continues from what the receiver holds —
             // a sending page still has its files, a receiving page its sinks.

@@ -43,6 +43,9 @@ pub struct Link {
     /// This side's place in the room it was made in (a rejoin goes back to it by id, and
     /// takes the place back with its token).
     pub place: Option<Place>,
+    /// The session's binding ([`protocol::crypto::Channel::binding`]): what a device proof
+    /// signs.
+    pub binding: [u8; 32],
     _listeners: Vec<Listener>,
     /// Dropping it stops the signalling that carries late candidates.
     stop: Option<oneshot::Sender<()>>,
@@ -242,6 +245,9 @@ async fn on_local(rv: &mut Rendezvous, peer: Option<&mut Peer>, ev: Local) -> Op
 /// Hand over the open link; the signalling goes on in the background until it is dropped.
 fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport, sink: Events) -> Result<Link> {
     let role = rv.role().ok_or(Error::Usage("connected without a role"))?;
+    let binding = rv
+        .binding()
+        .ok_or(Error::Usage("connected without a key"))?;
     let place = rv.place();
     let dc = p
         .channel
@@ -269,6 +275,7 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport, sink: Events) ->
         state,
         again: false,
         place,
+        binding,
         _listeners: listeners,
         stop: Some(stop),
         back: Some(back),

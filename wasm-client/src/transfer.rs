@@ -341,9 +341,67 @@ async fn explain_loss(sm: &mut Sender, wire: &mut Wire, fallback: Error) -> Erro
     }
 }
 
+/// The key this browser proves to an inbox ([`protocol::device`]): a WebCrypto Ed25519 key
+/// the page keeps (non-extractable), signing through `sign`.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The public key, base64.
+    key: String,
+    name: String,
+    pair: Option<String>,
+    /// `bytes => Promise<Uint8Array(64)>`.
+    sign: js_sys::Function,
+}
+
+impl Device {
+    /// From the page's `{key, name, pair, sign}`; `None` for `undefined`/`null`.
+    pub fn from_js(v: &JsValue) -> Result<Option<Self>> {
+        if v.is_undefined() || v.is_null() {
+            return Ok(None);
+        }
+        let key = js::get(v, "key");
+        let key = key
+            .dyn_ref::<js_sys::Uint8Array>()
+            .map(|k| k.to_vec())
+            .filter(|k| k.len() == 32)
+            .ok_or(Error::Usage("device.key must be a 32-byte public key"))?;
+        let sign = js::get(v, "sign")
+            .dyn_into::<js_sys::Function>()
+            .map_err(|_| Error::Usage("device.sign must be a function"))?;
+        Ok(Some(Self {
+            key: protocol::inbox::encode(&key),
+            name: js::get_str(v, "name").unwrap_or_default(),
+            pair: js::get_str(v, "pair").filter(|p| !p.trim().is_empty()),
+            sign,
+        }))
+    }
+
+    /// The proof of this key for the session with `binding`.
+    async fn prove(&self, binding: &[u8; 32]) -> Result<protocol::device::DeviceProof> {
+        let message = js_sys::Uint8Array::from(&protocol::device::proof_message(binding)[..]);
+        let signing = self.sign.call1(&JsValue::NULL, &message).map_err(|e| {
+            Error::Connect(format!(
+                "cannot sign with this browser's device key: {}",
+                js::message(&e)
+            ))
+        })?;
+        let sig = js::wait(signing.into()).await.map_err(|e| {
+            Error::Connect(format!("cannot sign with this browser's device key: {e}"))
+        })?;
+        let sig = js_sys::Uint8Array::new(&sig).to_vec();
+        Ok(protocol::device::DeviceProof {
+            key: self.key.clone(),
+            sig: protocol::inbox::encode(&sig),
+            name: self.name.clone(),
+            pair: self.pair.clone(),
+        })
+    }
+}
+
 pub async fn send(
     link: &mut Link,
     sources: Vec<Source>,
+    device: Option<&Device>,
     events: &Events,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
     carry: &mut Carry,
@@ -351,6 +409,9 @@ pub async fn send(
     let mut wire = Wire::new(&link.dc);
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
     let mut sm = Sender::with_default_chunk(entries, js::now());
+    if let Some(d) = device {
+        sm.prove_device(d.prove(&link.binding).await?);
+    }
     let mut paths = Paths::start(link, |p| sm.set_path(p));
     let files = sources.iter().filter(|s| !s.entry.dir).count();
     let total = sm.total_bytes();

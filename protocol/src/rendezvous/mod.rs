@@ -651,6 +651,12 @@ impl Rendezvous {
         self.role.filter(|_| self.stage >= Stage::Negotiating)
     }
 
+    /// The session's binding ([`Channel::binding`]) once the PAKE finished: what a
+    /// dropping device signs ([`crate::device`]).
+    pub fn binding(&self) -> Option<[u8; 32]> {
+        self.channel.as_ref().map(Channel::binding)
+    }
+
     /// The data channel is open (and its connection not given up).
     pub fn is_connected(&self) -> bool {
         self.stage == Stage::Connected && !self.told_lost && !self.path.gone
@@ -790,7 +796,8 @@ impl Rendezvous {
             // An inbox's registration, on a connection of its own (native-peer's inbox).
             ServerMessage::Challenge { .. }
             | ServerMessage::Registered { .. }
-            | ServerMessage::Drop { .. } => {}
+            | ServerMessage::Drop { .. }
+            | ServerMessage::Inboxes { .. } => {}
         }
     }
 

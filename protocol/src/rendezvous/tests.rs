@@ -304,15 +304,18 @@ impl World {
                 code: false,
                 hold,
             },
-            ClientMessage::Register { .. } | ClientMessage::Prove { .. } => {
-                panic!("a rendezvous never registers an inbox")
+            ClientMessage::Register { .. }
+            | ClientMessage::Prove { .. }
+            | ClientMessage::Look { .. } => {
+                panic!("a rendezvous never registers or looks up an inbox")
             }
             other => other,
         };
         match msg {
             ClientMessage::Knock { .. }
             | ClientMessage::Register { .. }
-            | ClientMessage::Prove { .. } => unreachable!("handled above"),
+            | ClientMessage::Prove { .. }
+            | ClientMessage::Look { .. } => unreachable!("handled above"),
             ClientMessage::Create { code, hold, .. } => {
                 self.room.creator = Some(from);
                 self.room.hold = hold;

@@ -34,6 +34,11 @@ pub enum Control {
     Path {
         path: PairView,
     },
+    /// The sender proves its device key for this session (before its offer; an inbox
+    /// decides by it, [`crate::device`]).
+    Device {
+        device: crate::device::DeviceProof,
+    },
     Offer {
         total_files: u32,
         total_bytes: u64,
@@ -77,6 +82,7 @@ impl Control {
             Self::Accept { .. } => "accept",
             Self::Resume { .. } => "resume",
             Self::Decline { .. } => "decline",
+            Self::Device { .. } => "device",
             Self::FileEnd { .. } => "file_end",
             Self::FileAck { .. } => "file_ack",
             Self::Complete => "complete",
@@ -203,6 +209,17 @@ mod tests {
                     files: vec![OfferEntry::file("a/b.txt", 5), OfferEntry::dir("a/empty")],
                 },
                 r#"{"t":"offer","total_files":2,"total_bytes":5,"files":[{"path":"a/b.txt","size":5},{"path":"a/empty","size":0,"dir":true}]}"#,
+            ),
+            (
+                Control::Device {
+                    device: crate::device::DeviceProof {
+                        key: "a2V5".into(),
+                        sig: "c2ln".into(),
+                        name: "phone".into(),
+                        pair: None,
+                    },
+                },
+                r#"{"t":"device","device":{"key":"a2V5","sig":"c2ln","name":"phone"}}"#,
             ),
             (Control::Accept { resume: vec![] }, r#"{"t":"accept"}"#),
             (

@@ -149,6 +149,8 @@ pub struct Receiver {
     /// Hashes of verified files, by index, and whether each is saved: what
     /// [`Receiver::holding`] claims whole on the next connection.
     verified: BTreeMap<u32, (blake3::Hash, bool)>,
+    /// The sender's device proof, if it sent one before its offer.
+    device: Option<crate::device::DeviceProof>,
 }
 
 impl Receiver {
@@ -181,7 +183,14 @@ impl Receiver {
             continued: Continued::default(),
             whole: None,
             verified: BTreeMap::new(),
+            device: None,
         }
+    }
+
+    /// The device proof the sender gave before its offer (unchecked: check it against the
+    /// session's binding with [`crate::device::DeviceProof::verify`]).
+    pub fn device(&self) -> Option<&crate::device::DeviceProof> {
+        self.device.as_ref()
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -280,6 +289,13 @@ impl Receiver {
                 self.hello.peer_seen = true;
                 self.state = State::Offering;
                 self.on_offer_part(total_files, total_bytes, files)
+            }
+            // One proof, before the offer's first part.
+            (State::Hello | State::Offering, Control::Device { device })
+                if self.device.is_none() && self.entries.is_empty() =>
+            {
+                self.device = Some(device);
+                Ok(())
             }
             (State::AwaitResume, Control::Resume { files }) => self.on_resume(files),
             (State::Receiving, Control::FileEnd { index, blake3 }) => {

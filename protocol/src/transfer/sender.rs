@@ -90,6 +90,8 @@ pub struct Sender {
     answers: Vec<ResumeAt>,
     /// Files that continue after what the receiver held.
     continued: Continued,
+    /// Sent before the offer ([`Sender::prove_device`]).
+    device: Option<crate::device::DeviceProof>,
 }
 
 impl Sender {
@@ -117,7 +119,14 @@ impl Sender {
             unchecked: BTreeMap::new(),
             answers: Vec::new(),
             continued: Continued::default(),
+            device: None,
         }
+    }
+
+    /// Send `proof` (of this device's key, for this session) before the offer: an inbox
+    /// decides by it.
+    pub fn prove_device(&mut self, proof: crate::device::DeviceProof) {
+        self.device = Some(proof);
     }
 
     pub fn with_default_chunk(entries: Vec<OfferEntry>, now: Duration) -> Self {
@@ -216,6 +225,10 @@ impl Sender {
     }
 
     fn queue_offer(&mut self) {
+        if let Some(device) = self.device.take() {
+            self.out
+                .push_back(frame::encode_control(&Control::Device { device }));
+        }
         // Keep each Offer frame well under MAX_FRAME; an entry is at most ~4.2 KiB (path cap).
         const BUDGET: usize = MAX_FRAME / 2;
         let total_files = self.files.len() as u32;

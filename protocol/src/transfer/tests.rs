@@ -598,6 +598,35 @@ fn data_beyond_announced_size_is_refused() {
 }
 
 #[test]
+fn a_device_proof_reaches_the_receiver_before_the_offer_and_only_then() {
+    let (entries, sources) = mixed();
+    let mut h = Harness::new(entries, sources.clone(), 1024);
+    let proof = crate::device::DeviceProof {
+        key: "a2V5".into(),
+        sig: "c2ln".into(),
+        name: "phone".into(),
+        pair: Some("ABCD-EFGH".into()),
+    };
+    h.tx.prove_device(proof.clone());
+    h.run();
+    assert_eq!(h.rx.device(), Some(&proof));
+    assert!(h.rx.is_done());
+    // A proof after the offer's first part is not one.
+    let mut rx = Receiver::new(Duration::ZERO);
+    let offer = frame::encode_control(&Control::Offer {
+        total_files: 2,
+        total_bytes: 2,
+        files: vec![OfferEntry::file("a", 1)],
+    });
+    rx.handle_frame(&offer, Duration::ZERO).unwrap();
+    let late = frame::encode_control(&Control::Device { device: proof });
+    assert!(matches!(
+        rx.handle_frame(&late, Duration::ZERO),
+        Err(TransferError::Unexpected("device"))
+    ));
+}
+
+#[test]
 fn decline_reaches_the_sender() {
     let mut h = Harness::new(vec![OfferEntry::file("f", 3)], vec![b"abc".to_vec()], 1024);
     h.accept = false;

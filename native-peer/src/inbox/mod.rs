@@ -30,14 +30,14 @@ use clap::{Args, Subcommand};
 use ed25519_dalek::{Signer as _, SigningKey};
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt as _, StreamExt as _};
+use protocol::device::{DeviceProof, PairingCode};
 use protocol::event::{self, Event};
 use protocol::inbox::{InboxId, InboxLink};
 use protocol::invite::Invitation;
 use protocol::rendezvous::{Rendezvous, Want};
 use protocol::signal::{ClientMessage, ErrorCode, SIGNAL_VERSION, ServerMessage};
 use rand::Rng as _;
-use serde::{Deserialize, Serialize};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
@@ -47,6 +47,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+mod state;
+
+pub use state::{private_file, state_dir};
 
 use crate::output::Output;
 use crate::rendezvous::Clock;
@@ -82,121 +86,54 @@ pub struct InboxArgs {
     /// Decline a drop that would leave less than this many bytes free on the disk.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     keep_free: u64,
-    /// Append one JSON line per drop to this file (time, outcome, files, bytes, path kind;
-    /// never names, addresses or error texts).
+    /// Append one JSON line per drop to this file (time, outcome, files, bytes, path kind,
+    /// the device if paired; never file names, addresses or error texts).
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
+    /// The inbox's name, shown to whoever opens its link ("Send files to NAME") [default:
+    /// this host's name]. The server keeps it sealed with the link's secret.
+    #[arg(long)]
+    name: Option<String>,
+    /// Where in the folder a drop lands.
+    #[arg(long, value_enum, default_value_t = Layout::Flat)]
+    layout: Layout,
+    /// Take drops only from paired devices (`native-peer inbox pair` makes a code).
+    #[arg(long)]
+    paired_only: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum InboxAction {
     /// Print the inbox's link.
     Link,
-    /// Give the inbox a new secret: links given out before stop working.
+    /// Give the inbox a new secret: links given out before stop working (a running inbox
+    /// takes the new one from its next drop on).
     Rotate,
+    /// Make a one-time pairing code: a device that sends its first drop with it is paired
+    /// (for `--paired-only`).
+    Pair {
+        /// Minutes the code stays valid.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_080))]
+        valid_for: u64,
+    },
+    /// List the paired devices.
+    Devices,
+    /// Unpair a device: its drops are refused from the next one on (with --paired-only).
+    Revoke {
+        /// The device's name, as `inbox devices` lists it.
+        name: String,
+    },
 }
 
-/// What the state file holds.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    /// The Ed25519 secret key's 32 bytes, base64.
-    key: String,
-    /// The drops' PAKE secret, as links carry it.
-    secret: String,
-}
-
-/// The inbox's identity.
-struct Identity {
-    key: SigningKey,
-    secret: String,
-}
-
-impl Identity {
-    fn generate() -> Self {
-        Self {
-            key: SigningKey::generate(&mut rand::rngs::OsRng),
-            secret: protocol::invite::generate_secret(),
-        }
-    }
-
-    fn id(&self) -> InboxId {
-        InboxId::of_key(self.key.verifying_key().as_bytes())
-    }
-
-    fn link(&self, server: &str) -> InboxLink {
-        InboxLink::new(server, self.id(), &self.secret)
-    }
-
-    fn load(path: &Path) -> anyhow::Result<Option<Self>> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let bad = || format!("{} is not an inbox state file", path.display());
-        let stored: Stored = serde_json::from_str(&text).with_context(bad)?;
-        let key: [u8; 32] = B64
-            .decode(&stored.key)
-            .ok()
-            .and_then(|k| k.try_into().ok())
-            .with_context(bad)?;
-        Ok(Some(Self {
-            key: SigningKey::from_bytes(&key),
-            secret: stored.secret,
-        }))
-    }
-
-    /// Write the state file whole: a temporary file (0600) beside it, renamed over it.
-    fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let stored = Stored {
-            key: B64.encode(self.key.to_bytes()),
-            secret: self.secret.clone(),
-        };
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = private_file(&tmp)?;
-            f.write_all(serde_json::to_string_pretty(&stored)?.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().with_context(|| format!("cannot write {}", path.display()))
-    }
-}
-
-#[cfg(unix)]
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::create(path)
-}
-
-/// `--state`, or the default under the user's state directory.
-fn state_path(args: &InboxArgs) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &args.state {
-        return Ok(p.clone());
-    }
-    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(home) => PathBuf::from(home).join(".local/state"),
-            None => bail!("no state directory (neither XDG_STATE_HOME nor HOME): give --state"),
-        },
-    };
-    Ok(base.join("punchdrop").join("inbox.json"))
+/// Where in `--dir` a drop's files land.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// In the folder itself.
+    Flat,
+    /// In a folder per day (UTC) the drop began: `YYYY-MM-DD/`.
+    ByDate,
+    /// In a folder per paired device (`unpaired/` for the others).
+    ByDevice,
 }
 
 pub async fn run(
@@ -205,33 +142,19 @@ pub async fn run(
     out: &mut Output,
     interrupt: transfer::Interrupt,
 ) -> anyhow::Result<()> {
-    let path = state_path(args)?;
+    let path = match &args.state {
+        Some(p) => p.clone(),
+        None => state::state_dir()
+            .context("give --state")?
+            .join("inbox.json"),
+    };
     out.hint = "Drop files into this inbox with the link:";
     out.waiting = match args.action {
         Some(_) => "",
         None => "Waiting for drops…",
     };
-    match args.action {
-        Some(InboxAction::Link) => {
-            let me = Identity::load(&path)?.with_context(|| {
-                format!(
-                    "no inbox at {} yet: run `native-peer inbox --dir DIR`",
-                    path.display()
-                )
-            })?;
-            out.event(&ready(&me.link(&c.server)));
-            return Ok(());
-        }
-        Some(InboxAction::Rotate) => {
-            let mut me = Identity::load(&path)?
-                .with_context(|| format!("no inbox at {} to rotate", path.display()))?;
-            me.secret = protocol::invite::generate_secret();
-            me.save(&path)?;
-            out.note("The inbox has a new secret: links given out before no longer work.");
-            out.event(&ready(&me.link(&c.server)));
-            return Ok(());
-        }
-        None => {}
+    if let Some(action) = &args.action {
+        return manage(c, action, &path, out);
     }
     let dir = args
         .dir
@@ -244,27 +167,80 @@ pub async fn run(
     }
     // Fail now, not at the first drop, on a folder that cannot be written.
     files::Destination::open(dir)?;
-    let me = match Identity::load(&path)? {
-        Some(me) => me,
-        None => {
-            let me = Identity::generate();
-            me.save(&path)?;
-            me
+    let me = state::read_or_create(&path)?;
+    let name = match &args.name {
+        Some(n) => {
+            Some(protocol::device::clean_name(n).context("--name: give the inbox a name to show")?)
         }
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| protocol::device::clean_name(&h.to_string_lossy())),
     };
-    let link = me.link(&c.server);
     Inbox {
         c,
         args,
         dir,
-        me: &me,
-        link: &link,
+        key: me.signing_key(),
+        name,
         claims: files::Claims::default(),
         today: Cell::new((0, 0)),
         state: &path,
     }
     .serve(out, interrupt)
     .await
+}
+
+/// `inbox link|rotate|pair|devices|revoke`: the state file, changed under its lock.
+fn manage(c: &Common, action: &InboxAction, path: &Path, out: &mut Output) -> anyhow::Result<()> {
+    match action {
+        InboxAction::Link => {
+            let me = state::update(path, |s| Ok(s.clone()), false)?;
+            out.event(&ready(&me.link(&c.server)));
+        }
+        InboxAction::Rotate => {
+            let me = state::update(
+                path,
+                |s| {
+                    s.rotate();
+                    Ok(s.clone())
+                },
+                false,
+            )?;
+            out.note("The inbox has a new secret: links given out before no longer work.");
+            out.event(&ready(&me.link(&c.server)));
+        }
+        InboxAction::Pair { valid_for } => {
+            let now = unix_time();
+            let code = state::update(path, |s| Ok(s.new_code(now, now + valid_for * 60)), false)?;
+            out.note(&format!(
+                "A pairing code, valid once for {valid_for} minute(s). Give it with the device's first drop: on the inbox's page, or `native-peer send --to LINK --pair CODE FILES…`."
+            ));
+            println!("{code}");
+        }
+        InboxAction::Devices => {
+            let me = state::update(path, |s| Ok(s.clone()), false)?;
+            if me.devices.is_empty() {
+                out.note(
+                    "No device is paired with this inbox (`native-peer inbox pair` makes a code).",
+                );
+            }
+            for d in &me.devices {
+                println!("{}\tpaired {}", d.name, utc_day(d.paired));
+            }
+        }
+        InboxAction::Revoke { name } => {
+            let gone = state::update(path, |s| Ok(s.revoke(name)), false)?;
+            if !gone {
+                bail!(
+                    "no device named “{name}” is paired (`native-peer inbox devices` lists them)"
+                );
+            }
+            out.note(&format!(
+                "“{name}” is no longer paired: its drops are refused with --paired-only."
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn ready(link: &InboxLink) -> Event {
@@ -277,6 +253,80 @@ fn ready(link: &InboxLink) -> Event {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Registering<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Ws>> + 'a>>;
+
+/// One drop's decision on its offer ([`transfer::Gate`]): the device, pairing, the folder.
+struct Admission<'a> {
+    inbox: &'a Inbox<'a>,
+    /// The UTC day the drop began (`--layout by-date`).
+    day: String,
+    /// The paired device the drop came from, once known.
+    device: RefCell<Option<String>>,
+}
+
+impl transfer::Gate for Admission<'_> {
+    fn admit(&self, device: Option<&DeviceProof>, binding: &[u8; 32]) -> Result<PathBuf, String> {
+        let args = self.inbox.args;
+        let key = match device.map(|d| d.verify(binding)) {
+            Some(Ok(key)) => Some(key),
+            Some(Err(e)) => return Err(format!("the inbox cannot accept this drop: {e}")),
+            None => None,
+        };
+        let paired = match (key, device) {
+            (Some(key), Some(proof)) => self.paired(&key, proof)?,
+            _ => None,
+        };
+        if args.paired_only && paired.is_none() {
+            return Err(NOT_PAIRED.to_string());
+        }
+        *self.device.borrow_mut() = paired.clone();
+        Ok(match args.layout {
+            Layout::Flat => PathBuf::new(),
+            Layout::ByDate => PathBuf::from(&self.day),
+            Layout::ByDevice => PathBuf::from(
+                paired
+                    .as_deref()
+                    .and_then(folder_name)
+                    .unwrap_or_else(|| "unpaired".into()),
+            ),
+        })
+    }
+}
+
+/// What a device that is not paired reads from an inbox taking paired devices only.
+const NOT_PAIRED: &str = "this inbox takes files only from paired devices: ask its owner for a pairing code (`native-peer inbox pair`) and send with it";
+
+impl Admission<'_> {
+    /// The paired device whose key is `key`, pairing it now if `proof` brings a valid code.
+    fn paired(&self, key: &[u8; 32], proof: &DeviceProof) -> Result<Option<String>, String> {
+        let unreadable = |e: anyhow::Error| {
+            tracing::warn!("cannot read the inbox's state: {e:#}");
+            "the inbox cannot read its list of paired devices".to_string()
+        };
+        let Some(typed) = &proof.pair else {
+            let me = state::read(self.inbox.state).map_err(unreadable)?;
+            return Ok(me.and_then(|me| me.device(key).map(|d| d.name.clone())));
+        };
+        let code = PairingCode::parse(typed).ok_or_else(|| BAD_CODE.to_string())?;
+        let name = protocol::device::clean_name(&proof.name).unwrap_or_else(|| "device".into());
+        let now = unix_time();
+        let paired = state::update(
+            self.inbox.state,
+            |s| Ok(s.pair(&code, key, &name, now)),
+            false,
+        )
+        .map_err(unreadable)?
+        .ok_or_else(|| BAD_CODE.to_string())?;
+        Ok(Some(paired.name))
+    }
+}
+
+const BAD_CODE: &str = "that pairing code is not valid (mistyped, used, or expired): ask the inbox's owner for a new one";
+
+/// A device name as one folder's name: `None` if it cannot be one.
+fn folder_name(name: &str) -> Option<String> {
+    let safe = protocol::names::sanitize(&name.replace(['/', '\\'], "-")).ok()?;
+    (safe.components().count() == 1).then(|| safe.top().to_string())
+}
 
 /// The inbox's connection to the server.
 enum Server<'a> {
@@ -330,14 +380,23 @@ struct Inbox<'a> {
     c: &'a Common,
     args: &'a InboxArgs,
     dir: &'a Path,
-    me: &'a Identity,
-    link: &'a InboxLink,
+    /// The inbox's key (its id); the secret is read from the state file when needed.
+    key: SigningKey,
+    /// Its name (`--name`, or the host's), for the page.
+    name: Option<String>,
     /// The names drops in flight write (no two drops share one).
     claims: files::Claims,
     /// Bytes received on UTC day `.0` (for `--max-bytes-per-day`).
     today: Cell<(u64, u64)>,
-    /// The state file, for messages.
+    /// The state file: the secret, paired devices and pairing codes are read from it at
+    /// each drop.
     state: &'a Path,
+}
+
+/// How one drop ended, and the paired device it came from.
+struct Dropped {
+    result: anyhow::Result<transfer::Summary>,
+    device: Option<String>,
 }
 
 impl<'a> Inbox<'a> {
@@ -346,7 +405,7 @@ impl<'a> Inbox<'a> {
         out: &mut Output,
         mut interrupt: transfer::Interrupt,
     ) -> anyhow::Result<()> {
-        let mut server = Server::Registering(Box::pin(register(&self.c.server, self.me)));
+        let mut server = Server::Registering(Box::pin(self.register()));
         let mut attempts: u32 = 0;
         let mut waiting: VecDeque<String> = VecDeque::new();
         let mut announced = false;
@@ -384,7 +443,7 @@ impl<'a> Inbox<'a> {
                         server = wait_again(&mut attempts, out, "The inbox lost the server");
                     }
                     Heard::Retry => {
-                        server = Server::Registering(Box::pin(register(&self.c.server, self.me)));
+                        server = Server::Registering(Box::pin(self.register()));
                     }
                 },
                 Some(result) = drops.next(), if !drops.is_empty() => self.report(out, result),
@@ -405,27 +464,62 @@ impl<'a> Inbox<'a> {
         stopped.map_or(Ok(()), Err)
     }
 
+    /// Register with the server: the key, and the name sealed with the secret as the state
+    /// file has it now.
+    fn register(&self) -> Registering<'static> {
+        let sealed = state::read(self.state).map(|s| {
+            let secret = s.map(|s| s.secret).unwrap_or_default();
+            self.name
+                .as_ref()
+                .map(|n| protocol::inbox::seal_name(&secret, n))
+        });
+        let (server, key) = (self.c.server.clone(), self.key.clone());
+        Box::pin(async move { register(&server, &key, sealed?).await })
+    }
+
+    /// The inbox's link with the secret the state file holds now.
+    fn link(&self) -> anyhow::Result<InboxLink> {
+        let me = state::read(self.state)?
+            .with_context(|| format!("{} is gone", self.state.display()))?;
+        Ok(me.link(&self.c.server))
+    }
+
     /// Say the inbox's link (`ready`): on a terminal or to a program. Standard output that
     /// is neither is a log (a service manager's journal): the id only, no secret in it.
     fn announce(&self, out: &mut Output) {
-        if out.is_json() || std::io::stdout().is_terminal() {
-            out.event(&ready(self.link));
-        } else {
-            println!(
+        match self.link() {
+            Ok(link) if out.is_json() || std::io::stdout().is_terminal() => {
+                out.event(&ready(&link));
+            }
+            _ => println!(
                 "inbox {} is online (its link: `native-peer inbox link --state {}`)",
-                self.link.id,
+                InboxId::of_key(self.key.verifying_key().as_bytes()),
                 self.state.display()
-            );
+            ),
         }
     }
 
     /// One drop: join its room with the inbox's secret and receive into the folder.
-    async fn receive(
+    async fn receive(&self, room: String, interrupt: transfer::Interrupt) -> Dropped {
+        let admission = Admission {
+            inbox: self,
+            day: utc_day(unix_time()),
+            device: RefCell::new(None),
+        };
+        let result = self.receive_with(room, interrupt, &admission).await;
+        Dropped {
+            result,
+            device: admission.device.into_inner(),
+        }
+    }
+
+    async fn receive_with(
         &self,
         room: String,
         mut interrupt: transfer::Interrupt,
+        admission: &Admission<'_>,
     ) -> anyhow::Result<transfer::Summary> {
-        let inv = Invitation::Link(self.link.room_link(&room));
+        let inv = Invitation::Link(self.link()?.room_link(&room));
         let clock = Clock::start();
         let config = session_config(self.c);
         let rv = Rendezvous::join(&inv, &self.c.server, Want::Receive, config, clock.now());
@@ -437,6 +531,7 @@ impl<'a> Inbox<'a> {
                 max_bytes: self.allowance(),
                 ..Default::default()
             },
+            gate: Some(admission),
         };
         let session = Session {
             common: self.c,
@@ -473,11 +568,12 @@ impl<'a> Inbox<'a> {
 
     /// Say how a drop ended: a line for people, its `done` or `error` event with `--json`,
     /// and a line in `--log`.
-    fn report(&self, out: &mut Output, result: anyhow::Result<transfer::Summary>) {
+    fn report(&self, out: &mut Output, dropped: Dropped) {
+        let Dropped { result, device } = dropped;
         if let Ok(s) = &result {
             self.received_today(s.transferred);
         }
-        let line = match &result {
+        let mut line = match &result {
             Ok(s) => serde_json::json!({
                 "time": unix_time(),
                 "outcome": "received",
@@ -493,6 +589,9 @@ impl<'a> Inbox<'a> {
                 "outcome": "failed",
             }),
         };
+        if let Some(d) = &device {
+            line["device"] = d.as_str().into();
+        }
         if let Some(log) = &self.args.log
             && let Err(e) = append_line(log, &line.to_string())
         {
@@ -581,19 +680,20 @@ async fn next(server: &mut Server<'_>) -> Heard {
 }
 
 /// Open a socket to the server and register the inbox on it (within [`REGISTER_WITHIN`]).
-async fn register(server: &str, me: &Identity) -> anyhow::Result<Ws> {
+async fn register(server: &str, key: &SigningKey, name: Option<String>) -> anyhow::Result<Ws> {
     let url = protocol::invite::websocket_url(server)?;
     let steps = async {
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
             .await
             .context("cannot reach the server")?;
-        let id = me.id();
+        let id = InboxId::of_key(key.verifying_key().as_bytes());
         send(
             &mut ws,
             ClientMessage::Register {
                 version: SIGNAL_VERSION,
                 inbox: id.to_string(),
-                key: protocol::inbox::encode(me.key.verifying_key().as_bytes()),
+                key: protocol::inbox::encode(key.verifying_key().as_bytes()),
+                name,
             },
         )
         .await?;
@@ -603,7 +703,7 @@ async fn register(server: &str, me: &Identity) -> anyhow::Result<Ws> {
                 .context("the server's challenge is malformed")?,
             other => bail!("unexpected answer to a registration: {other:?}"),
         };
-        let sig = me.key.sign(&protocol::inbox::proof_message(&id, &nonce));
+        let sig = key.sign(&protocol::inbox::proof_message(&id, &nonce));
         send(
             &mut ws,
             ClientMessage::Prove {
@@ -657,6 +757,13 @@ fn backoff(n: u32) -> Duration {
     full.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 
+/// The UTC date of Unix time `secs`, `YYYY-MM-DD`.
+fn utc_day(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .map(|t| t.date().to_string())
+        .unwrap_or_default()
+}
+
 fn unix_time() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -686,28 +793,8 @@ mod tests {
     }
 
     #[test]
-    fn the_state_file_keeps_the_link_and_is_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/inbox.json");
-        assert!(Identity::load(&path).unwrap().is_none());
-        let me = Identity::generate();
-        me.save(&path).unwrap();
-        let again = Identity::load(&path).unwrap().unwrap();
-        assert_eq!(
-            again.link("http://s").to_string(),
-            me.link("http://s").to_string()
-        );
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        std::fs::write(&path, "{}").unwrap();
-        let err = Identity::load(&path).err().unwrap();
-        assert!(
-            format!("{err:#}").contains("not an inbox state file"),
-            "{err:#}"
-        );
+    fn days_are_utc_dates() {
+        assert_eq!(utc_day(0), "1970-01-01");
+        assert_eq!(utc_day(1_796_515_200), "2026-12-06");
     }
 }
