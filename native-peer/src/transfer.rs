@@ -231,11 +231,16 @@ pub trait Gate {
     /// Take the offer (`Ok`: the folder inside the destination its files land in, empty for
     /// the destination itself) or decline it (`Err`: the reason the sender reads).
     /// `device`: the proof the sender gave, unchecked; `binding`: this session's.
+    /// `bytes`: what the offer brings beyond what the receiver holds of it already.
     fn admit(
         &self,
         device: Option<&protocol::device::DeviceProof>,
         binding: &[u8; 32],
+        bytes: u64,
     ) -> Result<PathBuf, String>;
+
+    /// A connection of the transfer ended (finished or not) having received `bytes`.
+    fn received(&self, bytes: u64);
 }
 
 /// A device key a sender proves to the receiver (an inbox), with the name it gives and a
@@ -545,12 +550,9 @@ pub async fn receive(
                                 paths.connected(link, sm.peer_path(), out);
                                 files_total = offer.file_count();
                                 out.event(&event::Offer::from(&offer).into());
-                                let under = match gate.map(|g| g.admit(sm.device(), &link.binding)) {
-                                    Some(Err(msg)) => {
-                                        sm.decline(&msg);
-                                        flush(|| sm.poll_transmit(clock.now()), &*dc).await;
-                                        bail!("{msg}");
-                                    }
+                                let admitted = gate.map(|g| g.admit(sm.device(), &link.binding, offer.total_bytes));
+                                let under = match admitted {
+                                    Some(Err(msg)) => return Err(decline(&mut sm, &*dc, clock, msg).await),
                                     Some(Ok(under)) => under,
                                     None => PathBuf::new(),
                                 };
@@ -572,9 +574,7 @@ pub async fn receive(
                                     .filter(|i| empty(i) || held.iter().any(|(h, _)| h == i))
                                     .collect();
                                 if let Err(msg) = check_space(dest, offer.total_bytes - held_bytes) {
-                                    sm.decline(&msg);
-                                    flush(|| sm.poll_transmit(clock.now()), &*dc).await;
-                                    bail!("{msg}");
+                                    return Err(decline(&mut sm, &*dc, clock, msg).await);
                                 }
                                 resumable = held.iter().map(|(i, _)| *i).filter(|i| !whole.contains(i)).collect();
                                 sm.accept_holding(held).map_err(map_err)?;
@@ -664,6 +664,9 @@ pub async fn receive(
     }
     .await;
     carry.moved += sm.bytes_received();
+    if let Some(g) = gate {
+        g.received(sm.bytes_received());
+    }
     if plan.is_some() {
         let whole = sm.holding().into_iter();
         carry.verified = whole
@@ -801,29 +804,59 @@ fn write_error(sm: &mut Receiver, e: std::io::Error) -> anyhow::Error {
 }
 
 /// The disk under `dest` takes `need` more bytes and keeps what it must free after.
+/// Decline the offer for `why` (the sender reads it), and fail with it here.
+async fn decline(
+    sm: &mut Receiver,
+    dc: &dyn DataChannel,
+    clock: Clock,
+    why: String,
+) -> anyhow::Error {
+    sm.decline(&why);
+    flush(|| sm.poll_transmit(clock.now()), dc).await;
+    anyhow!("{why}")
+}
+
 fn check_space(dest: &Destination, need: u64) -> Result<(), String> {
+    check_free(&dest.path, need, dest.keep_free, 0)
+}
+
+/// Is there room in `path`'s file system for `need` more bytes, keeping `keep_free` free
+/// (`--keep-free`) beside `promised` bytes other drops in progress will still write?
+pub fn check_free(
+    path: &std::path::Path,
+    need: u64,
+    keep_free: u64,
+    promised: u64,
+) -> Result<(), String> {
     // Tests fill a small disk on purpose to see writing fail; users never skip the check.
     #[cfg(feature = "test-hooks")]
     if std::env::var_os("PUNCHDROP_SKIP_SPACE_CHECK").is_some() {
         return Ok(());
     }
-    let keep = SPACE_MARGIN.max(dest.keep_free);
-    match fs4::available_space(&dest.path) {
-        Ok(free) if free < need.saturating_add(keep) && dest.keep_free > 0 => Err(format!(
-            "not enough free space on the receiver: the files need {}, {} is free and it keeps {} free",
-            indicatif::HumanBytes(need),
-            indicatif::HumanBytes(free),
-            indicatif::HumanBytes(dest.keep_free)
-        )),
-        Ok(free) if free < need.saturating_add(keep) => Err(format!(
-            "not enough free space on the receiver: the files need {}, {} is free",
-            indicatif::HumanBytes(need),
-            indicatif::HumanBytes(free)
-        )),
-        Ok(_) => Ok(()),
+    let keep = SPACE_MARGIN.max(keep_free);
+    let free = match fs4::available_space(path) {
+        Ok(free) => free,
         Err(e) => {
             tracing::warn!("cannot check free space: {e}");
-            Ok(())
+            return Ok(());
         }
+    };
+    if free >= need.saturating_add(keep).saturating_add(promised) {
+        return Ok(());
     }
+    let mut why = format!(
+        "not enough free space on the receiver: the files need {}, {} is free",
+        indicatif::HumanBytes(need),
+        indicatif::HumanBytes(free)
+    );
+    if promised > 0 {
+        why += &format!(
+            ", {} of it for drops in progress",
+            indicatif::HumanBytes(promised)
+        );
+    }
+    if keep_free > 0 {
+        why += &format!(" and it keeps {} free", indicatif::HumanBytes(keep_free));
+    }
+    Err(why)
 }

@@ -226,7 +226,7 @@ fn a_day_quota_and_a_free_space_reserve_decline_with_the_reason() {
     let (status, events) = drop_file(&sig.url, &link, &second);
     let why = expect_error(status, &events);
     assert!(
-        why.contains("declined") && why.contains("at most 1000000"),
+        why.contains("declined") && why.contains("at most 1000000 more today"),
         "{why}"
     );
     assert!(
@@ -234,6 +234,28 @@ fn a_day_quota_and_a_free_space_reserve_decline_with_the_reason() {
         "a declined drop writes nothing"
     );
     stop(inbox1);
+    // Two drops at once that the day's quota holds one of: one lands, one is declined
+    // (the first one's offer is promised as it is accepted).
+    let fresh = tempdir();
+    let (inbox3, link3) = inbox(&sig.url, fresh.path(), &st.path().join("3.json"), &quota);
+    let pair = [
+        file(src.path(), "a.bin", 2_000_000, 13),
+        file(src.path(), "b.bin", 2_000_000, 14),
+    ];
+    let senders: Vec<Peer> = pair
+        .iter()
+        .map(|f| {
+            let f = f.display().to_string();
+            Peer::spawn(&["--server", &sig.url, "send", "--to", &link3, &f])
+        })
+        .collect();
+    let outcomes: Vec<bool> = senders
+        .into_iter()
+        .map(|s| s.finish(LONG).unwrap().0.success())
+        .collect();
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{outcomes:?}");
+    assert_eq!(std::fs::read_dir(fresh.path()).unwrap().count(), 1);
+    stop(inbox3);
     // A reserve no disk has: every drop would break it.
     let (inbox2, link) = inbox(
         &sig.url,

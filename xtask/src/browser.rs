@@ -393,7 +393,7 @@ fn ms(v: Option<f64>) -> String {
 /// The harness finds `signalling` and `native-peer` through `PUNCHDROP_BIN_DIR` (xtask does
 /// not live in `target/<profile>/deps/` as test binaries do).
 #[allow(unsafe_code)]
-fn use_bins(dir: &Path) {
+pub(crate) fn use_bins(dir: &Path) {
     // SAFETY: xtask runs its sections one after another; when this one starts, no other thread
     // of the process is running anything that reads the environment.
     unsafe { std::env::set_var("PUNCHDROP_BIN_DIR", dir) };

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod browser;
+mod inbox;
 mod lab;
 mod load;
 mod web;
@@ -31,6 +32,9 @@ enum Task {
     /// Both in room → first byte on loopback over many small transfers; with `--against`,
     /// interleaved with another build of native-peer (A/B).
     BenchSetup(SetupArgs),
+    /// Drops into an inbox: latency and throughput from native-peer and a page, and an idle
+    /// inbox's CPU and memory.
+    BenchInbox(inbox::Args),
     /// The signalling server under many idle peers, live pairs and abuse (loopback).
     Load(load::Args),
     /// Build the browser app (wasm-client → web/pkg).
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchSetup(args) => bench_setup(args),
         Task::BenchLab(args) => lab::bench(&root(), args),
         Task::BenchBrowser(args) => browser::bench(&root(), args),
+        Task::BenchInbox(args) => inbox::bench(&root(), args),
         Task::Load(args) => load::run(&root(), args),
         Task::Web => web::build(&root()),
     }

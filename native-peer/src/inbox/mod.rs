@@ -79,11 +79,13 @@ pub struct InboxArgs {
     /// written).
     #[arg(long, value_name = "BYTES")]
     max_bytes_per_drop: Option<u64>,
-    /// Take at most this many bytes a day (UTC) in all; a drop beyond what is left today is
-    /// declined. Counted from this run's start.
+    /// Take at most this many bytes a day (UTC) in all, counting what every drop brought
+    /// (finished or not) and what drops in progress may still bring; a drop beyond what is
+    /// left today is declined. Counted from this run's start.
     #[arg(long, value_name = "BYTES")]
     max_bytes_per_day: Option<u64>,
-    /// Decline a drop that would leave less than this many bytes free on the disk.
+    /// Decline a drop that would leave less than this many bytes free on the disk (beside
+    /// what drops in progress may still write).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     keep_free: u64,
     /// Append one JSON line per drop to this file (time, outcome, files, bytes, path kind,
@@ -184,6 +186,7 @@ pub async fn run(
         name,
         claims: files::Claims::default(),
         today: Cell::new((0, 0)),
+        promised: Cell::new(0),
         state: &path,
     }
     .serve(out, interrupt)
@@ -261,10 +264,23 @@ struct Admission<'a> {
     day: String,
     /// The paired device the drop came from, once known.
     device: RefCell<Option<String>>,
+    /// Bytes its offer may still bring, counted in [`Inbox::promised`] until it ends.
+    promised: Cell<u64>,
+    /// Bytes its connections received, finished or not.
+    received: Cell<u64>,
 }
 
 impl transfer::Gate for Admission<'_> {
-    fn admit(&self, device: Option<&DeviceProof>, binding: &[u8; 32]) -> Result<PathBuf, String> {
+    fn received(&self, bytes: u64) {
+        self.received.set(self.received.get() + bytes);
+    }
+
+    fn admit(
+        &self,
+        device: Option<&DeviceProof>,
+        binding: &[u8; 32],
+        bytes: u64,
+    ) -> Result<PathBuf, String> {
         let args = self.inbox.args;
         let key = match device.map(|d| d.verify(binding)) {
             Some(Ok(key)) => Some(key),
@@ -279,6 +295,7 @@ impl transfer::Gate for Admission<'_> {
             return Err(NOT_PAIRED.to_string());
         }
         *self.device.borrow_mut() = paired.clone();
+        self.room_for(bytes)?;
         Ok(match args.layout {
             Layout::Flat => PathBuf::new(),
             Layout::ByDate => PathBuf::from(&self.day),
@@ -296,6 +313,25 @@ impl transfer::Gate for Admission<'_> {
 const NOT_PAIRED: &str = "this inbox takes files only from paired devices: ask its owner for a pairing code (`native-peer inbox pair`) and send with it";
 
 impl Admission<'_> {
+    /// Promise `bytes` to this drop if what is left today (`--max-bytes-per-day`) and on the
+    /// disk (`--keep-free`) holds them beside what drops in progress were promised.
+    fn room_for(&self, bytes: u64) -> Result<(), String> {
+        let inbox = self.inbox;
+        let others = inbox.promised.get() - self.promised.get();
+        if let Some(max) = inbox.args.max_bytes_per_day {
+            let left = max.saturating_sub(inbox.received_today(0) + others);
+            if bytes > left {
+                return Err(format!(
+                    "the files are {bytes} bytes; this inbox takes at most {left} more today (its limit is {max} a day)"
+                ));
+            }
+        }
+        transfer::check_free(inbox.dir, bytes, inbox.args.keep_free, others)?;
+        inbox.promised.set(others + bytes);
+        self.promised.set(bytes);
+        Ok(())
+    }
+
     /// The paired device whose key is `key`, pairing it now if `proof` brings a valid code.
     fn paired(&self, key: &[u8; 32], proof: &DeviceProof) -> Result<Option<String>, String> {
         let unreadable = |e: anyhow::Error| {
@@ -388,6 +424,9 @@ struct Inbox<'a> {
     claims: files::Claims,
     /// Bytes received on UTC day `.0` (for `--max-bytes-per-day`).
     today: Cell<(u64, u64)>,
+    /// Bytes drops in progress may still bring (their offers), for the day's quota and the
+    /// free-space reserve: drops at once never together pass either.
+    promised: Cell<u64>,
     /// The state file: the secret, paired devices and pairing codes are read from it at
     /// each drop.
     state: &'a Path,
@@ -397,6 +436,8 @@ struct Inbox<'a> {
 struct Dropped {
     result: anyhow::Result<transfer::Summary>,
     device: Option<String>,
+    /// Bytes it brought, whether it finished or not (for `--max-bytes-per-day`).
+    received: u64,
 }
 
 impl<'a> Inbox<'a> {
@@ -505,11 +546,16 @@ impl<'a> Inbox<'a> {
             inbox: self,
             day: utc_day(unix_time()),
             device: RefCell::new(None),
+            promised: Cell::new(0),
+            received: Cell::new(0),
         };
         let result = self.receive_with(room, interrupt, &admission).await;
+        self.promised
+            .set(self.promised.get() - admission.promised.get());
         Dropped {
             result,
             device: admission.device.into_inner(),
+            received: admission.received.get(),
         }
     }
 
@@ -528,7 +574,7 @@ impl<'a> Inbox<'a> {
         let job = Job::Receive {
             dest,
             limits: protocol::transfer::Limits {
-                max_bytes: self.allowance(),
+                max_bytes: self.args.max_bytes_per_drop,
                 ..Default::default()
             },
             gate: Some(admission),
@@ -544,19 +590,6 @@ impl<'a> Inbox<'a> {
         Ok(summary)
     }
 
-    /// The most a drop starting now may bring: `--max-bytes-per-drop`, and what is left of
-    /// `--max-bytes-per-day`. (Drops at once each see what was left as they started.)
-    fn allowance(&self) -> Option<u64> {
-        let left_today = self
-            .args
-            .max_bytes_per_day
-            .map(|max| max.saturating_sub(self.received_today(0)));
-        match (self.args.max_bytes_per_drop, left_today) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     /// Bytes received today (UTC), after adding `more`.
     fn received_today(&self, more: u64) -> u64 {
         let day = unix_time() / 86_400;
@@ -569,10 +602,12 @@ impl<'a> Inbox<'a> {
     /// Say how a drop ended: a line for people, its `done` or `error` event with `--json`,
     /// and a line in `--log`.
     fn report(&self, out: &mut Output, dropped: Dropped) {
-        let Dropped { result, device } = dropped;
-        if let Ok(s) = &result {
-            self.received_today(s.transferred);
-        }
+        let Dropped {
+            result,
+            device,
+            received,
+        } = dropped;
+        self.received_today(received);
         let mut line = match &result {
             Ok(s) => serde_json::json!({
                 "time": unix_time(),
