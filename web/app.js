@@ -8,7 +8,7 @@
 
 import init, { Client, qrSvg, lookInboxes } from '/pkg/wasm_client.js';
 import { registerWorker, downloadSinks, folderSinks, memorySinks } from '/sinks.js';
-import { deviceFor, defaultDeviceName, remembered, remember, forget, rememberedInbox } from '/device.js';
+import { deviceFor, defaultDeviceName, remembered, remember, unpaired, forget, rememberedInbox } from '/device.js';
 
 const $ = (id) => document.getElementById(id);
 window.punchdropEvents = [];
@@ -211,6 +211,7 @@ function onEvent(ev) {
       sessionStorage.removeItem(LINK_KEY);
       if (inboxLink && /paired devices|pairing code/.test(ev.message)) {
         sessionStorage.setItem(OPEN_PAIRING, '1');
+        if (/paired devices/.test(ev.message)) unpaired(inboxId);
       }
       fail(ev.message);
       break;

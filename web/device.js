@@ -5,7 +5,8 @@
 //   key out; one key per inbox, so two inboxes cannot tell they met the same browser.
 // - The inboxes this browser sent to (localStorage): their links, names and whether this
 //   browser is paired with them, to drop again with one click from the start page. The
-//   links hold the inboxes' secrets, as a bookmark would; "forget" removes one.
+//   links hold the inboxes' secrets, as a bookmark would; "forget" removes one. The start
+//   page asks the server which of them are online (`look`: their ids, never the secrets).
 
 const DB = 'punchdrop';
 const STORE = 'device-keys';
@@ -37,7 +38,8 @@ async function keyPair(id) {
 /**
  * The device the WASM client proves to inbox `id` (`{key, name, pair, sign}`), or `null`
  * with the reason when this browser cannot keep a key (no WebCrypto Ed25519, or a page not
- * served securely).
+ * served securely). The name goes only with a pairing code: the inbox keeps it then, and
+ * knows this browser by its key after.
  */
 export async function deviceFor(id, name, pair) {
   try {
@@ -45,7 +47,7 @@ export async function deviceFor(id, name, pair) {
     const keys = await keyPair(id);
     const key = new Uint8Array(await crypto.subtle.exportKey('raw', keys.publicKey));
     const sign = async (bytes) => new Uint8Array(await crypto.subtle.sign({ name: 'Ed25519' }, keys.privateKey, bytes));
-    return { device: { key, name, pair, sign }, why: null };
+    return { device: { key, name: pair ? name : '', pair, sign }, why: null };
   } catch (e) {
     return { device: null, why: e.message };
   }
@@ -71,16 +73,28 @@ export function remembered() {
   }
 }
 
-/** Remember (or refresh) inbox `link` after a drop into it. */
+function save(list) {
+  try {
+    localStorage.setItem(REMEMBERED, JSON.stringify(list));
+  } catch {
+    // Storage blocked or full: the page works on without remembering.
+  }
+}
+
+/** Remember (or refresh) inbox `link` after a drop into it; `paired`: this drop paired. */
 export function remember(link, id, name, paired) {
   const old = remembered().find((i) => i.id === id);
   const entry = { link, id, name: name ?? old?.name ?? null, paired: paired || !!old?.paired, at: Date.now() };
-  const rest = remembered().filter((i) => i.id !== id);
-  localStorage.setItem(REMEMBERED, JSON.stringify([entry, ...rest].slice(0, 20)));
+  save([entry, ...remembered().filter((i) => i.id !== id)].slice(0, 20));
+}
+
+/** The inbox refused this browser as unpaired (revoked, or never paired). */
+export function unpaired(id) {
+  save(remembered().map((i) => (i.id === id ? { ...i, paired: false } : i)));
 }
 
 export function forget(id) {
-  localStorage.setItem(REMEMBERED, JSON.stringify(remembered().filter((i) => i.id !== id)));
+  save(remembered().filter((i) => i.id !== id));
 }
 
 /** What is remembered of inbox `id`. */

@@ -132,7 +132,8 @@ enum Command {
         /// (`native-peer inbox pair`).
         #[arg(long, value_name = "CODE")]
         pair: Option<String>,
-        /// The name an inbox knows this device by once paired [default: this host's name].
+        /// The name an inbox knows this device by, given with --pair [default: this host's
+        /// name].
         #[arg(long, value_name = "NAME")]
         device_name: Option<String>,
         /// Offer the first file under this exact name, unchecked: tests use it to see that
@@ -327,11 +328,9 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         } => Job::Send {
             sources: sources(&cli.command, paths)?,
             device: match &target {
-                Some(Target::Inbox(inbox)) => Some(device::for_inbox(
-                    &inbox.id,
-                    device_name.as_deref(),
-                    pair.as_deref(),
-                )?),
+                Some(Target::Inbox(inbox)) => {
+                    device::for_inbox(&inbox.id, device_name.as_deref(), pair.as_deref())?
+                }
                 _ if pair.is_some() => bail!("--pair goes with an inbox's link (`--to LINK`)"),
                 _ => None,
             },

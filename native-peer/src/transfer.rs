@@ -228,16 +228,19 @@ impl Paths {
 /// What decides on an offer beyond the receiver's limits: an inbox (paired devices, where
 /// a drop's files land).
 pub trait Gate {
-    /// Take the offer (`Ok`: the folder inside the destination its files land in, empty for
-    /// the destination itself) or decline it (`Err`: the reason the sender reads).
-    /// `device`: the proof the sender gave, unchecked; `binding`: this session's.
-    /// `bytes`: what the offer brings beyond what the receiver holds of it already.
+    /// Take the offer from this sender (`Ok`: the folder inside the destination its files
+    /// land in, empty for the destination itself) or decline it (`Err`: the reason the
+    /// sender reads). `device`: the proof the sender gave, unchecked; `binding`: this
+    /// session's.
     fn admit(
         &self,
         device: Option<&protocol::device::DeviceProof>,
         binding: &[u8; 32],
-        bytes: u64,
     ) -> Result<PathBuf, String>;
+
+    /// Room for the `bytes` the offer still brings (beyond what the receiver holds of it),
+    /// or the reason there is none.
+    fn reserve(&self, bytes: u64) -> Result<(), String>;
 
     /// A connection of the transfer ended (finished or not) having received `bytes`.
     fn received(&self, bytes: u64);
@@ -550,7 +553,7 @@ pub async fn receive(
                                 paths.connected(link, sm.peer_path(), out);
                                 files_total = offer.file_count();
                                 out.event(&event::Offer::from(&offer).into());
-                                let admitted = gate.map(|g| g.admit(sm.device(), &link.binding, offer.total_bytes));
+                                let admitted = gate.map(|g| g.admit(sm.device(), &link.binding));
                                 let under = match admitted {
                                     Some(Err(msg)) => return Err(decline(&mut sm, &*dc, clock, msg).await),
                                     Some(Ok(under)) => under,
@@ -573,7 +576,12 @@ pub async fn receive(
                                 whole = carry.saved.union(&planned.found).copied()
                                     .filter(|i| empty(i) || held.iter().any(|(h, _)| h == i))
                                     .collect();
-                                if let Err(msg) = check_space(dest, offer.total_bytes - held_bytes) {
+                                let need = offer.total_bytes - held_bytes;
+                                let room = match gate {
+                                    Some(g) => g.reserve(need),
+                                    None => check_space(dest, need),
+                                };
+                                if let Err(msg) = room {
                                     return Err(decline(&mut sm, &*dc, clock, msg).await);
                                 }
                                 resumable = held.iter().map(|(i, _)| *i).filter(|i| !whole.contains(i)).collect();

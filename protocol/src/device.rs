@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 const PROOF_CONTEXT: &[u8] = b"punchdrop device proof v1\0";
 /// The longest device name kept, in characters.
 pub const MAX_NAME_CHARS: usize = 48;
-/// Characters of a pairing code (without its dash): 40 bits, in an alphabet without
+/// Characters of a pairing code (without its dash): 30^8 ≈ 2^39, in an alphabet without
 /// look-alikes.
 const CODE_CHARS: usize = 8;
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTVWXYZ23456789";
@@ -74,6 +74,13 @@ pub fn proof_message(binding: &[u8; 32]) -> Vec<u8> {
 /// A device name as it may be shown and kept: control characters gone, white space
 /// collapsed, at most [`MAX_NAME_CHARS`]; `None` if nothing is left.
 pub fn clean_name(name: &str) -> Option<String> {
+    // Invisible characters (zero-width, bidi controls, soft hyphen, BOM) would make two
+    // names that look the same, or one that reads backwards.
+    let invisible = |c: char| {
+        matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    let name: String = name.chars().filter(|c| !invisible(*c)).collect();
     let words: Vec<&str> = name
         .split(|c: char| c.is_whitespace() || c.is_control())
         .filter(|w| !w.is_empty())
@@ -174,6 +181,7 @@ mod tests {
         assert_eq!(clean_name("  Anna's\tphone\n"), Some("Anna's phone".into()));
         assert_eq!(clean_name("\u{7}\u{1b}[2J"), Some("[2J".into()));
         assert_eq!(clean_name(" \n "), None);
+        assert_eq!(clean_name("ph\u{200b}one\u{202e}"), Some("phone".into()));
         assert_eq!(clean_name(&"x".repeat(100)).unwrap().len(), MAX_NAME_CHARS);
         let code = PairingCode::generate();
         let shown = code.to_string();

@@ -50,7 +50,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod state;
 
-pub use state::{private_file, state_dir};
+pub use state::{private_file_new, state_dir, unique_beside};
 
 use crate::output::Output;
 use crate::rendezvous::Clock;
@@ -193,11 +193,22 @@ pub async fn run(
     .await
 }
 
-/// `inbox link|rotate|pair|devices|revoke`: the state file, changed under its lock.
+/// The state file at `path`, which must be there.
+fn existing(path: &Path) -> anyhow::Result<state::Stored> {
+    state::read(path)?.with_context(|| {
+        format!(
+            "no inbox at {} yet: run `native-peer inbox --dir DIR`",
+            path.display()
+        )
+    })
+}
+
+/// `inbox link|rotate|pair|devices|revoke`: the state file, read, or changed under its
+/// lock.
 fn manage(c: &Common, action: &InboxAction, path: &Path, out: &mut Output) -> anyhow::Result<()> {
     match action {
         InboxAction::Link => {
-            let me = state::update(path, |s| Ok(s.clone()), false)?;
+            let me = existing(path)?;
             out.event(&ready(&me.link(&c.server)));
         }
         InboxAction::Rotate => {
@@ -221,7 +232,7 @@ fn manage(c: &Common, action: &InboxAction, path: &Path, out: &mut Output) -> an
             println!("{code}");
         }
         InboxAction::Devices => {
-            let me = state::update(path, |s| Ok(s.clone()), false)?;
+            let me = existing(path)?;
             if me.devices.is_empty() {
                 out.note(
                     "No device is paired with this inbox (`native-peer inbox pair` makes a code).",
@@ -275,12 +286,11 @@ impl transfer::Gate for Admission<'_> {
         self.received.set(self.received.get() + bytes);
     }
 
-    fn admit(
-        &self,
-        device: Option<&DeviceProof>,
-        binding: &[u8; 32],
-        bytes: u64,
-    ) -> Result<PathBuf, String> {
+    fn reserve(&self, bytes: u64) -> Result<(), String> {
+        self.room_for(bytes)
+    }
+
+    fn admit(&self, device: Option<&DeviceProof>, binding: &[u8; 32]) -> Result<PathBuf, String> {
         let args = self.inbox.args;
         let key = match device.map(|d| d.verify(binding)) {
             Some(Ok(key)) => Some(key),
@@ -295,16 +305,13 @@ impl transfer::Gate for Admission<'_> {
             return Err(NOT_PAIRED.to_string());
         }
         *self.device.borrow_mut() = paired.clone();
-        self.room_for(bytes)?;
         Ok(match args.layout {
             Layout::Flat => PathBuf::new(),
             Layout::ByDate => PathBuf::from(&self.day),
-            Layout::ByDevice => PathBuf::from(
-                paired
-                    .as_deref()
-                    .and_then(folder_name)
-                    .unwrap_or_else(|| "unpaired".into()),
-            ),
+            Layout::ByDevice => PathBuf::from(match paired.as_deref() {
+                Some(name) => folder_name(name),
+                None => "unpaired".into(),
+            }),
         })
     }
 }
@@ -313,13 +320,16 @@ impl transfer::Gate for Admission<'_> {
 const NOT_PAIRED: &str = "this inbox takes files only from paired devices: ask its owner for a pairing code (`native-peer inbox pair`) and send with it";
 
 impl Admission<'_> {
-    /// Promise `bytes` to this drop if what is left today (`--max-bytes-per-day`) and on the
-    /// disk (`--keep-free`) holds them beside what drops in progress were promised.
+    /// Promise `bytes` (what the offer still brings) to this drop if what is left today
+    /// (`--max-bytes-per-day`) and on the disk (`--keep-free`) holds them beside what drops
+    /// in progress were promised. (What this drop's earlier connections brought counts
+    /// against the day, not yet in its total; on the disk it is there already.)
     fn room_for(&self, bytes: u64) -> Result<(), String> {
         let inbox = self.inbox;
         let others = inbox.promised.get() - self.promised.get();
         if let Some(max) = inbox.args.max_bytes_per_day {
-            let left = max.saturating_sub(inbox.received_today(0) + others);
+            let spent = inbox.received_today(0) + others + self.received.get();
+            let left = max.saturating_sub(spent);
             if bytes > left {
                 return Err(format!(
                     "the files are {bytes} bytes; this inbox takes at most {left} more today (its limit is {max} a day)"
@@ -358,10 +368,14 @@ impl Admission<'_> {
 
 const BAD_CODE: &str = "that pairing code is not valid (mistyped, used, or expired): ask the inbox's owner for a new one";
 
-/// A device name as one folder's name: `None` if it cannot be one.
-fn folder_name(name: &str) -> Option<String> {
-    let safe = protocol::names::sanitize(&name.replace(['/', '\\'], "-")).ok()?;
-    (safe.components().count() == 1).then(|| safe.top().to_string())
+/// A paired device's folder (`--layout by-device`): its name as one folder's name, or,
+/// for a name that cannot be one (`Anna: laptop`), `device ` and the start of its hash.
+fn folder_name(name: &str) -> String {
+    let safe = protocol::names::sanitize(&name.replace(['/', '\\'], "-")).ok();
+    match safe.filter(|s| s.components().count() == 1) {
+        Some(s) => s.top().to_string(),
+        None => format!("device {}", &blake3::hash(name.as_bytes()).to_hex()[..8]),
+    }
 }
 
 /// The inbox's connection to the server.
@@ -509,10 +523,9 @@ impl<'a> Inbox<'a> {
     /// file has it now.
     fn register(&self) -> Registering<'static> {
         let sealed = state::read(self.state).map(|s| {
-            let secret = s.map(|s| s.secret).unwrap_or_default();
-            self.name
-                .as_ref()
-                .map(|n| protocol::inbox::seal_name(&secret, n))
+            let secret = s.map(|s| s.secret)?;
+            let name = self.name.as_ref()?;
+            Some(protocol::inbox::seal_name(&secret, name))
         });
         let (server, key) = (self.c.server.clone(), self.key.clone());
         Box::pin(async move { register(&server, &key, sealed?).await })
@@ -825,6 +838,15 @@ mod tests {
             let b = backoff(n);
             assert!(b >= full / 2 && b <= full, "{n}: {b:?}");
         }
+    }
+
+    #[test]
+    fn a_device_name_makes_one_folder() {
+        assert_eq!(folder_name("Anna's phone"), "Anna's phone");
+        assert_eq!(folder_name("a/b"), "a-b");
+        assert_eq!(folder_name(".."), folder_name(".."));
+        assert!(folder_name("..").starts_with("device "));
+        assert!(folder_name("Anna: laptop").starts_with("device "));
     }
 
     #[test]

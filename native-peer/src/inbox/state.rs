@@ -19,6 +19,7 @@ use protocol::inbox::{InboxId, InboxLink};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// What the state file holds.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -123,9 +124,14 @@ impl Stored {
         Some(device)
     }
 
-    /// `name`, or `name (2)`, `name (3)`…: the first no paired device has.
+    /// `name`, or `name (2)`, `name (3)`…: the first no paired device has, nor one that
+    /// makes the same folder (`--layout by-device`: case and slashes aside), nor
+    /// `unpaired` (the folder of the others).
     fn free_name(&self, name: &str) -> String {
-        let taken = |n: &str| self.devices.iter().any(|d| d.name == n);
+        let fold = |n: &str| n.to_lowercase().replace(['/', '\\'], "-");
+        let taken = |n: &str| {
+            fold(n) == "unpaired" || self.devices.iter().any(|d| fold(&d.name) == fold(n))
+        };
         (1..)
             .map(|i| match i {
                 1 => name.to_string(),
@@ -166,8 +172,14 @@ pub fn read(path: &Path) -> anyhow::Result<Option<Stored>> {
 
 /// The state file at `path`, made (a new identity) if there is none.
 pub fn read_or_create(path: &Path) -> anyhow::Result<Stored> {
-    update(path, |s| Ok(s.clone()), true)
+    match read(path)? {
+        Some(s) => Ok(s),
+        None => update(path, |s| Ok(s.clone()), true),
+    }
 }
+
+/// How long a change waits for another one to let go of the lock.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// Change the state file under its lock: `change` sees what it holds now; what it leaves
 /// is written (when it returned `Ok`). Without a file, `create` makes a new identity first;
@@ -181,10 +193,11 @@ pub fn update<T>(
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    owned_by_me(path)?;
     let lock_path = with_suffix(path, ".lock");
-    let lock = private_file(&lock_path, false)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    lock.lock()
+    let lock =
+        lock_file(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+    lock_within(&lock, LOCK_WAIT)
         .with_context(|| format!("cannot lock {}", lock_path.display()))?;
     let mut stored = match (read(path)?, create) {
         (Some(s), _) => s,
@@ -202,16 +215,77 @@ pub fn update<T>(
     Ok(result)
 }
 
-/// Write the state file whole: a temporary file (0600) beside it, renamed over it.
+/// Take `lock`, waiting at most `within` for whoever holds it (an `inbox pair` beside the
+/// running inbox holds it for milliseconds): the inbox's one task must not hang on it.
+fn lock_within(lock: &std::fs::File, within: Duration) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + within;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!(
+                    "another command holds it (for more than {} s)",
+                    within.as_secs()
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Refuse to change a state file another user owns: rewritten by us (root, say), the
+/// inbox's own user could no longer read it.
+#[cfg(unix)]
+fn owned_by_me(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "{} belongs to another user (uid {}): run this as that user (e.g. `sudo -u punchdrop native-peer inbox …`)",
+            path.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn owned_by_me(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// Write the state file whole: a new temporary file (0600) beside it, renamed over it.
 fn write(path: &Path, stored: &Stored) -> anyhow::Result<()> {
-    let tmp = with_suffix(path, ".tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = private_file(&tmp, true)?;
-        f.write_all(serde_json::to_string_pretty(stored)?.as_bytes())?;
+    let text = serde_json::to_string_pretty(stored)?;
+    replace_file(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Put `bytes` at `path` whole or not at all: written to a file of our own beside it
+/// (created new, 0600, never a file or link someone left there), synced, renamed over it.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = unique_beside(path);
+    let written = (|| {
+        let mut f = private_file_new(&tmp)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// A name beside `path` nobody else uses: `PATH.tmp.PID.RANDOM`.
+pub fn unique_beside(path: &Path) -> PathBuf {
+    let n: u64 = rand::random();
+    with_suffix(path, &format!(".tmp.{}.{n:016x}", std::process::id()))
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -220,24 +294,43 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// A file only its owner reads (0600 where modes exist).
+/// A new file (never one that exists, nor a link) only its owner reads (0600).
 #[cfg(unix)]
-pub fn private_file(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
+pub fn private_file_new(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(truncate)
+        .create_new(true)
         .mode(0o600)
         .open(path)
 }
 
 #[cfg(not(unix))]
-pub fn private_file(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
+pub fn private_file_new(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+/// The lock file beside the state file (0600 when made), opened as it is.
+#[cfg(unix)]
+fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(truncate)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
         .open(path)
 }
 
@@ -305,13 +398,18 @@ mod tests {
         assert!(s.pair(&late, &laptop, "phone", 200).is_none(), "expired");
         let code = s.new_code(150, 300);
         assert_eq!(
-            s.pair(&code, &laptop, "phone", 160).unwrap().name,
-            "phone (2)"
+            s.pair(&code, &laptop, "Phone", 160).unwrap().name,
+            "Phone (2)",
+            "unique, case aside"
         );
+        let code = s.new_code(150, 300);
+        let other = s.pair(&code, &[3; 32], "unpaired", 160).unwrap();
+        assert_eq!(other.name, "unpaired (2)", "the others' folder is taken");
         assert!(s.revoke("phone"));
         assert!(!s.revoke("phone"));
         assert!(s.device(&phone).is_none());
         assert!(s.device(&laptop).is_some());
+        assert_eq!(s.devices.len(), 2);
     }
 
     #[test]
