@@ -4,7 +4,9 @@
 //! Each router delays what it sends out of its WAN side by `--rtt-ms / 2` (netem-like), so a
 //! peer-to-peer round trip takes `--rtt-ms` and a peer-to-server one half that. For
 //! each scenario it sends the same file `--reps` times and prints the median of the
-//! receiver's both-in-room → first byte and of its throughput, with the path taken. Root only.
+//! receiver's both-in-room → first byte and of its throughput, with the path taken. Then
+//! drops into an inbox across cone / cone (`native-peer inbox` on host A; `send --to` or a
+//! stock page on host B), timed by the dropper. Root only.
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -26,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     rtt_ms: u32,
     /// Only scenarios whose name contains this (e.g. "cone / cone"; "outage" for the outage
-    /// row alone).
+    /// row alone, "inbox" for the inbox rows alone).
     #[arg(long)]
     only: Option<String>,
     /// Also browser ↔ native across cone / cone (stock Chromium in a lab host; needs
@@ -175,6 +177,9 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
     }
     if args.browser {
         browser_rows(&bins, &args)?;
+    }
+    if args.only.as_deref().is_none_or(|o| o.contains("inbox")) {
+        inbox_rows(&bins, &args)?;
     }
     let outage_wanted = args.only.as_deref().is_none_or(|o| "outage".contains(o));
     if args.outage_s > 0 && outage_wanted {
@@ -336,6 +341,111 @@ fn browser_outage(
 }
 
 /// Browser ↔ native across two cone NATs, stock Chromium on one side.
+/// Drops into an inbox across cone / cone: `native-peer inbox` on host A, the dropper on
+/// host B (`native-peer send --to LINK`, or a stock page on the inbox's link). Setup is the
+/// dropper's own: from starting `send --to` (or the page's files being picked, the page
+/// already on the link) to its first bytes out; throughput is the dropper's `done`.
+fn inbox_rows(bins: &Path, args: &Args) -> anyhow::Result<()> {
+    type Dropper = fn(&Lab, &str, &Path, Duration) -> anyhow::Result<(f64, event::Done)>;
+    let mut rows: Vec<(&str, Dropper)> = vec![("native → inbox, cone / cone", native_drop)];
+    if args.browser {
+        rows.push(("browser → inbox, cone / cone", page_drop));
+    }
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("lab.bin");
+    crate::make_file(&file, args.size_mib << 20)?;
+    let timeout = Duration::from_secs(600);
+    println!("\n| drop | path (dropper) | drop → first byte out | throughput |\n|---|---|---|---|");
+    for (name, drop) in rows {
+        let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
+        spec.wan = [Impair {
+            delay_ms: args.rtt_ms / 2,
+            loss: 0.0,
+        }; 2];
+        let (mut setup, mut rate, mut paths) = (Vec::new(), Vec::new(), Vec::<String>::new());
+        for _ in 0..args.reps.max(1) {
+            let lab = Lab::with_bins(spec, bins.to_path_buf())
+                .with_context(|| format!("build the lab for {name}"))?;
+            let state = tempfile::tempdir()?;
+            let dst = tempfile::tempdir()?;
+            let (d, st) = (
+                dst.path().display().to_string(),
+                state.path().join("inbox.json").display().to_string(),
+            );
+            let mut inbox = punchdrop_e2e::Peer::spawn_cmd(
+                lab.peer_cmd("a"),
+                &["--server", &lab.url, "inbox", "--dir", &d, "--state", &st],
+            );
+            let ready: event::Ready = inbox.wait(Duration::from_secs(10))?;
+            let (ms, done) =
+                drop(&lab, &ready.link, &file, timeout).with_context(|| name.to_string())?;
+            inbox.kill();
+            setup.push(ms);
+            rate.push(done.bytes as f64 / done.seconds / 1e6);
+            if !paths.contains(&side(&done)) {
+                paths.push(side(&done));
+            }
+        }
+        println!(
+            "| {name} | {} | {:.0} ms | {:.1} MB/s |",
+            paths.join("; "),
+            crate::median(setup),
+            crate::median(rate)
+        );
+    }
+    Ok(())
+}
+
+/// `native-peer send --to LINK FILE` on host B: ms from its start to its first bytes out.
+fn native_drop(
+    lab: &Lab,
+    link: &str,
+    file: &Path,
+    timeout: Duration,
+) -> anyhow::Result<(f64, event::Done)> {
+    let f = file.display().to_string();
+    let start = std::time::Instant::now();
+    let mut p = punchdrop_e2e::Peer::spawn_cmd(
+        lab.peer_cmd("b"),
+        &["--server", &lab.url, "send", "--to", link, &f],
+    );
+    let first: event::Progress = p.wait(timeout)?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(
+        first.bytes > 0 || first.total == 0,
+        "a progress event before any byte"
+    );
+    let (status, events) = p.finish(timeout)?;
+    Ok((ms, punchdrop_e2e::expect_done(status, &events)))
+}
+
+/// A stock page on host B, on the inbox's link, picks `file`: ms from the pick to its first
+/// `progress` (both stamped in the page).
+fn page_drop(
+    lab: &Lab,
+    link: &str,
+    file: &Path,
+    timeout: Duration,
+) -> anyhow::Result<(f64, event::Done)> {
+    const STAMP: &str = "(() => { let v; Object.defineProperty(window, 'punchdropEvents', { \
+        configurable: true, get() { return v; }, set(a) { v = a; const push = a.push; \
+        a.push = function (...es) { for (const e of es) if (e && typeof e === 'object') \
+        e.benchT = performance.now(); return push.apply(this, es); }; } }); })()";
+    let mut c = Chromium::launch_stock_in(&lab.ns("hb"), "browser B", &lab.url)?;
+    c.page_call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({"source": STAMP}),
+    )?;
+    c.goto(link)?;
+    c.wait_state("ready", Duration::from_secs(30))?;
+    c.eval("window.benchPicked = performance.now()")?;
+    c.set_files("#file-input", &[file])?;
+    c.wait_state("done", timeout)?;
+    let ms = c.eval("(window.punchdropEvents.find(e => e.event === 'progress' && e.bytes > 0) || {}).benchT - window.benchPicked")?;
+    let done: event::Done = c.wait(Duration::from_secs(5))?;
+    Ok((ms.as_f64().context("no progress event")?, done))
+}
+
 fn browser_rows(bins: &Path, args: &Args) -> anyhow::Result<()> {
     type Scenario = fn(&Lab, &Path, Duration) -> anyhow::Result<Run>;
     let rows: [(&str, Scenario); 2] = [
