@@ -41,10 +41,7 @@ pub fn for_inbox(
         (Some(_), Some(n)) => {
             protocol::device::clean_name(n).context("--device-name: give a name")?
         }
-        (Some(_), None) => nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| protocol::device::clean_name(&h.to_string_lossy()))
-            .unwrap_or_else(|| "native-peer".into()),
+        (Some(_), None) => host_name().unwrap_or_else(|| "native-peer".into()),
     };
     let seed = state_dir()
         .context("this device's key needs a state directory")
@@ -66,6 +63,12 @@ pub fn for_inbox(
         name,
         pair: pair.map(str::to_string),
     }))
+}
+
+/// This host's name, cleaned as a device or inbox name.
+pub fn host_name() -> Option<String> {
+    let name = nix::unistd::gethostname().ok()?;
+    protocol::device::clean_name(&name.to_string_lossy())
 }
 
 /// The seed at `path`, made if missing.

@@ -35,6 +35,19 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// `native-peer inbox ACTION --state STATE` (`pair`, `devices`, `revoke NAME`…): its
+/// standard output, trimmed.
+pub fn inbox_manage(state: &Path, action: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin("native-peer"))
+        .arg("inbox")
+        .args(action)
+        .arg("--state")
+        .arg(state)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{action:?}: {out:?}");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
 /// Are we root (needed for mount namespaces)?
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

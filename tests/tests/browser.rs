@@ -1042,18 +1042,6 @@ fn a_page_saving_to_a_folder_continues_after_a_reload() {
     .unwrap();
 }
 
-/// `native-peer inbox ACTION --state STATE`: its standard output, trimmed.
-fn inbox_manage(state: &Path, action: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(bin("native-peer"))
-        .arg("inbox")
-        .args(action)
-        .arg("--state")
-        .arg(state)
-        .output()?;
-    anyhow::ensure!(out.status.success(), "{action:?}: {out:?}");
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
 /// The page opens an inbox's link afresh (the same link again would be a same-page
 /// navigation) and waits until it shows the inbox's name.
 fn open_inbox_page(c: &mut Chromium, link: &str, name: &str) -> anyhow::Result<()> {

@@ -8,8 +8,8 @@ use base64::Engine as _;
 use protocol::event::{self, Event};
 use protocol::signal::{ClientMessage, SIGNAL_VERSION, ServerMessage};
 use punchdrop_e2e::{
-    LONG, Peer, Signalling, count, expect_done, expect_error, free_port, hash_file, make_file,
-    wrong_secret,
+    LONG, Peer, Signalling, count, expect_done, expect_error, free_port, hash_file, inbox_manage,
+    make_file, wrong_secret,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -356,7 +356,7 @@ fn only_paired_devices_drop_into_a_paired_only_inbox() {
     assert!(why.contains("paired devices"), "{why}");
     assert!(dir_is_empty(dst.path()));
     // A code pairs the phone, under the name it gives; its drops land in its folder.
-    let code = manage(&state, &["pair"]);
+    let code = inbox_manage(&state, &["pair"]).unwrap();
     let (status, events) = drop_as(
         phone.path(),
         &f,
@@ -372,9 +372,13 @@ fn only_paired_devices_drop_into_a_paired_only_inbox() {
     let (status, events) = drop_as(laptop.path(), &g, &["--pair", &code]);
     let why = expect_error(status, &events);
     assert!(why.contains("pairing code is not valid"), "{why}");
-    assert!(manage(&state, &["devices"]).starts_with("Phone\t"));
+    assert!(
+        inbox_manage(&state, &["devices"])
+            .unwrap()
+            .starts_with("Phone\t")
+    );
     // Revoked: refused from the next drop on (the running inbox reads its state per drop).
-    manage(&state, &["revoke", "Phone"]);
+    inbox_manage(&state, &["revoke", "Phone"]).unwrap();
     let (status, events) = drop_as(phone.path(), &g, &[]);
     let why = expect_error(status, &events);
     assert!(why.contains("paired devices"), "{why}");
@@ -436,19 +440,6 @@ fn a_by_date_inbox_files_drops_by_day() {
     );
     assert_arrived(&dst.path().join(day), &f);
     stop(inbox);
-}
-
-/// `native-peer inbox ACTION --state STATE`: its standard output, trimmed.
-fn manage(state: &Path, action: &[&str]) -> String {
-    let out = std::process::Command::new(punchdrop_e2e::bin("native-peer"))
-        .arg("inbox")
-        .args(action)
-        .arg("--state")
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{action:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;

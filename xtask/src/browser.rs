@@ -338,21 +338,50 @@ fn receive(c: &mut Chromium, link: &str, ctx: &Ctx) -> anyhow::Result<event::Don
     Ok(done)
 }
 
-/// Chromium with every page event stamped with `performance.now()` as it is recorded
-/// (`benchT`), so the harness's own delay before clicking Accept can be told apart from the
-/// transfer's setup time. The web app assigns `window.punchdropEvents = []` on load; a setter
-/// installed before the page's scripts wraps that array's `push`.
+/// Chromium with every page event stamped (see [`stamp_events`]), so the harness's own
+/// delay before clicking Accept can be told apart from the transfer's setup time.
 fn launch(name: &str) -> anyhow::Result<Chromium> {
+    let mut c = Chromium::launch_named(name)?;
+    stamp_events(&mut c)?;
+    Ok(c)
+}
+
+/// Stamp every page event with `performance.now()` as it is recorded (`benchT`). The web
+/// app assigns `window.punchdropEvents = []` on load; a setter installed before the page's
+/// scripts wraps that array's `push`.
+pub(crate) fn stamp_events(c: &mut Chromium) -> anyhow::Result<()> {
     const STAMP: &str = "(() => { let v; Object.defineProperty(window, 'punchdropEvents', { \
         configurable: true, get() { return v; }, set(a) { v = a; const push = a.push; \
         a.push = function (...es) { for (const e of es) if (e && typeof e === 'object') \
         e.benchT = performance.now(); return push.apply(this, es); }; } }); })()";
-    let mut c = Chromium::launch_named(name)?;
     c.page_call(
         "Page.addScriptToEvaluateOnNewDocument",
         json!({"source": STAMP}),
     )?;
-    Ok(c)
+    Ok(())
+}
+
+/// A page on a send view (its events stamped) picks `file` and sends it to its end: ms from
+/// the pick to its first `progress` with bytes, both stamped in the page. A page that ends
+/// in `error` fails with what it says.
+pub(crate) fn pick_to_first_byte(
+    c: &mut Chromium,
+    file: &Path,
+    within: Duration,
+) -> anyhow::Result<f64> {
+    c.eval("window.benchPicked = performance.now()")?;
+    c.set_files("#file-input", &[file])?;
+    c.wait_state("done", within).map_err(|e| {
+        let why = c
+            .eval("document.querySelector('#error').textContent")
+            .unwrap_or_default();
+        e.context(format!("the page said: {why}"))
+    })?;
+    let ms = c.eval(
+        "(window.punchdropEvents.find(e => e.event === 'progress' && e.bytes > 0) || {}).benchT \
+         - window.benchPicked",
+    )?;
+    ms.as_f64().context("no progress event")
 }
 
 /// A receiving page's both in room → first byte, and `offer` → `accepted` (the click).

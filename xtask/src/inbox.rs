@@ -16,10 +16,10 @@
 //!
 //! Each received file is compared by BLAKE3 hash.
 
+use crate::browser::pick_to_first_byte;
 use anyhow::{Context as _, bail};
 use punchdrop_e2e::browser::{Chromium, chromium_path, in_loopback_netns};
 use punchdrop_e2e::{Peer, Signalling, event, hash_file, is_root, make_file};
-use serde_json::json;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -281,15 +281,8 @@ fn browser_drops(
     big: &Path,
     drops: usize,
 ) -> anyhow::Result<(Vec<f64>, f64)> {
-    const STAMP: &str = "(() => { let v; Object.defineProperty(window, 'punchdropEvents', { \
-        configurable: true, get() { return v; }, set(a) { v = a; const push = a.push; \
-        a.push = function (...es) { for (const e of es) if (e && typeof e === 'object') \
-        e.benchT = performance.now(); return push.apply(this, es); }; } }); })()";
     let mut c = Chromium::launch_named("dropper")?;
-    c.page_call(
-        "Page.addScriptToEvaluateOnNewDocument",
-        json!({"source": STAMP}),
-    )?;
+    crate::browser::stamp_events(&mut c)?;
     let origin = link.split("/i/").next().unwrap_or_default().to_string();
     let open = |c: &mut Chromium| -> anyhow::Result<()> {
         c.goto(&format!("{origin}/"))?;
@@ -299,27 +292,12 @@ fn browser_drops(
     let mut times = Vec::new();
     for _ in 0..drops {
         open(&mut c)?;
-        c.eval("window.benchPicked = performance.now()")?;
-        c.set_files("#file-input", &[small])?;
-        done_or_why(&mut c, Duration::from_secs(60))?;
-        let ms = c.eval("(window.punchdropEvents.find(e => e.event === 'progress' && e.bytes > 0) || {}).benchT - window.benchPicked")?;
-        times.push(ms.as_f64().context("no progress event")?);
+        times.push(pick_to_first_byte(&mut c, small, Duration::from_secs(60))?);
     }
     open(&mut c)?;
-    c.set_files("#file-input", &[big])?;
-    done_or_why(&mut c, Duration::from_secs(600))?;
+    pick_to_first_byte(&mut c, big, Duration::from_secs(600))?;
     let done: event::Done = c.wait(Duration::from_secs(5))?;
     Ok((times, done.bytes as f64 / done.seconds / 1e6))
-}
-
-/// The page's drop ended `done`, or the error it shows.
-fn done_or_why(c: &mut Chromium, within: Duration) -> anyhow::Result<()> {
-    c.wait_state("done", within).map_err(|e| {
-        let why = c
-            .eval("document.querySelector('#error').textContent")
-            .unwrap_or_default();
-        e.context(format!("the page said: {why}"))
-    })
 }
 
 fn check(got: &Path, sent: &Path) -> anyhow::Result<()> {

@@ -346,117 +346,101 @@ fn browser_outage(
 /// dropper's own: from starting `send --to` (or the page's files being picked, the page
 /// already on the link) to its first bytes out; throughput is the dropper's `done`.
 fn inbox_rows(bins: &Path, args: &Args) -> anyhow::Result<()> {
-    type Dropper = fn(&Lab, &str, &Path, Duration) -> anyhow::Result<(f64, event::Done)>;
-    let mut rows: Vec<(&str, Dropper)> = vec![("native → inbox, cone / cone", native_drop)];
+    let mut rows: Vec<(&str, Scenario)> = vec![("native → inbox, cone / cone", native_drop)];
     if args.browser {
         rows.push(("browser → inbox, cone / cone", page_drop));
     }
-    let work = tempfile::tempdir()?;
-    let file = work.path().join("lab.bin");
-    crate::make_file(&file, args.size_mib << 20)?;
-    let timeout = Duration::from_secs(600);
     println!("\n| drop | path (dropper) | drop → first byte out | throughput |\n|---|---|---|---|");
-    for (name, drop) in rows {
-        let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
-        spec.wan = [Impair {
-            delay_ms: args.rtt_ms / 2,
-            loss: 0.0,
-        }; 2];
-        let (mut setup, mut rate, mut paths) = (Vec::new(), Vec::new(), Vec::<String>::new());
-        for _ in 0..args.reps.max(1) {
-            let lab = Lab::with_bins(spec, bins.to_path_buf())
-                .with_context(|| format!("build the lab for {name}"))?;
-            let state = tempfile::tempdir()?;
-            let dst = tempfile::tempdir()?;
-            let (d, st) = (
-                dst.path().display().to_string(),
-                state.path().join("inbox.json").display().to_string(),
-            );
-            let mut inbox = punchdrop_e2e::Peer::spawn_cmd(
-                lab.peer_cmd("a"),
-                &["--server", &lab.url, "inbox", "--dir", &d, "--state", &st],
-            );
-            let ready: event::Ready = inbox.wait(Duration::from_secs(10))?;
-            let (ms, done) =
-                drop(&lab, &ready.link, &file, timeout).with_context(|| name.to_string())?;
-            inbox.kill();
-            setup.push(ms);
-            rate.push(done.bytes as f64 / done.seconds / 1e6);
-            if !paths.contains(&side(&done)) {
-                paths.push(side(&done));
-            }
-        }
-        println!(
-            "| {name} | {} | {:.0} ms | {:.1} MB/s |",
-            paths.join("; "),
-            crate::median(setup),
-            crate::median(rate)
+    cone_cone_rows(bins, args, &rows)
+}
+
+/// A running inbox on host A, its link, and the folders it lives in (kept while it runs).
+struct LabInbox {
+    peer: punchdrop_e2e::Peer,
+    link: String,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl LabInbox {
+    fn start(lab: &Lab) -> anyhow::Result<Self> {
+        let (state, dst) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let (d, st) = (
+            dst.path().display().to_string(),
+            state.path().join("inbox.json").display().to_string(),
         );
+        let mut peer = punchdrop_e2e::Peer::spawn_cmd(
+            lab.peer_cmd("a"),
+            &["--server", &lab.url, "inbox", "--dir", &d, "--state", &st],
+        );
+        let ready: event::Ready = peer.wait(Duration::from_secs(10))?;
+        Ok(Self {
+            peer,
+            link: ready.link,
+            _dirs: [state, dst],
+        })
     }
-    Ok(())
 }
 
 /// `native-peer send --to LINK FILE` on host B: ms from its start to its first bytes out.
-fn native_drop(
-    lab: &Lab,
-    link: &str,
-    file: &Path,
-    timeout: Duration,
-) -> anyhow::Result<(f64, event::Done)> {
+fn native_drop(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
+    let mut inbox = LabInbox::start(lab)?;
     let f = file.display().to_string();
     let start = std::time::Instant::now();
     let mut p = punchdrop_e2e::Peer::spawn_cmd(
         lab.peer_cmd("b"),
-        &["--server", &lab.url, "send", "--to", link, &f],
+        &["--server", &lab.url, "send", "--to", &inbox.link, &f],
     );
     let first: event::Progress = p.wait(timeout)?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    anyhow::ensure!(
-        first.bytes > 0 || first.total == 0,
-        "a progress event before any byte"
-    );
+    anyhow::ensure!(first.bytes > 0, "a progress event before any byte");
     let (status, events) = p.finish(timeout)?;
-    Ok((ms, punchdrop_e2e::expect_done(status, &events)))
+    inbox.peer.kill();
+    Ok(dropper_run(
+        ms,
+        &punchdrop_e2e::expect_done(status, &events),
+    ))
 }
 
 /// A stock page on host B, on the inbox's link, picks `file`: ms from the pick to its first
 /// `progress` (both stamped in the page).
-fn page_drop(
-    lab: &Lab,
-    link: &str,
-    file: &Path,
-    timeout: Duration,
-) -> anyhow::Result<(f64, event::Done)> {
-    const STAMP: &str = "(() => { let v; Object.defineProperty(window, 'punchdropEvents', { \
-        configurable: true, get() { return v; }, set(a) { v = a; const push = a.push; \
-        a.push = function (...es) { for (const e of es) if (e && typeof e === 'object') \
-        e.benchT = performance.now(); return push.apply(this, es); }; } }); })()";
+fn page_drop(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
+    let mut inbox = LabInbox::start(lab)?;
     let mut c = Chromium::launch_stock_in(&lab.ns("hb"), "browser B", &lab.url)?;
-    c.page_call(
-        "Page.addScriptToEvaluateOnNewDocument",
-        serde_json::json!({"source": STAMP}),
-    )?;
-    c.goto(link)?;
+    crate::browser::stamp_events(&mut c)?;
+    c.goto(&inbox.link)?;
     c.wait_state("ready", Duration::from_secs(30))?;
-    c.eval("window.benchPicked = performance.now()")?;
-    c.set_files("#file-input", &[file])?;
-    c.wait_state("done", timeout)?;
-    let ms = c.eval("(window.punchdropEvents.find(e => e.event === 'progress' && e.bytes > 0) || {}).benchT - window.benchPicked")?;
+    let ms = crate::browser::pick_to_first_byte(&mut c, file, timeout)?;
     let done: event::Done = c.wait(Duration::from_secs(5))?;
-    Ok((ms.as_f64().context("no progress event")?, done))
+    inbox.peer.kill();
+    Ok(dropper_run(ms, &done))
 }
 
+fn dropper_run(first_byte_ms: f64, done: &event::Done) -> Run {
+    Run {
+        first_byte_ms,
+        mb_s: done.bytes as f64 / done.seconds / 1e6,
+        paths: side(done),
+    }
+}
+
+type Scenario = fn(&Lab, &Path, Duration) -> anyhow::Result<Run>;
+
 fn browser_rows(bins: &Path, args: &Args) -> anyhow::Result<()> {
-    type Scenario = fn(&Lab, &Path, Duration) -> anyhow::Result<Run>;
     let rows: [(&str, Scenario); 2] = [
         ("browser → native, cone / cone", browser_to_native),
         ("native → browser, cone / cone", native_to_browser),
     ];
+    cone_cone_rows(bins, args, &rows)
+}
+
+/// Each of `rows` across cone / cone at `--rtt-ms`, a fresh lab per repetition: one table
+/// line with the medians.
+fn cone_cone_rows(bins: &Path, args: &Args, rows: &[(&str, Scenario)]) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let file = work.path().join("lab.bin");
     crate::make_file(&file, args.size_mib << 20)?;
     let timeout = Duration::from_secs(600);
-    for (name, run) in rows {
+    for &(name, run) in rows {
         if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }

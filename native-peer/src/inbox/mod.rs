@@ -174,9 +174,7 @@ pub async fn run(
         Some(n) => {
             Some(protocol::device::clean_name(n).context("--name: give the inbox a name to show")?)
         }
-        None => nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| protocol::device::clean_name(&h.to_string_lossy())),
+        None => crate::device::host_name(),
     };
     Inbox {
         c,
@@ -370,7 +368,7 @@ const BAD_CODE: &str = "that pairing code is not valid (mistyped, used, or expir
 
 /// A paired device's folder (`--layout by-device`): its name as one folder's name, or,
 /// for a name that cannot be one (`Anna: laptop`), `device ` and the start of its hash.
-fn folder_name(name: &str) -> String {
+pub(crate) fn folder_name(name: &str) -> String {
     let safe = protocol::names::sanitize(&name.replace(['/', '\\'], "-")).ok();
     match safe.filter(|s| s.components().count() == 1) {
         Some(s) => s.top().to_string(),

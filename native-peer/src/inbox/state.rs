@@ -128,7 +128,7 @@ impl Stored {
     /// makes the same folder (`--layout by-device`: case and slashes aside), nor
     /// `unpaired` (the folder of the others).
     fn free_name(&self, name: &str) -> String {
-        let fold = |n: &str| n.to_lowercase().replace(['/', '\\'], "-");
+        let fold = |n: &str| super::folder_name(n).to_lowercase();
         let taken = |n: &str| {
             fold(n) == "unpaired" || self.devices.iter().any(|d| fold(&d.name) == fold(n))
         };
