@@ -354,12 +354,15 @@ impl Chromium {
     }
 
     /// Navigate and wait until the document has loaded.
+    /// A Chromium just launched in a lab namespace may still see that namespace's network
+    /// settle and abort its first navigation with `net::ERR_NETWORK_CHANGED` (seen once in
+    /// CI-like runs): that one error is retried, once, after a moment.
     pub fn goto(&mut self, url: &str) -> anyhow::Result<()> {
-        let r = self.cdp.call(
-            Some(&self.page.clone()),
-            "Page.navigate",
-            json!({"url": url}),
-        )?;
+        let mut r = self.navigate(url)?;
+        if r["errorText"].as_str() == Some("net::ERR_NETWORK_CHANGED") {
+            std::thread::sleep(Duration::from_millis(500));
+            r = self.navigate(url)?;
+        }
         if let Some(e) = r["errorText"].as_str() {
             bail!("{}: navigating to {url}: {e}", self.name);
         }
@@ -369,6 +372,14 @@ impl Chromium {
         )
         .with_context(|| format!("loading {url}"))?;
         Ok(())
+    }
+
+    fn navigate(&mut self, url: &str) -> anyhow::Result<Value> {
+        self.cdp.call(
+            Some(&self.page.clone()),
+            "Page.navigate",
+            json!({"url": url}),
+        )
     }
 
     /// Evaluate `js` in the page (promises awaited, result by value, as a user gesture).
