@@ -16,6 +16,7 @@ mod rtc;
 mod transfer;
 mod tune;
 mod turn_tcp;
+mod wss;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +51,10 @@ struct Common {
         default_value = "http://127.0.0.1:8080"
     )]
     server: String,
+    /// PEM file of extra CA certificates to trust for a `https://` server (one a private CA
+    /// signed); Mozilla's roots are always trusted.
+    #[arg(long, global = true, env = "PUNCHDROP_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Print newline-delimited JSON events on stdout instead of progress bars.
     #[arg(long, global = true)]
     json: bool,
@@ -172,6 +177,10 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let mut out = Output::new(cli.common.json);
+    if let Err(e) = wss::trust(cli.common.ca_file.as_deref()) {
+        out.error(&e);
+        return std::process::ExitCode::FAILURE;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

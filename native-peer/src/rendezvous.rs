@@ -23,10 +23,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::data_channel::DataChannelEvent;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
@@ -58,7 +56,7 @@ impl Clock {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::wss::Ws;
 type Connecting = Pin<Box<dyn Future<Output = anyhow::Result<Ws>> + Send>>;
 
 /// The socket to the signalling server.
@@ -66,6 +64,8 @@ enum Server {
     Connecting(Connecting),
     Open(Box<Ws>),
     Closed,
+    /// Never opened, for this reason (told to the user if the rendezvous fails for it).
+    Unreachable(anyhow::Error),
 }
 
 enum ServerEvent {
@@ -77,14 +77,9 @@ enum ServerEvent {
 impl Server {
     fn connect(base: &str) -> Self {
         let url = protocol::invite::websocket_url(base);
-        Self::Connecting(Box::pin(async move {
-            let url = url?;
-            // No Nagle: signalling is small messages whose latency is connection setup time.
-            let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-                .await
-                .context("WebSocket")?;
-            Ok(ws)
-        }))
+        Self::Connecting(Box::pin(
+            async move { crate::wss::connect(url?.as_str()).await },
+        ))
     }
 
     /// The next thing the server side does; never resolves once closed.
@@ -97,7 +92,7 @@ impl Server {
                 }
                 Err(e) => {
                     tracing::debug!("cannot reach the signalling server: {e:#}");
-                    *self = Self::Closed;
+                    *self = Self::Unreachable(e);
                     ServerEvent::Closed
                 }
             },
@@ -111,7 +106,7 @@ impl Server {
                     Some(Ok(_)) => {}
                 }
             },
-            Self::Closed => std::future::pending().await,
+            Self::Closed | Self::Unreachable(_) => std::future::pending().await,
         }
     }
 
@@ -302,8 +297,18 @@ pub async fn connect(
         match d.rv.poll_output() {
             Output::Event(e) => screen.event(&e),
             Output::Failed(e) => {
+                let why = match (&e, &d.server) {
+                    // The machine knows the server was not reached; the socket knows why.
+                    (
+                        protocol::rendezvous::RendezvousError::Unreachable(_),
+                        Server::Unreachable(cause),
+                    ) => {
+                        anyhow::anyhow!("{e}: {cause:#}")
+                    }
+                    _ => e.into(),
+                };
                 d.server.close().await;
-                return Err(e.into());
+                return Err(why);
             }
             Output::Timeout(_) if d.rv.is_connected() => return d.into_link(screen.shared()),
             Output::Timeout(t) => {

@@ -275,7 +275,9 @@ impl ErrorCode {
             Self::NoPeer => "the other peer is not there",
             Self::Expired => "the room expired; create a new link",
             Self::ServerBusy => "the server has too many rooms; retry later",
-            Self::ShuttingDown => "the server is shutting down",
+            Self::ShuttingDown => {
+                "the server is restarting or shutting down; try again in a minute"
+            }
             Self::Idle => "the connection was idle too long; open the link or code again",
             Self::PeerAway => {
                 "the other peer lost its connection to the server; try again in a moment"

@@ -182,6 +182,11 @@ impl Admission {
             .unwrap_or(peer)
     }
 
+    /// The origin pages are served from, when the operator said it.
+    pub fn public_origin(&self) -> Option<&str> {
+        self.config.public_origin.as_deref()
+    }
+
     /// Is this request's `Origin` (if any) one of ours?
     pub fn origin_ok(&self, headers: &HeaderMap) -> bool {
         let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {

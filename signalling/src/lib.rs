@@ -18,6 +18,8 @@ mod inboxes;
 pub mod limits;
 pub mod metrics;
 mod rooms;
+pub mod settings;
+pub mod tls;
 pub mod turn;
 mod web;
 mod ws;
@@ -68,6 +70,11 @@ pub struct Config {
     pub ice: IceSettings,
     /// Run the bundled TURN/STUN server; its URLs are added to `ice`, with `ice.secret`.
     pub turn: Option<BundledTurn>,
+    /// Serve https and wss (not http and ws) on `listen`, with this certificate; pages
+    /// then carry HSTS.
+    pub tls: Option<Arc<tls::Certificates>>,
+    /// With `tls`: answer plain http here with a redirect to the https origin.
+    pub redirect_listen: Option<SocketAddr>,
 }
 
 /// The bundled TURN server's settings and the host name peers reach it by.
@@ -147,6 +154,8 @@ impl Default for Config {
             admin_listen: None,
             ice: IceSettings::default(),
             turn: None,
+            tls: None,
+            redirect_listen: None,
         }
     }
 }
@@ -164,6 +173,9 @@ pub(crate) struct AppState {
     pub turn_metrics: Option<Arc<turn::TurnMetrics>>,
     pub ice: IceSettings,
     pub shutdown: CancellationToken,
+    /// Cancelled when the server starts draining ([`ServerHandle::drain`]): no new rooms or
+    /// inboxes; rooms in progress go on.
+    pub draining: CancellationToken,
     /// Upgraded WebSocket connections, which outlive the HTTP server's own connection tracking.
     pub connections: TaskTracker,
 }
@@ -176,10 +188,13 @@ pub struct Server;
 pub struct ServerHandle {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    redirect_addr: Option<SocketAddr>,
+    tls: Option<Arc<tls::Certificates>>,
     shutdown: CancellationToken,
     connections: TaskTracker,
     task: JoinHandle<()>,
     turn: Option<turn::TurnHandle>,
+    state: Arc<AppState>,
 }
 
 impl Server {
@@ -198,6 +213,19 @@ impl Server {
             None => None,
         };
         let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+        let redirect_listener = match (config.redirect_listen, &config.tls) {
+            (Some(addr), Some(_)) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for the https redirect"))?,
+            ),
+            (Some(_), None) => anyhow::bail!("an https redirect needs a TLS certificate"),
+            (None, _) => None,
+        };
+        let redirect_addr = redirect_listener
             .as_ref()
             .map(|l| l.local_addr())
             .transpose()?;
@@ -230,9 +258,14 @@ impl Server {
             turn_metrics,
             ice,
             shutdown: shutdown.clone(),
+            draining: CancellationToken::new(),
             connections: connections.clone(),
         });
-        let app = router(state.clone());
+        let mut app = router(state.clone());
+        if config.tls.is_some() {
+            app = app.layer(axum::middleware::map_response(web::strict_transport));
+        }
+        let acceptor = config.tls.as_ref().map(tls::Certificates::acceptor);
 
         // Expire unjoined rooms and forget idle rate-limit entries.
         let sweeper = {
@@ -264,24 +297,47 @@ impl Server {
                 token.clone(),
                 header_read_timeout,
                 None,
+                None,
+            ))
+        });
+        let redirect = redirect_listener.map(|listener| {
+            let app = web::redirect_router(state.clone(), local_addr.port());
+            tokio::spawn(serve_http(
+                listener,
+                app,
+                token.clone(),
+                header_read_timeout,
+                Some(state.clone()),
+                None,
             ))
         });
         let gated = state.clone();
         let task = tokio::spawn(async move {
-            serve_http(listener, app, token, header_read_timeout, Some(gated)).await;
+            serve_http(
+                listener,
+                app,
+                token,
+                header_read_timeout,
+                Some(gated),
+                acceptor,
+            )
+            .await;
             sweeper.abort();
-            if let Some(admin) = admin {
-                let _ = admin.await;
+            for side in [admin, redirect].into_iter().flatten() {
+                let _ = side.await;
             }
         });
         tracing::info!(addr = %local_addr, "signalling server listening");
         Ok(ServerHandle {
             local_addr,
             admin_addr,
+            redirect_addr,
+            tls: config.tls.clone(),
             shutdown,
             connections,
             task,
             turn: turn_handle,
+            state,
         })
     }
 }
@@ -301,9 +357,42 @@ impl ServerHandle {
         self.turn.as_ref().map(|t| (t.udp_addr(), t.tcp_addr()))
     }
 
-    /// `http://ADDR`, the base URL peers use.
+    /// Where plain http is redirected to https, if anywhere.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect_addr
+    }
+
+    /// `http://ADDR` or `https://ADDR`, the base URL peers use (with TLS, a name the
+    /// certificate holds is needed instead of the address).
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// Read the TLS certificate and key files again (SIGHUP): new connections get what they
+    /// hold now; on error the current certificate stays.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        match &self.tls {
+            Some(certs) => certs.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// [`ServerHandle::reload_tls`], callable from a signal handler's task.
+    pub fn tls_reloader(&self) -> impl Fn() -> Result<(), tls::TlsError> + Send + 'static {
+        let tls = self.tls.clone();
+        move || match &tls {
+            Some(certs) => certs.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// A handle that starts a drain: [`Drain::start`].
+    pub fn drainer(&self) -> Drain {
+        Drain {
+            state: self.state.clone(),
+            shutdown: self.shutdown.clone(),
+        }
     }
 
     /// Stop accepting, tell connected peers, and wait for connections to close.
@@ -328,6 +417,88 @@ impl ServerHandle {
     /// A token that stops the server when cancelled (e.g. from a signal handler).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+}
+
+/// Drains a server (SIGTERM): no new rooms, inbox registrations or lookups (they get
+/// [`protocol::signal::ErrorCode::ShuttingDown`]) and `/readyz` says 503, while rooms in
+/// progress go on, joins of existing rooms included, and the bundled TURN keeps relaying;
+/// the server stops when no room has a peer in it and the relays are idle, or when the time
+/// is up.
+///
+/// A relay is in use while it moves data ([`RELAY_BUSY_BYTES`] within [`RELAY_IDLE`]), not
+/// while its allocation exists: peers that are gone leave allocations behind until they
+/// expire (minutes), and a relayed transfer whose peers closed their sockets to the server
+/// (a page may) has no room left, only bytes.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+}
+
+/// How long relays must be (nearly) silent for a drain to count them idle.
+const RELAY_IDLE: Duration = Duration::from_secs(2);
+/// Relayed bytes within [`RELAY_IDLE`] that still count as silence: ICE consent checks and
+/// keepalives on a relay that carries no transfer.
+const RELAY_BUSY_BYTES: u64 = 64 << 10;
+
+impl Drain {
+    /// Start draining, and stop the server once drained or after `within`. Returns at once.
+    pub fn start(&self, within: Duration) {
+        if self.state.draining.is_cancelled() {
+            return;
+        }
+        self.state.draining.cancel();
+        let (state, shutdown) = (self.state.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let deadline = started + within;
+            tracing::info!(
+                rooms = state.rooms.occupied(),
+                "draining: no new rooms; rooms and relays in progress go on"
+            );
+            // (when, relayed bytes so far), over the last RELAY_IDLE.
+            let mut samples = std::collections::VecDeque::new();
+            loop {
+                let now = tokio::time::Instant::now();
+                samples.push_back((now, state.relayed_bytes()));
+                while samples.len() > 1 && now - samples[1].0 >= RELAY_IDLE {
+                    samples.pop_front();
+                }
+                let (oldest, newest) = (samples[0], samples[samples.len() - 1]);
+                let watched = now - oldest.0 >= RELAY_IDLE;
+                let relays_idle = watched && newest.1 - oldest.1 < RELAY_BUSY_BYTES;
+                let rooms = state.rooms.occupied();
+                if rooms == 0 && relays_idle {
+                    tracing::info!(secs = started.elapsed().as_secs(), "drained");
+                    break;
+                }
+                if now >= deadline {
+                    tracing::info!(rooms, relays_idle, "drain time is up: stopping");
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            shutdown.cancel();
+        });
+    }
+
+    /// Whether [`Drain::start`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.state.draining.is_cancelled()
+    }
+}
+
+impl AppState {
+    /// Bytes the bundled TURN relayed so far.
+    fn relayed_bytes(&self) -> u64 {
+        self.turn_metrics.as_ref().map_or(0, |t| {
+            t.relayed_bytes_total
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 }
 
@@ -379,6 +550,7 @@ async fn serve_http(
     token: CancellationToken,
     header_read_timeout: Duration,
     state: Option<Arc<AppState>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     use tower::Service as _;
     let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -411,27 +583,21 @@ async fn serve_http(
         let Ok(tower_service) = make.call(remote).await;
         let service =
             hyper::service::service_fn(move |request| tower_service.clone().call(request));
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-            .with_upgrades();
         let stop = token.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = stop.cancelled() => {
-                    // Stop taking requests; an open one gets a moment to finish. (Upgraded
-                    // WebSockets have left this connection and are told by their own tasks.)
-                    connection.as_mut().graceful_shutdown();
-                    tokio::time::timeout(Duration::from_secs(1), connection)
-                        .await
-                        .unwrap_or(Ok(()))
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "HTTP connection ended");
+            match tls {
+                None => serve_connection(tcp, service, header_read_timeout, stop).await,
+                // The handshake has the headers' time limit: a client that opens TCP and
+                // says nothing is a slowloris too.
+                Some(tls) => match tokio::time::timeout(header_read_timeout, tls.accept(tcp)).await
+                {
+                    Ok(Ok(stream)) => {
+                        serve_connection(stream, service, header_read_timeout, stop).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
             }
             // Ended, or became a WebSocket (which holds a place of its own).
             drop(place);
@@ -439,11 +605,50 @@ async fn serve_http(
     }
 }
 
-/// The operator's listener: `/metrics` and `/healthz`.
+/// Serve one connection's requests (and its upgrade to a WebSocket) until it ends or `stop`.
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = stop.cancelled() => {
+            // Stop taking requests; an open one gets a moment to finish. (Upgraded
+            // WebSockets have left this connection and are told by their own tasks.)
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(Duration::from_secs(1), connection)
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+/// The operator's listener: `/metrics`, `/healthz` (the process answers) and `/readyz`
+/// (it takes new rooms: 503 while draining, for a load balancer to send them elsewhere).
 fn admin_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(web::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(web::ready))
         .with_state(state)
 }
 

@@ -1,20 +1,55 @@
 //! `signalling`: run the punchdrop rendezvous server.
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use signalling::turn::TurnCaps;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(
     version,
-    about = "punchdrop signalling server: rooms where two peers meet"
+    about = "punchdrop signalling server: rooms where two peers meet",
+    after_help = "Every setting can also come from a TOML file (--config) whose keys are the long \
+                  flags' names, e.g. `max-rooms = 500`, and from the PUNCHDROP_* variable shown \
+                  with it. A flag wins over a variable, a variable over the file, the file over \
+                  the default. --print-config shows the result."
 )]
 struct Args {
+    /// TOML file of settings: keys are the long flags' names (see above).
+    #[arg(long, env = "PUNCHDROP_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in effect (secrets masked), each with where it came from, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Address to listen on.
     #[arg(long, env = "PUNCHDROP_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// PEM certificate chain: serve https and wss on --listen (read again on SIGHUP).
+    #[arg(
+        long,
+        env = "PUNCHDROP_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "PUNCHDROP_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    tls_key: Option<PathBuf>,
+    /// With TLS: also listen here for plain http and redirect it to https (e.g. 0.0.0.0:80).
+    #[arg(long, env = "PUNCHDROP_REDIRECT_LISTEN", requires = "tls_cert")]
+    redirect_listen: Option<SocketAddr>,
+    /// Seconds SIGTERM waits for rooms and relays in progress (no new ones are taken) before
+    /// the server stops; a second SIGTERM or Ctrl-C stops it at once.
+    #[arg(long, env = "PUNCHDROP_DRAIN_TIMEOUT", default_value_t = 300)]
+    drain_timeout: u64,
     /// Address `/metrics` is served on: the operator's, not the clients' (keep it private).
     #[arg(long, env = "PUNCHDROP_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
@@ -197,7 +232,21 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = Args::command();
+    let mut from_file = signalling::settings::FromFile::default();
+    if let Some(path) = signalling::settings::config_path(&argv, "PUNCHDROP_CONFIG") {
+        (command, from_file) = signalling::settings::with_file(command, &path)?;
+    }
+    let matches = command.clone().get_matches_from(argv);
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if args.print_config {
+        print!(
+            "{}",
+            signalling::settings::render(&command, &matches, &from_file, &["turn-secret"])
+        );
+        return Ok(());
+    }
     // A socket per connection and per relay: the usual soft limit would refuse them first.
     let fds = net::raise_fd_limit();
     tracing::debug!(?fds, "descriptor limit");
@@ -230,6 +279,16 @@ async fn main() -> anyhow::Result<()> {
             credential_ttl: Duration::from_secs(args.turn_ttl),
         },
         turn: bundled_turn(&args)?,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(signalling::tls::Certificates::load(
+                signalling::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+            )?),
+            _ => None,
+        },
+        redirect_listen: args.redirect_listen,
     };
     if !args.turn.is_empty() && args.turn_secret.is_none() {
         anyhow::bail!("--turn needs --turn-secret (the secret the TURN servers share)");
@@ -252,12 +311,41 @@ async fn main() -> anyhow::Result<()> {
     if let Some((udp, tcp)) = server.turn_addrs() {
         eprintln!("bundled TURN/STUN on udp {udp} and tcp {tcp}");
     }
+    if let Some(addr) = server.redirect_addr() {
+        eprintln!("http on {addr} redirects to https");
+    }
+    watch_signals(&server, Duration::from_secs(args.drain_timeout))?;
+    server.wait().await;
+    Ok(())
+}
+
+/// SIGTERM (a service manager stopping the server) drains it; Ctrl-C, or a second SIGTERM,
+/// stops it at once; SIGHUP reads the TLS certificate again.
+fn watch_signals(server: &signalling::ServerHandle, drain_within: Duration) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let token = server.shutdown_token();
+    let drain = server.drainer();
+    let reload = server.tls_reloader();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => {
+                    if drain.is_draining() {
+                        break;
+                    }
+                    drain.start(drain_within);
+                }
+                _ = hup.recv() => match reload() {
+                    Ok(()) => tracing::info!("TLS certificate read again"),
+                    Err(e) => tracing::warn!("TLS certificate not reloaded, the old one stays: {e}"),
+                },
+            }
+        }
         tracing::info!("shutting down");
         token.cancel();
     });
-    server.wait().await;
     Ok(())
 }

@@ -786,6 +786,15 @@ impl Rooms {
     pub fn active(&self) -> usize {
         self.lock().rooms.len()
     }
+
+    /// Rooms with a peer connected (held rooms waiting for both peers to come back are not).
+    pub fn occupied(&self) -> usize {
+        self.lock()
+            .rooms
+            .values()
+            .filter(|r| r.creator.is_some() || r.joiner.is_some())
+            .count()
+    }
 }
 
 #[cfg(test)]

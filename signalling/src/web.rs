@@ -17,6 +17,78 @@ use crate::AppState;
 #[folder = "../web/"]
 struct Assets;
 
+/// Browsers keep to https for this host for a year once they saw a page over it (not its
+/// subdomains: the operator's other hosts are not ours to decide for).
+const HSTS: &str = "max-age=31536000";
+
+/// Add HSTS to every response of the https listener.
+pub(crate) async fn strict_transport(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static(HSTS),
+    );
+    response
+}
+
+/// `/readyz`: 200 while the server takes new rooms, 503 while it drains.
+pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+/// The plain-http listener next to an https one: every request is sent, permanently and
+/// with its method kept (308), to the same path on the https origin: `--public-origin` if
+/// set, else the request's host on `https_port`.
+pub(crate) fn redirect_router(state: Arc<AppState>, https_port: u16) -> axum::Router {
+    axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let origin = match state.admission.public_origin() {
+                Some(origin) => origin.trim_end_matches('/').to_owned(),
+                None => {
+                    let Some(host) = headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .and_then(host_without_port)
+                    else {
+                        return (StatusCode::BAD_REQUEST, "no Host header\n").into_response();
+                    };
+                    match https_port {
+                        443 => format!("https://{host}"),
+                        port => format!("https://{host}:{port}"),
+                    }
+                }
+            };
+            match HeaderValue::try_from(format!("{origin}{path}")) {
+                Ok(location) => (
+                    StatusCode::PERMANENT_REDIRECT,
+                    [(header::LOCATION, location)],
+                )
+                    .into_response(),
+                Err(_) => (StatusCode::BAD_REQUEST, "bad request\n").into_response(),
+            }
+        },
+    )
+}
+
+/// `example.org:80` → `example.org`, `[::1]:80` → `[::1]`; `None` for what is not a host.
+fn host_without_port(host: &str) -> Option<&str> {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b));
+    ok.then_some(name)
+}
+
 /// The generated client; its absence means the app was not built.
 const CLIENT: &str = "pkg/wasm_client_bg.wasm";
 
@@ -131,4 +203,20 @@ pub(crate) async fn asset(Path(path): Path<String>) -> Response {
         return not_found();
     }
     serve(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_without_port;
+
+    #[test]
+    fn hosts_lose_their_port_and_nothing_else() {
+        assert_eq!(host_without_port("drop.example:80"), Some("drop.example"));
+        assert_eq!(host_without_port("drop.example"), Some("drop.example"));
+        assert_eq!(host_without_port("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_without_port("[::1]"), Some("[::1]"));
+        assert_eq!(host_without_port("evil/x"), None);
+        assert_eq!(host_without_port("a b"), None);
+        assert_eq!(host_without_port(""), None);
+    }
 }

@@ -115,6 +115,12 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                 let _ = sink.send(text(&error(ErrorCode::ShuttingDown))).await;
                 break;
             }
+            // A draining server keeps rooms in progress, not inboxes: they wait for drops
+            // that may never come, and register again (elsewhere, or after the restart).
+            _ = state.draining.cancelled(), if inbox.registered.is_some() => {
+                let _ = sink.send(text(&error(ErrorCode::ShuttingDown))).await;
+                break;
+            }
             () = &mut idle, if !in_a_room => {
                 tracing::debug!(peer = %who, "idle connection closed");
                 state.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
@@ -266,6 +272,15 @@ fn handle(
             if version != SIGNAL_VERSION =>
         {
             Err(ErrorCode::UnsupportedVersion)
+        }
+        // Draining: rooms in progress go on (joins included), nothing new starts.
+        ClientMessage::Create { .. }
+        | ClientMessage::Knock { .. }
+        | ClientMessage::Register { .. }
+        | ClientMessage::Look { .. }
+            if state.draining.is_cancelled() =>
+        {
+            Err(ErrorCode::ShuttingDown)
         }
         // An inbox's connection is its registration and nothing else; a room's, its room.
         ClientMessage::Create { .. }

@@ -118,7 +118,7 @@ impl Signalling {
         stdout.read_line(&mut line).expect("ready line");
         let url = line.trim().rsplit(' ').next().expect("url").to_string();
         assert!(
-            url.starts_with("http://127.0.0.1:"),
+            url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
             "unexpected ready line {line:?}"
         );
         let mut line = String::new();
@@ -180,6 +180,28 @@ impl Signalling {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    /// Send the signal named `name` (`TERM`, `HUP`) to the server.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Wait up to `timeout` for the server to exit by itself; its status, or `None`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let until = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < until {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// SIGKILL: the server dies without any goodbye.

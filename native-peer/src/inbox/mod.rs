@@ -44,9 +44,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod state;
 
@@ -263,7 +261,7 @@ fn ready(link: &InboxLink) -> Event {
     .into()
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::wss::Ws;
 type Registering<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Ws>> + 'a>>;
 
 /// One drop's decision on its offer ([`transfer::Gate`]): the device, pairing, the folder.
@@ -729,7 +727,7 @@ async fn next(server: &mut Server<'_>) -> Heard {
 async fn register(server: &str, key: &SigningKey, name: Option<String>) -> anyhow::Result<Ws> {
     let url = protocol::invite::websocket_url(server)?;
     let steps = async {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+        let mut ws = crate::wss::connect(url.as_str())
             .await
             .context("cannot reach the server")?;
         let id = InboxId::of_key(key.verifying_key().as_bytes());

@@ -1,0 +1,492 @@
+//! The server as it runs on the internet: https and wss from certificate files (signed by a
+//! test CA that the peers are told to trust with `--ca-file`, as a private CA's users would
+//! be), the certificate read again on SIGHUP, plain http redirected to https, settings from
+//! a TOML file, and a drain on SIGTERM that lets rooms and relays in progress finish.
+
+use protocol::signal::{ClientMessage, ErrorCode, RoomRef, SIGNAL_VERSION, ServerMessage};
+use punchdrop_e2e::*;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A certificate authority of the test's own, and the server certificates it signs.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "punchdrop test CA");
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let ca = Self {
+            issuer,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(ca.ca_file(), ca.issuer.pem()).unwrap();
+        ca
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A certificate for localhost and 127.0.0.1, in `NAME.crt` / `NAME.key`; its DER too.
+    fn issue(&self, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{name}.crt")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k, cert.der().to_vec())
+    }
+}
+
+/// `GET path` over https trusting only `ca`: the response head and the server's leaf
+/// certificate.
+fn https_get(addr: &str, ca: &Path, path: &str) -> (String, Vec<u8>) {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = Vec::new();
+    // The server may close without close_notify once the response is out.
+    let _ = tls.read_to_end(&mut body);
+    let leaf = tls.conn.peer_certificates().expect("a certificate")[0].to_vec();
+    let text = String::from_utf8_lossy(&body);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    (head, leaf)
+}
+
+/// A plain-http request; the whole response.
+fn http_get(addr: &str, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn host_port(url: &str) -> &str {
+    url.split_once("://").unwrap().1
+}
+
+/// The address a log line `... PREFIX ADDR ...` names.
+fn logged_addr(logs: &str, prefix: &str) -> String {
+    let line = logs
+        .lines()
+        .find(|l| l.contains(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in the server's log:\n{logs}"));
+    line.split_once(prefix)
+        .unwrap()
+        .1
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn https_and_wss_carry_a_transfer_when_the_peers_trust_a_private_ca() {
+    let ca = TestCa::new();
+    let (cert, key, first) = ca.issue("server");
+    let sig = Signalling::start_logging(
+        "info",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--redirect-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(sig.url.starts_with("https://"), "{}", sig.url);
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("holiday.mov");
+    make_file(&file, 2_000_003, 7);
+
+    // Not told about the CA: a clear error that says what to do.
+    let untrusted = Peer::spawn(&["--server", &sig.url, "send", file.to_str().unwrap()]);
+    let (status, events) = untrusted.finish(Duration::from_secs(30)).unwrap();
+    let error = expect_error(status, &events);
+    assert!(
+        error.contains("certificate is not trusted") && error.contains("--ca-file"),
+        "{error}"
+    );
+
+    // Told (the sender by variable, the receiver by flag): the transfer goes over wss.
+    let ca_file = ca.ca_file();
+    let (sender, link, _) = start_sender_env(
+        &sig.url,
+        &file,
+        &[("PUNCHDROP_CA_FILE", ca_file.to_str().unwrap())],
+    )
+    .unwrap();
+    assert!(link.starts_with(&format!("{}/r/", sig.url)), "{link}");
+    let receiver = Peer::spawn(&[
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "recv",
+        "--dir",
+        dst.path().to_str().unwrap(),
+        &link,
+    ]);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    assert_eq!(expect_done(rs, &revents).path.kind, PathKind::Direct);
+    expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("holiday.mov")), hash_file(&file));
+
+    // Pages come over https with HSTS; plain http on the TLS port gets no page.
+    let addr = host_port(&sig.url).to_owned();
+    let (head, leaf) = https_get(&addr, &ca_file, "/");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age="),
+        "{head}"
+    );
+    assert_eq!(leaf, first);
+    let plain = http_get(&addr, "GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        !plain.starts_with("HTTP/"),
+        "http answered on the https port"
+    );
+
+    // Plain http elsewhere is sent to the same path over https.
+    let redirect = logged_addr(&sig.logs(), "http on ");
+    let answer = http_get(
+        &redirect,
+        "GET /r/abc?x=1 HTTP/1.1\r\nHost: drop.test:80\r\nConnection: close\r\n\r\n",
+    );
+    let port = addr.rsplit(':').next().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains(&format!("location: https://drop.test:{port}/r/abc?x=1")),
+        "{answer}"
+    );
+
+    // SIGHUP reads the files again: new connections get the new certificate...
+    let (cert2, key2, second) = ca.issue("renewed");
+    std::fs::copy(&key2, &key).unwrap();
+    std::fs::copy(&cert2, &cert).unwrap();
+    sig.signal("HUP");
+    wait_until("the renewed certificate", Duration::from_secs(10), || {
+        https_get(&addr, &ca_file, "/healthz").1 == second
+    });
+    // ...and a broken file keeps the one being served, with a warning.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    sig.signal("HUP");
+    wait_until("the warning", Duration::from_secs(10), || {
+        sig.logs().contains("the old one stays")
+    });
+    let (head, leaf) = https_get(&addr, &ca_file, "/healthz");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(leaf, second);
+}
+
+#[test]
+fn settings_come_from_a_file_a_variable_and_flags_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("punchdrop.toml");
+    std::fs::write(
+        &config,
+        "max-rooms = 1\nroom_rate = 7\nmsg-rate = 9\nturn-secret = \"do-not-print\"\n\
+         stun = [\"stun:stun.example:3478\"]\n",
+    )
+    .unwrap();
+    let print = |extra: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(bin("signalling"))
+            .args(["--config", config.to_str().unwrap(), "--print-config"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = print(&["--msg-rate", "11"], &[("PUNCHDROP_ROOM_RATE", "8")]);
+    for line in [
+        "max-rooms = 1  # config file",
+        "room-rate = 8  # environment (PUNCHDROP_ROOM_RATE)",
+        "msg-rate = 11  # flag",
+        "msg-burst = 200  # default",
+        "stun = [\"stun:stun.example:3478\"]  # config file",
+        "turn-secret = \"********\"  # config file",
+    ] {
+        assert!(shown.contains(line), "{line:?} not in:\n{shown}");
+    }
+    assert!(!shown.contains("do-not-print"), "{shown}");
+
+    // The file's values are used: one room at most.
+    let sig = Signalling::start_with(&["--config", config.to_str().unwrap()]);
+    let mut a = connect(&sig.url);
+    assert!(matches!(
+        ask(&mut a, create()),
+        ServerMessage::Created { .. }
+    ));
+    let mut b = connect(&sig.url);
+    assert!(
+        matches!(
+            ask(&mut b, create()),
+            ServerMessage::Error {
+                code: ErrorCode::ServerBusy,
+                ..
+            }
+        ),
+        "max-rooms from the file"
+    );
+
+    // A bad file: one clear error naming the file and the key; nothing starts.
+    for (text, words) in [
+        (
+            "max-rooms = \"lots\"\n",
+            "key `max-rooms`: invalid value 'lots'",
+        ),
+        ("max-roms = 5\n", "unknown key `max-roms`"),
+        ("max-rooms = \n", "not valid TOML"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(bin("signalling"))
+            .args(["--config", config.to_str().unwrap()])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}: started anyway");
+        assert!(
+            err.contains(words) && err.contains("punchdrop.toml"),
+            "{text}: {err}"
+        );
+    }
+}
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+fn connect(server: &str) -> Ws {
+    let url = format!("{}/ws", server.replacen("http", "ws", 1));
+    let ws = tungstenite::connect(url)
+        .expect("WebSocket to the server")
+        .0;
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    ws
+}
+
+fn send(ws: &mut Ws, msg: ClientMessage) {
+    ws.send(tungstenite::Message::text(msg.to_json())).unwrap();
+}
+
+fn next(ws: &mut Ws) -> ServerMessage {
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().expect("a message") {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+fn ask(ws: &mut Ws, msg: ClientMessage) -> ServerMessage {
+    send(ws, msg);
+    next(ws)
+}
+
+fn create() -> ClientMessage {
+    ClientMessage::Create {
+        version: SIGNAL_VERSION,
+        code: false,
+        hold: false,
+    }
+}
+
+fn join(room: &str) -> ClientMessage {
+    ClientMessage::Join {
+        version: SIGNAL_VERSION,
+        room: RoomRef::Id(room.to_owned()),
+        reclaim: None,
+    }
+}
+
+/// Sealed data goes from `from` to `to` (what a room in progress needs of the server).
+fn relays(from: &mut Ws, to: &mut Ws, data: &str) {
+    send(
+        from,
+        ClientMessage::Sealed {
+            data: data.to_owned(),
+        },
+    );
+    loop {
+        match next(to) {
+            ServerMessage::Sealed { data: got } => {
+                assert_eq!(got, data);
+                return;
+            }
+            ServerMessage::IceServers { .. } | ServerMessage::PeerJoined => {}
+            other => panic!("expected sealed data, got {other:?}"),
+        }
+    }
+}
+
+fn admin_get(sig: &Signalling, path: &str) -> String {
+    http_get(&sig.admin, &format!("GET {path} HTTP/1.0\r\n\r\n"))
+}
+
+#[test]
+fn sigterm_drains_rooms_in_progress_and_refuses_new_ones() {
+    let mut sig = Signalling::start_logging(
+        "info",
+        &[
+            "--drain-timeout",
+            "60",
+            "--max-connections-per-client",
+            "200",
+            "--max-tcp-per-client",
+            "400",
+            "--room-rate",
+            "1000",
+        ],
+    );
+    // 20 rooms in the middle of signalling: 10 joined, 10 waiting for their second peer.
+    let mut joined = Vec::new();
+    let mut waiting = Vec::new();
+    for i in 0..20 {
+        let mut creator = connect(&sig.url);
+        let ServerMessage::Created { room, .. } = ask(&mut creator, create()) else {
+            panic!("room {i} not created");
+        };
+        if i % 2 == 0 {
+            let mut joiner = connect(&sig.url);
+            assert!(matches!(
+                ask(&mut joiner, join(&room)),
+                ServerMessage::Joined { .. }
+            ));
+            joined.push((creator, joiner));
+        } else {
+            waiting.push((creator, room));
+        }
+    }
+    assert!(admin_get(&sig, "/readyz").starts_with("HTTP/1.0 200"));
+
+    sig.signal("TERM");
+    wait_until("/readyz to say 503", Duration::from_secs(10), || {
+        admin_get(&sig, "/readyz").starts_with("HTTP/1.0 503")
+    });
+    assert!(admin_get(&sig, "/healthz").starts_with("HTTP/1.0 200"));
+
+    // New rooms are refused, saying why.
+    let mut late = connect(&sig.url);
+    match ask(&mut late, create()) {
+        ServerMessage::Error { code, message } => {
+            assert_eq!(code, ErrorCode::ShuttingDown);
+            assert!(message.contains("try again"), "{message}");
+        }
+        other => panic!("a new room during a drain: {other:?}"),
+    }
+    // Rooms in progress go on: joined ones signal both ways, waiting ones are joined.
+    for (i, (creator, joiner)) in joined.iter_mut().enumerate() {
+        relays(creator, joiner, &format!("offer-{i}"));
+        relays(joiner, creator, &format!("answer-{i}"));
+    }
+    for (i, (creator, room)) in waiting.iter_mut().enumerate() {
+        let mut joiner = connect(&sig.url);
+        assert!(matches!(
+            ask(&mut joiner, join(room)),
+            ServerMessage::Joined { .. }
+        ));
+        relays(&mut joiner, creator, &format!("late-{i}"));
+    }
+    assert!(
+        sig.wait_exit(Duration::from_millis(200)).is_none(),
+        "stopped with rooms in progress"
+    );
+
+    // The peers leave: the server stops by itself, long before the drain time is up.
+    drop(joined);
+    drop(waiting);
+    drop(late);
+    let status = sig
+        .wait_exit(Duration::from_secs(20))
+        .expect("the drained server stopped");
+    assert!(status.success(), "{status:?}");
+    assert!(sig.logs().contains("drained"), "{}", sig.logs());
+}
+
+#[test]
+fn a_relayed_transfer_in_progress_finishes_through_a_drain() {
+    let mut sig = Signalling::start_logging("info", &["--drain-timeout", "60"]);
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("backup.tar");
+    make_file(&file, 24 << 20, 11);
+    // Paced so the transfer is still running when the server is asked to stop.
+    let (sender, link, _) =
+        start_sender_env(&sig.url, &file, &[("PUNCHDROP_TEST_PACE_MIB", "8")]).unwrap();
+    let mut receiver = Peer::spawn(&[
+        "--relay-only",
+        "recv",
+        "--dir",
+        dst.path().to_str().unwrap(),
+        &link,
+    ]);
+    receiver.wait_for_progress(1 << 20);
+    sig.signal("TERM");
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let done = expect_done(rs, &revents);
+    assert_eq!(done.path.kind, PathKind::Relay);
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("backup.tar")), hash_file(&file));
+    let logs = sig.logs();
+    assert!(logs.contains("draining"), "{logs}");
+    // The peers are gone, their allocations not yet: idle relays do not hold the drain.
+    let status = sig
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still running after the relay went idle:\n{}", sig.logs()));
+    assert!(status.success(), "{status:?}");
+    assert!(sig.logs().contains("drained"), "{}", sig.logs());
+}
