@@ -20,6 +20,12 @@ static CLIENT: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
 /// Build the TLS client settings: Mozilla's roots and, if given, the PEM certificates in
 /// `ca_file`. Call once, before any connection.
 pub fn trust(ca_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = settings(ca_file)?;
+    let _ = CLIENT.set(Arc::new(config));
+    Ok(())
+}
+
+fn settings(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -38,20 +44,17 @@ pub fn trust(ca_file: Option<&Path>) -> anyhow::Result<()> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS settings")?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    let _ = CLIENT.set(Arc::new(config));
-    Ok(())
+        .with_no_client_auth())
 }
 
 fn client() -> Arc<rustls::ClientConfig> {
     CLIENT
         .get_or_init(|| {
-            trust(None).expect("the built-in roots make a valid TLS configuration");
-            CLIENT.get().expect("just set").clone()
+            Arc::new(settings(None).expect("the built-in roots make a valid TLS configuration"))
         })
         .clone()
 }
@@ -72,22 +75,25 @@ pub async fn connect(url: &str) -> anyhow::Result<Ws> {
 
 /// Say what a failed connection means for the user, naming certificate trouble plainly.
 fn explain(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
+    use rustls::CertificateError;
     use tokio_tungstenite::tungstenite::Error;
     let certificate = match &e {
-        Error::Io(io) => io
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_))),
-        Error::Tls(_) => true,
-        _ => false,
+        Error::Io(io) => io.get_ref().and_then(|inner| match inner.downcast_ref() {
+            Some(rustls::Error::InvalidCertificate(c)) => Some(c.clone()),
+            _ => None,
+        }),
+        _ => None,
     };
     let e = anyhow::Error::new(e);
-    if certificate {
-        e.context(
+    match certificate {
+        Some(CertificateError::UnknownIssuer) => e.context(
             "the server's TLS certificate is not trusted (a private CA's? pass it with \
              --ca-file)",
-        )
-    } else {
-        e.context("WebSocket")
+        ),
+        Some(_) => e.context(
+            "the server's TLS certificate is not valid for it (expired, or made for \
+             another name)",
+        ),
+        None => e.context("WebSocket"),
     }
 }

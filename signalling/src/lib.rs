@@ -13,6 +13,7 @@
 //! addresses ([`limits::redact_ip`]).
 
 pub mod admission;
+pub mod audit;
 pub mod credentials;
 mod inboxes;
 pub mod limits;
@@ -75,6 +76,8 @@ pub struct Config {
     pub tls: Option<Arc<tls::Certificates>>,
     /// With `tls`: answer plain http here with a redirect to the https origin.
     pub redirect_listen: Option<SocketAddr>,
+    /// Where rooms, relays and refusals are recorded ([`audit`]).
+    pub audit: audit::Audit,
 }
 
 /// The bundled TURN server's settings and the host name peers reach it by.
@@ -156,6 +159,7 @@ impl Default for Config {
             turn: None,
             tls: None,
             redirect_listen: None,
+            audit: audit::Audit::off(),
         }
     }
 }
@@ -172,6 +176,7 @@ pub(crate) struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     pub turn_metrics: Option<Arc<turn::TurnMetrics>>,
     pub ice: IceSettings,
+    pub audit: audit::Audit,
     pub shutdown: CancellationToken,
     /// Cancelled when the server starts draining ([`ServerHandle::drain`]): no new rooms or
     /// inboxes; rooms in progress go on.
@@ -237,7 +242,8 @@ impl Server {
         ice.credential_ttl = ice.credential_ttl.min(config.room_max_lifetime);
         let (turn_handle, turn_metrics) = match &config.turn {
             Some(bundled) => {
-                let (handle, metrics) = spawn_bundled_turn(bundled, &mut ice, local_addr).await?;
+                let (handle, metrics) =
+                    spawn_bundled_turn(bundled, &mut ice, local_addr, &config.audit).await?;
                 (Some(handle), Some(metrics))
             }
             None => (None, None),
@@ -248,7 +254,8 @@ impl Server {
                 config.room_max_lifetime,
                 config.max_rooms,
                 metrics.clone(),
-            ),
+            )
+            .with_audit(config.audit.clone()),
             inboxes: inboxes::Inboxes::default(),
             limits: limits::Limits::new(&config),
             admission: admission::Admission::new(config.admission.clone()),
@@ -257,6 +264,7 @@ impl Server {
             metrics,
             turn_metrics,
             ice,
+            audit: config.audit.clone(),
             shutdown: shutdown.clone(),
             draining: CancellationToken::new(),
             connections: connections.clone(),
@@ -412,6 +420,7 @@ impl ServerHandle {
         self.shutdown.cancel();
         self.connections.close();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.connections.wait()).await;
+        self.state.rooms.close_all(std::time::Instant::now());
     }
 
     /// A token that stops the server when cancelled (e.g. from a signal handler).
@@ -437,10 +446,11 @@ pub struct Drain {
 }
 
 /// How long relays must be (nearly) silent for a drain to count them idle.
-const RELAY_IDLE: Duration = Duration::from_secs(2);
+const RELAY_IDLE: Duration = Duration::from_secs(5);
 /// Relayed bytes within [`RELAY_IDLE`] that still count as silence: ICE consent checks and
-/// keepalives on a relay that carries no transfer.
-const RELAY_BUSY_BYTES: u64 = 64 << 10;
+/// keepalives on relays that carry no transfer (a few hundred bytes per relay), not a slow
+/// transfer's (3 KiB/s is busy).
+const RELAY_BUSY_BYTES: u64 = 16 << 10;
 
 impl Drain {
     /// Start draining, and stop the server once drained or after `within`. Returns at once.
@@ -452,7 +462,10 @@ impl Drain {
         let (state, shutdown) = (self.state.clone(), self.shutdown.clone());
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let deadline = started + within;
+            // "Forever" (a huge --drain-timeout) must not overflow the clock.
+            let deadline = started
+                .checked_add(within)
+                .unwrap_or(started + Duration::from_secs(100 * 365 * 86_400));
             tracing::info!(
                 rooms = state.rooms.occupied(),
                 "draining: no new rooms; rooms and relays in progress go on"
@@ -508,6 +521,7 @@ async fn spawn_bundled_turn(
     bundled: &BundledTurn,
     ice: &mut IceSettings,
     listen: SocketAddr,
+    audit: &audit::Audit,
 ) -> anyhow::Result<(turn::TurnHandle, Arc<turn::TurnMetrics>)> {
     let secret = ice
         .secret
@@ -515,6 +529,7 @@ async fn spawn_bundled_turn(
         .clone();
     let mut config = bundled.config.clone();
     config.secret = secret;
+    config.audit = audit.clone();
     // No relay reaches the signalling server's own address either.
     if !listen.ip().is_unspecified() {
         config.own_addresses.push(listen.ip());

@@ -4,10 +4,16 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 
+/// Refusals of one client the audit log records per minute at most.
+const AUDITED_REFUSALS_PER_MIN: u32 = 10;
+
 #[derive(Debug)]
 pub(crate) struct Limits {
     messages: DefaultKeyedRateLimiter<IpAddr>,
     rooms: DefaultKeyedRateLimiter<IpAddr>,
+    /// Refusals the audit log records per client: a client refused in a loop must not fill
+    /// the operator's disk.
+    refusals: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 fn nz(v: u32) -> NonZeroU32 {
@@ -21,6 +27,7 @@ impl Limits {
                 Quota::per_second(nz(c.messages_per_sec)).allow_burst(nz(c.messages_burst)),
             ),
             rooms: RateLimiter::keyed(Quota::per_minute(nz(c.rooms_per_min))),
+            refusals: RateLimiter::keyed(Quota::per_minute(nz(AUDITED_REFUSALS_PER_MIN))),
         }
     }
 
@@ -34,9 +41,15 @@ impl Limits {
         self.rooms.check_key(&subscriber(ip)).is_ok()
     }
 
+    /// Whether a refusal of this client goes to the audit log.
+    pub fn audit_refusal(&self, ip: IpAddr) -> bool {
+        self.refusals.check_key(&subscriber(ip)).is_ok()
+    }
+
     pub fn forget_idle(&self) {
         self.messages.retain_recent();
         self.rooms.retain_recent();
+        self.refusals.retain_recent();
     }
 }
 

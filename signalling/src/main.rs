@@ -28,24 +28,18 @@ struct Args {
     #[arg(long, env = "PUNCHDROP_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// PEM certificate chain: serve https and wss on --listen (read again on SIGHUP).
-    #[arg(
-        long,
-        env = "PUNCHDROP_TLS_CERT",
-        requires = "tls_key",
-        value_name = "PEM"
-    )]
+    #[arg(long, env = "PUNCHDROP_TLS_CERT", value_name = "PEM")]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(
-        long,
-        env = "PUNCHDROP_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "PEM"
-    )]
+    #[arg(long, env = "PUNCHDROP_TLS_KEY", value_name = "PEM")]
     tls_key: Option<PathBuf>,
     /// With TLS: also listen here for plain http and redirect it to https (e.g. 0.0.0.0:80).
-    #[arg(long, env = "PUNCHDROP_REDIRECT_LISTEN", requires = "tls_cert")]
+    #[arg(long, env = "PUNCHDROP_REDIRECT_LISTEN")]
     redirect_listen: Option<SocketAddr>,
+    /// Append the audit log here: JSON lines of rooms, TURN allocations and refusals
+    /// (reopened on SIGHUP, for logrotate).
+    #[arg(long, env = "PUNCHDROP_AUDIT_LOG", value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     /// Seconds SIGTERM waits for rooms and relays in progress (no new ones are taken) before
     /// the server stops; a second SIGTERM or Ctrl-C stops it at once.
     #[arg(long, env = "PUNCHDROP_DRAIN_TIMEOUT", default_value_t = 300)]
@@ -54,7 +48,7 @@ struct Args {
     #[arg(long, env = "PUNCHDROP_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
     /// Do not serve `/metrics` at all.
-    #[arg(long, env = "PUNCHDROP_NO_ADMIN", conflicts_with = "admin_listen")]
+    #[arg(long, env = "PUNCHDROP_NO_ADMIN")]
     no_admin: bool,
     /// Seconds a room waits for its second peer.
     #[arg(long, env = "PUNCHDROP_ROOM_TTL", default_value_t = 1800)]
@@ -165,6 +159,30 @@ struct Args {
     turn_max_rate: Option<u64>,
 }
 
+/// Settings never shown.
+const SECRETS: &[&str] = &["turn-secret"];
+
+/// Settings that need or exclude others, checked here rather than by clap, which would not
+/// count values from the config file.
+fn check_combinations(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    use clap::parser::ValueSource;
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        anyhow::bail!("tls-cert and tls-key go together: give both, or neither");
+    }
+    if args.redirect_listen.is_some() && args.tls_cert.is_none() {
+        anyhow::bail!("redirect-listen redirects to https: it needs tls-cert and tls-key");
+    }
+    let explicit = |id: &str| {
+        matches
+            .value_source(id)
+            .is_some_and(|s| s != ValueSource::DefaultValue)
+    };
+    if args.no_admin && explicit("admin_listen") {
+        anyhow::bail!("no-admin and admin-listen contradict each other: drop one");
+    }
+    Ok(())
+}
+
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     let (a, b) = s
         .split_once('-')
@@ -213,6 +231,8 @@ fn bundled_turn(args: &Args) -> anyhow::Result<Option<signalling::BundledTurn>> 
             },
             // The server adds its own listen address.
             own_addresses: Vec::new(),
+            // The server's own.
+            audit: signalling::audit::Audit::off(),
         },
         advertise_host: args
             .turn_public_host
@@ -232,23 +252,28 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Watched from the start: SIGHUP's default action (a certificate renewal hook firing
+    // while the server starts) would end the process.
+    let signals = Signals::watch()?;
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let mut command = Args::command();
+    let mut command = signalling::settings::switchable(Args::command());
     let mut from_file = signalling::settings::FromFile::default();
     if let Some(path) = signalling::settings::config_path(&argv, "PUNCHDROP_CONFIG") {
-        (command, from_file) = signalling::settings::with_file(command, &path)?;
+        (command, from_file) = signalling::settings::with_file(command, &path, SECRETS)?;
     }
     let matches = command.clone().get_matches_from(argv);
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if args.print_config {
         print!(
             "{}",
-            signalling::settings::render(&command, &matches, &from_file, &["turn-secret"])
+            signalling::settings::render(&command, &matches, &from_file, SECRETS)
         );
         return Ok(());
     }
+    check_combinations(&args, &matches)?;
     // A socket per connection and per relay: the usual soft limit would refuse them first.
     let fds = net::raise_fd_limit();
+    let reopen_audit = std::sync::Arc::new(tokio::sync::Notify::new());
     tracing::debug!(?fds, "descriptor limit");
     let config = signalling::Config {
         listen: args.listen,
@@ -289,10 +314,16 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         },
         redirect_listen: args.redirect_listen,
+        audit: match &args.audit_log {
+            Some(path) => signalling::audit::Audit::to_file(path.clone(), reopen_audit.clone())
+                .with_context(|| format!("cannot open the audit log {}", path.display()))?,
+            None => signalling::audit::Audit::off(),
+        },
     };
     if !args.turn.is_empty() && args.turn_secret.is_none() {
         anyhow::bail!("--turn needs --turn-secret (the secret the TURN servers share)");
     }
+    let audit = config.audit.clone();
     let server = signalling::Server::spawn(config).await?;
     // The first stdout line is the ready signal; the second says where the operator's
     // counters are. Written without `println!`: a reader that stops reading after the first
@@ -314,38 +345,66 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = server.redirect_addr() {
         eprintln!("http on {addr} redirects to https");
     }
-    watch_signals(&server, Duration::from_secs(args.drain_timeout))?;
+    signals.handle(
+        &server,
+        Duration::from_secs(args.drain_timeout),
+        reopen_audit,
+    );
     server.wait().await;
+    audit.flush().await;
     Ok(())
 }
 
 /// SIGTERM (a service manager stopping the server) drains it; Ctrl-C, or a second SIGTERM,
-/// stops it at once; SIGHUP reads the TLS certificate again.
-fn watch_signals(server: &signalling::ServerHandle, drain_within: Duration) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let token = server.shutdown_token();
-    let drain = server.drainer();
-    let reload = server.tls_reloader();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => {
-                    if drain.is_draining() {
-                        break;
+/// stops it at once; SIGHUP reads the TLS certificate again and reopens the audit log.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
+    }
+
+    fn handle(
+        mut self,
+        server: &signalling::ServerHandle,
+        drain_within: Duration,
+        reopen_audit: std::sync::Arc<tokio::sync::Notify>,
+    ) {
+        let token = server.shutdown_token();
+        let drain = server.drainer();
+        let reload = server.tls_reloader();
+        let tls = server.url().starts_with("https:");
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.int.recv() => break,
+                    _ = self.term.recv() => {
+                        if drain.is_draining() {
+                            break;
+                        }
+                        drain.start(drain_within);
                     }
-                    drain.start(drain_within);
+                    _ = self.hup.recv() => {
+                        reopen_audit.notify_one();
+                        match reload() {
+                            Ok(()) if tls => tracing::info!("TLS certificate read again"),
+                            Ok(()) => {}
+                            Err(e) => tracing::warn!("TLS certificate not reloaded, the old one stays: {e}"),
+                        }
+                    }
                 }
-                _ = hup.recv() => match reload() {
-                    Ok(()) => tracing::info!("TLS certificate read again"),
-                    Err(e) => tracing::warn!("TLS certificate not reloaded, the old one stays: {e}"),
-                },
             }
-        }
-        tracing::info!("shutting down");
-        token.cancel();
-    });
-    Ok(())
+            tracing::info!("shutting down");
+            token.cancel();
+        });
+    }
 }

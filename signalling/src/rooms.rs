@@ -38,6 +38,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use crate::audit::{self, Audit, RoomEnd};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -99,6 +101,8 @@ struct Slot {
 
 #[derive(Debug)]
 struct Room {
+    /// When it was made (for the audit log's durations).
+    created: Instant,
     /// The number a typed code joins by, while it can.
     number: Option<u32>,
     /// Unjoined: when it expires. Joined: when its lifetime ends.
@@ -239,6 +243,7 @@ pub(crate) struct Rooms {
     max_lifetime: Duration,
     max_rooms: usize,
     metrics: std::sync::Arc<Metrics>,
+    audit: Audit,
     next_conn: std::sync::atomic::AtomicU64,
 }
 
@@ -276,8 +281,15 @@ impl Rooms {
             max_lifetime,
             max_rooms,
             metrics,
+            audit: Audit::off(),
             next_conn: Default::default(),
         }
+    }
+
+    /// Record joins and ends in `audit` ([`crate::audit`]).
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     fn conn(&self) -> u64 {
@@ -343,6 +355,7 @@ impl Rooms {
         inner.rooms.insert(
             id.clone(),
             Room {
+                created: now,
                 number,
                 expires: now + self.ttl,
                 creator_token: creator.token,
@@ -466,6 +479,11 @@ impl Rooms {
             deliver(creator, ServerMessage::PeerJoined);
         }
         counter.fetch_add(1, Ordering::Relaxed);
+        self.audit.record(audit::Event::RoomJoined {
+            room: audit::room(&id),
+            waited_secs: audit::secs(now.saturating_duration_since(room.created)),
+            rejoin: std::ptr::eq(counter, &self.metrics.rooms_rejoined),
+        });
         let m = Membership {
             room: id,
             side: Side::Joiner,
@@ -650,7 +668,12 @@ impl Rooms {
             }
             let stranger = m.side == Side::Joiner && room.hold.asked && room.hold.rejoins > 0;
             if !stranger {
-                Self::remove(&mut inner, m, ServerMessage::PeerAborted { reason });
+                self.remove(
+                    &mut inner,
+                    m,
+                    ServerMessage::PeerAborted { reason },
+                    RoomEnd::Aborted,
+                );
             }
             stranger
         };
@@ -676,11 +699,11 @@ impl Rooms {
             return;
         };
         match (m.side, room.hold.asked) {
-            (_, false) => Self::remove(inner, m, ServerMessage::PeerLeft),
+            (_, false) => self.remove(inner, m, ServerMessage::PeerLeft, RoomEnd::Left),
             (Side::Creator, true)
                 if inner.away.get(&room.owner).copied().unwrap_or(0) >= MAX_AWAY_PER_CLIENT =>
             {
-                Self::remove(inner, m, ServerMessage::PeerLeft)
+                self.remove(inner, m, ServerMessage::PeerLeft, RoomEnd::Left)
             }
             (Side::Creator, true) => {
                 *inner.away.entry(room.owner).or_default() += 1;
@@ -698,7 +721,7 @@ impl Rooms {
                         message: "this link was used to come back too many times; send again"
                             .into(),
                     };
-                    return Self::remove(inner, m, over);
+                    return self.remove(inner, m, over, RoomEnd::Over);
                 }
                 // A typed code may come back once: one more online guess at most.
                 if let Some(n) = room.hold.number_used.take()
@@ -730,8 +753,9 @@ impl Rooms {
         true
     }
 
-    fn remove(inner: &mut Inner, m: &Membership, tell_other: ServerMessage) {
+    fn remove(&self, inner: &mut Inner, m: &Membership, tell_other: ServerMessage, how: RoomEnd) {
         if let Some(mut room) = inner.rooms.remove(&m.room) {
+            self.ended(&m.room, &room, how, Instant::now());
             away_ends(&mut inner.away, &room);
             if let Some(n) = room.number {
                 inner.numbers.remove(&n);
@@ -766,6 +790,11 @@ impl Rooms {
         };
         for id in &expired {
             if let Some(room) = inner.rooms.remove(id) {
+                let how = match room.hold.joined {
+                    false => RoomEnd::Expired,
+                    true => RoomEnd::Over,
+                };
+                self.ended(id, &room, how, now);
                 away_ends(&mut inner.away, &room);
                 if let Some(n) = room.number {
                     inner.numbers.remove(&n);
@@ -781,6 +810,25 @@ impl Rooms {
             }
         }
         expired.len()
+    }
+
+    /// The server stops: every room left ends (for the audit log).
+    pub fn close_all(&self, now: Instant) {
+        let mut inner = self.lock();
+        for (id, room) in std::mem::take(&mut inner.rooms) {
+            self.ended(&id, &room, RoomEnd::Shutdown, now);
+        }
+        inner.numbers.clear();
+        inner.away.clear();
+    }
+
+    fn ended(&self, id: &str, room: &Room, how: RoomEnd, now: Instant) {
+        self.audit.record(audit::Event::RoomEnded {
+            room: audit::room(id),
+            how,
+            joined: room.hold.joined,
+            lived_secs: audit::secs(now.saturating_duration_since(room.created)),
+        });
     }
 
     pub fn active(&self) -> usize {

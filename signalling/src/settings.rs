@@ -68,8 +68,34 @@ pub fn config_path(args: &[std::ffi::OsString], env_var: &str) -> Option<PathBuf
         .map(PathBuf::from)
 }
 
-/// `cmd` with the file's values as its arguments' defaults.
-pub fn with_file(mut cmd: Command, path: &Path) -> Result<(Command, FromFile), SettingsError> {
+/// `cmd` with its on/off flags also taking a value (`--no-turn=false`), so a flag can turn
+/// off what a file or variable turned on.
+pub fn switchable(mut cmd: Command) -> Command {
+    let flags: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| matches!(a.get_action(), ArgAction::SetTrue) && a.get_long().is_some())
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in flags {
+        cmd = cmd.mut_arg(id, |a| {
+            a.action(ArgAction::Set)
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true")
+                .default_value("false")
+                .value_parser(clap::builder::BoolishValueParser::new())
+        });
+    }
+    cmd
+}
+
+/// `cmd` with the file's values as its arguments' defaults; `secrets` (long names) are not
+/// shown as defaults in `--help`.
+pub fn with_file(
+    mut cmd: Command,
+    path: &Path,
+    secrets: &[&str],
+) -> Result<(Command, FromFile), SettingsError> {
     let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
         path: path.to_owned(),
         source,
@@ -105,7 +131,8 @@ pub fn with_file(mut cmd: Command, path: &Path) -> Result<(Command, FromFile), S
             check(&arg, &key, &values).map_err(bad)?;
         }
         let id = arg.get_id().clone();
-        cmd = cmd.mut_arg(id, |a| a.default_values(values));
+        let secret = secrets.contains(&key.as_str());
+        cmd = cmd.mut_arg(id, |a| a.default_values(values).hide_default_value(secret));
         keys.insert(key);
     }
     Ok((
@@ -163,7 +190,7 @@ fn clap_message(e: &clap::Error) -> String {
 }
 
 /// The settings in effect as a TOML file, each line saying where its value came from;
-/// values of `secrets` (long names) are masked.
+/// `secrets` (long names) are only said to be set, in a comment.
 pub fn render(cmd: &Command, matches: &ArgMatches, file: &FromFile, secrets: &[&str]) -> String {
     let mut out = String::new();
     if let Some(path) = &file.path {
@@ -194,9 +221,12 @@ pub fn render(cmd: &Command, matches: &ArgMatches, file: &FromFile, secrets: &[&
             .get_raw(id)
             .map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
-        let value = if secrets.contains(&long) {
-            toml::Value::String("********".into())
-        } else if matches!(arg.get_action(), ArgAction::Append) {
+        if secrets.contains(&long) {
+            // Commented out: read back, a placeholder would become the secret.
+            out.push_str(&format!("# {long} = (set, not shown)  # {source}\n"));
+            continue;
+        }
+        let value = if matches!(arg.get_action(), ArgAction::Append) {
             toml::Value::Array(raw.iter().map(|v| scalar(v)).collect())
         } else {
             scalar(raw.first().map_or("", String::as_str))
@@ -252,11 +282,21 @@ mod tests {
     fn flags_win_over_the_file_which_wins_over_defaults() {
         let (_d, path) =
             file("max_rooms = 20\nstun = [\"stun:a:1\", \"stun:b:2\"]\nno-turn = true\n");
-        let (c, from) = with_file(cmd(), &path).unwrap();
+        let (c, from) = with_file(switchable(cmd()), &path, &[]).unwrap();
         let m = c.clone().try_get_matches_from(["t"]).unwrap();
         assert_eq!(m.get_one::<u32>("max_rooms"), Some(&20));
         assert_eq!(m.get_many::<String>("stun").unwrap().count(), 2);
-        assert!(m.get_flag("no_turn"));
+        assert_eq!(m.get_one::<bool>("no_turn"), Some(&true));
+        // A flag turns off what the file turned on.
+        let m = c
+            .clone()
+            .try_get_matches_from(["t", "--no-turn=false"])
+            .unwrap();
+        assert_eq!(m.get_one::<bool>("no_turn"), Some(&false));
+        let m = switchable(cmd())
+            .try_get_matches_from(["t", "--no-turn"])
+            .unwrap();
+        assert_eq!(m.get_one::<bool>("no_turn"), Some(&true));
         let m = c
             .clone()
             .try_get_matches_from(["t", "--max-rooms", "30"])
@@ -276,11 +316,11 @@ mod tests {
         for (text, key, want) in [
             ("max-rooms = \"many\"", "max-rooms", "invalid value"),
             ("max-rooms = [1, 2]", "max-rooms", "one value"),
-            ("no-turn = \"yes\"", "no-turn", "true or false"),
+            ("no-turn = 3", "no-turn", "invalid value"),
             ("max-rooms = { a = 1 }", "max-rooms", "not table"),
         ] {
             let (_d, path) = file(text);
-            let e = with_file(cmd(), &path).unwrap_err();
+            let e = with_file(switchable(cmd()), &path, &[]).unwrap_err();
             let s = e.to_string();
             assert!(
                 matches!(&e, SettingsError::BadValue { key: k, .. } if k == key),
@@ -289,16 +329,16 @@ mod tests {
             assert!(s.contains(want), "{text}: {s}");
         }
         let (_d, path) = file("max-room = 3");
-        let e = with_file(cmd(), &path).unwrap_err();
+        let e = with_file(cmd(), &path, &[]).unwrap_err();
         assert!(e.to_string().contains("unknown key `max-room`"), "{e}");
         let (_d, path) = file("config = \"x\"");
         assert!(matches!(
-            with_file(cmd(), &path),
+            with_file(cmd(), &path, &[]),
             Err(SettingsError::UnknownKey { .. })
         ));
         let (_d, path) = file("max-rooms = ");
         assert!(matches!(
-            with_file(cmd(), &path),
+            with_file(cmd(), &path, &[]),
             Err(SettingsError::Syntax { .. })
         ));
     }
@@ -306,11 +346,16 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         let (_d, path) = file("secret = \"hunter2\"");
-        let (c, from) = with_file(cmd(), &path).unwrap();
+        let (mut c, from) = with_file(cmd(), &path, &["secret"]).unwrap();
         let m = c.clone().try_get_matches_from(["t"]).unwrap();
         let printed = render(&c, &m, &from, &["secret"]);
         assert!(!printed.contains("hunter2"), "{printed}");
-        assert!(printed.contains("secret = \"********\""), "{printed}");
+        assert!(
+            printed.contains("# secret = (set, not shown)  # config file"),
+            "{printed}"
+        );
+        let help = c.render_long_help().to_string();
+        assert!(!help.contains("hunter2"), "{help}");
     }
 
     #[test]

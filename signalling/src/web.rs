@@ -82,7 +82,10 @@ fn host_without_port(host: &str) -> Option<&str> {
         }
         _ => host,
     };
+    // An IPv6 address must be bracketed to be a URL's host.
+    let bracketed = name.starts_with('[') && name.ends_with(']');
     let ok = !name.is_empty()
+        && (bracketed || !name.contains(':'))
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b));
@@ -110,6 +113,11 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
         if let Some(t) = &state.turn_metrics {
             text.push_str(&t.render());
         }
+        text.push_str(&format!(
+            "# HELP punchdrop_audit_dropped_total Audit lines dropped because the disk could not keep up.\n\
+             # TYPE punchdrop_audit_dropped_total counter\npunchdrop_audit_dropped_total {}\n",
+            state.audit.dropped()
+        ));
         text
     })
 }
@@ -218,5 +226,6 @@ mod tests {
         assert_eq!(host_without_port("evil/x"), None);
         assert_eq!(host_without_port("a b"), None);
         assert_eq!(host_without_port(""), None);
+        assert_eq!(host_without_port("::1"), None);
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::admission::{Refusal, Slot};
+use crate::audit::{self, Refused};
 use crate::inboxes::{Pending, Registration};
 use crate::limits::redact_ip;
 use crate::rooms::{Departure, Membership, Outgoing};
@@ -35,13 +36,13 @@ pub(crate) async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if !state.admission.origin_ok(&headers) {
-        return refuse(&state, Refusal::ForeignOrigin);
-    }
     let client = state.admission.client_ip(peer.ip(), &headers);
+    if !state.admission.origin_ok(&headers) {
+        return refuse(&state, Refusal::ForeignOrigin, client);
+    }
     let slot = match state.admission.admit(client) {
         Ok(slot) => slot,
-        Err(r) => return refuse(&state, r),
+        Err(r) => return refuse(&state, r, client),
     };
     // Taken while the HTTP server still tracks this request, so shutdown waits for it.
     let tracked = state.connections.token();
@@ -55,15 +56,44 @@ pub(crate) async fn upgrade(
         })
 }
 
-fn refuse(state: &AppState, why: Refusal) -> Response {
+fn refuse(state: &AppState, why: Refusal, client: IpAddr) -> Response {
     tracing::debug!(?why, "connection refused");
     state.metrics.refused(why);
+    audit_refusal(
+        state,
+        match why {
+            Refusal::ForeignOrigin => Refused::ForeignOrigin,
+            Refusal::TooManyFromClient => Refused::TooManyFromClient,
+            Refusal::TooMany => Refused::ServerFull,
+        },
+        client,
+    );
     let status = match why {
         Refusal::ForeignOrigin => StatusCode::FORBIDDEN,
         Refusal::TooManyFromClient => StatusCode::TOO_MANY_REQUESTS,
         Refusal::TooMany => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, why.explain()).into_response()
+}
+
+/// Record a refusal in the audit log (a few per client per minute at most).
+fn audit_refusal(state: &AppState, reason: Refused, client: IpAddr) {
+    if state.limits.audit_refusal(client) {
+        state.audit.record(audit::Event::Refused {
+            reason,
+            client: audit::client(client),
+        });
+    }
+}
+
+/// The refusals of requests the audit log records.
+fn audited(code: ErrorCode) -> Option<Refused> {
+    match code {
+        ErrorCode::RateLimited => Some(Refused::RateLimited),
+        ErrorCode::ShuttingDown => Some(Refused::Draining),
+        ErrorCode::ServerBusy => Some(Refused::ServerFull),
+        _ => None,
+    }
 }
 
 fn error(code: ErrorCode) -> ServerMessage {
@@ -214,6 +244,9 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                     Ok(None) => {}
                     Err(code) => {
                         tracing::debug!(peer = %who, ?code, "request refused");
+                        if let Some(reason) = audited(code) {
+                            audit_refusal(&state, reason, ip);
+                        }
                         if sink.send(text(&error(code))).await.is_err() { break; }
                     }
                 }
@@ -246,6 +279,24 @@ fn may_enter(state: &AppState, ip: IpAddr, member: &Option<Membership>) -> Resul
         return Err(ErrorCode::RateLimited);
     }
     Ok(())
+}
+
+fn audit_created(state: &AppState, created: &ServerMessage, ip: IpAddr, inbox: bool) {
+    if let ServerMessage::Created {
+        room,
+        number,
+        reclaim,
+        ..
+    } = created
+    {
+        state.audit.record(audit::Event::RoomCreated {
+            room: audit::room(room),
+            client: audit::client(ip),
+            code: number.is_some(),
+            held: reclaim.is_some(),
+            inbox,
+        });
+    }
 }
 
 /// A connection that is (or is becoming) an inbox's ([`crate::inboxes`]).
@@ -344,6 +395,7 @@ fn handle(
                 expires_in_secs: state.rooms.ttl().as_secs(),
                 reclaim,
             };
+            audit_created(state, &reply, ip, true);
             *member = Some(m);
             Ok(Some(reply))
         }
@@ -359,6 +411,7 @@ fn handle(
                 expires_in_secs: state.rooms.ttl().as_secs(),
                 reclaim,
             };
+            audit_created(state, &reply, ip, false);
             *member = Some(m);
             Ok(Some(reply))
         }

@@ -393,6 +393,8 @@ enum Heard {
     Failed(anyhow::Error),
     Drop(String),
     Closed,
+    /// The server is restarting or shutting down (it drains): come back, not at once.
+    Restarting,
     Retry,
     /// Another process registered this inbox (the same state file runs twice).
     Replaced,
@@ -492,6 +494,12 @@ impl<'a> Inbox<'a> {
                     }
                     Heard::Closed => {
                         server = wait_again(&mut attempts, out, "The inbox lost the server");
+                    }
+                    Heard::Restarting => {
+                        // Every inbox of a draining server hears this at once: they come
+                        // back spread over seconds, not in one storm of handshakes.
+                        attempts = attempts.max(RESTART_ATTEMPTS);
+                        server = wait_again(&mut attempts, out, "The server is restarting");
                     }
                     Heard::Retry => {
                         server = Server::Registering(Box::pin(self.register()));
@@ -707,6 +715,10 @@ async fn next(server: &mut Server<'_>) -> Heard {
                         code: ErrorCode::Replaced,
                         ..
                     }) => return Heard::Replaced,
+                    Ok(ServerMessage::Error {
+                        code: ErrorCode::ShuttingDown,
+                        ..
+                    }) => return Heard::Restarting,
                     Ok(ServerMessage::Error { code, message }) => {
                         tracing::info!(?code, "the server said: {message}");
                     }
@@ -790,6 +802,10 @@ async fn answer(ws: &mut Ws) -> anyhow::Result<ServerMessage> {
         }
     }
 }
+
+/// After a server said it is restarting, registration starts again as attempt this + 1
+/// (4–8 s away).
+const RESTART_ATTEMPTS: u32 = 3;
 
 /// The pause before registration attempt `n` (from 1): 0.5 s doubling up to
 /// [`BACKOFF_MAX`], each between half and all of that, so inboxes that lost one server

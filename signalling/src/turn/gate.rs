@@ -427,6 +427,7 @@ pub mod fuzzing {
                 flusher: Default::default(),
                 own: vec![SERVER_IP],
                 quotas: super::super::quota::Quotas::new(super::super::TurnCaps::default()),
+                audit: Default::default(),
             });
             let gate = Gate::new(
                 Arc::new(Silent),

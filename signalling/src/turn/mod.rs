@@ -100,6 +100,8 @@ pub struct TurnConfig {
     /// More of the server's own addresses (besides the relay and listen addresses), e.g. the
     /// signalling server's: no relay reaches them.
     pub own_addresses: Vec<IpAddr>,
+    /// Where ended allocations are recorded, with their bytes ([`crate::audit`]).
+    pub audit: crate::audit::Audit,
 }
 
 /// Counters for `/metrics`. Counts only: no addresses or credentials.
@@ -319,6 +321,7 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         flusher: flusher.clone(),
         own,
         quotas: quota::Quotas::new(config.caps.clone()),
+        audit: config.audit.clone(),
     });
     let gate = |inner: Arc<dyn gate::Listener>, transport| {
         Arc::new(gate::Gate::new(

@@ -67,6 +67,7 @@ pub(crate) struct RelayPolicy {
     /// allocations through a port that is not one.
     pub own: Vec<IpAddr>,
     pub quotas: Arc<Quotas>,
+    pub audit: crate::audit::Audit,
 }
 
 impl RelayPolicy {
@@ -292,6 +293,18 @@ enum End {
     Shutdown,
 }
 
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::ByteQuota => "byte_quota",
+            Self::Lifetime => "lifetime",
+            Self::ClientGone => "client_gone",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
 pub(crate) struct RelayConn {
     socket: Arc<BatchedUdp>,
     relay_addr: SocketAddr,
@@ -308,6 +321,8 @@ pub(crate) struct RelayConn {
     client_gone: Option<CancellationToken>,
     deadline: tokio::time::Instant,
     bytes: AtomicU64,
+    /// When it was made (the audit log says how long it lived).
+    born: tokio::time::Instant,
     state: AtomicU8,
     /// Cancelled when the relay ends for any reason; a child of the server's (and for TCP,
     /// the client connection's) token, so shutdown and disconnects reach it.
@@ -364,6 +379,7 @@ impl RelayConn {
             client,
             client_gone,
             bytes: AtomicU64::new(0),
+            born: now,
             state: AtomicU8::new(CREATED),
             ended,
         })
@@ -397,6 +413,15 @@ impl RelayConn {
         let m = &self.policy.metrics;
         m.allocations_active.fetch_sub(1, Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed);
+        self.policy
+            .audit
+            .record(crate::audit::Event::TurnAllocation {
+                client: self.client_redacted(),
+                transport: self.transport,
+                bytes,
+                lived_secs: crate::audit::secs(self.born.elapsed()),
+                ended: why.as_str(),
+            });
         if matches!(why, End::ByteQuota | End::Lifetime) {
             m.quota_ended_total.fetch_add(1, Ordering::Relaxed);
             tracing::info!(

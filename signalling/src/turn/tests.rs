@@ -69,6 +69,7 @@ async fn start(tweak: impl FnOnce(&mut TurnConfig)) -> Setup {
         max_allocation_lifetime: Duration::from_secs(3600),
         caps: TurnCaps::default(),
         own_addresses: Vec::new(),
+        audit: Default::default(),
     };
     tweak(&mut config);
     let metrics = Arc::new(TurnMetrics::default());
@@ -301,6 +302,7 @@ fn bare_generator_with(
             flusher: Default::default(),
             own: vec![SERVER_IP],
             quotas: quota::Quotas::new(caps),
+            audit: Default::default(),
         }),
         transport: "udp",
         current: Arc::default(),
