@@ -31,11 +31,11 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use crate::netwatch::{self, Watch};
 use crate::output::{Output as Screen, Shared};
 use crate::portmap;
-use crate::rtc::{Link, NetOptions, PathReader, PcEvent, Peer};
+use crate::rtc::{Link, NetOptions, PathReader, PcEvent, Peer, RelayTransport};
 use crate::transfer::{Interrupt, interrupted};
 use crate::turn_tcp;
 
-/// How long UDP may take to reach the TURN server before TCP relays are kept as well.
+/// How long UDP (or TCP) may take to reach the TURN server before the next rung is used.
 const UDP_PROBE_WAIT: Duration = Duration::from_millis(600);
 
 /// Time for the state machines: a monotonic clock from an arbitrary start.
@@ -188,16 +188,56 @@ impl Adverts {
     }
 }
 
-/// Start asking the TURN server over UDP as soon as the room hands out servers: the answer
-/// comes back during the hello exchange, in time to decide whether TCP relays are needed.
-fn start_udp_probe(rv: &Rendezvous, net: &NetOptions) -> Option<tokio::task::JoinHandle<bool>> {
-    let urls = || rv.ice_servers().iter().flat_map(|s| &s.urls);
-    if net.relay_transport.is_some() || !urls().any(|u| turn_tcp::tcp_turn_target(u).is_some()) {
+/// Start asking the TURN server over UDP (and opening TCP to it) as soon as the room hands
+/// out servers: the answers come back during the hello exchange, in time to pick the rung
+/// of the ladder to relay on — UDP, else TCP, else TLS.
+fn start_relay_probe(
+    rv: &Rendezvous,
+    net: &NetOptions,
+) -> Option<tokio::task::JoinHandle<Option<RelayTransport>>> {
+    let urls: Vec<String> = rv
+        .ice_servers()
+        .iter()
+        .flat_map(|s| s.urls.iter().cloned())
+        .collect();
+    let stream_relays = urls.iter().any(|u| {
+        matches!(
+            RelayTransport::of(u),
+            Some(RelayTransport::Tcp | RelayTransport::Tls)
+        )
+    });
+    if net.relay_transport.is_some() || !stream_relays {
         return None;
     }
-    let target = urls().find_map(|u| turn_tcp::udp_turn_target(u))?;
+    let target = |want| urls.iter().find(|u| RelayTransport::of(u) == Some(want));
+    let udp = target(RelayTransport::Udp).and_then(|u| turn_tcp::udp_turn_target(u));
+    let tcp = target(RelayTransport::Tcp).and_then(|u| turn_tcp::tcp_turn_target(u));
+    let tls = target(RelayTransport::Tls).and_then(|u| turn_tcp::tls_turn_target(u));
     Some(tokio::spawn(async move {
-        turn_tcp::udp_answers(&target, UDP_PROBE_WAIT).await
+        let udp = async {
+            match &udp {
+                Some(t) => turn_tcp::udp_answers(t, UDP_PROBE_WAIT).await,
+                None => false,
+            }
+        };
+        let tcp = async {
+            match &tcp {
+                Some(t) => turn_tcp::tcp_answers(t, UDP_PROBE_WAIT).await,
+                None => false,
+            }
+        };
+        let tls = async {
+            match &tls {
+                Some((t, _)) => turn_tcp::tcp_answers(t, UDP_PROBE_WAIT).await,
+                None => false,
+            }
+        };
+        match tokio::join!(udp, tcp, tls) {
+            (true, _, _) => Some(RelayTransport::Udp),
+            (_, true, _) => Some(RelayTransport::Tcp),
+            (_, _, true) => Some(RelayTransport::Tls),
+            _ => None,
+        }
     }))
 }
 
@@ -258,7 +298,7 @@ struct Driver<'a> {
     net: &'a NetOptions,
     peer: Option<Peer>,
     adverts: Adverts,
-    probe: Option<tokio::task::JoinHandle<bool>>,
+    probe: Option<tokio::task::JoinHandle<Option<RelayTransport>>>,
     probed: bool,
     /// The path the channel opened on, and what reads it again later.
     opened: Option<(PathReport, PathReader)>,
@@ -389,11 +429,11 @@ impl Driver<'_> {
     }
 
     async fn start_peer(&mut self, setup: PeerSetup) -> anyhow::Result<()> {
-        let udp_reaches_turn = match self.probe.take() {
-            Some(probe) => Some(probe.await.unwrap_or(false)),
+        let reaches_turn = match self.probe.take() {
+            Some(probe) => probe.await.unwrap_or(None),
             None => None,
         };
-        let peer = Peer::start(&setup, udp_reaches_turn, self.net).await?;
+        let peer = Peer::start(&setup, reaches_turn, self.net).await?;
         tracing::debug!(
             ms = self.clock.now().as_millis() as u64,
             "peer connection built"
@@ -435,7 +475,7 @@ impl Driver<'_> {
                 self.rv.handle_server_text(&t, now);
                 if !self.probed && !self.rv.ice_servers().is_empty() {
                     self.probed = true;
-                    self.probe = start_udp_probe(&self.rv, self.net);
+                    self.probe = start_relay_probe(&self.rv, self.net);
                 }
             }
             Wake::Server(ServerEvent::Closed) => self.rv.server_closed(now),

@@ -68,6 +68,22 @@ pub struct NetOptions {
 pub enum RelayTransport {
     Udp,
     Tcp,
+    Tls,
+}
+
+impl RelayTransport {
+    /// What a TURN URL relays over; `None` for what is not a TURN URL (`stun:`).
+    pub fn of(url: &str) -> Option<Self> {
+        if turn_tcp::tls_turn_target(url).is_some() {
+            Some(Self::Tls)
+        } else if turn_tcp::tcp_turn_target(url).is_some() {
+            Some(Self::Tcp)
+        } else if turn_tcp::udp_turn_target(url).is_some() {
+            Some(Self::Udp)
+        } else {
+            None
+        }
+    }
 }
 
 /// What webrtc-rs reported, in the order it did.
@@ -243,11 +259,12 @@ impl Link {
 }
 
 impl Peer {
-    /// Build the peer connection the rendezvous asked for. `udp_reaches_turn` is the answer of
-    /// the UDP probe of the TURN server (`None`: not probed).
+    /// Build the peer connection the rendezvous asked for. `reaches_turn` is the answer of
+    /// the probe of the TURN server: the first of UDP, TCP and TLS that reaches it (`None`:
+    /// not probed, or none did).
     pub async fn start(
         setup: &PeerSetup,
-        udp_reaches_turn: Option<bool>,
+        reaches_turn: Option<RelayTransport>,
         opts: &NetOptions,
     ) -> anyhow::Result<Peer> {
         let has_turn = setup
@@ -258,14 +275,12 @@ impl Peer {
         if opts.relay_only && !has_turn {
             bail!("--relay-only needs a TURN server, and the signalling server offered none");
         }
-        // Relay over TCP only when UDP does not reach the TURN server (ladder: relay over
-        // UDP, then TCP). Both kinds of relay candidate look alike to webrtc-rs (a TCP relay
-        // is a local UDP bridge), so with both a TCP relay could win where a UDP one works
-        // (the NAT lab saw it between two symmetric NATs).
-        let relay_transport = opts.relay_transport.or(match udp_reaches_turn {
-            Some(true) => Some(RelayTransport::Udp),
-            _ => None,
-        });
+        // Relay over TCP only when UDP does not reach the TURN server, over TLS only when
+        // TCP does not either (ladder: relay over UDP, then TCP, then TLS). All relay
+        // candidates look alike to webrtc-rs (a TCP or TLS relay is a local UDP bridge), so
+        // with several a TCP relay could win where a UDP one works (the NAT lab saw it
+        // between two symmetric NATs).
+        let relay_transport = opts.relay_transport.or(reaches_turn);
         let (servers, bridges) = prepare_ice_servers(&setup.ice_servers, relay_transport).await;
         let (events_tx, events) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
@@ -355,6 +370,7 @@ impl Peer {
             relay_transport: self.relay_transport.map(|t| match t {
                 RelayTransport::Udp => Transport::Udp,
                 RelayTransport::Tcp => Transport::Tcp,
+                RelayTransport::Tls => Transport::Tls,
             }),
             advertised,
             portmap: Some(portmap.report()),
@@ -367,7 +383,7 @@ impl Peer {
     pub fn path_reader(&self, ctx: PathContext) -> PathReader {
         PathReader {
             pc: self.pc.clone(),
-            tcp_bridges: self.bridges.urls.clone(),
+            bridges: self.bridges.urls.clone(),
             ctx,
         }
     }
@@ -377,13 +393,13 @@ impl Peer {
 #[derive(Clone)]
 pub struct PathReader {
     pc: Arc<dyn PeerConnection>,
-    tcp_bridges: Vec<String>,
+    bridges: Vec<(String, Transport)>,
     ctx: PathContext,
 }
 
 impl PathReader {
     pub async fn now(&self) -> PathReport {
-        selected_path(&*self.pc, &self.tcp_bridges, &self.ctx).await
+        selected_path(&*self.pc, &self.bridges, &self.ctx).await
     }
 }
 
@@ -498,10 +514,10 @@ fn candidate_type(t: RTCIceCandidateType) -> CandidateType {
 /// Read the nominated pair off the stats and describe the path it makes.
 async fn selected_path(
     pc: &dyn PeerConnection,
-    tcp_bridges: &[String],
+    bridges: &[(String, Transport)],
     ctx: &PathContext,
 ) -> PathReport {
-    let pair = selected_pair(pc, tcp_bridges).await;
+    let pair = selected_pair(pc, bridges).await;
     let mut ctx = ctx.clone();
     if pair.local == CandidateType::Relay || pair.remote == CandidateType::Relay {
         // Only a relayed path needs a reason, and the reason needs every candidate.
@@ -512,7 +528,7 @@ async fn selected_path(
     path::describe(pair, &ctx)
 }
 
-async fn selected_pair(pc: &dyn PeerConnection, tcp_bridges: &[String]) -> SelectedPair {
+async fn selected_pair(pc: &dyn PeerConnection, bridges: &[(String, Transport)]) -> SelectedPair {
     let unknown = SelectedPair {
         local: CandidateType::Unknown,
         remote: CandidateType::Unknown,
@@ -554,10 +570,10 @@ async fn selected_pair(pc: &dyn PeerConnection, tcp_bridges: &[String]) -> Selec
             _ => CandidateType::Prflx,
         },
     };
-    // A relay reached through a TURN-over-TCP bridge looks like UDP to webrtc-rs.
+    // A relay reached through a TURN-over-TCP or TLS bridge looks like UDP to webrtc-rs.
+    let bridged = |url: &str| bridges.iter().find(|(u, _)| u == url).map(|(_, t)| *t);
     let protocol = match local {
-        Some(c) if tcp_bridges.contains(&c.url) => Transport::Tcp,
-        Some(c) => Transport::parse(&c.protocol),
+        Some(c) => bridged(&c.url).unwrap_or_else(|| Transport::parse(&c.protocol)),
         None => Transport::Udp,
     };
     SelectedPair {
@@ -648,39 +664,67 @@ pub async fn remote_addresses(pc: &dyn PeerConnection) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// The ICE servers for webrtc-rs: `transport=tcp` TURN servers are reached through local
-/// bridges (webrtc-rs's client speaks UDP only); `only` keeps one TURN transport.
+/// The ICE servers for webrtc-rs: `transport=tcp` and `turns:` TURN servers are reached
+/// through local bridges (webrtc-rs's client speaks UDP only); `only` keeps one TURN
+/// transport, and without it TLS relays are left out when another relay is offered (TLS is
+/// the last rung).
 async fn prepare_ice_servers(
     servers: &[IceServer],
     only: Option<RelayTransport>,
 ) -> (Vec<RTCIceServer>, Bridges) {
     let mut bridges = Bridges::default();
     let mut out = Vec::new();
+    let offered: Vec<RelayTransport> = servers
+        .iter()
+        .flat_map(|s| &s.urls)
+        .filter_map(|u| RelayTransport::of(u))
+        .collect();
+    let keep = |t: RelayTransport| match only {
+        Some(only) => t == only,
+        None => t != RelayTransport::Tls || offered.iter().all(|o| *o == RelayTransport::Tls),
+    };
     for s in servers {
         let mut urls = Vec::new();
         for url in &s.urls {
-            match turn_tcp::tcp_turn_target(url) {
-                Some(_) if only == Some(RelayTransport::Udp) => {}
-                Some(target) => {
-                    // A TURN server we cannot reach by TCP is skipped, not fatal: a direct
-                    // path or another relay may still work.
-                    let lookup = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        tokio::net::lookup_host(&target),
-                    )
-                    .await;
-                    let Some(addr) = lookup.ok().and_then(Result::ok).and_then(|mut a| a.next())
-                    else {
-                        tracing::warn!("cannot resolve a TURN server; skipping it");
-                        continue;
-                    };
-                    match bridges.add(addr).await {
-                        Ok(url) => urls.push(url),
-                        Err(e) => tracing::warn!("cannot start a TURN-over-TCP bridge: {e}"),
-                    }
+            let Some(transport) = RelayTransport::of(url) else {
+                urls.push(url.clone());
+                continue;
+            };
+            if !keep(transport) {
+                continue;
+            }
+            let (target, tls) = match transport {
+                RelayTransport::Udp => {
+                    urls.push(url.clone());
+                    continue;
                 }
-                None if only == Some(RelayTransport::Tcp) && url.starts_with("turn") => {}
-                None => urls.push(url.clone()),
+                RelayTransport::Tcp => (turn_tcp::tcp_turn_target(url), None),
+                RelayTransport::Tls => match turn_tcp::tls_turn_target(url) {
+                    Some((target, host)) => (Some(target), Some(host)),
+                    None => continue,
+                },
+            };
+            let Some(target) = target else { continue };
+            // A TURN server we cannot reach is skipped, not fatal: a direct path or another
+            // relay may still work.
+            let lookup =
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(&target))
+                    .await;
+            let Some(addr) = lookup.ok().and_then(Result::ok).and_then(|mut a| a.next()) else {
+                tracing::warn!("cannot resolve a TURN server; skipping it");
+                continue;
+            };
+            let tls = match tls.map(rustls::pki_types::ServerName::try_from) {
+                None => None,
+                Some(Ok(name)) => Some(name.to_owned()),
+                Some(Err(_)) => {
+                    tracing::warn!("a turns: URL without a usable host name; skipping it");
+                    continue;
+                }
+            };
+            match bridges.add(turn_tcp::Target { addr, tls }).await {
+                Ok(url) => urls.push(url),
+                Err(e) => tracing::warn!("cannot start a TURN-over-TCP bridge: {e}"),
             }
         }
         if !urls.is_empty() {

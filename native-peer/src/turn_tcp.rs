@@ -1,12 +1,13 @@
-//! TURN over TCP for webrtc-rs, whose TURN client speaks UDP only.
+//! TURN over TCP and over TLS for webrtc-rs, whose TURN client speaks UDP only.
 //!
 //! A bridge listens on a loopback UDP port and stands in for one `turn:HOST:PORT?transport=tcp`
-//! server: every local UDP source (one per ICE socket, so one per allocation) gets its own TCP
-//! connection to the real server, and messages are carried across as RFC 5766 §2.1 frames —
+//! or `turns:HOST:PORT` server: every local UDP source (one per ICE socket, so one per allocation) gets its own TCP
+//! connection (inside TLS for `turns:`, checked against HOST as `wss://` is) to the real
+//! server, and messages are carried across as RFC 5766 §2.1 frames —
 //! STUN messages as they are, ChannelData padded to a multiple of four bytes on the stream and
 //! unpadded on the way back. TURN's integrity protection does not cover the transport, so the
 //! server sees an ordinary TURN-over-TCP client. This is what lets a peer behind a network
-//! that drops all UDP still reach a relay.
+//! that drops all UDP still reach a relay, and one that lets only TLS out reach it on 5349.
 //!
 //! Invariant: a bridge lives as long as its peer connection ([`Bridges`] aborts on drop).
 
@@ -18,6 +19,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
+
+use protocol::path::Transport;
 
 /// Largest TURN frame: ChannelData/STUN lengths are 16-bit.
 const MAX_FRAME: usize = 4 + 65535 + 3;
@@ -41,8 +44,16 @@ fn frame_len(head: &[u8], padded: bool) -> Option<usize> {
 #[derive(Debug, Default)]
 pub struct Bridges {
     tasks: Vec<JoinHandle<()>>,
-    /// The stand-in URLs handed to webrtc-rs, to tell TCP relays apart in the stats.
-    pub urls: Vec<String>,
+    /// The stand-in URLs handed to webrtc-rs and what they carry over, to tell TCP and TLS
+    /// relays apart in the stats.
+    pub urls: Vec<(String, Transport)>,
+}
+
+/// A TURN server a bridge reaches: its address, and for TLS the name its certificate has.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl Drop for Bridges {
@@ -55,15 +66,19 @@ impl Drop for Bridges {
 
 impl Bridges {
     /// Start a bridge to `server`; returns the `turn:` URL that reaches it over UDP.
-    pub async fn add(&mut self, server: SocketAddr) -> io::Result<String> {
+    pub async fn add(&mut self, server: Target) -> io::Result<String> {
         let std_udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
         // Bursts from webrtc-rs must not be dropped here while the TCP side catches up.
         net::size_udp_buffers(&std_udp, net::UDP_BUFFER);
         std_udp.set_nonblocking(true)?;
         let udp = Arc::new(UdpSocket::from_std(std_udp)?);
         let url = format!("turn:{}?transport=udp", udp.local_addr()?);
+        let transport = match server.tls {
+            Some(_) => Transport::Tls,
+            None => Transport::Tcp,
+        };
         self.tasks.push(tokio::spawn(run(udp, server)));
-        self.urls.push(url.clone());
+        self.urls.push((url.clone(), transport));
         Ok(url)
     }
 }
@@ -71,7 +86,7 @@ impl Bridges {
 /// Frames queued per TCP connection: ≈ 10 MB of ChannelData, above the SCTP window.
 const QUEUE_FRAMES: usize = 8192;
 
-async fn run(udp: Arc<UdpSocket>, server: SocketAddr) {
+async fn run(udp: Arc<UdpSocket>, server: Target) {
     let streams: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>> = Arc::default();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -97,7 +112,13 @@ async fn run(udp: Arc<UdpSocket>, server: SocketAddr) {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
                     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-                    tokio::spawn(connection(server, src, udp.clone(), rx, streams.clone()));
+                    tokio::spawn(connection(
+                        server.clone(),
+                        src,
+                        udp.clone(),
+                        rx,
+                        streams.clone(),
+                    ));
                     map.insert(src, tx.clone());
                     tx
                 }
@@ -113,50 +134,23 @@ async fn run(udp: Arc<UdpSocket>, server: SocketAddr) {
 
 /// One TCP connection carrying the traffic of local source `src`.
 async fn connection(
-    server: SocketAddr,
+    server: Target,
     src: SocketAddr,
     udp: Arc<UdpSocket>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Vec<u8>>,
     streams: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>,
 ) {
     let result: io::Result<()> = async {
-        let tcp = TcpStream::connect(server).await?;
+        let tcp = TcpStream::connect(server.addr).await?;
         tcp.set_nodelay(true)?;
-        let (mut rd, mut wr) = tcp.into_split();
-        let to_server = async {
-            while let Some(frame) = rx.recv().await {
-                wr.write_all(&frame).await?;
+        match server.tls {
+            None => carry(tcp, src, &udp, rx).await,
+            Some(name) => {
+                let tls = tokio_rustls::TlsConnector::from(crate::wss::client())
+                    .connect(name, tcp)
+                    .await?;
+                carry(tls, src, &udp, rx).await
             }
-            io::Result::Ok(())
-        };
-        let from_server = async {
-            let mut acc = Vec::with_capacity(MAX_FRAME * 2);
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                let n = rd.read(&mut chunk).await?;
-                if n == 0 {
-                    return io::Result::Ok(());
-                }
-                acc.extend_from_slice(&chunk[..n]);
-                while acc.len() >= 4 {
-                    let (Some(wire), Some(msg)) = (frame_len(&acc, true), frame_len(&acc, false))
-                    else {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "not a TURN stream",
-                        ));
-                    };
-                    if acc.len() < wire {
-                        break;
-                    }
-                    let _ = udp.send_to(&acc[..msg], src).await;
-                    acc.drain(..wire);
-                }
-            }
-        };
-        tokio::select! {
-            r = to_server => r,
-            r = from_server => r,
         }
     }
     .await;
@@ -164,6 +158,56 @@ async fn connection(
         tracing::debug!("TURN-over-TCP bridge connection ended: {e}");
     }
     streams.lock().await.remove(&src);
+}
+
+/// Carry frames between the stream to the server and local source `src`.
+async fn carry<S>(
+    stream: S,
+    src: SocketAddr,
+    udp: &UdpSocket,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let to_server = async {
+        while let Some(frame) = rx.recv().await {
+            wr.write_all(&frame).await?;
+            // TLS buffers what it seals: send it now, as a TCP write would go.
+            wr.flush().await?;
+        }
+        io::Result::Ok(())
+    };
+    let from_server = async {
+        let mut acc = Vec::with_capacity(MAX_FRAME * 2);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = rd.read(&mut chunk).await?;
+            if n == 0 {
+                return io::Result::Ok(());
+            }
+            acc.extend_from_slice(&chunk[..n]);
+            while acc.len() >= 4 {
+                let (Some(wire), Some(msg)) = (frame_len(&acc, true), frame_len(&acc, false))
+                else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "not a TURN stream",
+                    ));
+                };
+                if acc.len() < wire {
+                    break;
+                }
+                let _ = udp.send_to(&acc[..msg], src).await;
+                acc.drain(..wire);
+            }
+        }
+    };
+    tokio::select! {
+        r = to_server => r,
+        r = from_server => r,
+    }
 }
 
 /// `HOST:PORT` of a `turn:` URL with `transport=tcp`, if it is one.
@@ -176,6 +220,18 @@ pub fn tcp_turn_target(url: &str) -> Option<String> {
         .then(|| hostport.to_string())
 }
 
+/// `HOST:PORT` and HOST of a `turns:` URL (TURN over TLS, always over TCP).
+pub fn tls_turn_target(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("turns:")?;
+    let hostport = rest.split('?').next()?;
+    let host = match hostport.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => return None,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((hostport.to_string(), host.to_string()))
+}
+
 /// `host:port` of a `turn:` URL reached over UDP (no transport, or `transport=udp`).
 pub fn udp_turn_target(url: &str) -> Option<String> {
     let rest = url.strip_prefix("turn:")?;
@@ -184,6 +240,14 @@ pub fn udp_turn_target(url: &str) -> Option<String> {
         .split('&')
         .any(|kv| kv.eq_ignore_ascii_case("transport=tcp"));
     (!tcp).then(|| hostport.to_string())
+}
+
+/// Does a TCP connection to `target` open within `wait`?
+pub async fn tcp_answers(target: &str, wait: std::time::Duration) -> bool {
+    matches!(
+        tokio::time::timeout(wait, TcpStream::connect(target)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Does a STUN Binding request over UDP to `target` get an answer within `wait`? Asked
@@ -242,6 +306,20 @@ mod tests {
     }
 
     #[test]
+    fn tls_targets() {
+        assert_eq!(
+            tls_turn_target("turns:relay.example:5349?transport=tcp"),
+            Some(("relay.example:5349".into(), "relay.example".into()))
+        );
+        assert_eq!(
+            tls_turn_target("turns:[2001:db8::1]:5349"),
+            Some(("[2001:db8::1]:5349".into(), "2001:db8::1".into()))
+        );
+        assert_eq!(tls_turn_target("turn:h:3478?transport=tcp"), None);
+        assert_eq!(tls_turn_target("turns:h"), None);
+    }
+
+    #[test]
     fn frame_lengths() {
         let stun = [0x00, 0x01, 0x00, 0x08];
         assert_eq!(frame_len(&stun, true), Some(28));
@@ -281,7 +359,7 @@ mod tests {
             got
         });
         let mut bridges = Bridges::default();
-        let url = bridges.add(addr).await.unwrap();
+        let url = bridges.add(Target { addr, tls: None }).await.unwrap();
         let local: SocketAddr = url
             .trim_start_matches("turn:")
             .split('?')

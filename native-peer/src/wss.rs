@@ -51,7 +51,8 @@ fn settings(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
-fn client() -> Arc<rustls::ClientConfig> {
+/// The TLS client settings (`wss://`, `turns:`).
+pub fn client() -> Arc<rustls::ClientConfig> {
     CLIENT
         .get_or_init(|| {
             Arc::new(settings(None).expect("the built-in roots make a valid TLS configuration"))

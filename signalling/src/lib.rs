@@ -273,7 +273,8 @@ impl Server {
         if config.tls.is_some() {
             app = app.layer(axum::middleware::map_response(web::strict_transport));
         }
-        let acceptor = config.tls.as_ref().map(tls::Certificates::acceptor);
+        // HTTP/1.1 only: what the server speaks.
+        let acceptor = config.tls.as_ref().map(|c| c.acceptor(&[b"http/1.1"]));
 
         // Expire unjoined rooms and forget idle rate-limit entries.
         let sweeper = {
@@ -363,6 +364,11 @@ impl ServerHandle {
     /// The bundled TURN server's UDP and TCP addresses, when it runs.
     pub fn turn_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
         self.turn.as_ref().map(|t| (t.udp_addr(), t.tcp_addr()))
+    }
+
+    /// Where the bundled TURN server takes TURN over TLS, when it does.
+    pub fn turn_tls_addr(&self) -> Option<SocketAddr> {
+        self.turn.as_ref().and_then(|t| t.tls_addr())
     }
 
     /// Where plain http is redirected to https, if anywhere.
@@ -545,6 +551,10 @@ async fn spawn_bundled_turn(
         host.clone()
     };
     let (udp, tcp) = (handle.udp_addr().port(), handle.tcp_addr().port());
+    if let Some(tls) = handle.tls_addr() {
+        ice.turn_urls
+            .insert(0, format!("turns:{host}:{}?transport=tcp", tls.port()));
+    }
     ice.stun_urls.insert(0, format!("stun:{host}:{udp}"));
     ice.turn_urls
         .insert(0, format!("turn:{host}:{tcp}?transport=tcp"));

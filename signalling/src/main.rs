@@ -124,6 +124,10 @@ struct Args {
     /// Address of the bundled TURN server, UDP and TCP [default: the --listen IP, port 3478].
     #[arg(long, env = "PUNCHDROP_TURN_LISTEN")]
     turn_listen: Option<SocketAddr>,
+    /// Address of TURN over TLS (`turns:`, for networks that let only TLS out), with the
+    /// --tls-cert certificate [default with --tls-cert: the TURN listen IP, port 5349].
+    #[arg(long, env = "PUNCHDROP_TURN_TLS_LISTEN")]
+    turn_tls_listen: Option<SocketAddr>,
     /// Address relayed sockets bind to [default: the TURN listen IP].
     #[arg(long, env = "PUNCHDROP_TURN_RELAY_IP")]
     turn_relay_ip: Option<IpAddr>,
@@ -195,7 +199,10 @@ fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(a..=b)
 }
 
-fn bundled_turn(args: &Args) -> anyhow::Result<Option<signalling::BundledTurn>> {
+fn bundled_turn(
+    args: &Args,
+    certificates: Option<&std::sync::Arc<signalling::tls::Certificates>>,
+) -> anyhow::Result<Option<signalling::BundledTurn>> {
     if args.no_turn {
         return Ok(None);
     }
@@ -233,6 +240,14 @@ fn bundled_turn(args: &Args) -> anyhow::Result<Option<signalling::BundledTurn>> 
             own_addresses: Vec::new(),
             // The server's own.
             audit: signalling::audit::Audit::off(),
+            tls: certificates.map(|certificates| signalling::turn::TurnTls {
+                listen: args.turn_tls_listen.unwrap_or_else(|| {
+                    // Tests and side-by-side servers take any port (port 0) for all of TURN.
+                    let port = if listen.port() == 0 { 0 } else { 5349 };
+                    SocketAddr::new(listen.ip(), port)
+                }),
+                certificates: certificates.clone(),
+            }),
         },
         advertise_host: args
             .turn_public_host
@@ -275,6 +290,18 @@ async fn main() -> anyhow::Result<()> {
     let fds = net::raise_fd_limit();
     let reopen_audit = std::sync::Arc::new(tokio::sync::Notify::new());
     tracing::debug!(?fds, "descriptor limit");
+    let certificates = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(signalling::tls::Certificates::load(
+            signalling::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+        )?),
+        _ => None,
+    };
+    if args.turn_tls_listen.is_some() && certificates.is_none() {
+        anyhow::bail!("turn-tls-listen needs tls-cert and tls-key");
+    }
     let config = signalling::Config {
         listen: args.listen,
         room_ttl: Duration::from_secs(args.room_ttl),
@@ -303,16 +330,8 @@ async fn main() -> anyhow::Result<()> {
             }),
             credential_ttl: Duration::from_secs(args.turn_ttl),
         },
-        turn: bundled_turn(&args)?,
-        tls: match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(signalling::tls::Certificates::load(
-                signalling::tls::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-            )?),
-            _ => None,
-        },
+        turn: bundled_turn(&args, certificates.as_ref())?,
+        tls: certificates,
         redirect_listen: args.redirect_listen,
         audit: match &args.audit_log {
             Some(path) => signalling::audit::Audit::to_file(path.clone(), reopen_audit.clone())
@@ -341,6 +360,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some((udp, tcp)) = server.turn_addrs() {
         eprintln!("bundled TURN/STUN on udp {udp} and tcp {tcp}");
+    }
+    if let Some(tls) = server.turn_tls_addr() {
+        eprintln!("TURN over TLS on {tls}");
     }
     if let Some(addr) = server.redirect_addr() {
         eprintln!("http on {addr} redirects to https");

@@ -73,14 +73,14 @@ impl Certificates {
         Ok(())
     }
 
-    /// The acceptor for the public listener: HTTP/1.1 only (what the server speaks).
-    pub fn acceptor(self: &Arc<Self>) -> tokio_rustls::TlsAcceptor {
+    /// An acceptor offering these ALPN protocols (none: any client).
+    pub fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default TLS versions")
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 }

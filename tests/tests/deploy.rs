@@ -104,12 +104,17 @@ fn host_port(url: &str) -> &str {
     url.split_once("://").unwrap().1
 }
 
-/// The address a log line `... PREFIX ADDR ...` names.
-fn logged_addr(logs: &str, prefix: &str) -> String {
+/// The address a log line `... PREFIX ADDR ...` of the server names (waited for: stderr
+/// comes after the ready line).
+fn logged_addr(sig: &Signalling, prefix: &str) -> String {
+    wait_until(prefix, Duration::from_secs(10), || {
+        sig.logs().contains(prefix)
+    });
+    let logs = sig.logs();
     let line = logs
         .lines()
         .find(|l| l.contains(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in the server's log:\n{logs}"));
+        .expect("waited for");
     line.split_once(prefix)
         .unwrap()
         .1
@@ -197,7 +202,7 @@ fn https_and_wss_carry_a_transfer_when_the_peers_trust_a_private_ca() {
     );
 
     // Plain http elsewhere is sent to the same path over https.
-    let redirect = logged_addr(&sig.logs(), "http on ");
+    let redirect = logged_addr(&sig, "http on ");
     let answer = http_get(
         &redirect,
         "GET /r/abc?x=1 HTTP/1.1\r\nHost: drop.test:80\r\nConnection: close\r\n\r\n",
@@ -228,6 +233,62 @@ fn https_and_wss_carry_a_transfer_when_the_peers_trust_a_private_ca() {
     let (head, leaf) = https_get(&addr, &ca_file, "/healthz");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(leaf, second);
+}
+
+#[test]
+fn turn_over_tls_relays_a_transfer_with_the_servers_certificate() {
+    let ca = TestCa::new();
+    let (cert, key, _) = ca.issue("server");
+    let sig = Signalling::start_logging(
+        "info",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let tls = logged_addr(&sig, "TURN over TLS on ");
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("archive.zip");
+    make_file(&file, 4 << 20, 9);
+    let ca_file = ca.ca_file();
+    let ca_arg = ca_file.to_str().unwrap();
+    // Both peers relay over TLS only: the last rung, for networks that let only TLS out.
+    let relay = ["--relay-only", "--relay-transport", "tls"];
+    let (sender, link, _) = start_sender_with(
+        {
+            let mut cmd = Command::new(bin("native-peer"));
+            cmd.env("PUNCHDROP_CA_FILE", ca_arg);
+            cmd
+        },
+        &sig.url,
+        &relay,
+        &[&file],
+    )
+    .unwrap();
+    let mut args = vec!["--ca-file", ca_arg];
+    args.extend(relay);
+    let dir = dst.path().to_str().unwrap().to_owned();
+    args.extend(["recv", "--dir", &dir, &link]);
+    let receiver = Peer::spawn(&args);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    for done in [expect_done(rs, &revents), expect_done(ss, &sevents)] {
+        assert_eq!(done.path.kind, PathKind::Relay);
+        assert_eq!(
+            done.path.protocol,
+            protocol::path::Transport::Tls,
+            "{:?}",
+            done.path
+        );
+    }
+    assert_eq!(hash_file(&dst.path().join("archive.zip")), hash_file(&file));
+    // What a stranger without TLS gets on that port: nothing TURN.
+    let plain = http_get(&tls, "GET / HTTP/1.0\r\n\r\n");
+    assert!(!plain.starts_with("HTTP/"), "{plain}");
+    assert!(sig.metric("punchdrop_turn_relayed_bytes_total") >= 4 << 20);
 }
 
 #[test]

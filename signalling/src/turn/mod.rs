@@ -102,6 +102,15 @@ pub struct TurnConfig {
     pub own_addresses: Vec<IpAddr>,
     /// Where ended allocations are recorded, with their bytes ([`crate::audit`]).
     pub audit: crate::audit::Audit,
+    /// TURN over TLS too (`turns:`, the last rung for networks that let only TLS out).
+    pub tls: Option<TurnTls>,
+}
+
+/// Where TURN over TLS listens, and its certificate (the web server's: one name).
+#[derive(Debug, Clone)]
+pub struct TurnTls {
+    pub listen: SocketAddr,
+    pub certificates: Arc<crate::tls::Certificates>,
 }
 
 /// Counters for `/metrics`. Counts only: no addresses or credentials.
@@ -212,6 +221,7 @@ impl TurnMetrics {
 pub struct TurnHandle {
     udp_addr: SocketAddr,
     tcp_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     server: Server,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -236,6 +246,11 @@ impl TurnHandle {
 
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// Where TURN over TLS listens, when it does.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Stop listening, end every allocation and wait (briefly) until the listening and relay
@@ -292,6 +307,16 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
             .with_context(|| format!("cannot listen for TURN on TCP {}", config.listen))?
     };
     let tcp_addr = tcp.local_addr()?;
+    let tls = match &config.tls {
+        Some(t) => {
+            let listener = TcpListener::bind(t.listen)
+                .await
+                .with_context(|| format!("cannot listen for TURN over TLS on {}", t.listen))?;
+            Some((listener, t.certificates.acceptor(&[])))
+        }
+        None => None,
+    };
+    let tls_addr = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -301,7 +326,10 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     let auth = Arc::new(auth::Auth::new(config.secret, config.realm.clone()));
     let mut own = config.own_addresses.clone();
     own.push(config.relay_ip);
-    for addr in [udp_addr, tcp_addr] {
+    for addr in [Some(udp_addr), Some(tcp_addr), tls_addr]
+        .into_iter()
+        .flatten()
+    {
         if !addr.ip().is_unspecified() {
             own.push(addr.ip());
         }
@@ -338,6 +366,7 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp");
     let tcp_conn = tcp::TcpConn::start(
         tcp,
+        tls,
         tcp::TcpCaps {
             total: config.caps.tcp_connections,
             per_client: config.caps.tcp_connections_per_client,
@@ -381,10 +410,11 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     })
     .await
     .context("cannot start the TURN server")?;
-    tracing::info!(udp = %udp_addr, tcp = %tcp_addr, "TURN server listening");
+    tracing::info!(udp = %udp_addr, tcp = %tcp_addr, tls = ?tls_addr, "TURN server listening");
     Ok(TurnHandle {
         udp_addr,
         tcp_addr,
+        tls_addr,
         server,
         shutdown,
         tasks,

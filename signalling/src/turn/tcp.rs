@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -120,9 +120,11 @@ pub(crate) struct TcpConn {
 }
 
 impl TcpConn {
-    /// Accept connections on `listener` in the background (on `tasks`) until `shutdown`.
+    /// Accept connections on `listener` (and TLS connections on `tls`'s listener, TURN over
+    /// TLS: the same frames inside TLS) in the background (on `tasks`) until `shutdown`.
     pub fn start(
         listener: TcpListener,
+        tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
         caps: TcpCaps,
         metrics: Arc<TurnMetrics>,
         flusher: Arc<Flusher>,
@@ -132,8 +134,20 @@ impl TcpConn {
         let local = listener.local_addr()?;
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         let links = Arc::new(Links::default());
+        if let Some((listener, acceptor)) = tls {
+            tasks.spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                links.clone(),
+                in_tx.clone(),
+                (caps, metrics.clone()),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
         tasks.spawn(accept_loop(
             listener,
+            None,
             links.clone(),
             in_tx,
             (caps, metrics),
@@ -155,6 +169,7 @@ impl TcpConn {
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     links: Arc<Links>,
     in_tx: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     (caps, metrics): (TcpCaps, Arc<TurnMetrics>),
@@ -183,31 +198,47 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let closed = shutdown.child_token();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        // Counted from accept, so connections still in their handshake count against the caps.
         let id = links.insert(peer, out_tx, closed.clone());
-        tasks.spawn(serve(
-            stream,
-            peer,
-            id,
-            out_rx,
-            in_tx.clone(),
-            links.clone(),
-            closed,
-        ));
+        let (in_tx, links) = (in_tx.clone(), links.clone());
+        match &tls {
+            None => tasks.spawn(serve(stream, peer, id, out_rx, in_tx, links, closed)),
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                tasks.spawn(async move {
+                    // The first frame's time limit covers the handshake too.
+                    match tokio::time::timeout(FIRST_FRAME_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => serve(stream, peer, id, out_rx, in_tx, links, closed).await,
+                        failed => {
+                            let why = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "timed out".to_owned(),
+                            };
+                            tracing::debug!(client = %redact_ip(peer.ip()), why, "TURN TLS handshake failed");
+                            links.remove(peer, id);
+                            closed.cancel();
+                        }
+                    }
+                })
+            }
+        };
     }
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve<S>(
+    stream: S,
     peer: SocketAddr,
     id: u64,
     mut out_rx: mpsc::Receiver<Vec<u8>>,
     in_tx: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     links: Arc<Links>,
     closed: CancellationToken,
-) {
+) where
+    S: AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let client = redact_ip(peer.ip());
     tracing::debug!(client = %client, "TURN TCP connection opened");
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let reader = async {
         let mut rd = BufReader::with_capacity(16 * 1024, rd);
         let mut wait = FIRST_FRAME_TIMEOUT;

@@ -70,6 +70,7 @@ async fn start(tweak: impl FnOnce(&mut TurnConfig)) -> Setup {
         caps: TurnCaps::default(),
         own_addresses: Vec::new(),
         audit: Default::default(),
+        tls: None,
     };
     tweak(&mut config);
     let metrics = Arc::new(TurnMetrics::default());
@@ -766,6 +767,7 @@ async fn tcp_connections_beyond_the_limit_are_closed() {
     let tasks = TaskTracker::new();
     let conn = tcp::TcpConn::start(
         listener,
+        None,
         tcp::TcpCaps {
             total: 1,
             per_client: 1,
@@ -1020,6 +1022,7 @@ async fn tcp_connections_are_capped_per_client() {
     };
     let conn = tcp::TcpConn::start(
         listener,
+        None,
         caps,
         metrics.clone(),
         Default::default(),
