@@ -129,7 +129,7 @@ pub enum PortmapState {
 pub enum RelayReason {
     /// This side asked for relays only (`--relay-only`).
     Forced,
-    /// This side got no STUN answer over UDP, while TURN over TCP worked.
+    /// This side got no STUN answer over UDP, while TURN over TCP (or TLS) worked.
     UdpBlocked,
     /// The other peer offered relay candidates only.
     PeerOfferedNoDirect,
@@ -146,7 +146,7 @@ impl RelayReason {
     pub fn explain(self) -> &'static str {
         match self {
             Self::Forced => "relay forced (--relay-only)",
-            Self::UdpBlocked => "UDP blocked: relayed over TCP",
+            Self::UdpBlocked => "UDP blocked: relayed over TCP (or TLS)",
             Self::PeerOfferedNoDirect => "the other peer offered no direct candidates",
             Self::PeerGotNoStun => {
                 "no direct candidate pair succeeded; the other peer got no STUN answer (UDP blocked on its side?)"

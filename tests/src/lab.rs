@@ -57,6 +57,9 @@ pub enum Nat {
     Symmetric,
     /// Cone NAT that forwards no UDP outward (TCP only).
     UdpBlocked,
+    /// Cone NAT that lets only the web out: TCP to the server's web port (8080 here, 443 on
+    /// the internet) and to TURN over TLS (5349); no UDP, no TCP to TURN's 3478.
+    WebOnly,
     /// Symmetric NAT whose router grants port mappings (miniupnpd: UPnP IGD, NAT-PMP).
     Upnp,
 }
@@ -78,6 +81,9 @@ pub struct Spec {
     /// Delay and loss on what router A and router B send out of their WAN side (netem-like):
     /// a peer-to-peer round trip is delayed by both, a peer-to-server one by its own.
     pub wan: [Impair; 2],
+    /// The server speaks https and wss, and TURN over TLS, with a certificate of a lab CA
+    /// the peers are told to trust.
+    pub tls: bool,
 }
 
 impl Spec {
@@ -86,7 +92,13 @@ impl Spec {
             a,
             b,
             wan: [Impair::default(); 2],
+            tls: false,
         }
+    }
+
+    /// The same lab with a server on TLS ([`Spec::tls`]).
+    pub fn with_tls(self) -> Self {
+        Self { tls: true, ..self }
     }
 }
 
@@ -107,6 +119,8 @@ pub struct Lab {
     /// Where `signalling` and `native-peer` are.
     bins: std::path::PathBuf,
     pub url: String,
+    /// With [`Spec::tls`]: the CA the server's certificate comes from.
+    ca: Option<crate::tls::TestCa>,
 }
 
 /// Run a command; its stderr becomes the error.
@@ -209,7 +223,11 @@ impl Lab {
             _dir: tempfile::tempdir()?,
             bins,
             url: format!("http://{SERVER_IP}:8080"),
+            ca: spec.tls.then(crate::tls::TestCa::new),
         };
+        if lab.ca.is_some() {
+            lab.url = format!("https://{SERVER_IP}:8080");
+        }
         lab.build(spec)?;
         Ok(lab)
     }
@@ -410,9 +428,28 @@ impl Lab {
             fwd_est.extend_from_slice(&est);
             fwd_est.extend_from_slice(&["-j", "ACCEPT"]);
             ipt(&fwd_est)?;
-            if nat == Nat::UdpBlocked {
+            if matches!(nat, Nat::UdpBlocked | Nat::WebOnly) {
                 ipt(&[
                     "-A", "FORWARD", "-i", "lan", "-o", "wan", "-p", "udp", "-j", "DROP",
+                ])?;
+            }
+            if nat == Nat::WebOnly {
+                ipt(&[
+                    "-A",
+                    "FORWARD",
+                    "-i",
+                    "lan",
+                    "-o",
+                    "wan",
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "multiport",
+                    "!",
+                    "--dports",
+                    "8080,5349",
+                    "-j",
+                    "DROP",
                 ])?;
             }
             ipt(&["-A", "FORWARD", "-i", "lan", "-j", "ACCEPT"])?;
@@ -425,10 +462,23 @@ impl Lab {
     fn start_server(&mut self, srv: &str) -> anyhow::Result<()> {
         let listen = format!("{SERVER_IP}:8080");
         let turn = format!("{SERVER_IP}:3478");
+        let tls: Vec<String> = match &self.ca {
+            Some(ca) => {
+                let (cert, key, _) = ca.issue_for("server", &[SERVER_IP]);
+                vec![
+                    "--tls-cert".into(),
+                    cert.display().to_string(),
+                    "--tls-key".into(),
+                    key.display().to_string(),
+                ]
+            }
+            None => Vec::new(),
+        };
         let mut child = Command::new("ip")
             .args(["netns", "exec", srv])
             .arg(self.bins.join("signalling"))
             .args(["--listen", &listen, "--turn-listen", &turn])
+            .args(&tls)
             // 198.18/15 is refused as a relay peer by default (not public); it is this lab's
             // internet.
             .arg("--turn-allow-private-peers")
@@ -637,6 +687,9 @@ deny 0-65535 0.0.0.0/0 0-65535
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(&format!("h{name}"))])
             .arg(self.bins.join("native-peer"));
+        if let Some(ca) = &self.ca {
+            cmd.env("PUNCHDROP_CA_FILE", ca.ca_file());
+        }
         cmd
     }
 

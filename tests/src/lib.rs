@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod lab;
 pub mod load;
+pub mod tls;
 
 use anyhow::{Context as _, bail};
 pub use protocol::event::{self, Event, Payload};

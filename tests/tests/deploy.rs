@@ -4,57 +4,14 @@
 //! a TOML file, and a drain on SIGTERM that lets rooms and relays in progress finish.
 
 use protocol::signal::{ClientMessage, ErrorCode, RoomRef, SIGNAL_VERSION, ServerMessage};
+use punchdrop_e2e::tls::TestCa;
 use punchdrop_e2e::*;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A certificate authority of the test's own, and the server certificates it signs.
-struct TestCa {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    dir: tempfile::TempDir,
-}
-
-impl TestCa {
-    fn new() -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "punchdrop test CA");
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        let ca = Self {
-            issuer,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::write(ca.ca_file(), ca.issuer.pem()).unwrap();
-        ca
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A certificate for localhost and 127.0.0.1, in `NAME.crt` / `NAME.key`; its DER too.
-    fn issue(&self, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (
-            self.dir.path().join(format!("{name}.crt")),
-            self.dir.path().join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k, cert.der().to_vec())
-    }
-}
 
 /// `GET path` over https trusting only `ca`: the response head and the server's leaf
 /// certificate.

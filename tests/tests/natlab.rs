@@ -83,6 +83,27 @@ fn udp_blocked_relays_over_tcp() {
 }
 
 #[test]
+fn web_only_network_relays_over_tls() {
+    // Only the web gets out of A's network: the server's https port and TURN over TLS. A's
+    // probe hears nothing over UDP and cannot open TCP to TURN's 3478: the last rung.
+    let lab = Lab::new(Spec::new(Nat::WebOnly, B::Behind(Nat::Cone)).with_tls())
+        .expect("build the NAT lab");
+    assert!(lab.url.starts_with("https://"), "{}", lab.url);
+    let o = lab.transfer(SIZE, &[], &[]);
+    let a = &o.sender_connected.path;
+    assert_eq!(a.kind, PathKind::Relay, "{}", show(&o));
+    assert_eq!(a.protocol, Transport::Tls, "{}", show(&o));
+    assert_eq!(a.reason, Some(RelayReason::UdpBlocked), "{}", show(&o));
+    assert_eq!(
+        o.receiver_connected.path.kind,
+        PathKind::Relay,
+        "{}",
+        show(&o)
+    );
+    assert_eq!(o.receiver_done.path.kind, PathKind::Relay);
+}
+
+#[test]
 fn upnp_router_to_symmetric_goes_direct_through_the_mapped_port() {
     let lab = lab(Nat::Upnp, B::Behind(Nat::Symmetric));
     let o = lab.transfer(SIZE, &[], &[]);

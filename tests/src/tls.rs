@@ -1,0 +1,67 @@
+//! A certificate authority of the tests' own: servers get certificates it signs, and peers
+//! are told to trust it (`--ca-file`), as a private CA's users would be.
+
+use std::path::PathBuf;
+
+/// The CA, and the server certificates it signs.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "punchdrop test CA");
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let ca = Self {
+            issuer,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(ca.ca_file(), ca.issuer.pem()).unwrap();
+        ca
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A certificate for localhost and 127.0.0.1, in `NAME.crt` / `NAME.key`; its DER too.
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        self.issue_for(name, &["localhost", "127.0.0.1"])
+    }
+
+    /// A certificate for `names` (host names or IP addresses).
+    pub fn issue_for(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{name}.crt")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k, cert.der().to_vec())
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa")
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
