@@ -281,6 +281,19 @@ fn settings_come_from_a_file_a_variable_and_flags_in_that_order() {
     }
     assert!(!shown.contains("do-not-print"), "{shown}");
 
+    // The example the deployment files ship is a valid file.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/server.toml");
+    let out = Command::new(bin("signalling"))
+        .args(["--config", example.to_str().unwrap(), "--print-config"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        shown.contains("listen = \"0.0.0.0:443\"  # config file"),
+        "{shown}"
+    );
+
     // The file's values are used: one room at most.
     let sig = Signalling::start_with(&["--config", config.to_str().unwrap()]);
     let mut a = connect(&sig.url);
