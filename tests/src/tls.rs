@@ -38,6 +38,13 @@ impl TestCa {
 
     /// A certificate for `names` (host names or IP addresses).
     pub fn issue_for(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+        let issued = self.issue_pinned(name, names);
+        (issued.0, issued.1, issued.2)
+    }
+
+    /// [`TestCa::issue_for`], with the base64 SHA-256 of the key's SubjectPublicKeyInfo last
+    /// (what Chromium's `--ignore-certificate-errors-spki-list` takes).
+    pub fn issue_pinned(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let params = rcgen::CertificateParams::new(names).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
@@ -48,7 +55,14 @@ impl TestCa {
         );
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k, cert.der().to_vec())
+        let pin = {
+            use base64::Engine as _;
+            use rcgen::PublicKeyData as _;
+            use sha2::Digest as _;
+            base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(key.subject_public_key_info()))
+        };
+        (c, k, cert.der().to_vec(), pin)
     }
 }
 

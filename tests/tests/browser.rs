@@ -512,6 +512,61 @@ fn browser_sends_to_native_receiver() {
     .unwrap();
 }
 
+/// The page over https, as a deployment serves it: the page, its WebSocket (wss) and the
+/// transfer to a native receiver that trusts the server's CA. Chromium is told to accept the
+/// server's one key (`--ignore-certificate-errors-spki-list`, the SHA-256 of its public key):
+/// a certificate check, nothing in networking or WebRTC changes.
+#[test]
+fn a_page_served_over_https_sends_over_wss() {
+    in_loopback_netns(|| {
+        let ca = punchdrop_e2e::tls::TestCa::new();
+        let (cert, key, _, pin) = ca.issue_pinned("server", &["localhost", "127.0.0.1"]);
+        let sig = Signalling::start_with(&[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]);
+        anyhow::ensure!(sig.url.starts_with("https://"), "{}", sig.url);
+        let src = tempfile::tempdir()?;
+        let dst = tempfile::tempdir()?;
+        let files = some_files(src.path(), 12);
+        let d = dst.path().display().to_string();
+        let ca_file = ca.ca_file().display().to_string();
+        let mut receiver = Peer::spawn(&[
+            "--server",
+            &sig.url,
+            "--ca-file",
+            &ca_file,
+            "--bind",
+            "127.0.0.1:0",
+            "recv",
+            "--dir",
+            &d,
+        ]);
+        let ready: event::Ready = receiver.wait(SECS(10))?;
+        let pin_flag = format!("--ignore-certificate-errors-spki-list={pin}");
+        let mut flags: Vec<&str> = Chromium::FLAGS.to_vec();
+        flags.push(&pin_flag);
+        let mut c = Chromium::launch_with("sender", &flags)?;
+        c.goto(&ready.link)?;
+        c.wait_state("pick", SECS(30))?;
+        assert_eq!(c.eval("location.protocol")?, "https:");
+        assert_eq!(c.eval("window.isSecureContext")?, true);
+        c.set_files("#file-input", &refs(&files))?;
+        let (status, events) = receiver.finish(LONG)?;
+        let done = expect_done(status, &events);
+        assert_direct("native receiver", &done);
+        for f in &files {
+            let name = f.file_name().unwrap();
+            assert_eq!(hash_file(&dst.path().join(name)), hash_file(f), "{name:?}");
+        }
+        expect_page_done(&mut c, files.len(), total_len(&files))?;
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Resuming with a page as the sender: the native receiver kept parts of two of the files
 /// from an interrupted transfer, one the same bytes as the page's file, one changed; the
 /// page hashes its files' beginnings to answer, and only what is missing travels.
