@@ -12,6 +12,9 @@ apt_install util-linux mount coturn chromium iproute2
 # IGD / NAT-PMP router (miniupnpd-nftables) in namespaces (iproute2); `sysctl` (procps) for
 # a host whose address changes.
 apt_install iproute2 iptables nftables conntrack miniupnpd-nftables procps
+# The deployment tests (tests/tests/deploy.rs): pebble, a test ACME CA that really validates
+# (TLS-ALPN-01), and its mock DNS (pebble-challtestsrv).
+apt_install pebble
 
 log "formatting"
 cargo fmt --all -- --check

@@ -33,6 +33,34 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "PUNCHDROP_TLS_KEY", value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// Get the certificate for this name from an ACME CA (Let's Encrypt), by TLS-ALPN-01 on
+    /// --listen (which must be reachable on port 443 under this name); repeatable. Instead of
+    /// --tls-cert. Renewed by itself.
+    #[arg(
+        long = "acme-domain",
+        env = "PUNCHDROP_ACME_DOMAIN",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    acme_domains: Vec<String>,
+    /// Folder for the ACME account and certificates (kept across restarts: CAs limit how
+    /// often a name may be ordered).
+    #[arg(long, env = "PUNCHDROP_ACME_CACHE", value_name = "DIR")]
+    acme_cache: Option<PathBuf>,
+    /// Contact for the ACME CA, e.g. mailto:ops@drop.example (repeatable).
+    #[arg(
+        long = "acme-contact",
+        env = "PUNCHDROP_ACME_CONTACT",
+        value_delimiter = ','
+    )]
+    acme_contacts: Vec<String>,
+    /// The ACME CA's directory URL.
+    #[arg(long, env = "PUNCHDROP_ACME_DIRECTORY", default_value = signalling::tls::LETS_ENCRYPT)]
+    acme_directory: String,
+    /// PEM file of roots to trust for the ACME directory (a private ACME CA), besides
+    /// Mozilla's.
+    #[arg(long, env = "PUNCHDROP_ACME_CA_FILE", value_name = "PEM")]
+    acme_ca_file: Option<PathBuf>,
     /// With TLS: also listen here for plain http and redirect it to https (e.g. 0.0.0.0:80).
     #[arg(long, env = "PUNCHDROP_REDIRECT_LISTEN")]
     redirect_listen: Option<SocketAddr>,
@@ -173,8 +201,24 @@ fn check_combinations(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result
     if args.tls_cert.is_some() != args.tls_key.is_some() {
         anyhow::bail!("tls-cert and tls-key go together: give both, or neither");
     }
-    if args.redirect_listen.is_some() && args.tls_cert.is_none() {
-        anyhow::bail!("redirect-listen redirects to https: it needs tls-cert and tls-key");
+    let acme = !args.acme_domains.is_empty();
+    if acme && args.tls_cert.is_some() {
+        anyhow::bail!("acme-domain and tls-cert are two ways to get a certificate: pick one");
+    }
+    if acme && args.acme_cache.is_none() {
+        anyhow::bail!(
+            "acme-domain needs acme-cache, a folder kept across restarts (without it every \
+             start orders a new certificate, and the CA's weekly limit runs out)"
+        );
+    }
+    let tls = acme || args.tls_cert.is_some();
+    if args.redirect_listen.is_some() && !tls {
+        anyhow::bail!(
+            "redirect-listen redirects to https: it needs tls-cert and tls-key, or acme-domain"
+        );
+    }
+    if args.turn_tls_listen.is_some() && !tls {
+        anyhow::bail!("turn-tls-listen needs tls-cert and tls-key, or acme-domain");
     }
     let explicit = |id: &str| {
         matches
@@ -290,18 +334,24 @@ async fn main() -> anyhow::Result<()> {
     let fds = net::raise_fd_limit();
     let reopen_audit = std::sync::Arc::new(tokio::sync::Notify::new());
     tracing::debug!(?fds, "descriptor limit");
-    let certificates = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(signalling::tls::Certificates::load(
+    let certificates = match (&args.tls_cert, &args.tls_key, &args.acme_cache) {
+        (Some(cert), Some(key), _) => Some(signalling::tls::Certificates::load(
             signalling::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
             },
         )?),
+        (_, _, Some(cache)) if !args.acme_domains.is_empty() => Some(
+            signalling::tls::Certificates::acme(signalling::tls::AcmeSettings {
+                domains: args.acme_domains.clone(),
+                cache: cache.clone(),
+                directory: args.acme_directory.clone(),
+                contact: args.acme_contacts.clone(),
+                ca_file: args.acme_ca_file.clone(),
+            })?,
+        ),
         _ => None,
     };
-    if args.turn_tls_listen.is_some() && certificates.is_none() {
-        anyhow::bail!("turn-tls-listen needs tls-cert and tls-key");
-    }
     let config = signalling::Config {
         listen: args.listen,
         room_ttl: Duration::from_secs(args.room_ttl),

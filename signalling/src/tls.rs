@@ -1,5 +1,7 @@
 //! TLS for the public listener: https and wss on one port, from a certificate and key in PEM
-//! files (what certbot, acme.sh or a private CA write).
+//! files (what certbot, acme.sh or a private CA write), or from an ACME CA (Let's Encrypt)
+//! by TLS-ALPN-01 on that same port ([`Certificates::acme`], the `rustls-acme` crate: the
+//! challenge is answered by the certificate resolver itself, so no other port is needed).
 //!
 //! The files are read again on [`Certificates::reload`] (SIGHUP in the binary), so a renewed
 //! certificate needs no restart and cuts nobody off: connections made before keep the
@@ -45,12 +47,44 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// The certificate being served, swapped whole on reload.
+/// Where the certificate comes from and how to get an ACME one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// The names the certificate is for (the first is the one pages are served by).
+    pub domains: Vec<String>,
+    /// Account key and certificates are kept here, so a restart does not order again (the
+    /// CA's rate limits are per week).
+    pub cache: PathBuf,
+    /// The CA's ACME directory URL.
+    pub directory: String,
+    /// `mailto:` addresses the CA may write to about the certificate.
+    pub contact: Vec<String>,
+    /// Extra roots to trust for the directory (a private ACME CA), besides Mozilla's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The certificate being served: from files (swapped whole on reload) or from ACME.
 #[derive(Debug)]
 pub struct Certificates {
-    files: TlsFiles,
+    source: Source,
     provider: Arc<CryptoProvider>,
-    current: RwLock<Arc<CertifiedKey>>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Files {
+        files: TlsFiles,
+        current: RwLock<Arc<CertifiedKey>>,
+    },
+    /// Answers TLS-ALPN-01 challenges, and serves the certificate once issued (or read from
+    /// the cache); until then handshakes fail.
+    Acme(Arc<rustls_acme::ResolvesServerCertAcme>),
 }
 
 impl Certificates {
@@ -59,21 +93,53 @@ impl Certificates {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let current = read(&files, &provider)?;
         Ok(Arc::new(Self {
-            files,
+            source: Source::Files {
+                files,
+                current: RwLock::new(Arc::new(current)),
+            },
             provider,
-            current: RwLock::new(Arc::new(current)),
+        }))
+    }
+
+    /// Get the certificate from an ACME CA, and renew it, in the background (on the current
+    /// tokio runtime): orders and renewals are logged (info), failures too (warn; they are
+    /// retried).
+    pub fn acme(settings: AcmeSettings) -> Result<Arc<Self>, TlsError> {
+        use futures::StreamExt as _;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = acme_client(&settings, &provider)?;
+        let mut state = rustls_acme::AcmeConfig::new_with_client_config(&settings.domains, client)
+            .directory(&settings.directory)
+            .contact(settings.contact.iter().map(String::as_str))
+            .cache(rustls_acme::caches::DirCache::new(settings.cache.clone()))
+            .state();
+        let resolver = state.resolver();
+        tokio::spawn(async move {
+            while let Some(event) = state.next().await {
+                match event {
+                    Ok(ok) => tracing::info!("ACME: {ok:?}"),
+                    Err(e) => tracing::warn!("ACME: {e}"),
+                }
+            }
+        });
+        Ok(Arc::new(Self {
+            source: Source::Acme(resolver),
+            provider,
         }))
     }
 
     /// Read the files again and serve what they hold from the next connection on; on error
-    /// the current certificate stays.
+    /// the current certificate stays. (An ACME certificate renews itself: nothing to do.)
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = read(&self.files, &self.provider)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        if let Source::Files { files, current } = &self.source {
+            let fresh = read(files, &self.provider)?;
+            *current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        }
         Ok(())
     }
 
-    /// An acceptor offering these ALPN protocols (none: any client).
+    /// An acceptor offering these ALPN protocols (none: any client); with ACME and a
+    /// protocol list, also the challenge's, which only a CA's validation asks for.
     pub fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
@@ -81,19 +147,45 @@ impl Certificates {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        if matches!(self.source, Source::Acme(_)) && !alpn.is_empty() {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 }
 
 impl ResolvesServerCert for Certificates {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match &self.source {
+            Source::Files { current, .. } => {
+                Some(current.read().unwrap_or_else(|e| e.into_inner()).clone())
+            }
+            Source::Acme(acme) => acme.resolve(hello),
+        }
     }
+}
+
+/// The TLS client for the ACME directory: Mozilla's roots, plus `ca_file`'s.
+fn acme_client(
+    settings: &AcmeSettings,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &settings.ca_file {
+        for cert in read_chain(path)? {
+            roots.add(cert).map_err(|e| TlsError::Certificate {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn read(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
@@ -140,7 +232,10 @@ mod tests {
     }
 
     fn served(c: &Certificates) -> Vec<u8> {
-        c.current.read().unwrap().cert[0].to_vec()
+        match &c.source {
+            Source::Files { current, .. } => current.read().unwrap().cert[0].to_vec(),
+            Source::Acme(_) => unreachable!("files only here"),
+        }
     }
 
     #[test]

@@ -98,6 +98,15 @@ impl Signalling {
         Self::start_listening(listen, "warn", &["--turn-allow-private-peers"])
     }
 
+    /// Start on `listen` (a fixed port) with these arguments, logging at info.
+    pub fn start_at_with(listen: &str, args: &[&str]) -> Self {
+        Self::start_listening(
+            listen,
+            "info",
+            &[&["--turn-allow-private-peers"], args].concat(),
+        )
+    }
+
     fn start_configured(level: &str, args: &[&str]) -> Self {
         Self::start_listening("127.0.0.1:0", level, args)
     }

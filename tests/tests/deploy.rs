@@ -16,35 +16,60 @@ use std::time::{Duration, Instant};
 /// `GET path` over https trusting only `ca`: the response head and the server's leaf
 /// certificate.
 fn https_get(addr: &str, ca: &Path, path: &str) -> (String, Vec<u8>) {
+    let (head, _, leaf) = https_request(addr, &std::fs::read(ca).unwrap(), "localhost", path)
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+    (head, leaf)
+}
+
+/// `GET path` over https to `addr` as `name`, trusting only the PEM roots `ca`: the response
+/// head, its body and the server's leaf certificate; an error if the handshake fails.
+fn https_request(
+    addr: &str,
+    ca: &[u8],
+    name: &str,
+    path: &str,
+) -> anyhow::Result<(String, Vec<u8>, Vec<u8>)> {
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert?)?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
+    .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let server = rustls::pki_types::ServerName::try_from(name.to_owned())?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), server)?;
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     write!(
         tls,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = Vec::new();
+        "GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+    )?;
+    tls.flush()?;
+    let mut response = Vec::new();
     // The server may close without close_notify once the response is out.
-    let _ = tls.read_to_end(&mut body);
-    let leaf = tls.conn.peer_certificates().expect("a certificate")[0].to_vec();
-    let text = String::from_utf8_lossy(&body);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
-    (head, leaf)
+    if let Err(e) = tls.read_to_end(&mut response)
+        && response.is_empty()
+    {
+        return Err(e.into());
+    }
+    let leaf = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(response.len());
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let body = response.get(split + 4..).unwrap_or_default().to_vec();
+    Ok((head, body, leaf))
 }
 
 /// A plain-http request; the whole response.
@@ -612,4 +637,153 @@ fn the_audit_log_records_rooms_relays_and_refusals_without_secrets_or_addresses(
             "the audit log holds {leak:?}:\n{text}"
         );
     }
+}
+
+/// A child process killed on drop.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_daemon(cmd: &mut Command, what: &str) -> Daemon {
+    let mut d = Daemon(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} (Debian's pebble package): {e}")),
+    );
+    // One that refuses its arguments says so at once.
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(status) = d.0.try_wait().unwrap() {
+        let mut err = String::new();
+        let _ = d.0.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("{what} exited ({status}): {err}");
+    }
+    // Read what it logs, so a full pipe never stops it.
+    let mut err = d.0.stderr.take().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    d
+}
+
+/// Debian's pebble (a test ACME CA that really validates) and its mock DNS, which answers
+/// every name with 127.0.0.1: the server gets its certificate by TLS-ALPN-01 on its own
+/// https port, and keeps it in its cache across a restart with the CA gone.
+#[test]
+fn a_certificate_comes_from_an_acme_ca_by_tls_alpn_and_is_kept_in_the_cache() {
+    let ca = TestCa::new();
+    let (pebble_cert, pebble_key, _) = ca.issue("pebble");
+    let dir = tempfile::tempdir().unwrap();
+    let (dns, dns_admin, acme, acme_admin, https) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _dns = spawn_daemon(
+        Command::new("pebble-challtestsrv").args([
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+            "-dns01",
+            &format!("127.0.0.1:{dns}"),
+            "-management",
+            &format!("127.0.0.1:{dns_admin}"),
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+        ]),
+        "pebble-challtestsrv",
+    );
+    let config = dir.path().join("pebble.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{acme}"),
+            "managementListenAddress": format!("127.0.0.1:{acme_admin}"),
+            "certificate": pebble_cert,
+            "privateKey": pebble_key,
+            "httpPort": 5002,
+            // Where the CA checks the challenge: the server's https port.
+            "tlsPort": https,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let mut pebble = Some(spawn_daemon(
+        Command::new("pebble")
+            .args(["-config", config.to_str().unwrap()])
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            // No random waits, no rejected nonces: the test checks the flow, not retries.
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0"),
+        "pebble",
+    ));
+    let ca_pem = std::fs::read(ca.ca_file()).unwrap();
+    let admin = format!("127.0.0.1:{acme_admin}");
+    let mut root = Vec::new();
+    wait_until(
+        "pebble's root",
+        Duration::from_secs(20),
+        || match https_request(&admin, &ca_pem, "localhost", "/roots/0") {
+            Ok((head, body, _)) if head.starts_with("HTTP/1.1 200") => {
+                root = body;
+                true
+            }
+            _ => false,
+        },
+    );
+
+    let cache = dir.path().join("acme");
+    let ca_file = ca.ca_file();
+    let listen = format!("127.0.0.1:{https}");
+    let args = [
+        "--acme-domain",
+        "drop.test",
+        "--acme-cache",
+        cache.to_str().unwrap(),
+        "--acme-directory",
+        &format!("https://127.0.0.1:{acme}/dir"),
+        "--acme-ca-file",
+        ca_file.to_str().unwrap(),
+    ];
+    let issued = |sig: &Signalling, within: Duration| {
+        let mut leaf = Vec::new();
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Ok((head, _, l)) = https_request(&listen, &root, "drop.test", "/healthz")
+                && head.starts_with("HTTP/1.1 200")
+            {
+                leaf = l;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            !leaf.is_empty(),
+            "no certificate from the ACME CA:\n{}",
+            sig.logs()
+        );
+        leaf
+    };
+    let mut sig = Signalling::start_at_with(&listen, &args);
+    let first = issued(&sig, Duration::from_secs(60));
+    assert!(sig.logs().contains("DeployedNewCert"), "{}", sig.logs());
+    sig.kill();
+
+    // The CA is gone; the restarted server serves the certificate from its cache.
+    pebble.take();
+    let sig = Signalling::start_at_with(&listen, &args);
+    assert_eq!(issued(&sig, Duration::from_secs(10)), first);
+    assert!(sig.logs().contains("DeployedCachedCert"), "{}", sig.logs());
 }
