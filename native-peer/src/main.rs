@@ -41,16 +41,27 @@ struct Cli {
     command: Command,
 }
 
+/// Where rooms are made when neither a link nor `--server` says.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+impl Common {
+    /// The signalling server rooms are made on (and inboxes register with).
+    fn server(&self) -> &str {
+        self.server_url.as_deref().unwrap_or(DEFAULT_SERVER)
+    }
+}
+
 #[derive(Args, Debug)]
 struct Common {
-    /// Signalling server (a link carries its own).
+    /// Signalling server [default: http://127.0.0.1:8080]. A link carries its own; given,
+    /// this wins over it (another node of the same deployment, a proxy, a test).
     #[arg(
-        long,
+        long = "server",
         global = true,
         env = "PUNCHDROP_SERVER",
-        default_value = "http://127.0.0.1:8080"
+        value_name = "URL"
     )]
-    server: String,
+    server_url: Option<String>,
     /// PEM file of extra CA certificates to trust for a `https://` server (one a private CA
     /// signed); Mozilla's roots are always trusted.
     #[arg(long, global = true, env = "PUNCHDROP_CA_FILE", value_name = "PEM")]
@@ -326,7 +337,8 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         .map(|text| read_invitation(&text))
         .transpose()?
         .map(|text| Target::parse(&text, want))
-        .transpose()?;
+        .transpose()?
+        .map(|target| target.through(c.server_url.as_deref()));
     // The work before anyone waits: files to send must exist, a folder to receive into too.
     let job = match &cli.command {
         Command::Send {
@@ -357,10 +369,10 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
     let clock = Clock::start();
     let config = session_config(c);
     let rendezvous = match &target {
-        Some(Target::Join(inv)) => Rendezvous::join(inv, &c.server, want, config, clock.now()),
+        Some(Target::Join(inv)) => Rendezvous::join(inv, c.server(), want, config, clock.now()),
         Some(Target::Inbox(inbox)) => Rendezvous::knock(inbox, want, config, clock.now()),
         None => {
-            let mut rv = Rendezvous::create(&c.server, want, config, clock.now());
+            let mut rv = Rendezvous::create(c.server(), want, config, clock.now());
             if !c.no_code {
                 rv.show_code(clock.now());
             }
@@ -394,6 +406,24 @@ enum Target {
 }
 
 impl Target {
+    /// The same room or inbox, reached through `server` when one was given.
+    fn through(self, server: Option<&str>) -> Self {
+        let Some(server) = server.map(|s| s.trim_end_matches('/').to_owned()) else {
+            return self;
+        };
+        match self {
+            Self::Join(Invitation::Link(mut l)) => {
+                l.server = server;
+                Self::Join(Invitation::Link(l))
+            }
+            Self::Inbox(mut l) => {
+                l.server = server;
+                Self::Inbox(l)
+            }
+            code => code,
+        }
+    }
+
     fn parse(text: &str, want: Want) -> anyhow::Result<Self> {
         if protocol::inbox::InboxLink::looks_like(text) {
             if want == Want::Receive {
@@ -524,7 +554,16 @@ impl Session<'_> {
                 let waiting = match &result {
                     Err(e) if transfer::LinkLost::is(e) => {
                         let rejoin = self.rejoin.filter(|_| self.config.rejoin_wait.is_some());
-                        get_back(&mut link, rejoin, want, self.config, &c.server, &net, clock).await
+                        get_back(
+                            &mut link,
+                            rejoin,
+                            want,
+                            self.config,
+                            c.server(),
+                            &net,
+                            clock,
+                        )
+                        .await
                     }
                     _ => None,
                 };

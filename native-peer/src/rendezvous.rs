@@ -228,7 +228,7 @@ fn start_relay_probe(
         };
         let tls = async {
             match &tls {
-                Some((t, _)) => turn_tcp::tcp_answers(t, UDP_PROBE_WAIT).await,
+                Some((t, name)) => turn_tcp::tls_answers(t, name, UDP_PROBE_WAIT).await,
                 None => false,
             }
         };

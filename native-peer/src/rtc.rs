@@ -72,6 +72,14 @@ pub enum RelayTransport {
 }
 
 impl RelayTransport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
     /// What a TURN URL relays over; `None` for what is not a TURN URL (`stun:`).
     pub fn of(url: &str) -> Option<Self> {
         if turn_tcp::tls_turn_target(url).is_some() {
@@ -274,6 +282,19 @@ impl Peer {
             .any(|u| u.starts_with("turn"));
         if opts.relay_only && !has_turn {
             bail!("--relay-only needs a TURN server, and the signalling server offered none");
+        }
+        if let Some(forced) = opts.relay_transport {
+            let offered = setup
+                .ice_servers
+                .iter()
+                .flat_map(|s| &s.urls)
+                .any(|u| RelayTransport::of(u) == Some(forced));
+            if !offered {
+                bail!(
+                    "--relay-transport {}: the signalling server offered no TURN server over it",
+                    forced.name()
+                );
+            }
         }
         // Relay over TCP only when UDP does not reach the TURN server, over TLS only when
         // TCP does not either (ladder: relay over UDP, then TCP, then TLS). All relay
@@ -666,23 +687,16 @@ pub async fn remote_addresses(pc: &dyn PeerConnection) -> Vec<(String, bool)> {
 
 /// The ICE servers for webrtc-rs: `transport=tcp` and `turns:` TURN servers are reached
 /// through local bridges (webrtc-rs's client speaks UDP only); `only` keeps one TURN
-/// transport, and without it TLS relays are left out when another relay is offered (TLS is
-/// the last rung).
+/// transport.
 async fn prepare_ice_servers(
     servers: &[IceServer],
     only: Option<RelayTransport>,
 ) -> (Vec<RTCIceServer>, Bridges) {
     let mut bridges = Bridges::default();
     let mut out = Vec::new();
-    let offered: Vec<RelayTransport> = servers
-        .iter()
-        .flat_map(|s| &s.urls)
-        .filter_map(|u| RelayTransport::of(u))
-        .collect();
-    let keep = |t: RelayTransport| match only {
-        Some(only) => t == only,
-        None => t != RelayTransport::Tls || offered.iter().all(|o| *o == RelayTransport::Tls),
-    };
+    // Without a rung picked (nothing answered the probe, or it did not run), every relay
+    // is kept: one of them may still work.
+    let keep = |t: RelayTransport| only.is_none_or(|only| t == only);
     for s in servers {
         let mut urls = Vec::new();
         for url in &s.urls {

@@ -220,16 +220,56 @@ pub fn tcp_turn_target(url: &str) -> Option<String> {
         .then(|| hostport.to_string())
 }
 
+/// TURN over TLS's port when a `turns:` URL names none (RFC 7065).
+const TURNS_PORT: u16 = 5349;
+
 /// `HOST:PORT` and HOST of a `turns:` URL (TURN over TLS, always over TCP).
 pub fn tls_turn_target(url: &str) -> Option<(String, String)> {
     let rest = url.strip_prefix("turns:")?;
     let hostport = rest.split('?').next()?;
-    let host = match hostport.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => return None,
+    let (host, port) = match hostport.rsplit_once(':') {
+        // `[v6]` alone: its colons are not a port's.
+        _ if hostport.ends_with(']') => (hostport, None),
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host, Some(port))
+        }
+        Some(_) if !hostport.starts_with('[') => return None,
+        _ => (hostport, None),
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some((hostport.to_string(), host.to_string()))
+    if host.is_empty() {
+        return None;
+    }
+    let target = match port {
+        Some(_) => hostport.to_string(),
+        None => format!("{host}:{TURNS_PORT}"),
+    };
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    Some((target, name.to_string()))
+}
+
+/// Does a TLS connection to `target` (a server named `name`) complete within `wait`? One
+/// whose certificate is refused says why, once, as a warning: relaying over it would fail
+/// with no other word.
+pub async fn tls_answers(target: &str, name: &str, wait: std::time::Duration) -> bool {
+    let Ok(server) = rustls::pki_types::ServerName::try_from(name.to_owned()) else {
+        return false;
+    };
+    let handshake = async {
+        let tcp = TcpStream::connect(target).await?;
+        tokio_rustls::TlsConnector::from(crate::wss::client())
+            .connect(server, tcp)
+            .await
+    };
+    match tokio::time::timeout(wait, handshake).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            if let Some(why) = crate::wss::certificate_trouble(&e) {
+                tracing::warn!("TURN over TLS cannot be used: {why} ({e})");
+            }
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// `host:port` of a `turn:` URL reached over UDP (no transport, or `transport=udp`).
@@ -316,7 +356,15 @@ mod tests {
             Some(("[2001:db8::1]:5349".into(), "2001:db8::1".into()))
         );
         assert_eq!(tls_turn_target("turn:h:3478?transport=tcp"), None);
-        assert_eq!(tls_turn_target("turns:h"), None);
+        assert_eq!(
+            tls_turn_target("turns:h"),
+            Some(("h:5349".into(), "h".into()))
+        );
+        assert_eq!(
+            tls_turn_target("turns:[2001:db8::1]?transport=tcp"),
+            Some(("[2001:db8::1]:5349".into(), "2001:db8::1".into()))
+        );
+        assert_eq!(tls_turn_target("turns:"), None);
     }
 
     #[test]

@@ -76,25 +76,31 @@ pub async fn connect(url: &str) -> anyhow::Result<Ws> {
 
 /// Say what a failed connection means for the user, naming certificate trouble plainly.
 fn explain(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
-    use rustls::CertificateError;
     use tokio_tungstenite::tungstenite::Error;
-    let certificate = match &e {
-        Error::Io(io) => io.get_ref().and_then(|inner| match inner.downcast_ref() {
-            Some(rustls::Error::InvalidCertificate(c)) => Some(c.clone()),
-            _ => None,
-        }),
+    let why = match &e {
+        Error::Io(io) => certificate_trouble(io),
         _ => None,
     };
-    let e = anyhow::Error::new(e);
-    match certificate {
-        Some(CertificateError::UnknownIssuer) => e.context(
+    anyhow::Error::new(e).context(why.unwrap_or("WebSocket"))
+}
+
+/// What a TLS failure says about the server's certificate, in a user's words (`None`: it
+/// is not about the certificate).
+pub fn certificate_trouble(e: &std::io::Error) -> Option<&'static str> {
+    use rustls::CertificateError;
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Some(
             "the server's TLS certificate is not trusted (a private CA's? pass it with \
              --ca-file)",
         ),
-        Some(_) => e.context(
-            "the server's TLS certificate is not valid for it (expired, or made for \
-             another name)",
+        rustls::Error::InvalidCertificate(_) => Some(
+            "the server's TLS certificate is not valid for it (expired, or made for another \
+             name)",
         ),
-        None => e.context("WebSocket"),
+        rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure) => Some(
+            "the server has no TLS certificate to offer yet (one from an ACME CA may still \
+             be on its way)",
+        ),
+        _ => None,
     }
 }

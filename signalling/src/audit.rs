@@ -7,8 +7,13 @@
 //! nodes, and useless for joining it); clients as [`crate::limits::redact_ip`] reduces them.
 //!
 //! Writing never slows a connection down: lines go through a bounded queue to one writer
-//! task; if the disk cannot keep up, lines are dropped and counted
-//! (`punchdrop_audit_dropped_total`). SIGHUP reopens the file, for logrotate.
+//! thread of its own (a stalled disk blocks it, not the runtime); if the disk cannot keep
+//! up, lines are dropped and counted (`punchdrop_audit_dropped_total`). SIGHUP reopens the
+//! file, for logrotate ([`Audit::reopen`]).
+//!
+//! Refusals recorded: WebSocket and HTTP connections refused at admission (origin, caps),
+//! rooms refused by the room rate limit, by a full server or by a drain. Not each message
+//! over the message rate: a flood would become a flood of lines.
 
 use serde::Serialize;
 use std::io::Write as _;
@@ -31,7 +36,6 @@ pub enum Refused {
     ServerFull,
     RateLimited,
     Draining,
-    TurnQuota,
 }
 
 /// How a room ended.
@@ -93,10 +97,12 @@ pub struct Audit {
     dropped: Arc<AtomicU64>,
 }
 
-/// What the writer is given.
+/// What the writer is given, in order.
 #[derive(Debug)]
 enum Item {
     Line(String),
+    /// Open the file again under its name (it was moved away).
+    Reopen,
     /// Answer once every line before this one is written.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -107,39 +113,45 @@ impl Audit {
         Self::default()
     }
 
-    /// Append lines to `path` (created if missing, mode 0600); `reopen` fires make the writer
-    /// open the file again (after logrotate moved it).
-    pub fn to_file(path: PathBuf, reopen: Arc<tokio::sync::Notify>) -> std::io::Result<Self> {
+    /// Append lines to `path` (created if missing, mode 0600).
+    pub fn to_file(path: PathBuf) -> std::io::Result<Self> {
         let mut file = open(&path)?;
         let (tx, mut rx) = mpsc::channel::<Item>(QUEUE);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    // A reopen asked for goes before the lines after it.
-                    biased;
-                    () = reopen.notified() => match open(&path) {
-                        Ok(f) => file = f,
-                        Err(e) => tracing::warn!("cannot reopen the audit log: {e}"),
-                    },
-                    item = rx.recv() => match item {
-                        Some(Item::Line(line)) => {
+        std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || {
+                while let Some(item) = rx.blocking_recv() {
+                    match item {
+                        Item::Line(line) => {
                             if let Err(e) = file.write_all(line.as_bytes()) {
                                 tracing::warn!("cannot write the audit log: {e}");
                             }
                         }
-                        Some(Item::Flush(done)) => {
+                        Item::Reopen => match open(&path) {
+                            Ok(f) => file = f,
+                            Err(e) => tracing::warn!("cannot reopen the audit log: {e}"),
+                        },
+                        Item::Flush(done) => {
                             let _ = file.sync_data();
                             let _ = done.send(());
                         }
-                        None => break,
-                    },
+                    }
                 }
-            }
-        });
+            })?;
         Ok(Self {
             tx: Some(tx),
             dropped: Arc::default(),
         })
+    }
+
+    /// Open the file again under its name, after the lines recorded so far (SIGHUP, after
+    /// logrotate moved it).
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(Item::Reopen).is_err()
+        {
+            tracing::warn!("the audit log is behind: it was not reopened");
+        }
     }
 
     /// Wait until every line recorded so far is written (at shutdown).
@@ -237,8 +249,7 @@ mod tests {
     async fn lines_carry_a_timestamp_and_reach_the_file_and_off_records_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let reopen = Arc::new(tokio::sync::Notify::new());
-        let audit = Audit::to_file(path.clone(), reopen.clone()).unwrap();
+        let audit = Audit::to_file(path.clone()).unwrap();
         audit.record(Event::Refused {
             reason: Refused::Draining,
             client: "x".into(),
@@ -250,8 +261,7 @@ mod tests {
         assert!(v["ts"].as_str().unwrap().starts_with("20"), "{text}");
         // logrotate moves the file; SIGHUP reopens it under its name.
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
-        reopen.notify_one();
-        audit.flush().await;
+        audit.reopen();
         audit.record(Event::Refused {
             reason: Refused::RateLimited,
             client: "y".into(),

@@ -86,6 +86,9 @@ pub struct BundledTurn {
     pub config: turn::TurnConfig,
     /// Host (name or IP) put in the `stun:`/`turn:` URLs handed to peers.
     pub advertise_host: String,
+    /// Host put in the `turns:` URL, the name the certificate is for [default:
+    /// `advertise_host`].
+    pub tls_host: Option<String>,
 }
 
 /// The STUN/TURN servers peers are told about, and how their TURN credentials are made.
@@ -177,6 +180,8 @@ pub(crate) struct AppState {
     pub turn_metrics: Option<Arc<turn::TurnMetrics>>,
     pub ice: IceSettings,
     pub audit: audit::Audit,
+    /// The https certificate, when there is TLS (`/readyz` waits for an ACME one).
+    pub tls: Option<Arc<tls::Certificates>>,
     pub shutdown: CancellationToken,
     /// Cancelled when the server starts draining ([`ServerHandle::drain`]): no new rooms or
     /// inboxes; rooms in progress go on.
@@ -265,6 +270,7 @@ impl Server {
             turn_metrics,
             ice,
             audit: config.audit.clone(),
+            tls: config.tls.clone(),
             shutdown: shutdown.clone(),
             draining: CancellationToken::new(),
             connections: connections.clone(),
@@ -552,8 +558,18 @@ async fn spawn_bundled_turn(
     };
     let (udp, tcp) = (handle.udp_addr().port(), handle.tcp_addr().port());
     if let Some(tls) = handle.tls_addr() {
+        let name = match &bundled.tls_host {
+            Some(name) => name.clone(),
+            None => {
+                tracing::warn!(
+                    "TURN over TLS is handed out by address, which certificates rarely name: \
+                     set --turn-public-host to the certificate's name"
+                );
+                host.clone()
+            }
+        };
         ice.turn_urls
-            .insert(0, format!("turns:{host}:{}?transport=tcp", tls.port()));
+            .insert(0, format!("turns:{name}:{}?transport=tcp", tls.port()));
     }
     ice.stun_urls.insert(0, format!("stun:{host}:{udp}"));
     ice.turn_urls
@@ -598,6 +614,7 @@ async fn serve_http(
                 Err(why) => {
                     state.metrics.refused_http();
                     tracing::debug!(?why, client = %limits::redact_ip(remote.ip()), "HTTP connection refused");
+                    ws::audit_refusal(state, why.into(), remote.ip());
                     continue;
                 }
             },

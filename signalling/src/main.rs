@@ -153,9 +153,12 @@ struct Args {
     #[arg(long, env = "PUNCHDROP_TURN_LISTEN")]
     turn_listen: Option<SocketAddr>,
     /// Address of TURN over TLS (`turns:`, for networks that let only TLS out), with the
-    /// --tls-cert certificate [default with --tls-cert: the TURN listen IP, port 5349].
+    /// server's certificate [default with TLS: the TURN listen IP, port 5349].
     #[arg(long, env = "PUNCHDROP_TURN_TLS_LISTEN")]
     turn_tls_listen: Option<SocketAddr>,
+    /// Do not run TURN over TLS even with a certificate.
+    #[arg(long, env = "PUNCHDROP_NO_TURN_TLS")]
+    no_turn_tls: bool,
     /// Address relayed sockets bind to [default: the TURN listen IP].
     #[arg(long, env = "PUNCHDROP_TURN_RELAY_IP")]
     turn_relay_ip: Option<IpAddr>,
@@ -191,6 +194,12 @@ struct Args {
     turn_max_rate: Option<u64>,
 }
 
+/// `drop.example` of `https://drop.example:443/`.
+fn origin_host(origin: &str) -> Option<String> {
+    let url = url::Url::parse(origin).ok()?;
+    url.host_str().map(str::to_owned)
+}
+
 /// Settings never shown.
 const SECRETS: &[&str] = &["turn-secret"];
 
@@ -217,7 +226,7 @@ fn check_combinations(args: &Args, matches: &clap::ArgMatches) -> anyhow::Result
             "redirect-listen redirects to https: it needs tls-cert and tls-key, or acme-domain"
         );
     }
-    if args.turn_tls_listen.is_some() && !tls {
+    if (args.turn_tls_listen.is_some() || args.no_turn_tls) && !tls {
         anyhow::bail!("turn-tls-listen needs tls-cert and tls-key, or acme-domain");
     }
     let explicit = |id: &str| {
@@ -284,19 +293,27 @@ fn bundled_turn(
             own_addresses: Vec::new(),
             // The server's own.
             audit: signalling::audit::Audit::off(),
-            tls: certificates.map(|certificates| signalling::turn::TurnTls {
-                listen: args.turn_tls_listen.unwrap_or_else(|| {
-                    // Tests and side-by-side servers take any port (port 0) for all of TURN.
-                    let port = if listen.port() == 0 { 0 } else { 5349 };
-                    SocketAddr::new(listen.ip(), port)
+            tls: certificates
+                .filter(|_| !args.no_turn_tls)
+                .map(|certificates| signalling::turn::TurnTls {
+                    listen: args.turn_tls_listen.unwrap_or_else(|| {
+                        // Tests and side-by-side servers take any port (port 0) for all of TURN.
+                        let port = if listen.port() == 0 { 0 } else { 5349 };
+                        SocketAddr::new(listen.ip(), port)
+                    }),
+                    certificates: certificates.clone(),
                 }),
-                certificates: certificates.clone(),
-            }),
         },
         advertise_host: args
             .turn_public_host
             .clone()
             .unwrap_or_else(|| relay_ip.to_string()),
+        // A certificate names the host, not its address: the ACME name or the pages' host.
+        tls_host: args
+            .turn_public_host
+            .clone()
+            .or_else(|| args.acme_domains.first().cloned())
+            .or_else(|| args.public_origin.as_deref().and_then(origin_host)),
     }))
 }
 
@@ -332,7 +349,6 @@ async fn main() -> anyhow::Result<()> {
     check_combinations(&args, &matches)?;
     // A socket per connection and per relay: the usual soft limit would refuse them first.
     let fds = net::raise_fd_limit();
-    let reopen_audit = std::sync::Arc::new(tokio::sync::Notify::new());
     tracing::debug!(?fds, "descriptor limit");
     let certificates = match (&args.tls_cert, &args.tls_key, &args.acme_cache) {
         (Some(cert), Some(key), _) => Some(signalling::tls::Certificates::load(
@@ -384,7 +400,7 @@ async fn main() -> anyhow::Result<()> {
         tls: certificates,
         redirect_listen: args.redirect_listen,
         audit: match &args.audit_log {
-            Some(path) => signalling::audit::Audit::to_file(path.clone(), reopen_audit.clone())
+            Some(path) => signalling::audit::Audit::to_file(path.clone())
                 .with_context(|| format!("cannot open the audit log {}", path.display()))?,
             None => signalling::audit::Audit::off(),
         },
@@ -420,7 +436,7 @@ async fn main() -> anyhow::Result<()> {
     signals.handle(
         &server,
         Duration::from_secs(args.drain_timeout),
-        reopen_audit,
+        audit.clone(),
     );
     server.wait().await;
     audit.flush().await;
@@ -449,7 +465,7 @@ impl Signals {
         mut self,
         server: &signalling::ServerHandle,
         drain_within: Duration,
-        reopen_audit: std::sync::Arc<tokio::sync::Notify>,
+        audit: signalling::audit::Audit,
     ) {
         let token = server.shutdown_token();
         let drain = server.drainer();
@@ -466,7 +482,7 @@ impl Signals {
                         drain.start(drain_within);
                     }
                     _ = self.hup.recv() => {
-                        reopen_audit.notify_one();
+                        audit.reopen();
                         match reload() {
                             Ok(()) if tls => tracing::info!("TLS certificate read again"),
                             Ok(()) => {}

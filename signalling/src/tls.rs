@@ -74,6 +74,9 @@ const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub struct Certificates {
     source: Source,
     provider: Arc<CryptoProvider>,
+    /// A certificate is there to serve (from files at once; from ACME once issued or read
+    /// from the cache).
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -98,6 +101,7 @@ impl Certificates {
                 current: RwLock::new(Arc::new(current)),
             },
             provider,
+            ready: Arc::new(true.into()),
         }))
     }
 
@@ -114,10 +118,22 @@ impl Certificates {
             .cache(rustls_acme::caches::DirCache::new(settings.cache.clone()))
             .state();
         let resolver = state.resolver();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deployed = ready.clone();
+        tracing::info!(directory = %settings.directory, "asking the ACME CA for a certificate");
         tokio::spawn(async move {
             while let Some(event) = state.next().await {
                 match event {
-                    Ok(ok) => tracing::info!("ACME: {ok:?}"),
+                    Ok(ok) => {
+                        if matches!(
+                            ok,
+                            rustls_acme::EventOk::DeployedNewCert
+                                | rustls_acme::EventOk::DeployedCachedCert
+                        ) {
+                            deployed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        tracing::info!("ACME: {ok:?}");
+                    }
                     Err(e) => tracing::warn!("ACME: {e}"),
                 }
             }
@@ -125,7 +141,13 @@ impl Certificates {
         Ok(Arc::new(Self {
             source: Source::Acme(resolver),
             provider,
+            ready,
         }))
+    }
+
+    /// Whether there is a certificate to serve yet (an ACME one takes a moment).
+    pub fn has_certificate(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Read the files again and serve what they hold from the next connection on; on error

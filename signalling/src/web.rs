@@ -30,10 +30,13 @@ pub(crate) async fn strict_transport(mut response: Response) -> Response {
     response
 }
 
-/// `/readyz`: 200 while the server takes new rooms, 503 while it drains.
+/// `/readyz`: 200 while the server takes new rooms; 503 while it drains, or while it waits
+/// for its certificate from an ACME CA.
 pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if state.tls.as_ref().is_some_and(|t| !t.has_certificate()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "no TLS certificate yet\n").into_response()
     } else {
         "ready\n".into_response()
     }

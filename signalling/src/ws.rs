@@ -59,15 +59,7 @@ pub(crate) async fn upgrade(
 fn refuse(state: &AppState, why: Refusal, client: IpAddr) -> Response {
     tracing::debug!(?why, "connection refused");
     state.metrics.refused(why);
-    audit_refusal(
-        state,
-        match why {
-            Refusal::ForeignOrigin => Refused::ForeignOrigin,
-            Refusal::TooManyFromClient => Refused::TooManyFromClient,
-            Refusal::TooMany => Refused::ServerFull,
-        },
-        client,
-    );
+    audit_refusal(state, why.into(), client);
     let status = match why {
         Refusal::ForeignOrigin => StatusCode::FORBIDDEN,
         Refusal::TooManyFromClient => StatusCode::TOO_MANY_REQUESTS,
@@ -76,8 +68,18 @@ fn refuse(state: &AppState, why: Refusal, client: IpAddr) -> Response {
     (status, why.explain()).into_response()
 }
 
+impl From<Refusal> for Refused {
+    fn from(why: Refusal) -> Self {
+        match why {
+            Refusal::ForeignOrigin => Self::ForeignOrigin,
+            Refusal::TooManyFromClient => Self::TooManyFromClient,
+            Refusal::TooMany => Self::ServerFull,
+        }
+    }
+}
+
 /// Record a refusal in the audit log (a few per client per minute at most).
-fn audit_refusal(state: &AppState, reason: Refused, client: IpAddr) {
+pub(crate) fn audit_refusal(state: &AppState, reason: Refused, client: IpAddr) {
     if state.limits.audit_refusal(client) {
         state.audit.record(audit::Event::Refused {
             reason,
@@ -143,6 +145,9 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
             }
             _ = state.shutdown.cancelled() => {
                 let _ = sink.send(text(&error(ErrorCode::ShuttingDown))).await;
+                // The room ends with the server (`Rooms::close_all`), not as if this peer had
+                // left it.
+                member = None;
                 break;
             }
             // A draining server keeps rooms in progress, not inboxes: they wait for drops
@@ -281,22 +286,32 @@ fn may_enter(state: &AppState, ip: IpAddr, member: &Option<Membership>) -> Resul
     Ok(())
 }
 
-fn audit_created(state: &AppState, created: &ServerMessage, ip: IpAddr, inbox: bool) {
-    if let ServerMessage::Created {
-        room,
-        number,
-        reclaim,
-        ..
-    } = created
-    {
-        state.audit.record(audit::Event::RoomCreated {
-            room: audit::room(room),
-            client: audit::client(ip),
-            code: number.is_some(),
-            held: reclaim.is_some(),
-            inbox,
-        });
-    }
+/// A room was made: `(code, held)` say whether it has a number and is held.
+fn audit_created(
+    state: &AppState,
+    room: &str,
+    ip: IpAddr,
+    (code, held): (bool, bool),
+    inbox: bool,
+) {
+    state.audit.record(audit::Event::RoomCreated {
+        room: audit::room(room),
+        client: audit::client(ip),
+        code,
+        held,
+        inbox,
+    });
+}
+
+/// Whether a `created` reply hands out a reclaim token (the room is held).
+fn reply_held(reply: &ServerMessage) -> bool {
+    matches!(
+        reply,
+        ServerMessage::Created {
+            reclaim: Some(_),
+            ..
+        }
+    )
 }
 
 /// A connection that is (or is becoming) an inbox's ([`crate::inboxes`]).
@@ -382,6 +397,7 @@ fn handle(
             }
             let now = std::time::Instant::now();
             let (m, _, reclaim) = state.rooms.create(tx.clone(), ip, now, false, hold)?;
+            audit_created(state, &m.room, ip, (false, reclaim.is_some()), true);
             if let Err(code) = state.inboxes.knock(&id, &m.room) {
                 // Ended, not left: a held room would wait for a creator that has no token.
                 state
@@ -395,7 +411,6 @@ fn handle(
                 expires_in_secs: state.rooms.ttl().as_secs(),
                 reclaim,
             };
-            audit_created(state, &reply, ip, true);
             *member = Some(m);
             Ok(Some(reply))
         }
@@ -411,7 +426,13 @@ fn handle(
                 expires_in_secs: state.rooms.ttl().as_secs(),
                 reclaim,
             };
-            audit_created(state, &reply, ip, false);
+            audit_created(
+                state,
+                &m.room,
+                ip,
+                (number.is_some(), reply_held(&reply)),
+                false,
+            );
             *member = Some(m);
             Ok(Some(reply))
         }

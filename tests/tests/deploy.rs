@@ -778,12 +778,49 @@ fn a_certificate_comes_from_an_acme_ca_by_tls_alpn_and_is_kept_in_the_cache() {
     };
     let mut sig = Signalling::start_at_with(&listen, &args);
     let first = issued(&sig, Duration::from_secs(60));
+    // Served first, stored next: the cache holds it once the log says so.
+    wait_until(
+        "the certificate in the cache",
+        Duration::from_secs(10),
+        || sig.logs().contains("CertCacheStore"),
+    );
     assert!(sig.logs().contains("DeployedNewCert"), "{}", sig.logs());
+    assert!(admin_get(&sig, "/readyz").starts_with("HTTP/1.0 200"));
     sig.kill();
 
     // The CA is gone; the restarted server serves the certificate from its cache.
     pebble.take();
     let sig = Signalling::start_at_with(&listen, &args);
     assert_eq!(issued(&sig, Duration::from_secs(10)), first);
-    assert!(sig.logs().contains("DeployedCachedCert"), "{}", sig.logs());
+    wait_until(
+        "the cached certificate in the log",
+        Duration::from_secs(10),
+        || sig.logs().contains("DeployedCachedCert"),
+    );
+}
+
+/// `--server` wins over the host a link names: a user (or a test) reaches another node of
+/// the same deployment, or the server through another name.
+#[test]
+fn the_server_flag_wins_over_the_links_host() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("notes.txt");
+    make_file(&file, 300_001, 3);
+    let (sender, link, _) = start_sender(&sig.url, &[], &[&file]).unwrap();
+    // The link as another name would have it: nothing listens there.
+    let elsewhere = link.replacen(
+        host_port(&sig.url),
+        &format!("127.0.0.1:{}", free_port()),
+        1,
+    );
+    assert_ne!(elsewhere, link);
+    let dir = dst.path().to_str().unwrap();
+    let receiver = Peer::spawn(&["--server", &sig.url, "recv", "--dir", dir, &elsewhere]);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("notes.txt")), hash_file(&file));
 }

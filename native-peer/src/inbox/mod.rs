@@ -205,7 +205,7 @@ fn manage(c: &Common, action: &InboxAction, path: &Path, out: &mut Output) -> an
     match action {
         InboxAction::Link => {
             let me = existing(path)?;
-            out.event(&ready(&me.link(&c.server)));
+            out.event(&ready(&me.link(c.server())));
         }
         InboxAction::Rotate => {
             let me = state::update(
@@ -217,7 +217,7 @@ fn manage(c: &Common, action: &InboxAction, path: &Path, out: &mut Output) -> an
                 false,
             )?;
             out.note("The inbox has a new secret: links given out before no longer work.");
-            out.event(&ready(&me.link(&c.server)));
+            out.event(&ready(&me.link(c.server())));
         }
         InboxAction::Pair { valid_for } => {
             let now = unix_time();
@@ -531,7 +531,7 @@ impl<'a> Inbox<'a> {
             let name = self.name.as_ref()?;
             Some(protocol::inbox::seal_name(&secret, name))
         });
-        let (server, key) = (self.c.server.clone(), self.key.clone());
+        let (server, key) = (self.c.server().to_owned(), self.key.clone());
         Box::pin(async move { register(&server, &key, sealed?).await })
     }
 
@@ -539,7 +539,7 @@ impl<'a> Inbox<'a> {
     fn link(&self) -> anyhow::Result<InboxLink> {
         let me = state::read(self.state)?
             .with_context(|| format!("{} is gone", self.state.display()))?;
-        Ok(me.link(&self.c.server))
+        Ok(me.link(self.c.server()))
     }
 
     /// Say the inbox's link (`ready`): on a terminal or to a program. Standard output that
@@ -585,7 +585,7 @@ impl<'a> Inbox<'a> {
         let inv = Invitation::Link(self.link()?.room_link(&room));
         let clock = Clock::start();
         let config = session_config(self.c);
-        let rv = Rendezvous::join(&inv, &self.c.server, Want::Receive, config, clock.now());
+        let rv = Rendezvous::join(&inv, self.c.server(), Want::Receive, config, clock.now());
         let mut dest = files::Destination::open_sharing(self.dir, self.claims.clone())?;
         dest.keep_free = self.args.keep_free;
         let job = Job::Receive {

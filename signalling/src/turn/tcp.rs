@@ -206,13 +206,19 @@ async fn accept_loop(
             Some(acceptor) => {
                 let handshake = acceptor.accept(stream);
                 tasks.spawn(async move {
-                    // The first frame's time limit covers the handshake too.
-                    match tokio::time::timeout(FIRST_FRAME_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => serve(stream, peer, id, out_rx, in_tx, links, closed).await,
+                    // The first frame's time limit covers the handshake too; a stop does not
+                    // wait for it.
+                    let handshake = tokio::time::timeout(FIRST_FRAME_TIMEOUT, handshake);
+                    let result = tokio::select! {
+                        r = handshake => r.ok(),
+                        () = closed.cancelled() => None,
+                    };
+                    match result {
+                        Some(Ok(stream)) => serve(stream, peer, id, out_rx, in_tx, links, closed).await,
                         failed => {
                             let why = match failed {
-                                Ok(Err(e)) => e.to_string(),
-                                _ => "timed out".to_owned(),
+                                Some(Err(e)) => e.to_string(),
+                                _ => "timed out or stopped".to_owned(),
                             };
                             tracing::debug!(client = %redact_ip(peer.ip()), why, "TURN TLS handshake failed");
                             links.remove(peer, id);
