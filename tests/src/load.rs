@@ -31,11 +31,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The TLS client settings of a `tls` run (trusting the run's own CA), for every WebSocket
+/// the run opens. Set once per process: a process runs TLS or not.
+static CLIENT_TLS: std::sync::OnceLock<Option<Arc<rustls::ClientConfig>>> =
+    std::sync::OnceLock::new();
 
 /// Upper bound on any one wait.
 const WAIT: Duration = Duration::from_secs(10);
@@ -57,6 +62,9 @@ pub struct Args {
     pub abuse: bool,
     /// Deadline for the whole run.
     pub deadline: Duration,
+    /// The server speaks https and wss (a certificate of a CA of the run's own); every peer
+    /// connects over TLS. The abuse scenarios speak plain HTTP, so they need `tls` off.
+    pub tls: bool,
 }
 
 /// What a run measured.
@@ -72,6 +80,8 @@ pub struct Report {
     /// Server CPU while the pairs ran, in cores.
     pub cpu: f64,
     pub abuse: Vec<AbuseRow>,
+    /// Every peer came over TLS.
+    pub tls: bool,
 }
 
 /// One abuse scenario's outcome.
@@ -104,8 +114,10 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "### Load ({} idle peers, {} live pairs)\n",
-            self.idle, self.pairs
+            "### Load ({} idle peers, {} live pairs, {})\n",
+            self.idle,
+            self.pairs,
+            if self.tls { "wss" } else { "ws" }
         );
         let _ = writeln!(out, "| measure | value |\n|---|---|");
         let _ = writeln!(
@@ -178,7 +190,17 @@ pub fn run(bin_dir: &Path, args: &Args) -> anyhow::Result<Report> {
         "this process may open {fds} descriptors: too few for {} idle peers",
         args.idle
     );
-    let mut server = Server::start(bin_dir, args)?;
+    anyhow::ensure!(
+        !(args.tls && args.abuse),
+        "the abuse scenarios speak plain HTTP: run them without TLS"
+    );
+    let ca = crate::tls::TestCa::new();
+    let client_tls = args.tls.then(|| client_tls(&ca));
+    anyhow::ensure!(
+        CLIENT_TLS.get_or_init(|| client_tls.clone()).is_some() == args.tls,
+        "one process runs either TLS or plain load runs"
+    );
+    let mut server = Server::start(bin_dir, args, args.tls.then_some(&ca))?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
         tokio::time::timeout(args.deadline, phases(&server, args))
@@ -220,6 +242,7 @@ async fn phases(server: &Server, args: &Args) -> anyhow::Result<Report> {
         round_trips,
         cpu,
         abuse: rows,
+        tls: args.tls,
     })
 }
 
@@ -230,8 +253,39 @@ struct Server {
     turn: SocketAddr,
 }
 
+/// TLS client settings trusting `ca` only.
+fn client_tls(ca: &crate::tls::TestCa) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca_file()).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("a CA");
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
 impl Server {
-    fn start(bin: &Path, args: &Args) -> anyhow::Result<Self> {
+    fn start(bin: &Path, args: &Args, ca: Option<&crate::tls::TestCa>) -> anyhow::Result<Self> {
+        let tls: Vec<String> = match ca {
+            Some(ca) => {
+                let (cert, key, _) = ca.issue("server");
+                vec![
+                    "--tls-cert".into(),
+                    cert.display().to_string(),
+                    "--tls-key".into(),
+                    key.display().to_string(),
+                    "--no-turn-tls".into(),
+                ]
+            }
+            None => Vec::new(),
+        };
         let turn_port = {
             let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
             probe.local_addr()?.port()
@@ -249,6 +303,7 @@ impl Server {
             // The peers are on loopback: let the relay reach them.
             .arg("--turn-allow-private-peers")
             .args(["--max-rooms", &rooms])
+            .args(&tls)
             .env("PUNCHDROP_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -258,7 +313,7 @@ impl Server {
         BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
         let addr = line
             .trim()
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("unexpected ready line {line:?}"))?;
@@ -330,9 +385,16 @@ async fn ws_from(ip: IpAddr, server: SocketAddr) -> anyhow::Result<Ws> {
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(4096);
+    let (url, connector) = match CLIENT_TLS.get().cloned().flatten() {
+        Some(tls) => (
+            format!("wss://localhost:{}/ws", server.port()),
+            Connector::Rustls(tls),
+        ),
+        None => (format!("ws://{server}/ws"), Connector::Plain),
+    };
     let (ws, _) = tokio::time::timeout(
         WAIT,
-        tokio_tungstenite::client_async_with_config(format!("ws://{server}/ws"), tcp, Some(config)),
+        tokio_tungstenite::client_async_tls_with_config(url, tcp, Some(config), Some(connector)),
     )
     .await
     .context("WebSocket handshake timed out")??;

@@ -22,6 +22,7 @@ fn idle_peers_are_cheap_and_floods_leave_honest_clients_served() {
             round_trips: 20,
             abuse: true,
             deadline: Duration::from_secs(180),
+            tls: false,
         },
     )
     .unwrap();

@@ -21,6 +21,10 @@ pub struct Args {
     /// Deadline for the whole run, in seconds.
     #[arg(long, default_value_t = 300)]
     seconds: u64,
+    /// Every peer over TLS (https/wss, a certificate of the run's own CA); implies
+    /// --no-abuse (the floods speak plain HTTP).
+    #[arg(long)]
+    tls: bool,
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
@@ -31,8 +35,9 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             idle: args.idle,
             pairs: args.pairs,
             round_trips: args.round_trips,
-            abuse: !args.no_abuse,
+            abuse: !args.no_abuse && !args.tls,
             deadline: Duration::from_secs(args.seconds),
+            tls: args.tls,
         },
     )?;
     println!("\n{}", report.markdown());
