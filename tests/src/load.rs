@@ -195,7 +195,7 @@ pub fn run(bin_dir: &Path, args: &Args) -> anyhow::Result<Report> {
         "the abuse scenarios speak plain HTTP: run them without TLS"
     );
     let ca = crate::tls::TestCa::new();
-    let client_tls = args.tls.then(|| client_tls(&ca));
+    let client_tls = args.tls.then(|| ca.client());
     anyhow::ensure!(
         CLIENT_TLS.get_or_init(|| client_tls.clone()).is_some() == args.tls,
         "one process runs either TLS or plain load runs"
@@ -251,24 +251,6 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     turn: SocketAddr,
-}
-
-/// TLS client settings trusting `ca` only.
-fn client_tls(ca: &crate::tls::TestCa) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca_file()).expect("CA file") {
-        roots.add(cert.expect("CA certificate")).expect("a CA");
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
 }
 
 impl Server {

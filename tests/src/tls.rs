@@ -2,6 +2,24 @@
 //! are told to trust it (`--ca-file`), as a private CA's users would be.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// TLS client settings trusting only the PEM certificates in `pem` (a test CA, pebble's
+/// root).
+pub fn client_trusting(pem: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
 
 /// The CA, and the server certificates it signs.
 pub struct TestCa {
@@ -29,6 +47,11 @@ impl TestCa {
 
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// TLS client settings trusting this CA only.
+    pub fn client(&self) -> Arc<rustls::ClientConfig> {
+        client_trusting(self.issuer.pem().as_bytes()).expect("the CA's own certificate")
     }
 
     /// A certificate for localhost and 127.0.0.1, in `NAME.crt` / `NAME.key`; its DER too.

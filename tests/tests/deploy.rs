@@ -8,9 +8,8 @@ use punchdrop_e2e::tls::TestCa;
 use punchdrop_e2e::*;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `GET path` over https trusting only `ca`: the response head and the server's leaf
@@ -29,19 +28,9 @@ fn https_request(
     name: &str,
     path: &str,
 ) -> anyhow::Result<(String, Vec<u8>, Vec<u8>)> {
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca) {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = punchdrop_e2e::tls::client_trusting(ca)?;
     let server = rustls::pki_types::ServerName::try_from(name.to_owned())?;
-    let conn = rustls::ClientConnection::new(Arc::new(config), server)?;
+    let conn = rustls::ClientConnection::new(config, server)?;
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -114,21 +103,24 @@ fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// A server on TLS with a certificate of `ca` for localhost and 127.0.0.1, logging at info:
+/// it, the certificate and key files, and the certificate.
+fn tls_server(ca: &TestCa, extra: &[&str]) -> (Signalling, PathBuf, PathBuf, Vec<u8>) {
+    let (cert, key, der) = ca.issue("server");
+    let files = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let sig = Signalling::start_logging("info", &[&files[..], extra].concat());
+    (sig, cert, key, der)
+}
+
 #[test]
 fn https_and_wss_carry_a_transfer_when_the_peers_trust_a_private_ca() {
     let ca = TestCa::new();
-    let (cert, key, first) = ca.issue("server");
-    let sig = Signalling::start_logging(
-        "info",
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--redirect-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (sig, cert, key, first) = tls_server(&ca, &["--redirect-listen", "127.0.0.1:0"]);
     assert!(sig.url.starts_with("https://"), "{}", sig.url);
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
@@ -220,16 +212,7 @@ fn https_and_wss_carry_a_transfer_when_the_peers_trust_a_private_ca() {
 #[test]
 fn turn_over_tls_relays_a_transfer_with_the_servers_certificate() {
     let ca = TestCa::new();
-    let (cert, key, _) = ca.issue("server");
-    let sig = Signalling::start_logging(
-        "info",
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let (sig, ..) = tls_server(&ca, &[]);
     let tls = logged_addr(&sig, "TURN over TLS on ");
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
