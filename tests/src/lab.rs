@@ -723,6 +723,14 @@ deny 0-65535 0.0.0.0/0 0-65535
             eprintln!("--- sender (A) stderr:\n{serr}\n--- receiver (B) stderr:\n{rerr}");
             eprintln!("--- receiver (B) events:\n{revents:?}");
         }
+        if !(rs.success() && ss.success()) {
+            // One side's failure is usually the other's doing: show both.
+            panic!(
+                "a peer failed\n--- sender (A), {ss}: {sevents:?}\n{serr}\n\
+                 --- receiver (B), {rs}: {revents:?}\n{rerr}\n--- server:\n{}",
+                self.server_log()
+            );
+        }
         let receiver_done = crate::expect_done(rs, &revents);
         let sender_done = crate::expect_done(ss, &sevents);
         assert_eq!(

@@ -218,6 +218,18 @@ fn loss_and_delay_on_a_router_still_deliver_intact() {
     }
 }
 
+#[test]
+fn a_path_with_a_long_round_trip_still_connects() {
+    // 600 ms out of each router: 1.2 s between the peers and back, as a geostationary
+    // satellite link with a busy uplink has. The DTLS handshake must wait that long for an
+    // answer; its retransmissions back off (patches/rtc-dtls): with a constant 100 ms timer it
+    // gave up after eight, before the first answer came.
+    let lab = cone_lab_with_delay(600);
+    let o = lab.transfer(64 << 10, &[], &[]);
+    let (a, b) = o.paths();
+    assert_eq!((a, b), (PathKind::Direct, PathKind::Direct), "{}", show(&o));
+}
+
 /// Cone / cone, each router delaying what it sends out by `ms`.
 fn cone_lab_with_delay(ms: u32) -> Lab {
     let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
