@@ -15,6 +15,8 @@ apt_install iproute2 iptables nftables conntrack miniupnpd-nftables procps
 # The deployment tests (tests/tests/deploy.rs): pebble, a test ACME CA that really validates
 # (TLS-ALPN-01), and its mock DNS (pebble-challtestsrv).
 apt_install pebble
+# Nodes sharing rooms (tests/tests/cluster.rs): Redis, started by the tests on free ports.
+apt_install redis-server
 
 log "formatting"
 cargo fmt --all -- --check

@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod audit;
+mod cluster;
 pub mod credentials;
 mod inboxes;
 pub mod limits;
@@ -78,6 +79,8 @@ pub struct Config {
     pub redirect_listen: Option<SocketAddr>,
     /// Where rooms, relays and refusals are recorded ([`audit`]).
     pub audit: audit::Audit,
+    /// Share rooms, numbers and limits with other nodes through this Redis ([`cluster`]).
+    pub redis: Option<String>,
 }
 
 /// The bundled TURN server's settings and the host name peers reach it by.
@@ -163,6 +166,7 @@ impl Default for Config {
             tls: None,
             redirect_listen: None,
             audit: audit::Audit::off(),
+            redis: None,
         }
     }
 }
@@ -188,6 +192,8 @@ pub(crate) struct AppState {
     pub draining: CancellationToken,
     /// Upgraded WebSocket connections, which outlive the HTTP server's own connection tracking.
     pub connections: TaskTracker,
+    /// The other nodes, with `--redis`.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 #[derive(Debug)]
@@ -253,6 +259,14 @@ impl Server {
             }
             None => (None, None),
         };
+        let cluster = match &config.redis {
+            Some(url) => Some(Arc::new(
+                cluster::Cluster::connect(url, config.rooms_per_min)
+                    .await
+                    .context("cannot reach the Redis given with --redis")?,
+            )),
+            None => None,
+        };
         let state = Arc::new(AppState {
             rooms: rooms::Rooms::new(
                 config.room_ttl,
@@ -274,7 +288,11 @@ impl Server {
             shutdown: shutdown.clone(),
             draining: CancellationToken::new(),
             connections: connections.clone(),
+            cluster: cluster.clone(),
         });
+        if let Some(cluster) = cluster {
+            spawn_cluster(cluster, &state);
+        }
         let mut app = router(state.clone());
         if config.tls.is_some() {
             app = app.layer(axum::middleware::map_response(web::strict_transport));
@@ -355,6 +373,34 @@ impl Server {
             state,
         })
     }
+}
+
+/// Keep this node in the deployment: its channel served (each other node's client in a room
+/// here becomes a connection task), its liveness renewed, its rooms recorded again when
+/// Redis lost them.
+fn spawn_cluster(cluster: Arc<cluster::Cluster>, state: &Arc<AppState>) {
+    tracing::info!(
+        node = cluster.node(),
+        "sharing rooms with other nodes through redis"
+    );
+    let serve = {
+        let state = state.clone();
+        let cluster = cluster.clone();
+        move |client| {
+            let task = ws::remote_connection(state.clone(), cluster.clone(), client);
+            state.connections.spawn(task);
+        }
+    };
+    let lost = {
+        let state = state.clone();
+        let cluster = cluster.clone();
+        move || {
+            let state = state.clone();
+            let cluster = cluster.clone();
+            tokio::spawn(async move { ws::record_rooms_again(&state, &cluster).await });
+        }
+    };
+    tokio::spawn(cluster.run(state.shutdown.clone(), serve, lost));
 }
 
 impl ServerHandle {
@@ -493,7 +539,9 @@ impl Drain {
                 let (oldest, newest) = (samples[0], samples[samples.len() - 1]);
                 let watched = now - oldest.0 >= RELAY_IDLE;
                 let relays_idle = watched && newest.1 - oldest.1 < RELAY_BUSY_BYTES;
-                let rooms = state.rooms.occupied();
+                // Rooms here with a peer, and this node's peers in rooms on other nodes.
+                let rooms =
+                    state.rooms.occupied() + state.cluster.as_ref().map_or(0, |c| c.proxied());
                 if rooms == 0 && relays_idle {
                     tracing::info!(secs = started.elapsed().as_secs(), "drained");
                     break;

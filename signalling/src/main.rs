@@ -143,6 +143,11 @@ struct Args {
     /// which only the bundled server can use.
     #[arg(long, env = "PUNCHDROP_TURN_SECRET", hide_env_values = true)]
     turn_secret: Option<String>,
+    /// Share rooms, room numbers and rate limits with the other nodes of a deployment
+    /// through this Redis: redis://[:PASSWORD@]HOST[:PORT][/DB]. Unset: this node alone, all
+    /// in memory.
+    #[arg(long, env = "PUNCHDROP_REDIS", hide_env_values = true)]
+    redis: Option<String>,
     /// Lifetime of TURN credentials, in seconds (at most the room lifetime).
     #[arg(long, env = "PUNCHDROP_TURN_TTL", default_value_t = 7200)]
     turn_ttl: u64,
@@ -201,7 +206,8 @@ fn origin_host(origin: &str) -> Option<String> {
 }
 
 /// Settings never shown.
-const SECRETS: &[&str] = &["turn-secret"];
+/// Settings never printed: the TURN secret, and the Redis URL (it may hold a password).
+const SECRETS: &[&str] = &["turn-secret", "redis"];
 
 /// Settings that need or exclude others, checked here rather than by clap, which would not
 /// count values from the config file.
@@ -397,6 +403,7 @@ async fn main() -> anyhow::Result<()> {
             credential_ttl: Duration::from_secs(args.turn_ttl),
         },
         turn: bundled_turn(&args, certificates.as_ref())?,
+        redis: args.redis.clone(),
         tls: certificates,
         redirect_listen: args.redirect_listen,
         audit: match &args.audit_log {

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub rooms_ended: AtomicU64,
     pub idle_closed: AtomicU64,
     pub code_misses: AtomicU64,
+    /// With `--redis`: this node's clients that entered a room on another node…
+    pub cluster_forwarded: AtomicU64,
+    /// …and other nodes' clients that entered a room here.
+    pub cluster_served: AtomicU64,
     refused_origin: AtomicU64,
     refused_client_cap: AtomicU64,
     refused_total_cap: AtomicU64,
@@ -76,7 +80,7 @@ impl Metrics {
             "WebSocket connections open now.",
             &one(gauges.connections_open as u64),
         );
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "connections_total",
                 "WebSocket connections accepted.",
@@ -142,6 +146,16 @@ impl Metrics {
                 "code_join_misses_total",
                 "Joins by a room number no waiting room has (sweeping shows here).",
                 &self.code_misses,
+            ),
+            (
+                "cluster_forwarded_total",
+                "Clients of this node that entered a room on another node (--redis).",
+                &self.cluster_forwarded,
+            ),
+            (
+                "cluster_served_total",
+                "Clients of other nodes that entered a room on this node (--redis).",
+                &self.cluster_served,
             ),
         ];
         for (name, help, counter) in counters {

@@ -45,7 +45,8 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 
 /// How a peer's connection ended (a held room tells a stopped creator from an away one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Departure {
     /// With a close frame: a live program closing on purpose (switching sockets, done).
     Closed,
@@ -70,6 +71,8 @@ pub(crate) enum Outgoing {
     Final(ServerMessage),
     /// Another connection took this one's place in its room (with the place's token): close.
     Replaced,
+    /// With `--redis`: the room's node (another) let this connection go; it is in no room.
+    Detached,
 }
 
 pub(crate) type Outbox = mpsc::Sender<Outgoing>;
@@ -835,6 +838,50 @@ impl Rooms {
         self.lock().rooms.len()
     }
 
+    /// Whether the room `which` names is here (expired or not).
+    pub fn knows(&self, which: &RoomRef) -> bool {
+        let inner = self.lock();
+        match which {
+            RoomRef::Id(id) => inner.rooms.contains_key(id),
+            RoomRef::Number(n) => inner.numbers.contains_key(n),
+        }
+    }
+
+    /// The longest a room can still live: what its record elsewhere must outlive.
+    pub fn longest_life(&self) -> Duration {
+        self.ttl + self.max_lifetime
+    }
+
+    /// Another node has the number of `m`'s room: it gets a new one (`None` if the room has
+    /// none, or no other number is free; it then keeps its own).
+    pub fn renumber(&self, m: &Membership) -> Option<u32> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let old = inner.rooms.get(&m.room)?.number?;
+        // The old number is still taken while picking, so the new one differs.
+        let n = Self::pick_number(inner)?;
+        inner.numbers.remove(&old);
+        inner.numbers.insert(n, m.room.clone());
+        inner.rooms.get_mut(&m.room)?.number = Some(n);
+        Some(n)
+    }
+
+    /// Every room here with its number and how long it may still wait unjoined: what a
+    /// node records again in a Redis that came back empty.
+    pub fn records(&self, now: Instant) -> Vec<(String, Option<u32>, Duration)> {
+        self.lock()
+            .rooms
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    r.number,
+                    r.expires.saturating_duration_since(now),
+                )
+            })
+            .collect()
+    }
+
     /// Rooms with a peer connected (held rooms waiting for both peers to come back are not).
     pub fn occupied(&self) -> usize {
         self.lock()
@@ -865,6 +912,7 @@ mod tests {
         match rx.try_recv().ok()? {
             Outgoing::Msg(m) | Outgoing::Final(m) => Some(m),
             Outgoing::Replaced => panic!("replaced where a message was expected"),
+            Outgoing::Detached => panic!("rooms never detach a connection"),
         }
     }
 
@@ -1290,6 +1338,35 @@ mod tests {
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerJoined));
         r.to_other(&j, ServerMessage::PeerLeft);
         assert_eq!(next(&mut creator), Some(ServerMessage::PeerLeft));
+    }
+
+    /// Another node has a room's number: the room takes a new one, joinable by it, and the
+    /// old one no longer leads there.
+    #[test]
+    fn a_room_renumbered_is_joined_by_its_new_number_only() {
+        let r = rooms();
+        let t0 = Instant::now();
+        let (tx, _rx) = outbox();
+        let (m, old, _) = r.create(tx, ME, t0, true, false).unwrap();
+        let old = old.unwrap();
+        let new = r.renumber(&m).unwrap();
+        assert_ne!(new, old);
+        assert!(r.knows(&RoomRef::Number(new)) && !r.knows(&RoomRef::Number(old)));
+        assert!(r.knows(&RoomRef::Id(m.room.clone())));
+        assert_eq!(r.records(t0), vec![(m.room.clone(), Some(new), TTL)]);
+        let (jtx, _jrx) = outbox();
+        assert!(matches!(
+            r.join(jtx.clone(), &RoomRef::Number(old), None, t0),
+            Err(ErrorCode::NoSuchRoom)
+        ));
+        assert_eq!(
+            r.join(jtx, &RoomRef::Number(new), None, t0).unwrap().0.room,
+            m.room
+        );
+        // A room without a number is not given one.
+        let (tx, _rx) = outbox();
+        let (m, _, _) = r.create(tx, ME, t0, false, false).unwrap();
+        assert_eq!(r.renumber(&m), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use futures::{SinkExt as _, StreamExt as _};
 use protocol::signal::{
-    ClientMessage, ErrorCode, MAX_SIGNAL_MESSAGE, SIGNAL_VERSION, ServerMessage,
+    AbortReason, ClientMessage, ErrorCode, MAX_SIGNAL_MESSAGE, RoomRef, SIGNAL_VERSION,
+    ServerMessage,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::AppState;
 use crate::admission::{Refusal, Slot};
 use crate::audit::{self, Refused};
+use crate::cluster::{self, Cluster, Inbound, RemoteClient, Upstream};
 use crate::inboxes::{Pending, Registration};
 use crate::limits::redact_ip;
 use crate::rooms::{Departure, Membership, Outgoing};
@@ -117,6 +119,12 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
     let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX);
     let mut member: Option<Membership> = None;
     let mut inbox = InboxConn::default();
+    // With `--redis`: the node of this connection's room, when it is not this one.
+    let mut upstream: Option<Upstream> = None;
+    let mut upstream_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + cluster::LIVENESS_CHECK,
+        cluster::LIVENESS_CHECK,
+    );
     // A connection is for meeting in a room: one that does not create or join soon is idle.
     let idle = tokio::time::sleep(state.first_message_within);
     tokio::pin!(idle);
@@ -143,8 +151,19 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() { break; }
             }
+            _ = upstream_check.tick(), if upstream.is_some() => {
+                let (Some(c), Some(up)) = (&state.cluster, &upstream) else { continue };
+                if !c.is_alive(&up.node).await {
+                    // The room's node died, and the room with it.
+                    tracing::debug!(peer = %who, "the room's node is gone");
+                    let _ = sink.send(text(&ServerMessage::PeerLeft)).await;
+                    break;
+                }
+            }
             _ = state.shutdown.cancelled() => {
                 let _ = sink.send(text(&error(ErrorCode::ShuttingDown))).await;
+                // A room on another node hears its client closed, not broke off.
+                how = Departure::Closed;
                 // The room ends with the server (`Rooms::close_all`), not as if this peer had
                 // left it.
                 member = None;
@@ -177,6 +196,12 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                     tracing::debug!(peer = %who, "its place in the room was taken back by a new connection");
                     member = None;
                     break;
+                }
+                Some(Outgoing::Detached) => {
+                    if let (Some(c), Some(up)) = (&state.cluster, upstream.take()) {
+                        c.detach(&up);
+                    }
+                    in_a_room = member.is_some();
                 }
                 None => break,
             },
@@ -230,31 +255,32 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                     }
                 };
                 tracing::trace!(peer = %who, kind = kind_of(raw.as_str()), "from peer");
-                match handle(&state, ip, &tx, (&mut member, &mut inbox), msg) {
-                    Ok(Some(reply)) => {
-                        in_a_room = true;
-                        let joined = match (&reply, &member) {
-                            (ServerMessage::Joined { room, .. }, Some(m)) => Some((room.clone(), m.clone())),
-                            _ => None,
-                        };
-                        if sink.send(text(&reply)).await.is_err() { break; }
-                        // STUN/TURN servers and credentials only once both peers are in the
-                        // room (a credential is an open relay; one `create` must not buy it).
-                        if let Some((room, m)) = joined {
-                            let ice = state.ice.message_for(&room);
-                            state.rooms.to_other(&m, ice.clone());
-                            if sink.send(text(&ice)).await.is_err() { break; }
+                let outcome = match &state.cluster {
+                    Some(c) => {
+                        let conn = (&mut member, &mut inbox, &mut upstream);
+                        match across_nodes(&state, c, ip, &tx, conn, msg).await {
+                            Routed::Here(msg) => {
+                                let r = handle(&state, ip, &tx, (&mut member, &mut inbox), msg);
+                                record(&state, c, &mut member, r).await
+                            }
+                            Routed::There => {
+                                in_a_room = true;
+                                continue;
+                            }
+                            Routed::Refused(code) => Err(code),
                         }
                     }
-                    Ok(None) => {}
-                    Err(code) => {
-                        tracing::debug!(peer = %who, ?code, "request refused");
-                        if let Some(reason) = audited(code) {
-                            audit_refusal(&state, reason, ip);
-                        }
-                        if sink.send(text(&error(code))).await.is_err() { break; }
+                    None => handle(&state, ip, &tx, (&mut member, &mut inbox), msg),
+                };
+                in_a_room |= matches!(outcome, Ok(Some(_)));
+                let mut failed = false;
+                for m in replies(&state, ip, &member, outcome) {
+                    if sink.send(text(&m)).await.is_err() {
+                        failed = true;
+                        break;
                     }
                 }
+                if failed { break; }
             }
         }
     }
@@ -264,7 +290,286 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
     if let Some(r) = inbox.registered {
         state.inboxes.unregister(&r);
     }
+    if let (Some(c), Some(up)) = (&state.cluster, upstream) {
+        c.unproxy(&up, how);
+    }
     tracing::debug!(peer = %who, "connection closed");
+}
+
+/// What a request's outcome sends back: its reply, or the error (audited where it says
+/// something about the client). A `joined` reply brings the room's STUN/TURN servers and
+/// credentials to both peers — only once both are in the room (a credential is an open
+/// relay; one `create` must not buy it).
+fn replies(
+    state: &AppState,
+    ip: IpAddr,
+    member: &Option<Membership>,
+    outcome: Result<Option<ServerMessage>, ErrorCode>,
+) -> Vec<ServerMessage> {
+    match outcome {
+        Ok(Some(reply)) => {
+            let ice = match (&reply, member) {
+                (ServerMessage::Joined { room, .. }, Some(m)) => {
+                    let ice = state.ice.message_for(room);
+                    state.rooms.to_other(m, ice.clone());
+                    Some(ice)
+                }
+                _ => None,
+            };
+            std::iter::once(reply).chain(ice).collect()
+        }
+        Ok(None) => Vec::new(),
+        Err(code) => {
+            tracing::debug!(peer = %redact_ip(ip), ?code, "request refused");
+            if let Some(reason) = audited(code) {
+                audit_refusal(state, reason, ip);
+            }
+            vec![error(code)]
+        }
+    }
+}
+
+/// Where a request is handled, with other nodes.
+enum Routed {
+    /// Here, as without them.
+    Here(ClientMessage),
+    /// Forwarded to the room's node; the answer comes back through the connection's outbox.
+    There,
+    Refused(ErrorCode),
+}
+
+/// Route a request when nodes share rooms: the limit on entering rooms is the deployment's;
+/// a `join` or `reclaim` of a room that another node has makes this connection that room's
+/// node's client (and everything it sends afterwards goes there).
+async fn across_nodes(
+    state: &AppState,
+    c: &Arc<Cluster>,
+    ip: IpAddr,
+    tx: &mpsc::Sender<Outgoing>,
+    (member, inbox, upstream): (
+        &mut Option<Membership>,
+        &mut InboxConn,
+        &mut Option<Upstream>,
+    ),
+    msg: ClientMessage,
+) -> Routed {
+    if let Some(up) = upstream {
+        return match c.forward(up, ip, msg).await {
+            Ok(true) => Routed::There,
+            Ok(false) => Routed::Refused(ErrorCode::NoPeer),
+            Err(e) => Routed::Refused(e.into()),
+        };
+    }
+    let free = member.is_none() && inbox.registered.is_none() && inbox.pending.is_none();
+    let enters = matches!(
+        msg,
+        ClientMessage::Create { .. }
+            | ClientMessage::Join { .. }
+            | ClientMessage::Reclaim { .. }
+            | ClientMessage::Knock { .. }
+    );
+    if free && enters {
+        match c.room_allowed(ip).await {
+            Ok(true) => {}
+            Ok(false) => {
+                state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Routed::Refused(ErrorCode::RateLimited);
+            }
+            // Without Redis the node's own limit stands in (a peer coming back into a room
+            // here needs nothing shared).
+            Err(e) => tracing::debug!(error = %e, "shared room limit unavailable"),
+        }
+    }
+    let target = match &msg {
+        ClientMessage::Join { room, .. } => room.clone(),
+        ClientMessage::Reclaim { room, .. } => RoomRef::Id(room.clone()),
+        _ => return Routed::Here(msg),
+    };
+    if !free || state.rooms.knows(&target) {
+        return Routed::Here(msg);
+    }
+    let node = match c.locate(&target).await {
+        Ok(Some((_, node))) if node != c.node() => node,
+        Ok(_) => return Routed::Here(msg),
+        Err(e) => return Routed::Refused(e.into()),
+    };
+    let up = c.proxy(node, tx.clone());
+    match c.forward(&up, ip, msg).await {
+        Ok(true) => {
+            *upstream = Some(up);
+            state
+                .metrics
+                .cluster_forwarded
+                .fetch_add(1, Ordering::Relaxed);
+            Routed::There
+        }
+        // Its node is gone: so is the room.
+        Ok(false) => {
+            c.unproxy(&up, Departure::Closed);
+            Routed::Refused(ErrorCode::NoSuchRoom)
+        }
+        Err(e) => {
+            c.unproxy(&up, Departure::Closed);
+            Routed::Refused(e.into())
+        }
+    }
+}
+
+/// A room made here (or given a number) is recorded for the other nodes before its creator
+/// hears of it; a number another node has is swapped for a free one. Without Redis the
+/// room cannot be joined elsewhere: it is undone and the creator told to try again.
+async fn record(
+    state: &AppState,
+    c: &Cluster,
+    member: &mut Option<Membership>,
+    outcome: Result<Option<ServerMessage>, ErrorCode>,
+) -> Result<Option<ServerMessage>, ErrorCode> {
+    let Some(m) = member.as_ref() else {
+        return outcome;
+    };
+    match outcome {
+        Ok(Some(ServerMessage::Created {
+            room,
+            number,
+            expires_in_secs,
+            reclaim,
+        })) => {
+            let recorded = async {
+                c.claim_room(&room, state.rooms.longest_life()).await?;
+                match number {
+                    Some(n) => unique_number(state, c, m, n).await,
+                    None => Ok(None),
+                }
+            };
+            match recorded.await {
+                Ok(number) => Ok(Some(ServerMessage::Created {
+                    room,
+                    number,
+                    expires_in_secs,
+                    reclaim,
+                })),
+                Err(code) => {
+                    if let Some(m) = member.take() {
+                        state
+                            .rooms
+                            .abort(&m, AbortReason::Failed, std::time::Instant::now());
+                    }
+                    Err(code)
+                }
+            }
+        }
+        Ok(Some(ServerMessage::Numbered { number })) => {
+            match unique_number(state, c, m, number).await? {
+                Some(number) => Ok(Some(ServerMessage::Numbered { number })),
+                None => Err(ErrorCode::ServerBusy),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Number `n` of `m`'s room, or another if a room elsewhere has it.
+async fn unique_number(
+    state: &AppState,
+    c: &Cluster,
+    m: &Membership,
+    mut n: u32,
+) -> Result<Option<u32>, ErrorCode> {
+    for _ in 0..8 {
+        if c.claim_number(n, &m.room, state.rooms.ttl()).await? {
+            return Ok(Some(n));
+        }
+        n = state.rooms.renumber(m).ok_or(ErrorCode::ServerBusy)?;
+    }
+    Err(ErrorCode::ServerBusy)
+}
+
+/// Serve another node's client in a room here, as [`connection`] serves a socket: its
+/// requests come through the cluster, and what the room has for it goes back there. It
+/// ends when that node says the client left, when that node is no longer alive, or when
+/// the room closes the place.
+pub(crate) async fn remote_connection(
+    state: Arc<AppState>,
+    c: Arc<Cluster>,
+    mut client: RemoteClient,
+) {
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(OUTBOX);
+    let mut member: Option<Membership> = None;
+    let mut inbox = InboxConn::default();
+    let mut how = Departure::BrokeOff;
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + cluster::LIVENESS_CHECK,
+        cluster::LIVENESS_CHECK,
+    );
+    let (node, conn, ip) = (client.node.clone(), client.conn, client.ip);
+    state.metrics.cluster_served.fetch_add(1, Ordering::Relaxed);
+    let mut next = Some(client.first.clone());
+    let detached = loop {
+        let msg = match next.take() {
+            Some(msg) => msg,
+            None => tokio::select! {
+                _ = state.shutdown.cancelled() => {
+                    c.to_remote(&node, conn, Outgoing::Final(error(ErrorCode::ShuttingDown))).await;
+                    member = None;
+                    break false;
+                }
+                _ = check.tick() => {
+                    if c.is_alive(&node).await { continue; }
+                    break false;
+                }
+                _ = client.gone.changed() => {
+                    how = (*client.gone.borrow()).unwrap_or(Departure::BrokeOff);
+                    break false;
+                }
+                out = rx.recv() => {
+                    let Some(out) = out else { break false };
+                    let last = !matches!(out, Outgoing::Msg(_));
+                    c.to_remote(&node, conn, out).await;
+                    if last {
+                        member = None;
+                        break false;
+                    }
+                    continue;
+                }
+                inbound = client.inbound.recv() => match inbound {
+                    Some(Inbound::Msg(msg)) => msg,
+                    None => break false,
+                },
+            },
+        };
+        let outcome = handle(&state, ip, &tx, (&mut member, &mut inbox), msg);
+        let outcome = record(&state, &c, &mut member, outcome).await;
+        if member.is_none() {
+            // Refused, or it left: this node lets it go before it answers, so a `join` it
+            // sends next starts afresh.
+            c.forget_remote(&node, conn);
+        }
+        for m in replies(&state, ip, &member, outcome) {
+            c.to_remote(&node, conn, Outgoing::Msg(m)).await;
+        }
+        if member.is_none() {
+            break true;
+        }
+    };
+    if let Some(m) = member {
+        state.rooms.depart(&m, std::time::Instant::now(), how);
+    }
+    if let Some(r) = inbox.registered {
+        state.inboxes.unregister(&r);
+    }
+    if detached {
+        c.to_remote(&node, conn, Outgoing::Detached).await;
+    } else {
+        c.forget_remote(&node, conn);
+    }
+}
+
+/// Redis lost this node's records (it restarted empty): record its rooms and numbers again.
+pub(crate) async fn record_rooms_again(state: &AppState, c: &Cluster) {
+    let rooms = state.rooms.records(std::time::Instant::now());
+    if let Err(e) = c.record_all(&rooms, state.rooms.longest_life()).await {
+        tracing::warn!(error = %e, "could not record this node's rooms in redis again");
+    }
 }
 
 fn kind_of(json: &str) -> String {

@@ -7,7 +7,9 @@
 pub mod browser;
 pub mod lab;
 pub mod load;
+pub mod redis;
 pub mod tls;
+pub mod ws;
 
 use anyhow::{Context as _, bail};
 pub use protocol::event::{self, Event, Payload};

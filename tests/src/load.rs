@@ -14,6 +14,10 @@
 //!    honest clients (`127.4.x.y`) meet, exchange sealed messages and (for TURN) allocate.
 //!    Reports what the attacker got and whether every honest client was served.
 //!
+//! With `redis`, a Redis of the run's own and a second node share rooms: the idle peers'
+//! rooms are recorded in Redis as they are made, and phase 2 runs again with each joiner on
+//! the second node (`127.5.x.y`), its signalling crossing between the nodes.
+//!
 //! Bounds: every count is a flag, every wait has a timeout, the whole run has a deadline
 //! (`--seconds`), and the server is killed at the end whatever happened. Only loopback is
 //! used. An IPv6 /64 is one client to every limit (unit-tested in `signalling`); loopback has
@@ -65,6 +69,10 @@ pub struct Args {
     /// The server speaks https and wss (a certificate of a CA of the run's own); every peer
     /// connects over TLS. The abuse scenarios speak plain HTTP, so they need `tls` off.
     pub tls: bool,
+    /// Two nodes sharing rooms through a Redis of the run's own (Debian's `redis-server`):
+    /// the idle peers' rooms are recorded there, and the pairs are measured on one node and
+    /// across the two.
+    pub redis: bool,
 }
 
 /// What a run measured.
@@ -77,11 +85,15 @@ pub struct Report {
     pub idle_rss_kib: u64,
     /// Sealed round trips (two relay hops), sorted.
     pub round_trips: Vec<Duration>,
+    /// With `redis`: the same between a creator on one node and a joiner on the other.
+    pub cross_round_trips: Vec<Duration>,
     /// Server CPU while the pairs ran, in cores.
     pub cpu: f64,
     pub abuse: Vec<AbuseRow>,
     /// Every peer came over TLS.
     pub tls: bool,
+    /// Two nodes shared rooms through Redis.
+    pub redis: bool,
 }
 
 /// One abuse scenario's outcome.
@@ -102,10 +114,7 @@ impl Report {
     }
 
     fn round_trip_ms(&self, p: f64) -> f64 {
-        let n = self.round_trips.len();
-        self.round_trips
-            .get(((n.max(1) - 1) as f64 * p) as usize)
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+        percentile_ms(&self.round_trips, p)
     }
 
     /// The tables, in Markdown.
@@ -114,10 +123,15 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "### Load ({} idle peers, {} live pairs, {})\n",
+            "### Load ({} idle peers, {} live pairs, {}{})\n",
             self.idle,
             self.pairs,
-            if self.tls { "wss" } else { "ws" }
+            if self.tls { "wss" } else { "ws" },
+            if self.redis {
+                ", two nodes sharing rooms through Redis"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(out, "| measure | value |\n|---|---|");
         let _ = writeln!(
@@ -149,6 +163,15 @@ impl Report {
             self.round_trip_ms(0.5),
             self.round_trip_ms(0.99)
         );
+        if !self.cross_round_trips.is_empty() {
+            let _ = writeln!(
+                out,
+                "| the same, creator and joiner on different nodes, p50 / p99 over {} | {:.2} / {:.2} ms |",
+                self.cross_round_trips.len(),
+                percentile_ms(&self.cross_round_trips, 0.5),
+                percentile_ms(&self.cross_round_trips, 0.99)
+            );
+        }
         let _ = writeln!(
             out,
             "| server CPU while the pairs ran | {:.0}% of a core |",
@@ -177,6 +200,14 @@ impl Report {
     }
 }
 
+/// The `p` quantile of sorted durations, in ms.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    let n = sorted.len();
+    sorted
+        .get(((n.max(1) - 1) as f64 * p) as usize)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
 /// Start the release `signalling` in `bin_dir` and run the phases.
 pub fn run(bin_dir: &Path, args: &Args) -> anyhow::Result<Report> {
     anyhow::ensure!(
@@ -200,18 +231,32 @@ pub fn run(bin_dir: &Path, args: &Args) -> anyhow::Result<Report> {
         CLIENT_TLS.get_or_init(|| client_tls.clone()).is_some() == args.tls,
         "one process runs either TLS or plain load runs"
     );
-    let mut server = Server::start(bin_dir, args, args.tls.then_some(&ca))?;
+    let redis = match args.redis {
+        true => Some(crate::redis::Redis::start()?),
+        false => None,
+    };
+    let redis_url = redis.as_ref().map(crate::redis::Redis::url);
+    let ca = args.tls.then_some(&ca);
+    let mut server = Server::start(bin_dir, args, ca, redis_url.as_deref())?;
+    let mut other = match &redis_url {
+        Some(url) => Some(Server::start(bin_dir, args, ca, Some(url))?),
+        None => None,
+    };
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
-        tokio::time::timeout(args.deadline, phases(&server, args))
+        tokio::time::timeout(args.deadline, phases(&server, other.as_ref(), args))
             .await
             .with_context(|| format!("the load run passed its deadline of {:?}", args.deadline))?
     });
     server.stop();
+    if let Some(o) = &mut other {
+        o.stop();
+    }
     result
 }
 
-async fn phases(server: &Server, args: &Args) -> anyhow::Result<Report> {
+/// The phases against `server`; with `other` (a second node), the pairs across the two too.
+async fn phases(server: &Server, other: Option<&Server>, args: &Args) -> anyhow::Result<Report> {
     let base_rss_kib = server.rss_kib()?;
     eprintln!("idle peers: {}…", args.idle);
     let (idle, rooms_per_sec) = idle_peers(server.addr, args.idle).await?;
@@ -221,9 +266,18 @@ async fn phases(server: &Server, args: &Args) -> anyhow::Result<Report> {
     eprintln!("live pairs: {}…", args.pairs);
     let cpu0 = server.cpu_secs()?;
     let t0 = Instant::now();
-    let mut round_trips = live_pairs(server.addr, args.pairs, args.round_trips).await?;
+    let mut round_trips =
+        live_pairs(server.addr, server.addr, args.pairs, args.round_trips).await?;
     let cpu = (server.cpu_secs()? - cpu0) / t0.elapsed().as_secs_f64();
     round_trips.sort();
+    let mut cross_round_trips = match other {
+        Some(other) => {
+            eprintln!("live pairs across nodes: {}…", args.pairs);
+            live_pairs(server.addr, other.addr, args.pairs, args.round_trips).await?
+        }
+        None => Vec::new(),
+    };
+    cross_round_trips.sort();
 
     let mut rows = Vec::new();
     if args.abuse {
@@ -240,9 +294,11 @@ async fn phases(server: &Server, args: &Args) -> anyhow::Result<Report> {
         base_rss_kib,
         idle_rss_kib,
         round_trips,
+        cross_round_trips,
         cpu,
         abuse: rows,
         tls: args.tls,
+        redis: args.redis,
     })
 }
 
@@ -254,7 +310,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &Path, args: &Args, ca: Option<&crate::tls::TestCa>) -> anyhow::Result<Self> {
+    fn start(
+        bin: &Path,
+        args: &Args,
+        ca: Option<&crate::tls::TestCa>,
+        redis: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let tls: Vec<String> = match ca {
             Some(ca) => {
                 let (cert, key, _) = ca.issue("server");
@@ -286,6 +347,7 @@ impl Server {
             .arg("--turn-allow-private-peers")
             .args(["--max-rooms", &rooms])
             .args(&tls)
+            .args(redis.map(|url| ["--redis", url]).into_iter().flatten())
             .env("PUNCHDROP_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -464,12 +526,17 @@ async fn idle_peers(server: SocketAddr, n: usize) -> anyhow::Result<(IdlePeers, 
     Ok((IdlePeers(peers), n as f64 / started.elapsed().as_secs_f64()))
 }
 
-/// Creator and joiner of one room, both in it.
-async fn meet(server: SocketAddr, a: IpAddr, b: IpAddr) -> anyhow::Result<(Ws, Ws)> {
+/// Creator (through `server`) and joiner (through `through`) of one room, both in it.
+async fn meet(
+    server: SocketAddr,
+    through: SocketAddr,
+    a: IpAddr,
+    b: IpAddr,
+) -> anyhow::Result<(Ws, Ws)> {
     let mut creator = ws_from(a, server).await?;
     send(&mut creator, &create(false)).await?;
     let (room, _) = created(&mut creator).await?;
-    let mut joiner = ws_from(b, server).await?;
+    let mut joiner = ws_from(b, through).await?;
     send(&mut joiner, &join(RoomRef::Id(room))).await?;
     match recv(&mut joiner).await? {
         ServerMessage::Joined { .. } => {}
@@ -502,12 +569,26 @@ async fn bounce(creator: &mut Ws, joiner: &mut Ws, n: usize) -> anyhow::Result<V
     Ok(rtts)
 }
 
-async fn live_pairs(server: SocketAddr, pairs: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+/// `pairs` pairs, creators through `server` and joiners through `through`, each bouncing `n`
+/// sealed round trips; all their times.
+async fn live_pairs(
+    server: SocketAddr,
+    through: SocketAddr,
+    pairs: usize,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    // Pairs of a second run come from other addresses (the room limit is per address).
+    let net = if server == through { 2 } else { 5 };
     let tasks: Vec<_> = (0..pairs)
         .map(|i| {
             tokio::spawn(async move {
-                let (mut a, mut b) =
-                    meet(server, client_ip(2, 2 * i), client_ip(2, 2 * i + 1)).await?;
+                let (mut a, mut b) = meet(
+                    server,
+                    through,
+                    client_ip(net, 2 * i),
+                    client_ip(net, 2 * i + 1),
+                )
+                .await?;
                 bounce(&mut a, &mut b, n).await
             })
         })
@@ -640,7 +721,7 @@ async fn honest(
 ) -> anyhow::Result<Vec<Duration>> {
     let (mut creator, mut joiner) = match scenario {
         Scenario::NumberSweep => meet_by_code(server.addr, a, b).await?,
-        _ => meet(server.addr, a, b).await?,
+        _ => meet(server.addr, server.addr, a, b).await?,
     };
     let rtts = bounce(&mut creator, &mut joiner, 10).await?;
     if let Scenario::TurnAllocations = scenario {

@@ -450,6 +450,19 @@ fn assert_direct(who: &str, done: &event::Done) {
     );
 }
 
+/// The native receiver finished on a direct path with every file in `dst`, same bytes.
+fn expect_received(receiver: Peer, dst: &Path, files: &[PathBuf]) -> anyhow::Result<event::Done> {
+    let (status, events) = receiver.finish(LONG)?;
+    let done = expect_done(status, &events);
+    assert_eq!(done.files, files.len(), "{done:?}");
+    assert_direct("native receiver", &done);
+    for f in files {
+        let name = f.file_name().unwrap();
+        assert_eq!(hash_file(&dst.join(name)), hash_file(f), "{name:?}");
+    }
+    Ok(done)
+}
+
 /// Every file arrived in the browser's download folder, same bytes.
 fn expect_downloads(c: &mut Chromium, files: &[PathBuf]) -> anyhow::Result<()> {
     for f in files {
@@ -491,15 +504,8 @@ fn browser_sends_to_native_receiver() {
         c.goto(&link)?;
         c.wait_state("pick", SECS(30))?;
         c.set_files("#file-input", &refs(&files))?;
-        let (status, events) = receiver.finish(LONG)?;
-        let done = expect_done(status, &events);
-        assert_eq!(done.files, files.len());
         // Both ends must be direct: each side sends on the pair it selected.
-        assert_direct("native receiver", &done);
-        for f in &files {
-            let name = f.file_name().unwrap();
-            assert_eq!(hash_file(&dst.path().join(name)), hash_file(f), "{name:?}");
-        }
+        expect_received(receiver, dst.path(), &files)?;
         assert_eq!(
             tree(dst.path()).len(),
             files.len(),
@@ -507,6 +513,36 @@ fn browser_sends_to_native_receiver() {
             tree(dst.path())
         );
         expect_page_done(&mut c, files.len(), total_len(&files))?;
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Two nodes sharing rooms through Redis: the native receiver's room is on one, the page is
+/// served by the other (the link pointing there, as a deployment behind one name spreads
+/// people over its nodes), and the page's signalling crosses to the room's node.
+#[test]
+fn a_page_on_another_node_sends_to_a_native_receiver() {
+    in_loopback_netns(|| {
+        let redis = punchdrop_e2e::redis::Redis::start()?;
+        let url = redis.url();
+        let a = Signalling::start_with(&["--redis", &url]);
+        let b = Signalling::start_with(&["--redis", &url]);
+        let src = tempfile::tempdir()?;
+        let dst = tempfile::tempdir()?;
+        let files = some_files(src.path(), 3);
+        let (receiver, link) = native_receiver(&a.url, dst.path())?;
+        let path = link.splitn(4, '/').nth(3).expect("a link has a path");
+        let mut c = Chromium::launch_named("sender")?;
+        c.goto(&format!("{}/{path}", b.url))?;
+        c.wait_state("pick", SECS(30))?;
+        c.set_files("#file-input", &refs(&files))?;
+        expect_received(receiver, dst.path(), &files)?;
+        expect_page_done(&mut c, files.len(), total_len(&files))?;
+        // The page's signalling went to its own node, which carried it to the room's.
+        assert_eq!(a.metric("punchdrop_rooms_joined_total"), 1);
+        assert_eq!(a.metric("punchdrop_cluster_served_total"), 1);
+        assert_eq!(b.metric("punchdrop_cluster_forwarded_total"), 1);
         Ok(())
     })
     .unwrap();
@@ -554,13 +590,7 @@ fn a_page_served_over_https_sends_over_wss() {
         assert_eq!(c.eval("location.protocol")?, "https:");
         assert_eq!(c.eval("window.isSecureContext")?, true);
         c.set_files("#file-input", &refs(&files))?;
-        let (status, events) = receiver.finish(LONG)?;
-        let done = expect_done(status, &events);
-        assert_direct("native receiver", &done);
-        for f in &files {
-            let name = f.file_name().unwrap();
-            assert_eq!(hash_file(&dst.path().join(name)), hash_file(f), "{name:?}");
-        }
+        expect_received(receiver, dst.path(), &files)?;
         expect_page_done(&mut c, files.len(), total_len(&files))?;
         Ok(())
     })

@@ -3,8 +3,9 @@
 //! be), the certificate read again on SIGHUP, plain http redirected to https, settings from
 //! a TOML file, and a drain on SIGTERM that lets rooms and relays in progress finish.
 
-use protocol::signal::{ClientMessage, ErrorCode, RoomRef, SIGNAL_VERSION, ServerMessage};
+use protocol::signal::{ErrorCode, ServerMessage};
 use punchdrop_e2e::tls::TestCa;
+use punchdrop_e2e::ws::*;
 use punchdrop_e2e::*;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -344,72 +345,6 @@ fn settings_come_from_a_file_a_variable_and_flags_in_that_order() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{text}: started anyway");
         assert!(err.contains(words), "{text}: {err}");
-    }
-}
-
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
-
-fn connect(server: &str) -> Ws {
-    let url = format!("{}/ws", server.replacen("http", "ws", 1));
-    let ws = tungstenite::connect(url)
-        .expect("WebSocket to the server")
-        .0;
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    }
-    ws
-}
-
-fn send(ws: &mut Ws, msg: ClientMessage) {
-    ws.send(tungstenite::Message::text(msg.to_json())).unwrap();
-}
-
-fn next(ws: &mut Ws) -> ServerMessage {
-    loop {
-        if let tungstenite::Message::Text(t) = ws.read().expect("a message") {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
-
-fn ask(ws: &mut Ws, msg: ClientMessage) -> ServerMessage {
-    send(ws, msg);
-    next(ws)
-}
-
-fn create() -> ClientMessage {
-    ClientMessage::Create {
-        version: SIGNAL_VERSION,
-        code: false,
-        hold: false,
-    }
-}
-
-fn join(room: &str) -> ClientMessage {
-    ClientMessage::Join {
-        version: SIGNAL_VERSION,
-        room: RoomRef::Id(room.to_owned()),
-        reclaim: None,
-    }
-}
-
-/// Sealed data goes from `from` to `to` (what a room in progress needs of the server).
-fn relays(from: &mut Ws, to: &mut Ws, data: &str) {
-    send(
-        from,
-        ClientMessage::Sealed {
-            data: data.to_owned(),
-        },
-    );
-    loop {
-        match next(to) {
-            ServerMessage::Sealed { data: got } => {
-                assert_eq!(got, data);
-                return;
-            }
-            ServerMessage::IceServers { .. } | ServerMessage::PeerJoined => {}
-            other => panic!("expected sealed data, got {other:?}"),
-        }
     }
 }
 

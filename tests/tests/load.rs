@@ -23,6 +23,7 @@ fn idle_peers_are_cheap_and_floods_leave_honest_clients_served() {
             abuse: true,
             deadline: Duration::from_secs(180),
             tls: false,
+            redis: false,
         },
     )
     .unwrap();
@@ -36,4 +37,27 @@ fn idle_peers_are_cheap_and_floods_leave_honest_clients_served() {
         assert_eq!(row.honest_ok, row.honest_total, "{}: {row:?}", row.scenario);
     }
     assert_eq!(report.round_trips.len(), 10 * 20);
+}
+
+/// Two nodes sharing rooms through Redis carry many pairs at once, each pair's creator on one
+/// node and joiner on the other, with idle peers waiting on the first.
+#[test]
+fn pairs_across_two_nodes_all_meet_and_signal() {
+    let dir = bin("signalling").parent().unwrap().to_path_buf();
+    let report = load::run(
+        &dir,
+        &load::Args {
+            idle: 500,
+            pairs: 20,
+            round_trips: 10,
+            abuse: false,
+            deadline: Duration::from_secs(120),
+            tls: false,
+            redis: true,
+        },
+    )
+    .unwrap();
+    println!("{}", report.markdown());
+    assert_eq!(report.round_trips.len(), 20 * 10);
+    assert_eq!(report.cross_round_trips.len(), 20 * 10);
 }

@@ -25,6 +25,10 @@ pub struct Args {
     /// --no-abuse (the floods speak plain HTTP).
     #[arg(long)]
     tls: bool,
+    /// Two nodes sharing rooms through a Redis of the run's own (Debian's redis-server):
+    /// pairs on one node and across the two; implies --no-abuse.
+    #[arg(long)]
+    redis: bool,
 }
 
 pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
@@ -35,9 +39,10 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             idle: args.idle,
             pairs: args.pairs,
             round_trips: args.round_trips,
-            abuse: !args.no_abuse && !args.tls,
+            abuse: !args.no_abuse && !args.tls && !args.redis,
             deadline: Duration::from_secs(args.seconds),
             tls: args.tls,
+            redis: args.redis,
         },
     )?;
     println!("\n{}", report.markdown());
