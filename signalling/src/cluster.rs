@@ -74,6 +74,9 @@ redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], 120)
 return 1
 ";
+/// A node keeps sending its list of clients to a node this long after it last carried a
+/// client there.
+const LIST_AFTER_LAST: Duration = Duration::from_secs(600);
 /// A subscription that broke is made again after this.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
@@ -131,9 +134,11 @@ pub(crate) enum RemoteOut {
         msg: ServerMessage,
     },
     Replaced,
-    /// The room's node let the client go (its request refused, or it left): it is in no
-    /// room there, and its node handles what it sends next itself.
-    Detached,
+    /// The room's node let the client go (its request refused, or it left) with these last
+    /// answers: it is in no room there, and its node handles what it sends next itself.
+    Detached {
+        replies: Vec<ServerMessage>,
+    },
 }
 
 impl From<Outgoing> for RemoteOut {
@@ -142,7 +147,7 @@ impl From<Outgoing> for RemoteOut {
             Outgoing::Msg(msg) => Self::Msg { msg },
             Outgoing::Final(msg) => Self::Final { msg },
             Outgoing::Replaced => Self::Replaced,
-            Outgoing::Detached => Self::Detached,
+            Outgoing::Detached(replies) => Self::Detached { replies },
         }
     }
 }
@@ -153,7 +158,7 @@ impl From<RemoteOut> for Outgoing {
             RemoteOut::Msg { msg } => Self::Msg(msg),
             RemoteOut::Final { msg } => Self::Final(msg),
             RemoteOut::Replaced => Self::Replaced,
-            RemoteOut::Detached => Self::Detached,
+            RemoteOut::Detached { replies } => Self::Detached(replies),
         }
     }
 }
@@ -202,6 +207,9 @@ pub(crate) struct Cluster {
     proxied: Mutex<HashMap<u64, Outbox>>,
     /// …and that node.
     upstreams: Mutex<HashMap<u64, String>>,
+    /// Nodes this node's clients were carried to lately: they keep getting its list of
+    /// clients (empty once they all left), so a lost `gone` is made up for.
+    listed_to: Mutex<HashMap<String, Instant>>,
     /// Other nodes' clients in rooms here.
     remote: Mutex<HashMap<(String, u64), RemoteEntry>>,
     next_conn: AtomicU64,
@@ -270,6 +278,7 @@ impl Cluster {
             client,
             proxied: Mutex::default(),
             upstreams: Mutex::default(),
+            listed_to: Mutex::default(),
             remote: Mutex::default(),
             next_conn: AtomicU64::new(1),
             alive: Mutex::default(),
@@ -432,7 +441,8 @@ impl Cluster {
                 .arg(&this)
                 .arg(&last)
                 .arg(1.0 - into)
-                .arg(self.rooms_per_min)
+                // As the node's own limit: at least one.
+                .arg(self.rooms_per_min.max(1))
                 .query_async(&mut c),
         )
         .await?;
@@ -453,6 +463,10 @@ impl Cluster {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.proxied.lock().unwrap().insert(conn, tx);
         self.upstreams.lock().unwrap().insert(conn, node.clone());
+        self.listed_to
+            .lock()
+            .unwrap()
+            .insert(node.clone(), Instant::now());
         Upstream { node, conn }
     }
 
@@ -508,6 +522,13 @@ impl Cluster {
     /// Tell each node with rooms this node's clients are in which clients those still are.
     async fn list_clients(&self) {
         let mut by_node: HashMap<String, Vec<u64>> = HashMap::new();
+        {
+            let mut listed_to = self.listed_to.lock().unwrap();
+            listed_to.retain(|_, at| at.elapsed() < LIST_AFTER_LAST);
+            for node in listed_to.keys() {
+                by_node.insert(node.clone(), Vec::new());
+            }
+        }
         for (conn, node) in self.upstreams.lock().unwrap().iter() {
             by_node.entry(node.clone()).or_default().push(*conn);
         }

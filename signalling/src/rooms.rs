@@ -71,8 +71,9 @@ pub(crate) enum Outgoing {
     Final(ServerMessage),
     /// Another connection took this one's place in its room (with the place's token): close.
     Replaced,
-    /// With `--redis`: the room's node (another) let this connection go; it is in no room.
-    Detached,
+    /// With `--redis`: the room's node (another) let this connection go with these last
+    /// answers; it is in no room.
+    Detached(Vec<ServerMessage>),
 }
 
 pub(crate) type Outbox = mpsc::Sender<Outgoing>;
@@ -912,7 +913,7 @@ mod tests {
         match rx.try_recv().ok()? {
             Outgoing::Msg(m) | Outgoing::Final(m) => Some(m),
             Outgoing::Replaced => panic!("replaced where a message was expected"),
-            Outgoing::Detached => panic!("rooms never detach a connection"),
+            Outgoing::Detached(_) => panic!("rooms never detach a connection"),
         }
     }
 

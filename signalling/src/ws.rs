@@ -197,11 +197,23 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                     member = None;
                     break;
                 }
-                Some(Outgoing::Detached) => {
+                Some(Outgoing::Detached(replies)) => {
                     if let (Some(c), Some(up)) = (&state.cluster, upstream.take()) {
                         c.detach(&up);
                     }
                     in_a_room = member.is_some();
+                    if !in_a_room {
+                        // In no room again: it has as long as a new connection to enter one.
+                        idle.as_mut().reset(tokio::time::Instant::now() + state.first_message_within);
+                    }
+                    let mut failed = false;
+                    for m in replies {
+                        if sink.send(text(&m)).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed { break; }
                 }
                 None => break,
             },
@@ -504,64 +516,68 @@ pub(crate) async fn remote_connection(
     let (node, conn, ip) = (client.node.clone(), client.conn, client.ip);
     state.metrics.cluster_served.fetch_add(1, Ordering::Relaxed);
     let mut next = Some(client.first.clone());
-    let detached = loop {
+    loop {
         let msg = match next.take() {
             Some(msg) => msg,
             None => tokio::select! {
+                // The client's departure first: its queue ends with it.
+                biased;
+                _ = client.gone.changed() => {
+                    how = (*client.gone.borrow()).unwrap_or(Departure::BrokeOff);
+                    break;
+                }
                 _ = state.shutdown.cancelled() => {
                     c.to_remote(&node, conn, Outgoing::Final(error(ErrorCode::ShuttingDown))).await;
                     member = None;
-                    break false;
+                    break;
                 }
                 _ = check.tick() => {
                     if c.is_alive(&node).await { continue; }
-                    break false;
-                }
-                _ = client.gone.changed() => {
-                    how = (*client.gone.borrow()).unwrap_or(Departure::BrokeOff);
-                    break false;
+                    // Taken for dead: should it live after all, its client hears the room
+                    // is over for it rather than waiting for ever.
+                    c.to_remote(&node, conn, Outgoing::Final(ServerMessage::PeerLeft)).await;
+                    break;
                 }
                 out = rx.recv() => {
-                    let Some(out) = out else { break false };
+                    let Some(out) = out else { break };
                     let last = !matches!(out, Outgoing::Msg(_));
                     c.to_remote(&node, conn, out).await;
                     if last {
                         member = None;
-                        break false;
+                        break;
                     }
                     continue;
                 }
                 inbound = client.inbound.recv() => match inbound {
                     Some(Inbound::Msg(msg)) => msg,
-                    None => break false,
+                    None => {
+                        how = (*client.gone.borrow()).unwrap_or(Departure::BrokeOff);
+                        break;
+                    }
                 },
             },
         };
         let outcome = handle(&state, ip, &tx, (&mut member, &mut inbox), msg);
         let outcome = record(&state, &c, &mut member, outcome).await;
+        let replies = replies(&state, ip, &member, outcome);
         if member.is_none() {
-            // Refused, or it left: this node lets it go before it answers, so a `join` it
-            // sends next starts afresh.
+            // Refused, or it left: let it go with its answers in one message, so that its
+            // node is free of this one before the client's next request.
             c.forget_remote(&node, conn);
+            c.to_remote(&node, conn, Outgoing::Detached(replies)).await;
+            return;
         }
-        for m in replies(&state, ip, &member, outcome) {
+        for m in replies {
             c.to_remote(&node, conn, Outgoing::Msg(m)).await;
         }
-        if member.is_none() {
-            break true;
-        }
-    };
+    }
     if let Some(m) = member {
         state.rooms.depart(&m, std::time::Instant::now(), how);
     }
     if let Some(r) = inbox.registered {
         state.inboxes.unregister(&r);
     }
-    if detached {
-        c.to_remote(&node, conn, Outgoing::Detached).await;
-    } else {
-        c.forget_remote(&node, conn);
-    }
+    c.forget_remote(&node, conn);
 }
 
 /// Redis lost this node's records (it restarted empty): record its rooms and numbers again.

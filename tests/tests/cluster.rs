@@ -247,3 +247,36 @@ fn the_limit_on_rooms_is_the_deployments() {
         }
     ));
 }
+
+#[test]
+fn a_join_refused_by_another_node_leaves_the_connection_free() {
+    let redis = Redis::start().unwrap();
+    let sig = nodes(&redis, 2, &[]);
+    let (a, b) = (&sig[0], &sig[1]);
+    let mut creator = connect(&a.url);
+    let ServerMessage::Created { room, .. } = ask(&mut creator, create()) else {
+        panic!("no room made")
+    };
+    let mut joiner = connect(&b.url);
+    assert!(matches!(
+        ask(&mut joiner, join(&room)),
+        ServerMessage::Joined { .. }
+    ));
+    // A third comes through B: node A refuses it, and it is B's own connection again.
+    let mut third = connect(&b.url);
+    assert!(matches!(
+        ask(&mut third, join(&room)),
+        ServerMessage::Error {
+            code: ErrorCode::RoomFull,
+            ..
+        }
+    ));
+    assert!(matches!(
+        ask(&mut third, create()),
+        ServerMessage::Created { .. }
+    ));
+    assert_eq!(b.metric("punchdrop_rooms_created_total"), 1);
+    // The refused join did not disturb the room: its peers still signal.
+    assert_eq!(next_not_ice(&mut creator), ServerMessage::PeerJoined);
+    relays(&mut creator, &mut joiner, "still here");
+}
