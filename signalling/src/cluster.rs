@@ -117,56 +117,10 @@ pub(crate) enum Envelope {
         how: Departure,
     },
     /// To a client's node: what the room's node has for client `conn`.
-    Server { conn: u64, out: RemoteOut },
+    Server { conn: u64, out: Outgoing },
     /// To a room's node, every [`LIVENESS_CHECK`]: the clients `node` still has in rooms
     /// there. One it no longer lists is gone (a `gone` that was lost, its node restarted).
     Clients { node: String, conns: Vec<u64> },
-}
-
-/// [`Outgoing`], as it crosses between nodes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "snake_case")]
-pub(crate) enum RemoteOut {
-    Msg {
-        msg: ServerMessage,
-    },
-    Final {
-        msg: ServerMessage,
-    },
-    Replaced,
-    /// The room's node let the client go (its request refused, or it left) with these last
-    /// answers: it is in no room there, and its node handles what it sends next itself.
-    Detached {
-        replies: Vec<ServerMessage>,
-    },
-}
-
-impl From<Outgoing> for RemoteOut {
-    fn from(o: Outgoing) -> Self {
-        match o {
-            Outgoing::Msg(msg) => Self::Msg { msg },
-            Outgoing::Final(msg) => Self::Final { msg },
-            Outgoing::Replaced => Self::Replaced,
-            Outgoing::Detached(replies) => Self::Detached { replies },
-        }
-    }
-}
-
-impl From<RemoteOut> for Outgoing {
-    fn from(o: RemoteOut) -> Self {
-        match o {
-            RemoteOut::Msg { msg } => Self::Msg(msg),
-            RemoteOut::Final { msg } => Self::Final(msg),
-            RemoteOut::Replaced => Self::Replaced,
-            RemoteOut::Detached { replies } => Self::Detached(replies),
-        }
-    }
-}
-
-/// What the room's node gets for one of its remote connections: its messages, in order.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    Msg(ClientMessage),
 }
 
 /// The client's node said it is gone, and how (kept apart from the message queue, so a full
@@ -180,7 +134,8 @@ pub(crate) struct RemoteClient {
     pub conn: u64,
     pub ip: IpAddr,
     pub first: ClientMessage,
-    pub inbound: mpsc::Receiver<Inbound>,
+    /// Its messages, in order.
+    pub inbound: mpsc::Receiver<ClientMessage>,
     pub gone: GoneSignal,
 }
 
@@ -203,10 +158,9 @@ pub(crate) struct Cluster {
     node: String,
     redis: redis::aio::ConnectionManager,
     client: redis::Client,
-    /// This node's clients whose room is on another node, by their conn id…
-    proxied: Mutex<HashMap<u64, Outbox>>,
-    /// …and that node.
-    upstreams: Mutex<HashMap<u64, String>>,
+    /// This node's clients whose room is on another node, by their conn id: their outbox
+    /// and that node.
+    proxied: Mutex<HashMap<u64, (Outbox, String)>>,
     /// Nodes this node's clients were carried to lately: they keep getting its list of
     /// clients (empty once they all left), so a lost `gone` is made up for.
     listed_to: Mutex<HashMap<String, Instant>>,
@@ -221,7 +175,7 @@ pub(crate) struct Cluster {
 
 #[derive(Debug)]
 struct RemoteEntry {
-    tx: mpsc::Sender<Inbound>,
+    tx: mpsc::Sender<ClientMessage>,
     gone: tokio::sync::watch::Sender<Option<Departure>>,
     since: Instant,
 }
@@ -277,7 +231,6 @@ impl Cluster {
             redis,
             client,
             proxied: Mutex::default(),
-            upstreams: Mutex::default(),
             listed_to: Mutex::default(),
             remote: Mutex::default(),
             next_conn: AtomicU64::new(1),
@@ -461,8 +414,10 @@ impl Cluster {
     /// and what comes back for it goes to `tx`.
     pub fn proxy(&self, node: String, tx: Outbox) -> Upstream {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.proxied.lock().unwrap().insert(conn, tx);
-        self.upstreams.lock().unwrap().insert(conn, node.clone());
+        self.proxied
+            .lock()
+            .unwrap()
+            .insert(conn, (tx, node.clone()));
         self.listed_to
             .lock()
             .unwrap()
@@ -516,7 +471,6 @@ impl Cluster {
     /// A proxied client's room let it go: it is this node's alone again.
     pub fn detach(&self, up: &Upstream) {
         self.proxied.lock().unwrap().remove(&up.conn);
-        self.upstreams.lock().unwrap().remove(&up.conn);
     }
 
     /// Tell each node with rooms this node's clients are in which clients those still are.
@@ -529,7 +483,7 @@ impl Cluster {
                 by_node.insert(node.clone(), Vec::new());
             }
         }
-        for (conn, node) in self.upstreams.lock().unwrap().iter() {
+        for (conn, (_, node)) in self.proxied.lock().unwrap().iter() {
             by_node.entry(node.clone()).or_default().push(*conn);
         }
         for (node, conns) in by_node {
@@ -548,10 +502,7 @@ impl Cluster {
 
     /// Send what this node's room has for a remote client.
     pub async fn to_remote(&self, node: &str, conn: u64, out: Outgoing) {
-        let env = Envelope::Server {
-            conn,
-            out: out.into(),
-        };
+        let env = Envelope::Server { conn, out };
         if let Err(e) = self.publish(node, &env).await {
             tracing::debug!(error = %e, "could not reach a remote client's node");
         }
@@ -568,8 +519,8 @@ impl Cluster {
     fn receive(&self, env: Envelope) -> Option<Received> {
         match env {
             Envelope::Server { conn, out } => {
-                if let Some(tx) = self.proxied.lock().unwrap().get(&conn) {
-                    let _ = tx.try_send(out.into());
+                if let Some((tx, _)) = self.proxied.lock().unwrap().get(&conn) {
+                    let _ = tx.try_send(out);
                 }
                 None
             }
@@ -603,7 +554,7 @@ impl Cluster {
                 if let Some(e) = remote.get(&key) {
                     // A client that does not wait for its answers loses messages, as a socket
                     // whose peer does not read would.
-                    let _ = e.tx.try_send(Inbound::Msg(msg));
+                    let _ = e.tx.try_send(msg);
                     return None;
                 }
                 // Only entering a room starts a remote connection.
@@ -789,13 +740,11 @@ mod tests {
         );
         let env = Envelope::Server {
             conn: 7,
-            out: RemoteOut::Final {
-                msg: ServerMessage::PeerLeft,
-            },
+            out: Outgoing::Final(ServerMessage::PeerLeft),
         };
         assert_eq!(
             serde_json::to_string(&env).unwrap(),
-            r#"{"t":"server","conn":7,"out":{"k":"final","msg":{"type":"peer_left"}}}"#
+            r#"{"t":"server","conn":7,"out":{"k":"final","v":{"type":"peer_left"}}}"#
         );
         let env = Envelope::Gone {
             node: "n1".into(),

@@ -63,8 +63,9 @@ struct Away {
     how: Departure,
 }
 
-/// What a connection task is told to do.
-#[derive(Debug)]
+/// What a connection task is told to do (with `--redis`, also sent between nodes).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "k", content = "v", rename_all = "snake_case")]
 pub(crate) enum Outgoing {
     Msg(ServerMessage),
     /// Send this message, then close the connection.

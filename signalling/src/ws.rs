@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::AppState;
 use crate::admission::{Refusal, Slot};
 use crate::audit::{self, Refused};
-use crate::cluster::{self, Cluster, Inbound, RemoteClient, Upstream};
+use crate::cluster::{self, Cluster, RemoteClient, Upstream};
 use crate::inboxes::{Pending, Registration};
 use crate::limits::redact_ip;
 use crate::rooms::{Departure, Membership, Outgoing};
@@ -549,7 +549,7 @@ pub(crate) async fn remote_connection(
                     continue;
                 }
                 inbound = client.inbound.recv() => match inbound {
-                    Some(Inbound::Msg(msg)) => msg,
+                    Some(msg) => msg,
                     None => {
                         how = (*client.gone.borrow()).unwrap_or(Departure::BrokeOff);
                         break;

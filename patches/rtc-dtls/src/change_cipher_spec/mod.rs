@@ -1,5 +1,3 @@
-#[cfg(test)]
-mod change_cipher_spec_test;
 
 use byteorder::{ReadBytesExt, WriteBytesExt};
 use std::io::{Read, Write};

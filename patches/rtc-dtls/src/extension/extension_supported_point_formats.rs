@@ -1,5 +1,3 @@
-#[cfg(test)]
-mod extension_supported_point_formats_test;
 
 use super::*;
 

@@ -1,5 +1,3 @@
-#[cfg(test)]
-mod renegotiation_info_test;
 
 use super::*;
 use shared::error::Error;

@@ -1,5 +1,3 @@
-#[cfg(test)]
-mod handshake_message_server_hello_done_test;
 
 use super::*;
 

@@ -1,5 +1,3 @@
-#[cfg(test)]
-mod handshake_message_server_key_exchange_test;
 
 use super::*;
 use crate::curve::named_curve::*;
