@@ -11,6 +11,7 @@ mod inbox;
 mod netwatch;
 mod output;
 mod portmap;
+mod relay;
 mod rendezvous;
 mod rtc;
 mod transfer;
@@ -173,6 +174,9 @@ enum Command {
     /// Run an inbox: an always-on receiver with a link that stays valid, which browsers
     /// and `native-peer send --to LINK` drop files into at any time.
     Inbox(inbox::InboxArgs),
+    /// Volunteer this machine as a relay for a server's rooms: runs TURN on a reachable port
+    /// (forwarded on the router, or mapped by UPnP) and registers it with the server.
+    Relay(relay::RelayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -332,6 +336,10 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
         Command::Send { to, .. } => (to.clone(), Want::Send),
         Command::Recv { invitation, .. } => (invitation.clone(), Want::Receive),
         Command::Inbox(args) => return inbox::run(c, args, out, interrupt).await,
+        Command::Relay(args) => {
+            let show = relay::Show::Stdout { json: c.json };
+            return relay::run(c, args, show, interrupt).await;
+        }
     };
     let target = target
         .map(|text| read_invitation(&text))
@@ -364,7 +372,7 @@ async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> 
             },
             gate: None,
         },
-        Command::Inbox(_) => unreachable!("the inbox returned above"),
+        Command::Inbox(_) | Command::Relay(_) => unreachable!("they returned above"),
     };
     let clock = Clock::start();
     let config = session_config(c);

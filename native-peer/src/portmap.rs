@@ -145,7 +145,14 @@ pub fn start(port: u16) -> PortMapper {
     PortMapper { state, held }
 }
 
-async fn map(port: u16, held: &Held) -> Result<Mapping, PortmapError> {
+/// A gateway found on the LAN: our address towards it and its public address.
+struct Found {
+    gw: Gateway<Tokio>,
+    internal_ip: IpAddr,
+    external_ip: IpAddr,
+}
+
+async fn search() -> Result<Found, PortmapError> {
     let mut opts = SearchOptions::default();
     opts.timeout = Some(SEARCH_TIMEOUT);
     opts.single_search_timeout = Some(SEARCH_TIMEOUT);
@@ -156,11 +163,25 @@ async fn map(port: u16, held: &Held) -> Result<Mapping, PortmapError> {
             tracing::debug!("UPnP search: {e}");
             PortmapError::NoGateway
         })?;
-    let internal = SocketAddr::new(local_ip_towards(gw.addr)?, port);
-    let ext_ip = timed(gw.get_external_ip())
+    let internal_ip = local_ip_towards(gw.addr)?;
+    let external_ip = timed(gw.get_external_ip())
         .await?
         .map_err(|_| PortmapError::NoExternalAddress)?;
-    check_external(ext_ip)?;
+    check_external(external_ip)?;
+    Ok(Found {
+        gw,
+        internal_ip,
+        external_ip,
+    })
+}
+
+async fn map(port: u16, held: &Held) -> Result<Mapping, PortmapError> {
+    let Found {
+        gw,
+        internal_ip,
+        external_ip: ext_ip,
+    } = search().await?;
+    let internal = SocketAddr::new(internal_ip, port);
     let lease = LEASE.as_secs() as u32;
     // The same port outside as inside when it is free (easy to reason about), else any.
     let ext_port =
@@ -243,6 +264,75 @@ fn check_external(ip: IpAddr) -> Result<(), PortmapError> {
             Err(PortmapError::UnusableExternalAddress("unspecified"))
         }
         IpAddr::V6(_) => Ok(()),
+    }
+}
+
+/// Ports mapped to the same numbers outside, for a volunteer relay (its TURN port and relay
+/// ports, which it advertises at the router's address under their own numbers). Renewed at
+/// half-life by [`SamePorts::renew_every`]; removed by [`SamePorts::release`].
+#[derive(Debug)]
+pub struct SamePorts {
+    gw: Gateway<Tokio>,
+    internal_ip: IpAddr,
+    ports: Vec<(PortMappingProtocol, u16)>,
+    pub external_ip: IpAddr,
+}
+
+/// Map every one of `ports` to the same number on the router, or none (those made are
+/// removed again when one is refused).
+pub async fn map_same_ports(
+    ports: &[(PortMappingProtocol, u16)],
+) -> Result<SamePorts, PortmapError> {
+    let Found {
+        gw,
+        internal_ip,
+        external_ip,
+    } = search().await?;
+    let mut mapped = SamePorts {
+        gw,
+        internal_ip,
+        ports: Vec::new(),
+        external_ip,
+    };
+    for &(protocol, port) in ports {
+        if let Err(e) = mapped.add(protocol, port).await {
+            mapped.release().await;
+            return Err(e);
+        }
+        mapped.ports.push((protocol, port));
+    }
+    Ok(mapped)
+}
+
+impl SamePorts {
+    async fn add(&self, protocol: PortMappingProtocol, port: u16) -> Result<(), PortmapError> {
+        let internal = SocketAddr::new(self.internal_ip, port);
+        let lease = LEASE.as_secs() as u32;
+        timed(
+            self.gw
+                .add_port(protocol, port, internal, lease, DESCRIPTION),
+        )
+        .await?
+        .map_err(|e| PortmapError::Refused(format!("port {port}: {e}").to_lowercase()))
+    }
+
+    /// Re-add the mappings at half their lease, for as long as this runs.
+    pub async fn renew_every(&self) {
+        loop {
+            tokio::time::sleep(LEASE / 2).await;
+            for &(protocol, port) in &self.ports {
+                if let Err(e) = self.add(protocol, port).await {
+                    tracing::info!("cannot renew a port mapping: {e}");
+                }
+            }
+        }
+    }
+
+    /// Remove the mappings. Bounded: the program is exiting (the leases end any left).
+    pub async fn release(&self) {
+        for &(protocol, port) in &self.ports {
+            let _ = timed(self.gw.remove_port(protocol, port)).await;
+        }
     }
 }
 

@@ -209,6 +209,15 @@ impl Invitation {
 
 /// The WebSocket URL of a server given by its base URL (`http(s)://host[:port][/prefix]`).
 pub fn websocket_url(server: &str) -> Result<String, InviteError> {
+    endpoint_url(server, "ws")
+}
+
+/// The WebSocket URL volunteer relays register on ([`crate::relay`]).
+pub fn relay_url(server: &str) -> Result<String, InviteError> {
+    endpoint_url(server, "relay")
+}
+
+fn endpoint_url(server: &str, endpoint: &str) -> Result<String, InviteError> {
     let mut url = Url::parse(server.trim()).map_err(|e| InviteError::BadUrl(e.to_string()))?;
     let scheme = match url.scheme() {
         "http" | "ws" => "ws",
@@ -219,7 +228,7 @@ pub fn websocket_url(server: &str) -> Result<String, InviteError> {
         .map_err(|()| InviteError::BadScheme)?;
     url.set_fragment(None);
     url.set_query(None);
-    let path = format!("{}/ws", url.path().trim_end_matches('/'));
+    let path = format!("{}/{endpoint}", url.path().trim_end_matches('/'));
     url.set_path(&path);
     Ok(url.to_string())
 }
@@ -245,6 +254,7 @@ mod tests {
         let link = ShareLink::parse(&format!("https://ex.org/drop/r/room1234#{s}")).unwrap();
         assert_eq!(link.server, "https://ex.org/drop");
         assert_eq!(websocket_url(&link.server).unwrap(), "wss://ex.org/drop/ws");
+        assert_eq!(relay_url(&link.server).unwrap(), "wss://ex.org/drop/relay");
         assert_eq!(
             websocket_url("http://127.0.0.1:9/").unwrap(),
             "ws://127.0.0.1:9/ws"

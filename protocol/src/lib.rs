@@ -10,6 +10,7 @@
 //!   candidates, every deadline, as one sans-IO machine both clients drive.
 //! - [`transfer`]: the file-transfer protocol as sans-IO state machines (sender and receiver),
 //!   plus file-name sanitising.
+//! - [`relay`]: a volunteer relay offering its TURN to a server's relay pool.
 //! - [`event`]: what a person or a program sees (`--json`, the page's events), and [`path`]:
 //!   how the peers are connected, decided once for both clients.
 //!
@@ -23,6 +24,7 @@ pub mod event;
 pub mod inbox;
 pub mod invite;
 pub mod path;
+pub mod relay;
 pub mod rendezvous;
 pub mod signal;
 pub mod transfer;

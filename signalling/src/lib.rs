@@ -23,6 +23,7 @@ mod rooms;
 pub mod settings;
 pub mod tls;
 pub mod turn;
+pub mod volunteers;
 mod web;
 mod ws;
 
@@ -81,6 +82,8 @@ pub struct Config {
     pub audit: audit::Audit,
     /// Share rooms, numbers and limits with other nodes through this Redis ([`cluster`]).
     pub redis: Option<String>,
+    /// Volunteer relays in the relay pool ([`volunteers`]).
+    pub volunteers: volunteers::VolunteerSettings,
 }
 
 /// The bundled TURN server's settings and the host name peers reach it by.
@@ -120,9 +123,16 @@ impl Default for IceSettings {
 }
 
 impl IceSettings {
-    /// The `ice_servers` message for a peer of `room`.
-    pub fn message_for(&self, room: &str) -> protocol::signal::ServerMessage {
+    /// The `ice_servers` message for a peer of `room`: the STUN servers, and at most
+    /// [`volunteers::RELAYS_PER_ROOM`] relays from the pool — this node's TURN and `--turn`
+    /// servers counting as one, volunteers by load — each with credentials of its own.
+    pub fn message_for(
+        &self,
+        room: &str,
+        volunteers: &volunteers::Pool,
+    ) -> protocol::signal::ServerMessage {
         use protocol::signal::IceServer;
+        use volunteers::{RELAYS_PER_ROOM, Relay};
         let mut servers = Vec::new();
         if !self.stun_urls.is_empty() {
             servers.push(IceServer {
@@ -131,10 +141,29 @@ impl IceSettings {
                 credential: None,
             });
         }
-        if let (false, Some(secret)) = (self.turn_urls.is_empty(), &self.secret) {
-            let (user, pass) = secret.mint(room, self.credential_ttl, std::time::SystemTime::now());
-            servers.push(IceServer {
+        let node = match (self.turn_urls.is_empty(), &self.secret) {
+            (false, Some(secret)) => Some(Relay {
                 urls: self.turn_urls.clone(),
+                secret: secret.clone(),
+                volunteer: false,
+            }),
+            _ => None,
+        };
+        let prefer = volunteers.settings.prefer;
+        let room_for_volunteers = match (&node, prefer) {
+            (Some(_), false) => RELAYS_PER_ROOM - 1,
+            _ => RELAYS_PER_ROOM,
+        };
+        let mut relays = volunteers.pick(room_for_volunteers, std::time::Instant::now());
+        if let Some(node) = node.filter(|_| relays.len() < RELAYS_PER_ROOM) {
+            // The operator's relay first unless volunteers are preferred.
+            relays.insert(if prefer { relays.len() } else { 0 }, node);
+        }
+        let now = std::time::SystemTime::now();
+        for relay in relays {
+            let (user, pass) = relay.mint(room, self.credential_ttl, now);
+            servers.push(IceServer {
+                urls: relay.urls,
                 username: Some(user),
                 credential: Some(pass),
             });
@@ -167,6 +196,7 @@ impl Default for Config {
             redirect_listen: None,
             audit: audit::Audit::off(),
             redis: None,
+            volunteers: volunteers::VolunteerSettings::default(),
         }
     }
 }
@@ -194,6 +224,8 @@ pub(crate) struct AppState {
     pub connections: TaskTracker,
     /// The other nodes, with `--redis`.
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Volunteer relays listed here.
+    pub volunteers: volunteers::Pool,
 }
 
 #[derive(Debug)]
@@ -289,6 +321,7 @@ impl Server {
             draining: CancellationToken::new(),
             connections: connections.clone(),
             cluster: cluster.clone(),
+            volunteers: volunteers::Pool::new(config.volunteers.clone()),
         });
         if let Some(cluster) = cluster {
             spawn_cluster(cluster, &state);
@@ -745,6 +778,7 @@ fn admin_router(state: Arc<AppState>) -> Router {
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
+        .route("/relay", get(volunteers::upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/", get(web::index))
         .route("/r/{room}", get(web::share_page))

@@ -197,6 +197,26 @@ struct Args {
     /// Bytes per second one allocation may relay (both ways); more is dropped [default: no cap].
     #[arg(long, env = "PUNCHDROP_TURN_MAX_RATE")]
     turn_max_rate: Option<u64>,
+    /// Who may add a relay to the pool (`native-peer relay --register URL`): nobody, those
+    /// with a relay token (--issue-relay-token), or anyone. Tokens and relays' own secrets
+    /// derive from --turn-secret, so set it for them to outlive a restart.
+    #[arg(
+        long,
+        env = "PUNCHDROP_VOLUNTEER_RELAYS",
+        value_enum,
+        default_value = "off"
+    )]
+    volunteer_relays: signalling::volunteers::Admit,
+    /// Hand rooms volunteer relays before this server's own TURN (used then only by rooms
+    /// that get fewer than two volunteers).
+    #[arg(long, env = "PUNCHDROP_PREFER_VOLUNTEERS")]
+    prefer_volunteers: bool,
+    /// Volunteer relays listed at most.
+    #[arg(long, env = "PUNCHDROP_MAX_VOLUNTEERS", default_value_t = 256)]
+    max_volunteers: usize,
+    /// Print a relay token valid for this many days (needs --turn-secret) and exit.
+    #[arg(long, value_name = "DAYS")]
+    issue_relay_token: Option<u64>,
 }
 
 /// `drop.example` of `https://drop.example:443/`.
@@ -280,6 +300,7 @@ fn bundled_turn(
         config: signalling::turn::TurnConfig {
             listen,
             relay_ip,
+            relay_bind_ip: None,
             relay_ports: args.turn_relay_ports.clone(),
             realm: "punchdrop".into(),
             // Replaced by the server with the credentials secret.
@@ -353,6 +374,20 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     check_combinations(&args, &matches)?;
+    if let Some(days) = args.issue_relay_token {
+        let secret = args
+            .turn_secret
+            .as_ref()
+            .context("--issue-relay-token needs --turn-secret: the token is checked with it")?;
+        let valid = days
+            .checked_mul(86_400)
+            .filter(|&s| s <= 10 * 365 * 86_400)
+            .context("--issue-relay-token: at most 3650 days")?;
+        let expiry = std::time::SystemTime::now() + Duration::from_secs(valid);
+        let secret = signalling::credentials::TurnSecret::new(secret.as_bytes().to_vec());
+        println!("{}", secret.relay_token(expiry));
+        return Ok(());
+    }
     // A socket per connection and per relay: the usual soft limit would refuse them first.
     let fds = net::raise_fd_limit();
     tracing::debug!(?fds, "descriptor limit");
@@ -404,6 +439,13 @@ async fn main() -> anyhow::Result<()> {
         },
         turn: bundled_turn(&args, certificates.as_ref())?,
         redis: args.redis.clone(),
+        volunteers: signalling::volunteers::VolunteerSettings {
+            admit: args.volunteer_relays,
+            prefer: args.prefer_volunteers,
+            max: args.max_volunteers,
+            allow_private: args.turn_allow_private_peers,
+            ..Default::default()
+        },
         tls: certificates,
         redirect_listen: args.redirect_listen,
         audit: match &args.audit_log {

@@ -16,7 +16,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Arguments that are about the settings themselves, never in a file.
-const NOT_IN_FILE: &[&str] = &["config", "print-config", "help", "version"];
+const NOT_IN_FILE: &[&str] = &[
+    "config",
+    "print-config",
+    "issue-relay-token",
+    "help",
+    "version",
+];
 
 /// Why a settings file cannot be used. Each names the file and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]

@@ -116,6 +116,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
         if let Some(t) = &state.turn_metrics {
             text.push_str(&t.render());
         }
+        text.push_str(&state.volunteers.render());
         text.push_str(&format!(
             "# HELP punchdrop_audit_dropped_total Audit lines dropped because the disk could not keep up.\n\
              # TYPE punchdrop_audit_dropped_total counter\npunchdrop_audit_dropped_total {}\n",

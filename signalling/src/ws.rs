@@ -322,7 +322,7 @@ fn replies(
         Ok(Some(reply)) => {
             let ice = match (&reply, member) {
                 (ServerMessage::Joined { room, .. }, Some(m)) => {
-                    let ice = state.ice.message_for(room);
+                    let ice = state.ice.message_for(room, &state.volunteers);
                     state.rooms.to_other(m, ice.clone());
                     Some(ice)
                 }

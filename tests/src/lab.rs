@@ -45,6 +45,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Names of the volunteer relay hosts ([`Spec::volunteers`]), in order.
+const VOLUNTEER_HOSTS: [&str; 2] = ["c", "d"];
+
 /// The server's address on the lab's internet.
 pub const SERVER_IP: &str = "198.18.0.1";
 
@@ -84,6 +87,10 @@ pub struct Spec {
     /// The server speaks https and wss, and TURN over TLS, with a certificate of a lab CA
     /// the peers are told to trust.
     pub tls: bool,
+    /// Hosts that can volunteer as relays (`native-peer relay`, [`Lab::volunteer`]), each
+    /// behind a UPnP router of its own (`rc`/`hc` at 198.18.0.4 and 10.0.3.2, then `rd`/`hd`
+    /// …); the server then takes volunteers and prefers them to its own TURN.
+    pub volunteers: u8,
 }
 
 impl Spec {
@@ -93,6 +100,15 @@ impl Spec {
             b,
             wan: [Impair::default(); 2],
             tls: false,
+            volunteers: 0,
+        }
+    }
+
+    /// The same lab with `n` volunteer relay hosts ([`Spec::volunteers`]).
+    pub fn with_volunteers(self, n: u8) -> Self {
+        Self {
+            volunteers: n,
+            ..self
         }
     }
 
@@ -276,15 +292,22 @@ impl Lab {
             "dev",
             "eth0",
         ])?;
-        self.start_server(&srv)?;
+        self.start_server(&srv, spec.volunteers > 0)?;
 
-        let routers: Vec<(&str, Nat, u8)> = match spec.b {
+        let mut routers: Vec<(&str, Nat, u8)> = match spec.b {
             B::Behind(b) => vec![("a", spec.a, 1), ("b", b, 2)],
             B::SameLan => vec![("a", spec.a, 1)],
         };
+        for i in 0..spec.volunteers {
+            routers.push((VOLUNTEER_HOSTS[usize::from(i)], Nat::Upnp, 3 + i));
+        }
         for &(name, nat, subnet) in &routers {
             let r = self.add_ns(&format!("r{name}"))?;
-            let impair = spec.wan[usize::from(subnet - 1)];
+            let impair = spec
+                .wan
+                .get(usize::from(subnet - 1))
+                .copied()
+                .unwrap_or_default();
             if impair.is_none() {
                 Self::veth(&r, "wan", &internet, &format!("r{name}"))?;
             } else {
@@ -313,6 +336,13 @@ impl Lab {
         match spec.b {
             B::Behind(_) => self.add_host("b", "b", 2, 2)?,
             B::SameLan => self.add_host("b", "a", 1, 3)?,
+        }
+        for (i, name) in VOLUNTEER_HOSTS
+            .iter()
+            .take(spec.volunteers.into())
+            .enumerate()
+        {
+            self.add_host(name, name, 3 + i as u8, 2)?;
         }
         for &(name, nat, subnet) in &routers {
             if nat == Nat::Upnp {
@@ -459,7 +489,7 @@ impl Lab {
         Ok(())
     }
 
-    fn start_server(&mut self, srv: &str) -> anyhow::Result<()> {
+    fn start_server(&mut self, srv: &str, volunteers: bool) -> anyhow::Result<()> {
         let listen = format!("{SERVER_IP}:8080");
         let turn = format!("{SERVER_IP}:3478");
         let tls: Vec<String> = match &self.ca {
@@ -482,7 +512,13 @@ impl Lab {
             // 198.18/15 is refused as a relay peer by default (not public); it is this lab's
             // internet.
             .arg("--turn-allow-private-peers")
-            .arg("--no-admin")
+            // Inside the server's namespace only ([`Lab::server_metric`]).
+            .args(["--admin-listen", "127.0.0.1:8081"])
+            .args(if volunteers {
+                &["--volunteer-relays", "open", "--prefer-volunteers"][..]
+            } else {
+                &[]
+            })
             .env(
                 "PUNCHDROP_LOG",
                 std::env::var("PUNCHDROP_LAB_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
@@ -680,6 +716,42 @@ deny 0-65535 0.0.0.0/0 0-65535
     /// What the signalling server logged so far.
     pub fn server_log(&self) -> String {
         self.server_log.lock().unwrap().clone()
+    }
+
+    /// One value of the server's `/metrics`, read inside its namespace.
+    pub fn server_metric(&self, name: &str) -> u64 {
+        let body = in_ns(
+            &self.ns("s"),
+            &[
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/8081 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+            ],
+        )
+        .expect("read the lab server's metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} not in the lab server's /metrics:\n{body}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    /// Start volunteer relay `i` ([`Spec::volunteers`]) on its host, its router asked to map
+    /// its ports by UPnP; returns once the server listed it.
+    pub fn volunteer(&self, i: usize) -> anyhow::Result<crate::volunteer::Volunteer> {
+        let mut cmd = self.peer_cmd(VOLUNTEER_HOSTS[i]);
+        cmd.env("PUNCHDROP_LOG", "info");
+        let mut v = crate::volunteer::Volunteer::spawn(
+            cmd,
+            &[],
+            &self.url,
+            // The lab's internet is a private range; reports at once to see who carries.
+            &["--allow-private-peers", "--report-every-ms", "200"],
+        );
+        v.wait_listed(Duration::from_secs(30))
+            .with_context(|| format!("volunteer {i}\nserver:\n{}", self.server_log()))?;
+        Ok(v)
     }
 
     /// `native-peer` run inside host `name`'s namespace.

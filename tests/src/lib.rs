@@ -9,6 +9,7 @@ pub mod lab;
 pub mod load;
 pub mod redis;
 pub mod tls;
+pub mod volunteer;
 pub mod ws;
 
 use anyhow::{Context as _, bail};

@@ -503,3 +503,51 @@ fn dir_is_empty(dir: &Path) -> bool {
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// `inbox --relay` lends the inbox's machine to its server as a volunteer relay: the server
+/// lists it while the inbox keeps taking drops, and drops it from the pool when the inbox
+/// stops.
+#[test]
+fn an_inbox_with_relay_is_listed_as_a_volunteer_while_it_runs() {
+    let sig = Signalling::start_with(&["--volunteer-relays", "open"]);
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    // No router on loopback to ask for a mapping; ports of its own.
+    let base = 10_000 + (rand::random::<u16>() % 1200) * 16;
+    let ports = format!("{base}-{}", base + 15);
+    let (inbox, link) = inbox(
+        &sig.url,
+        dst.path(),
+        &state,
+        &[
+            "--relay",
+            "--no-portmap",
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--relay-ports",
+            &ports,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sig.metric("punchdrop_volunteer_relays") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the inbox's relay was not listed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let f = file(src.path(), "with-relay.bin", 1 << 20, 5);
+    let (status, events) = drop_file(&sig.url, &link, &f);
+    expect_done(status, &events);
+    assert_arrived(dst.path(), &f);
+    let said = stop(inbox);
+    assert_eq!(count::<event::Done>(&said), 1, "{said:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sig.metric("punchdrop_volunteer_relays") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped inbox's relay is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

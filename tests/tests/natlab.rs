@@ -440,3 +440,106 @@ fn without_the_server_a_long_outage_ends_clearly_and_the_next_run_continues() {
     assert_eq!(done.transferred, size - resumed.offset);
     assert_eq!(hash_file(&dst.path().join("big.bin")), hash_file(&file));
 }
+
+// ---- The relay pool's volunteers ----
+
+/// Bytes the relays `vs` reported relaying, together.
+fn relayed_by(vs: &[&punchdrop_e2e::volunteer::Volunteer]) -> u64 {
+    vs.iter().map(|v| v.relayed()).sum()
+}
+
+/// Wait (up to 10 s) until the relays `vs` reported at least `bytes` together.
+fn wait_relayed(vs: &[&punchdrop_e2e::volunteer::Volunteer], bytes: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while relayed_by(vs) < bytes && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    relayed_by(vs)
+}
+
+/// Two peers behind symmetric NATs cannot reach each other; two volunteers, each on a host
+/// behind a UPnP router, map their TURN and relay ports there and register with the server,
+/// which checks it can reach them and hands rooms the two of them instead of its own TURN.
+/// The transfer is relayed by the volunteers, and the server's TURN relays nothing.
+#[test]
+fn symmetric_peers_relay_through_volunteers_behind_upnp_routers() {
+    let lab = Lab::new(Spec::new(Nat::Symmetric, B::Behind(Nat::Symmetric)).with_volunteers(2))
+        .expect("build the NAT lab");
+    let (v0, v1) = (lab.volunteer(0).unwrap(), lab.volunteer(1).unwrap());
+    for v in [&v0, &v1] {
+        assert!(
+            v.events().iter().any(|e| matches!(
+                e,
+                protocol::relay::RelayEvent::Listening { mapped: true, .. }
+            )),
+            "the router mapped the relay's ports: {:?}",
+            v.events()
+        );
+    }
+    let size = 16 << 20;
+    let o = lab.transfer(size, &[], &[]);
+    for c in [&o.sender_connected.path, &o.receiver_connected.path] {
+        assert_eq!(c.kind, PathKind::Relay, "{}", show(&o));
+    }
+    // One peer's relay candidate paired with the other's address, or both relayed: the file
+    // crosses a volunteer at least once.
+    let relayed = wait_relayed(&[&v0, &v1], size);
+    assert!(relayed >= size, "the volunteers relayed {relayed} bytes");
+    assert_eq!(lab.server_metric("punchdrop_turn_allocations_total"), 0);
+    assert_eq!(lab.server_metric("punchdrop_turn_relayed_bytes_total"), 0);
+    assert!(lab.server_metric("punchdrop_volunteer_relayed_bytes_total") >= size);
+}
+
+/// The volunteer carrying a transfer dies (SIGKILL) mid-way: it leaves the pool as its
+/// WebSocket closes, the peers lose the path and get another through the other volunteer or
+/// the server's TURN, and the transfer ends intact without starting over.
+#[test]
+fn a_volunteer_relay_dying_mid_transfer_is_replaced_and_the_transfer_continues() {
+    let lab = Lab::new(Spec::new(Nat::Symmetric, B::Behind(Nat::Symmetric)).with_volunteers(2))
+        .expect("build the NAT lab");
+    let mut vs = [lab.volunteer(0).unwrap(), lab.volunteer(1).unwrap()];
+    let size = 192 << 20;
+    let mut killed = None;
+    let o = lab.transfer_through(size, |lab| {
+        // The carrier is the one whose reports show bytes (every 200 ms here).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let carrier = loop {
+            if let Some(i) = (0..2).find(|&i| vs[i].relayed() > (1 << 20)) {
+                break i;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no volunteer reports bytes: {:?} {:?}",
+                vs[0].events(),
+                vs[1].events()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        vs[carrier].kill();
+        killed = Some(carrier);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lab.server_metric("punchdrop_volunteer_relays") > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dead relay is still listed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let other = 1 - killed.expect("killed one");
+    let after = vs[other].relayed() + lab.server_metric("punchdrop_turn_relayed_bytes_total");
+    eprintln!(
+        "bytes moved again {:?} after the relay died; the other volunteer relayed {}, the \
+         server's TURN {}",
+        o.moving_again,
+        vs[other].relayed(),
+        lab.server_metric("punchdrop_turn_relayed_bytes_total")
+    );
+    assert!(after > 0, "no other relay carried the rest");
+    assert!(
+        o.sender_transferred <= o.size + (32 << 20),
+        "sent {} for {}: the transfer started over",
+        o.sender_transferred,
+        o.size
+    );
+}

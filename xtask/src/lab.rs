@@ -44,17 +44,31 @@ pub struct Args {
     outage_s: u64,
 }
 
-const SCENARIOS: &[(&str, Nat, B)] = &[
-    ("same LAN", Nat::Cone, B::SameLan),
-    ("cone / cone", Nat::Cone, B::Behind(Nat::Cone)),
-    ("UPnP / symmetric", Nat::Upnp, B::Behind(Nat::Symmetric)),
-    ("cone / symmetric", Nat::Cone, B::Behind(Nat::Symmetric)),
+/// Name, router A, host B, volunteer relays (behind UPnP routers of their own, preferred by
+/// the server to its TURN).
+const SCENARIOS: &[(&str, Nat, B, u8)] = &[
+    ("same LAN", Nat::Cone, B::SameLan, 0),
+    ("cone / cone", Nat::Cone, B::Behind(Nat::Cone), 0),
+    ("UPnP / symmetric", Nat::Upnp, B::Behind(Nat::Symmetric), 0),
+    ("cone / symmetric", Nat::Cone, B::Behind(Nat::Symmetric), 0),
     (
         "symmetric / symmetric",
         Nat::Symmetric,
         B::Behind(Nat::Symmetric),
+        0,
     ),
-    ("UDP blocked / cone", Nat::UdpBlocked, B::Behind(Nat::Cone)),
+    (
+        "symmetric / symmetric, volunteer relays",
+        Nat::Symmetric,
+        B::Behind(Nat::Symmetric),
+        2,
+    ),
+    (
+        "UDP blocked / cone",
+        Nat::UdpBlocked,
+        B::Behind(Nat::Cone),
+        0,
+    ),
 ];
 
 /// One lab transfer's figures: receiver's first byte, its throughput, the paths.
@@ -131,11 +145,11 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
     println!(
         "| scenario | path (A / B) | both in room → first byte | throughput |\n|---|---|---|---|"
     );
-    for &(name, a, b) in SCENARIOS {
+    for &(name, a, b, volunteers) in SCENARIOS {
         if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
-        let mut spec = Spec::new(a, b);
+        let mut spec = Spec::new(a, b).with_volunteers(volunteers);
         // A peer-to-peer round trip leaves through both routers' WAN sides.
         let link = Impair {
             delay_ms: args.rtt_ms / 2,
@@ -149,6 +163,9 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
             // A fresh lab per run: no NAT or conntrack state carried over.
             let lab = Lab::with_bins(spec, bins.clone())
                 .with_context(|| format!("build the lab for {name}"))?;
+            let _relays = (0..usize::from(volunteers))
+                .map(|i| lab.volunteer(i))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let o = lab.transfer(args.size_mib << 20, &[], &[]);
             setup.push(o.first_byte_ms);
             let done = &o.receiver_done;

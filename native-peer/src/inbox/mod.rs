@@ -100,6 +100,25 @@ pub struct InboxArgs {
     /// Take drops only from paired devices (`native-peer inbox pair` makes a code).
     #[arg(long)]
     paired_only: bool,
+    /// Also lend this machine to the inbox's server as a volunteer relay, as `native-peer
+    /// relay` does (TURN on --relay-listen, relayed sockets on --relay-ports, mapped by
+    /// UPnP). Its events go to the log; a refusal stops the relay, not the inbox.
+    #[arg(long)]
+    relay: bool,
+    /// The relay token the server's operator gave, for --relay.
+    #[arg(
+        long,
+        env = "PUNCHDROP_RELAY_TOKEN",
+        hide_env_values = true,
+        requires = "relay"
+    )]
+    relay_token: Option<String>,
+    /// Where the relay's TURN listens, UDP and TCP, for --relay.
+    #[arg(long, env = "PUNCHDROP_RELAY_LISTEN", default_value = "0.0.0.0:3478")]
+    relay_listen: std::net::SocketAddr,
+    /// The relay's ports for relayed sockets, LOW-HIGH, for --relay.
+    #[arg(long, env = "PUNCHDROP_RELAY_PORTS", default_value = "50000-50015", value_parser = crate::relay::parse_range)]
+    relay_ports: std::ops::RangeInclusive<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,7 +193,7 @@ pub async fn run(
         }
         None => crate::device::host_name(),
     };
-    Inbox {
+    let inbox = Inbox {
         c,
         args,
         dir,
@@ -184,9 +203,30 @@ pub async fn run(
         today: Cell::new((0, 0)),
         promised: Cell::new(0),
         state: &path,
+    };
+    if !args.relay {
+        return inbox.serve(out, interrupt).await;
     }
-    .serve(out, interrupt)
-    .await
+    // The relay stops when the inbox does, whatever stopped it.
+    let (stop_relay, relay_stop) = tokio::sync::watch::channel(false);
+    let relay_args = crate::relay::RelayArgs::for_server(
+        c.server(),
+        args.relay_token.clone(),
+        args.relay_listen,
+        args.relay_ports.clone(),
+    );
+    let lend = async {
+        if let Err(e) = crate::relay::run(c, &relay_args, crate::relay::Show::Log, relay_stop).await
+        {
+            tracing::warn!("the volunteer relay stopped: {e:#}");
+        }
+    };
+    let serve = async {
+        let served = inbox.serve(out, interrupt).await;
+        let _ = stop_relay.send(true);
+        served
+    };
+    tokio::join!(serve, lend).0
 }
 
 /// The state file at `path`, which must be there.

@@ -416,6 +416,7 @@ pub mod fuzzing {
             let shutdown = CancellationToken::new();
             let policy = Arc::new(RelayPolicy {
                 ip: SERVER_IP,
+                bind_ip: SERVER_IP,
                 ports: 0..=0,
                 allow_private_peers: false,
                 max_bytes: u64::MAX,

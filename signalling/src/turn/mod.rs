@@ -57,6 +57,7 @@ use turn::server::config::{ConnConfig, ServerConfig};
 /// `fuzzing`, off by default).
 #[cfg(feature = "fuzzing")]
 pub use gate::fuzzing;
+pub(crate) use peers::is_public;
 pub use quota::TurnCaps;
 /// How long [`TurnHandle::shutdown`] waits for tasks and relay sockets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -82,8 +83,12 @@ pub struct TurnConfig {
     /// UDP and TCP listen here (the TURN default port is 3478). With port 0 each gets its own
     /// ephemeral port (the same one when it is free for both).
     pub listen: SocketAddr,
-    /// The address relayed sockets bind to and advertise to clients.
+    /// The address relayed sockets are advertised to clients at.
     pub relay_ip: IpAddr,
+    /// The address relayed sockets bind to, when it is not `relay_ip`: a relay behind a NAT
+    /// whose ports the router forwards (a volunteer relay) binds its LAN address and
+    /// advertises the router's.
+    pub relay_bind_ip: Option<IpAddr>,
     /// Ports for relayed sockets, e.g. `49152..=65535`; `0..=0` means any ephemeral port.
     pub relay_ports: RangeInclusive<u16>,
     pub realm: String,
@@ -228,6 +233,7 @@ pub struct TurnHandle {
     live_relays: Arc<AtomicUsize>,
     /// The listeners as the turn crate holds them: gone once it has let go of the sockets.
     listeners: [Weak<gate::Gate>; 2],
+    auth: Arc<auth::Auth>,
 }
 
 impl std::fmt::Debug for TurnHandle {
@@ -246,6 +252,13 @@ impl TurnHandle {
 
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// Check new credentials against `secret` from now on, keeping the earlier secrets for
+    /// credentials minted with them ([`crate::credentials::TurnSecret::mint_tagged`]): a
+    /// volunteer relay registering again keeps its allocations.
+    pub fn add_secret(&self, secret: crate::credentials::TurnSecret) {
+        self.auth.add_secret(secret);
     }
 
     /// Where TURN over TLS listens, when it does.
@@ -326,6 +339,7 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     let auth = Arc::new(auth::Auth::new(config.secret, config.realm.clone()));
     let mut own = config.own_addresses.clone();
     own.push(config.relay_ip);
+    own.extend(config.relay_bind_ip);
     for addr in [Some(udp_addr), Some(tcp_addr), tls_addr]
         .into_iter()
         .flatten()
@@ -338,6 +352,7 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     own.dedup();
     let policy = Arc::new(relay::RelayPolicy {
         ip: config.relay_ip,
+        bind_ip: config.relay_bind_ip.unwrap_or(config.relay_ip),
         ports: config.relay_ports,
         allow_private_peers: config.allow_private_peers,
         max_bytes: config.max_bytes_per_allocation,
@@ -402,7 +417,7 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     let server = Server::new(ServerConfig {
         conn_configs,
         realm: config.realm,
-        auth_handler: auth,
+        auth_handler: auth.clone(),
         // Zero means the turn crate's default (10 minutes).
         channel_bind_timeout: Duration::ZERO,
         // Not used: allocations our relay ends itself never reach it (see relay.rs).
@@ -420,5 +435,6 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         tasks,
         live_relays,
         listeners,
+        auth,
     })
 }

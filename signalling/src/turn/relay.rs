@@ -51,7 +51,10 @@ const MAX_BIND_TRIES: u32 = 64;
 /// What every relay of one server obeys.
 #[derive(Debug)]
 pub(crate) struct RelayPolicy {
+    /// Advertised in relayed addresses.
     pub ip: IpAddr,
+    /// Relay sockets bind here.
+    pub bind_ip: IpAddr,
     pub ports: RangeInclusive<u16>,
     pub allow_private_peers: bool,
     pub max_bytes: u64,
@@ -168,7 +171,7 @@ impl Generator {
     }
 
     async fn bind_port(&self, requested: u16) -> Result<UdpSocket, turn::Error> {
-        let ip = self.policy.ip;
+        let ip = self.policy.bind_ip;
         let (lo, hi) = (*self.policy.ports.start(), *self.policy.ports.end());
         let any_port = hi == 0;
         if requested != 0 {

@@ -61,6 +61,7 @@ async fn start(tweak: impl FnOnce(&mut TurnConfig)) -> Setup {
     let mut config = TurnConfig {
         listen: SocketAddr::new(SERVER_IP, 0),
         relay_ip: SERVER_IP,
+        relay_bind_ip: None,
         relay_ports: 0..=0,
         realm: "punchdrop".into(),
         secret: secret.clone(),
@@ -292,6 +293,7 @@ fn bare_generator_with(
     relay::Generator {
         policy: Arc::new(relay::RelayPolicy {
             ip: SERVER_IP,
+            bind_ip: SERVER_IP,
             ports: 0..=0,
             allow_private_peers,
             max_bytes: u64::MAX,
