@@ -195,6 +195,22 @@ async fn timed<T>(
     }
 }
 
+/// How long an inbox's record lasts unless its node records it again (every
+/// [`HEARTBEAT`]): a dead node's inboxes vanish by themselves.
+pub(crate) const INBOX_TTL: Duration = Duration::from_secs(15);
+
+/// Delete an inbox's record only if this node still has it (the inbox may have registered
+/// through another node since).
+const RELEASE_INBOX_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+fn inbox_key(id: &str) -> String {
+    format!("pd:inbox:{id}")
+}
 fn room_key(id: &str) -> String {
     format!("pd:room:{id}")
 }
@@ -402,6 +418,67 @@ impl Cluster {
         Ok(allowed == 1)
     }
 
+    /// Record that these inboxes (id, sealed name) are registered here, for [`INBOX_TTL`].
+    pub async fn record_inboxes(
+        &self,
+        inboxes: &[(String, Option<String>)],
+    ) -> Result<(), ClusterError> {
+        for batch in inboxes.chunks(512) {
+            let mut p = redis::pipe();
+            for (id, name) in batch {
+                let key = inbox_key(id);
+                p.cmd("HSET")
+                    .arg(&key)
+                    .arg("node")
+                    .arg(&self.node)
+                    .arg("name")
+                    .arg(name.as_deref().unwrap_or(""))
+                    .ignore();
+                p.expire(&key, INBOX_TTL.as_secs() as i64).ignore();
+            }
+            let mut c = self.conn();
+            timed(p.query_async::<()>(&mut c)).await?;
+        }
+        Ok(())
+    }
+
+    /// Inbox `id` is no longer registered here.
+    pub async fn release_inbox(&self, id: &str) -> Result<(), ClusterError> {
+        let mut c = self.conn();
+        let _: i64 = timed(
+            redis::cmd("EVAL")
+                .arg(RELEASE_INBOX_SCRIPT)
+                .arg(1)
+                .arg(inbox_key(id))
+                .arg(&self.node)
+                .query_async(&mut c),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Where inbox `id` is registered if on another live node: that node and the inbox's
+    /// sealed name.
+    pub async fn locate_inbox(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, Option<String>)>, ClusterError> {
+        let mut c = self.conn();
+        let (node, name): (Option<String>, Option<String>) = timed(
+            redis::cmd("HMGET")
+                .arg(inbox_key(id))
+                .arg("node")
+                .arg("name")
+                .query_async(&mut c),
+        )
+        .await?;
+        let Some(node) = node else { return Ok(None) };
+        if node == self.node || !self.is_alive(&node).await {
+            return Ok(None);
+        }
+        Ok(Some((node, name.filter(|n| !n.is_empty()))))
+    }
+
     /// Publish `env` to `node`: whether any node heard it.
     async fn publish(&self, node: &str, env: &Envelope) -> Result<bool, ClusterError> {
         let payload = serde_json::to_string(env)?;
@@ -557,10 +634,13 @@ impl Cluster {
                     let _ = e.tx.try_send(msg);
                     return None;
                 }
-                // Only entering a room starts a remote connection.
+                // Only entering a room (one of ours, or a drop into an inbox of ours) starts a
+                // remote connection.
                 if !matches!(
                     msg,
-                    ClientMessage::Join { .. } | ClientMessage::Reclaim { .. }
+                    ClientMessage::Join { .. }
+                        | ClientMessage::Reclaim { .. }
+                        | ClientMessage::Knock { .. }
                 ) {
                     return Some(Received::Stray {
                         node: key.0,

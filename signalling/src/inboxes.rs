@@ -125,6 +125,20 @@ impl Inboxes {
         .map_err(|_| ErrorCode::InboxOffline)
     }
 
+    /// Every inbox registered here, with its sealed name (for the other nodes).
+    pub fn list(&self) -> Vec<(String, Option<String>)> {
+        self.lock()
+            .iter()
+            .map(|(id, r)| (id.to_string(), r.name.clone()))
+            .collect()
+    }
+
+    /// The sealed name of inbox `id`, registered here.
+    pub fn name(&self, id: &str) -> Option<String> {
+        let id = InboxId::parse(id).ok()?;
+        self.lock().get(&id).and_then(|r| r.name.clone())
+    }
+
     /// Whether inbox `id` is connected.
     pub fn online(&self, id: &InboxId) -> bool {
         self.lock().contains_key(id)

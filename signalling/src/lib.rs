@@ -433,7 +433,27 @@ fn spawn_cluster(cluster: Arc<cluster::Cluster>, state: &Arc<AppState>) {
             tokio::spawn(async move { ws::record_rooms_again(&state, &cluster).await });
         }
     };
+    tokio::spawn(record_inboxes(cluster.clone(), state.clone()));
     tokio::spawn(cluster.run(state.shutdown.clone(), serve, lost));
+}
+
+/// Keep this node's inboxes recorded for the other nodes (a knock or a look reaching another
+/// node finds them here), well within their records' lifetime.
+async fn record_inboxes(cluster: Arc<cluster::Cluster>, state: Arc<AppState>) {
+    let mut every = tokio::time::interval(cluster::INBOX_TTL / 5);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        let inboxes = state.inboxes.list();
+        if inboxes.is_empty() {
+            continue;
+        }
+        if let Err(e) = cluster.record_inboxes(&inboxes).await {
+            tracing::debug!(error = %e, "could not record this node's inboxes");
+        }
+    }
 }
 
 impl ServerHandle {

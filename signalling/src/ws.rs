@@ -273,6 +273,7 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
                         match across_nodes(&state, c, ip, &tx, conn, msg).await {
                             Routed::Here(msg) => {
                                 let r = handle(&state, ip, &tx, (&mut member, &mut inbox), msg);
+                                let r = inboxes_across(&state, c, r).await;
                                 record(&state, c, &mut member, r).await
                             }
                             Routed::There => {
@@ -301,6 +302,13 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
     }
     if let Some(r) = inbox.registered {
         state.inboxes.unregister(&r);
+        if let Some(c) = &state.cluster
+            && !state.inboxes.online(&r.id)
+            && let Err(e) = c.release_inbox(r.id.as_str()).await
+        {
+            // Its record ends by itself within seconds.
+            tracing::debug!(error = %e, "could not release an inbox's record");
+        }
     }
     if let (Some(c), Some(up)) = (&state.cluster, upstream) {
         c.unproxy(&up, how);
@@ -392,18 +400,29 @@ async fn across_nodes(
             Err(e) => tracing::debug!(error = %e, "shared room limit unavailable"),
         }
     }
-    let target = match &msg {
-        ClientMessage::Join { room, .. } => room.clone(),
-        ClientMessage::Reclaim { room, .. } => RoomRef::Id(room.clone()),
-        _ => return Routed::Here(msg),
-    };
-    if !free || state.rooms.knows(&target) {
+    // The node the request belongs on, and what to answer if that node is gone.
+    let (node, gone) = if let Some(target) = room_named(&msg) {
+        if !free || state.rooms.knows(&target) {
+            return Routed::Here(msg);
+        }
+        match c.locate(&target).await {
+            Ok(Some((_, node))) if node != c.node() => (node, ErrorCode::NoSuchRoom),
+            Ok(_) => return Routed::Here(msg),
+            Err(e) => return Routed::Refused(e.into()),
+        }
+    } else if let ClientMessage::Knock { inbox: id, .. } = &msg {
+        // A drop into an inbox registered through another node is made there.
+        let here = protocol::inbox::InboxId::parse(id).is_ok_and(|id| state.inboxes.online(&id));
+        if !free || here {
+            return Routed::Here(msg);
+        }
+        match c.locate_inbox(id).await {
+            Ok(Some((node, _))) => (node, ErrorCode::InboxOffline),
+            Ok(None) => return Routed::Here(msg),
+            Err(e) => return Routed::Refused(e.into()),
+        }
+    } else {
         return Routed::Here(msg);
-    }
-    let node = match c.locate(&target).await {
-        Ok(Some((_, node))) if node != c.node() => node,
-        Ok(_) => return Routed::Here(msg),
-        Err(e) => return Routed::Refused(e.into()),
     };
     let up = c.proxy(node, tx.clone());
     match c.forward(&up, ip, msg).await {
@@ -415,15 +434,54 @@ async fn across_nodes(
                 .fetch_add(1, Ordering::Relaxed);
             Routed::There
         }
-        // Its node is gone: so is the room.
+        // Its node is gone: so is the room (or the inbox).
         Ok(false) => {
             c.unproxy(&up, Departure::Closed);
-            Routed::Refused(ErrorCode::NoSuchRoom)
+            Routed::Refused(gone)
         }
         Err(e) => {
             c.unproxy(&up, Departure::Closed);
             Routed::Refused(e.into())
         }
+    }
+}
+
+/// The room a `join` or `reclaim` names.
+fn room_named(msg: &ClientMessage) -> Option<RoomRef> {
+    match msg {
+        ClientMessage::Join { room, .. } => Some(room.clone()),
+        ClientMessage::Reclaim { room, .. } => Some(RoomRef::Id(room.clone())),
+        _ => None,
+    }
+}
+
+/// With other nodes: an inbox registered here is recorded for them at once (a knock through
+/// another node is then carried here), and a `look` also finds inboxes registered through
+/// other nodes.
+async fn inboxes_across(
+    state: &AppState,
+    c: &Cluster,
+    outcome: Result<Option<ServerMessage>, ErrorCode>,
+) -> Result<Option<ServerMessage>, ErrorCode> {
+    match outcome {
+        Ok(Some(ServerMessage::Registered { inbox })) => {
+            let name = state.inboxes.name(&inbox);
+            if let Err(e) = c.record_inboxes(&[(inbox.clone(), name)]).await {
+                // Recorded again within seconds by the node's own round.
+                tracing::debug!(error = %e, "could not record an inbox");
+            }
+            Ok(Some(ServerMessage::Registered { inbox }))
+        }
+        Ok(Some(ServerMessage::Inboxes { mut inboxes })) => {
+            for status in inboxes.iter_mut().filter(|s| !s.online) {
+                if let Ok(Some((_, name))) = c.locate_inbox(&status.inbox).await {
+                    status.online = true;
+                    status.name = name;
+                }
+            }
+            Ok(Some(ServerMessage::Inboxes { inboxes }))
+        }
+        other => other,
     }
 }
 

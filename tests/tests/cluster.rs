@@ -280,3 +280,74 @@ fn a_join_refused_by_another_node_leaves_the_connection_free() {
     assert_eq!(next_not_ice(&mut creator), ServerMessage::PeerJoined);
     relays(&mut creator, &mut joiner, "still here");
 }
+
+/// An inbox registered through node A takes a drop made through node B: B finds it in Redis
+/// and carries the dropper to A, where the drop's room is made. A `look` through B sees it
+/// online with its (sealed) name; once the inbox stops, B says it is offline again.
+#[test]
+fn an_inbox_on_one_node_takes_drops_made_through_another() {
+    let redis = Redis::start().unwrap();
+    let sig = nodes(&redis, 2, &[]);
+    let (a, b) = (&sig[0], &sig[1]);
+    let (src, dst, st) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (d, s) = (
+        dst.path().display().to_string(),
+        st.path().join("inbox.json").display().to_string(),
+    );
+    let mut inbox = Peer::spawn(&[
+        "--server", &a.url, "inbox", "--dir", &d, "--state", &s, "--name", "nas",
+    ]);
+    let ready: event::Ready = inbox
+        .wait(Duration::from_secs(10))
+        .expect("the inbox's link");
+    let id = ready
+        .link
+        .split("/i/")
+        .nth(1)
+        .and_then(|rest| rest.split('#').next())
+        .expect("an inbox link")
+        .to_owned();
+    let look = |node: &Signalling| {
+        let mut ws = connect(&node.url);
+        match ask(
+            &mut ws,
+            ClientMessage::Look {
+                version: SIGNAL_VERSION,
+                inboxes: vec![id.clone()],
+            },
+        ) {
+            ServerMessage::Inboxes { inboxes } => inboxes.into_iter().next().unwrap(),
+            other => panic!("look: {other:?}"),
+        }
+    };
+    let seen = look(b);
+    assert!(seen.online, "{seen:?}");
+    assert!(seen.name.is_some(), "the sealed name travels too: {seen:?}");
+
+    let file = src.path().join("via-b.bin");
+    make_file(&file, 2 << 20, 21);
+    let f = file.display().to_string();
+    let link = through(&ready.link, &b.url);
+    let (status, events) = Peer::spawn(&["--server", &b.url, "send", "--to", &link, &f])
+        .finish(LONG)
+        .unwrap();
+    expect_done(status, &events);
+    assert_eq!(hash_file(&dst.path().join("via-b.bin")), hash_file(&file));
+    assert_eq!(a.metric("punchdrop_rooms_created_total"), 1, "made on A");
+    assert_eq!(b.metric("punchdrop_rooms_created_total"), 0);
+    assert_eq!(b.metric("punchdrop_cluster_forwarded_total"), 1);
+
+    inbox.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while look(b).online {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped inbox still looks online"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
