@@ -11,7 +11,14 @@
 //!  pd:alive:<node>                      (SET … EX 10, renewed every 3 s)
 //!  pd:lim:<client>:<minute>             (INCR: rooms created or joined, shared limit)
 //!  pd:node:<node> (pub/sub channel)     [`Envelope`]s for that node
+//!  pd:inbox:<id>  → {node, sealed name} (HSET … EXPIRE 15 s, renewed every 3 s while its
+//!                                        node has it)
+//!  pd:relay:<id>  → a listed volunteer  (SET … EX 20 s, renewed by its reports; ids in the
+//!                                        set pd:relays)
 //! ```
+//!
+//! A `knock` for an inbox registered through another node is proxied the same way: the
+//! drop's room is made on the inbox's node.
 //!
 //! A client whose `join` or `reclaim` names a room of another node is *proxied*: its node
 //! keeps the socket, the limits and the pings, and forwards every message it reads to the
@@ -38,6 +45,7 @@
 //!   payloads, and nothing here is logged with a room id or an address.
 
 use futures::StreamExt as _;
+use protocol::inbox::InboxId;
 use protocol::signal::{ClientMessage, ErrorCode, RoomRef, ServerMessage};
 use rand::Rng as _;
 use redis::AsyncCommands as _;
@@ -207,6 +215,44 @@ if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
 end
 return 0
 ";
+
+/// A volunteer relay listed on some node: its id (its secret derives from it), URLs and
+/// latest load ([`crate::volunteers`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SharedRelay {
+    pub id: String,
+    pub node: String,
+    pub urls: Vec<String>,
+    pub allocations: u64,
+    pub relayed: u64,
+}
+
+/// The set of relay ids, each with its record `pd:relay:<id>` (which expires as the relay's
+/// reports stop; the set is cleaned as records are found gone).
+const RELAYS_KEY: &str = "pd:relays";
+
+fn relay_key(id: &str) -> String {
+    format!("pd:relay:{id}")
+}
+/// Renew an inbox's record if it is this node's: 1 kept, 0 missing, -1 another node's.
+const RENEW_INBOX_SCRIPT: &str = r"
+local node = redis.call('HGET', KEYS[1], 'node')
+if node == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+elseif node then
+  return -1
+end
+return 0
+";
+
+/// What renewing an inbox's record found ([`Cluster::renew_inboxes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    Kept,
+    Missing,
+    Elsewhere,
+}
 
 fn inbox_key(id: &str) -> String {
     format!("pd:inbox:{id}")
@@ -418,38 +464,109 @@ impl Cluster {
         Ok(allowed == 1)
     }
 
-    /// Record that these inboxes (id, sealed name) are registered here, for [`INBOX_TTL`].
-    pub async fn record_inboxes(
-        &self,
-        inboxes: &[(String, Option<String>)],
-    ) -> Result<(), ClusterError> {
-        for batch in inboxes.chunks(512) {
-            let mut p = redis::pipe();
-            for (id, name) in batch {
-                let key = inbox_key(id);
-                p.cmd("HSET")
-                    .arg(&key)
-                    .arg("node")
-                    .arg(&self.node)
-                    .arg("name")
-                    .arg(name.as_deref().unwrap_or(""))
-                    .ignore();
-                p.expire(&key, INBOX_TTL.as_secs() as i64).ignore();
-            }
-            let mut c = self.conn();
-            timed(p.query_async::<()>(&mut c)).await?;
-        }
-        Ok(())
+    /// Record that inbox `id` (with its sealed name) registered here, for [`INBOX_TTL`]: the
+    /// newest registration wins, through whichever node.
+    pub async fn claim_inbox(&self, id: &InboxId, name: Option<&str>) -> Result<(), ClusterError> {
+        let key = inbox_key(id.as_str());
+        let mut p = redis::pipe();
+        p.cmd("HSET")
+            .arg(&key)
+            .arg("node")
+            .arg(&self.node)
+            .arg("name")
+            .arg(name.unwrap_or(""))
+            .ignore();
+        p.expire(&key, INBOX_TTL.as_secs() as i64).ignore();
+        let mut c = self.conn();
+        timed(p.query_async::<()>(&mut c)).await
     }
 
-    /// Inbox `id` is no longer registered here.
-    pub async fn release_inbox(&self, id: &str) -> Result<(), ClusterError> {
+    /// Renew the records of these inboxes registered here. For each: kept, missing (Redis
+    /// lost it, or it was just released), or another node's (the inbox registered through
+    /// it since: this node's registration is stale).
+    pub async fn renew_inboxes(&self, ids: &[InboxId]) -> Result<Vec<Renewal>, ClusterError> {
+        let mut renewals = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(512) {
+            let mut p = redis::pipe();
+            for id in batch {
+                p.cmd("EVAL")
+                    .arg(RENEW_INBOX_SCRIPT)
+                    .arg(1)
+                    .arg(inbox_key(id.as_str()))
+                    .arg(&self.node)
+                    .arg(INBOX_TTL.as_secs());
+            }
+            let mut c = self.conn();
+            let answers: Vec<i64> = timed(p.query_async(&mut c)).await?;
+            renewals.extend(answers.into_iter().map(|a| match a {
+                1 => Renewal::Kept,
+                0 => Renewal::Missing,
+                _ => Renewal::Elsewhere,
+            }));
+        }
+        Ok(renewals)
+    }
+
+    /// Record (again) a volunteer relay listed here, for `ttl` (its reports renew it).
+    pub async fn record_relay(
+        &self,
+        relay: &SharedRelay,
+        ttl: Duration,
+    ) -> Result<(), ClusterError> {
+        let mut p = redis::pipe();
+        p.set_ex(
+            relay_key(&relay.id),
+            serde_json::to_string(relay)?,
+            ttl.as_secs().max(1),
+        )
+        .ignore();
+        p.sadd(RELAYS_KEY, &relay.id).ignore();
+        let mut c = self.conn();
+        timed(p.query_async::<()>(&mut c)).await
+    }
+
+    /// A volunteer relay listed here left the pool.
+    pub async fn release_relay(&self, id: &str) -> Result<(), ClusterError> {
+        let mut p = redis::pipe();
+        p.del(relay_key(id)).ignore();
+        p.srem(RELAYS_KEY, id).ignore();
+        let mut c = self.conn();
+        timed(p.query_async::<()>(&mut c)).await
+    }
+
+    /// The volunteer relays listed on other nodes.
+    pub async fn other_relays(&self) -> Result<Vec<SharedRelay>, ClusterError> {
+        let mut c = self.conn();
+        let ids: Vec<String> = timed(c.smembers(RELAYS_KEY)).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| relay_key(id)).collect();
+        let records: Vec<Option<String>> = timed(c.mget(&keys)).await?;
+        let mut relays = Vec::new();
+        let mut gone = Vec::new();
+        for (id, record) in ids.iter().zip(records) {
+            match record.and_then(|r| serde_json::from_str::<SharedRelay>(&r).ok()) {
+                Some(r) if r.node != self.node => relays.push(r),
+                Some(_) => {}
+                None => gone.push(id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            let _: Result<(), _> = timed(c.srem(RELAYS_KEY, gone)).await;
+        }
+        Ok(relays)
+    }
+
+    /// Inbox `id` is no longer registered here (its record is deleted if still this
+    /// node's).
+    pub async fn release_inbox(&self, id: &InboxId) -> Result<(), ClusterError> {
         let mut c = self.conn();
         let _: i64 = timed(
             redis::cmd("EVAL")
                 .arg(RELEASE_INBOX_SCRIPT)
                 .arg(1)
-                .arg(inbox_key(id))
+                .arg(inbox_key(id.as_str()))
                 .arg(&self.node)
                 .query_async(&mut c),
         )
@@ -457,26 +574,42 @@ impl Cluster {
         Ok(())
     }
 
-    /// Where inbox `id` is registered if on another live node: that node and the inbox's
-    /// sealed name.
-    pub async fn locate_inbox(
+    /// Where each of `ids` is registered, if on another live node: that node and the
+    /// inbox's sealed name. One round trip for all.
+    pub async fn locate_inboxes(
         &self,
-        id: &str,
-    ) -> Result<Option<(String, Option<String>)>, ClusterError> {
-        let mut c = self.conn();
-        let (node, name): (Option<String>, Option<String>) = timed(
-            redis::cmd("HMGET")
-                .arg(inbox_key(id))
-                .arg("node")
-                .arg("name")
-                .query_async(&mut c),
-        )
-        .await?;
-        let Some(node) = node else { return Ok(None) };
-        if node == self.node || !self.is_alive(&node).await {
-            return Ok(None);
+        ids: &[InboxId],
+    ) -> Result<Vec<Option<(String, Option<String>)>>, ClusterError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(Some((node, name.filter(|n| !n.is_empty()))))
+        let mut p = redis::pipe();
+        for id in ids {
+            p.cmd("HMGET")
+                .arg(inbox_key(id.as_str()))
+                .arg("node")
+                .arg("name");
+        }
+        let mut c = self.conn();
+        let found: Vec<(Option<String>, Option<String>)> = timed(p.query_async(&mut c)).await?;
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        let mut located = Vec::with_capacity(found.len());
+        for (node, name) in found {
+            let Some(node) = node.filter(|n| *n != self.node) else {
+                located.push(None);
+                continue;
+            };
+            let up = match alive.get(&node) {
+                Some(&up) => up,
+                None => {
+                    let up = self.is_alive(&node).await;
+                    alive.insert(node.clone(), up);
+                    up
+                }
+            };
+            located.push(up.then(|| (node, name.filter(|n| !n.is_empty()))));
+        }
+        Ok(located)
     }
 
     /// Publish `env` to `node`: whether any node heard it.

@@ -7,7 +7,10 @@
 //!   without closing) replaces the old one, which is told to close.
 //! - A registration lives exactly as long as its connection: it is removed when that
 //!   connection ends (and only by that connection: a replaced one does not remove its
-//!   successor). Nothing about an inbox is kept after.
+//!   successor). Nothing about an inbox is kept after, but for its record in Redis when
+//!   nodes share it (`crate::cluster`), deleted with it or expiring within 15 s.
+//! - With other nodes, the newest registration wins there too: one found made through
+//!   another node replaces this node's ([`Inboxes::moved_away`]).
 
 use protocol::inbox::{self, InboxError, InboxId, NONCE_BYTES};
 use protocol::signal::{ErrorCode, InboxStatus, MAX_LOOK, MAX_SEALED_NAME, ServerMessage};
@@ -125,18 +128,26 @@ impl Inboxes {
         .map_err(|_| ErrorCode::InboxOffline)
     }
 
-    /// Every inbox registered here, with its sealed name (for the other nodes).
-    pub fn list(&self) -> Vec<(String, Option<String>)> {
-        self.lock()
-            .iter()
-            .map(|(id, r)| (id.to_string(), r.name.clone()))
-            .collect()
+    /// Every inbox registered here.
+    pub fn ids(&self) -> Vec<InboxId> {
+        self.lock().keys().cloned().collect()
     }
 
-    /// The sealed name of inbox `id`, registered here.
-    pub fn name(&self, id: &str) -> Option<String> {
-        let id = InboxId::parse(id).ok()?;
-        self.lock().get(&id).and_then(|r| r.name.clone())
+    /// The sealed name of inbox `id` if it is registered here (`Some(None)`: without one).
+    pub fn name(&self, id: &InboxId) -> Option<Option<String>> {
+        self.lock().get(id).map(|r| r.name.clone())
+    }
+
+    /// Inbox `id` registered through another node since: its connection here is told
+    /// `replaced` and closes, as a replaced registration here would.
+    pub fn moved_away(&self, id: &InboxId) {
+        if let Some(Registered { tx, .. }) = self.lock().remove(id) {
+            let code = ErrorCode::Replaced;
+            let _ = tx.try_send(Outgoing::Final(ServerMessage::Error {
+                code,
+                message: code.explain().to_string(),
+            }));
+        }
     }
 
     /// Whether inbox `id` is connected.

@@ -434,11 +434,37 @@ fn spawn_cluster(cluster: Arc<cluster::Cluster>, state: &Arc<AppState>) {
         }
     };
     tokio::spawn(record_inboxes(cluster.clone(), state.clone()));
+    tokio::spawn(read_relays(cluster.clone(), state.clone()));
     tokio::spawn(cluster.run(state.shutdown.clone(), serve, lost));
 }
 
+/// Keep the volunteer relays listed on other nodes in this node's pool.
+async fn read_relays(cluster: Arc<cluster::Cluster>, state: Arc<AppState>) {
+    let (volunteers::Admit::Token | volunteers::Admit::Open, Some(master)) =
+        (state.volunteers.settings.admit, state.ice.secret.clone())
+    else {
+        return;
+    };
+    let mut every = tokio::time::interval(cluster::LIVENESS_CHECK);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        match cluster.other_relays().await {
+            Ok(relays) => state.volunteers.set_others(relays, &master),
+            // Not knowing is not handing out relays that may be gone.
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read the other nodes' relays");
+                state.volunteers.set_others(Vec::new(), &master);
+            }
+        }
+    }
+}
+
 /// Keep this node's inboxes recorded for the other nodes (a knock or a look reaching another
-/// node finds them here), well within their records' lifetime.
+/// node finds them here), well within their records' lifetime; record again what Redis
+/// lost, and let go of an inbox that registered through another node since.
 async fn record_inboxes(cluster: Arc<cluster::Cluster>, state: Arc<AppState>) {
     let mut every = tokio::time::interval(cluster::INBOX_TTL / 5);
     loop {
@@ -446,12 +472,28 @@ async fn record_inboxes(cluster: Arc<cluster::Cluster>, state: Arc<AppState>) {
             _ = every.tick() => {}
             () = state.shutdown.cancelled() => return,
         }
-        let inboxes = state.inboxes.list();
-        if inboxes.is_empty() {
+        let ids = state.inboxes.ids();
+        if ids.is_empty() {
             continue;
         }
-        if let Err(e) = cluster.record_inboxes(&inboxes).await {
-            tracing::debug!(error = %e, "could not record this node's inboxes");
+        let renewals = match cluster.renew_inboxes(&ids).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not renew this node's inboxes");
+                continue;
+            }
+        };
+        for (id, renewal) in ids.iter().zip(renewals) {
+            match renewal {
+                cluster::Renewal::Kept => {}
+                // Only if still here: it may have left while its record was read.
+                cluster::Renewal::Missing => {
+                    if let Some(name) = state.inboxes.name(id) {
+                        let _ = cluster.claim_inbox(id, name.as_deref()).await;
+                    }
+                }
+                cluster::Renewal::Elsewhere => state.inboxes.moved_away(id),
+            }
         }
     }
 }

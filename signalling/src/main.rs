@@ -454,6 +454,15 @@ async fn main() -> anyhow::Result<()> {
             None => signalling::audit::Audit::off(),
         },
     };
+    if args.redis.is_some()
+        && args.volunteer_relays != signalling::volunteers::Admit::Off
+        && args.turn_secret.is_none()
+    {
+        anyhow::bail!(
+            "--volunteer-relays with --redis needs --turn-secret, the same on every node: a \
+             volunteer's secret derives from it, and any node may hand the volunteer to a room"
+        );
+    }
     if !args.turn.is_empty() && args.turn_secret.is_none() {
         anyhow::bail!("--turn needs --turn-secret (the secret the TURN servers share)");
     }

@@ -12,8 +12,9 @@
 //! - Health: a listed relay reports its load every [`LOAD_EVERY_SECS`]; one silent for
 //!   [`LOAD_STALE_SECS`], or whose WebSocket closed, leaves the pool at once. Rooms are
 //!   handed the least loaded (allocations, then bytes relayed) at the moment of `joined`.
-//! - This node's pool only: with `--redis` a room is handed the volunteers of the node it
-//!   lives on.
+//! - With `--redis` the pool is the deployment's: each node records its listed volunteers
+//!   (id, URLs, load; renewed by every report, expiring with them) and reads the others'
+//!   every few seconds ([`Pool::set_others`]); any node derives a relay's secret from its id.
 //!
 //! Invariant: logs and metrics carry no relay id, secret or full address.
 
@@ -121,11 +122,20 @@ struct Listed {
     reported: Instant,
 }
 
-/// The listed volunteers of this node.
+/// A volunteer listed on another node, as last read from Redis.
+#[derive(Debug)]
+struct Elsewhere {
+    relay: Relay,
+    allocations: u64,
+    relayed: u64,
+}
+
+/// The listed volunteers of this node (and, with other nodes, theirs).
 #[derive(Debug)]
 pub struct Pool {
     pub settings: VolunteerSettings,
     listed: Mutex<HashMap<String, Listed>>,
+    others: Mutex<Vec<Elsewhere>>,
     relayed_bytes: AtomicU64,
     listed_total: AtomicU64,
     refused_total: AtomicU64,
@@ -136,25 +146,47 @@ impl Pool {
         Self {
             settings,
             listed: Mutex::default(),
+            others: Mutex::default(),
             relayed_bytes: AtomicU64::new(0),
             listed_total: AtomicU64::new(0),
             refused_total: AtomicU64::new(0),
         }
     }
 
-    /// Up to `n` healthy relays, least loaded first.
+    /// Up to `n` healthy relays, least loaded first, from this node's and the others'.
     pub fn pick(&self, n: usize, now: Instant) -> Vec<Relay> {
         let listed = crate::turn::lock(&self.listed);
-        let mut healthy: Vec<&Listed> = listed
+        let others = crate::turn::lock(&self.others);
+        let mut healthy: Vec<(u64, u64, &Relay)> = listed
             .values()
             .filter(|l| now.duration_since(l.reported) < Duration::from_secs(LOAD_STALE_SECS))
+            .map(|l| (l.allocations, l.relayed, &l.relay))
+            .chain(others.iter().map(|o| (o.allocations, o.relayed, &o.relay)))
             .collect();
-        healthy.sort_by_key(|l| (l.allocations, l.relayed));
+        healthy.sort_by_key(|&(allocations, relayed, _)| (allocations, relayed));
         healthy
             .into_iter()
             .take(n)
-            .map(|l| l.relay.clone())
+            .map(|(_, _, relay)| relay.clone())
             .collect()
+    }
+
+    /// The volunteers listed on other nodes, as just read; their secrets derive from
+    /// `master` and their ids.
+    pub(crate) fn set_others(&self, relays: Vec<crate::cluster::SharedRelay>, master: &TurnSecret) {
+        let others = relays
+            .into_iter()
+            .map(|r| Elsewhere {
+                relay: Relay {
+                    urls: r.urls,
+                    secret: master.for_relay(&r.id),
+                    volunteer: true,
+                },
+                allocations: r.allocations,
+                relayed: r.relayed,
+            })
+            .collect();
+        *crate::turn::lock(&self.others) = others;
     }
 
     /// Whether a relay is listed (for the tests' view through metrics).
@@ -199,6 +231,13 @@ impl Pool {
             l.relayed = relayed;
             l.reported = now;
         }
+    }
+
+    /// The URLs of relay `id`, listed here.
+    fn urls(&self, id: &str) -> Option<Vec<String>> {
+        crate::turn::lock(&self.listed)
+            .get(id)
+            .map(|l| l.relay.urls.clone())
     }
 
     fn unlist(&self, id: &str) {
@@ -300,6 +339,12 @@ async fn volunteer(mut socket: WebSocket, client: IpAddr, state: &AppState) {
     };
     let code = serve(&mut socket, &id, state).await;
     pool.unlist(&id);
+    if let Some(c) = &state.cluster
+        && let Err(e) = c.release_relay(&id).await
+    {
+        // Its record expires with its reports.
+        tracing::debug!(error = %e, "could not release a relay's record");
+    }
     tracing::info!(%peer, ?code, "volunteer relay left the pool");
     if let Some(code) = code {
         let _ = send(&mut socket, &PoolMessage::refused(code)).await;
@@ -386,6 +431,7 @@ async fn welcome(
         pool.unlist(&id);
         return Err(RelayRefusal::Malformed);
     }
+    share(state, &id, 0, 0).await;
     tracing::info!(peer = %redact_ip(client), "volunteer relay listed");
     Ok(id)
 }
@@ -414,6 +460,7 @@ async fn serve(socket: &mut WebSocket, id: &str, state: &AppState) -> Option<Rel
                 Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
                     Ok(VolunteerMessage::Load { allocations, relayed_bytes }) => {
                         pool.report(id, allocations, relayed_bytes, Instant::now());
+                        share(state, id, allocations, relayed_bytes).await;
                     }
                     _ => return Some(RelayRefusal::Malformed),
                 },
@@ -423,6 +470,27 @@ async fn serve(socket: &mut WebSocket, id: &str, state: &AppState) -> Option<Rel
             },
         }
         messages += 1;
+    }
+}
+
+/// With other nodes: record relay `id`, listed here, with its load for them.
+async fn share(state: &AppState, id: &str, allocations: u64, relayed: u64) {
+    let Some(c) = &state.cluster else { return };
+    let Some(urls) = state.volunteers.urls(id) else {
+        return;
+    };
+    let relay = crate::cluster::SharedRelay {
+        id: id.to_owned(),
+        node: c.node().to_owned(),
+        urls,
+        allocations,
+        relayed,
+    };
+    if let Err(e) = c
+        .record_relay(&relay, Duration::from_secs(LOAD_STALE_SECS))
+        .await
+    {
+        tracing::debug!(error = %e, "could not record a relay for the other nodes");
     }
 }
 

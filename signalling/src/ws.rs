@@ -304,7 +304,7 @@ async fn connection(socket: WebSocket, ip: IpAddr, _slot: Slot, state: Arc<AppSt
         state.inboxes.unregister(&r);
         if let Some(c) = &state.cluster
             && !state.inboxes.online(&r.id)
-            && let Err(e) = c.release_inbox(r.id.as_str()).await
+            && let Err(e) = c.release_inbox(&r.id).await
         {
             // Its record ends by itself within seconds.
             tracing::debug!(error = %e, "could not release an inbox's record");
@@ -411,14 +411,19 @@ async fn across_nodes(
             Err(e) => return Routed::Refused(e.into()),
         }
     } else if let ClientMessage::Knock { inbox: id, .. } = &msg {
-        // A drop into an inbox registered through another node is made there.
-        let here = protocol::inbox::InboxId::parse(id).is_ok_and(|id| state.inboxes.online(&id));
-        if !free || here {
+        // A drop into an inbox registered through another node is made there (nothing new
+        // starts from a draining node: `handle` refuses it).
+        let Ok(id) = protocol::inbox::InboxId::parse(id) else {
+            return Routed::Here(msg);
+        };
+        if !free || state.inboxes.online(&id) || state.draining.is_cancelled() {
             return Routed::Here(msg);
         }
-        match c.locate_inbox(id).await {
-            Ok(Some((node, _))) => (node, ErrorCode::InboxOffline),
-            Ok(None) => return Routed::Here(msg),
+        match c.locate_inboxes(std::slice::from_ref(&id)).await {
+            Ok(found) => match found.into_iter().next().flatten() {
+                Some((node, _)) => (node, ErrorCode::InboxOffline),
+                None => return Routed::Here(msg),
+            },
             Err(e) => return Routed::Refused(e.into()),
         }
     } else {
@@ -465,18 +470,28 @@ async fn inboxes_across(
 ) -> Result<Option<ServerMessage>, ErrorCode> {
     match outcome {
         Ok(Some(ServerMessage::Registered { inbox })) => {
-            let name = state.inboxes.name(&inbox);
-            if let Err(e) = c.record_inboxes(&[(inbox.clone(), name)]).await {
+            if let Ok(id) = protocol::inbox::InboxId::parse(&inbox)
+                && let Some(name) = state.inboxes.name(&id)
+                && let Err(e) = c.claim_inbox(&id, name.as_deref()).await
+            {
                 // Recorded again within seconds by the node's own round.
                 tracing::debug!(error = %e, "could not record an inbox");
             }
             Ok(Some(ServerMessage::Registered { inbox }))
         }
         Ok(Some(ServerMessage::Inboxes { mut inboxes })) => {
-            for status in inboxes.iter_mut().filter(|s| !s.online) {
-                if let Ok(Some((_, name))) = c.locate_inbox(&status.inbox).await {
-                    status.online = true;
-                    status.name = name;
+            let elsewhere: Vec<(usize, protocol::inbox::InboxId)> = inboxes
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.online)
+                .filter_map(|(i, s)| Some((i, protocol::inbox::InboxId::parse(&s.inbox).ok()?)))
+                .collect();
+            let ids: Vec<_> = elsewhere.iter().map(|(_, id)| id.clone()).collect();
+            let found = c.locate_inboxes(&ids).await.map_err(ErrorCode::from)?;
+            for ((i, _), found) in elsewhere.into_iter().zip(found) {
+                if let Some((_, name)) = found {
+                    inboxes[i].online = true;
+                    inboxes[i].name = name;
                 }
             }
             Ok(Some(ServerMessage::Inboxes { inboxes }))

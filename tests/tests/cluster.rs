@@ -311,22 +311,25 @@ fn an_inbox_on_one_node_takes_drops_made_through_another() {
         .and_then(|rest| rest.split('#').next())
         .expect("an inbox link")
         .to_owned();
-    let look = |node: &Signalling| {
+    let look_for = |node: &Signalling, id: &str| {
         let mut ws = connect(&node.url);
         match ask(
             &mut ws,
             ClientMessage::Look {
                 version: SIGNAL_VERSION,
-                inboxes: vec![id.clone()],
+                inboxes: vec![id.to_owned()],
             },
         ) {
             ServerMessage::Inboxes { inboxes } => inboxes.into_iter().next().unwrap(),
             other => panic!("look: {other:?}"),
         }
     };
+    let look = |node: &Signalling| look_for(node, &id);
     let seen = look(b);
     assert!(seen.online, "{seen:?}");
     assert!(seen.name.is_some(), "the sealed name travels too: {seen:?}");
+    // Ids are case-insensitive on every node.
+    assert!(look_for(b, &id.to_uppercase()).online);
 
     let file = src.path().join("via-b.bin");
     make_file(&file, 2 << 20, 21);
@@ -341,13 +344,120 @@ fn an_inbox_on_one_node_takes_drops_made_through_another() {
     assert_eq!(b.metric("punchdrop_rooms_created_total"), 0);
     assert_eq!(b.metric("punchdrop_cluster_forwarded_total"), 1);
 
+    // Released when it stops: well before its record would expire (15 s).
     inbox.kill();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(3);
     while look(b).online {
         assert!(
             Instant::now() < deadline,
             "the stopped inbox still looks online"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The TURN URLs (one list per relay) handed to the peers of a room made and joined through
+/// `node`.
+fn relays_handed_through(node: &Signalling) -> Vec<Vec<String>> {
+    let mut creator = connect(&node.url);
+    let ServerMessage::Created { room, .. } = ask(&mut creator, create()) else {
+        panic!("no room");
+    };
+    let mut joiner = connect(&node.url);
+    assert!(matches!(
+        ask(&mut joiner, join(&room)),
+        ServerMessage::Joined { .. }
+    ));
+    let ServerMessage::IceServers { servers, .. } = next(&mut joiner) else {
+        panic!("no ice_servers after joined");
+    };
+    servers
+        .into_iter()
+        .filter(|s| s.credential.is_some())
+        .map(|s| s.urls)
+        .collect()
+}
+
+/// Volunteer relays registered with node A are handed to rooms on node B too (the pool is
+/// the deployment's), with credentials they accept: a relay-only transfer through B goes
+/// through them, B's own TURN allocating nothing. Once they stop, B no longer hands them out.
+#[test]
+fn volunteers_registered_with_one_node_relay_for_rooms_on_another() {
+    let redis = Redis::start().unwrap();
+    let sig = nodes(
+        &redis,
+        2,
+        // One TURN secret for the deployment, as the README says: relays' secrets derive from it.
+        &[
+            "--volunteer-relays",
+            "open",
+            "--prefer-volunteers",
+            "--turn-secret",
+            "one-deployment",
+            // Each look at what B hands out makes a room: not to be taken for a flood.
+            "--room-rate",
+            "600",
+        ],
+    );
+    let (a, b) = (&sig[0], &sig[1]);
+    let mut vs = [
+        punchdrop_e2e::volunteer::Volunteer::on_loopback(&a.url, &[]),
+        punchdrop_e2e::volunteer::Volunteer::on_loopback(&a.url, &[]),
+    ];
+    let mut theirs = Vec::new();
+    for v in &mut vs {
+        v.wait_listed(Duration::from_secs(20)).unwrap();
+        theirs.extend(v.events().iter().find_map(|e| match e {
+            protocol::relay::RelayEvent::Listening { public, .. } => Some(public.clone()),
+            _ => None,
+        }));
+    }
+    // How many of the volunteers B hands a room.
+    let handed_by_b = || {
+        relays_handed_through(b)
+            .iter()
+            .filter(|urls| {
+                theirs
+                    .iter()
+                    .any(|p| urls[0].starts_with(&format!("turn:{p}?")))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handed_by_b() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "node B never handed out A's volunteers"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("via-volunteer.bin");
+    make_file(&file, 3 << 20, 31);
+    let flags = ["--relay-only", "--relay-transport", "udp"];
+    let (sender, link, _) = start_sender(&b.url, &flags, &[&file]).unwrap();
+    let d = dst.path().display().to_string();
+    let mut args = flags.to_vec();
+    args.extend(["recv", "--dir", &d, &link]);
+    let (rs, revents) = Peer::spawn(&args).finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(
+        hash_file(&dst.path().join("via-volunteer.bin")),
+        hash_file(&file)
+    );
+    assert_eq!(b.metric("punchdrop_turn_allocations_total"), 0);
+    for v in &mut vs {
+        v.kill();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handed_by_b() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "node B still hands out stopped volunteers"
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
