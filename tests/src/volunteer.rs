@@ -72,9 +72,7 @@ impl Volunteer {
     /// A volunteer on loopback: no port mapping, relaying to loopback peers (test builds
     /// only), relay ports from a range of its own.
     pub fn on_loopback(server: &str, args: &[&str]) -> Self {
-        // Below the kernel's ephemeral ports (32768 and up), where nothing else binds.
-        let base = 10_000 + (rand::random::<u16>() % 1200) * 16;
-        let ports = format!("{base}-{}", base + 15);
+        let ports = loopback_ports();
         let mut all = vec![
             "--listen",
             "127.0.0.1:0",
@@ -89,6 +87,20 @@ impl Volunteer {
             server,
             &all,
         )
+    }
+
+    /// Where it said it is reached (`IP:PORT`), once listening.
+    pub fn public(&self) -> Option<String> {
+        self.events().iter().find_map(|e| match e {
+            RelayEvent::Listening { public, .. } => Some(public.clone()),
+            _ => None,
+        })
+    }
+
+    /// Whether `urls` (one relay's, as handed to a room) are this volunteer's.
+    pub fn is_in(&self, urls: &[String]) -> bool {
+        self.public()
+            .is_some_and(|p| urls.iter().any(|u| u.starts_with(&format!("turn:{p}?"))))
     }
 
     pub fn events(&self) -> Vec<RelayEvent> {
@@ -164,6 +176,13 @@ impl Volunteer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A range of 16 relay ports for a relay on loopback, below the kernel's ephemeral ports
+/// (32768 and up) where nothing else binds, picked at random so parallel tests rarely meet.
+pub fn loopback_ports() -> String {
+    let base = 10_000 + (rand::random::<u16>() % 1200) * 16;
+    format!("{base}-{}", base + 15)
 }
 
 impl Drop for Volunteer {

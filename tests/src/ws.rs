@@ -77,3 +77,25 @@ pub fn relays(from: &mut Ws, to: &mut Ws, data: &str) {
         }
     }
 }
+
+/// The TURN URLs (one list per relay, those with credentials) handed to the peers of a room
+/// made and joined through `server`.
+pub fn relays_handed(server: &str) -> Vec<Vec<String>> {
+    let mut creator = connect(server);
+    let ServerMessage::Created { room, .. } = ask(&mut creator, create()) else {
+        panic!("no room");
+    };
+    let mut joiner = connect(server);
+    assert!(matches!(
+        ask(&mut joiner, join(&room)),
+        ServerMessage::Joined { .. }
+    ));
+    let ServerMessage::IceServers { servers, .. } = next(&mut joiner) else {
+        panic!("no ice_servers after joined");
+    };
+    servers
+        .into_iter()
+        .filter(|s| s.credential.is_some())
+        .map(|s| s.urls)
+        .collect()
+}

@@ -356,28 +356,6 @@ fn an_inbox_on_one_node_takes_drops_made_through_another() {
     }
 }
 
-/// The TURN URLs (one list per relay) handed to the peers of a room made and joined through
-/// `node`.
-fn relays_handed_through(node: &Signalling) -> Vec<Vec<String>> {
-    let mut creator = connect(&node.url);
-    let ServerMessage::Created { room, .. } = ask(&mut creator, create()) else {
-        panic!("no room");
-    };
-    let mut joiner = connect(&node.url);
-    assert!(matches!(
-        ask(&mut joiner, join(&room)),
-        ServerMessage::Joined { .. }
-    ));
-    let ServerMessage::IceServers { servers, .. } = next(&mut joiner) else {
-        panic!("no ice_servers after joined");
-    };
-    servers
-        .into_iter()
-        .filter(|s| s.credential.is_some())
-        .map(|s| s.urls)
-        .collect()
-}
-
 /// Volunteer relays registered with node A are handed to rooms on node B too (the pool is
 /// the deployment's), with credentials they accept: a relay-only transfer through B goes
 /// through them, B's own TURN allocating nothing. Once they stop, B no longer hands them out.
@@ -404,27 +382,18 @@ fn volunteers_registered_with_one_node_relay_for_rooms_on_another() {
         punchdrop_e2e::volunteer::Volunteer::on_loopback(&a.url, &[]),
         punchdrop_e2e::volunteer::Volunteer::on_loopback(&a.url, &[]),
     ];
-    let mut theirs = Vec::new();
     for v in &mut vs {
         v.wait_listed(Duration::from_secs(20)).unwrap();
-        theirs.extend(v.events().iter().find_map(|e| match e {
-            protocol::relay::RelayEvent::Listening { public, .. } => Some(public.clone()),
-            _ => None,
-        }));
     }
     // How many of the volunteers B hands a room.
-    let handed_by_b = || {
-        relays_handed_through(b)
+    let handed_by_b = |vs: &[punchdrop_e2e::volunteer::Volunteer]| {
+        relays_handed(&b.url)
             .iter()
-            .filter(|urls| {
-                theirs
-                    .iter()
-                    .any(|p| urls[0].starts_with(&format!("turn:{p}?")))
-            })
+            .filter(|urls| vs.iter().any(|v| v.is_in(urls)))
             .count()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while handed_by_b() < 2 {
+    while handed_by_b(&vs) < 2 {
         assert!(
             Instant::now() < deadline,
             "node B never handed out A's volunteers"
@@ -453,7 +422,7 @@ fn volunteers_registered_with_one_node_relay_for_rooms_on_another() {
         v.kill();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while handed_by_b() > 0 {
+    while handed_by_b(&vs) > 0 {
         assert!(
             Instant::now() < deadline,
             "node B still hands out stopped volunteers"

@@ -513,8 +513,7 @@ fn an_inbox_with_relay_is_listed_as_a_volunteer_while_it_runs() {
     let (src, dst, st) = (tempdir(), tempdir(), tempdir());
     let state = st.path().join("inbox.json");
     // No router on loopback to ask for a mapping; ports of its own.
-    let base = 10_000 + (rand::random::<u16>() % 1200) * 16;
-    let ports = format!("{base}-{}", base + 15);
+    let ports = punchdrop_e2e::volunteer::loopback_ports();
     let (inbox, link) = inbox(
         &sig.url,
         dst.path(),

@@ -145,29 +145,7 @@ fn refused_relay_permissions_are_not_errors() {
 // ---- The relay pool's volunteers (`native-peer relay --register URL`) ----
 
 use protocol::relay::{PoolMessage, RELAY_VERSION, RelayRefusal, VolunteerMessage};
-use protocol::signal::ServerMessage;
 use punchdrop_e2e::volunteer::Volunteer;
-
-/// The TURN URLs (one list per relay) a room's peers are handed, read at the protocol level.
-fn relays_handed_to_a_room(sig: &Signalling) -> Vec<Vec<String>> {
-    let mut creator = ws::connect(&sig.url);
-    let ServerMessage::Created { room, .. } = ws::ask(&mut creator, ws::create()) else {
-        panic!("no room");
-    };
-    let mut joiner = ws::connect(&sig.url);
-    assert!(matches!(
-        ws::ask(&mut joiner, ws::join(&room)),
-        ServerMessage::Joined { .. }
-    ));
-    let ServerMessage::IceServers { servers, .. } = ws::next(&mut joiner) else {
-        panic!("no ice_servers after joined");
-    };
-    servers
-        .into_iter()
-        .filter(|s| s.credential.is_some())
-        .map(|s| s.urls)
-        .collect()
-}
 
 /// Two volunteers on loopback, preferred by the server: a relay-only transfer goes through
 /// them and the server's own TURN allocates nothing; their load reports reach the server's
@@ -180,7 +158,7 @@ fn relay_only_through_volunteer_relays_leaves_the_servers_turn_idle() {
     v1.wait_listed(Duration::from_secs(20)).unwrap();
     v2.wait_listed(Duration::from_secs(20)).unwrap();
     assert_eq!(sig.metric("punchdrop_volunteer_relays"), 2);
-    let handed = relays_handed_to_a_room(&sig);
+    let handed = ws::relays_handed(&sig.url);
     assert_eq!(handed.len(), 2, "two relays per room at most: {handed:?}");
     let size = 5 << 20;
     relayed_transfer_with(&sig, size, &["--relay-transport", "udp"]);
@@ -207,7 +185,7 @@ fn relay_only_through_volunteer_relays_leaves_the_servers_turn_idle() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(sig.metric("punchdrop_volunteer_relays"), 0);
-    let handed = relays_handed_to_a_room(&sig);
+    let handed = ws::relays_handed(&sig.url);
     assert_eq!(handed.len(), 1, "{handed:?}");
     assert!(
         handed[0].iter().any(|u| u.starts_with("turn:127.0.0.1:")),
@@ -226,22 +204,9 @@ fn a_room_gets_the_servers_turn_and_one_volunteer_unless_volunteers_are_preferre
     for v in &mut vs {
         v.wait_listed(Duration::from_secs(20)).unwrap();
     }
-    let handed = relays_handed_to_a_room(&sig);
+    let handed = ws::relays_handed(&sig.url);
     assert_eq!(handed.len(), 2, "{handed:?}");
-    let theirs: Vec<String> = vs
-        .iter()
-        .filter_map(|v| {
-            v.events().iter().find_map(|e| match e {
-                protocol::relay::RelayEvent::Listening { public, .. } => Some(public.clone()),
-                _ => None,
-            })
-        })
-        .collect();
-    let is_volunteer = |urls: &Vec<String>| {
-        theirs
-            .iter()
-            .any(|p| urls[0].starts_with(&format!("turn:{p}?")))
-    };
+    let is_volunteer = |urls: &Vec<String>| vs.iter().any(|v| v.is_in(urls));
     assert!(
         !is_volunteer(&handed[0]),
         "the server's TURN first: {handed:?}"
