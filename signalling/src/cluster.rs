@@ -805,12 +805,17 @@ impl Cluster {
     /// Keep this node's subscription (made again whenever it breaks) and its liveness key,
     /// handing each new remote client to `serve`; `lost` runs when Redis no longer has this
     /// node's records (it restarted empty): the node's rooms are to be recorded again.
+    /// `subscribed` is told once the first subscription is made: until then what other nodes
+    /// publish for this node's clients (a join's answer) is lost, so the node takes no
+    /// client before.
     pub async fn run(
         self: std::sync::Arc<Self>,
         stop: tokio_util::sync::CancellationToken,
         serve: impl Fn(RemoteClient) + Send + 'static,
         lost: impl Fn() + Send + Sync + 'static,
+        subscribed_first: tokio::sync::oneshot::Sender<()>,
     ) {
+        let mut subscribed_first = Some(subscribed_first);
         let resubscribe = std::sync::Arc::new(tokio::sync::Notify::new());
         let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lost = std::sync::Arc::new(lost);
@@ -843,6 +848,9 @@ impl Cluster {
                 }
             };
             subscribed.store(true, Ordering::Relaxed);
+            if let Some(tell) = subscribed_first.take() {
+                let _ = tell.send(());
+            }
             if std::mem::replace(&mut first, false) {
                 // The first subscription of this node: nothing to record again.
             } else {

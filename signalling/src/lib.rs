@@ -324,7 +324,21 @@ impl Server {
             volunteers: volunteers::Pool::new(config.volunteers.clone()),
         });
         if let Some(cluster) = cluster {
-            spawn_cluster(cluster, &state);
+            // Alive and subscribed before the first client: a join through this node is
+            // answered by the room's node on this node's channel, and that node checks this
+            // one is alive.
+            cluster
+                .heartbeat()
+                .await
+                .context("cannot say this node is alive in the Redis given with --redis")?;
+            let subscribed = spawn_cluster(cluster, &state);
+            match tokio::time::timeout(CLUSTER_READY_WITHIN, subscribed).await {
+                Ok(Ok(())) => {}
+                _ => anyhow::bail!(
+                    "could not subscribe to this node's channel in the Redis given with \
+                     --redis within {CLUSTER_READY_WITHIN:?}"
+                ),
+            }
         }
         let mut app = router(state.clone());
         if config.tls.is_some() {
@@ -411,7 +425,11 @@ impl Server {
 /// Keep this node in the deployment: its channel served (each other node's client in a room
 /// here becomes a connection task), its liveness renewed, its rooms recorded again when
 /// Redis lost them.
-fn spawn_cluster(cluster: Arc<cluster::Cluster>, state: &Arc<AppState>) {
+/// Returns what tells when the node's channel is first subscribed.
+fn spawn_cluster(
+    cluster: Arc<cluster::Cluster>,
+    state: &Arc<AppState>,
+) -> tokio::sync::oneshot::Receiver<()> {
     tracing::info!(
         node = cluster.node(),
         "sharing rooms with other nodes through redis"
@@ -435,8 +453,13 @@ fn spawn_cluster(cluster: Arc<cluster::Cluster>, state: &Arc<AppState>) {
     };
     tokio::spawn(record_inboxes(cluster.clone(), state.clone()));
     tokio::spawn(read_relays(cluster.clone(), state.clone()));
-    tokio::spawn(cluster.run(state.shutdown.clone(), serve, lost));
+    let (subscribed, first) = tokio::sync::oneshot::channel();
+    tokio::spawn(cluster.run(state.shutdown.clone(), serve, lost, subscribed));
+    first
 }
+
+/// How long a node with `--redis` may take to subscribe to its channel at start.
+const CLUSTER_READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Keep the volunteer relays listed on other nodes in this node's pool.
 async fn read_relays(cluster: Arc<cluster::Cluster>, state: Arc<AppState>) {

@@ -25,12 +25,18 @@ pub fn send(ws: &mut Ws, msg: ClientMessage) {
     ws.send(tungstenite::Message::text(msg.to_json())).unwrap();
 }
 
-/// The next message from the server.
+/// The next message from the server, within 10 s (the server's pings, answered by the
+/// read, do not count: a message that never comes fails the test rather than hanging it).
 pub fn next(ws: &mut Ws) -> ServerMessage {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let tungstenite::Message::Text(t) = ws.read().expect("a message") {
             return serde_json::from_str(&t).unwrap();
         }
+        assert!(
+            std::time::Instant::now() < until,
+            "no message from the server within 10 s, only pings"
+        );
     }
 }
 
