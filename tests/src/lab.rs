@@ -31,8 +31,10 @@
 //! - Needs root and the tools `ip`, `iptables`, `nft`, `conntrack`, `miniupnpd`
 //!   (the README's test command installs them); without them a lab fails loudly.
 
+mod tcp;
 mod wire;
 
+pub use tcp::TcpCopy;
 pub use wire::Impair;
 
 use crate::{Event, PathKind, event};
@@ -625,6 +627,11 @@ deny 0-65535 0.0.0.0/0 0-65535
     /// Forward UDP `port` on router `name`'s WAN address to the same port of its host, as a
     /// user does by hand in a router's settings (iptables routers only).
     pub fn forward_port(&self, name: &str, port: u16) -> anyhow::Result<()> {
+        self.forward(name, "udp", port)
+    }
+
+    /// [`Lab::forward_port`] for `proto` (`udp` or `tcp`).
+    fn forward(&self, name: &str, proto: &str, port: u16) -> anyhow::Result<()> {
         let r = self.ns(&format!("r{name}"));
         let subnet = if name == "a" { 1 } else { 2 };
         let host = format!("10.0.{subnet}.2");
@@ -640,7 +647,7 @@ deny 0-65535 0.0.0.0/0 0-65535
                 "-i",
                 "wan",
                 "-p",
-                "udp",
+                proto,
                 "--dport",
                 &p,
                 "-j",
@@ -652,11 +659,33 @@ deny 0-65535 0.0.0.0/0 0-65535
         iptables(
             &r,
             &[
-                "-I", "FORWARD", "-i", "wan", "-p", "udp", "-d", &host, "--dport", &p, "-j",
+                "-I", "FORWARD", "-i", "wan", "-p", proto, "-d", &host, "--dport", &p, "-j",
                 "ACCEPT",
             ],
         )?;
         Ok(())
+    }
+
+    /// The lab's baseline: `file` copied over plain TCP from host A to host B (router B
+    /// forwarding a port to it, so router B must be an iptables one), through the same
+    /// routers and wire as a transfer; checked by hash ([`tcp`] says how).
+    pub fn tcp_copy(&self, file: &Path) -> anyhow::Result<TcpCopy> {
+        self.tcp_copy_with(file, None)
+    }
+
+    /// [`Lab::tcp_copy`] with the sender's congestion control `cc` (e.g. `cubic`) instead of
+    /// the kernel's default. Once per lab (the port is forwarded here).
+    pub fn tcp_copy_with(&self, file: &Path, cc: Option<&str>) -> anyhow::Result<TcpCopy> {
+        self.forward("b", "tcp", tcp::PORT)?;
+        let dst = tempfile::tempdir()?;
+        let saved = dst.path().join("tcp.bin");
+        let wan_b = std::net::Ipv4Addr::new(198, 18, 0, 3);
+        let copy = tcp::copy(&self.ns("ha"), &self.ns("hb"), wan_b, (file, &saved), cc)?;
+        anyhow::ensure!(
+            crate::hash_file(&saved) == crate::hash_file(file),
+            "the TCP copy arrived altered"
+        );
+        Ok(copy)
     }
 
     /// Router `name` (an iptables router: cone, symmetric, udp-blocked) forwards nothing,
@@ -781,6 +810,17 @@ deny 0-65535 0.0.0.0/0 0-65535
 
     /// Send a `size`-byte file from host A to host B and check it arrived intact.
     pub fn transfer(&self, size: u64, a_flags: &[&str], b_flags: &[&str]) -> Outcome {
+        self.transfer_within(size, a_flags, b_flags, crate::LONG)
+    }
+
+    /// [`Lab::transfer`], each peer given `timeout` to finish (benchmarks of slow paths).
+    pub fn transfer_within(
+        &self,
+        size: u64,
+        a_flags: &[&str],
+        b_flags: &[&str],
+        timeout: Duration,
+    ) -> Outcome {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         let file = src.path().join("lab.bin");
@@ -788,9 +828,9 @@ deny 0-65535 0.0.0.0/0 0-65535
         let (sender, link) = self.sender(a_flags, &[&file]).unwrap();
         let receiver = self.receiver(b_flags, dst.path(), &link);
         let (rs, revents, rerr) = receiver
-            .finish_all(crate::LONG)
+            .finish_all(timeout)
             .unwrap_or_else(|e| panic!("{e:#}\nserver:\n{}", self.server_log()));
-        let (ss, sevents, serr) = sender.finish_all(crate::LONG).unwrap();
+        let (ss, sevents, serr) = sender.finish_all(timeout).unwrap();
         if std::env::var_os("PUNCHDROP_LAB_LOGS").is_some() {
             eprintln!("--- sender (A) stderr:\n{serr}\n--- receiver (B) stderr:\n{rerr}");
             eprintln!("--- receiver (B) events:\n{revents:?}");

@@ -19,16 +19,23 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 pub struct Args {
     /// File size in MiB.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 256)]
     size_mib: u64,
     /// Repetitions per scenario (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Simulated peer-to-peer round-trip time, in ms.
-    #[arg(long, default_value_t = 20)]
-    rtt_ms: u32,
+    /// Simulated peer-to-peer round-trip times, in ms; each is a row set (e.g. 20,50,100,200).
+    /// The inbox and outage rows use the first.
+    #[arg(long, value_delimiter = ',', default_value = "20")]
+    rtt_ms: Vec<u32>,
+    /// Random loss on each router's way out, in percent (e.g. 0,0.1,1); each is a row set
+    /// with every RTT.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    loss: Vec<f64>,
     /// Only scenarios whose name contains this (e.g. "cone / cone"; "outage" for the outage
-    /// row alone, "inbox" for the inbox rows alone).
+    /// row alone, "inbox" for the inbox rows alone, "TCP" for the baseline alone); several
+    /// separated by `|`, a name ending in `$` whole (e.g. "cone / cone$|symmetric /
+    /// symmetric$").
     #[arg(long)]
     only: Option<String>,
     /// Also browser ↔ native across cone / cone (stock Chromium in a lab host; needs
@@ -42,7 +49,151 @@ pub struct Args {
     /// retransmission timer. 0 skips the row.
     #[arg(long, default_value_t = 10)]
     outage_s: u64,
+    /// Also plain TCP with CUBIC when the kernel's default is another (slow: at 1 % loss and
+    /// 100 ms it moves 0.2 MB/s).
+    #[arg(long)]
+    cubic: bool,
+    /// One JSON object per measurement on stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+    /// Use the `native-peer` and `signalling` in this folder instead of building the working
+    /// tree's (an A/B run: keep a copy of one build's binaries, change, compare).
+    #[arg(long)]
+    bins: Option<std::path::PathBuf>,
+    /// Draw throughput against RTT (punchdrop direct and relayed, plain TCP; a line per loss)
+    /// into this SVG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
+
+impl Args {
+    /// Whether the row `name` is asked for (`--only`; a pattern ending in `$` is the whole
+    /// name).
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| {
+            o.split('|').any(|o| match o.strip_suffix('$') {
+                Some(whole) => name == whole,
+                None => name.contains(o),
+            })
+        })
+    }
+}
+
+/// One point of the sweep: the peer-to-peer round trip and the loss each way.
+#[derive(Debug, Clone, Copy)]
+struct Wan {
+    rtt_ms: u32,
+    loss_pct: f64,
+}
+
+impl Wan {
+    /// Each router delays and thins what it sends out (a peer-to-peer packet leaves through
+    /// one router's WAN side, its answer through the other's).
+    fn spec(self, a: Nat, b: B) -> Spec {
+        let mut spec = Spec::new(a, b);
+        spec.wan = [Impair {
+            delay_ms: self.rtt_ms / 2,
+            loss: self.loss_pct / 100.0,
+        }; 2];
+        spec
+    }
+}
+
+/// One table line (or JSON object) of the sweep.
+#[derive(Debug)]
+struct Row<'a> {
+    scenario: &'a str,
+    wan: Wan,
+    paths: String,
+    /// Median both-in-room → first byte (None for the TCP baseline).
+    first_byte_ms: Option<f64>,
+    mb_s: f64,
+}
+
+/// Prints rows as a table or JSON lines, and keeps them for the plot.
+#[derive(Debug)]
+struct Report {
+    json: bool,
+    size_mib: u64,
+    reps: usize,
+    /// Plain TCP's median per (RTT, loss), once measured.
+    tcp: Vec<(u32, f64, f64)>,
+    wire_mb_s: Option<f64>,
+    congestion_control: String,
+    /// (scenario, RTT, loss, MB/s) for the plot.
+    points: Vec<(String, u32, f64, f64)>,
+}
+
+impl Report {
+    fn tcp_at(&self, wan: Wan) -> Option<f64> {
+        self.tcp
+            .iter()
+            .find(|t| t.0 == wan.rtt_ms && t.1 == wan.loss_pct)
+            .map(|t| t.2)
+    }
+
+    fn header(&self) {
+        if !self.json {
+            println!(
+                "\n| scenario | RTT | loss | path (A / B) | both in room → first byte | throughput | plain TCP | ratio |\n|---|---|---|---|---|---|---|---|"
+            );
+        }
+    }
+
+    fn row(&mut self, r: Row) {
+        let tcp = self.tcp_at(r.wan);
+        let ratio = tcp.map(|t| r.mb_s / t);
+        let rtts = r
+            .first_byte_ms
+            .map(|ms| ms / f64::from(r.wan.rtt_ms.max(1)));
+        self.points
+            .push((r.scenario.to_string(), r.wan.rtt_ms, r.wan.loss_pct, r.mb_s));
+        if self.json {
+            let line = serde_json::json!({
+                "scenario": r.scenario,
+                "rtt_ms": r.wan.rtt_ms,
+                "loss": r.wan.loss_pct / 100.0,
+                "size_mib": self.size_mib,
+                "reps": self.reps,
+                "path": r.paths,
+                "mb_per_s": r.mb_s,
+                "tcp_mb_per_s": tcp,
+                "ratio_to_tcp": ratio,
+                "first_byte_ms": r.first_byte_ms,
+                "first_byte_rtts": rtts,
+                "tcp_congestion_control": self.congestion_control,
+                "wire_mb_per_s": self.wire_mb_s,
+            });
+            println!("{line}");
+            return;
+        }
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "–".into());
+        println!(
+            "| {} | {} ms | {} % | {} | {} | {:.1} MB/s | {} | {} |",
+            r.scenario,
+            r.wan.rtt_ms,
+            r.wan.loss_pct,
+            r.paths,
+            or_dash(
+                r.first_byte_ms
+                    .zip(rtts)
+                    .map(|(ms, n)| format!("{ms:.0} ms ({n:.1} RTT)"))
+            ),
+            r.mb_s,
+            or_dash(tcp.map(|t| format!("{t:.1} MB/s"))),
+            or_dash(ratio.map(|x| format!("{x:.2}×"))),
+        );
+    }
+}
+
+/// The scenario the plot calls "punchdrop, direct", and the one it calls "relayed".
+const DIRECT: &str = "cone / cone";
+const RELAYED: &str = "symmetric / symmetric";
+const TCP: &str = "plain TCP";
+const TCP_CUBIC: &str = "plain TCP, CUBIC";
+
+/// How long one lab transfer may take.
+const TRANSFER_WITHIN: Duration = Duration::from_secs(1800);
 
 /// Name, router A, host B, volunteer relays (behind UPnP routers of their own, preferred by
 /// the server to its TURN).
@@ -136,37 +287,171 @@ fn native_to_browser(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Resul
 }
 
 pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
-    crate::build_binaries(root)?;
-    let bins = root.join("target/release");
-    println!(
-        "NAT lab, {} MiB, {} ms peer RTT, median of {}\n",
-        args.size_mib, args.rtt_ms, args.reps
-    );
-    println!(
-        "| scenario | path (A / B) | both in room → first byte | throughput |\n|---|---|---|---|"
-    );
+    let bins = match &args.bins {
+        Some(dir) => dir.clone(),
+        None => {
+            crate::build_binaries(root)?;
+            root.join("target/release")
+        }
+    };
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("lab.bin");
+    crate::make_file(&file, args.size_mib << 20)?;
+    let mut report = Report {
+        json: args.json,
+        size_mib: args.size_mib,
+        reps: args.reps.max(1),
+        tcp: Vec::new(),
+        wire_mb_s: None,
+        congestion_control: String::new(),
+        points: Vec::new(),
+    };
+    if !args.json {
+        println!(
+            "NAT lab, {} MiB, median of {}; plain TCP is a copy of the same file between the \
+             same hosts over the same routers and wire",
+            args.size_mib, report.reps
+        );
+    }
+    // The baseline is measured whenever a row it is compared with is.
+    let sweep = SCENARIOS.iter().any(|s| args.wants(s.0))
+        || (args.browser && BROWSER_ROWS.iter().any(|r| args.wants(r.0)))
+        || args
+            .only
+            .as_deref()
+            .is_some_and(|o| o.split('|').any(|o| TCP.contains(o)));
+    if sweep {
+        wire_capacity(&bins, &file, &mut report)?;
+        report.header();
+    }
+    let wans = args.rtt_ms.iter().flat_map(|&rtt_ms| {
+        args.loss
+            .iter()
+            .map(move |&loss_pct| Wan { rtt_ms, loss_pct })
+    });
+    for wan in wans.filter(|_| sweep) {
+        tcp_row(&bins, &file, wan, args.cubic, &mut report)?;
+        scenario_rows(&bins, &args, wan, &mut report)?;
+        if args.browser {
+            browser_rows(&bins, &args, &file, wan, &mut report)?;
+        }
+    }
+    let first = Wan {
+        rtt_ms: args.rtt_ms[0],
+        loss_pct: 0.0,
+    };
+    if args.only.as_deref().is_none_or(|o| o.contains("inbox")) {
+        inbox_rows(&bins, &args, &file, first, &mut report)?;
+    }
+    let outage_wanted = args.only.as_deref().is_none_or(|o| "outage".contains(o));
+    if args.outage_s > 0 && outage_wanted && !args.json {
+        outage_row(&bins, &args)?;
+    }
+    if let Some(path) = &args.plot {
+        crate::plot::throughput_by_rtt(path, &report.points, &[DIRECT, RELAYED, TCP, TCP_CUBIC])
+            .with_context(|| format!("draw {}", path.display()))?;
+        eprintln!("plot: {}", path.display());
+    }
+    Ok(())
+}
+
+/// The wire's own capacity, so it is never the limit unknowingly: plain TCP over the same
+/// (userspace) wire with 1 ms each way and no loss, the best any transport can do here.
+fn wire_capacity(bins: &Path, file: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let wan = Wan {
+        rtt_ms: 2,
+        loss_pct: 0.0,
+    };
+    let lab = Lab::with_bins(
+        wan.spec(Nat::Cone, B::Behind(Nat::Cone)),
+        bins.to_path_buf(),
+    )
+    .context("build the lab for the wire's capacity")?;
+    let copy = lab.tcp_copy(file)?;
+    report.wire_mb_s = Some(copy.mb_per_s());
+    report.congestion_control = copy.congestion_control.clone();
+    if report.json {
+        let line = serde_json::json!({
+            "scenario": "wire capacity",
+            "rtt_ms": wan.rtt_ms,
+            "loss": 0.0,
+            "mb_per_s": copy.mb_per_s(),
+            "tcp_congestion_control": copy.congestion_control,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "wire capacity (plain TCP, {}, {} ms RTT, no loss): {:.1} MB/s",
+            copy.congestion_control,
+            wan.rtt_ms,
+            copy.mb_per_s()
+        );
+    }
+    Ok(())
+}
+
+/// Plain TCP at `wan`, across cone / cone with a forwarded port (NAT type does not matter to
+/// a forwarded TCP connection); a fresh lab per repetition. With the kernel's default
+/// congestion control (the baseline the ratios use) and, with `--cubic` when that is not
+/// CUBIC, with CUBIC too (what most senders on the internet run).
+fn tcp_row(
+    bins: &Path,
+    file: &Path,
+    wan: Wan,
+    cubic: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut ccs = vec![None];
+    if cubic && report.congestion_control != "cubic" {
+        ccs.push(Some("cubic"));
+    }
+    for cc in ccs {
+        let mut rate = Vec::new();
+        for _ in 0..report.reps {
+            let spec = wan.spec(Nat::Cone, B::Behind(Nat::Cone));
+            let lab =
+                Lab::with_bins(spec, bins.to_path_buf()).context("build the lab for plain TCP")?;
+            rate.push(lab.tcp_copy_with(file, cc)?.mb_per_s());
+        }
+        let mb_s = crate::median(rate);
+        let scenario = match cc {
+            None => {
+                report.tcp.push((wan.rtt_ms, wan.loss_pct, mb_s));
+                TCP
+            }
+            Some(_) => TCP_CUBIC,
+        };
+        let paths = format!("TCP {}", cc.unwrap_or(&report.congestion_control));
+        report.row(Row {
+            scenario,
+            wan,
+            paths,
+            first_byte_ms: None,
+            mb_s,
+        });
+    }
+    Ok(())
+}
+
+/// Each native → native scenario at `wan`, a fresh lab per repetition.
+fn scenario_rows(bins: &Path, args: &Args, wan: Wan, report: &mut Report) -> anyhow::Result<()> {
     for &(name, a, b, volunteers) in SCENARIOS {
-        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+        if !args.wants(name) {
             continue;
         }
-        let mut spec = Spec::new(a, b).with_volunteers(volunteers);
-        // A peer-to-peer round trip leaves through both routers' WAN sides.
-        let link = Impair {
-            delay_ms: args.rtt_ms / 2,
-            loss: 0.0,
-        };
-        spec.wan = [link; 2];
+        let spec = wan.spec(a, b).with_volunteers(volunteers);
         let mut setup = Vec::new();
         let mut rate = Vec::new();
         let mut paths = String::new();
-        for _ in 0..args.reps.max(1) {
+        for _ in 0..report.reps {
             // A fresh lab per run: no NAT or conntrack state carried over.
-            let lab = Lab::with_bins(spec, bins.clone())
+            let lab = Lab::with_bins(spec, bins.to_path_buf())
                 .with_context(|| format!("build the lab for {name}"))?;
             let _relays = (0..usize::from(volunteers))
                 .map(|i| lab.volunteer(i))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let o = lab.transfer(args.size_mib << 20, &[], &[]);
+            // Slow paths (1 % loss at 200 ms) take their time; a stuck peer still ends.
+            let o = lab.transfer_within(args.size_mib << 20, &[], &[], TRANSFER_WITHIN);
             setup.push(o.first_byte_ms);
             let done = &o.receiver_done;
             rate.push(done.bytes as f64 / done.seconds / 1e6);
@@ -186,21 +471,13 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
                 paths.push_str(&this);
             }
         }
-        println!(
-            "| {name} | {paths} | {:.0} ms | {:.1} MB/s |",
-            crate::median(setup),
-            crate::median(rate)
-        );
-    }
-    if args.browser {
-        browser_rows(&bins, &args)?;
-    }
-    if args.only.as_deref().is_none_or(|o| o.contains("inbox")) {
-        inbox_rows(&bins, &args)?;
-    }
-    let outage_wanted = args.only.as_deref().is_none_or(|o| "outage".contains(o));
-    if args.outage_s > 0 && outage_wanted {
-        outage_row(&bins, &args)?;
+        report.row(Row {
+            scenario: name,
+            wan,
+            paths,
+            first_byte_ms: Some(crate::median(setup)),
+            mb_s: crate::median(rate),
+        });
     }
     Ok(())
 }
@@ -208,12 +485,11 @@ pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
 /// native → native across cone / cone, the receiver's router cut for a while mid-transfer:
 /// how soon bytes move again once it forwards again, and what the sender sent twice.
 fn outage_row(bins: &Path, args: &Args) -> anyhow::Result<()> {
-    let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
-    let link = Impair {
-        delay_ms: args.rtt_ms / 2,
-        loss: 0.0,
+    let wan = Wan {
+        rtt_ms: args.rtt_ms[0],
+        loss_pct: 0.0,
     };
-    spec.wan = [link; 2];
+    let spec = wan.spec(Nat::Cone, B::Behind(Nat::Cone));
     // Long enough to still be running after the outage at the lab's speed.
     let size = (args.size_mib << 20).max(256 << 20);
     let reps = args.reps.max(1);
@@ -357,18 +633,23 @@ fn browser_outage(
     Ok((moving, sent.saturating_sub(size)))
 }
 
-/// Browser ↔ native across two cone NATs, stock Chromium on one side.
 /// Drops into an inbox across cone / cone: `native-peer inbox` on host A, the dropper on
 /// host B (`native-peer send --to LINK`, or a stock page on the inbox's link). Setup is the
 /// dropper's own: from starting `send --to` (or the page's files being picked, the page
 /// already on the link) to its first bytes out; throughput is the dropper's `done`.
-fn inbox_rows(bins: &Path, args: &Args) -> anyhow::Result<()> {
+/// In the report, "first byte" is the dropper's from its start (`send --to`) or the pick.
+fn inbox_rows(
+    bins: &Path,
+    args: &Args,
+    file: &Path,
+    wan: Wan,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let mut rows: Vec<(&str, Scenario)> = vec![("native → inbox, cone / cone", native_drop)];
     if args.browser {
         rows.push(("browser → inbox, cone / cone", page_drop));
     }
-    println!("\n| drop | path (dropper) | drop → first byte out | throughput |\n|---|---|---|---|");
-    cone_cone_rows(bins, args, &rows)
+    cone_cone_rows(bins, args, file, wan, &rows, report)
 }
 
 /// A running inbox on host A, its link, and the folders it lives in (kept while it runs).
@@ -442,48 +723,56 @@ fn dropper_run(first_byte_ms: f64, done: &event::Done) -> Run {
 
 type Scenario = fn(&Lab, &Path, Duration) -> anyhow::Result<Run>;
 
-fn browser_rows(bins: &Path, args: &Args) -> anyhow::Result<()> {
-    let rows: [(&str, Scenario); 2] = [
-        ("browser → native, cone / cone", browser_to_native),
-        ("native → browser, cone / cone", native_to_browser),
-    ];
-    cone_cone_rows(bins, args, &rows)
+/// Browser ↔ native across two cone NATs, stock Chromium on one side.
+fn browser_rows(
+    bins: &Path,
+    args: &Args,
+    file: &Path,
+    wan: Wan,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    cone_cone_rows(bins, args, file, wan, &BROWSER_ROWS, report)
 }
 
-/// Each of `rows` across cone / cone at `--rtt-ms`, a fresh lab per repetition: one table
-/// line with the medians.
-fn cone_cone_rows(bins: &Path, args: &Args, rows: &[(&str, Scenario)]) -> anyhow::Result<()> {
-    let work = tempfile::tempdir()?;
-    let file = work.path().join("lab.bin");
-    crate::make_file(&file, args.size_mib << 20)?;
+const BROWSER_ROWS: [(&str, Scenario); 2] = [
+    ("browser → native, cone / cone", browser_to_native),
+    ("native → browser, cone / cone", native_to_browser),
+];
+
+/// Each of `rows` across cone / cone at `wan`, a fresh lab per repetition: one report row
+/// with the medians.
+fn cone_cone_rows(
+    bins: &Path,
+    args: &Args,
+    file: &Path,
+    wan: Wan,
+    rows: &[(&'static str, Scenario)],
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(600);
     for &(name, run) in rows {
-        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+        if !args.wants(name) {
             continue;
         }
-        let mut spec = Spec::new(Nat::Cone, B::Behind(Nat::Cone));
-        let link = Impair {
-            delay_ms: args.rtt_ms / 2,
-            loss: 0.0,
-        };
-        spec.wan = [link; 2];
+        let spec = wan.spec(Nat::Cone, B::Behind(Nat::Cone));
         let (mut setup, mut rate, mut paths) = (Vec::new(), Vec::new(), Vec::<String>::new());
-        for _ in 0..args.reps.max(1) {
+        for _ in 0..report.reps {
             let lab = Lab::with_bins(spec, bins.to_path_buf())
                 .with_context(|| format!("build the lab for {name}"))?;
-            let r = run(&lab, &file, timeout).with_context(|| name.to_string())?;
+            let r = run(&lab, file, timeout).with_context(|| name.to_string())?;
             setup.push(r.first_byte_ms);
             rate.push(r.mb_s);
             if !paths.contains(&r.paths) {
                 paths.push(r.paths);
             }
         }
-        println!(
-            "| {name} | {} | {:.0} ms | {:.1} MB/s |",
-            paths.join("; "),
-            crate::median(setup),
-            crate::median(rate)
-        );
+        report.row(Row {
+            scenario: name,
+            wan,
+            paths: paths.join("; "),
+            first_byte_ms: Some(crate::median(setup)),
+            mb_s: crate::median(rate),
+        });
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ mod browser;
 mod inbox;
 mod lab;
 mod load;
+mod plot;
 mod web;
 
 #[derive(Parser, Debug)]

@@ -18,7 +18,7 @@ use crate::chunk::{
     chunk_payload_data::ChunkPayloadData,
     chunk_payload_data::{MessageId, MessageReliability, PayloadProtocolIdentifier},
     chunk_reconfig::ChunkReconfig,
-    chunk_selective_ack::ChunkSelectiveAck,
+    chunk_selective_ack::{ChunkSelectiveAck, GapAckBlock},
     chunk_shutdown::ChunkShutdown,
     chunk_shutdown_ack::ChunkShutdownAck,
     chunk_shutdown_complete::ChunkShutdownComplete,
@@ -58,6 +58,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+// punchdrop patch: losses that are not congestion keep the window.
+mod congestion;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod stream;
@@ -232,6 +234,17 @@ pub struct Association {
     partial_bytes_acked: u32,
     pub(crate) in_fast_recovery: bool,
     fast_recover_exit_point: u32,
+    // punchdrop patch: whether the current Fast Recovery kept the window (the loss was not
+    // taken for congestion), so the window may still grow in it; and what tells.
+    recovery_kept_window: bool,
+    loss_tolerance: congestion::LossTolerance,
+    gap_acked_uncounted: i64,
+    // Fast-retransmitted TSNs and the first TSN sent after each (its fence).
+    retransmitted: VecDeque<(u32, u32)>,
+    // Fast retransmissions found lost too, to be sent again.
+    lost_again: FxHashSet<u32>,
+    // Chunks due for fast retransmission that the window had no room for yet.
+    fast_retransmit_left: bool,
 
     // Chunks stored for retransmission
     stored_init: Option<ChunkInit>,
@@ -327,6 +340,12 @@ impl Default for Association {
             partial_bytes_acked: 0,
             in_fast_recovery: false,
             fast_recover_exit_point: 0,
+            recovery_kept_window: false,
+            loss_tolerance: congestion::LossTolerance::default(),
+            gap_acked_uncounted: 0,
+            retransmitted: VecDeque::new(),
+            lost_again: FxHashSet::default(),
+            fast_retransmit_left: false,
 
             // Chunks stored for retransmission
             stored_init: None,
@@ -1484,7 +1503,17 @@ impl Association {
 
             self.cumulative_tsn_ack_point = d.cumulative_tsn_ack;
             cum_tsn_ack_point_advanced = true;
-            self.on_cumulative_tsn_ack_point_advanced(total_bytes_acked, now);
+            // punchdrop patch: bytes acknowledged by gap blocks of SACKs that did not advance
+            // the Cumulative TSN Ack Point count too (RFC 9260 7.2.1 counts "the total size of
+            // the previously outstanding DATA chunk(s) acknowledged"): behind a hole every
+            // byte is gap-acked first, and the window never grew while one was open.
+            let credit = std::mem::take(&mut self.gap_acked_uncounted);
+            // Not in slow start: there the window doubles per round trip anyway, and the
+            // credit would make its overshoot at a bottleneck larger.
+            let acked = total_bytes_acked + if self.cwnd > self.ssthresh { credit } else { 0 };
+            self.on_cumulative_tsn_ack_point_advanced(acked, now);
+        } else {
+            self.gap_acked_uncounted += total_bytes_acked;
         }
 
         self.release_stream_buffers(&bytes_acked_per_stream);
@@ -1504,7 +1533,16 @@ impl Association {
             self.rwnd = d.advertised_receiver_window_credit - bytes_outstanding;
         }
 
-        self.process_fast_retransmission(d.cumulative_tsn_ack, htna, cum_tsn_ack_point_advanced)?;
+        self.process_fast_retransmission(
+            d.cumulative_tsn_ack,
+            htna,
+            &d.gap_ack_blocks,
+            cum_tsn_ack_point_advanced,
+        );
+        self.find_lost_retransmissions(d);
+        if std::mem::take(&mut self.fast_retransmit_left) {
+            self.will_retransmit_fast = true;
+        }
 
         if self.use_forward_tsn {
             // RFC 3758 Sec 3.5 C1
@@ -1803,6 +1841,7 @@ impl Association {
                         if let Some(since) = &c.since {
                             let rtt = now.duration_since(*since);
                             let srtt = self.rto_mgr.set_new_rtt(rtt.as_millis() as u64);
+                            self.loss_tolerance.on_rtt(rtt.as_millis() as u64, now);
                             trace!(
                                 "[{}] SACK: measured-rtt={} srtt={} new-rto={}",
                                 self.side,
@@ -1858,6 +1897,7 @@ impl Association {
                             if let Some(since) = &c.since {
                                 let rtt = now.duration_since(*since);
                                 let srtt = self.rto_mgr.set_new_rtt(rtt.as_millis() as u64);
+                            self.loss_tolerance.on_rtt(rtt.as_millis() as u64, now);
                                 trace!(
                                     "[{}] SACK: measured-rtt={} srtt={} new-rto={}",
                                     self.side,
@@ -1928,7 +1968,8 @@ impl Association {
             //      most, the lesser of 1) the total size of the previously
             //      outstanding DATA chunk(s) acknowledged, and 2) the destination's
             //      path MTU.
-            if !self.in_fast_recovery && !self.pending_queue.is_empty() {
+            let growing = !self.in_fast_recovery || self.recovery_kept_window;
+            if growing && !self.pending_queue.is_empty() {
                 self.cwnd += std::cmp::min(total_bytes_acked as u32, self.cwnd); // TCP way
                 // self.cwnd += min32(uint32(total_bytes_acked), self.mtu) // SCTP way (slow)
                 trace!(
@@ -1962,7 +2003,13 @@ impl Association {
             //      reset partial_bytes_acked to (partial_bytes_acked - cwnd).
             if self.partial_bytes_acked >= self.cwnd && !self.pending_queue.is_empty() {
                 self.partial_bytes_acked -= self.cwnd;
-                self.cwnd += self.mtu;
+                // punchdrop patch: while losses are noise, an eighth of the window per round
+                // trip rather than a packet (a window of thousands of packets would take
+                // minutes to come back otherwise); a congested path grows as the RFC says.
+                self.cwnd += match self.loss_tolerance.congested() {
+                    true => self.mtu,
+                    false => (self.cwnd / 8).max(self.mtu),
+                };
                 trace!(
                     "[{}] updated cwnd={} ssthresh={} acked={} (CA)",
                     self.side, self.cwnd, self.ssthresh, total_bytes_acked
@@ -1971,68 +2018,145 @@ impl Association {
         }
     }
 
+    /// punchdrop patch (fast recovery, RFC 9260 7.2.4): miss indications go only to the TSNs
+    /// the SACK reports missing, the holes between its gap blocks (the original counted every
+    /// outstanding TSN up to the end of the in-flight queue while in Fast Recovery, so chunks
+    /// still on their way were retransmitted for nothing); a chunk reaching three indications
+    /// is retransmitted in Fast Recovery too (the original marked it and never sent it, so
+    /// only T3-rtx recovered a second loss in a window); and the exit point is the highest
+    /// TSN outstanding when Fast Recovery starts (the original took the HTNA, so Fast
+    /// Recovery ended early and each further loss of the same window halved cwnd again).
     fn process_fast_retransmission(
         &mut self,
         cum_tsn_ack_point: u32,
         htna: u32,
+        gaps: &[GapAckBlock],
         cum_tsn_ack_point_advanced: bool,
-    ) -> Result<()> {
-        // HTNA algorithm - RFC 4960 Sec 7.2.4
-        // Increment missIndicator of each chunks that the SACK reported missing
-        // when either of the following is met:
-        // a)  Not in fast-recovery
-        //     miss indications are incremented only for missing TSNs prior to the
-        //     highest TSN newly acknowledged in the SACK.
-        // b)  In fast-recovery AND the Cumulative TSN Ack Point advanced
-        //     the miss indications are incremented for all TSNs reported missing
-        //     in the SACK.
-        if !self.in_fast_recovery || cum_tsn_ack_point_advanced {
-            let max_tsn = if !self.in_fast_recovery {
-                // a) increment only for missing TSNs prior to the HTNA
-                htna
-            } else {
-                // b) increment for all TSNs reported missing
-                cum_tsn_ack_point.wrapping_add(self.inflight_queue.len() as u32 + 1)
-            };
-
-            let mut tsn = cum_tsn_ack_point.wrapping_add(1);
-            while sna32lt(tsn, max_tsn) {
-                if let Some(c) = self.inflight_queue.get_mut(tsn) {
-                    if c.is_outstanding() && c.miss_indicator < 3 {
-                        c.miss_indicator += 1;
-                        if c.miss_indicator == 3 && !self.in_fast_recovery {
-                            // 2)  If not in Fast Recovery, adjust the ssthresh and cwnd of the
-                            //     destination address(es) to which the missing DATA chunks were
-                            //     last sent, according to the formula described in Section 7.2.3.
-                            self.in_fast_recovery = true;
-                            self.fast_recover_exit_point = htna;
-                            self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
-                            self.cwnd = self.ssthresh;
-                            self.partial_bytes_acked = 0;
-                            self.will_retransmit_fast = true;
-
-                            trace!(
-                                "[{}] updated cwnd={} ssthresh={} inflight={} (FR)",
-                                self.side,
-                                self.cwnd,
-                                self.ssthresh,
-                                self.inflight_queue.get_num_bytes()
-                            );
-                        }
-                    }
-                } else {
-                    return Err(Error::ErrTsnRequestNotExist);
-                }
-
+    ) {
+        // Every SACK: missing TSNs below the HTNA. In Fast Recovery, when the Cumulative TSN
+        // Ack Point advanced: all reported missing. (The original counted nothing in Fast
+        // Recovery without an advance, so a second hole of the window waited for T3-rtx.)
+        let max_tsn = match gaps.last() {
+            Some(last) if self.in_fast_recovery && cum_tsn_ack_point_advanced => {
+                cum_tsn_ack_point.wrapping_add(u32::from(last.end))
+            }
+            _ => htna,
+        };
+        // TSNs acknowledged above each hole: with DupThresh (3) of them, a chunk is lost
+        // whatever the number of SACKs that said so (RFC 6675's IsLost, as TCP does). A
+        // burst that arrives at once is acknowledged by one SACK, so counting SACKs alone
+        // took three round trips, by when the window was full and no SACK came: T3-rtx.
+        let mut acked_above: u32 = gaps
+            .iter()
+            .map(|g| u32::from(g.end.saturating_sub(g.start)) + 1)
+            .sum();
+        let mut tsn = cum_tsn_ack_point.wrapping_add(1);
+        for gap in gaps {
+            let hole_end = cum_tsn_ack_point.wrapping_add(u32::from(gap.start));
+            while sna32lt(tsn, hole_end) && sna32lt(tsn, max_tsn) {
+                self.count_miss(tsn, acked_above >= 3);
                 tsn = tsn.wrapping_add(1);
             }
+            acked_above -= u32::from(gap.end.saturating_sub(gap.start)) + 1;
+            let after = cum_tsn_ack_point
+                .wrapping_add(u32::from(gap.end))
+                .wrapping_add(1);
+            if sna32lt(tsn, after) {
+                tsn = after;
+            }
         }
+    }
 
-        if self.in_fast_recovery && cum_tsn_ack_point_advanced {
-            self.will_retransmit_fast = true;
+    /// punchdrop patch: a fast retransmission that is lost too would wait for T3-rtx (RFC
+    /// 9260 sends a chunk by fast retransmission once). When three chunks sent after it are
+    /// acknowledged and it is not, it is lost as well (RACK's reasoning, RFC 8985): it is
+    /// fast-retransmitted again, within the same budget as the others.
+    fn find_lost_retransmissions(&mut self, d: &ChunkSelectiveAck) {
+        let highest = d
+            .gap_ack_blocks
+            .last()
+            .map_or(d.cumulative_tsn_ack, |g| {
+                d.cumulative_tsn_ack.wrapping_add(u32::from(g.end))
+            });
+        while let Some(&(tsn, fence)) = self.retransmitted.front() {
+            let outstanding = self
+                .inflight_queue
+                .get(tsn)
+                .is_some_and(|c| c.is_outstanding() && !c.acknowledged);
+            if outstanding && sna32lt(highest, fence.wrapping_add(2)) {
+                // No evidence yet, for this one or the later ones.
+                break;
+            }
+            self.retransmitted.pop_front();
+            if outstanding {
+                self.lost_again.insert(tsn);
+                self.will_retransmit_fast = true;
+                self.on_loss_found();
+            }
         }
+    }
 
-        Ok(())
+    /// punchdrop patch: whether `c` is to go by fast retransmission now: found lost and sent
+    /// once, or sent again and found lost again; not if T3-rtx flagged it (that path sends
+    /// it, once).
+    fn fast_retransmit_due(&self, c: &ChunkPayloadData) -> bool {
+        if c.retransmit || !c.is_outstanding() || c.acknowledged {
+            return false;
+        }
+        c.is_fast_retransmit_candidate() || self.lost_again.contains(&c.tsn)
+    }
+
+    /// One miss indication for `tsn` (all three if it is `lost`); at the third it is due for
+    /// fast retransmission, and outside Fast Recovery that starts it (RFC 9260 7.2.4 2).
+    fn count_miss(&mut self, tsn: u32, lost: bool) {
+        let Some(c) = self.inflight_queue.get_mut(tsn) else {
+            return;
+        };
+        // Only chunks sent once and not flagged by T3-rtx: the others are on their way again.
+        if !c.is_outstanding() || c.miss_indicator >= 3 || c.nsent != 1 || c.retransmit {
+            return;
+        }
+        c.miss_indicator = if lost { 3 } else { c.miss_indicator + 1 };
+        if c.miss_indicator < 3 {
+            return;
+        }
+        self.will_retransmit_fast = true;
+        self.on_loss_found();
+    }
+
+    /// A chunk was found lost: Fast Recovery starts, with the window halved (RFC 9260
+    /// 7.2.3) when the loss is taken for congestion, kept when it is taken for noise on the
+    /// path ([`congestion`]). Noise leaves slow start (ssthresh at the window) and the window
+    /// grows by an eighth per round trip in congestion avoidance while losses stay noise.
+    fn on_loss_found(&mut self) {
+        self.loss_tolerance.on_lost();
+        let congested = self.loss_tolerance.congested();
+        if self.in_fast_recovery && self.recovery_kept_window && congested {
+            // What was taken for noise turns out congestion: respond now.
+            self.in_fast_recovery = false;
+        }
+        if !self.in_fast_recovery {
+            self.in_fast_recovery = true;
+            self.fast_recover_exit_point = self.my_next_tsn.wrapping_sub(1);
+            self.recovery_kept_window = !congested;
+            if !congested {
+                self.ssthresh = self.ssthresh.min(self.cwnd);
+                trace!("[{}] loss taken for noise: cwnd={} kept", self.side, self.cwnd);
+                return;
+            }
+            self.loss_tolerance.responded();
+            self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+            self.cwnd = self.ssthresh;
+            self.partial_bytes_acked = 0;
+            self.gap_acked_uncounted = 0;
+            trace!(
+                "[{}] updated cwnd={} ssthresh={} inflight={} (FR)",
+                self.side,
+                self.cwnd,
+                self.ssthresh,
+                self.inflight_queue.get_num_bytes()
+            );
+        }
     }
 
     /// The caller must hold the lock. This method was only added because the
@@ -2292,11 +2416,13 @@ impl Association {
                 if self.state() == AssociationState::Closed {
                     return (vec![], false);
                 }
-                raw_packets = self.gather_outbound_data_and_reconfig_packets(raw_packets, now);
+                // punchdrop patch: lost chunks before new ones (RFC 6675's NextSeg), so new
+                // data does not take the window the retransmissions need.
+                raw_packets = self.gather_outbound_fast_retransmission_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
                     return (vec![], false);
                 }
-                raw_packets = self.gather_outbound_fast_retransmission_packets(raw_packets, now);
+                raw_packets = self.gather_outbound_data_and_reconfig_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
                     return (vec![], false);
                 }
@@ -2435,12 +2561,29 @@ impl Association {
 
             let mut to_fast_retrans: Vec<ChunkPayloadData> = vec![];
             let mut fast_retrans_size = COMMON_HEADER_SIZE;
+            // punchdrop patch: what may go beyond the first packet is what the window has room
+            // for once the chunks found lost are taken out of the bytes in flight (RFC 6675's
+            // pipe): a loss that was noise resends exactly what was lost, a congested path
+            // (its window just halved) no more than the window allows.
+            let lost: u32 = self
+                .inflight_queue
+                .sorted
+                .iter()
+                .filter_map(|tsn| self.inflight_queue.get(*tsn))
+                .filter(|c| self.fast_retransmit_due(c))
+                .map(|c| c.user_data.len() as u32)
+                .sum();
+            let pipe = (self.inflight_queue.get_num_bytes() as u32).saturating_sub(lost);
+            // In the loop's units (chunk headers and padding, a packet header), with room
+            // for the headers of a window's worth of packets.
+            let headers = (self.cwnd / self.mtu.max(1) + 1) * (COMMON_HEADER_SIZE + 16);
+            let budget = (self.cwnd + headers).saturating_sub(pipe).max(self.mtu);
 
             let mut i = 0;
             loop {
                 let tsn = self.cumulative_tsn_ack_point.wrapping_add(i + 1);
                 if let Some(c) = self.inflight_queue.get(tsn) {
-                    if !c.is_fast_retransmit_candidate() {
+                    if !self.fast_retransmit_due(c) {
                         i += 1;
                         continue;
                     }
@@ -2490,7 +2633,14 @@ impl Association {
                     // decisions.
                     let data_chunk_size =
                         (DATA_CHUNK_HEADER_SIZE + c.user_data.len() as u32).next_multiple_of(4);
-                    if self.mtu < fast_retrans_size + data_chunk_size {
+                    // punchdrop patch: every chunk due that the budget above allows, not only
+                    // the first packet's worth (the rest waited for the next trigger, and the
+                    // chunks of a burst loss were recovered one per round trip).
+                    if !to_fast_retrans.is_empty()
+                        && budget < fast_retrans_size + data_chunk_size
+                    {
+                        // The rest go when the next SACK makes room.
+                        self.fast_retransmit_left = true;
                         break;
                     }
 
@@ -2510,6 +2660,8 @@ impl Association {
                     c.nsent += 1;
                     chunk.nsent = c.nsent;
                     self.stats.inc_fast_retrans();
+                    self.retransmitted.push_back((c.tsn, self.my_next_tsn));
+                    self.lost_again.remove(&c.tsn);
                     trace!(
                         "[{}] fast-retransmit: tsn={} sent={} htna={}",
                         self.side, c.tsn, c.nsent, self.fast_recover_exit_point
@@ -3226,6 +3378,7 @@ impl Association {
             // RTT baseline only; maxPacketLifeTime measures from `created_at`.
             c.since = Some(now);
             c.nsent = 1; // being sent for the first time
+            self.loss_tolerance.on_sent();
 
             trace!(
                 "[{}] sending ppi={} tsn={} ssn={} sent={} len={} ({},{})",
@@ -3383,6 +3536,14 @@ impl Association {
 
                 self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
                 self.cwnd = self.mtu;
+                // punchdrop patch: what this module tracks for Fast Recovery starts over
+                // (the original left Fast Recovery on, which kept slow start from growing the
+                // window from one packet until its exit point was acknowledged).
+                self.gap_acked_uncounted = 0;
+                self.retransmitted.clear();
+                self.lost_again.clear();
+                self.in_fast_recovery = false;
+                self.recovery_kept_window = false;
                 trace!(
                     "[{}] updated cwnd={} ssthresh={} inflight={} (RTO)",
                     self.side,
