@@ -514,7 +514,7 @@ fn an_inbox_with_relay_is_listed_as_a_volunteer_while_it_runs() {
     let state = st.path().join("inbox.json");
     // No router on loopback to ask for a mapping; ports of its own.
     let ports = punchdrop_e2e::volunteer::loopback_ports();
-    let (inbox, link) = inbox(
+    let (mut inbox, link) = inbox(
         &sig.url,
         dst.path(),
         &state,
@@ -539,6 +539,9 @@ fn an_inbox_with_relay_is_listed_as_a_volunteer_while_it_runs() {
     let (status, events) = drop_file(&sig.url, &link, &f);
     expect_done(status, &events);
     assert_arrived(dst.path(), &f);
+    // The dropper is done once the inbox acknowledged the file; the inbox says so a moment
+    // later (after its acknowledgement is itself acknowledged): not killed before.
+    inbox.wait::<event::Done>(Duration::from_secs(10)).unwrap();
     let said = stop(inbox);
     assert_eq!(count::<event::Done>(&said), 1, "{said:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
