@@ -5,8 +5,8 @@
 //! connects to router B's WAN address. Both ends run in threads of this process that entered
 //! the hosts' network namespaces (`setns` moves only the calling thread), so nothing but the
 //! kernel's own TCP with the namespace's default congestion control and buffer sizes moves
-//! the bytes: the sender with `std::io::copy` (sendfile), the receiver into a file on disk,
-//! as punchdrop's receiver does.
+//! the bytes: both ends with `std::io::copy` (sendfile out of the file, splice into the
+//! file on disk, as punchdrop's receiver writes to disk).
 //!
 //! Invariants: each thread enters its namespace before it opens a socket and ends with its
 //! copy; the copy is checked by hash like a punchdrop transfer.
@@ -15,7 +15,7 @@
 
 use anyhow::{Context as _, bail};
 use std::fs::File;
-use std::io::{BufWriter, Read as _, Write as _};
+use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
@@ -172,18 +172,7 @@ fn receive(
     };
     let (mut s, _) = listener.accept().context("accept the TCP sender")?;
     let start = Instant::now();
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(dst)?);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = s.read(&mut buf).context("TCP receive")?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n])?;
-        bytes += n as u64;
-    }
-    out.flush()?;
+    let bytes = std::io::copy(&mut s, &mut File::create(dst)?).context("TCP receive")?;
     let seconds = start.elapsed().as_secs_f64();
     Ok(TcpCopy {
         bytes,
