@@ -962,6 +962,7 @@ impl Lab {
         let (ss, sevents, serr) = sender.finish_all(crate::LONG).unwrap();
         if std::env::var_os("PUNCHDROP_LAB_LOGS").is_some() {
             eprintln!("--- sender (A) stderr:\n{serr}\n--- receiver (B) stderr:\n{rerr}");
+            eprintln!("--- server:\n{}", self.server_log());
         }
         crate::expect_done(rs, &revents);
         let done = crate::expect_done(ss, &sevents);

@@ -1255,6 +1255,10 @@ impl Rendezvous {
         // Our hello went out with the key; theirs is this message.
         self.stage = Stage::Hello;
         self.arm(Deadline::Hello, self.config.hello_wait);
+        // The other side's signal came through the room now, so it is back there, whether
+        // or not the server said so: one that took its place back before this side did has
+        // no `peer_back` for it.
+        self.peer_away = false;
         match serde_json::from_slice::<PeerSignal>(&plain) {
             Ok(sig) => self.on_signal(sig),
             Err(_) => self.unexpected(Party::Peer, "an unreadable signal"),
@@ -1770,6 +1774,10 @@ impl Rendezvous {
             }
             Err(e) => return self.abort_and_fail(AbortReason::Failed, RendezvousError::Crypto(e)),
         };
+        // The other side's signal came through the room now, so it is back there, whether
+        // or not the server said so: one that took its place back before this side did has
+        // no `peer_back` for it.
+        self.peer_away = false;
         match serde_json::from_slice::<PeerSignal>(&plain) {
             Ok(sig) => self.on_signal(sig),
             Err(_) => self.unexpected(Party::Peer, "an unreadable signal"),

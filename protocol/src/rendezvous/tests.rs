@@ -2424,6 +2424,31 @@ fn the_sender_restarts_when_the_receiver_noticed_first() {
 }
 
 #[test]
+fn the_sender_restarts_when_the_receiver_took_its_place_back_first() {
+    // Both paths go down, the receiver's first: its old socket closes and the sender hears
+    // `peer_left`; then both take their places back, the receiver first, so the server
+    // has no `peer_back` for the sender (the receiver was there before it). The receiver's
+    // sealed `path_down` is what tells the sender it is back (the NAT lab's router remap).
+    let (mut w, _) = held_and_connected();
+    let now = w.now;
+    w.peers.get_mut(&Who::B).unwrap().rv.path_down(now);
+    w.run_for(HOP * 2 + Duration::from_millis(1));
+    assert!(
+        w.a().rv.peer_away,
+        "the sender heard the receiver's socket close"
+    );
+    let now = w.now;
+    w.peers.get_mut(&Who::A).unwrap().rv.path_down(now);
+    let limit = w.now + Duration::from_secs(10);
+    w.run_until_at(
+        |w| w.a().restarts > 0 && restarted(w) && w.wire.is_empty(),
+        limit,
+    );
+    assert_eq!(w.a().restarts, 1, "restarted within 10 s, once");
+    connected(&w);
+}
+
+#[test]
 fn a_receiver_whose_path_is_down_asks_the_sender_to_restart() {
     // Only the receiver's side sees the path down (its NAT mapped anew; the sender still
     // hears its checks from the new port): once back in the room it says so, and the
