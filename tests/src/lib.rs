@@ -267,7 +267,10 @@ impl Peer {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if std::env::var_os("PUNCHDROP_LOG").is_none() {
+        // Quiet unless the test process or this command asks for more.
+        let log_asked = std::env::var_os("PUNCHDROP_LOG").is_some()
+            || cmd.get_envs().any(|(k, _)| k == "PUNCHDROP_LOG");
+        if !log_asked {
             cmd.env("PUNCHDROP_LOG", "warn");
         }
         // A dropper keeps its device key in its state directory: the tests' own, not `~`'s,

@@ -6,6 +6,11 @@
 //! patches, every run); with the patches the handshakes run back to back (≈ 8–10 ms). This
 //! test fails if the patches are dropped or stop working. It is a separate test binary so it
 //! does not share the CPU with the other end-to-end tests.
+//!
+//! The round trips themselves are counted by `cargo xtask bench-lab` (both in room → first
+//! byte, in RTT); what one patch removes is checked here by what the peers log: the DTLS
+//! server answers the first ClientHello with its ServerHello, no HelloVerifyRequest
+//! (`patches/rtc-dtls-0.21.1-skip-hello-verify.patch`, one round trip).
 
 use punchdrop_e2e::*;
 
@@ -38,5 +43,36 @@ fn handshakes_do_not_wait_for_timer_ticks() {
     assert!(
         median < 150.0,
         "both in room → first byte took {median:.0} ms (runs: {first_bytes:?}); the handshake is waiting for timer ticks — are patches/ applied?"
+    );
+}
+
+#[test]
+fn the_dtls_server_skips_the_cookie_round_trip() {
+    let sig = Signalling::start();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("small.bin");
+    make_file(&file, 100_000, 2);
+    // Each handshake message is logged at debug by rtc-dtls's connection ("Send …").
+    let log = [("PUNCHDROP_LOG", "warn,rtc_dtls=debug")];
+    let (sender, link, _) = start_sender_env(&sig.url, &file, &log).unwrap();
+    let dir = dst.path().display().to_string();
+    let mut cmd = std::process::Command::new(bin("native-peer"));
+    cmd.envs(log);
+    let receiver = Peer::spawn_cmd(cmd, &["--server", &sig.url, "recv", "--dir", &dir, &link]);
+    let (rs, revents, rerr) = receiver.finish_all(LONG).unwrap();
+    let (ss, sevents, serr) = sender.finish_all(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("small.bin")), hash_file(&file));
+    let both = format!("{serr}{rerr}");
+    assert!(
+        both.contains("-> ServerHello"),
+        "no DTLS handshake messages logged; did rtc-dtls's log lines change?\n{both}"
+    );
+    assert!(
+        !both.contains("HelloVerifyRequest"),
+        "the DTLS server asked for a cookie (a round trip more); is \
+         patches/rtc-dtls-0.21.1-skip-hello-verify.patch applied?\n{both}"
     );
 }

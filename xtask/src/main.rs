@@ -20,6 +20,7 @@ mod lab;
 mod load;
 mod plot;
 mod web;
+mod wormhole;
 
 #[derive(Parser, Debug)]
 #[command(about = "punchdrop project tasks")]
@@ -59,6 +60,9 @@ struct BenchArgs {
     /// Extra environment for both peers, e.g. PUNCHDROP_CHUNK=131072 (repeatable).
     #[arg(long = "peer-env", value_name = "K=V")]
     peer_env: Vec<String>,
+    /// Also magic-wormhole (PyPI, installed under target/bench-tools on first use; root).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    wormhole: bool,
     /// Then the browser section (see bench-browser; skipped if Chromium is missing).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     browser: bool,
@@ -146,6 +150,8 @@ fn hash(path: &Path) -> anyhow::Result<String> {
 #[derive(Debug, Clone, Copy)]
 struct PeerRun {
     mb_s: f64,
+    /// Over the receiver's whole run (start to exit), as magic-wormhole's row is measured.
+    whole_mb_s: f64,
     first_byte_ms: f64,
     sender: Usage,
     receiver: Usage,
@@ -237,9 +243,11 @@ fn native_run(
             break r.link;
         }
     };
+    let started = Instant::now();
     let mut receiver = peer(&["recv", "--dir", &dst.display().to_string(), &link])?;
     let receiver_events = read_events(&mut receiver);
     let r_usage = wait_usage(&mut receiver);
+    let whole_s = started.elapsed().as_secs_f64();
     let s_usage = wait_usage(&mut sender);
     let events: Vec<Event> = receiver_events.try_iter().collect();
     let done = event::find::<event::Done>(&events);
@@ -249,6 +257,7 @@ fn native_run(
     };
     Ok(PeerRun {
         mb_s: done.bytes as f64 / done.seconds / 1e6,
+        whole_mb_s: std::fs::metadata(file)?.len() as f64 / whole_s / 1e6,
         first_byte_ms: first.ms_since_room,
         sender: s_usage,
         receiver: r_usage,
@@ -480,6 +489,22 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    // magic-wormhole on the same file (its own mailbox and transit relay, loopback only).
+    let wormhole = match args.wormhole {
+        false => None,
+        true => {
+            let tools = wormhole::tools(&root)?;
+            let (file, want, reps) = (file.clone(), want.clone(), args.reps);
+            let runs = punchdrop_e2e::browser::in_loopback_netns(move || {
+                wormhole::runs(&tools, &file, &want, reps)
+            })?;
+            for r in &runs {
+                eprintln!("magic-wormhole: {:.0} MB/s (direct: {})", r.mb_s, r.direct);
+            }
+            Some(runs)
+        }
+    };
+
     let n_mb = median(native.iter().map(|r| r.mb_s).collect());
     let t_mb = median(tcp.clone());
     let fb = median(native.iter().map(|r| r.first_byte_ms).collect());
@@ -494,6 +519,20 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     println!("| plain TCP copy (same file, fsync) | {t_mb:.0} MB/s |");
     println!("| ratio native / TCP | {:.2}× |", n_mb / t_mb);
     println!("| both in room → first byte | {fb:.1} ms |");
+    let whole = med(&|r| r.whole_mb_s);
+    println!("| native → native, whole run (receiver start → exit) | {whole:.0} MB/s |");
+    if let Some(runs) = &wormhole {
+        let wh = median(runs.iter().map(|r| r.mb_s).collect());
+        let path = match runs.iter().all(|r| r.direct) {
+            true => "direct TCP",
+            false => "via its transit relay in some runs",
+        };
+        println!("| magic-wormhole 0.24, whole run ({path}) | {wh:.0} MB/s |");
+        println!(
+            "| ratio native / magic-wormhole (whole runs) | {:.2}× |",
+            whole / wh
+        );
+    }
     println!("| sender CPU | {:.2} s |", med(&|r| r.sender.cpu_s));
     println!("| receiver CPU | {:.2} s |", med(&|r| r.receiver.cpu_s));
     println!(

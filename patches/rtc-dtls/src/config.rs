@@ -117,6 +117,7 @@ pub struct ConfigBuilder {
     psk: Option<PskCallback>,
     psk_identity_hint: Option<Vec<u8>>,
     insecure_skip_verify: bool,
+    insecure_skip_verify_hello: bool,
     insecure_hashes: bool,
     insecure_verification: bool,
     verify_peer_certificate: Option<VerifyPeerCertificateFn>,
@@ -142,6 +143,7 @@ impl Default for ConfigBuilder {
             psk: None,
             psk_identity_hint: None,
             insecure_skip_verify: false,
+            insecure_skip_verify_hello: false,
             insecure_hashes: false,
             insecure_verification: false,
             verify_peer_certificate: None,
@@ -243,6 +245,16 @@ impl ConfigBuilder {
     /// This should be used only for testing.
     pub fn with_insecure_skip_verify(mut self, insecure_skip_verify: bool) -> Self {
         self.insecure_skip_verify = insecure_skip_verify;
+        self
+    }
+
+    /// A server answers the first ClientHello with its ServerHello flight instead of a
+    /// HelloVerifyRequest (punchdrop patch; pion's `InsecureSkipVerifyHello`). The cookie
+    /// exchange proves the client's address before the server does work, which costs a
+    /// round trip; under WebRTC, ICE connectivity checks have already proved it, and
+    /// Chromium's DTLS server skips it too.
+    pub fn with_insecure_skip_verify_hello(mut self, skip: bool) -> Self {
+        self.insecure_skip_verify_hello = skip;
         self
     }
 
@@ -583,6 +595,7 @@ impl ConfigBuilder {
             local_certificates: self.certificates,
             name_to_certificate: Default::default(),
             insecure_skip_verify: self.insecure_skip_verify,
+            insecure_skip_verify_hello: self.insecure_skip_verify_hello,
             insecure_verification: self.insecure_verification,
             verify_peer_certificate: self.verify_peer_certificate.take(),
             roots_cas: self.roots_cas,
@@ -642,6 +655,7 @@ pub struct HandshakeConfig {
     pub(crate) local_certificates: Vec<Certificate>,
     pub(crate) name_to_certificate: HashMap<String, Certificate>,
     pub(crate) insecure_skip_verify: bool,
+    pub(crate) insecure_skip_verify_hello: bool,
     pub(crate) insecure_verification: bool,
     pub(crate) verify_peer_certificate: Option<VerifyPeerCertificateFn>,
     pub(crate) roots_cas: rustls::RootCertStore,
@@ -672,6 +686,7 @@ impl fmt::Debug for HandshakeConfig {
             .field("local_certificates", &self.local_certificates)
             .field("name_to_certificate", &self.name_to_certificate)
             .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("insecure_skip_verify_hello", &self.insecure_skip_verify_hello)
             .field("insecure_verification", &self.insecure_verification)
             .field("roots_cas", &self.roots_cas)
             .field("retransmit_interval", &self.retransmit_interval)
@@ -699,6 +714,7 @@ impl HandshakeConfig {
             local_certificates: vec![],
             name_to_certificate: HashMap::new(),
             insecure_skip_verify: false,
+            insecure_skip_verify_hello: false,
             insecure_verification: false,
             verify_peer_certificate: None,
             roots_cas: rustls::RootCertStore::empty(),

@@ -1,4 +1,5 @@
 use super::flight2::*;
+use super::flight4::*;
 use super::*;
 use crate::config::*;
 use crate::conn::*;
@@ -168,6 +169,10 @@ impl Flight for Flight0 {
                 };
             }
 
+            // (punchdrop patch) Without the cookie exchange, straight to the ServerHello.
+            if cfg.insecure_skip_verify_hello {
+                return Ok(Box::new(Flight4 {}));
+            }
             Ok(Box::new(Flight2 {}))
         } else {
             Err((
