@@ -497,6 +497,13 @@ impl Driver<'_> {
             Wake::Channel(Some(DataChannelEvent::OnClose) | None) => self
                 .rv
                 .local_error("the data channel closed before it opened", now),
+            // The other side sends as soon as its end is open, which may be before this
+            // side hands the link over: keep what it says for the transfer.
+            Wake::Channel(Some(DataChannelEvent::OnMessage(m))) => {
+                if let Some(p) = self.peer.as_mut() {
+                    p.early.push(m.data.freeze());
+                }
+            }
             Wake::Channel(Some(ev)) => {
                 tracing::debug!(?ev, "channel event before the link was handed over")
             }

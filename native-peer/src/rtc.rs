@@ -7,6 +7,7 @@
 //! `protocol::path` to describe. No protocol decision is made here.
 
 use anyhow::{Context as _, bail};
+use bytes::Bytes;
 use protocol::path::{
     self, CandidateType, PathContext, PathKind, PathReport, SelectedPair, Transport,
 };
@@ -155,6 +156,10 @@ pub struct Peer {
     pub state: watch::Receiver<RTCPeerConnectionState>,
     /// The data channel: the sender's own from the start, the receiver's once announced.
     pub channel: Option<Arc<dyn DataChannel>>,
+    /// Messages the channel delivered before the link was handed over (the other side may
+    /// send the moment its end opens): the transfer reads them first. They go with the
+    /// connection if it is closed.
+    pub early: Vec<Bytes>,
     /// TURN-over-TCP bridges this connection may relay through; they live as long as it.
     pub bridges: Bridges,
     relay_transport: Option<RelayTransport>,
@@ -184,6 +189,9 @@ pub struct Link {
     /// Becomes `true` when this connection is known dead, whatever its state says: the other
     /// peer came back through the room, or said it lost it, or this host's address changed.
     pub gone: watch::Receiver<bool>,
+    /// What the channel delivered before this link existed, in order ([`Peer::early`]);
+    /// taken by the first reader.
+    pub early: std::sync::Mutex<Vec<Bytes>>,
     reader: PathReader,
     /// Dropped with the link.
     _bridges: Bridges,
@@ -235,6 +243,7 @@ impl Link {
             again: false,
             binding: [0; 32],
             gone: watch::channel(false).1,
+            early: std::sync::Mutex::new(peer.early),
             reader,
             _bridges: peer.bridges,
             signalling: Some(signalling),
@@ -349,6 +358,7 @@ impl Peer {
             events,
             state,
             channel,
+            early: Vec::new(),
             bridges,
             relay_transport: opts.relay_transport,
         })

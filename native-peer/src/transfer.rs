@@ -26,11 +26,18 @@ use crate::output::Output;
 use crate::rendezvous::Clock;
 use crate::rtc::Link;
 
-/// Forward incoming messages; the queue closes when the channel does, or when the link is
-/// `gone`.
-fn spawn_inbox(dc: Arc<dyn DataChannel>, mut gone: watch::Receiver<bool>) -> mpsc::Receiver<Bytes> {
+/// Forward incoming messages, those that came before the link was handed over first
+/// ([`Link::early`]); the queue closes when the channel does, or when the link is `gone`.
+fn spawn_inbox(link: &Link) -> mpsc::Receiver<Bytes> {
+    let early = std::mem::take(&mut *link.early.lock().unwrap_or_else(|e| e.into_inner()));
+    let (dc, mut gone) = (link.dc.clone(), link.gone.clone());
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
+        for frame in early {
+            if tx.send(frame).await.is_err() {
+                return;
+            }
+        }
         loop {
             let ev = tokio::select! {
                 ev = dc.poll() => ev,
@@ -282,7 +289,7 @@ pub async fn send(
 ) -> anyhow::Result<Summary> {
     let clock = Clock::start();
     let dc = link.dc.clone();
-    let mut inbox = spawn_inbox(dc.clone(), link.gone.clone());
+    let mut inbox = spawn_inbox(link);
     spawn_watchdog(dc.clone(), link.state.clone(), link.gone.clone());
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
     let mut sm = Sender::new(entries, chunk, clock.now());
@@ -510,7 +517,7 @@ pub async fn receive(
 ) -> anyhow::Result<(Summary, Vec<PathBuf>)> {
     let clock = Clock::start();
     let dc = link.dc.clone();
-    let mut inbox = spawn_inbox(dc.clone(), link.gone.clone());
+    let mut inbox = spawn_inbox(link);
     spawn_watchdog(dc.clone(), link.state.clone(), link.gone.clone());
     let mut sm = Receiver::with_limits(clock.now(), limits);
     let mut paths = Paths::start(link, |p| sm.set_path(p));

@@ -36,7 +36,43 @@ pub struct Peer {
     tx: mpsc::UnboundedSender<Local>,
     /// The data channel: the sender's own from the start, the receiver's once announced.
     pub channel: Option<RtcDataChannel>,
+    /// What the channel says before the transfer listens to it.
+    pub early: Option<Early>,
     pub listeners: Vec<Listener>,
+}
+
+/// Messages a channel delivered before the transfer took it over. The other side sends the
+/// moment its end opens, and a message event with no listener is lost: this one listens
+/// from the channel's first moment until [`Early::take`].
+pub struct Early {
+    frames: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+    _listener: Listener,
+}
+
+impl Early {
+    fn listen(dc: &RtcDataChannel) -> Self {
+        dc.set_binary_type(web_sys::RtcDataChannelType::Arraybuffer);
+        let frames = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = frames.clone();
+        let listener = Listener::new(
+            dc.unchecked_ref(),
+            "message",
+            move |e: web_sys::MessageEvent| {
+                sink.borrow_mut()
+                    .push(js_sys::Uint8Array::new(&e.data()).to_vec());
+            },
+        );
+        Self {
+            frames,
+            _listener: listener,
+        }
+    }
+
+    /// Stop listening and hand over what came, in order. The caller listens from now on
+    /// (nothing runs between: events are dispatched between tasks).
+    pub fn take(self) -> Vec<Vec<u8>> {
+        self.frames.take()
+    }
 }
 
 impl std::fmt::Debug for Peer {
@@ -92,12 +128,14 @@ impl Peer {
                 let _ = on.unbounded_send(Local::State(pc2.connection_state()));
             },
         ));
+        let mut early = None;
         let channel = match setup.role {
             TransferRole::Sender => {
                 let init = RtcDataChannelInit::new();
                 init.set_ordered(true);
                 let dc = pc.create_data_channel_with_data_channel_dict(CHANNEL_LABEL, &init);
                 listeners.push(open_listener(&dc, &tx));
+                early = Some(Early::listen(&dc));
                 Some(dc)
             }
             TransferRole::Receiver => {
@@ -117,12 +155,16 @@ impl Peer {
             events,
             tx,
             channel,
+            early,
             listeners,
         })
     }
 
     /// The other peer's channel was announced: watch it open.
     pub fn announced(&mut self, ch: RtcDataChannel) {
+        if self.channel.is_none() {
+            self.early = Some(Early::listen(&ch));
+        }
         self.listeners.push(open_listener(&ch, &self.tx));
         if ch.ready_state() == RtcDataChannelState::Open {
             let _ = self.tx.unbounded_send(Local::Open);

@@ -46,6 +46,8 @@ pub struct Link {
     /// The session's binding ([`protocol::crypto::Channel::binding`]): what a device proof
     /// signs.
     pub binding: [u8; 32],
+    /// What the channel said before the transfer listened ([`peer::Early`]).
+    pub early: Option<peer::Early>,
     _listeners: Vec<Listener>,
     /// Dropping it stops the signalling that carries late candidates.
     stop: Option<oneshot::Sender<()>>,
@@ -260,6 +262,7 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport, sink: Events) ->
     let Peer {
         pc,
         events,
+        early,
         listeners,
         ..
     } = p;
@@ -276,6 +279,7 @@ fn into_link(rv: Rendezvous, ws: Ws, p: Peer, path: PathReport, sink: Events) ->
         again: false,
         place,
         binding,
+        early,
         _listeners: listeners,
         stop: Some(stop),
         back: Some(back),

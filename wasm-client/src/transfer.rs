@@ -27,6 +27,7 @@ use crate::Command;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::js::{self, Listener};
+use crate::peer::Early;
 use crate::rendezvous::Link;
 
 /// Wait for `bufferedamountlow` above this many queued bytes.
@@ -127,9 +128,14 @@ struct Wire {
 }
 
 impl Wire {
-    fn new(dc: &RtcDataChannel) -> Self {
+    /// Takes over the link's channel: what it said before comes first.
+    fn new(link: &mut Link) -> Self {
+        let dc = &link.dc;
         dc.set_buffered_amount_low_threshold(LOW_WATER);
         let (tx, inbox) = mpsc::unbounded();
+        for frame in link.early.take().map(Early::take).unwrap_or_default() {
+            let _ = tx.unbounded_send(Incoming::Frame(frame));
+        }
         let (low_tx, low) = mpsc::unbounded();
         let t: &web_sys::EventTarget = dc.unchecked_ref();
         let (a, b, c) = (tx.clone(), tx.clone(), tx);
@@ -406,7 +412,7 @@ pub async fn send(
     cmds: &mut mpsc::UnboundedReceiver<Command>,
     carry: &mut Carry,
 ) -> Result<Summary> {
-    let mut wire = Wire::new(&link.dc);
+    let mut wire = Wire::new(link);
     let entries = sources.iter().map(|s| s.entry.clone()).collect();
     let mut sm = Sender::with_default_chunk(entries, js::now());
     if let Some(d) = device {
@@ -675,7 +681,7 @@ pub async fn receive(
     cmds: &mut mpsc::UnboundedReceiver<Command>,
     carry: &mut Carry,
 ) -> Result<Option<Summary>> {
-    let mut wire = Wire::new(&link.dc);
+    let mut wire = Wire::new(link);
     let mut sm = Receiver::new(js::now());
     let mut paths = Paths::start(link, |p| sm.set_path(p));
     let mut factory: Option<SinkFactory> = None;

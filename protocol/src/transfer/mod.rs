@@ -9,7 +9,8 @@
 //! Exchange:
 //! ```text
 //! both:      Hello{version, role, seen_peer}   resent until the peer's Hello arrives
-//! sender:    Offer{files…}                      split over frames for long lists
+//! sender:    Offer{files…}                      right behind its first Hello; split over
+//!                                               frames for long lists
 //! receiver:  Accept{resume: held…} | Decline{message}
 //! sender:    Resume{files}                      only if the accept listed held beginnings
 //! sender:    Data{index, offset, bytes}…  FileEnd{index, blake3}   for each file, in order

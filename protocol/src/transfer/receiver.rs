@@ -276,8 +276,9 @@ impl Receiver {
                 self.on_peer_path(Some(path));
                 Ok(())
             }
-            // An Offer also proves the sender saw our Hello (webrtc-rs#901: its Hello may be
-            // the message that got lost).
+            // An Offer stands for the sender's Hello (which may be the message that got lost,
+            // webrtc-rs#901): it follows that Hello at once, whether or not ours was seen; a
+            // sender that did not see ours resends its Hello, which ours then answers.
             (
                 State::Hello | State::Offering,
                 Control::Offer {

@@ -501,8 +501,21 @@ impl Sender {
 
     /// Control frames to send, oldest first.
     pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
-        self.hello
-            .transmit(&mut self.out, self.state == State::Hello, now)
+        let greeting = self.greeting();
+        let frame = self.hello.transmit(&mut self.out, greeting, now);
+        // The offer needs nothing from the receiver's hello: it goes right behind ours and
+        // arrives with it, a round trip sooner than after the receiver's answer.
+        if self.state == State::Hello && frame.is_some() {
+            self.queue_offer();
+            self.state = State::AwaitAccept;
+        }
+        frame
+    }
+
+    /// Hellos are resent, and the peer's awaited, until its hello is seen (or its accept
+    /// came, which also proves it heard us).
+    fn greeting(&self) -> bool {
+        !self.hello.peer_seen && matches!(self.state, State::Hello | State::AwaitAccept)
     }
 
     pub fn poll_event(&mut self) -> Option<SenderEvent> {
@@ -512,14 +525,11 @@ impl Sender {
     /// When [`Sender::handle_timeout`] should next be called: at once while a frame waits
     /// for [`Sender::poll_transmit`] (see [`due`]).
     pub fn poll_timeout(&self) -> Option<Duration> {
-        due(
-            &self.out,
-            self.hello.timeout().filter(|_| self.state == State::Hello),
-        )
+        due(&self.out, self.hello.timeout().filter(|_| self.greeting()))
     }
 
     pub fn handle_timeout(&mut self, now: Duration) -> Result<(), TransferError> {
-        if self.hello.expired(self.state == State::Hello, now) {
+        if self.hello.expired(self.greeting(), now) {
             return self.fail_on_error(Err(TransferError::Timeout));
         }
         Ok(())

@@ -305,13 +305,13 @@ fn lost_first_message_either_way_is_recovered_by_hello_resend() {
         );
         assert!(h.tx.is_done() && h.rx.is_done());
         assert_eq!(h.offers_seen, 1);
-        // One lost Hello is answered at once by the peer's `seen_peer: false` Hello; only when
-        // both are lost does recovery wait for the resend timer.
-        let both = drop_rx.is_some() && drop_tx.is_some();
-        assert_eq!(
-            h.now > Duration::from_secs(100),
-            both,
-            "{drop_rx:?} {drop_tx:?}"
+        // One lost Hello is answered at once by the peer's `seen_peer: false` Hello, and the
+        // offer right behind the sender's Hello stands for it: no case waits for the resend
+        // timer.
+        assert!(
+            h.now < Duration::from_secs(100) + HELLO_RESEND,
+            "{drop_rx:?} {drop_tx:?}: {:?}",
+            h.now
         );
     }
 }
@@ -352,6 +352,30 @@ fn frames_queued_by_handling_make_the_timeout_due_at_once() {
     assert_eq!(rx.poll_timeout(), Some(Duration::ZERO));
     while rx.poll_transmit(now).is_some() {}
     assert_ne!(rx.poll_timeout(), Some(Duration::ZERO));
+}
+
+/// The offer needs nothing from the receiver's hello: a fresh sender sends its hello and
+/// its offer before hearing anything, so they arrive together (a round trip sooner).
+#[test]
+fn the_offer_goes_right_behind_the_first_hello() {
+    let now = Duration::from_secs(100);
+    let (entries, _) = mixed();
+    let mut tx = Sender::new(entries, 16 * 1024, now);
+    let mut rx = Receiver::new(now);
+    let first = tx.poll_transmit(now).expect("the sender's hello");
+    let mut offered = false;
+    rx.handle_frame(&first, now).unwrap();
+    while let Some(f) = tx.poll_transmit(now) {
+        rx.handle_frame(&f, now).unwrap();
+        offered |=
+            std::iter::from_fn(|| rx.poll_event()).any(|e| matches!(e, ReceiverEvent::Offer(_)));
+    }
+    assert!(
+        offered,
+        "the whole offer went out with the hello, nothing heard yet"
+    );
+    // It still greets: the receiver's hello answers it, and until then hellos are resent.
+    assert!(tx.poll_timeout().is_some_and(|t| t <= now + HELLO_RESEND));
 }
 
 #[test]

@@ -408,8 +408,12 @@ impl<'a>
                     .assign_stream_ids(self.dtls_role, self.max_channels)?;
 
                 // Out-of-band negotiated channels have no DCEP handshake, so they are
-                // open immediately and fire the open event here. In-band channels stay
-                // connecting until their `DATA_CHANNEL_ACK` arrives in `handle_read`.
+                // open immediately and fire the open event here. So are ordered in-band
+                // channels (punchdrop patch): RFC 8832 §6 lets the opener send user data
+                // right after its DATA_CHANNEL_OPEN, which the peer reads first on the
+                // ordered stream, and Chromium opens them then too; waiting for the
+                // `DATA_CHANNEL_ACK` cost a round trip before the first message. Unordered
+                // in-band channels stay connecting until the ACK arrives in `handle_read`.
                 let mut opened = Vec::new();
                 for data_channel_internal in self.data_channels.values_mut() {
                     // Only dial channels that have not been dialed yet. An in-band channel stays
@@ -420,7 +424,8 @@ impl<'a>
                     {
                         data_channel_internal.dial(association_handle)?;
 
-                        if data_channel_internal.negotiated {
+                        if data_channel_internal.negotiated || data_channel_internal.ordered {
+                            data_channel_internal.ready_state = RTCDataChannelState::Open;
                             opened.push(data_channel_internal.id);
                         } else {
                             // In-band channels have a DCEP handshake to complete; arm a
@@ -603,11 +608,12 @@ mod tests {
     /// An in-band channel that already has its stream id, i.e. one past the point where
     /// `assign_stream_ids` would have run. These tests are about DCEP open/ack timing, not
     /// about stream-id assignment.
+    /// Unordered: an ordered in-band channel opens at once (see `handle_event`).
     fn in_band_channel(stream_id: StreamId) -> RTCDataChannelInternal {
         let mut dc = RTCDataChannelInternal::new(DataChannelParameters {
             label: "timing-test".to_string(),
             protocol: String::new(),
-            ordered: true,
+            ordered: false,
             max_packet_life_time: None,
             max_retransmits: None,
             negotiated: None,
@@ -824,6 +830,70 @@ mod tests {
             stats.peer_connection.data_channels_opened, 1,
             "open stats recorded for the negotiated channel"
         );
+    }
+
+    /// An ordered in-band channel is open as soon as its DATA_CHANNEL_OPEN is queued (RFC 8832
+    /// §6), with one open event; the ACK arriving later opens nothing again.
+    #[test]
+    fn ordered_in_band_channel_opens_when_its_open_is_sent() {
+        let now = Instant::now();
+        let mut ctx = DataChannelHandlerContext::new(now);
+        let mut dc = in_band_channel(1);
+        dc.ordered = true;
+        let (mut data_channels, handles) = registry(vec![dc]);
+        let handle = handles[0];
+        let mut stats = RTCStatsAccumulator::new();
+        {
+            let mut handler = DataChannelHandler::new(
+                &mut ctx,
+                &mut data_channels,
+                &mut stats,
+                None,
+                RTCDtlsRole::Server,
+                None,
+            );
+            handler
+                .handle_event(TaggedRTCEventInternal {
+                    now,
+                    event: RTCEventInternal::SCTPHandshakeComplete(0),
+                })
+                .unwrap();
+        }
+        assert_eq!(
+            data_channels.get(&handle).unwrap().ready_state,
+            RTCDataChannelState::Open
+        );
+        assert!(
+            ctx.write_outs.iter().any(|m| matches!(
+                &m.message,
+                RTCMessageInternal::Dtls(DTLSMessage::Sctp(d))
+                    if d.ppi == PayloadProtocolIdentifier::Dcep
+            )),
+            "its DATA_CHANNEL_OPEN went out"
+        );
+        {
+            let mut handler = DataChannelHandler::new(
+                &mut ctx,
+                &mut data_channels,
+                &mut stats,
+                None,
+                RTCDtlsRole::Server,
+                None,
+            );
+            handler
+                .handle_read(TaggedRTCMessageInternal {
+                    now,
+                    transport: TransportContext::default(),
+                    message: RTCMessageInternal::Dtls(DTLSMessage::Sctp(ack(0, 1))),
+                })
+                .unwrap();
+        }
+        let opens = message_events(&ctx)
+            .into_iter()
+            .filter(|e| matches!(e, DataChannelEvent::Open))
+            .count();
+        assert_eq!(opens, 1, "one open event, none on the ACK");
+        assert_eq!(stats.peer_connection.data_channels_opened, 1);
     }
 
     /// `emit_data_channel_opened` returns an error when the channel does not exist.
