@@ -306,6 +306,10 @@ struct Driver<'a> {
     again: bool,
 }
 
+/// At most this much of what the other side says before the link is handed over is kept
+/// ([`Peer::early`]): a hello and an offer, however long its file list.
+const EARLY_MAX: usize = 64 << 20;
+
 /// Run the rendezvous until the data channel is open. `again`: a connection before this one
 /// was lost.
 pub async fn connect(
@@ -446,7 +450,13 @@ impl Driver<'_> {
     async fn wait(&mut self, until: Duration, interrupt: &mut Interrupt) -> Wake {
         let peer = self.peer.as_mut();
         let (events, state, channel) = match peer {
-            Some(p) => (Some(&mut p.events), Some(&mut p.state), p.channel.clone()),
+            Some(p) => {
+                // Past this much kept before the hand-over, messages wait in the channel's
+                // own queue (and SCTP's window), not in memory here.
+                let room = p.early.iter().map(|f| f.len()).sum::<usize>() < EARLY_MAX;
+                let channel = p.channel.clone().filter(|_| room);
+                (Some(&mut p.events), Some(&mut p.state), channel)
+            }
             None => (None, None, None),
         };
         tokio::select! {

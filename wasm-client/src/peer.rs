@@ -24,7 +24,9 @@ use crate::js::{self, Listener};
 pub enum Local {
     Candidate(IceCandidate),
     GatheringDone,
-    Channel(RtcDataChannel),
+    /// The other side's channel, already listened to: its messages may come before the
+    /// rendezvous loop gets to this event.
+    Channel(RtcDataChannel, Early),
     Open,
     State(RtcPeerConnectionState),
 }
@@ -144,7 +146,11 @@ impl Peer {
                     t,
                     "datachannel",
                     move |e: RtcDataChannelEvent| {
-                        let _ = on.unbounded_send(Local::Channel(e.channel()));
+                        // Listen at once, while the event is dispatched: the first
+                        // messages may follow before the loop handles this.
+                        let ch = e.channel();
+                        let early = Early::listen(&ch);
+                        let _ = on.unbounded_send(Local::Channel(ch, early));
                     },
                 ));
                 None
@@ -161,9 +167,9 @@ impl Peer {
     }
 
     /// The other peer's channel was announced: watch it open.
-    pub fn announced(&mut self, ch: RtcDataChannel) {
+    pub fn announced(&mut self, ch: RtcDataChannel, early: Early) {
         if self.channel.is_none() {
-            self.early = Some(Early::listen(&ch));
+            self.early = Some(early);
         }
         self.listeners.push(open_listener(&ch, &self.tx));
         if ch.ready_state() == RtcDataChannelState::Open {

@@ -225,9 +225,9 @@ async fn on_local(rv: &mut Rendezvous, peer: Option<&mut Peer>, ev: Local) -> Op
     match ev {
         Local::Candidate(c) => rv.handle_local(LocalIce::Candidate(c), now),
         Local::GatheringDone => rv.handle_local(LocalIce::GatheringDone, now),
-        Local::Channel(ch) => {
+        Local::Channel(ch, early) => {
             if let Some(p) = peer {
-                p.announced(ch);
+                p.announced(ch, early);
             }
         }
         Local::Open => {

@@ -402,6 +402,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let root = root();
     let browser = browser::Section::check(&root, args.browser)?;
+    let wormhole_tools = match args.wormhole {
+        true => Some(wormhole::tools(&root)?),
+        false => None,
+    };
     build_binaries(&root)?;
     let bin = root.join("target/release");
     let env: Vec<(String, String)> = args
@@ -490,10 +494,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // magic-wormhole on the same file (its own mailbox and transit relay, loopback only).
-    let wormhole = match args.wormhole {
-        false => None,
-        true => {
-            let tools = wormhole::tools(&root)?;
+    let wormhole = match wormhole_tools {
+        None => None,
+        Some(tools) => {
             let (file, want, reps) = (file.clone(), want.clone(), args.reps);
             let runs = punchdrop_e2e::browser::in_loopback_netns(move || {
                 wormhole::runs(&tools, &file, &want, reps)

@@ -7,13 +7,14 @@
 //! section): a wormhole advertises every address of its host as a direct hint, and outside
 //! such a namespace it would connect to the machine's own non-loopback address.
 //!
-//! What is measured: wall time from starting the receiving `wormhole` to its exit, the file
-//! then checked by hash: the whole process as a person runs it (key exchange, transit
-//! negotiation, transfer, interpreter start). punchdrop's row beside it is measured the same
-//! way (`whole run`). Which path it took (direct or the relay) is read from its output.
+//! What is measured: wall time from starting the receiving `wormhole` (once the sender shows
+//! its code) to the receiver's exit, the file then checked by hash: the whole process as a
+//! person runs it (key exchange, transit negotiation, transfer, interpreter start).
+//! punchdrop's row beside it is measured the same way (`whole run`: its receiver starts once
+//! the sender is ready). Which path it took (direct or the relay) is read from its output.
 
 use anyhow::{Context as _, bail};
-use std::io::Read as _;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,8 +33,15 @@ pub struct Run {
     pub direct: bool,
 }
 
-/// The virtualenv's `bin/`, made and filled on first use.
+/// The virtualenv's `bin/`, made and filled on first use. Called before any measurement, so
+/// what is missing is said at once.
 pub fn tools(root: &Path) -> anyhow::Result<PathBuf> {
+    if !punchdrop_e2e::is_root() {
+        bail!(
+            "the magic-wormhole row runs in a network namespace with only loopback, which needs \
+             root: run the bench as root, or pass --wormhole false"
+        );
+    }
     let venv = root.join("target/bench-tools/wormhole");
     let bin = venv.join("bin");
     let stamp = venv.join(PACKAGES.join(" ").replace(['=', ' '], "_"));
@@ -68,7 +76,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Kills the servers when the measurement ends, however it ends.
+/// Kills its processes when the measurement ends, however it ends.
 struct Servers(Vec<Child>);
 
 impl Drop for Servers {
@@ -127,14 +135,27 @@ pub fn runs(bin: &Path, file: &Path, want: &str, reps: usize) -> anyhow::Result<
     let mut out = Vec::new();
     for rep in 0..reps {
         let code = format!("{}-bench-wormhole", rep + 2);
-        let mut sender = Command::new(bin.join("wormhole"))
-            .args(&common)
-            .args(["send", "--code", &code])
-            .arg(file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting wormhole send")?;
+        let mut sender = Servers(vec![
+            Command::new(bin.join("wormhole"))
+                .args(&common)
+                .args(["send", "--code", &code])
+                .arg(file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting wormhole send")?,
+        ]);
+        // The clock starts once the sender is waiting with its code, as punchdrop's does once
+        // its sender is ready: neither side's start-up counts against the other.
+        let mut lines = BufReader::new(sender.0[0].stderr.take().expect("piped")).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("wormhole receive") => break,
+                Some(Ok(_)) => {}
+                _ => bail!("wormhole send stopped before it showed its code"),
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
         let dst = work.path().join(format!("received-{rep}.bin"));
         let started = Instant::now();
         let mut receiver = Command::new(bin.join("wormhole"))
@@ -162,7 +183,7 @@ pub fn runs(bin: &Path, file: &Path, want: &str, reps: usize) -> anyhow::Result<
         let status = receiver.wait()?;
         let seconds = started.elapsed().as_secs_f64();
         said.push_str(&drain.join().unwrap_or_default());
-        let sent = sender.wait()?;
+        let sent = sender.0[0].wait()?;
         if !status.success() || !sent.success() {
             bail!("magic-wormhole transfer failed: {said}");
         }

@@ -209,7 +209,10 @@ impl DTLSConn {
                 srv_cli_str(self.state.is_client),
                 self.current_flight
             );
-            self.current_retransmit_timer = None;
+            // punchdrop patch: the retransmission timer stays armed until the peer's next
+            // flight is complete. It was cleared on any handshake record, so a repeat of the
+            // peer's previous flight (which fails to parse as the next) left this side
+            // waiting with no timer: its own flight, if lost, was never sent again.
             let result = self.current_flight.parse(
                 /*&mut self.handle_queue_tx,*/ &mut self.state,
                 &self.cache,
@@ -233,6 +236,7 @@ impl DTLSConn {
                     }
                 }
                 Ok(next_flight) => {
+                    self.current_retransmit_timer = None;
                     debug!(
                         "[handshake:{}] {} -> {}",
                         srv_cli_str(self.state.is_client),

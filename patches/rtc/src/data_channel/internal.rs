@@ -135,7 +135,8 @@ impl RTCDataChannelInternal {
         self.data_channel = Some(data_channel);
 
         // An in-band channel stays `Connecting` until the peer's `DATA_CHANNEL_ACK`
-        // is processed in `DataChannelHandler::handle_read`. An out-of-band
+        // is processed in `DataChannelHandler::handle_read` (an ordered one dialed at
+        // `SCTPHandshakeComplete` is opened there at once, punchdrop patch). An out-of-band
         // `negotiated` channel has no DCEP handshake, so it is open immediately.
         self.ready_state = if self.negotiated {
             RTCDataChannelState::Open

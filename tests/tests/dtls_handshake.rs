@@ -1,0 +1,141 @@
+//! The vendored DTLS (`patches/rtc-dtls`) driven on virtual time through its sans-IO
+//! endpoint: a client and a server, datagrams carried with a fixed one-way delay, chosen
+//! ones dropped. It checks two handshake patches:
+//! - `rtc-dtls-0.21.1-skip-hello-verify.patch`: the server answers the first ClientHello
+//!   with its ServerHello flight, so the handshake takes two round trips, not three;
+//! - `rtc-dtls-0.21.1-retransmit-kept.patch`: a server whose flight was lost still sends it
+//!   again when the client's repeated flight arrives first (that arrival used to cancel its
+//!   retransmission timer, leaving both sides waiting until the client gave up).
+
+use bytes::BytesMut;
+use dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig};
+use dtls::crypto::Certificate;
+use dtls::crypto_provider::default_provider;
+use dtls::endpoint::{Endpoint, EndpointEvent};
+use shared::TransportProtocol;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ONE_WAY: Duration = Duration::from_millis(50);
+
+fn config(is_client: bool, flight_interval: Duration) -> Arc<HandshakeConfig> {
+    let provider = default_provider().expect("a crypto provider");
+    let cert = Certificate::generate_self_signed(vec!["punchdrop".to_owned()], provider.crypto())
+        .expect("a certificate");
+    let remote = is_client.then(|| addr(2));
+    Arc::new(
+        ConfigBuilder::default()
+            .with_crypto_provider(provider)
+            .with_certificates(vec![cert])
+            .with_client_auth(ClientAuthType::RequireAnyClientCert)
+            .with_insecure_skip_verify(true)
+            .with_insecure_skip_verify_hello(true)
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .with_flight_interval(flight_interval)
+            .build(is_client, remote)
+            .expect("a DTLS configuration"),
+    )
+}
+
+fn addr(host: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, host], 5000))
+}
+
+/// One datagram on its way: when it arrives, to whom (true: the server), what.
+type Flight = (Instant, bool, BytesMut);
+
+/// Runs a handshake; `drop(to_server, sent_at)` loses a datagram. Returns when each side
+/// completed (time since the start), `None` for one that had not after 20 s.
+fn handshake(
+    flight_interval: Duration,
+    drop: impl Fn(bool, Duration) -> bool,
+) -> (Option<Duration>, Option<Duration>) {
+    let start = Instant::now();
+    let (c, s) = (addr(1), addr(2));
+    let mut client = Endpoint::new(c, TransportProtocol::UDP, None);
+    let mut server = Endpoint::new(
+        s,
+        TransportProtocol::UDP,
+        Some(config(false, flight_interval)),
+    );
+    client
+        .connect(start, s, config(true, flight_interval), None)
+        .expect("connect");
+    let mut wire: Vec<Flight> = Vec::new();
+    let (mut client_done, mut server_done) = (None, None);
+    let mut now = start;
+    while now - start < Duration::from_secs(20) && (client_done.is_none() || server_done.is_none())
+    {
+        for (ep, to_server) in [(&mut client, true), (&mut server, false)] {
+            while let Some(t) = ep.poll_transmit() {
+                if !drop(to_server, now - start) {
+                    wire.push((now + ONE_WAY, to_server, t.message));
+                }
+            }
+        }
+        let timers = [client.poll_timeout(&s), server.poll_timeout(&c)];
+        let next = wire
+            .iter()
+            .map(|f| f.0)
+            .chain(timers.into_iter().flatten())
+            .min();
+        let Some(next) = next else { break };
+        now = next.max(now);
+        if let Some(i) = wire.iter().position(|f| f.0 <= now) {
+            let (_, to_server, data) = wire.remove(i);
+            let (ep, from, done) = match to_server {
+                true => (&mut server, c, &mut server_done),
+                false => (&mut client, s, &mut client_done),
+            };
+            // A datagram the handshake rejects is lost for it, as on a real path.
+            let events = ep.read(now, from, None, data).unwrap_or_default();
+            if events
+                .iter()
+                .any(|e| matches!(e, EndpointEvent::HandshakeComplete))
+            {
+                done.get_or_insert(now - start);
+            }
+            continue;
+        }
+        let _ = client.handle_timeout(s, now);
+        let _ = server.handle_timeout(c, now);
+    }
+    (client_done, server_done)
+}
+
+#[test]
+fn the_handshake_takes_two_round_trips() {
+    // A long flight interval: nothing is sent twice.
+    let (client, server) = handshake(Duration::from_secs(5), |_, _| false);
+    let rtt = ONE_WAY * 2;
+    // The client's ClientHello, the server's flight 4, the client's flight 5 (the server is
+    // done), the server's flight 6 (the client is done).
+    assert_eq!(
+        server,
+        Some(rtt + ONE_WAY),
+        "server done at 1.5 round trips"
+    );
+    assert_eq!(
+        client,
+        Some(rtt * 2),
+        "client done at 2 round trips (3 with a HelloVerifyRequest)"
+    );
+}
+
+#[test]
+fn a_lost_server_flight_is_sent_again_after_the_clients_repeat() {
+    // Everything the server sends in its first 60 ms (its first flight 4) is lost. The
+    // client repeats its ClientHello after 100 ms, which reaches the server before the
+    // server's own timer would resend.
+    let (client, server) = handshake(Duration::from_millis(100), |to_server, sent| {
+        !to_server && sent < Duration::from_millis(60)
+    });
+    eprintln!("done: client {client:?}, server {server:?}");
+    assert!(
+        client.is_some() && server.is_some(),
+        "the handshake did not complete in 20 s (client {client:?}, server {server:?}): the \
+         server's repeat of its flight never came"
+    );
+    assert!(client.unwrap() < Duration::from_secs(1), "{client:?}");
+}
