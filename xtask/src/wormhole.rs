@@ -77,9 +77,9 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Kills its processes when the measurement ends, however it ends.
-struct Servers(Vec<Child>);
+struct Children(Vec<Child>);
 
-impl Drop for Servers {
+impl Drop for Children {
     fn drop(&mut self) {
         for c in &mut self.0 {
             let _ = c.kill();
@@ -114,7 +114,7 @@ pub fn runs(bin: &Path, file: &Path, want: &str, reps: usize) -> anyhow::Result<
             .spawn()
             .context("starting twistd")
     };
-    let _servers = Servers(vec![
+    let _servers = Children(vec![
         twistd(&[
             "wormhole-mailbox".into(),
             format!("--port=tcp:{mailbox}:interface=127.0.0.1"),
@@ -135,7 +135,7 @@ pub fn runs(bin: &Path, file: &Path, want: &str, reps: usize) -> anyhow::Result<
     let mut out = Vec::new();
     for rep in 0..reps {
         let code = format!("{}-bench-wormhole", rep + 2);
-        let mut sender = Servers(vec![
+        let mut sender = Children(vec![
             Command::new(bin.join("wormhole"))
                 .args(&common)
                 .args(["send", "--code", &code])

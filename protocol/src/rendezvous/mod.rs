@@ -1255,14 +1255,7 @@ impl Rendezvous {
         // Our hello went out with the key; theirs is this message.
         self.stage = Stage::Hello;
         self.arm(Deadline::Hello, self.config.hello_wait);
-        // The other side's signal came through the room now, so it is back there, whether
-        // or not the server said so: one that took its place back before this side did has
-        // no `peer_back` for it.
-        self.peer_away = false;
-        match serde_json::from_slice::<PeerSignal>(&plain) {
-            Ok(sig) => self.on_signal(sig),
-            Err(_) => self.unexpected(Party::Peer, "an unreadable signal"),
-        }
+        self.on_opened(&plain);
     }
 
     /// The password a joiner's key exchange uses: the link's, or the code's if this share
@@ -1774,11 +1767,16 @@ impl Rendezvous {
             }
             Err(e) => return self.abort_and_fail(AbortReason::Failed, RendezvousError::Crypto(e)),
         };
-        // The other side's signal came through the room now, so it is back there, whether
-        // or not the server said so: one that took its place back before this side did has
-        // no `peer_back` for it.
+        self.on_opened(&plain);
+    }
+
+    /// A sealed message from the other side opened.
+    fn on_opened(&mut self, plain: &[u8]) {
+        // It came through the room now, so the other side is back there, whether or not the
+        // server said so: one that took its place back before this side did has no
+        // `peer_back` for it.
         self.peer_away = false;
-        match serde_json::from_slice::<PeerSignal>(&plain) {
+        match serde_json::from_slice::<PeerSignal>(plain) {
             Ok(sig) => self.on_signal(sig),
             Err(_) => self.unexpected(Party::Peer, "an unreadable signal"),
         }

@@ -316,6 +316,17 @@ fn lost_first_message_either_way_is_recovered_by_hello_resend() {
     }
 }
 
+/// Hand the receiver every frame the sender has to send now; whether an offer came of it.
+fn deliver(tx: &mut Sender, rx: &mut Receiver, now: Duration) -> bool {
+    let mut offered = false;
+    while let Some(f) = tx.poll_transmit(now) {
+        rx.handle_frame(&f, now).unwrap();
+        offered |=
+            std::iter::from_fn(|| rx.poll_event()).any(|e| matches!(e, ReceiverEvent::Offer(_)));
+    }
+    offered
+}
+
 /// The interleaving behind a native-suite stall: the sender's Hello is out, and both of the
 /// receiver's Hellos (its own, then its answer to ours) arrive before the sender looks.
 /// Handling them queues the sender's answer and its offer; a driver that then waits on
@@ -339,12 +350,7 @@ fn frames_queued_by_handling_make_the_timeout_due_at_once() {
     // Nothing more will arrive until the sender transmits: its timer must say so.
     assert_eq!(tx.poll_timeout(), Some(Duration::ZERO));
     tx.handle_timeout(now).unwrap();
-    let mut offered = false;
-    while let Some(f) = tx.poll_transmit(now) {
-        rx.handle_frame(&f, now).unwrap();
-        offered |=
-            std::iter::from_fn(|| rx.poll_event()).any(|e| matches!(e, ReceiverEvent::Offer(_)));
-    }
+    let offered = deliver(&mut tx, &mut rx, now);
     assert!(offered, "the offer went out");
     assert_ne!(tx.poll_timeout(), Some(Duration::ZERO));
     // The receiver too: an accept queued is due at once, then its timer is its own again.
@@ -363,13 +369,8 @@ fn the_offer_goes_right_behind_the_first_hello() {
     let mut tx = Sender::new(entries, 16 * 1024, now);
     let mut rx = Receiver::new(now);
     let first = tx.poll_transmit(now).expect("the sender's hello");
-    let mut offered = false;
     rx.handle_frame(&first, now).unwrap();
-    while let Some(f) = tx.poll_transmit(now) {
-        rx.handle_frame(&f, now).unwrap();
-        offered |=
-            std::iter::from_fn(|| rx.poll_event()).any(|e| matches!(e, ReceiverEvent::Offer(_)));
-    }
+    let offered = deliver(&mut tx, &mut rx, now);
     assert!(
         offered,
         "the whole offer went out with the hello, nothing heard yet"
