@@ -329,17 +329,14 @@ impl Server {
             }
             None => Vec::new(),
         };
-        let turn_port = {
-            let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            probe.local_addr()?.port()
-        };
-        let turn = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), turn_port);
         let rooms = (args.idle + 2 * args.pairs + 10_000).to_string();
+        // TURN on a port the server picks: a port probed here and handed over could be taken
+        // in between (the other load test allocates relay ports by the hundred).
         let mut child = Command::new(bin.join("signalling"))
             .args(["--listen", "127.0.0.1:0", "--no-admin"])
             .args([
                 "--turn-listen",
-                &turn.to_string(),
+                "127.0.0.1:0",
                 "--turn-relay-ports",
                 "0-0",
             ])
@@ -350,17 +347,30 @@ impl Server {
             .args(redis.map(|url| ["--redis", url]).into_iter().flatten())
             .env("PUNCHDROP_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("start signalling")?;
+        let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let addr = line
+        let Some(addr) = line
             .trim()
             .rsplit("://")
             .next()
             .and_then(|a| a.parse().ok())
-            .with_context(|| format!("unexpected ready line {line:?}"))?;
+        else {
+            let _ = child.kill();
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+            bail!("unexpected ready line {line:?}; the server said:\n{said}");
+        };
+        let turn = turn_udp_addr(&mut stderr)?;
+        // The rest of the server's log goes where the test's own output goes.
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
         Ok(Self { child, addr, turn })
     }
 
@@ -397,6 +407,25 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads the server's log up to the line saying where its TURN server listens (passing on
+/// what comes before it) and returns the UDP address.
+fn turn_udp_addr(stderr: &mut impl std::io::BufRead) -> anyhow::Result<SocketAddr> {
+    let mut said = String::new();
+    for line in stderr.lines() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("bundled TURN/STUN on udp ") {
+            let udp = rest.split_whitespace().next().unwrap_or_default();
+            return udp
+                .parse()
+                .with_context(|| format!("unexpected TURN line {line:?}"));
+        }
+        eprintln!("{line}");
+        said.push_str(&line);
+        said.push('\n');
+    }
+    bail!("the server never said where TURN listens; it said:\n{said}")
 }
 
 impl Drop for Server {
