@@ -290,7 +290,7 @@ fn net_options(
                 .zip(port)
                 .map(|(ip, port)| SocketAddr::new(ip, port)),
             port,
-            portmap: portmap.watch(),
+            portmap: portmap.clone(),
         },
         bind,
         udp_buffer: c.udp_buffer,
@@ -543,7 +543,7 @@ impl Session<'_> {
                 };
                 out.role = Some(link.role);
                 if let (protocol::path::PathKind::Relay, portmap::State::Failed(e)) =
-                    (link.path.kind, &*net.advertise.portmap.borrow())
+                    (link.path.kind, net.advertise.portmap.state())
                 {
                     out.note(&format!("(no port mapping: {e})"));
                 }

@@ -1,48 +1,76 @@
-//! Port mapping (ladder step 2): ask the router, over UPnP IGD, to forward a public UDP port
-//! to the socket ICE binds, so a peer behind a NAT that cannot be punched (symmetric) still
-//! reaches us directly.
+//! Port mapping (ladder step 2): ask the router to forward a public UDP port to the socket
+//! ICE binds, so a peer behind a NAT that cannot be punched (symmetric) still reaches us
+//! directly.
 //!
-//! - [`start`] runs in the background from program start, concurrently with signalling, and is
-//!   bounded by [`SEARCH_TIMEOUT`] + [`REQUEST_TIMEOUT`]: connection setup never waits for it.
-//!   Its outcome is published on a `watch` channel; [`crate::rtc`] advertises the mapped
-//!   address as a candidate whenever it arrives (in the first description or trickled).
-//! - Invariant: a mapping we created is removed by [`PortMapper::release`] (called on every
-//!   exit path of `run`), and carries a lease so a crashed peer's mapping expires by itself;
-//!   a background task renews it at half-life while the program runs.
-//! - UPnP IGD is the protocol home routers most often speak; NAT-PMP/PCP are not implemented
-//!   (see DESIGN.md § Port mapping).
+//! - Three protocols, asked at once by [`start`]: UPnP IGD ([`upnp`]), and PCP with NAT-PMP
+//!   as its fallback ([`pmp`]). Each first finds its router without changing anything (SSDP;
+//!   a NAT-PMP external-address request to the default gateway), then maps under one
+//!   [`Claim`]: the first to get there maps, the other finds the claim taken and maps
+//!   nothing. A router speaking all three holds one mapping of ours, never two.
+//! - Bounded by the protocols' own timeouts (a few seconds at worst); connection setup never
+//!   waits for it. The outcome is published on a `watch` channel; [`crate::rendezvous`]
+//!   advertises the mapped address whenever it comes (in the first description or trickled),
+//!   and again when it changes.
+//! - Invariant: a mapping we created carries a lease, so a crashed peer's expires by itself;
+//!   it is renewed at half of what the router granted and removed by [`PortMapper::release`]
+//!   (called on every exit path of `run`, and by the mapping task itself if `release` came
+//!   first).
+//! - A renewal asks for the same mapping again, which re-creates one the router lost (a
+//!   restart) and tells a new external address or port, published as a new [`State::Mapped`].
+//!   [`PortMapper::refresh`] renews at once: the driver calls it when the path to the other
+//!   peer goes down, which is what a router restart looks like from here.
+//! - The volunteer relay's fixed ports ([`SamePorts`]) are mapped over UPnP IGD only.
 
-use igd_next::aio::Gateway;
-use igd_next::aio::tokio::Tokio;
-use igd_next::{PortMappingProtocol, SearchOptions};
+mod pmp;
+mod upnp;
+
+pub use upnp::{SamePorts, map_same_ports};
+
+use protocol::path::MapProtocol;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 
-/// How long SSDP discovery may take. A router on the LAN answers in milliseconds.
-pub const SEARCH_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Bound on each SOAP request (external address, add, remove).
+/// Bound on each request to the router (UPnP: discovery, then each SOAP call).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Lease asked for. Renewed at half-life; expires on its own if we die without releasing.
+/// Lease asked for. Renewed at half of what the router grants; expires on its own if we die
+/// without releasing.
 pub const LEASE: Duration = Duration::from_secs(1200);
-const DESCRIPTION: &str = "punchdrop";
+/// A renewal that failed is tried again this much later.
+const RENEW_RETRY: Duration = Duration::from_secs(30);
 
 /// Why no mapping could be had.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PortmapError {
-    #[error("no UPnP gateway answered")]
+    #[error("no router answered UPnP IGD, NAT-PMP or PCP")]
     NoGateway,
-    #[error("the gateway did not tell its external address")]
+    #[error("the router did not tell its external address")]
     NoExternalAddress,
-    #[error("the gateway's external address is not usable ({0})")]
+    #[error("the router's external address is not usable ({0})")]
     UnusableExternalAddress(&'static str),
-    #[error("the gateway refused the mapping: {0}")]
+    #[error("the router refused the mapping: {0}")]
     Refused(String),
-    #[error("the gateway did not answer in time")]
+    #[error("the router did not answer in time")]
     Timeout,
-    #[error("cannot find our address towards the gateway")]
+    #[error("cannot find our address towards the router")]
     LocalAddress,
+    /// Another protocol mapped the port first (never shown: the first mapping is the outcome).
+    #[error("the port is mapped already")]
+    AlreadyMapped,
+}
+
+impl PortmapError {
+    /// Of two protocols' failures, the one that says more to the person: a router that
+    /// answered and refused over one that was not there.
+    fn most_telling(a: Self, b: Self) -> Self {
+        let weight = |e: &Self| match e {
+            Self::NoGateway | Self::AlreadyMapped => 0,
+            Self::Timeout | Self::LocalAddress => 1,
+            _ => 2,
+        };
+        if weight(&b) > weight(&a) { b } else { a }
+    }
 }
 
 /// A granted mapping: `external` on the router forwards to `internal` here.
@@ -50,6 +78,8 @@ pub enum PortmapError {
 pub struct Mapping {
     pub external: SocketAddr,
     pub internal: SocketAddr,
+    /// The protocol the router granted it with.
+    pub by: MapProtocol,
 }
 
 /// What port mapping has come to so far.
@@ -72,17 +102,102 @@ impl State {
             State::Failed(_) => PortmapState::Failed,
         }
     }
+
+    /// The protocol of the mapping, once there is one.
+    pub fn mapped_by(&self) -> Option<MapProtocol> {
+        match self {
+            State::Mapped(m) => Some(m.by),
+            _ => None,
+        }
+    }
 }
 
-/// The gateway and external port of our mapping, while we hold one.
-type Held = Arc<Mutex<Option<(Gateway<Tokio>, u16)>>>;
+/// A mapping we hold, by the protocol that made it.
+enum Lease {
+    Upnp(upnp::Lease),
+    Pmp(pmp::Lease),
+}
+
+impl Lease {
+    fn mapping(&self) -> &Mapping {
+        match self {
+            Lease::Upnp(l) => l.mapping(),
+            Lease::Pmp(l) => l.mapping(),
+        }
+    }
+
+    /// When to renew: half of what the router granted.
+    fn renew_in(&self) -> Duration {
+        match self {
+            Lease::Upnp(_) => LEASE / 2,
+            Lease::Pmp(l) => l.granted() / 2,
+        }
+    }
+
+    async fn renew(&mut self) -> Result<(), PortmapError> {
+        match self {
+            Lease::Upnp(l) => l.renew().await,
+            Lease::Pmp(l) => l.renew().await,
+        }
+    }
+
+    /// Remove the mapping. Bounded: the program may be exiting (the lease ends it anyway).
+    async fn release(self) {
+        let outcome = match self {
+            Lease::Upnp(l) => l.release().await,
+            Lease::Pmp(l) => l.release().await,
+        };
+        match outcome {
+            Ok(()) => tracing::debug!("port mapping released"),
+            Err(e) => tracing::info!("cannot release the port mapping (its lease ends it): {e}"),
+        }
+    }
+}
+
+/// The mapping we hold, and whether [`PortMapper::release`] was called (a mapping granted
+/// after that is removed at once).
+#[derive(Default)]
+struct Slot {
+    lease: Option<Lease>,
+    closed: bool,
+}
+
+type Held = Arc<Mutex<Slot>>;
+
+/// One mapping among the protocols tried at once: whoever asks first maps; the others,
+/// finding it taken, map nothing. Requests run one at a time, so two never cross.
+#[derive(Default)]
+struct Claim(Mutex<bool>);
+
+impl Claim {
+    async fn map<T>(
+        &self,
+        add: impl std::future::Future<Output = Result<T, PortmapError>>,
+    ) -> Result<T, PortmapError> {
+        let mut taken = self.0.lock().await;
+        if *taken {
+            return Err(PortmapError::AlreadyMapped);
+        }
+        let outcome = add.await;
+        *taken = outcome.is_ok();
+        outcome
+    }
+}
 
 /// Handle on the background mapping task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PortMapper {
     state: watch::Receiver<State>,
-    /// The gateway and external port to release, once mapped.
     held: Held,
+    refresh: Arc<Notify>,
+}
+
+impl std::fmt::Debug for PortMapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortMapper")
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PortMapper {
@@ -92,6 +207,7 @@ impl PortMapper {
         Self {
             state,
             held: Arc::default(),
+            refresh: Arc::default(),
         }
     }
 
@@ -99,22 +215,27 @@ impl PortMapper {
         self.state.clone()
     }
 
-    /// Remove the mapping, if one was made. Bounded: the program is exiting.
+    /// Where the mapping stands now.
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// Renew the mapping now (the path went down: the router may have restarted).
+    pub fn refresh(&self) {
+        if matches!(*self.state.borrow(), State::Mapped(_)) {
+            self.refresh.notify_one();
+        }
+    }
+
+    /// Remove the mapping, if one was made, and any granted later.
     pub async fn release(&self) {
-        let Some((gw, port)) = self.held.lock().await.take() else {
-            return;
+        let lease = {
+            let mut slot = self.held.lock().await;
+            slot.closed = true;
+            slot.lease.take()
         };
-        match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            gw.remove_port(PortMappingProtocol::UDP, port),
-        )
-        .await
-        {
-            Ok(Ok(())) => tracing::debug!("port mapping released"),
-            Ok(Err(e)) => {
-                tracing::info!("cannot release the port mapping (its lease ends it): {e}")
-            }
-            Err(_) => tracing::info!("releasing the port mapping timed out (its lease ends it)"),
+        if let Some(lease) = lease {
+            lease.release().await;
         }
     }
 }
@@ -122,104 +243,98 @@ impl PortMapper {
 /// Start mapping UDP `port` (the port ICE binds on every interface) in the background.
 pub fn start(port: u16) -> PortMapper {
     let (tx, state) = watch::channel(State::Pending);
-    let held: Held = Arc::default();
-    let keep = held.clone();
+    let mapper = PortMapper {
+        state,
+        held: Arc::default(),
+        refresh: Arc::default(),
+    };
+    let (held, refresh) = (mapper.held.clone(), mapper.refresh.clone());
     tokio::spawn(async move {
-        let outcome = map(port, &keep).await;
-        match &outcome {
-            Ok(m) => tracing::info!(
-                external_port = m.external.port(),
-                "port mapped by the router (UPnP IGD)"
-            ),
-            Err(e) => tracing::info!("no port mapping: {e}"),
-        }
-        let mapped = outcome.is_ok();
-        let _ = tx.send(match outcome {
-            Ok(m) => State::Mapped(m),
-            Err(e) => State::Failed(e),
-        });
-        if mapped {
-            renew(port, keep).await;
-        }
-    });
-    PortMapper { state, held }
-}
-
-/// A gateway found on the LAN: our address towards it and its public address.
-struct Found {
-    gw: Gateway<Tokio>,
-    internal_ip: IpAddr,
-    external_ip: IpAddr,
-}
-
-async fn search() -> Result<Found, PortmapError> {
-    let mut opts = SearchOptions::default();
-    opts.timeout = Some(SEARCH_TIMEOUT);
-    opts.single_search_timeout = Some(SEARCH_TIMEOUT);
-    let gw = tokio::time::timeout(SEARCH_TIMEOUT, igd_next::aio::tokio::search_gateway(opts))
-        .await
-        .map_err(|_| PortmapError::NoGateway)?
-        .map_err(|e| {
-            tracing::debug!("UPnP search: {e}");
-            PortmapError::NoGateway
-        })?;
-    let internal_ip = local_ip_towards(gw.addr)?;
-    let external_ip = timed(gw.get_external_ip())
-        .await?
-        .map_err(|_| PortmapError::NoExternalAddress)?;
-    check_external(external_ip)?;
-    Ok(Found {
-        gw,
-        internal_ip,
-        external_ip,
-    })
-}
-
-async fn map(port: u16, held: &Held) -> Result<Mapping, PortmapError> {
-    let Found {
-        gw,
-        internal_ip,
-        external_ip: ext_ip,
-    } = search().await?;
-    let internal = SocketAddr::new(internal_ip, port);
-    let lease = LEASE.as_secs() as u32;
-    // The same port outside as inside when it is free (easy to reason about), else any.
-    let ext_port =
-        match timed(gw.add_port(PortMappingProtocol::UDP, port, internal, lease, DESCRIPTION))
-            .await?
-        {
-            Ok(()) => port,
+        let lease = match first_mapping(port).await {
+            Ok(lease) => lease,
             Err(e) => {
-                tracing::debug!("same-port mapping refused ({e}); asking for any port");
-                timed(gw.add_any_port(PortMappingProtocol::UDP, internal, lease, DESCRIPTION))
-                    .await?
-                    .map_err(|e| PortmapError::Refused(e.to_string().to_lowercase()))?
+                tracing::info!("no port mapping: {e}");
+                let _ = tx.send(State::Failed(e));
+                return;
             }
         };
-    *held.lock().await = Some((gw, ext_port));
-    Ok(Mapping {
-        external: SocketAddr::new(ext_ip, ext_port),
-        internal,
-    })
+        let mapping = lease.mapping().clone();
+        {
+            let mut slot = held.lock().await;
+            if slot.closed {
+                drop(slot);
+                lease.release().await;
+                return;
+            }
+            slot.lease = Some(lease);
+        }
+        tracing::info!(
+            external_port = mapping.external.port(),
+            protocol = mapping.by.as_str(),
+            "port mapped by the router"
+        );
+        let _ = tx.send(State::Mapped(mapping));
+        keep_mapped(&held, &tx, &refresh).await;
+    });
+    mapper
 }
 
-/// Re-add the mapping at half its lease, for as long as the program runs.
-async fn renew(port: u16, held: Held) {
+/// Every protocol at once; the first mapping granted, or the most telling failure.
+async fn first_mapping(port: u16) -> Result<Lease, PortmapError> {
+    let claim = Claim::default();
+    let mut upnp = std::pin::pin!(async { upnp::map(port, &claim).await.map(Lease::Upnp) });
+    let mut pmp = std::pin::pin!(async { pmp::map(port, &claim).await.map(Lease::Pmp) });
+    enum First {
+        Upnp(Result<Lease, PortmapError>),
+        Pmp(Result<Lease, PortmapError>),
+    }
+    let first = tokio::select! {
+        r = &mut upnp => First::Upnp(r),
+        r = &mut pmp => First::Pmp(r),
+    };
+    let (failed, other) = match first {
+        First::Upnp(Ok(lease)) | First::Pmp(Ok(lease)) => return Ok(lease),
+        First::Upnp(Err(e)) => (e, pmp.await),
+        First::Pmp(Err(e)) => (e, upnp.await),
+    };
+    other.map_err(|e| PortmapError::most_telling(failed, e))
+}
+
+/// Renew at half-life (or at once when asked), publishing the mapping again when the router
+/// moved it; ends once released.
+async fn keep_mapped(held: &Held, tx: &watch::Sender<State>, refresh: &Notify) {
+    let mut wait = match &held.lock().await.lease {
+        Some(lease) => lease.renew_in(),
+        None => return,
+    };
     loop {
-        tokio::time::sleep(LEASE / 2).await;
-        let guard = held.lock().await;
-        let Some((gw, ext)) = guard.as_ref() else {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = refresh.notified() => tracing::debug!("renewing the port mapping now"),
+        }
+        let mut slot = held.lock().await;
+        let Some(lease) = slot.lease.as_mut() else {
             return; // released
         };
-        let Ok(internal) = local_ip_towards(gw.addr).map(|ip| SocketAddr::new(ip, port)) else {
-            continue;
-        };
-        let lease = LEASE.as_secs() as u32;
-        match timed(gw.add_port(PortMappingProtocol::UDP, *ext, internal, lease, DESCRIPTION)).await
-        {
-            Ok(Ok(())) => tracing::debug!("port mapping renewed"),
-            Ok(Err(e)) => tracing::info!("cannot renew the port mapping: {e}"),
-            Err(e) => tracing::info!("cannot renew the port mapping: {e}"),
+        let before = lease.mapping().clone();
+        match lease.renew().await {
+            Ok(()) => {
+                wait = lease.renew_in();
+                let now = lease.mapping().clone();
+                if now == before {
+                    tracing::debug!("port mapping renewed");
+                } else {
+                    tracing::info!(
+                        external_port = now.external.port(),
+                        "the router's mapping moved: advertising the new address"
+                    );
+                    let _ = tx.send(State::Mapped(now));
+                }
+            }
+            Err(e) => {
+                tracing::info!("cannot renew the port mapping: {e}");
+                wait = RENEW_RETRY;
+            }
         }
     }
 }
@@ -267,75 +382,6 @@ fn check_external(ip: IpAddr) -> Result<(), PortmapError> {
     }
 }
 
-/// Ports mapped to the same numbers outside, for a volunteer relay (its TURN port and relay
-/// ports, which it advertises at the router's address under their own numbers). Renewed at
-/// half-life by [`SamePorts::renew_every`]; removed by [`SamePorts::release`].
-#[derive(Debug)]
-pub struct SamePorts {
-    gw: Gateway<Tokio>,
-    internal_ip: IpAddr,
-    ports: Vec<(PortMappingProtocol, u16)>,
-    pub external_ip: IpAddr,
-}
-
-/// Map every one of `ports` to the same number on the router, or none (those made are
-/// removed again when one is refused).
-pub async fn map_same_ports(
-    ports: &[(PortMappingProtocol, u16)],
-) -> Result<SamePorts, PortmapError> {
-    let Found {
-        gw,
-        internal_ip,
-        external_ip,
-    } = search().await?;
-    let mut mapped = SamePorts {
-        gw,
-        internal_ip,
-        ports: Vec::new(),
-        external_ip,
-    };
-    for &(protocol, port) in ports {
-        if let Err(e) = mapped.add(protocol, port).await {
-            mapped.release().await;
-            return Err(e);
-        }
-        mapped.ports.push((protocol, port));
-    }
-    Ok(mapped)
-}
-
-impl SamePorts {
-    async fn add(&self, protocol: PortMappingProtocol, port: u16) -> Result<(), PortmapError> {
-        let internal = SocketAddr::new(self.internal_ip, port);
-        let lease = LEASE.as_secs() as u32;
-        timed(
-            self.gw
-                .add_port(protocol, port, internal, lease, DESCRIPTION),
-        )
-        .await?
-        .map_err(|e| PortmapError::Refused(format!("port {port}: {e}").to_lowercase()))
-    }
-
-    /// Re-add the mappings at half their lease, for as long as this runs.
-    pub async fn renew_every(&self) {
-        loop {
-            tokio::time::sleep(LEASE / 2).await;
-            for &(protocol, port) in &self.ports {
-                if let Err(e) = self.add(protocol, port).await {
-                    tracing::info!("cannot renew a port mapping: {e}");
-                }
-            }
-        }
-    }
-
-    /// Remove the mappings. Bounded: the program is exiting (the leases end any left).
-    pub async fn release(&self) {
-        for &(protocol, port) in &self.ports {
-            let _ = timed(self.gw.remove_port(protocol, port)).await;
-        }
-    }
-}
-
 /// An ICE candidate line (as webrtc-rs's `to_json` writes them) advertising `external`: a
 /// server-reflexive candidate in all but origin. The related address is withheld (0.0.0.0:0),
 /// as browsers do. `tag` keeps foundations of several advertised addresses apart.
@@ -368,6 +414,22 @@ mod tests {
         for ok in ["198.18.0.2", "203.0.113.7", "2001:db8::1"] {
             assert!(check_external(ok.parse().unwrap()).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn a_refusal_says_more_than_silence() {
+        use PortmapError::*;
+        let refused = Refused("pcp: not authorized".into());
+        assert_eq!(
+            PortmapError::most_telling(NoGateway, refused.clone()),
+            refused
+        );
+        assert_eq!(
+            PortmapError::most_telling(refused.clone(), Timeout),
+            refused
+        );
+        assert_eq!(PortmapError::most_telling(NoGateway, Timeout), Timeout);
+        assert_eq!(PortmapError::most_telling(NoGateway, NoGateway), NoGateway);
     }
 
     #[test]

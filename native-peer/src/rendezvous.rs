@@ -130,14 +130,18 @@ impl Server {
     }
 }
 
-/// Sends the candidates of [`crate::rtc::Advertise`] once each: the forwarded port at once,
-/// the mapped port when (if) the router grants it.
+/// Sends the candidates of [`crate::rtc::Advertise`]: the forwarded port at once, the mapped
+/// port when (if) the router grants it, and again whenever the router moves it.
 #[derive(Debug)]
 struct Adverts {
     forwarded: Option<SocketAddr>,
+    mapper: portmap::PortMapper,
     portmap: watch::Receiver<portmap::State>,
     /// Still watching the port mapping.
     watching: bool,
+    /// The mapped address last advertised, and how many were.
+    mapped: Option<SocketAddr>,
+    sent: u32,
 }
 
 impl Adverts {
@@ -145,8 +149,11 @@ impl Adverts {
         Self {
             // Relay-only peers advertise nothing direct.
             forwarded: net.advertise.forwarded.filter(|_| !net.relay_only),
-            portmap: net.advertise.portmap.clone(),
+            mapper: net.advertise.portmap.clone(),
+            portmap: net.advertise.portmap.watch(),
             watching: !net.relay_only,
+            mapped: None,
+            sent: 0,
         }
     }
 
@@ -159,6 +166,11 @@ impl Adverts {
             // The mapping task ended and its last state was already seen: nothing will come.
             self.watching = false;
         }
+    }
+
+    /// The path went down: a router that restarted has lost our mapping; ask for it again.
+    fn path_down(&self) {
+        self.mapper.refresh();
     }
 
     /// Candidates ready to advertise now.
@@ -175,12 +187,13 @@ impl Adverts {
         }
         if self.watching {
             match self.portmap.borrow_and_update().clone() {
-                portmap::State::Mapped(m) => {
+                portmap::State::Mapped(m) if self.mapped != Some(m.external) => {
                     tracing::debug!("advertising the mapped port");
-                    out.push(line(m.external, 1));
-                    self.watching = false;
+                    self.sent += 1;
+                    out.push(line(m.external, self.sent));
+                    self.mapped = Some(m.external);
                 }
-                portmap::State::Pending => {}
+                portmap::State::Mapped(_) | portmap::State::Pending => {}
                 portmap::State::Off | portmap::State::Failed(_) => self.watching = false,
             }
         }
@@ -761,6 +774,7 @@ async fn late_signalling(
                             match s {
                                 RTCPeerConnectionState::Disconnected => {
                                     tracing::info!("the path to the other peer is down");
+                                    adverts.path_down();
                                     rv.path_down(clock.now());
                                 }
                                 RTCPeerConnectionState::Connected => {

@@ -41,8 +41,8 @@ pub struct Advertise {
     pub forwarded: Option<SocketAddr>,
     /// The fixed UDP port ICE binds (`--port`, or the one picked for port mapping).
     pub port: Option<u16>,
-    /// The router port mapping's progress; its external address is advertised when it comes.
-    pub portmap: watch::Receiver<portmap::State>,
+    /// The router port mapping; its external address is advertised when it comes.
+    pub portmap: portmap::PortMapper,
 }
 
 /// Network knobs of one connection.
@@ -390,7 +390,7 @@ impl Peer {
 
     /// What [`protocol::path::describe`] needs besides the pair.
     pub fn path_context(&self, opts: &NetOptions) -> PathContext {
-        let portmap = opts.advertise.portmap.borrow().clone();
+        let portmap = opts.advertise.portmap.state();
         let advertised = match (&portmap, opts.advertise.forwarded) {
             (_, Some(f)) => Some((opts.advertise.port.unwrap_or(f.port()), PathKind::Forwarded)),
             (portmap::State::Mapped(m), None) => Some((m.internal.port(), PathKind::Mapped)),
@@ -405,6 +405,7 @@ impl Peer {
             }),
             advertised,
             portmap: Some(portmap.report()),
+            mapped_by: portmap.mapped_by(),
             local_candidates: Vec::new(),
             remote_candidates: Vec::new(),
         }

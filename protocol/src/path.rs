@@ -123,6 +123,28 @@ pub enum PortmapState {
     Failed,
 }
 
+/// Which protocol the router granted this side's port mapping with.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MapProtocol {
+    /// UPnP IGD (SSDP discovery, then SOAP over HTTP).
+    Upnp,
+    /// NAT-PMP (RFC 6886).
+    NatPmp,
+    /// PCP (RFC 6887), NAT-PMP's successor.
+    Pcp,
+}
+
+impl MapProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upnp => "UPnP IGD",
+            Self::NatPmp => "NAT-PMP",
+            Self::Pcp => "PCP",
+        }
+    }
+}
+
 /// Why a relay carries the connection.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -209,6 +231,9 @@ pub struct PathReport {
     /// This side's port mapping (native peers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub portmap: Option<PortmapState>,
+    /// The protocol the router mapped the port with (mapped only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped_by: Option<MapProtocol>,
     /// The pair the other side sends on, as it said (absent until it did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<PairView>,
@@ -259,11 +284,14 @@ impl PathReport {
 impl fmt::Display for PathReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let how = match (self.kind, self.local, self.remote) {
-            (PathKind::Relay, ..) => "relayed",
-            (PathKind::Mapped, ..) => "through the router's port mapping",
-            (PathKind::Forwarded, ..) => "through the forwarded port",
-            (_, CandidateType::Host, CandidateType::Host) => "on the local network",
-            _ => "hole punched",
+            (PathKind::Relay, ..) => "relayed".to_owned(),
+            (PathKind::Mapped, ..) => match self.mapped_by {
+                Some(by) => format!("through the router's port mapping ({})", by.as_str()),
+                None => "through the router's port mapping".to_owned(),
+            },
+            (PathKind::Forwarded, ..) => "through the forwarded port".to_owned(),
+            (_, CandidateType::Host, CandidateType::Host) => "on the local network".to_owned(),
+            _ => "hole punched".to_owned(),
         };
         write!(
             f,
@@ -391,6 +419,7 @@ pub struct PathContext {
     /// through it ([`PathKind::Mapped`] or [`PathKind::Forwarded`]).
     pub advertised: Option<(u16, PathKind)>,
     pub portmap: Option<PortmapState>,
+    pub mapped_by: Option<MapProtocol>,
     /// Types of every local and remote candidate ICE had (for the relay reason).
     pub local_candidates: Vec<CandidateType>,
     pub remote_candidates: Vec<CandidateType>,
@@ -420,6 +449,7 @@ pub fn describe(pair: SelectedPair, ctx: &PathContext) -> PathReport {
         protocol: pair.protocol,
         reason: relayed.then(|| relay_reason(pair.protocol, ctx)),
         portmap: ctx.portmap,
+        mapped_by: ctx.mapped_by,
         peer: None,
     }
 }

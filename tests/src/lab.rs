@@ -14,9 +14,10 @@
 //!   server runs with `--turn-allow-private-peers` (the routers' WAN addresses are the peers).
 //! - Routers: `cone` is iptables MASQUERADE (endpoint-independent mapping, port-restricted
 //!   filtering); `symmetric` adds `--random-fully` (a new port per destination);
-//!   `udp-blocked` forwards only TCP outward; `upnp` is symmetric NAT written in nftables
-//!   plus `miniupnpd-nftables` (UPnP IGD and NAT-PMP), which keeps its mappings in its own
-//!   nft chains. Unsolicited inbound packets are dropped in INPUT, never answered with ICMP
+//!   `udp-blocked` forwards only TCP outward; `upnp`, `pcp` and `mapping` are symmetric NAT
+//!   written in nftables plus `miniupnpd-nftables` speaking UPnP IGD, PCP + NAT-PMP, or all
+//!   three, which keeps its mappings in its own nft chains ([`Lab::router_mappings`] counts
+//!   them; [`Lab::restart_mapper`] reboots it). Unsolicited inbound packets are dropped in INPUT, never answered with ICMP
 //!   (an ICMP error makes a conntrack entry that breaks simultaneous punching); conntrack is
 //!   flushed after the rules are set; `ip_forward` is switched on (0 in a new namespace).
 //! - Invariants: every namespace has a name unique to this process and lab (`pd` + pid +
@@ -65,8 +66,20 @@ pub enum Nat {
     /// Cone NAT that lets only the web out: TCP to the server's web port (8080 here, 443 on
     /// the internet) and to TURN over TLS (5349); no UDP, no TCP to TURN's 3478.
     WebOnly,
-    /// Symmetric NAT whose router grants port mappings (miniupnpd: UPnP IGD, NAT-PMP).
+    /// Symmetric NAT whose router grants port mappings over UPnP IGD only (miniupnpd).
     Upnp,
+    /// Symmetric NAT whose router grants port mappings over PCP and NAT-PMP only, UPnP off
+    /// (miniupnpd), as Apple's and many pfSense/OPNsense routers do.
+    Pcp,
+    /// Symmetric NAT whose router speaks all three: UPnP IGD, PCP and NAT-PMP (miniupnpd).
+    Mapping,
+}
+
+impl Nat {
+    /// The router runs miniupnpd (nftables throughout).
+    fn maps(self) -> bool {
+        matches!(self, Nat::Upnp | Nat::Pcp | Nat::Mapping)
+    }
 }
 
 /// Where host B sits.
@@ -128,7 +141,9 @@ pub struct Lab {
     prefix: String,
     /// Created namespaces, in creation order.
     namespaces: Vec<String>,
-    daemons: Vec<Child>,
+    /// miniupnpd on each router that maps ports: (router name, its subnet, what it speaks,
+    /// the daemon), restartable ([`Lab::restart_mapper`]).
+    mappers: Mutex<Vec<(String, u8, Nat, Child)>>,
     server: Option<Child>,
     /// Impaired WAN links; dropped after the namespaces (fields drop after `Drop::drop`).
     wires: Vec<wire::Wire>,
@@ -234,7 +249,7 @@ impl Lab {
         let mut lab = Lab {
             prefix,
             namespaces: Vec::new(),
-            daemons: Vec::new(),
+            mappers: Mutex::default(),
             server: None,
             wires: Vec::new(),
             server_log: Arc::default(),
@@ -347,9 +362,9 @@ impl Lab {
             self.add_host(name, name, 3 + i as u8, 2)?;
         }
         for &(name, nat, subnet) in &routers {
-            if nat == Nat::Upnp {
+            if nat.maps() {
                 // After the server: miniupnpd asks its STUN for the public address at start.
-                self.start_miniupnpd(&self.ns(&format!("r{name}")), subnet)?;
+                self.start_miniupnpd(name, subnet, nat)?;
             }
         }
         Ok(())
@@ -391,7 +406,7 @@ impl Lab {
 
     fn nat_rules(&self, r: &str, nat: Nat, subnet: u8) -> anyhow::Result<()> {
         let lan = format!("10.0.{subnet}.0/24");
-        if nat == Nat::Upnp {
+        if nat.maps() {
             // nftables throughout: miniupnpd-nftables adds its forwards to the chains named
             // in its config (`miniupnpd`, `prerouting_miniupnpd`, `postrouting_miniupnpd`).
             // Only LAN traffic is masqueraded, so miniupnpd's own STUN check sees the WAN
@@ -552,19 +567,29 @@ impl Lab {
         Ok(())
     }
 
-    fn start_miniupnpd(&mut self, r: &str, subnet: u8) -> anyhow::Result<()> {
+    /// miniupnpd on router `name`, speaking what `nat` says; returns once it listens for each.
+    fn start_miniupnpd(&self, name: &str, subnet: u8, nat: Nat) -> anyhow::Result<()> {
+        let r = self.ns(&format!("r{name}"));
         let dir = self._dir.path();
         let conf = dir.join(format!("{r}-miniupnpd.conf"));
+        let (upnp, pmp) = match nat {
+            Nat::Upnp => (true, false),
+            Nat::Pcp => (false, true),
+            _ => (true, true),
+        };
+        let yes = |on: bool| if on { "yes" } else { "no" };
+        // `system_uptime=no`: the PCP/NAT-PMP epoch counts from the daemon's start, so a
+        // restart ([`Lab::restart_mapper`]) looks like a router reboot to the peers.
         std::fs::write(
             &conf,
             format!(
                 "ext_ifname=wan
 listening_ip=lan
 http_port=0
-enable_natpmp=yes
-enable_upnp=yes
+enable_natpmp={pmp}
+enable_upnp={upnp}
 secure_mode=yes
-system_uptime=yes
+system_uptime=no
 uuid=3f1a7c1e-0b5d-4b8e-9c1e-00000000000{subnet}
 upnp_table_name=filter
 upnp_nat_table_name=filter
@@ -578,12 +603,14 @@ ext_stun_port=3478
 allow 1024-65535 10.0.{subnet}.0/24 1024-65535
 deny 0-65535 0.0.0.0/0 0-65535
 ",
-                lease = dir.join(format!("{r}.leases")).display()
+                pmp = yes(pmp),
+                upnp = yes(upnp),
+                lease = self.mapper_leases(name).display()
             ),
         )?;
         let pid = dir.join(format!("{r}-miniupnpd.pid"));
         let mut child = Command::new("ip")
-            .args(["netns", "exec", r, "miniupnpd", "-d", "-f"])
+            .args(["netns", "exec", &r, "miniupnpd", "-d", "-f"])
             .arg(&conf)
             .arg("-P")
             .arg(&pid)
@@ -591,7 +618,8 @@ deny 0-65535 0.0.0.0/0 0-65535
             .stderr(Stdio::piped())
             .spawn()
             .context("start miniupnpd (package miniupnpd-nftables)")?;
-        // Ready once it listens for SOAP, which it does after deciding on port forwarding.
+        // Ready once it listens for SOAP and for NAT-PMP/PCP, as configured, which it does
+        // after deciding on port forwarding.
         let err = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -602,11 +630,15 @@ deny 0-65535 0.0.0.0/0 0-65535
                 }
             }
         });
-        self.daemons.push(child);
+        self.mappers
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), subnet, nat, child));
         let mut log = String::new();
         let mut enabled = false;
+        let (mut http, mut pcp) = (!upnp, !pmp);
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        while !(http && pcp) {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(l) = rx.recv_timeout(left) else {
                 bail!("miniupnpd did not become ready:\n{log}");
@@ -614,14 +646,60 @@ deny 0-65535 0.0.0.0/0 0-65535
             log.push_str(&l);
             log.push('\n');
             enabled |= l.contains("Port forwarding is now enabled");
-            if l.contains("HTTP listening on port") {
-                break;
-            }
+            http |= l.contains("HTTP listening on port");
+            pcp |= l.contains("Listening for NAT-PMP/PCP traffic on port 5351");
         }
         if !enabled {
             bail!("miniupnpd did not enable port forwarding:\n{log}");
         }
         Ok(())
+    }
+
+    /// Where router `name`'s miniupnpd keeps its mappings across its own restarts.
+    fn mapper_leases(&self, name: &str) -> std::path::PathBuf {
+        self._dir.path().join(format!("r{name}.leases"))
+    }
+
+    /// How many port mappings router `name` holds: the forwards miniupnpd wrote into its
+    /// nftables chain, whichever protocol asked for them.
+    pub fn router_mappings(&self, name: &str) -> anyhow::Result<usize> {
+        let r = self.ns(&format!("r{name}"));
+        let chain = in_ns(
+            &r,
+            &[
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "filter",
+                "prerouting_miniupnpd",
+            ],
+        )?;
+        Ok(chain.lines().filter(|l| l.contains("dnat")).count())
+    }
+
+    /// Router `name` reboots, as far as port mapping goes: its miniupnpd stops, every
+    /// mapping and connection it knew is forgotten (its chains, its lease file, conntrack),
+    /// and a fresh one starts with a new epoch.
+    pub fn restart_mapper(&self, name: &str) -> anyhow::Result<()> {
+        let r = self.ns(&format!("r{name}"));
+        let (subnet, nat) = {
+            let mut mappers = self.mappers.lock().unwrap();
+            let i = mappers
+                .iter()
+                .position(|(n, ..)| n == name)
+                .with_context(|| format!("router {name} runs no miniupnpd"))?;
+            let (_, subnet, nat, mut child) = mappers.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+            (subnet, nat)
+        };
+        for chain in ["miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd"] {
+            in_ns(&r, &["nft", "flush", "chain", "inet", "filter", chain])?;
+        }
+        let _ = std::fs::remove_file(self.mapper_leases(name));
+        in_ns(&r, &["conntrack", "-F"])?;
+        self.start_miniupnpd(name, subnet, nat)
     }
 
     /// Forward UDP `port` on router `name`'s WAN address to the same port of its host, as a
@@ -1026,7 +1104,9 @@ impl Outcome {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for mut c in self.daemons.drain(..).chain(self.server.take()) {
+        let mappers = std::mem::take(&mut *self.mappers.lock().unwrap());
+        let mappers = mappers.into_iter().map(|(.., c)| c);
+        for mut c in mappers.chain(self.server.take()) {
             let _ = c.kill();
             let _ = c.wait();
         }

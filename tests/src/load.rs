@@ -334,12 +334,7 @@ impl Server {
         // in between (the other load test allocates relay ports by the hundred).
         let mut child = Command::new(bin.join("signalling"))
             .args(["--listen", "127.0.0.1:0", "--no-admin"])
-            .args([
-                "--turn-listen",
-                "127.0.0.1:0",
-                "--turn-relay-ports",
-                "0-0",
-            ])
+            .args(["--turn-listen", "127.0.0.1:0", "--turn-relay-ports", "0-0"])
             // The peers are on loopback: let the relay reach them.
             .arg("--turn-allow-private-peers")
             .args(["--max-rooms", &rooms])

@@ -106,6 +106,7 @@ fn upnp_router_to_symmetric_goes_direct_through_the_mapped_port() {
     let a = &o.sender_connected.path;
     // Without the mapping this is symmetric ↔ symmetric: relay (see the test below).
     assert_eq!(a.portmap, Some(PortmapState::Mapped), "{}", show(&o));
+    assert_eq!(a.mapped_by, Some(MapProtocol::Upnp), "{}", show(&o));
     assert_eq!(a.kind, PathKind::Mapped, "{}", show(&o));
     assert_eq!(a.protocol, Transport::Udp, "{}", show(&o));
     let b = &o.receiver_connected.path;
@@ -113,6 +114,68 @@ fn upnp_router_to_symmetric_goes_direct_through_the_mapped_port() {
     // B's router maps nothing (B may still be searching when it connects).
     assert_ne!(b.portmap, Some(PortmapState::Mapped), "{}", show(&o));
     assert_eq!(o.sender_done.path.kind, PathKind::Mapped);
+    assert_eq!(lab.router_mappings("a").unwrap(), 0, "released on exit");
+}
+
+/// A router that speaks PCP and NAT-PMP but not UPnP (Apple's, many pfSense/OPNsense): the
+/// same direct path, mapped over PCP, and the router's table empty once the peer exited.
+#[test]
+fn pcp_router_to_symmetric_goes_direct_through_the_mapped_port() {
+    let lab = lab(Nat::Pcp, B::Behind(Nat::Symmetric));
+    let o = lab.transfer(SIZE, &[], &[]);
+    let a = &o.sender_connected.path;
+    assert_eq!(a.portmap, Some(PortmapState::Mapped), "{}", show(&o));
+    assert_eq!(a.mapped_by, Some(MapProtocol::Pcp), "{}", show(&o));
+    assert_eq!(a.kind, PathKind::Mapped, "{}", show(&o));
+    assert_eq!(
+        o.receiver_connected.path.kind,
+        PathKind::Direct,
+        "{}",
+        show(&o)
+    );
+    assert_eq!(o.sender_done.path.kind, PathKind::Mapped);
+    assert_eq!(o.sender_done.path.mapped_by, Some(MapProtocol::Pcp));
+    assert_eq!(lab.router_mappings("a").unwrap(), 0, "released on exit");
+}
+
+/// A router speaking UPnP IGD, PCP and NAT-PMP, asked over all at once: it holds one mapping
+/// of ours while the transfer runs, none after the peer exited.
+#[test]
+fn a_router_speaking_all_three_holds_one_mapping_released_on_exit() {
+    let lab = lab(Nat::Mapping, B::Behind(Nat::Symmetric));
+    let held = std::cell::Cell::new(usize::MAX);
+    let o = lab.transfer_through(64 << 20, |lab| held.set(lab.router_mappings("a").unwrap()));
+    assert_eq!(held.get(), 1, "mappings on the router mid-transfer");
+    let connected = o
+        .sender_events
+        .iter()
+        .find_map(event::Connected::of)
+        .expect("the sender connected");
+    assert_eq!(connected.path.kind, PathKind::Mapped, "{connected:?}");
+    assert!(connected.path.mapped_by.is_some(), "{connected:?}");
+    assert_eq!(lab.router_mappings("a").unwrap(), 0, "released on exit");
+}
+
+/// The sender's router reboots mid-transfer: its mappings and connections are gone, its
+/// PCP epoch starts again. The path goes down; the sender asks for its mapping again at
+/// once (not at half its lease), ICE restarts, and the transfer goes on over the mapping
+/// made anew, on the same connection. Hash checked, nothing sent twice.
+#[test]
+fn a_router_reboot_mid_transfer_is_survived_through_the_mapping_made_anew() {
+    let lab = lab(Nat::Pcp, B::Behind(Nat::Symmetric));
+    let o = lab.transfer_through(128 << 20, |lab| lab.restart_mapper("a").unwrap());
+    eprintln!("bytes moved again {:?} after the reboot", o.moving_again);
+    same_connection_all_along(&o);
+    // The path at the end, as the sender's `done` describes it (the sender may not have
+    // seen its path go down itself: the receiver's restart can come first).
+    let back = o
+        .sender_events
+        .iter()
+        .find_map(event::Done::of)
+        .expect("the sender said done");
+    assert_eq!(back.path.kind, PathKind::Mapped, "{back:?}");
+    assert_eq!(back.path.mapped_by, Some(MapProtocol::Pcp), "{back:?}");
+    assert_eq!(lab.router_mappings("a").unwrap(), 0, "released on exit");
 }
 
 #[test]

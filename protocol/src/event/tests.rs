@@ -1,5 +1,7 @@
 use super::*;
-use crate::path::{CandidateType, PairView, PathKind, PortmapState, RelayReason, Transport};
+use crate::path::{
+    CandidateType, MapProtocol, PairView, PathKind, PortmapState, RelayReason, Transport,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn path() -> PathReport {
@@ -9,7 +11,8 @@ fn path() -> PathReport {
         remote: CandidateType::Srflx,
         protocol: Transport::Udp,
         reason: Some(RelayReason::NoDirectPair),
-        portmap: Some(PortmapState::Failed),
+        portmap: Some(PortmapState::Mapped),
+        mapped_by: Some(MapProtocol::Upnp),
         peer: Some(PairView {
             kind: PathKind::Relay,
             local: CandidateType::Prflx,
@@ -60,7 +63,7 @@ fn golden() -> Vec<(Event, &'static str)> {
                 ms_since_room: 12.5,
             }
             .into(),
-            r#"{"event":"connected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"failed","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":12.5}"#,
+            r#"{"event":"connected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"mapped","mapped_by":"upnp","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":12.5}"#,
         ),
         (
             Reconnecting {
@@ -89,7 +92,7 @@ fn golden() -> Vec<(Event, &'static str)> {
                 ms_since_room: 3.0,
             }
             .into(),
-            r#"{"event":"reconnected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"failed","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":3.0}"#,
+            r#"{"event":"reconnected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"mapped","mapped_by":"upnp","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":3.0}"#,
         ),
         (
             Offer {
@@ -146,12 +149,13 @@ fn golden() -> Vec<(Event, &'static str)> {
                 transferred: 2,
                 seconds: 0.5,
                 path: PathReport {
-                    kind: PathKind::Direct,
+                    kind: PathKind::Mapped,
                     local: CandidateType::Host,
                     remote: CandidateType::Prflx,
                     protocol: Transport::Udp,
                     reason: None,
-                    portmap: Some(PortmapState::Off),
+                    portmap: Some(PortmapState::Mapped),
+                    mapped_by: Some(MapProtocol::Pcp),
                     peer: Some(PairView {
                         kind: PathKind::Direct,
                         local: CandidateType::Srflx,
@@ -161,7 +165,7 @@ fn golden() -> Vec<(Event, &'static str)> {
                 },
             }
             .into(),
-            r#"{"event":"done","files":1,"bytes":3,"transferred":2,"seconds":0.5,"path":"direct","local":"host","remote":"prflx","protocol":"udp","reason":null,"portmap":"off","peer":{"path":"direct","local":"srflx","remote":"host","protocol":"udp"}}"#,
+            r#"{"event":"done","files":1,"bytes":3,"transferred":2,"seconds":0.5,"path":"mapped","local":"host","remote":"prflx","protocol":"udp","reason":null,"portmap":"mapped","mapped_by":"pcp","peer":{"path":"direct","local":"srflx","remote":"host","protocol":"udp"}}"#,
         ),
         (Event::Declined, r#"{"event":"declined"}"#),
         (
