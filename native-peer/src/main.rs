@@ -304,6 +304,9 @@ fn net_options(
 
 /// Peers that meet on a loopback server are on this machine: loopback host candidates are
 /// what connects them (and all webrtc-rs gathers on a wildcard bind skips loopback).
+/// Otherwise every interface of IPv4, and of IPv6 when this host has an IPv6 route beyond
+/// its link: behind a home router IPv6 usually has no NAT, only a stateful firewall that a
+/// simultaneous open passes, so its host candidates are often the best direct path there is.
 fn default_bind(server: &str) -> Vec<SocketAddr> {
     let loopback = url::Url::parse(server)
         .ok()
@@ -317,10 +320,31 @@ fn default_bind(server: &str) -> Vec<SocketAddr> {
         })
         .is_some_and(|a| a.ip().is_loopback());
     if loopback {
-        vec![SocketAddr::from((IpAddr::from([127, 0, 0, 1]), 0))]
-    } else {
-        vec![SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0))]
+        return vec![SocketAddr::from((IpAddr::from([127, 0, 0, 1]), 0))];
     }
+    let mut bind = vec![SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0))];
+    if routes_ipv6() {
+        bind.push(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)));
+    }
+    bind
+}
+
+/// This host has a global IPv6 address and a route beyond its link. Asked of the kernel by
+/// connecting a UDP socket, which picks a route and a source address and sends nothing.
+/// Without it, binding `[::]` would keep a dual-stack wildcard (webrtc-rs binds the wildcard
+/// itself when it finds no interface address to expand it into), which takes the IPv4 port
+/// too and would collide with the IPv4 socket of a mapped port.
+fn routes_ipv6() -> bool {
+    let probe = || {
+        let s = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).ok()?;
+        // Any global unicast address (2000::/3) will do: only the route is looked up.
+        s.connect(("2000::1", 9)).ok()?;
+        match s.local_addr().ok()?.ip() {
+            IpAddr::V6(ip) => Some(!ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80),
+            IpAddr::V4(_) => None,
+        }
+    };
+    probe().unwrap_or(false)
 }
 
 async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> anyhow::Result<()> {

@@ -6,17 +6,22 @@
 //!   as its fallback ([`pmp`]). Each first finds its router without changing anything (SSDP;
 //!   a NAT-PMP external-address request to the default gateway), then maps under one
 //!   [`Claim`]: the first to get there maps, the other finds the claim taken and maps
-//!   nothing. A router speaking all three holds one mapping of ours, never two.
+//!   nothing. A router speaking all three holds one mapping of ours.
 //! - Bounded by the protocols' own timeouts (a few seconds at worst); connection setup never
 //!   waits for it. The outcome is published on a `watch` channel; [`crate::rendezvous`]
 //!   advertises the mapped address whenever it comes (in the first description or trickled),
 //!   and again when it changes.
 //! - Invariant: a mapping we created carries a lease, so a crashed peer's expires by itself;
 //!   it is renewed at half of what the router granted and removed by [`PortMapper::release`]
-//!   (called on every exit path of `run`, and by the mapping task itself if `release` came
-//!   first).
+//!   (called on every exit path of `run`; it waits a few seconds for a mapping still being
+//!   asked for, and one granted after it is removed by the mapping task itself).
 //! - A renewal asks for the same mapping again, which re-creates one the router lost (a
-//!   restart) and tells a new external address or port, published as a new [`State::Mapped`].
+//!   restart: UPnP finds the router again if its control address moved; PCP and NAT-PMP ask
+//!   from the address the host has now) and tells a new external address or port, published
+//!   as a new [`State::Mapped`].
+//! - Rare and bounded by the lease: a request the router granted but whose answer was lost
+//!   could leave a second mapping (PCP and NAT-PMP take theirs back on a timeout; UPnP
+//!   cannot tell its own from another host's).
 //!   [`PortMapper::refresh`] renews at once: the driver calls it when the path to the other
 //!   peer goes down, which is what a router restart looks like from here.
 //! - The volunteer relay's fixed ports ([`SamePorts`]) are mapped over UPnP IGD only.
@@ -37,8 +42,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Lease asked for. Renewed at half of what the router grants; expires on its own if we die
 /// without releasing.
 pub const LEASE: Duration = Duration::from_secs(1200);
-/// A renewal that failed is tried again this much later.
+/// A renewal that failed is tried again this much later (sooner for a short lease).
 const RENEW_RETRY: Duration = Duration::from_secs(30);
+/// Renewals never come closer together than this.
+const MIN_RENEW: Duration = Duration::from_secs(5);
+/// How long [`PortMapper::release`] waits for a mapping still being asked for, so one the
+/// router grants as the program exits is removed too.
+const SETTLE: Duration = Duration::from_secs(4);
 
 /// Why no mapping could be had.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -126,12 +136,23 @@ impl Lease {
         }
     }
 
-    /// When to renew: half of what the router granted.
-    fn renew_in(&self) -> Duration {
+    /// What the router granted (UPnP routers do not say: what we asked for).
+    fn granted(&self) -> Duration {
         match self {
-            Lease::Upnp(_) => LEASE / 2,
-            Lease::Pmp(l) => l.granted() / 2,
+            Lease::Upnp(_) => LEASE,
+            Lease::Pmp(l) => l.granted(),
         }
+    }
+
+    /// When to renew: half of what the router granted (a few seconds at least, however
+    /// little that was).
+    fn renew_in(&self) -> Duration {
+        (self.granted() / 2).max(MIN_RENEW)
+    }
+
+    /// When to try again after a renewal failed: well within what is left.
+    fn retry_in(&self) -> Duration {
+        RENEW_RETRY.min(self.granted() / 4).max(MIN_RENEW)
     }
 
     async fn renew(&mut self) -> Result<(), PortmapError> {
@@ -227,8 +248,12 @@ impl PortMapper {
         }
     }
 
-    /// Remove the mapping, if one was made, and any granted later.
+    /// Remove the mapping, if one was made (waiting a little for one still being asked for:
+    /// the runtime ends with the program, and the task with it), and any granted later.
     pub async fn release(&self) {
+        let mut state = self.state.clone();
+        let settled = state.wait_for(|s| !matches!(s, State::Pending));
+        let _ = tokio::time::timeout(SETTLE, settled).await;
         let lease = {
             let mut slot = self.held.lock().await;
             slot.closed = true;
@@ -333,7 +358,7 @@ async fn keep_mapped(held: &Held, tx: &watch::Sender<State>, refresh: &Notify) {
             }
             Err(e) => {
                 tracing::info!("cannot renew the port mapping: {e}");
-                wait = RENEW_RETRY;
+                wait = lease.retry_in();
             }
         }
     }

@@ -452,6 +452,7 @@ fn turn_config(
     };
     signalling::turn::TurnConfig {
         listen,
+        also_listen: None,
         relay_ip: public_ip,
         relay_bind_ip: Some(match public_ip {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),

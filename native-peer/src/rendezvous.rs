@@ -717,6 +717,8 @@ async fn late_signalling(
             Output::AddCandidate(c) => crate::rtc::add_candidate(&*pc, c).await,
             Output::RestartIce => {
                 tracing::info!("the path to the other peer is down: restarting ICE");
+                // This side may not have seen its path go down (the other side said so first).
+                adverts.path_down();
                 match crate::rtc::restart_ice(&*pc).await {
                     Ok(()) => rv.handle_local(LocalIce::DescriptionCreated, clock.now()),
                     Err(e) => tracing::info!("could not restart ICE: {e:#}"),
@@ -724,6 +726,7 @@ async fn late_signalling(
             }
             Output::CreateDescription(kind) => {
                 tracing::info!("answering an ICE restart");
+                adverts.path_down();
                 match crate::rtc::create_description(&*pc, kind).await {
                     Ok(()) => rv.handle_local(LocalIce::DescriptionCreated, clock.now()),
                     Err(e) => tracing::info!("could not answer an ICE restart: {e:#}"),

@@ -566,6 +566,7 @@ async fn selected_pair(pc: &dyn PeerConnection, bridges: &[(String, Transport)])
         remote: CandidateType::Unknown,
         protocol: Transport::Udp,
         local_port: None,
+        family: None,
     };
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
     let Some(pair_id) = report
@@ -615,6 +616,12 @@ async fn selected_pair(pc: &dyn PeerConnection, bridges: &[(String, Transport)])
         remote: remote_type,
         protocol,
         local_port: local.map(|c| c.port),
+        family: path::IpFamily::of_first(
+            [local, remote]
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.address.as_deref()),
+        ),
     }
 }
 

@@ -123,6 +123,32 @@ pub enum PortmapState {
     Failed,
 }
 
+/// The IP version a path runs over (this side's candidate of the pair).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IpFamily {
+    Ipv4,
+    Ipv6,
+}
+
+impl IpFamily {
+    /// The family of the first of `addresses` that is an IP address (a candidate's address
+    /// may be an mDNS name, or hidden).
+    pub fn of_first<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        addresses.into_iter().find_map(|a| {
+            let ip: core::net::IpAddr = a.trim_matches(|c| c == '[' || c == ']').parse().ok()?;
+            Some(if ip.is_ipv4() { Self::Ipv4 } else { Self::Ipv6 })
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "IPv4",
+            Self::Ipv6 => "IPv6",
+        }
+    }
+}
+
 /// Which protocol the router granted this side's port mapping with.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -226,6 +252,9 @@ pub struct PathReport {
     /// learnt from a check rather than signalled is `prflx`).
     pub remote: CandidateType,
     pub protocol: Transport,
+    /// The IP version of this side's pair, when its stack tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<IpFamily>,
     /// Why a relay was needed (relayed paths only).
     pub reason: Option<RelayReason>,
     /// This side's port mapping (native peers only).
@@ -248,6 +277,7 @@ impl PathReport {
                 remote: CandidateType::Unknown,
                 protocol: Transport::Udp,
                 local_port: None,
+                family: None,
             },
             &PathContext::default(),
         )
@@ -295,12 +325,19 @@ impl fmt::Display for PathReport {
         };
         write!(
             f,
-            "{} path, {how} ({} ↔ {}, {})",
+            "{} path, {how} ({} ↔ {}, {}",
             self.kind.as_str(),
             self.local.as_str(),
             self.remote.as_str(),
             self.protocol.as_str()
         )?;
+        // IPv4 is what people expect; only the other one is worth saying.
+        let v6 = if self.family == Some(IpFamily::Ipv6) {
+            ", IPv6"
+        } else {
+            ""
+        };
+        write!(f, "{v6})")?;
         if let Some(r) = self.reason {
             write!(f, ": {r}")?;
         }
@@ -406,6 +443,7 @@ pub struct SelectedPair {
     pub protocol: Transport,
     /// The local candidate's port (to recognise the socket behind an advertised address).
     pub local_port: Option<u16>,
+    pub family: Option<IpFamily>,
 }
 
 /// What [`describe`] needs beyond the pair.
@@ -447,6 +485,7 @@ pub fn describe(pair: SelectedPair, ctx: &PathContext) -> PathReport {
         local: pair.local,
         remote: pair.remote,
         protocol: pair.protocol,
+        family: pair.family,
         reason: relayed.then(|| relay_reason(pair.protocol, ctx)),
         portmap: ctx.portmap,
         mapped_by: ctx.mapped_by,
@@ -485,7 +524,27 @@ mod tests {
             remote,
             protocol: Transport::Udp,
             local_port: Some(4000),
+            family: None,
         }
+    }
+
+    #[test]
+    fn the_family_is_read_from_the_first_address_that_is_one() {
+        assert_eq!(
+            IpFamily::of_first(["x.local", "2001:db8::1"]),
+            Some(IpFamily::Ipv6)
+        );
+        assert_eq!(IpFamily::of_first(["[2001:db8::2]"]), Some(IpFamily::Ipv6));
+        assert_eq!(
+            IpFamily::of_first(["198.18.0.2", "2001:db8::1"]),
+            Some(IpFamily::Ipv4)
+        );
+        assert_eq!(IpFamily::of_first(["", "abc.local"]), None);
+        let ctx = PathContext::default();
+        let mut p = pair(CandidateType::Host, CandidateType::Host);
+        p.family = Some(IpFamily::Ipv6);
+        let shown = describe(p, &ctx).to_string();
+        assert!(shown.contains("(host ↔ host, udp, IPv6)"), "{shown}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod ws;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -536,6 +536,11 @@ impl ServerHandle {
         self.turn.as_ref().map(|t| (t.udp_addr(), t.tcp_addr()))
     }
 
+    /// The bundled TURN server's second-family UDP and TCP addresses, when it has them.
+    pub fn turn_also_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.turn.as_ref().and_then(|t| t.also_addrs())
+    }
+
     /// Where the bundled TURN server takes TURN over TLS, when it does.
     pub fn turn_tls_addr(&self) -> Option<SocketAddr> {
         self.turn.as_ref().and_then(|t| t.tls_addr())
@@ -737,11 +742,23 @@ async fn spawn_bundled_turn(
         ice.turn_urls
             .insert(0, format!("turns:{name}:{}?transport=tcp", tls.port()));
     }
-    ice.stun_urls.insert(0, format!("stun:{host}:{udp}"));
-    ice.turn_urls
-        .insert(0, format!("turn:{host}:{tcp}?transport=tcp"));
-    ice.turn_urls
-        .insert(0, format!("turn:{host}:{udp}?transport=udp"));
+    // The second family's after the first's: a client of both families uses each.
+    let mut stun = vec![format!("stun:{host}:{udp}")];
+    let mut turn = vec![
+        format!("turn:{host}:{udp}?transport=udp"),
+        format!("turn:{host}:{tcp}?transport=tcp"),
+    ];
+    if let Some((udp, tcp)) = handle.also_addrs() {
+        let host = match udp.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        stun.push(format!("stun:{host}:{}", udp.port()));
+        turn.push(format!("turn:{host}:{}?transport=udp", udp.port()));
+        turn.push(format!("turn:{host}:{}?transport=tcp", tcp.port()));
+    }
+    ice.stun_urls.splice(0..0, stun);
+    ice.turn_urls.splice(0..0, turn);
     tracing::info!(udp = %handle.udp_addr(), tcp = %handle.tcp_addr(), "bundled TURN server listening");
     Ok((handle, metrics))
 }

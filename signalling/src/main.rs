@@ -157,6 +157,12 @@ struct Args {
     /// Address of the bundled TURN server, UDP and TCP [default: the --listen IP, port 3478].
     #[arg(long, env = "PUNCHDROP_TURN_LISTEN")]
     turn_listen: Option<SocketAddr>,
+    /// A second address of the bundled TURN/STUN server, of the other IP family (an IPv6
+    /// address beside an IPv4 --turn-listen): IPv6-only peers reach TURN there, and browsers
+    /// learn their IPv6 address as server-reflexive (they hide host addresses), which an
+    /// IPv6 path through two firewalls needs. Relays are still made on the relay IP.
+    #[arg(long, env = "PUNCHDROP_TURN_LISTEN6")]
+    turn_listen6: Option<SocketAddr>,
     /// Address of TURN over TLS (`turns:`, for networks that let only TLS out), with the
     /// server's certificate [default with TLS: the TURN listen IP, port 5349].
     #[arg(long, env = "PUNCHDROP_TURN_TLS_LISTEN")]
@@ -288,6 +294,14 @@ fn bundled_turn(
     let listen = args
         .turn_listen
         .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 3478));
+    if let Some(also) = args.turn_listen6
+        && also.ip().is_unspecified()
+    {
+        anyhow::bail!(
+            "--turn-listen6 is handed to peers in the TURN URLs: give the address they reach \
+             this machine by, not {also}"
+        );
+    }
     let relay_ip = match args.turn_relay_ip {
         Some(ip) => ip,
         None if listen.ip().is_unspecified() => anyhow::bail!(
@@ -299,6 +313,7 @@ fn bundled_turn(
     Ok(Some(signalling::BundledTurn {
         config: signalling::turn::TurnConfig {
             listen,
+            also_listen: args.turn_listen6,
             relay_ip,
             relay_bind_ip: None,
             relay_ports: args.turn_relay_ports.clone(),
@@ -484,6 +499,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some((udp, tcp)) = server.turn_addrs() {
         eprintln!("bundled TURN/STUN on udp {udp} and tcp {tcp}");
+    }
+    if let Some((udp, tcp)) = server.turn_also_addrs() {
+        eprintln!("bundled TURN/STUN also on udp {udp} and tcp {tcp}");
     }
     if let Some(tls) = server.turn_tls_addr() {
         eprintln!("TURN over TLS on {tls}");

@@ -53,6 +53,8 @@ const VOLUNTEER_HOSTS: [&str; 2] = ["c", "d"];
 
 /// The server's address on the lab's internet.
 pub const SERVER_IP: &str = "198.18.0.1";
+/// The server's address in IPv6 labs ([`V6`]).
+pub const SERVER_IP6: &str = "2001:db8::1";
 
 /// How a router treats traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +108,25 @@ pub struct Spec {
     /// behind a UPnP router of its own (`rc`/`hc` at 198.18.0.4 and 10.0.3.2, then `rd`/`hd`
     /// …); the server then takes volunteers and prefers them to its own TURN.
     pub volunteers: u8,
+    /// IPv6 in the lab ([`V6`]).
+    pub ipv6: V6,
+}
+
+/// IPv6 in the lab. Addresses from 2001:db8::/32 (documentation space), inside these
+/// namespaces only: the internet is 2001:db8::/64 (server `::1`, router of subnet n
+/// `::(1+n)`), LAN n is 2001:db8:n::/64 (router `::1`). Routers route, never translate: each
+/// is a stateful firewall, as home routers are on IPv6 (outbound and its answers pass,
+/// unsolicited inbound is dropped; ICMPv6 to the router itself passes, neighbour discovery
+/// needs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum V6 {
+    /// IPv4 only (interfaces keep their link-local IPv6 addresses, with no route beyond).
+    #[default]
+    Off,
+    /// Every host, router and the server dual-stack; the peers talk to the server over IPv6.
+    DualStack,
+    /// As `DualStack`, but host B has no IPv4 at all.
+    BOnly,
 }
 
 impl Spec {
@@ -116,7 +137,13 @@ impl Spec {
             wan: [Impair::default(); 2],
             tls: false,
             volunteers: 0,
+            ipv6: V6::Off,
         }
+    }
+
+    /// The same lab with IPv6 ([`V6`]).
+    pub fn with_ipv6(self, ipv6: V6) -> Self {
+        Self { ipv6, ..self }
     }
 
     /// The same lab with `n` volunteer relay hosts ([`Spec::volunteers`]).
@@ -152,6 +179,7 @@ pub struct Lab {
     /// Where `signalling` and `native-peer` are.
     bins: std::path::PathBuf,
     pub url: String,
+    ipv6: V6,
     /// With [`Spec::tls`]: the CA the server's certificate comes from.
     ca: Option<crate::tls::TestCa>,
 }
@@ -180,6 +208,58 @@ fn iptables(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     in_ns(ns, &v)
 }
 
+/// An IPv6 address on `dev`, usable at once (no duplicate address detection to wait for).
+fn addr6(ns: &str, addr: &str, dev: &str) -> anyhow::Result<()> {
+    run(&[
+        "ip", "-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad",
+    ])?;
+    Ok(())
+}
+
+/// Router `r`'s IPv6 firewall, for the iptables routers (the nftables ones filter both
+/// families in one `inet` table): what the LAN sends out passes, and the answers to it;
+/// unsolicited inbound is dropped, as on home routers. ICMPv6 to the router itself passes
+/// (neighbour discovery). Routers that block UDP outward do so on IPv6 too.
+fn firewall6(r: &str, nat: Nat) -> anyhow::Result<()> {
+    if nat.maps() {
+        return Ok(());
+    }
+    let ip6 = |args: &[&str]| {
+        let mut v = vec!["ip6tables", "-w"];
+        v.extend_from_slice(args);
+        in_ns(r, &v)
+    };
+    let est = [
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ];
+    ip6(&[&["-A", "INPUT", "-i", "wan"][..], &est].concat())?;
+    ip6(&[
+        "-A",
+        "INPUT",
+        "-i",
+        "wan",
+        "-p",
+        "ipv6-icmp",
+        "-j",
+        "ACCEPT",
+    ])?;
+    ip6(&["-A", "INPUT", "-i", "wan", "-j", "DROP"])?;
+    ip6(&["-P", "FORWARD", "DROP"])?;
+    ip6(&[&["-A", "FORWARD"][..], &est].concat())?;
+    if matches!(nat, Nat::UdpBlocked | Nat::WebOnly) {
+        ip6(&[
+            "-A", "FORWARD", "-i", "lan", "-o", "wan", "-p", "udp", "-j", "DROP",
+        ])?;
+    }
+    ip6(&["-A", "FORWARD", "-i", "lan", "-j", "ACCEPT"])?;
+    Ok(())
+}
+
 fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut v = vec!["ip", "netns", "exec", ns];
     v.extend_from_slice(args);
@@ -192,7 +272,14 @@ fn preflight() {
         is_root(),
         "the NAT lab needs root (network namespaces, iptables); CI runs the tests as root"
     );
-    for tool in ["ip", "iptables", "nft", "conntrack", "miniupnpd"] {
+    for tool in [
+        "ip",
+        "iptables",
+        "ip6tables",
+        "nft",
+        "conntrack",
+        "miniupnpd",
+    ] {
         let found = std::env::var_os("PATH")
             .map(|p| {
                 std::env::split_paths(&p)
@@ -256,10 +343,16 @@ impl Lab {
             _dir: tempfile::tempdir()?,
             bins,
             url: format!("http://{SERVER_IP}:8080"),
+            ipv6: spec.ipv6,
             ca: spec.tls.then(crate::tls::TestCa::new),
         };
         if lab.ca.is_some() {
+            anyhow::ensure!(spec.ipv6 == V6::Off, "the lab's TLS server is IPv4 only");
             lab.url = format!("https://{SERVER_IP}:8080");
+        }
+        if spec.ipv6 != V6::Off {
+            // Every peer, IPv6-only or not, meets over IPv6 (the link carries this URL).
+            lab.url = format!("http://[{SERVER_IP6}]:8080");
         }
         lab.build(spec)?;
         Ok(lab)
@@ -309,6 +402,9 @@ impl Lab {
             "dev",
             "eth0",
         ])?;
+        if self.ipv6 != V6::Off {
+            addr6(&srv, &format!("{SERVER_IP6}/64"), "eth0")?;
+        }
         self.start_server(&srv, spec.volunteers > 0)?;
 
         let mut routers: Vec<(&str, Nat, u8)> = match spec.b {
@@ -348,6 +444,24 @@ impl Lab {
             run(&["ip", "-n", &r, "addr", "add", &lan_ip, "dev", "lan"])?;
             in_ns(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             self.nat_rules(&r, nat, subnet)?;
+            if self.ipv6 != V6::Off {
+                addr6(&r, &format!("2001:db8::{}/64", 1 + subnet), "wan")?;
+                addr6(&r, &format!("2001:db8:{subnet}::1/64"), "lan")?;
+                in_ns(&r, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+                firewall6(&r, nat)?;
+            }
+        }
+        if self.ipv6 != V6::Off {
+            // Each LAN through its router, from the server and from every other router.
+            for &(name, _, subnet) in &routers {
+                let lan = format!("2001:db8:{subnet}::/64");
+                let via = format!("2001:db8::{}", 1 + subnet);
+                let others = routers.iter().filter(|r| r.0 != name);
+                let others: Vec<String> = others.map(|r| self.ns(&format!("r{}", r.0))).collect();
+                for ns in others.iter().chain([&srv]) {
+                    run(&["ip", "-n", ns, "-6", "route", "add", &lan, "via", &via])?;
+                }
+            }
         }
         self.add_host("a", "a", 1, 2)?;
         match spec.b {
@@ -390,17 +504,25 @@ impl Lab {
         Ok(())
     }
 
-    /// Host `name` on router `router`'s LAN at 10.0.`subnet`.`last`.
+    /// Host `name` on router `router`'s LAN at 10.0.`subnet`.`last` (and
+    /// 2001:db8:`subnet`::`last` in an IPv6 lab; only that for host B in [`V6::BOnly`]).
     fn add_host(&mut self, name: &str, router: &str, subnet: u8, last: u8) -> anyhow::Result<()> {
         let h = self.add_ns(&format!("h{name}"))?;
         let r = self.ns(&format!("r{router}"));
         let port = format!("h{name}");
         Self::veth(&h, "eth0", &r, &port)?;
         run(&["ip", "-n", &r, "link", "set", &port, "master", "lan"])?;
-        let ip = format!("10.0.{subnet}.{last}/24");
-        run(&["ip", "-n", &h, "addr", "add", &ip, "dev", "eth0"])?;
-        let gw = format!("10.0.{subnet}.1");
-        run(&["ip", "-n", &h, "route", "add", "default", "via", &gw])?;
+        if !(self.ipv6 == V6::BOnly && name == "b") {
+            let ip = format!("10.0.{subnet}.{last}/24");
+            run(&["ip", "-n", &h, "addr", "add", &ip, "dev", "eth0"])?;
+            let gw = format!("10.0.{subnet}.1");
+            run(&["ip", "-n", &h, "route", "add", "default", "via", &gw])?;
+        }
+        if self.ipv6 != V6::Off {
+            addr6(&h, &format!("2001:db8:{subnet}::{last}/64"), "eth0")?;
+            let gw = format!("2001:db8:{subnet}::1");
+            run(&["ip", "-n", &h, "-6", "route", "add", "default", "via", &gw])?;
+        }
         Ok(())
     }
 
@@ -422,6 +544,7 @@ impl Lab {
   chain input {{
     type filter hook input priority 0; policy accept;
     iifname \"wan\" ct state established,related accept
+    iifname \"wan\" meta l4proto ipv6-icmp accept
     iifname \"wan\" drop
   }}
   chain forward {{
@@ -507,7 +630,11 @@ impl Lab {
     }
 
     fn start_server(&mut self, srv: &str, volunteers: bool) -> anyhow::Result<()> {
-        let listen = format!("{SERVER_IP}:8080");
+        let listen = match self.ipv6 {
+            // Both families on one socket.
+            V6::DualStack | V6::BOnly => "[::]:8080".to_owned(),
+            V6::Off => format!("{SERVER_IP}:8080"),
+        };
         let turn = format!("{SERVER_IP}:3478");
         let tls: Vec<String> = match &self.ca {
             Some(ca) => {
@@ -525,6 +652,10 @@ impl Lab {
             .args(["netns", "exec", srv])
             .arg(self.bins.join("signalling"))
             .args(["--listen", &listen, "--turn-listen", &turn])
+            .args(match self.ipv6 {
+                V6::Off => Vec::new(),
+                _ => vec!["--turn-listen6".to_owned(), format!("[{SERVER_IP6}]:3478")],
+            })
             .args(&tls)
             // 198.18/15 is refused as a relay peer by default (not public); it is this lab's
             // internet.
@@ -558,7 +689,11 @@ impl Lab {
             }
         });
         self.server = Some(child);
-        if !line.contains(&self.url) {
+        let listening = match self.ipv6 {
+            V6::Off => line.contains(&self.url),
+            V6::DualStack | V6::BOnly => line.trim_end().ends_with("[::]:8080"),
+        };
+        if !listening {
             bail!(
                 "signalling did not start in the lab: {line:?}\n{}",
                 self.server_log()
@@ -676,6 +811,48 @@ deny 0-65535 0.0.0.0/0 0-65535
             ],
         )?;
         Ok(chain.lines().filter(|l| l.contains("dnat")).count())
+    }
+
+    /// Whether a UDP datagram host `from` sends to host `to`'s IPv6 address on a fresh port
+    /// arrives when nothing went the other way first: a stateful firewall in between drops it.
+    pub fn unsolicited_udp6_arrives(&self, from: &str, to: &str) -> anyhow::Result<bool> {
+        let dest = in_ns(
+            &self.ns(&format!("h{to}")),
+            &["ip", "-6", "-o", "addr", "show", "scope", "global"],
+        )?;
+        let dest: std::net::Ipv6Addr = dest
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("host {to} has no global IPv6 address: {dest:?}"))?;
+        let (to_ns, from_ns) = (self.ns(&format!("h{to}")), self.ns(&format!("h{from}")));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let listener = std::thread::spawn(move || -> anyhow::Result<bool> {
+            tcp::enter(&to_ns)?;
+            let sock = std::net::UdpSocket::bind((dest, 0))?;
+            sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+            ready_tx.send(sock.local_addr()?)?;
+            Ok(sock.recv(&mut [0; 16]).is_ok())
+        });
+        let Ok(at) = ready_rx.recv() else {
+            // The listener failed before binding: its error says why.
+            listener.join().expect("listener thread")?;
+            bail!("the listener in host {to} ended before binding");
+        };
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            tcp::enter(&from_ns)?;
+            let sock = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0))?;
+            for _ in 0..3 {
+                sock.send_to(b"unsolicited", at)?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        })
+        .join()
+        .expect("sender thread")?;
+        listener.join().expect("listener thread")
     }
 
     /// Router `name` reboots, as far as port mapping goes: its miniupnpd stops, every
@@ -1104,7 +1281,7 @@ impl Outcome {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let mappers = std::mem::take(&mut *self.mappers.lock().unwrap());
+        let mappers = std::mem::take(&mut *self.mappers.lock().unwrap_or_else(|e| e.into_inner()));
         let mappers = mappers.into_iter().map(|(.., c)| c);
         for mut c in mappers.chain(self.server.take()) {
             let _ = c.kill();

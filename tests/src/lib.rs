@@ -15,7 +15,7 @@ pub mod ws;
 use anyhow::{Context as _, bail};
 pub use protocol::event::{self, Event, Payload};
 pub use protocol::path::{
-    CandidateType, MapProtocol, PathKind, PortmapState, RelayReason, Transport,
+    CandidateType, IpFamily, MapProtocol, PathKind, PortmapState, RelayReason, Transport,
 };
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

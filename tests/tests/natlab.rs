@@ -2,7 +2,7 @@
 //! own small internet, sends a real file from host A to host B, compares hashes, and checks
 //! the path both peers report. Needs root (CI runs as root).
 
-use punchdrop_e2e::lab::{B, Impair, Lab, Nat, OutageOutcome, Outcome, Spec};
+use punchdrop_e2e::lab::{B, Impair, Lab, Nat, OutageOutcome, Outcome, Spec, V6};
 use punchdrop_e2e::*;
 use std::time::Duration;
 
@@ -143,16 +143,22 @@ fn pcp_router_to_symmetric_goes_direct_through_the_mapped_port() {
 #[test]
 fn a_router_speaking_all_three_holds_one_mapping_released_on_exit() {
     let lab = lab(Nat::Mapping, B::Behind(Nat::Symmetric));
-    let held = std::cell::Cell::new(usize::MAX);
-    let o = lab.transfer_through(64 << 20, |lab| held.set(lab.router_mappings("a").unwrap()));
-    assert_eq!(held.get(), 1, "mappings on the router mid-transfer");
-    let connected = o
-        .sender_events
-        .iter()
-        .find_map(event::Connected::of)
-        .expect("the sender connected");
-    assert_eq!(connected.path.kind, PathKind::Mapped, "{connected:?}");
-    assert!(connected.path.mapped_by.is_some(), "{connected:?}");
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("big.bin");
+    make_file(&file, 128 << 20, 41);
+    let (sender, link) = lab.sender(&[], &[&file]).unwrap();
+    let mut receiver = lab.receiver(&[], dst.path(), &link);
+    // Bytes moving: the sender is connected (over its mapping) and still running.
+    receiver.wait_for_progress(1);
+    let held = lab.router_mappings("a").unwrap();
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    let done = expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("big.bin")), hash_file(&file));
+    assert_eq!(held, 1, "mappings on the router mid-transfer");
+    assert_eq!(done.path.kind, PathKind::Mapped, "{done:?}");
+    assert!(done.path.mapped_by.is_some(), "{done:?}");
     assert_eq!(lab.router_mappings("a").unwrap(), 0, "released on exit");
 }
 
@@ -186,6 +192,41 @@ fn upnp_router_without_port_mapping_relays() {
     let a = &o.sender_connected.path;
     assert_eq!(a.portmap, Some(PortmapState::Off), "{}", show(&o));
     assert_eq!(a.kind, PathKind::Relay, "{}", show(&o));
+}
+
+/// Both hosts dual-stack behind home routers: symmetric NAT on IPv4 (which relays, see
+/// `symmetric_to_symmetric_relays_over_udp`), stateful firewalls without NAT on IPv6. The
+/// peers open the IPv6 firewalls from both sides at once and go direct over IPv6, host to
+/// host, rather than through the relay.
+#[test]
+fn ipv6_goes_direct_through_two_stateful_firewalls_where_ipv4_would_relay() {
+    let lab =
+        Lab::new(Spec::new(Nat::Symmetric, B::Behind(Nat::Symmetric)).with_ipv6(V6::DualStack))
+            .expect("build the NAT lab");
+    // The firewalls are closed to what nobody asked for, both ways.
+    assert!(!lab.unsolicited_udp6_arrives("b", "a").unwrap());
+    assert!(!lab.unsolicited_udp6_arrives("a", "b").unwrap());
+    let o = lab.transfer(SIZE, &[], &[]);
+    for c in [&o.sender_connected.path, &o.receiver_connected.path] {
+        assert_eq!(c.kind, PathKind::Direct, "{}", show(&o));
+        assert_eq!(c.family, Some(IpFamily::Ipv6), "{}", show(&o));
+        assert_eq!(c.local, CandidateType::Host, "{}", show(&o));
+    }
+    assert_eq!(o.sender_done.path.family, Some(IpFamily::Ipv6));
+    assert_eq!(o.receiver_done.path.kind, PathKind::Direct);
+}
+
+/// A host with IPv6 only (no IPv4 address at all) and a dual-stack one: they meet over IPv6
+/// and go direct over it.
+#[test]
+fn an_ipv6_only_host_and_a_dual_stack_host_go_direct() {
+    let lab = Lab::new(Spec::new(Nat::Cone, B::Behind(Nat::Cone)).with_ipv6(V6::BOnly))
+        .expect("build the NAT lab");
+    let o = lab.transfer(SIZE, &[], &[]);
+    for c in [&o.sender_connected.path, &o.receiver_connected.path] {
+        assert_eq!(c.kind, PathKind::Direct, "{}", show(&o));
+        assert_eq!(c.family, Some(IpFamily::Ipv6), "{}", show(&o));
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! names, loopback is not offered, as in a user's browser. Needs root (CI runs as root).
 
 use punchdrop_e2e::browser::Chromium;
-use punchdrop_e2e::lab::{B, Lab, Nat, Spec};
+use punchdrop_e2e::lab::{B, Lab, Nat, Spec, V6};
 use punchdrop_e2e::*;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -154,8 +154,12 @@ fn assert_received(dir: &Path, files: &[PathBuf]) {
 
 /// The browser on A shares; `native-peer recv LINK` on B.
 fn browser_to_native(a: Nat, b: B) -> Seen {
+    browser_to_native_in(Spec::new(a, b))
+}
+
+fn browser_to_native_in(spec: Spec) -> Seen {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab(a, b);
+    let lab = Lab::new(spec).expect("build the NAT lab");
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let files = files(src.path());
     let mut c = browser(&lab, "a", "browser A (shares)");
@@ -281,8 +285,12 @@ fn nth_done(inbox: &mut Peer, n: usize) -> event::Done {
 
 /// `native-peer send` on A; the browser on B receives.
 fn native_to_browser(a: Nat, b: B) -> Seen {
+    native_to_browser_in(Spec::new(a, b))
+}
+
+fn native_to_browser_in(spec: Spec) -> Seen {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab(a, b);
+    let lab = Lab::new(spec).expect("build the NAT lab");
     let src = tempfile::tempdir().unwrap();
     let files = files(src.path());
     let (sender, link) = lab.sender(&[], &refs(&files)).unwrap();
@@ -295,8 +303,12 @@ fn native_to_browser(a: Nat, b: B) -> Seen {
 
 /// A browser on A shares; a browser on B receives.
 fn browser_to_browser(a: Nat, b: B) -> Seen {
+    browser_to_browser_in(Spec::new(a, b))
+}
+
+fn browser_to_browser_in(spec: Spec) -> Seen {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = lab(a, b);
+    let lab = Lab::new(spec).expect("build the NAT lab");
     let src = tempfile::tempdir().unwrap();
     let files = files(src.path());
     let mut alice = browser(&lab, "a", "browser A (shares)");
@@ -352,6 +364,25 @@ fn symmetric_to_symmetric_relays_and_both_say_so() {
     let sym = B::Behind(Nat::Symmetric);
     browser_to_native(Nat::Symmetric, sym).assert_relayed();
     native_to_browser(Nat::Symmetric, sym).assert_relayed();
+}
+
+/// Dual-stack hosts behind symmetric NAT on IPv4 (which relays, see above) and stateful
+/// firewalls on IPv6: the page and native-peer, and two pages, go direct over IPv6. The page
+/// hides its host addresses (mDNS names); it learns its IPv6 address as server-reflexive from
+/// the server's IPv6 STUN address, which is what lets the other side open its firewall to it.
+#[test]
+fn behind_ipv6_firewalls_pages_go_direct_over_ipv6() {
+    let spec = Spec::new(Nat::Symmetric, B::Behind(Nat::Symmetric)).with_ipv6(V6::DualStack);
+    for seen in [
+        browser_to_native_in(spec),
+        native_to_browser_in(spec),
+        browser_to_browser_in(spec),
+    ] {
+        seen.assert_direct();
+        for d in &seen.done {
+            assert_eq!(d.path.family, Some(IpFamily::Ipv6), "{seen:#?}");
+        }
+    }
 }
 
 #[test]

@@ -303,6 +303,14 @@ pub async fn path_of(pc: &RtcPeerConnection) -> Option<PathReport> {
         remote: CandidateType::parse(&js::get_str(&remote, "candidateType").unwrap_or_default()),
         protocol: Transport::parse(&protocol),
         local_port: js::get(&local, "port").as_f64().map(|p| p as u16),
+        family: path::IpFamily::of_first(
+            [&local, &remote]
+                .into_iter()
+                .filter_map(|c| js::get_str(c, "address"))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        ),
     };
     Some(path::describe(pair, &ctx))
 }

@@ -1,18 +1,22 @@
-//! PCP (RFC 6887) and its predecessor NAT-PMP (RFC 6886), through `crab_nat`: one UDP
-//! request to the default gateway's port 5351 each, PCP first, NAT-PMP when the router says
-//! it speaks only that.
+//! PCP (RFC 6887) and its predecessor NAT-PMP (RFC 6886), through `crab_nat`'s requests:
+//! one UDP request to the default gateway's port 5351 each, PCP first.
 //!
 //! - Neither protocol has discovery: the router is the default gateway, read from the
-//!   kernel's routing table. Whether it speaks either is asked with a NAT-PMP
-//!   external-address request, which changes nothing on the router: a PCP-only router
-//!   answers it too ("unsupported version"); silence or "port unreachable" means neither.
-//! - The router's epoch (seconds since it lost its mappings) comes back with every answer;
-//!   one that went back in time means a restart (RFC 6887 §8.5), logged. The renewal that
-//!   noticed it has made the mapping anew already.
+//!   kernel's routing table (Linux). Whether it speaks either is asked with a NAT-PMP
+//!   external-address request, which changes nothing on the router: an answer, or a PCP-only
+//!   router's "unsupported version", means someone is there; anything else means neither.
+//! - PCP first; NAT-PMP when the router says it speaks only that, or when PCP got no answer
+//!   from a router that did answer NAT-PMP. Our own PCP nonce, so a request that timed out
+//!   (the router may still have mapped) can be taken back.
+//! - Renewals ask for [`LEASE`] again (not what was last granted, which would only shrink)
+//!   under the same nonce, from the address the host has now. The router's epoch comes back
+//!   with every answer; one that went back in time means a restart (RFC 6887 §8.5), logged:
+//!   the renewal that noticed it has made the mapping anew already.
 
 use super::{LEASE, Mapping, PortmapError, check_external, local_ip_towards};
 use crab_nat::{
-    InternetProtocol, PortMapping, PortMappingOptions, PortMappingType, TimeoutConfig, natpmp,
+    GatewayAddress, InternetProtocol, PortMapping, PortMappingOptions, PortMappingType,
+    TimeoutConfig, VersionCode, natpmp, pcp,
 };
 use protocol::path::MapProtocol;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,54 +36,154 @@ const TIMEOUTS: TimeoutConfig = TimeoutConfig {
 pub(super) async fn map(port: u16, claim: &super::Claim) -> Result<Lease, PortmapError> {
     let table = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
     let gateway = default_gateway_v4(&table).ok_or(PortmapError::NoGateway)?;
-    let internal_ip = local_ip_towards(SocketAddr::new(gateway.into(), crab_nat::GATEWAY_PORT))?;
-    let internal_port = NonZeroU16::new(port).ok_or(PortmapError::LocalAddress)?;
-    match natpmp::external_address(gateway.into(), Some(TIMEOUTS)).await {
-        Ok(_)
-        | Err(natpmp::Failure::UnsupportedVersion(_) | natpmp::Failure::InvalidResponse(_)) => {}
+    let gateway = GatewayAddress::IpV4(gateway);
+    let port = NonZeroU16::new(port).ok_or(PortmapError::LocalAddress)?;
+    let client = client_towards(gateway)?;
+    let speaks_natpmp = match natpmp::external_address(gateway, Some(TIMEOUTS)).await {
+        Ok(_) => true,
+        Err(natpmp::Failure::UnsupportedVersion(_)) => false,
         Err(e) => {
             tracing::debug!("NAT-PMP/PCP: {e}");
             return Err(PortmapError::NoGateway);
         }
-    }
-    let mapping = claim
-        .map(async {
-            PortMapping::new(
-                gateway.into(),
-                internal_ip,
-                InternetProtocol::Udp,
-                internal_port,
-                PortMappingOptions {
-                    external_port: Some(internal_port),
-                    lifetime_seconds: Some(LEASE.as_secs() as u32),
-                    timeout_config: Some(TIMEOUTS),
-                },
-            )
-            .await
-            .map_err(|e| PortmapError::Refused(e.to_string().to_lowercase()))
-        })
-        .await?;
-    let mut lease = Lease {
-        epoch: (mapping.gateway_epoch(), Instant::now()),
-        ours: Mapping {
-            external: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-            internal: SocketAddr::new(internal_ip, port),
-            by: MapProtocol::Pcp,
-        },
-        mapping,
     };
-    if let Err(e) = lease.read_external().await {
-        // Mapped, but useless: not left on the router.
-        let _ = lease.release().await;
-        return Err(e);
+    let req = Request {
+        gateway,
+        client,
+        port,
+    };
+    claim
+        .map(async {
+            let mapping = first_request(&req, speaks_natpmp).await?;
+            let mut lease = Lease {
+                epoch: (mapping.gateway_epoch(), Instant::now()),
+                ours: Mapping {
+                    external: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                    internal: SocketAddr::new(client, port.get()),
+                    by: MapProtocol::Pcp,
+                },
+                client,
+                mapping,
+            };
+            if let Err(e) = lease.read_external().await {
+                // Mapped, but useless: not left on the router (nor counted as the mapping).
+                let _ = lease.release().await;
+                return Err(e);
+            }
+            Ok(lease)
+        })
+        .await
+}
+
+/// Who asks the router for which port.
+struct Request {
+    gateway: GatewayAddress,
+    client: IpAddr,
+    port: NonZeroU16,
+}
+
+impl Request {
+    fn options(&self, external_port: NonZeroU16) -> PortMappingOptions {
+        PortMappingOptions {
+            external_port: Some(external_port),
+            lifetime_seconds: Some(LEASE.as_secs() as u32),
+            timeout_config: Some(TIMEOUTS),
+        }
     }
-    Ok(lease)
+
+    async fn pcp(
+        &self,
+        nonce: pcp::Nonce,
+        external: Option<(IpAddr, NonZeroU16)>,
+    ) -> Result<PortMapping, pcp::Failure> {
+        let base =
+            pcp::BaseMapRequest::new(self.gateway, self.client, InternetProtocol::Udp, self.port);
+        let (ip, port) = external.unzip();
+        pcp::port_mapping(
+            base,
+            Some(nonce),
+            ip,
+            self.options(port.unwrap_or(self.port)),
+        )
+        .await
+    }
+
+    async fn natpmp(&self, external_port: NonZeroU16) -> Result<PortMapping, PortmapError> {
+        let options = self.options(external_port);
+        match natpmp::port_mapping(self.gateway, InternetProtocol::Udp, self.port, options).await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                if matches!(e, natpmp::Failure::Timeout) {
+                    // The router may have mapped and its answer been lost: take it back.
+                    let _ = natpmp::try_drop_mapping(
+                        self.gateway,
+                        InternetProtocol::Udp,
+                        Some(self.port),
+                        Some(TIMEOUTS),
+                    )
+                    .await;
+                }
+                Err(natpmp_error(e))
+            }
+        }
+    }
+
+    /// Take back a PCP mapping under `nonce`, if the router made one.
+    async fn drop_pcp(&self, nonce: pcp::Nonce) {
+        let range = pcp::DropMappingRange::Single {
+            protocol: InternetProtocol::Udp,
+            internal_port: self.port,
+        };
+        let _ =
+            pcp::try_drop_mapping(self.gateway, self.client, nonce, range, Some(TIMEOUTS)).await;
+    }
+}
+
+/// PCP, else NAT-PMP (the router said it speaks only that, or PCP went unanswered by a router
+/// that answered NAT-PMP).
+async fn first_request(req: &Request, speaks_natpmp: bool) -> Result<PortMapping, PortmapError> {
+    let nonce: pcp::Nonce = rand::random();
+    match req.pcp(nonce, None).await {
+        Ok(m) => Ok(m),
+        Err(pcp::Failure::UnsupportedVersion(VersionCode::NatPmp)) => req.natpmp(req.port).await,
+        Err(pcp::Failure::Timeout) => {
+            req.drop_pcp(nonce).await;
+            match speaks_natpmp {
+                true => req.natpmp(req.port).await,
+                false => Err(PortmapError::Timeout),
+            }
+        }
+        Err(e) => Err(pcp_error(e)),
+    }
+}
+
+fn pcp_error(e: pcp::Failure) -> PortmapError {
+    match e {
+        pcp::Failure::Timeout => PortmapError::Timeout,
+        pcp::Failure::Socket(_) => PortmapError::NoGateway,
+        e => PortmapError::Refused(format!("PCP: {e}").to_lowercase()),
+    }
+}
+
+fn natpmp_error(e: natpmp::Failure) -> PortmapError {
+    match e {
+        natpmp::Failure::Timeout => PortmapError::Timeout,
+        natpmp::Failure::Socket(_) => PortmapError::NoGateway,
+        e => PortmapError::Refused(format!("NAT-PMP: {e}").to_lowercase()),
+    }
+}
+
+/// Our address towards the router (the one it forwards to).
+fn client_towards(gateway: GatewayAddress) -> Result<IpAddr, PortmapError> {
+    local_ip_towards(SocketAddr::new(gateway.into(), crab_nat::GATEWAY_PORT))
 }
 
 /// A mapping held over PCP or NAT-PMP.
 pub(super) struct Lease {
     mapping: PortMapping,
     ours: Mapping,
+    /// The address the mapping forwards to.
+    client: IpAddr,
     /// The router's epoch at the last answer, and when that answer came.
     epoch: (u32, Instant),
 }
@@ -107,31 +211,56 @@ impl Lease {
         };
         check_external(ip)?;
         self.ours.by = by;
+        self.ours.internal = SocketAddr::new(self.client, self.ours.internal.port());
         self.ours.external = SocketAddr::new(ip, self.mapping.external_port().get());
         Ok(())
     }
 
-    /// Ask for the same mapping again (with PCP, under the same nonce: the router's record of
-    /// it is ours to refresh).
+    /// Ask for the same mapping again, for a whole [`LEASE`], from the address this host has
+    /// now (a host that moved on the LAN takes its old mapping back first).
     pub(super) async fn renew(&mut self) -> Result<(), PortmapError> {
-        self.mapping
-            .renew()
-            .await
-            .map_err(|e| PortmapError::Refused(e.to_string().to_lowercase()))?;
+        let gateway = self.mapping.gateway();
+        let client = client_towards(gateway)?;
+        if client != self.client {
+            tracing::info!("this host's address on the LAN changed: mapping the port anew");
+            let _ = self.mapping.clone().try_drop().await;
+            self.client = client;
+        }
+        let req = Request {
+            gateway,
+            client,
+            port: self.mapping.internal_port(),
+        };
+        let external_port = self.mapping.external_port();
+        let renewed = match self.mapping.mapping_type() {
+            PortMappingType::Pcp {
+                nonce, external_ip, ..
+            } => req
+                .pcp(nonce, Some((external_ip, external_port)))
+                .await
+                .map_err(pcp_error)?,
+            PortMappingType::NatPmp => req.natpmp(external_port).await?,
+        };
+        if renewed.lifetime() == 0 {
+            return Err(PortmapError::Refused(
+                "the router granted no lifetime".into(),
+            ));
+        }
         let (before, at) = self.epoch;
-        let now = self.mapping.gateway_epoch();
+        let now = renewed.gateway_epoch();
         if restarted(before, now, at.elapsed()) {
             tracing::info!("the router restarted (its epoch went back): the mapping was made anew");
         }
         self.epoch = (now, Instant::now());
+        self.mapping = renewed;
         self.read_external().await
     }
 
     pub(super) async fn release(self) -> Result<(), PortmapError> {
-        self.mapping
-            .try_drop()
-            .await
-            .map_err(|(e, _)| PortmapError::Refused(e.to_string().to_lowercase()))
+        self.mapping.try_drop().await.map_err(|(e, _)| match e {
+            crab_nat::MappingFailure::Pcp(e) => pcp_error(e),
+            crab_nat::MappingFailure::NatPmp(e) => natpmp_error(e),
+        })
     }
 }
 
@@ -146,7 +275,8 @@ fn restarted(before: u32, now: u32, ours: Duration) -> bool {
 }
 
 /// The IPv4 default gateway with the lowest metric in `/proc/net/route`'s format (each
-/// address a native-endian hex word of network-order bytes). Read by hand: a dozen lines,
+/// address a native-endian hex word of network-order bytes). Only a route to 0.0.0.0/0
+/// counts (a VPN's two /1 routes also have destination 0). Read by hand: a dozen lines,
 /// where an interface-listing crate would bring much more than this.
 fn default_gateway_v4(table: &str) -> Option<Ipv4Addr> {
     const RTF_UP: u16 = 0x1;
@@ -156,17 +286,14 @@ fn default_gateway_v4(table: &str) -> Option<Ipv4Addr> {
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (dest, gw, flags, metric) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(6)?);
+            let (dest, gw, flags) = (*f.get(1)?, *f.get(2)?, *f.get(3)?);
+            let (metric, mask) = (*f.get(6)?, *f.get(7)?);
             let flags = u16::from_str_radix(flags, 16).ok()?;
-            let default =
-                *dest == "00000000" && flags & (RTF_UP | RTF_GATEWAY) == RTF_UP | RTF_GATEWAY;
+            let up = flags & (RTF_UP | RTF_GATEWAY) == RTF_UP | RTF_GATEWAY;
+            let default = dest == "00000000" && mask == "00000000" && up;
             let gw = u32::from_str_radix(gw, 16).ok()?;
-            default.then(|| {
-                (
-                    metric.parse::<u32>().unwrap_or(u32::MAX),
-                    Ipv4Addr::from(gw.to_ne_bytes()),
-                )
-            })
+            let metric = metric.parse::<u32>().unwrap_or(u32::MAX);
+            default.then(|| (metric, Ipv4Addr::from(gw.to_ne_bytes())))
         })
         .min_by_key(|&(metric, _)| metric)
         .map(|(_, gw)| gw)
@@ -182,9 +309,11 @@ mod tests {
         let table =
             "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t0001000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+tun0\t00000000\t0108080A\t0003\t0\t0\t0\t00000080\t0\t0\t0
 wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
 eth0\t00000000\t0101000A\t0003\t0\t0\t100\t00000000\t0\t0\t0
 ";
+        // The lowest metric of the real default routes; a VPN's 0.0.0.0/1 is not one.
         assert_eq!(default_gateway_v4(table), Some(Ipv4Addr::new(10, 0, 1, 1)));
         let no_default = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask
 eth0\t0001000A\t00000000\t0001\t0\t0\t0\t00FFFFFF

@@ -68,13 +68,32 @@ impl Lease {
     }
 
     /// Add the same mapping again (a router that lost it makes it anew) and read the external
-    /// address again (it may have changed).
+    /// address again (it may have changed). A router that does not answer at its control
+    /// address any more (restarted on another port) is searched for again.
     pub(super) async fn renew(&mut self) -> Result<(), PortmapError> {
-        let internal = SocketAddr::new(
-            local_ip_towards(self.gw.addr)?,
-            self.mapping.internal.port(),
-        );
-        let port = add(&self.gw, internal, self.mapping.external.port()).await?;
+        let port = self.mapping.internal.port();
+        let outcome = match local_ip_towards(self.gw.addr) {
+            Ok(ip) => self.add_again(SocketAddr::new(ip, port)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::debug!("UPnP renewal: {e}; looking for the router again");
+            let found = search().await?;
+            self.gw = found.gw;
+            self.add_again(SocketAddr::new(found.internal_ip, port))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Lease::renew`] with the current gateway; a mapping that had to move frees its old
+    /// port.
+    async fn add_again(&mut self, internal: SocketAddr) -> Result<(), PortmapError> {
+        let old = self.mapping.external.port();
+        let port = add(&self.gw, internal, old).await?;
+        if port != old {
+            let _ = timed(self.gw.remove_port(PortMappingProtocol::UDP, old)).await;
+        }
         let ip = timed(self.gw.get_external_ip())
             .await?
             .map_err(|_| PortmapError::NoExternalAddress)?;

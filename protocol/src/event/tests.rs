@@ -1,6 +1,6 @@
 use super::*;
 use crate::path::{
-    CandidateType, MapProtocol, PairView, PathKind, PortmapState, RelayReason, Transport,
+    CandidateType, IpFamily, MapProtocol, PairView, PathKind, PortmapState, RelayReason, Transport,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,6 +10,7 @@ fn path() -> PathReport {
         local: CandidateType::Relay,
         remote: CandidateType::Srflx,
         protocol: Transport::Udp,
+        family: Some(IpFamily::Ipv4),
         reason: Some(RelayReason::NoDirectPair),
         portmap: Some(PortmapState::Mapped),
         mapped_by: Some(MapProtocol::Upnp),
@@ -63,7 +64,20 @@ fn golden() -> Vec<(Event, &'static str)> {
                 ms_since_room: 12.5,
             }
             .into(),
-            r#"{"event":"connected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"mapped","mapped_by":"upnp","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":12.5}"#,
+            r#"{"event":"connected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","family":"ipv4","reason":"no_direct_pair","portmap":"mapped","mapped_by":"upnp","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":12.5}"#,
+        ),
+        (
+            Connected {
+                path: PathReport {
+                    family: None,
+                    portmap: Some(PortmapState::Failed),
+                    mapped_by: None,
+                    ..path()
+                },
+                ms_since_room: 12.5,
+            }
+            .into(),
+            r#"{"event":"connected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"failed","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":12.5}"#,
         ),
         (
             Reconnecting {
@@ -92,7 +106,7 @@ fn golden() -> Vec<(Event, &'static str)> {
                 ms_since_room: 3.0,
             }
             .into(),
-            r#"{"event":"reconnected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","reason":"no_direct_pair","portmap":"mapped","mapped_by":"upnp","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":3.0}"#,
+            r#"{"event":"reconnected","path":"relay","local":"relay","remote":"srflx","protocol":"udp","family":"ipv4","reason":"no_direct_pair","portmap":"mapped","mapped_by":"upnp","peer":{"path":"relay","local":"prflx","remote":"relay","protocol":"udp"},"ms_since_room":3.0}"#,
         ),
         (
             Offer {
@@ -153,6 +167,7 @@ fn golden() -> Vec<(Event, &'static str)> {
                     local: CandidateType::Host,
                     remote: CandidateType::Prflx,
                     protocol: Transport::Udp,
+                    family: Some(IpFamily::Ipv6),
                     reason: None,
                     portmap: Some(PortmapState::Mapped),
                     mapped_by: Some(MapProtocol::Pcp),
@@ -165,7 +180,7 @@ fn golden() -> Vec<(Event, &'static str)> {
                 },
             }
             .into(),
-            r#"{"event":"done","files":1,"bytes":3,"transferred":2,"seconds":0.5,"path":"mapped","local":"host","remote":"prflx","protocol":"udp","reason":null,"portmap":"mapped","mapped_by":"pcp","peer":{"path":"direct","local":"srflx","remote":"host","protocol":"udp"}}"#,
+            r#"{"event":"done","files":1,"bytes":3,"transferred":2,"seconds":0.5,"path":"mapped","local":"host","remote":"prflx","protocol":"udp","family":"ipv6","reason":null,"portmap":"mapped","mapped_by":"pcp","peer":{"path":"direct","local":"srflx","remote":"host","protocol":"udp"}}"#,
         ),
         (Event::Declined, r#"{"event":"declined"}"#),
         (

@@ -83,6 +83,11 @@ pub struct TurnConfig {
     /// UDP and TCP listen here (the TURN default port is 3478). With port 0 each gets its own
     /// ephemeral port (the same one when it is free for both).
     pub listen: SocketAddr,
+    /// A second address for UDP and TCP, of the other IP family (IPv6 beside IPv4): STUN for
+    /// clients' reflexive addresses in that family (a browser hides its host addresses and
+    /// shows its IPv6 one only as server-reflexive), and TURN for clients that have only that
+    /// family. Relays are still made on `relay_ip` (RFC 6156: IPv4 unless asked otherwise).
+    pub also_listen: Option<SocketAddr>,
     /// The address relayed sockets are advertised to clients at.
     pub relay_ip: IpAddr,
     /// The address relayed sockets bind to, when it is not `relay_ip`: a relay behind a NAT
@@ -231,8 +236,10 @@ pub struct TurnHandle {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     live_relays: Arc<AtomicUsize>,
+    /// The second family's UDP and TCP addresses ([`TurnConfig::also_listen`]).
+    also: Option<(SocketAddr, SocketAddr)>,
     /// The listeners as the turn crate holds them: gone once it has let go of the sockets.
-    listeners: [Weak<gate::Gate>; 2],
+    listeners: Vec<Weak<gate::Gate>>,
     auth: Arc<auth::Auth>,
 }
 
@@ -252,6 +259,11 @@ impl TurnHandle {
 
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// The second family's UDP and TCP addresses, when there is one.
+    pub fn also_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.also
     }
 
     /// Check new credentials against `secret` from now on, keeping the earlier secrets for
@@ -293,7 +305,27 @@ impl Drop for TurnHandle {
     }
 }
 
-/// Bind `config.listen` (UDP and TCP) and serve in the background.
+/// UDP and TCP on `listen`: with port 0, the same port for both when it is free, so one
+/// `turn:HOST:PORT` URL covers both.
+async fn bind_pair(listen: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    let udp = UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen for TURN on UDP {listen}"))?;
+    size_udp_buffers(&udp);
+    let tcp = if listen.port() == 0 {
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(l) => l,
+            Err(_) => TcpListener::bind(listen).await?,
+        }
+    } else {
+        TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for TURN on TCP {listen}"))?
+    };
+    Ok((udp, tcp))
+}
+
+/// Bind `config.listen` (UDP and TCP), and `config.also_listen`, and serve in the background.
 pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Result<TurnHandle> {
     let (lo, hi) = (*config.relay_ports.start(), *config.relay_ports.end());
     if lo > hi || (lo == 0 && hi != 0) {
@@ -303,24 +335,25 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         bail!("the relay address is advertised to clients: it cannot be unspecified");
     }
 
-    let udp = UdpSocket::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen for TURN on UDP {}", config.listen))?;
-    size_udp_buffers(&udp);
-    let udp_addr = udp.local_addr()?;
-    let tcp = if config.listen.port() == 0 {
-        // Same port as UDP when it is free, so one `turn:HOST:PORT` URL covers both.
-        match TcpListener::bind(udp_addr).await {
-            Ok(l) => l,
-            Err(_) => TcpListener::bind(config.listen).await?,
-        }
-    } else {
-        TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen for TURN on TCP {}", config.listen))?
+    if let Some(also) = config.also_listen
+        && also.is_ipv4() == config.listen.is_ipv4()
+    {
+        bail!(
+            "TURN's second address ({also}) must be of the other IP family than {}",
+            config.listen
+        );
+    }
+    let (udp, tcp) = bind_pair(config.listen).await?;
+    let (udp_addr, tcp_addr) = (udp.local_addr()?, tcp.local_addr()?);
+    let also = match config.also_listen {
+        Some(addr) => Some(bind_pair(addr).await?),
+        None => None,
     };
-    let tcp_addr = tcp.local_addr()?;
-    let tls = match &config.tls {
+    let also_addrs = match &also {
+        Some((u, t)) => Some((u.local_addr()?, t.local_addr()?)),
+        None => None,
+    };
+    let mut tls = match &config.tls {
         Some(t) => {
             let listener = TcpListener::bind(t.listen)
                 .await
@@ -340,9 +373,11 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     let mut own = config.own_addresses.clone();
     own.push(config.relay_ip);
     own.extend(config.relay_bind_ip);
+    let also_own = also_addrs.into_iter().flat_map(|(u, t)| [u, t]);
     for addr in [Some(udp_addr), Some(tcp_addr), tls_addr]
         .into_iter()
         .flatten()
+        .chain(also_own)
     {
         if !addr.ip().is_unspecified() {
             own.push(addr.ip());
@@ -377,25 +412,29 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         ))
     };
 
-    // Four GRO buffers per read: the listener hears from every client.
-    let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp");
-    let tcp_conn = tcp::TcpConn::start(
-        tcp,
-        tls,
-        tcp::TcpCaps {
-            total: config.caps.tcp_connections,
-            per_client: config.caps.tcp_connections_per_client,
-        },
-        metrics.clone(),
-        flusher.clone(),
-        shutdown.clone(),
-        &tasks,
-    )?;
-    let tcp_links = tcp_conn.links();
-    let tcp_gate = gate(tcp_conn, "tcp");
-    let listeners = [Arc::downgrade(&udp_gate), Arc::downgrade(&tcp_gate)];
-    let conn_configs = vec![
-        ConnConfig {
+    let caps = tcp::TcpCaps {
+        total: config.caps.tcp_connections,
+        per_client: config.caps.tcp_connections_per_client,
+    };
+    let mut listeners = Vec::new();
+    let mut conn_configs = Vec::new();
+    for (udp, tcp) in std::iter::once((udp, tcp)).chain(also) {
+        // Four GRO buffers per read: the listener hears from every client.
+        let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp");
+        // TURN over TLS is served beside the first family's TCP only.
+        let tcp_conn = tcp::TcpConn::start(
+            tcp,
+            tls.take(),
+            caps,
+            metrics.clone(),
+            flusher.clone(),
+            shutdown.clone(),
+            &tasks,
+        )?;
+        let tcp_links = tcp_conn.links();
+        let tcp_gate = gate(tcp_conn, "tcp");
+        listeners.extend([Arc::downgrade(&udp_gate), Arc::downgrade(&tcp_gate)]);
+        conn_configs.push(ConnConfig {
             relay_addr_generator: Box::new(relay::Generator {
                 policy: policy.clone(),
                 transport: "udp",
@@ -403,17 +442,17 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
                 tcp: None,
             }),
             conn: udp_gate,
-        },
-        ConnConfig {
+        });
+        conn_configs.push(ConnConfig {
             relay_addr_generator: Box::new(relay::Generator {
-                policy,
+                policy: policy.clone(),
                 transport: "tcp",
                 current: tcp_gate.current_client(),
                 tcp: Some(tcp_links),
             }),
             conn: tcp_gate,
-        },
-    ];
+        });
+    }
     let server = Server::new(ServerConfig {
         conn_configs,
         realm: config.realm,
@@ -425,11 +464,12 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     })
     .await
     .context("cannot start the TURN server")?;
-    tracing::info!(udp = %udp_addr, tcp = %tcp_addr, tls = ?tls_addr, "TURN server listening");
+    tracing::info!(udp = %udp_addr, tcp = %tcp_addr, tls = ?tls_addr, also = ?also_addrs, "TURN server listening");
     Ok(TurnHandle {
         udp_addr,
         tcp_addr,
         tls_addr,
+        also: also_addrs,
         server,
         shutdown,
         tasks,

@@ -56,10 +56,11 @@ struct Setup {
     secret: TurnSecret,
 }
 
-async fn start(tweak: impl FnOnce(&mut TurnConfig)) -> Setup {
-    let secret = TurnSecret::new(b"test secret".to_vec());
-    let mut config = TurnConfig {
+/// The test server's settings: on [`SERVER_IP`], any ports, private peers allowed.
+fn config(secret: &TurnSecret) -> TurnConfig {
+    TurnConfig {
         listen: SocketAddr::new(SERVER_IP, 0),
+        also_listen: None,
         relay_ip: SERVER_IP,
         relay_bind_ip: None,
         relay_ports: 0..=0,
@@ -72,7 +73,12 @@ async fn start(tweak: impl FnOnce(&mut TurnConfig)) -> Setup {
         own_addresses: Vec::new(),
         audit: Default::default(),
         tls: None,
-    };
+    }
+}
+
+async fn start(tweak: impl FnOnce(&mut TurnConfig)) -> Setup {
+    let secret = TurnSecret::new(b"test secret".to_vec());
+    let mut config = config(&secret);
     tweak(&mut config);
     let metrics = Arc::new(TurnMetrics::default());
     let handle = spawn(config, metrics.clone()).await.unwrap();
@@ -169,6 +175,44 @@ async fn stun_binding_returns_the_reflexive_address() {
     assert_eq!(mapped, local);
     client.close().await.unwrap();
     s.handle.shutdown().await;
+}
+
+/// The second family's address answers STUN with the client's own address of that family
+/// and allocates relays on the relay IP (IPv4), which relay to peers of that family.
+#[tokio::test]
+async fn the_second_family_answers_stun_and_relays_on_the_first() {
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    let s = start(|c| c.also_listen = Some(SocketAddr::new(v6, 0))).await;
+    let (udp6, tcp6) = s.handle.also_addrs().expect("a second family");
+    assert_eq!((udp6.ip(), tcp6.ip()), (v6, v6));
+    let client_over_v6 = |creds| async move {
+        let sock = UdpSocket::bind((v6, 0)).await.unwrap();
+        let local = sock.local_addr().unwrap();
+        (client_over(Arc::new(sock), udp6, creds).await, local)
+    };
+    let (client, local) = client_over_v6((String::new(), String::new())).await;
+    let mapped = within("binding", client.send_binding_request())
+        .await
+        .unwrap();
+    assert_eq!(mapped, local);
+    client.close().await.unwrap();
+
+    let (client, _) = client_over_v6(creds(&s.secret, "room-6")).await;
+    let relay = within("allocate", client.allocate()).await.unwrap();
+    assert_eq!(relay.local_addr().unwrap().ip(), SERVER_IP);
+    let peer = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    assert!(relay_both_ways(&relay, &peer).await > 0);
+    relay.close().await.unwrap();
+    client.close().await.unwrap();
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_address_of_the_same_family_is_refused() {
+    let mut c = config(&TurnSecret::new(b"test secret".to_vec()));
+    c.also_listen = Some(SocketAddr::new(LOCALHOST, 0));
+    let err = spawn(c, Arc::default()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("other IP family"), "{err:#}");
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ impl TcpCopy {
 }
 
 /// Move the calling thread into network namespace `ns` (made by `ip netns add`).
-fn enter(ns: &str) -> anyhow::Result<()> {
+pub(super) fn enter(ns: &str) -> anyhow::Result<()> {
     let f = File::open(format!("/var/run/netns/{ns}"))
         .with_context(|| format!("open namespace {ns}"))?;
     // SAFETY: setns on an open namespace descriptor; CLONE_NEWNET moves only this thread.
