@@ -539,7 +539,7 @@ impl Session<'_> {
         // Port mapping runs alongside signalling; connection setup never waits for it.
         let portmap = match port {
             Some(p) if !c.no_portmap && !c.relay_only && c.public_addr.is_none() => {
-                portmap::start(p)
+                portmap::start(p, bind.iter().any(SocketAddr::is_ipv6))
             }
             _ => portmap::PortMapper::off(),
         };

@@ -205,25 +205,17 @@ impl Claim {
     }
 }
 
-/// Handle on the background mapping task.
+/// One mapping kept by a background task: where it stands, the lease once granted, and
+/// what makes the task renew at once.
 #[derive(Clone)]
-pub struct PortMapper {
+struct Kept {
     state: watch::Receiver<State>,
     held: Held,
     refresh: Arc<Notify>,
 }
 
-impl std::fmt::Debug for PortMapper {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PortMapper")
-            .field("state", &*self.state.borrow())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PortMapper {
-    /// No port mapping (`--no-portmap`, loopback runs).
-    pub fn off() -> Self {
+impl Kept {
+    fn off() -> Self {
         let (_tx, state) = watch::channel(State::Off);
         Self {
             state,
@@ -232,25 +224,56 @@ impl PortMapper {
         }
     }
 
-    pub fn watch(&self) -> watch::Receiver<State> {
-        self.state.clone()
+    /// Ask with `first` in the background, then keep what it granted (`what` names it in
+    /// the log).
+    fn spawn(
+        first: impl std::future::Future<Output = Result<Lease, PortmapError>> + Send + 'static,
+        what: &'static str,
+    ) -> Self {
+        let (tx, state) = watch::channel(State::Pending);
+        let kept = Self {
+            state,
+            held: Arc::default(),
+            refresh: Arc::default(),
+        };
+        let (held, refresh) = (kept.held.clone(), kept.refresh.clone());
+        tokio::spawn(async move {
+            let lease = match first.await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    tracing::info!("no {what}: {e}");
+                    let _ = tx.send(State::Failed(e));
+                    return;
+                }
+            };
+            let mapping = lease.mapping().clone();
+            {
+                let mut slot = held.lock().await;
+                if slot.closed {
+                    drop(slot);
+                    lease.release().await;
+                    return;
+                }
+                slot.lease = Some(lease);
+            }
+            tracing::info!(
+                external_port = mapping.external.port(),
+                protocol = mapping.by.as_str(),
+                "{what} made by the router"
+            );
+            let _ = tx.send(State::Mapped(mapping));
+            keep_mapped(&held, &tx, &refresh).await;
+        });
+        kept
     }
 
-    /// Where the mapping stands now.
-    pub fn state(&self) -> State {
-        self.state.borrow().clone()
-    }
-
-    /// Renew the mapping now (the path went down: the router may have restarted).
-    pub fn refresh(&self) {
+    fn refresh(&self) {
         if matches!(*self.state.borrow(), State::Mapped(_)) {
             self.refresh.notify_one();
         }
     }
 
-    /// Remove the mapping, if one was made (waiting a little for one still being asked for:
-    /// the runtime ends with the program, and the task with it), and any granted later.
-    pub async fn release(&self) {
+    async fn release(&self) {
         let mut state = self.state.clone();
         let settled = state.wait_for(|s| !matches!(s, State::Pending));
         let _ = tokio::time::timeout(SETTLE, settled).await;
@@ -265,43 +288,75 @@ impl PortMapper {
     }
 }
 
-/// Start mapping UDP `port` (the port ICE binds on every interface) in the background.
-pub fn start(port: u16) -> PortMapper {
-    let (tx, state) = watch::channel(State::Pending);
-    let mapper = PortMapper {
-        state,
-        held: Arc::default(),
-        refresh: Arc::default(),
-    };
-    let (held, refresh) = (mapper.held.clone(), mapper.refresh.clone());
-    tokio::spawn(async move {
-        let lease = match first_mapping(port).await {
-            Ok(lease) => lease,
-            Err(e) => {
-                tracing::info!("no port mapping: {e}");
-                let _ = tx.send(State::Failed(e));
-                return;
+/// Handle on the background mapping tasks: the IPv4 port mapping, and the IPv6 pinhole.
+#[derive(Clone)]
+pub struct PortMapper {
+    mapping: Kept,
+    /// A PCP pinhole in the router's IPv6 firewall for the same port (no address to
+    /// advertise: the host candidate is the address; the pinhole lets the other side in
+    /// first).
+    pinhole: Option<Kept>,
+}
+
+impl std::fmt::Debug for PortMapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortMapper")
+            .field("state", &*self.mapping.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PortMapper {
+    /// No port mapping (`--no-portmap`, loopback runs).
+    pub fn off() -> Self {
+        Self {
+            mapping: Kept::off(),
+            pinhole: None,
+        }
+    }
+
+    pub fn watch(&self) -> watch::Receiver<State> {
+        self.mapping.state.clone()
+    }
+
+    /// Where the mapping stands now.
+    pub fn state(&self) -> State {
+        self.mapping.state.borrow().clone()
+    }
+
+    /// Renew now (the path went down: the router may have restarted).
+    pub fn refresh(&self) {
+        self.mapping.refresh();
+        if let Some(p) = &self.pinhole {
+            p.refresh();
+        }
+    }
+
+    /// Remove the mapping and the pinhole, if made (waiting a little for one still being
+    /// asked for: the runtime ends with the program, and the task with it), and any granted
+    /// later.
+    pub async fn release(&self) {
+        let pinhole = async {
+            if let Some(p) = &self.pinhole {
+                p.release().await;
             }
         };
-        let mapping = lease.mapping().clone();
-        {
-            let mut slot = held.lock().await;
-            if slot.closed {
-                drop(slot);
-                lease.release().await;
-                return;
-            }
-            slot.lease = Some(lease);
-        }
-        tracing::info!(
-            external_port = mapping.external.port(),
-            protocol = mapping.by.as_str(),
-            "port mapped by the router"
-        );
-        let _ = tx.send(State::Mapped(mapping));
-        keep_mapped(&held, &tx, &refresh).await;
-    });
-    mapper
+        tokio::join!(self.mapping.release(), pinhole);
+    }
+}
+
+/// Start mapping UDP `port` (the port ICE binds on every interface) in the background; with
+/// `ipv6` (ICE binds IPv6 too), also ask for a pinhole for it in the IPv6 firewall.
+pub fn start(port: u16, ipv6: bool) -> PortMapper {
+    PortMapper {
+        mapping: Kept::spawn(first_mapping(port), "port mapping"),
+        pinhole: ipv6.then(|| {
+            Kept::spawn(
+                async move { pmp::pinhole(port).await.map(Lease::Pmp) },
+                "IPv6 pinhole",
+            )
+        }),
+    }
 }
 
 /// Every protocol at once; the first mapping granted, or the most telling failure.

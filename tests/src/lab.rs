@@ -737,7 +737,12 @@ ext_stun_host={SERVER_IP}
 ext_stun_port=3478
 allow 1024-65535 10.0.{subnet}.0/24 1024-65535
 deny 0-65535 0.0.0.0/0 0-65535
-",
+{v6}",
+                v6 = match self.ipv6 {
+                    V6::Off => "",
+                    // IPv6 pinholes (PCP, and UPnP IGDv2) in the same chain.
+                    V6::DualStack | V6::BOnly => "ext_ifname6=wan\n",
+                },
                 pmp = yes(pmp),
                 upnp = yes(upnp),
                 lease = self.mapper_leases(name).display()
@@ -853,6 +858,32 @@ deny 0-65535 0.0.0.0/0 0-65535
         .join()
         .expect("sender thread")?;
         listener.join().expect("listener thread")
+    }
+
+    /// The IPv6 pinholes router `name`'s miniupnpd opened: the address and port each lets
+    /// the world in to. miniupnpd-nftables writes them as raw matches on the IPv6 header
+    /// (`th dport P @nh,192,128 0x<destination address>`).
+    pub fn router_pinholes(&self, name: &str) -> anyhow::Result<Vec<std::net::SocketAddrV6>> {
+        let r = self.ns(&format!("r{name}"));
+        let chain = in_ns(&r, &["nft", "list", "chain", "inet", "filter", "miniupnpd"])?;
+        let field = |words: &[&str], key: &str| {
+            let i = words.iter().position(|w| *w == key)?;
+            words.get(i + 1).map(|w| w.to_string())
+        };
+        chain
+            .lines()
+            .filter(|l| l.contains("@nh,192,128"))
+            .map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let port = field(&words, "dport").and_then(|p| p.parse().ok());
+                let addr = field(&words, "@nh,192,128")
+                    .and_then(|a| u128::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+                match (addr, port) {
+                    (Some(a), Some(p)) => Ok(std::net::SocketAddrV6::new(a.into(), p, 0, 0)),
+                    _ => bail!("a pinhole rule this lab does not read: {l}"),
+                }
+            })
+            .collect()
     }
 
     /// Router `name` reboots, as far as port mapping goes: its miniupnpd stops, every

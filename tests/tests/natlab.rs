@@ -216,6 +216,39 @@ fn ipv6_goes_direct_through_two_stateful_firewalls_where_ipv4_would_relay() {
     assert_eq!(o.receiver_done.path.kind, PathKind::Direct);
 }
 
+/// A router that speaks PCP opens its IPv6 firewall to the peer's ICE port when asked (a
+/// PCP MAP without translation), so the other side may come in first; the pinhole is closed
+/// when the peer exits.
+#[test]
+fn a_pcp_router_opens_an_ipv6_pinhole_for_the_peer_and_closes_it_on_exit() {
+    let lab = Lab::new(Spec::new(Nat::Pcp, B::Behind(Nat::Symmetric)).with_ipv6(V6::DualStack))
+        .expect("build the NAT lab");
+    assert_eq!(lab.router_pinholes("a").unwrap(), []);
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("f.bin");
+    make_file(&file, SIZE, 43);
+    let (sender, link) = lab.sender(&[], &[&file]).unwrap();
+    // Asked for as the sender starts, before anyone joins.
+    let asked = std::time::Instant::now();
+    let mut holes = Vec::new();
+    while holes.is_empty() && asked.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        holes = lab.router_pinholes("a").unwrap();
+    }
+    assert_eq!(holes.len(), 1, "{holes:?}");
+    assert_eq!(
+        holes[0].ip(),
+        &"2001:db8:1::2".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    let receiver = lab.receiver(&[], dst.path(), &link);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("f.bin")), hash_file(&file));
+    assert_eq!(lab.router_pinholes("a").unwrap(), [], "closed on exit");
+}
+
 /// A host with IPv6 only (no IPv4 address at all) and a dual-stack one: they meet over IPv6
 /// and go direct over it.
 #[test]

@@ -55,24 +55,39 @@ pub(super) async fn map(port: u16, claim: &super::Claim) -> Result<Lease, Portma
     claim
         .map(async {
             let mapping = first_request(&req, speaks_natpmp).await?;
-            let mut lease = Lease {
-                epoch: (mapping.gateway_epoch(), Instant::now()),
-                ours: Mapping {
-                    external: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-                    internal: SocketAddr::new(client, port.get()),
-                    by: MapProtocol::Pcp,
-                },
-                client,
-                mapping,
-            };
-            if let Err(e) = lease.read_external().await {
-                // Mapped, but useless: not left on the router (nor counted as the mapping).
-                let _ = lease.release().await;
-                return Err(e);
-            }
-            Ok(lease)
+            Lease::granted_as(mapping, client).await
         })
         .await
+}
+
+/// Ask the router (the IPv6 default gateway) to open its firewall to UDP `port` on this
+/// host's IPv6 address: a PCP MAP with no translation, the address and port outside being
+/// ours. Only when the gateway is a global address: a link-local next hop would make the
+/// request leave from a link-local address, which the pinhole cannot be for.
+pub(super) async fn pinhole(port: u16) -> Result<Lease, PortmapError> {
+    let table = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    let gateway = default_gateway_v6(&table).ok_or(PortmapError::NoGateway)?;
+    if (gateway.segments()[0] & 0xffc0) == 0xfe80 {
+        return Err(PortmapError::NoGateway);
+    }
+    let gateway = GatewayAddress::IpV6(gateway, None);
+    let port = NonZeroU16::new(port).ok_or(PortmapError::LocalAddress)?;
+    let client = client_towards(gateway)?;
+    let req = Request {
+        gateway,
+        client,
+        port,
+    };
+    let nonce: pcp::Nonce = rand::random();
+    let mapping = match req.pcp(nonce, Some((client, port))).await {
+        Ok(m) => m,
+        Err(pcp::Failure::Timeout) => {
+            req.drop_pcp(nonce).await;
+            return Err(PortmapError::Timeout);
+        }
+        Err(e) => return Err(pcp_error(e)),
+    };
+    Lease::granted_as(mapping, client).await
 }
 
 /// Who asks the router for which port.
@@ -189,6 +204,28 @@ pub(super) struct Lease {
 }
 
 impl Lease {
+    /// The lease of what the router granted `client`, its external address read and checked;
+    /// a mapping that is useless (an external address nobody can reach) is not left on the
+    /// router, nor counted as the mapping.
+    async fn granted_as(mapping: PortMapping, client: IpAddr) -> Result<Self, PortmapError> {
+        let port = mapping.internal_port().get();
+        let mut lease = Lease {
+            epoch: (mapping.gateway_epoch(), Instant::now()),
+            ours: Mapping {
+                external: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                internal: SocketAddr::new(client, port),
+                by: MapProtocol::Pcp,
+            },
+            client,
+            mapping,
+        };
+        if let Err(e) = lease.read_external().await {
+            let _ = lease.release().await;
+            return Err(e);
+        }
+        Ok(lease)
+    }
+
     pub(super) fn mapping(&self) -> &Mapping {
         &self.ours
     }
@@ -299,9 +336,46 @@ fn default_gateway_v4(table: &str) -> Option<Ipv4Addr> {
         .map(|(_, gw)| gw)
 }
 
+/// The IPv6 default route's next hop with the lowest metric, in `/proc/net/ipv6_route`'s
+/// format (addresses as 32 hex digits, metric and flags in hex).
+fn default_gateway_v6(table: &str) -> Option<std::net::Ipv6Addr> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_GATEWAY: u32 = 0x2;
+    let zero = "0".repeat(32);
+    table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dest, plen, hop) = (*f.first()?, *f.get(1)?, *f.get(4)?);
+            let metric = u32::from_str_radix(f.get(5)?, 16).ok()?;
+            let flags = u32::from_str_radix(f.get(8)?, 16).ok()?;
+            let up = flags & (RTF_UP | RTF_GATEWAY) == RTF_UP | RTF_GATEWAY;
+            let default = dest == zero && plen == "00" && hop != zero && up;
+            let hop = u128::from_str_radix(hop, 16).ok()?;
+            default.then(|| (metric, std::net::Ipv6Addr::from(hop)))
+        })
+        .min_by_key(|&(metric, _)| metric)
+        .map(|(_, hop)| hop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ipv6_default_gateway_is_read_from_the_routing_table() {
+        let table = "\
+20010db8000100000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000003 00000000 00000003    wlan0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 20010db8000100000000000000000001 00000100 00000003 00000000 00000003     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+";
+        assert_eq!(
+            default_gateway_v6(table),
+            Some("2001:db8:1::1".parse().unwrap())
+        );
+        assert_eq!(default_gateway_v6(""), None);
+    }
 
     #[test]
     #[cfg(target_endian = "little")]
