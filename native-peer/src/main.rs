@@ -265,16 +265,31 @@ fn ice_bind(c: &Common, server: &str) -> anyhow::Result<(Vec<SocketAddr>, Option
         return Ok((bind, None));
     }
     // A mapping must name the port ICE will bind before ICE exists (it runs alongside
-    // signalling): take a free one now. Another program could take it in between; ICE then
-    // fails to bind that address and says so.
-    let probe = std::net::UdpSocket::bind((bind[0].ip(), 0))
-        .context("cannot find a free UDP port for ICE")?;
-    let port = probe.local_addr()?.port();
-    drop(probe);
+    // signalling): take one free on every address now. Another program could take it in
+    // between; ICE then fails to bind that address and says so.
+    let port = free_port_on(&bind).context("cannot find a free UDP port for ICE")?;
     for a in &mut bind {
         a.set_port(port);
     }
     Ok((bind, Some(port)))
+}
+
+/// A UDP port free on each of `addrs` (the first's, tried on the others; a few tries).
+fn free_port_on(addrs: &[SocketAddr]) -> std::io::Result<u16> {
+    let mut last = None;
+    for _ in 0..8 {
+        let probe = std::net::UdpSocket::bind((addrs[0].ip(), 0))?;
+        let port = probe.local_addr()?.port();
+        let rest: Result<Vec<_>, _> = addrs[1..]
+            .iter()
+            .map(|a| std::net::UdpSocket::bind((a.ip(), port)))
+            .collect();
+        match rest {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried"))
 }
 
 fn net_options(
@@ -304,9 +319,11 @@ fn net_options(
 
 /// Peers that meet on a loopback server are on this machine: loopback host candidates are
 /// what connects them (and all webrtc-rs gathers on a wildcard bind skips loopback).
-/// Otherwise every interface of IPv4, and of IPv6 when this host has an IPv6 route beyond
-/// its link: behind a home router IPv6 usually has no NAT, only a stateful firewall that a
-/// simultaneous open passes, so its host candidates are often the best direct path there is.
+/// Otherwise every interface of IPv4, and the IPv6 address this host sends from beyond its
+/// link, if any: behind a home router IPv6 usually has no NAT, only a stateful firewall that
+/// a simultaneous open passes, so that host candidate is often the best direct path there
+/// is. One address, not all: a host keeps several (temporary ones rotate in, old ones stay
+/// a while) and each would gather its own candidates and TURN allocation.
 fn default_bind(server: &str) -> Vec<SocketAddr> {
     let loopback = url::Url::parse(server)
         .ok()
@@ -323,28 +340,25 @@ fn default_bind(server: &str) -> Vec<SocketAddr> {
         return vec![SocketAddr::from((IpAddr::from([127, 0, 0, 1]), 0))];
     }
     let mut bind = vec![SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0))];
-    if routes_ipv6() {
-        bind.push(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)));
+    if let Some(ip) = ipv6_source() {
+        bind.push(SocketAddr::from((ip, 0)));
     }
     bind
 }
 
-/// This host has a global IPv6 address and a route beyond its link. Asked of the kernel by
-/// connecting a UDP socket, which picks a route and a source address and sends nothing.
-/// Without it, binding `[::]` would keep a dual-stack wildcard (webrtc-rs binds the wildcard
-/// itself when it finds no interface address to expand it into), which takes the IPv4 port
-/// too and would collide with the IPv4 socket of a mapped port.
-fn routes_ipv6() -> bool {
-    let probe = || {
-        let s = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).ok()?;
-        // Any global unicast address (2000::/3) will do: only the route is looked up.
-        s.connect(("2000::1", 9)).ok()?;
-        match s.local_addr().ok()?.ip() {
-            IpAddr::V6(ip) => Some(!ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80),
-            IpAddr::V4(_) => None,
-        }
-    };
-    probe().unwrap_or(false)
+/// The IPv6 address (global, or unique-local behind a NAT66) this host sends from beyond its
+/// link, if it has a route there. Asked of the kernel by connecting a UDP socket, which
+/// picks a route and a source address and sends nothing. A concrete address, never `[::]`:
+/// webrtc-rs binds a wildcard it cannot expand as it is, a dual-stack socket that would
+/// take the IPv4 port of a mapped port too.
+fn ipv6_source() -> Option<std::net::Ipv6Addr> {
+    let s = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).ok()?;
+    // Any global unicast address (2000::/3) will do: only the route is looked up.
+    s.connect(("2000::1", 9)).ok()?;
+    match s.local_addr().ok()?.ip() {
+        IpAddr::V6(ip) if !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80 => Some(ip),
+        _ => None,
+    }
 }
 
 async fn run(cli: Cli, out: &mut Output, mut interrupt: transfer::Interrupt) -> anyhow::Result<()> {

@@ -65,6 +65,10 @@ pub enum PortmapError {
     Timeout,
     #[error("cannot find our address towards the router")]
     LocalAddress,
+    #[error(
+        "the IPv6 router is reached by a link-local address, which a pinhole cannot be asked from yet"
+    )]
+    LinkLocalGateway,
     /// Another protocol mapped the port first (never shown: the first mapping is the outcome).
     #[error("the port is mapped already")]
     AlreadyMapped,
@@ -76,7 +80,7 @@ impl PortmapError {
     fn most_telling(a: Self, b: Self) -> Self {
         let weight = |e: &Self| match e {
             Self::NoGateway | Self::AlreadyMapped => 0,
-            Self::Timeout | Self::LocalAddress => 1,
+            Self::Timeout | Self::LocalAddress | Self::LinkLocalGateway => 1,
             _ => 2,
         };
         if weight(&b) > weight(&a) { b } else { a }
@@ -163,14 +167,14 @@ impl Lease {
     }
 
     /// Remove the mapping. Bounded: the program may be exiting (the lease ends it anyway).
-    async fn release(self) {
+    async fn release(self, what: &str) {
         let outcome = match self {
             Lease::Upnp(l) => l.release().await,
             Lease::Pmp(l) => l.release().await,
         };
         match outcome {
-            Ok(()) => tracing::debug!("port mapping released"),
-            Err(e) => tracing::info!("cannot release the port mapping (its lease ends it): {e}"),
+            Ok(()) => tracing::debug!("{what} released"),
+            Err(e) => tracing::info!("cannot release the {what} (its lease ends it): {e}"),
         }
     }
 }
@@ -212,6 +216,8 @@ struct Kept {
     state: watch::Receiver<State>,
     held: Held,
     refresh: Arc<Notify>,
+    /// What it is, for the log.
+    what: &'static str,
 }
 
 impl Kept {
@@ -221,6 +227,7 @@ impl Kept {
             state,
             held: Arc::default(),
             refresh: Arc::default(),
+            what: "port mapping",
         }
     }
 
@@ -235,6 +242,7 @@ impl Kept {
             state,
             held: Arc::default(),
             refresh: Arc::default(),
+            what,
         };
         let (held, refresh) = (kept.held.clone(), kept.refresh.clone());
         tokio::spawn(async move {
@@ -251,7 +259,7 @@ impl Kept {
                 let mut slot = held.lock().await;
                 if slot.closed {
                     drop(slot);
-                    lease.release().await;
+                    lease.release(what).await;
                     return;
                 }
                 slot.lease = Some(lease);
@@ -262,7 +270,7 @@ impl Kept {
                 "{what} made by the router"
             );
             let _ = tx.send(State::Mapped(mapping));
-            keep_mapped(&held, &tx, &refresh).await;
+            keep_mapped(&held, &tx, &refresh, what).await;
         });
         kept
     }
@@ -283,7 +291,7 @@ impl Kept {
             slot.lease.take()
         };
         if let Some(lease) = lease {
-            lease.release().await;
+            lease.release(self.what).await;
         }
     }
 }
@@ -382,7 +390,7 @@ async fn first_mapping(port: u16) -> Result<Lease, PortmapError> {
 
 /// Renew at half-life (or at once when asked), publishing the mapping again when the router
 /// moved it; ends once released.
-async fn keep_mapped(held: &Held, tx: &watch::Sender<State>, refresh: &Notify) {
+async fn keep_mapped(held: &Held, tx: &watch::Sender<State>, refresh: &Notify, what: &str) {
     let mut wait = match &held.lock().await.lease {
         Some(lease) => lease.renew_in(),
         None => return,
@@ -390,7 +398,7 @@ async fn keep_mapped(held: &Held, tx: &watch::Sender<State>, refresh: &Notify) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = refresh.notified() => tracing::debug!("renewing the port mapping now"),
+            () = refresh.notified() => tracing::debug!("renewing the {what} now"),
         }
         let mut slot = held.lock().await;
         let Some(lease) = slot.lease.as_mut() else {
@@ -402,7 +410,7 @@ async fn keep_mapped(held: &Held, tx: &watch::Sender<State>, refresh: &Notify) {
                 wait = lease.renew_in();
                 let now = lease.mapping().clone();
                 if now == before {
-                    tracing::debug!("port mapping renewed");
+                    tracing::debug!("{what} renewed");
                 } else {
                     tracing::info!(
                         external_port = now.external.port(),
@@ -412,7 +420,7 @@ async fn keep_mapped(held: &Held, tx: &watch::Sender<State>, refresh: &Notify) {
                 }
             }
             Err(e) => {
-                tracing::info!("cannot renew the port mapping: {e}");
+                tracing::info!("cannot renew the {what}: {e}");
                 wait = lease.retry_in();
             }
         }

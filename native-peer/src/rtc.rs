@@ -391,10 +391,20 @@ impl Peer {
     /// What [`protocol::path::describe`] needs besides the pair.
     pub fn path_context(&self, opts: &NetOptions) -> PathContext {
         let portmap = opts.advertise.portmap.state();
-        let advertised = match (&portmap, opts.advertise.forwarded) {
-            (_, Some(f)) => Some((opts.advertise.port.unwrap_or(f.port()), PathKind::Forwarded)),
-            (portmap::State::Mapped(m), None) => Some((m.internal.port(), PathKind::Mapped)),
-            _ => None,
+        let family = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(_) => path::IpFamily::Ipv4,
+            std::net::IpAddr::V6(_) => path::IpFamily::Ipv6,
+        };
+        let (advertised, advertised_family) = match (&portmap, opts.advertise.forwarded) {
+            (_, Some(f)) => (
+                Some((opts.advertise.port.unwrap_or(f.port()), PathKind::Forwarded)),
+                Some(family(f.ip())),
+            ),
+            (portmap::State::Mapped(m), None) => (
+                Some((m.internal.port(), PathKind::Mapped)),
+                Some(family(m.internal.ip())),
+            ),
+            _ => (None, None),
         };
         PathContext {
             relay_only: opts.relay_only,
@@ -404,6 +414,7 @@ impl Peer {
                 RelayTransport::Tls => Transport::Tls,
             }),
             advertised,
+            advertised_family,
             portmap: Some(portmap.report()),
             mapped_by: portmap.mapped_by(),
             local_candidates: Vec::new(),

@@ -320,6 +320,12 @@ impl fmt::Display for PathReport {
                 None => "through the router's port mapping".to_owned(),
             },
             (PathKind::Forwarded, ..) => "through the forwarded port".to_owned(),
+            // IPv6 has no NAT: host to host may well cross the internet.
+            (_, CandidateType::Host, CandidateType::Host)
+                if self.family == Some(IpFamily::Ipv6) =>
+            {
+                "host to host".to_owned()
+            }
             (_, CandidateType::Host, CandidateType::Host) => "on the local network".to_owned(),
             _ => "hole punched".to_owned(),
         };
@@ -456,6 +462,9 @@ pub struct PathContext {
     /// The local port behind an address this side advertised, and what it makes of a path
     /// through it ([`PathKind::Mapped`] or [`PathKind::Forwarded`]).
     pub advertised: Option<(u16, PathKind)>,
+    /// The family of the advertised address: a pair of the other family on the same port
+    /// (the host binds that port for both) is not through it.
+    pub advertised_family: Option<IpFamily>,
     pub portmap: Option<PortmapState>,
     pub mapped_by: Option<MapProtocol>,
     /// Types of every local and remote candidate ICE had (for the relay reason).
@@ -470,9 +479,14 @@ pub fn describe(pair: SelectedPair, ctx: &PathContext) -> PathReport {
     // network: the router let it in through that port. (A cone NAT could also have let it
     // in by hole punching on the same socket; the path is the same.)
     let advertised = ctx.advertised.and_then(|(port, kind)| {
+        let family_fits = match (pair.family, ctx.advertised_family) {
+            (Some(pair), Some(advertised)) => pair == advertised,
+            _ => true,
+        };
         (pair.local == CandidateType::Host
             && pair.local_port == Some(port)
-            && pair.remote != CandidateType::Host)
+            && pair.remote != CandidateType::Host
+            && family_fits)
             .then_some(kind)
     });
     let kind = if relayed {
@@ -544,7 +558,10 @@ mod tests {
         let mut p = pair(CandidateType::Host, CandidateType::Host);
         p.family = Some(IpFamily::Ipv6);
         let shown = describe(p, &ctx).to_string();
-        assert!(shown.contains("(host ↔ host, udp, IPv6)"), "{shown}");
+        assert!(
+            shown.contains("host to host (host ↔ host, udp, IPv6)"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -576,6 +593,14 @@ mod tests {
         assert_eq!(describe(pair(Host, Srflx), &ctx).kind, PathKind::Direct);
         ctx.advertised = Some((4000, PathKind::Forwarded));
         assert_eq!(describe(pair(Host, Srflx), &ctx).kind, PathKind::Forwarded);
+        // The same port bound for IPv6 too: an IPv6 pair is not through an IPv4 mapping.
+        ctx.advertised = Some((4000, PathKind::Mapped));
+        ctx.advertised_family = Some(IpFamily::Ipv4);
+        let mut v6 = pair(Host, Prflx);
+        v6.family = Some(IpFamily::Ipv6);
+        assert_eq!(describe(v6, &ctx).kind, PathKind::Direct);
+        v6.family = Some(IpFamily::Ipv4);
+        assert_eq!(describe(v6, &ctx).kind, PathKind::Mapped);
     }
 
     #[test]

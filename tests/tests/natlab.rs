@@ -212,8 +212,33 @@ fn ipv6_goes_direct_through_two_stateful_firewalls_where_ipv4_would_relay() {
         assert_eq!(c.family, Some(IpFamily::Ipv6), "{}", show(&o));
         assert_eq!(c.local, CandidateType::Host, "{}", show(&o));
     }
-    assert_eq!(o.sender_done.path.family, Some(IpFamily::Ipv6));
-    assert_eq!(o.receiver_done.path.kind, PathKind::Direct);
+    for d in [&o.sender_done.path, &o.receiver_done.path] {
+        assert_eq!((d.kind, d.family), (PathKind::Direct, Some(IpFamily::Ipv6)));
+    }
+}
+
+/// A UPnP router maps the sender's ICE port on IPv4, and the same port is bound on IPv6:
+/// whichever family ICE takes, the report names it right (an IPv6 pair on that port is not
+/// through the IPv4 mapping).
+#[test]
+fn a_mapped_ipv4_port_does_not_name_an_ipv6_path() {
+    let lab = Lab::new(Spec::new(Nat::Upnp, B::Behind(Nat::Symmetric)).with_ipv6(V6::DualStack))
+        .expect("build the NAT lab");
+    let o = lab.transfer(SIZE, &[], &[]);
+    println!("the sender's path: {}", o.sender_done.path);
+    assert_eq!(
+        o.sender_connected.path.portmap,
+        Some(PortmapState::Mapped),
+        "{}",
+        show(&o)
+    );
+    for p in [&o.sender_connected.path, &o.sender_done.path] {
+        let expected = match p.family {
+            Some(IpFamily::Ipv6) => PathKind::Direct,
+            _ => PathKind::Mapped,
+        };
+        assert_eq!(p.kind, expected, "{p:?}");
+    }
 }
 
 /// A router that speaks PCP opens its IPv6 firewall to the peer's ICE port when asked (a

@@ -68,7 +68,7 @@ pub(super) async fn pinhole(port: u16) -> Result<Lease, PortmapError> {
     let table = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
     let gateway = default_gateway_v6(&table).ok_or(PortmapError::NoGateway)?;
     if (gateway.segments()[0] & 0xffc0) == 0xfe80 {
-        return Err(PortmapError::NoGateway);
+        return Err(PortmapError::LinkLocalGateway);
     }
     let gateway = GatewayAddress::IpV6(gateway, None);
     let port = NonZeroU16::new(port).ok_or(PortmapError::LocalAddress)?;
@@ -87,7 +87,10 @@ pub(super) async fn pinhole(port: u16) -> Result<Lease, PortmapError> {
         }
         Err(e) => return Err(pcp_error(e)),
     };
-    Lease::granted_as(mapping, client).await
+    let mut lease = Lease::granted_as(mapping, client).await?;
+    // The pinhole is for the address ICE bound; a newer temporary address is not it.
+    lease.follow_client = false;
+    Ok(lease)
 }
 
 /// Who asks the router for which port.
@@ -199,6 +202,9 @@ pub(super) struct Lease {
     ours: Mapping,
     /// The address the mapping forwards to.
     client: IpAddr,
+    /// Renewals ask from the address the host has now (a mapping: the router translates to
+    /// whatever the host has), or keep the first (a pinhole: ICE's socket is bound to it).
+    follow_client: bool,
     /// The router's epoch at the last answer, and when that answer came.
     epoch: (u32, Instant),
 }
@@ -217,6 +223,7 @@ impl Lease {
                 by: MapProtocol::Pcp,
             },
             client,
+            follow_client: true,
             mapping,
         };
         if let Err(e) = lease.read_external().await {
@@ -257,7 +264,10 @@ impl Lease {
     /// now (a host that moved on the LAN takes its old mapping back first).
     pub(super) async fn renew(&mut self) -> Result<(), PortmapError> {
         let gateway = self.mapping.gateway();
-        let client = client_towards(gateway)?;
+        let client = match self.follow_client {
+            true => client_towards(gateway)?,
+            false => self.client,
+        };
         if client != self.client {
             tracing::info!("this host's address on the LAN changed: mapping the port anew");
             let _ = self.mapping.clone().try_drop().await;

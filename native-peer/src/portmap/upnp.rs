@@ -86,14 +86,11 @@ impl Lease {
         Ok(())
     }
 
-    /// [`Lease::renew`] with the current gateway; a mapping that had to move frees its old
-    /// port.
+    /// [`Lease::renew`] with the current gateway. A mapping that had to move leaves its old
+    /// port alone: the port may be another host's now (IGD has no "is it mine" short of
+    /// listing entries), and if it was ours its lease ends it.
     async fn add_again(&mut self, internal: SocketAddr) -> Result<(), PortmapError> {
-        let old = self.mapping.external.port();
-        let port = add(&self.gw, internal, old).await?;
-        if port != old {
-            let _ = timed(self.gw.remove_port(PortMappingProtocol::UDP, old)).await;
-        }
+        let port = add(&self.gw, internal, self.mapping.external.port()).await?;
         let ip = timed(self.gw.get_external_ip())
             .await?
             .map_err(|_| PortmapError::NoExternalAddress)?;

@@ -1,5 +1,7 @@
 //! The bundled TURN/STUN server: answers STUN binding requests and relays for peers that
-//! cannot reach each other directly (RFC 5766), over UDP and over TCP, on one address.
+//! cannot reach each other directly (RFC 5766), over UDP and over TCP, on one address, or
+//! two of different IP families ([`TurnConfig::also_listen`]); relays are IPv4 (RFC 6156's
+//! default: a request for an IPv6 relay is refused).
 //!
 //! Built on webrtc-rs's `turn` crate (its server does the protocol: nonces, allocations,
 //! permissions, channels), with our own pieces around it:
@@ -86,7 +88,8 @@ pub struct TurnConfig {
     /// A second address for UDP and TCP, of the other IP family (IPv6 beside IPv4): STUN for
     /// clients' reflexive addresses in that family (a browser hides its host addresses and
     /// shows its IPv6 one only as server-reflexive), and TURN for clients that have only that
-    /// family. Relays are still made on `relay_ip` (RFC 6156: IPv4 unless asked otherwise).
+    /// family. Relays are still made on `relay_ip` (RFC 6156's default family; a request for
+    /// another family is refused).
     pub also_listen: Option<SocketAddr>,
     /// The address relayed sockets are advertised to clients at.
     pub relay_ip: IpAddr,
@@ -336,10 +339,11 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     }
 
     if let Some(also) = config.also_listen
-        && also.is_ipv4() == config.listen.is_ipv4()
+        && (also.is_ipv4() == config.listen.is_ipv4() || config.listen.ip().is_unspecified())
     {
         bail!(
-            "TURN's second address ({also}) must be of the other IP family than {}",
+            "TURN's second address ({also}) must be of the other IP family than {}, which must \
+             not be a wildcard (an IPv6 wildcard takes both families)",
             config.listen
         );
     }
@@ -418,6 +422,8 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
     };
     let mut listeners = Vec::new();
     let mut conn_configs = Vec::new();
+    // The total TCP cap is the server's, across both families' listeners.
+    let tcp_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for (udp, tcp) in std::iter::once((udp, tcp)).chain(also) {
         // Four GRO buffers per read: the listener hears from every client.
         let udp_gate = gate(udp::BatchedUdp::new(udp, 4, flusher.clone())?, "udp");
@@ -425,7 +431,7 @@ pub async fn spawn(config: TurnConfig, metrics: Arc<TurnMetrics>) -> anyhow::Res
         let tcp_conn = tcp::TcpConn::start(
             tcp,
             tls.take(),
-            caps,
+            (caps, tcp_open.clone()),
             metrics.clone(),
             flusher.clone(),
             shutdown.clone(),

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader, BufWriter};
@@ -50,6 +50,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub(crate) struct Links {
     map: Mutex<HashMap<SocketAddr, Link>>,
     next_id: AtomicU64,
+    /// Connections open on every listener of the server (each family's has its own
+    /// `Links`): what the total cap counts.
+    open: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -73,7 +76,7 @@ impl Links {
     fn room_for(&self, peer: SocketAddr, caps: TcpCaps) -> bool {
         let map = self.lock();
         let client = subscriber(peer.ip());
-        map.len() < caps.total
+        self.open.load(Ordering::Relaxed) < caps.total
             && map.keys().filter(|a| subscriber(a.ip()) == client).count() < caps.per_client
     }
 
@@ -85,7 +88,9 @@ impl Links {
     ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // A peer address is unique among open connections (it is the TCP 4-tuple here).
-        self.lock().insert(peer, Link { id, out, closed });
+        if self.lock().insert(peer, Link { id, out, closed }).is_none() {
+            self.open.fetch_add(1, Ordering::Relaxed);
+        }
         id
     }
 
@@ -93,6 +98,7 @@ impl Links {
         let mut map = self.lock();
         if map.get(&peer).is_some_and(|l| l.id == id) {
             map.remove(&peer);
+            self.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -125,7 +131,7 @@ impl TcpConn {
     pub fn start(
         listener: TcpListener,
         tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
-        caps: TcpCaps,
+        (caps, open): (TcpCaps, Arc<AtomicUsize>),
         metrics: Arc<TurnMetrics>,
         flusher: Arc<Flusher>,
         shutdown: CancellationToken,
@@ -133,7 +139,10 @@ impl TcpConn {
     ) -> io::Result<Arc<Self>> {
         let local = listener.local_addr()?;
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
-        let links = Arc::new(Links::default());
+        let links = Arc::new(Links {
+            open,
+            ..Links::default()
+        });
         if let Some((listener, acceptor)) = tls {
             tasks.spawn(accept_loop(
                 listener,

@@ -814,10 +814,13 @@ async fn tcp_connections_beyond_the_limit_are_closed() {
     let conn = tcp::TcpConn::start(
         listener,
         None,
-        tcp::TcpCaps {
-            total: 1,
-            per_client: 1,
-        },
+        (
+            tcp::TcpCaps {
+                total: 1,
+                per_client: 1,
+            },
+            Default::default(),
+        ),
         Default::default(),
         Default::default(),
         shutdown.clone(),
@@ -1069,7 +1072,7 @@ async fn tcp_connections_are_capped_per_client() {
     let conn = tcp::TcpConn::start(
         listener,
         None,
-        caps,
+        (caps, Default::default()),
         metrics.clone(),
         Default::default(),
         shutdown.clone(),
