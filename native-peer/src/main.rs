@@ -553,7 +553,11 @@ impl Session<'_> {
         // Port mapping runs alongside signalling; connection setup never waits for it.
         let portmap = match port {
             Some(p) if !c.no_portmap && !c.relay_only && c.public_addr.is_none() => {
-                portmap::start(p, bind.iter().any(SocketAddr::is_ipv6))
+                let ipv6 = bind.iter().find_map(|a| match a.ip() {
+                    IpAddr::V6(ip) if !ip.is_unspecified() => Some(ip),
+                    _ => None,
+                });
+                portmap::start(p, ipv6)
             }
             _ => portmap::PortMapper::off(),
         };

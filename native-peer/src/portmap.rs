@@ -65,10 +65,6 @@ pub enum PortmapError {
     Timeout,
     #[error("cannot find our address towards the router")]
     LocalAddress,
-    #[error(
-        "the IPv6 router is reached by a link-local address, which a pinhole cannot be asked from yet"
-    )]
-    LinkLocalGateway,
     /// Another protocol mapped the port first (never shown: the first mapping is the outcome).
     #[error("the port is mapped already")]
     AlreadyMapped,
@@ -80,7 +76,7 @@ impl PortmapError {
     fn most_telling(a: Self, b: Self) -> Self {
         let weight = |e: &Self| match e {
             Self::NoGateway | Self::AlreadyMapped => 0,
-            Self::Timeout | Self::LocalAddress | Self::LinkLocalGateway => 1,
+            Self::Timeout | Self::LocalAddress => 1,
             _ => 2,
         };
         if weight(&b) > weight(&a) { b } else { a }
@@ -354,13 +350,14 @@ impl PortMapper {
 }
 
 /// Start mapping UDP `port` (the port ICE binds on every interface) in the background; with
-/// `ipv6` (ICE binds IPv6 too), also ask for a pinhole for it in the IPv6 firewall.
-pub fn start(port: u16, ipv6: bool) -> PortMapper {
+/// `ipv6` (the IPv6 address ICE binds too), also ask for a pinhole for it in the IPv6
+/// firewall.
+pub fn start(port: u16, ipv6: Option<std::net::Ipv6Addr>) -> PortMapper {
     PortMapper {
         mapping: Kept::spawn(first_mapping(port), "port mapping"),
-        pinhole: ipv6.then(|| {
+        pinhole: ipv6.map(|ip| {
             Kept::spawn(
-                async move { pmp::pinhole(port).await.map(Lease::Pmp) },
+                async move { pmp::pinhole(port, ip).await.map(Lease::Pmp) },
                 "IPv6 pinhole",
             )
         }),

@@ -114,7 +114,8 @@ pub struct Spec {
 
 /// IPv6 in the lab. Addresses from 2001:db8::/32 (documentation space), inside these
 /// namespaces only: the internet is 2001:db8::/64 (server `::1`, router of subnet n
-/// `::(1+n)`), LAN n is 2001:db8:n::/64 (router `::1`). Routers route, never translate: each
+/// `::(1+n)`), LAN n is 2001:db8:n::/64 (router `::1`, and `fe80::1`, the hosts' next hop,
+/// as at home). Routers route, never translate: each
 /// is a stateful firewall, as home routers are on IPv6 (outbound and its answers pass,
 /// unsolicited inbound is dropped; ICMPv6 to the router itself passes, neighbour discovery
 /// needs it).
@@ -447,6 +448,7 @@ impl Lab {
             if self.ipv6 != V6::Off {
                 addr6(&r, &format!("2001:db8::{}/64", 1 + subnet), "wan")?;
                 addr6(&r, &format!("2001:db8:{subnet}::1/64"), "lan")?;
+                addr6(&r, "fe80::1/64", "lan")?;
                 in_ns(&r, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
                 firewall6(&r, nat)?;
             }
@@ -520,8 +522,11 @@ impl Lab {
         }
         if self.ipv6 != V6::Off {
             addr6(&h, &format!("2001:db8:{subnet}::{last}/64"), "eth0")?;
-            let gw = format!("2001:db8:{subnet}::1");
-            run(&["ip", "-n", &h, "-6", "route", "add", "default", "via", &gw])?;
+            // Through the router's link-local address, as router advertisements set it up
+            // at home (the router has a fixed one on its LAN, [`Lab::build`]).
+            run(&[
+                "ip", "-n", &h, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ])?;
         }
         Ok(())
     }

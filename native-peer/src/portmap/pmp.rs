@@ -60,19 +60,20 @@ pub(super) async fn map(port: u16, claim: &super::Claim) -> Result<Lease, Portma
         .await
 }
 
-/// Ask the router (the IPv6 default gateway) to open its firewall to UDP `port` on this
-/// host's IPv6 address: a PCP MAP with no translation, the address and port outside being
-/// ours. Only when the gateway is a global address: a link-local next hop would make the
-/// request leave from a link-local address, which the pinhole cannot be for.
-pub(super) async fn pinhole(port: u16) -> Result<Lease, PortmapError> {
+/// Ask the router (the IPv6 default gateway, usually a link-local next hop) to open its
+/// firewall to UDP `port` on `client`, the IPv6 address ICE bound: a PCP MAP with no
+/// translation, the address and port outside being ours. The request leaves from `client`
+/// (the vendored crab_nat's change), so the router sees who the pinhole is for.
+pub(super) async fn pinhole(port: u16, client: std::net::Ipv6Addr) -> Result<Lease, PortmapError> {
     let table = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
-    let gateway = default_gateway_v6(&table).ok_or(PortmapError::NoGateway)?;
-    if (gateway.segments()[0] & 0xffc0) == 0xfe80 {
-        return Err(PortmapError::LinkLocalGateway);
-    }
-    let gateway = GatewayAddress::IpV6(gateway, None);
+    let (gateway, dev) = default_gateway_v6(&table).ok_or(PortmapError::NoGateway)?;
+    let scope = match (gateway.segments()[0] & 0xffc0) == 0xfe80 {
+        true => Some(interface_index(&dev).ok_or(PortmapError::LocalAddress)?),
+        false => None,
+    };
+    let gateway = GatewayAddress::IpV6(gateway, scope);
     let port = NonZeroU16::new(port).ok_or(PortmapError::LocalAddress)?;
-    let client = client_towards(gateway)?;
+    let client = IpAddr::V6(client);
     let req = Request {
         gateway,
         client,
@@ -346,9 +347,15 @@ fn default_gateway_v4(table: &str) -> Option<Ipv4Addr> {
         .map(|(_, gw)| gw)
 }
 
-/// The IPv6 default route's next hop with the lowest metric, in `/proc/net/ipv6_route`'s
-/// format (addresses as 32 hex digits, metric and flags in hex).
-fn default_gateway_v6(table: &str) -> Option<std::net::Ipv6Addr> {
+/// The kernel's index of interface `dev` (a link-local address's scope).
+fn interface_index(dev: &str) -> Option<u32> {
+    let path = format!("/sys/class/net/{dev}/ifindex");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The IPv6 default route's next hop with the lowest metric, and the interface it is on, in
+/// `/proc/net/ipv6_route`'s format (addresses as 32 hex digits, metric and flags in hex).
+fn default_gateway_v6(table: &str) -> Option<(std::net::Ipv6Addr, String)> {
     const RTF_UP: u32 = 0x1;
     const RTF_GATEWAY: u32 = 0x2;
     let zero = "0".repeat(32);
@@ -356,16 +363,16 @@ fn default_gateway_v6(table: &str) -> Option<std::net::Ipv6Addr> {
         .lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (dest, plen, hop) = (*f.first()?, *f.get(1)?, *f.get(4)?);
+            let (dest, plen, hop, dev) = (*f.first()?, *f.get(1)?, *f.get(4)?, *f.get(9)?);
             let metric = u32::from_str_radix(f.get(5)?, 16).ok()?;
             let flags = u32::from_str_radix(f.get(8)?, 16).ok()?;
             let up = flags & (RTF_UP | RTF_GATEWAY) == RTF_UP | RTF_GATEWAY;
             let default = dest == zero && plen == "00" && hop != zero && up;
             let hop = u128::from_str_radix(hop, 16).ok()?;
-            default.then(|| (metric, std::net::Ipv6Addr::from(hop)))
+            default.then(|| (metric, std::net::Ipv6Addr::from(hop), dev.to_owned()))
         })
-        .min_by_key(|&(metric, _)| metric)
-        .map(|(_, hop)| hop)
+        .min_by_key(|(metric, ..)| *metric)
+        .map(|(_, hop, dev)| (hop, dev))
 }
 
 #[cfg(test)]
@@ -380,10 +387,8 @@ mod tests {
 00000000000000000000000000000000 00 00000000000000000000000000000000 00 20010db8000100000000000000000001 00000100 00000003 00000000 00000003     eth0
 00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
 ";
-        assert_eq!(
-            default_gateway_v6(table),
-            Some("2001:db8:1::1".parse().unwrap())
-        );
+        let gw = default_gateway_v6(table).unwrap();
+        assert_eq!(gw, ("2001:db8:1::1".parse().unwrap(), "eth0".to_owned()));
         assert_eq!(default_gateway_v6(""), None);
     }
 
