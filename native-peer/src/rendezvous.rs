@@ -544,7 +544,7 @@ impl Driver<'_> {
     async fn opened(&mut self) {
         let Some(p) = &self.peer else { return };
         let ctx = p.path_context(self.net);
-        let reader = p.path_reader(ctx);
+        let reader = p.path_reader(ctx, &self.net.advertise);
         let path = reader.now().await;
         let now = self.clock.now();
         tracing::info!(ms = now.as_millis() as u64, %path, "data channel open");

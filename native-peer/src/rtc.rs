@@ -390,46 +390,52 @@ impl Peer {
 
     /// What [`protocol::path::describe`] needs besides the pair.
     pub fn path_context(&self, opts: &NetOptions) -> PathContext {
-        let portmap = opts.advertise.portmap.state();
-        let family = |ip: std::net::IpAddr| match ip {
-            std::net::IpAddr::V4(_) => path::IpFamily::Ipv4,
-            std::net::IpAddr::V6(_) => path::IpFamily::Ipv6,
-        };
-        let (advertised, advertised_family) = match (&portmap, opts.advertise.forwarded) {
-            (_, Some(f)) => (
-                Some((opts.advertise.port.unwrap_or(f.port()), PathKind::Forwarded)),
-                Some(family(f.ip())),
-            ),
-            (portmap::State::Mapped(m), None) => (
-                Some((m.internal.port(), PathKind::Mapped)),
-                Some(family(m.internal.ip())),
-            ),
-            _ => (None, None),
-        };
-        PathContext {
+        let mut ctx = PathContext {
             relay_only: opts.relay_only,
             relay_transport: self.relay_transport.map(|t| match t {
                 RelayTransport::Udp => Transport::Udp,
                 RelayTransport::Tcp => Transport::Tcp,
                 RelayTransport::Tls => Transport::Tls,
             }),
-            advertised,
-            advertised_family,
-            portmap: Some(portmap.report()),
-            mapped_by: portmap.mapped_by(),
-            local_candidates: Vec::new(),
-            remote_candidates: Vec::new(),
-        }
+            ..PathContext::default()
+        };
+        advertised_context(&opts.advertise, &mut ctx);
+        ctx
     }
 
-    /// What reads this connection's path later, described in `ctx`.
-    pub fn path_reader(&self, ctx: PathContext) -> PathReader {
+    /// What reads this connection's path later, described in `ctx` (its advertised
+    /// addresses read again each time from `advertise`).
+    pub fn path_reader(&self, ctx: PathContext, advertise: &Advertise) -> PathReader {
         PathReader {
             pc: self.pc.clone(),
             bridges: self.bridges.urls.clone(),
             ctx,
+            advertise: advertise.clone(),
         }
     }
+}
+
+/// The advertised address in `ctx` (a forwarded port, else the port mapping as it stands
+/// now) and the mapping's state.
+fn advertised_context(advertise: &Advertise, ctx: &mut PathContext) {
+    let portmap = advertise.portmap.state();
+    let family = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(_) => path::IpFamily::Ipv4,
+        std::net::IpAddr::V6(_) => path::IpFamily::Ipv6,
+    };
+    (ctx.advertised, ctx.advertised_family) = match (&portmap, advertise.forwarded) {
+        (_, Some(f)) => (
+            Some((advertise.port.unwrap_or(f.port()), PathKind::Forwarded)),
+            Some(family(f.ip())),
+        ),
+        (portmap::State::Mapped(m), None) => (
+            Some((m.internal.port(), PathKind::Mapped)),
+            Some(family(m.internal.ip())),
+        ),
+        _ => (None, None),
+    };
+    ctx.portmap = Some(portmap.report());
+    ctx.mapped_by = portmap.mapped_by();
 }
 
 /// Reads the path a connection uses now: its selected pair, described.
@@ -438,11 +444,15 @@ pub struct PathReader {
     pc: Arc<dyn PeerConnection>,
     bridges: Vec<(String, Transport)>,
     ctx: PathContext,
+    /// Read again at each look: a mapping granted (or moved) after the connection opened.
+    advertise: Advertise,
 }
 
 impl PathReader {
     pub async fn now(&self) -> PathReport {
-        selected_path(&*self.pc, &self.bridges, &self.ctx).await
+        let mut ctx = self.ctx.clone();
+        advertised_context(&self.advertise, &mut ctx);
+        selected_path(&*self.pc, &self.bridges, &ctx).await
     }
 }
 

@@ -75,12 +75,15 @@ pub enum Nat {
     Pcp,
     /// Symmetric NAT whose router speaks all three: UPnP IGD, PCP and NAT-PMP (miniupnpd).
     Mapping,
+    /// Symmetric NAT whose router grants port mappings over NAT-PMP only: miniupnpd with UPnP
+    /// off, and PCP requests (version 2) dropped before it, as it cannot turn PCP off alone.
+    NatPmp,
 }
 
 impl Nat {
     /// The router runs miniupnpd (nftables throughout).
     fn maps(self) -> bool {
-        matches!(self, Nat::Upnp | Nat::Pcp | Nat::Mapping)
+        matches!(self, Nat::Upnp | Nat::Pcp | Nat::Mapping | Nat::NatPmp)
     }
 }
 
@@ -538,6 +541,12 @@ impl Lab {
             // in its config (`miniupnpd`, `prerouting_miniupnpd`, `postrouting_miniupnpd`).
             // Only LAN traffic is masqueraded, so miniupnpd's own STUN check sees the WAN
             // address unmapped and enables port forwarding.
+            // A NAT-PMP-only router: PCP (version 2, the first byte after the UDP header)
+            // never reaches miniupnpd.
+            let pcp_off = match nat {
+                Nat::NatPmp => "iifname \"lan\" udp dport 5351 @th,64,8 2 drop",
+                _ => "",
+            };
             let rules = format!(
                 "table inet filter {{
   chain miniupnpd {{
@@ -551,6 +560,7 @@ impl Lab {
     iifname \"wan\" ct state established,related accept
     iifname \"wan\" meta l4proto ipv6-icmp accept
     iifname \"wan\" drop
+    {pcp_off}
   }}
   chain forward {{
     type filter hook forward priority 0; policy drop;
@@ -714,7 +724,7 @@ impl Lab {
         let conf = dir.join(format!("{r}-miniupnpd.conf"));
         let (upnp, pmp) = match nat {
             Nat::Upnp => (true, false),
-            Nat::Pcp => (false, true),
+            Nat::Pcp | Nat::NatPmp => (false, true),
             _ => (true, true),
         };
         let yes = |on: bool| if on { "yes" } else { "no" };

@@ -1,8 +1,6 @@
 //! UPnP IGD: SSDP discovery, then SOAP requests to the router's control URL (`igd-next`).
 
-use super::{
-    LEASE, Mapping, PortmapError, REQUEST_TIMEOUT, check_external, local_ip_towards, timed,
-};
+use super::{LEASE, Mapping, PortmapError, check_external, local_ip_towards, timed};
 use igd_next::aio::Gateway;
 use igd_next::aio::tokio::Tokio;
 use igd_next::{PortMappingProtocol, SearchOptions};
@@ -10,8 +8,9 @@ use protocol::path::MapProtocol;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// How long SSDP discovery may take. A router on the LAN answers in milliseconds.
-const SEARCH_TIMEOUT: Duration = REQUEST_TIMEOUT;
+/// How long SSDP discovery may take. A router on the LAN answers in milliseconds, a busy one
+/// (or a busy host) later: nothing waits for it.
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(2);
 const DESCRIPTION: &str = "punchdrop";
 
 /// Find the router, then (unless another protocol mapped first) map UDP `port`: to the same
