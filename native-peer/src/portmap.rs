@@ -18,12 +18,15 @@
 //! - A renewal asks for the same mapping again, which re-creates one the router lost (a
 //!   restart: UPnP finds the router again if its control address moved; PCP and NAT-PMP ask
 //!   from the address the host has now) and tells a new external address or port, published
-//!   as a new [`State::Mapped`].
+//!   as a new [`State::Mapped`]. [`PortMapper::refresh`] renews at once: the driver calls it
+//!   when the path to the other peer goes down or the other side restarts ICE, which is what
+//!   a router restart looks like from here.
+//! - With an IPv6 bind, a PCP pinhole in the router's IPv6 firewall for the same port on
+//!   that address, kept the same way ([`pmp::pinhole`]); nothing to advertise (the host
+//!   candidate is the address).
 //! - Rare and bounded by the lease: a request the router granted but whose answer was lost
 //!   could leave a second mapping (PCP and NAT-PMP take theirs back on a timeout; UPnP
 //!   cannot tell its own from another host's).
-//!   [`PortMapper::refresh`] renews at once: the driver calls it when the path to the other
-//!   peer goes down, which is what a router restart looks like from here.
 //! - The volunteer relay's fixed ports ([`SamePorts`]) are mapped over UPnP IGD only.
 
 mod pmp;
