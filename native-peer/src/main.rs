@@ -352,11 +352,10 @@ fn default_bind(server: &str) -> Vec<SocketAddr> {
 /// webrtc-rs binds a wildcard it cannot expand as it is, a dual-stack socket that would
 /// take the IPv4 port of a mapped port too.
 fn ipv6_source() -> Option<std::net::Ipv6Addr> {
-    let s = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).ok()?;
     // Any global unicast address (2000::/3) will do: only the route is looked up.
-    s.connect(("2000::1", 9)).ok()?;
-    match s.local_addr().ok()?.ip() {
-        IpAddr::V6(ip) if !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80 => Some(ip),
+    let beyond = SocketAddr::from((std::net::Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 1), 9));
+    match portmap::local_ip_towards(beyond).ok()? {
+        IpAddr::V6(ip) if !ip.is_loopback() && !ip.is_unicast_link_local() => Some(ip),
         _ => None,
     }
 }

@@ -434,7 +434,8 @@ async fn timed<T>(fut: impl std::future::Future<Output = T>) -> Result<T, Portma
 }
 
 /// The local address the kernel would use to reach `gateway`: the one the router forwards to.
-fn local_ip_towards(gateway: SocketAddr) -> Result<IpAddr, PortmapError> {
+/// (A UDP `connect` picks a route and a source address and sends nothing.)
+pub fn local_ip_towards(gateway: SocketAddr) -> Result<IpAddr, PortmapError> {
     let unspecified: SocketAddr = if gateway.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

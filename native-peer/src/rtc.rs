@@ -419,18 +419,14 @@ impl Peer {
 /// now) and the mapping's state.
 fn advertised_context(advertise: &Advertise, ctx: &mut PathContext) {
     let portmap = advertise.portmap.state();
-    let family = |ip: std::net::IpAddr| match ip {
-        std::net::IpAddr::V4(_) => path::IpFamily::Ipv4,
-        std::net::IpAddr::V6(_) => path::IpFamily::Ipv6,
-    };
     (ctx.advertised, ctx.advertised_family) = match (&portmap, advertise.forwarded) {
         (_, Some(f)) => (
             Some((advertise.port.unwrap_or(f.port()), PathKind::Forwarded)),
-            Some(family(f.ip())),
+            Some(f.ip().into()),
         ),
         (portmap::State::Mapped(m), None) => (
             Some((m.internal.port(), PathKind::Mapped)),
-            Some(family(m.internal.ip())),
+            Some(m.internal.ip().into()),
         ),
         _ => (None, None),
     };

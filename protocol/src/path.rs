@@ -137,7 +137,7 @@ impl IpFamily {
     pub fn of_first<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Option<Self> {
         addresses.into_iter().find_map(|a| {
             let ip: core::net::IpAddr = a.trim_matches(|c| c == '[' || c == ']').parse().ok()?;
-            Some(if ip.is_ipv4() { Self::Ipv4 } else { Self::Ipv6 })
+            Some(ip.into())
         })
     }
 
@@ -145,6 +145,15 @@ impl IpFamily {
         match self {
             Self::Ipv4 => "IPv4",
             Self::Ipv6 => "IPv6",
+        }
+    }
+}
+
+impl From<core::net::IpAddr> for IpFamily {
+    fn from(ip: core::net::IpAddr) -> Self {
+        match ip {
+            core::net::IpAddr::V4(_) => Self::Ipv4,
+            core::net::IpAddr::V6(_) => Self::Ipv6,
         }
     }
 }

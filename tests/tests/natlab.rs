@@ -12,6 +12,42 @@ fn lab(a: Nat, b: B) -> Lab {
     Lab::new(Spec::new(a, b)).expect("build the NAT lab")
 }
 
+/// Sends a `size`-byte file from host A to host B: `waiting` runs once the sender waits in
+/// its room (before B joins), `joined` once B runs (given B). Checks the file arrived
+/// intact; returns what both said, and the sender's `done`.
+fn send_between<W, M>(
+    lab: &Lab,
+    size: u64,
+    waiting: impl FnOnce() -> W,
+    joined: impl FnOnce(&mut Peer) -> M,
+) -> (W, M, event::Done) {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("f.bin");
+    make_file(&file, size, size ^ 0x5e4d);
+    let (sender, link) = lab.sender(&[], &[&file]).unwrap();
+    let w = waiting();
+    let mut receiver = lab.receiver(&[], dst.path(), &link);
+    let m = joined(&mut receiver);
+    let (rs, revents) = receiver.finish(LONG).unwrap();
+    let (ss, sevents) = sender.finish(LONG).unwrap();
+    expect_done(rs, &revents);
+    let done = expect_done(ss, &sevents);
+    assert_eq!(hash_file(&dst.path().join("f.bin")), hash_file(&file));
+    (w, m, done)
+}
+
+/// `probe` every 50 ms until `enough` says so, for 10 s at most; its last answer.
+fn poll_until<T>(probe: impl Fn() -> T, enough: impl Fn(&T) -> bool) -> T {
+    let since = std::time::Instant::now();
+    loop {
+        let got = probe();
+        if enough(&got) || since.elapsed() > Duration::from_secs(10) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn show(o: &Outcome) -> String {
     format!(
         "sender: {:?}\nreceiver: {:?}",
@@ -144,22 +180,10 @@ fn pcp_router_to_symmetric_goes_direct_through_the_mapped_port() {
 #[test]
 fn a_nat_pmp_only_router_maps_over_nat_pmp() {
     let lab = lab(Nat::NatPmp, B::Behind(Nat::Symmetric));
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let file = src.path().join("f.bin");
-    make_file(&file, SIZE, 44);
-    let (sender, link) = lab.sender(&[], &[&file]).unwrap();
     // PCP's tries run out (with their take-back) before NAT-PMP maps.
-    let asked = std::time::Instant::now();
-    while lab.router_mappings("a").unwrap() == 0 && asked.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(lab.router_mappings("a").unwrap(), 1);
-    let receiver = lab.receiver(&[], dst.path(), &link);
-    let (rs, revents) = receiver.finish(LONG).unwrap();
-    let (ss, sevents) = sender.finish(LONG).unwrap();
-    expect_done(rs, &revents);
-    let done = expect_done(ss, &sevents);
-    assert_eq!(hash_file(&dst.path().join("f.bin")), hash_file(&file));
+    let mapped = || poll_until(|| lab.router_mappings("a").unwrap(), |n| *n > 0);
+    let (held, (), done) = send_between(&lab, SIZE, mapped, |_| ());
+    assert_eq!(held, 1);
     assert_eq!(done.path.portmap, Some(PortmapState::Mapped), "{done:?}");
     assert_eq!(done.path.mapped_by, Some(MapProtocol::NatPmp), "{done:?}");
     assert_eq!(done.path.kind, PathKind::Mapped, "{done:?}");
@@ -171,19 +195,12 @@ fn a_nat_pmp_only_router_maps_over_nat_pmp() {
 #[test]
 fn a_router_speaking_all_three_holds_one_mapping_released_on_exit() {
     let lab = lab(Nat::Mapping, B::Behind(Nat::Symmetric));
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let file = src.path().join("big.bin");
-    make_file(&file, 128 << 20, 41);
-    let (sender, link) = lab.sender(&[], &[&file]).unwrap();
-    let mut receiver = lab.receiver(&[], dst.path(), &link);
     // Bytes moving: the sender is connected (over its mapping) and still running.
-    receiver.wait_for_progress(1);
-    let held = lab.router_mappings("a").unwrap();
-    let (rs, revents) = receiver.finish(LONG).unwrap();
-    let (ss, sevents) = sender.finish(LONG).unwrap();
-    expect_done(rs, &revents);
-    let done = expect_done(ss, &sevents);
-    assert_eq!(hash_file(&dst.path().join("big.bin")), hash_file(&file));
+    let moving = |b: &mut Peer| {
+        b.wait_for_progress(1);
+        lab.router_mappings("a").unwrap()
+    };
+    let ((), held, done) = send_between(&lab, 128 << 20, || (), moving);
     assert_eq!(held, 1, "mappings on the router mid-transfer");
     assert_eq!(done.path.kind, PathKind::Mapped, "{done:?}");
     assert!(done.path.mapped_by.is_some(), "{done:?}");
@@ -278,28 +295,14 @@ fn a_pcp_router_opens_an_ipv6_pinhole_for_the_peer_and_closes_it_on_exit() {
     let lab = Lab::new(Spec::new(Nat::Pcp, B::Behind(Nat::Symmetric)).with_ipv6(V6::DualStack))
         .expect("build the NAT lab");
     assert_eq!(lab.router_pinholes("a").unwrap(), []);
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let file = src.path().join("f.bin");
-    make_file(&file, SIZE, 43);
-    let (sender, link) = lab.sender(&[], &[&file]).unwrap();
     // Asked for as the sender starts, before anyone joins.
-    let asked = std::time::Instant::now();
-    let mut holes = Vec::new();
-    while holes.is_empty() && asked.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-        holes = lab.router_pinholes("a").unwrap();
-    }
+    let opened = || poll_until(|| lab.router_pinholes("a").unwrap(), |h| !h.is_empty());
+    let (holes, (), _) = send_between(&lab, SIZE, opened, |_| ());
     assert_eq!(holes.len(), 1, "{holes:?}");
     assert_eq!(
         holes[0].ip(),
         &"2001:db8:1::2".parse::<std::net::Ipv6Addr>().unwrap()
     );
-    let receiver = lab.receiver(&[], dst.path(), &link);
-    let (rs, revents) = receiver.finish(LONG).unwrap();
-    let (ss, sevents) = sender.finish(LONG).unwrap();
-    expect_done(rs, &revents);
-    expect_done(ss, &sevents);
-    assert_eq!(hash_file(&dst.path().join("f.bin")), hash_file(&file));
     assert_eq!(lab.router_pinholes("a").unwrap(), [], "closed on exit");
 }
 

@@ -67,7 +67,7 @@ pub(super) async fn map(port: u16, claim: &super::Claim) -> Result<Lease, Portma
 pub(super) async fn pinhole(port: u16, client: std::net::Ipv6Addr) -> Result<Lease, PortmapError> {
     let table = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
     let (gateway, dev) = default_gateway_v6(&table).ok_or(PortmapError::NoGateway)?;
-    let scope = match (gateway.segments()[0] & 0xffc0) == 0xfe80 {
+    let scope = match gateway.is_unicast_link_local() {
         true => Some(interface_index(&dev).ok_or(PortmapError::LocalAddress)?),
         false => None,
     };

@@ -384,28 +384,14 @@ mod helpers {
     pub async fn new_socket(
         gateway: GatewayAddress,
     ) -> Result<tokio::net::UdpSocket, std::io::Error> {
-        use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+        use std::net::{Ipv4Addr, Ipv6Addr};
 
         // Create a new UDP with an IP protocol matching that of the gateway address.
-        let socket = tokio::net::UdpSocket::bind(match &gateway {
-            GatewayAddress::IpV4(_) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            GatewayAddress::IpV6(_, _) => {
-                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))
-            }
-        })
-        .await?;
-        let destination = match gateway {
-            GatewayAddress::IpV4(v4) => SocketAddr::V4(SocketAddrV4::new(v4, crate::GATEWAY_PORT)),
-            GatewayAddress::IpV6(v6, scope_id) => SocketAddr::V6(SocketAddrV6::new(
-                v6,
-                crate::GATEWAY_PORT,
-                0,
-                scope_id.unwrap_or(0),
-            )),
+        let unspecified: std::net::IpAddr = match &gateway {
+            GatewayAddress::IpV4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            GatewayAddress::IpV6(_, _) => Ipv6Addr::UNSPECIFIED.into(),
         };
-        socket.connect(destination).await?;
-
-        Ok(socket)
+        new_socket_from(gateway, unspecified).await
     }
 
     /// Like [`new_socket`], but sending from `client`, the address a PCP request names as
