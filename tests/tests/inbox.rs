@@ -96,6 +96,13 @@ fn drops_land_one_after_another_and_several_at_once() {
     for f in &many {
         assert_arrived(dst.path(), f);
     }
+    // A sender is done when the inbox has acknowledged its file; the inbox says its own
+    // `done` a moment later (CI once stopped it in between).
+    let mut inbox = inbox;
+    let until = Instant::now() + Duration::from_secs(10);
+    while count::<event::Done>(inbox.events_so_far()) < 5 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let said = stop(inbox);
     assert_eq!(
         count::<event::Done>(&said),
