@@ -38,8 +38,8 @@ pub struct Args {
     /// symmetric$").
     #[arg(long)]
     only: Option<String>,
-    /// Also browser ↔ native across cone / cone (stock Chromium in a lab host; needs
-    /// Debian's `chromium` and the web app built: `cargo xtask web`).
+    /// Also browser ↔ native and browser ↔ browser across cone / cone (stock Chromium in lab
+    /// hosts; needs Debian's `chromium` and the web app built: `cargo xtask web`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     browser: bool,
     /// Seconds of the outage rows' outage (cone / cone; native → native: the receiver's
@@ -258,32 +258,63 @@ fn browser_to_native(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Resul
     let (status, events) = lab.receiver(&[], dst.path(), &link).finish(timeout)?;
     let done = punchdrop_e2e::expect_done(status, &events);
     let first = event::find::<event::FirstByte>(&events).context("no first byte")?;
+    let page = page_done(&mut c, timeout)?;
+    Ok(two_sided_run(first.ms_since_room, &done, &page, &done))
+}
+
+/// The page's `done`, once it says it is done.
+fn page_done(c: &mut Chromium, timeout: Duration) -> anyhow::Result<event::Done> {
     c.wait_state("done", timeout)?;
-    let page: event::Done = c.wait(Duration::from_secs(5))?;
-    Ok(Run {
-        first_byte_ms: first.ms_since_room,
-        mb_s: done.bytes as f64 / done.seconds / 1e6,
-        paths: format!("{} / {}", side(&page), side(&done)),
-    })
+    c.wait(Duration::from_secs(5))
+}
+
+/// A transfer's figures from the receiver's `done`, with the path as host A / host B saw it.
+fn two_sided_run(
+    first_byte_ms: f64,
+    received: &event::Done,
+    a: &event::Done,
+    b: &event::Done,
+) -> Run {
+    Run {
+        first_byte_ms,
+        mb_s: received.bytes as f64 / received.seconds / 1e6,
+        paths: format!("{} / {}", side(a), side(b)),
+    }
+}
+
+/// A page on host B opens `link`, accepts the offer and receives: the page (kept open until
+/// the sender is done too), its `done` and its first byte.
+fn page_takes(
+    lab: &Lab,
+    link: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Chromium, event::Done, event::FirstByte)> {
+    let mut c = Chromium::launch_stock_in(&lab.ns("hb"), "browser B", &lab.url)?;
+    c.goto(link)?;
+    c.wait_state("offer", Duration::from_secs(30))?;
+    c.click("#accept")?;
+    let done = page_done(&mut c, timeout)?;
+    let first: event::FirstByte = c.wait(Duration::from_secs(5))?;
+    Ok((c, done, first))
 }
 
 /// `native-peer send` on host A; the page on host B receives.
 fn native_to_browser(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
     let (sender, link) = lab.sender(&[], &[file])?;
-    let mut c = Chromium::launch_stock_in(&lab.ns("hb"), "browser B", &lab.url)?;
-    c.goto(&link)?;
-    c.wait_state("offer", Duration::from_secs(30))?;
-    c.click("#accept")?;
-    c.wait_state("done", timeout)?;
-    let page: event::Done = c.wait(Duration::from_secs(5))?;
-    let first: event::FirstByte = c.wait(Duration::from_secs(5))?;
+    let (_page_b, page, first) = page_takes(lab, &link, timeout)?;
     let (status, events) = sender.finish(timeout)?;
     let done = punchdrop_e2e::expect_done(status, &events);
-    Ok(Run {
-        first_byte_ms: first.ms_since_room,
-        mb_s: page.bytes as f64 / page.seconds / 1e6,
-        paths: format!("{} / {}", side(&done), side(&page)),
-    })
+    Ok(two_sided_run(first.ms_since_room, &page, &done, &page))
+}
+
+/// The page on host A shares; a page on host B takes it: Chromium's own SCTP (dcsctp) at
+/// both ends on the same wire, the baseline for the two rows above.
+fn browser_to_browser(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
+    let mut a = Chromium::launch_stock_in(&lab.ns("ha"), "browser A", &lab.url)?;
+    let link = page_shares(&mut a, lab, file)?;
+    let (_page_b, got, first) = page_takes(lab, &link, timeout)?;
+    let sent = page_done(&mut a, timeout)?;
+    Ok(two_sided_run(first.ms_since_room, &got, &sent, &got))
 }
 
 pub fn bench(root: &Path, args: Args) -> anyhow::Result<()> {
@@ -723,7 +754,7 @@ fn dropper_run(first_byte_ms: f64, done: &event::Done) -> Run {
 
 type Scenario = fn(&Lab, &Path, Duration) -> anyhow::Result<Run>;
 
-/// Browser ↔ native across two cone NATs, stock Chromium on one side.
+/// Browser ↔ native and browser ↔ browser across two cone NATs, stock Chromium.
 fn browser_rows(
     bins: &Path,
     args: &Args,
@@ -734,9 +765,10 @@ fn browser_rows(
     cone_cone_rows(bins, args, file, wan, &BROWSER_ROWS, report)
 }
 
-const BROWSER_ROWS: [(&str, Scenario); 2] = [
+const BROWSER_ROWS: [(&str, Scenario); 3] = [
     ("browser → native, cone / cone", browser_to_native),
     ("native → browser, cone / cone", native_to_browser),
+    ("browser → browser, cone / cone", browser_to_browser),
 ];
 
 /// Each of `rows` across cone / cone at `wan`, a fresh lab per repetition: one report row
