@@ -238,6 +238,7 @@ pub struct Association {
     // taken for congestion), so the window may still grow in it; and what tells.
     recovery_kept_window: bool,
     loss_tolerance: congestion::LossTolerance,
+    pacer: congestion::Pacer,
     gap_acked_uncounted: i64,
     // Fast-retransmitted TSNs and the first TSN sent after each (its fence).
     retransmitted: VecDeque<(u32, u32)>,
@@ -342,6 +343,7 @@ impl Default for Association {
             fast_recover_exit_point: 0,
             recovery_kept_window: false,
             loss_tolerance: congestion::LossTolerance::default(),
+            pacer: congestion::Pacer::default(),
             gap_acked_uncounted: 0,
             retransmitted: VecDeque::new(),
             lost_again: FxHashSet::default(),
@@ -495,7 +497,12 @@ impl Association {
     /// - a call was made to `handle_timeout`
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_timeout()
+        // punchdrop patch: paced DATA waits for its time too.
+        let timers = self.timers.next_timeout();
+        match (timers, self.pacer.wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Returns packets to transmit
@@ -539,6 +546,7 @@ impl Association {
     /// `Instant` that was output by `poll_timeout`; however spurious extra calls will simply
     /// no-op and therefore are safe.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.pacer.woken(now);
         for &timer in &Timer::VALUES {
             let (expired, failure, n_rtos) = self.timers.is_expired(timer, now);
             if !expired {
@@ -1493,6 +1501,7 @@ impl Association {
         // Process selective ack
         let (bytes_acked_per_stream, total_bytes_acked, htna) =
             self.process_selective_ack(d, now)?;
+        self.loss_tolerance.on_delivered(total_bytes_acked as u64, now);
 
         let mut cum_tsn_ack_point_advanced = false;
         if sna32lt(self.cumulative_tsn_ack_point, d.cumulative_tsn_ack) {
@@ -1508,9 +1517,11 @@ impl Association {
             // the previously outstanding DATA chunk(s) acknowledged"): behind a hole every
             // byte is gap-acked first, and the window never grew while one was open.
             let credit = std::mem::take(&mut self.gap_acked_uncounted);
-            // Not in slow start: there the window doubles per round trip anyway, and the
-            // credit would make its overshoot at a bottleneck larger.
-            let acked = total_bytes_acked + if self.cwnd > self.ssthresh { credit } else { 0 };
+            // Not in slow start after a congestion response: there the window doubles per
+            // round trip anyway, and the credit would make its overshoot at a bottleneck
+            // larger. While losses are noise, slow start goes on through them and counts it.
+            let counted = self.cwnd > self.ssthresh || !self.loss_tolerance.congested();
+            let acked = total_bytes_acked + if counted { credit } else { 0 };
             self.on_cumulative_tsn_ack_point_advanced(acked, now);
         } else {
             self.gap_acked_uncounted += total_bytes_acked;
@@ -2006,7 +2017,11 @@ impl Association {
                 // punchdrop patch: while losses are noise, an eighth of the window per round
                 // trip rather than a packet (a window of thousands of packets would take
                 // minutes to come back otherwise); a congested path grows as the RFC says.
-                self.cwnd += match self.loss_tolerance.congested() {
+                // Near the window at which the path was last congested, a packet per round
+                // trip too: that is where the queue overflowed (CUBIC's plateau, simplified).
+                let careful = self.loss_tolerance.congested()
+                    || self.loss_tolerance.near_last_congestion(self.cwnd);
+                self.cwnd += match careful {
                     true => self.mtu,
                     false => (self.cwnd / 8).max(self.mtu),
                 };
@@ -2124,10 +2139,21 @@ impl Association {
         self.on_loss_found();
     }
 
-    /// A chunk was found lost: Fast Recovery starts, with the window halved (RFC 9260
-    /// 7.2.3) when the loss is taken for congestion, kept when it is taken for noise on the
-    /// path ([`congestion`]). Noise leaves slow start (ssthresh at the window) and the window
-    /// grows by an eighth per round trip in congestion avoidance while losses stay noise.
+    /// punchdrop patch: the window after congestion (RFC 9260 7.2.3's halving), but no lower
+    /// than what the path was measured to carry in a minimum round trip (TCP Westwood+'s
+    /// rule): random loss on a congested path then does not halve the window again and again,
+    /// while a queue built above the path's capacity is still drained (DESIGN.md § WAN
+    /// speed has the measurements).
+    fn congestion_response(&self) -> u32 {
+        let measured = self.cwnd.min(self.loss_tolerance.bdp());
+        (self.cwnd / 2).max(measured).max(4 * self.mtu)
+    }
+
+    /// A chunk was found lost: Fast Recovery starts, with the window cut
+    /// ([`Self::congestion_response`]) when the loss is taken for congestion, kept when it is
+    /// taken for noise on the path ([`congestion`]). Noise does not end slow start; in
+    /// congestion avoidance the window grows by an eighth per round trip while losses stay
+    /// noise.
     fn on_loss_found(&mut self) {
         self.loss_tolerance.on_lost();
         let congested = self.loss_tolerance.congested();
@@ -2140,12 +2166,13 @@ impl Association {
             self.fast_recover_exit_point = self.my_next_tsn.wrapping_sub(1);
             self.recovery_kept_window = !congested;
             if !congested {
-                self.ssthresh = self.ssthresh.min(self.cwnd);
+                // Slow start goes on: a loss that is noise says nothing of the path's
+                // capacity.
                 trace!("[{}] loss taken for noise: cwnd={} kept", self.side, self.cwnd);
                 return;
             }
-            self.loss_tolerance.responded();
-            self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+            self.loss_tolerance.responded(self.cwnd);
+            self.ssthresh = self.congestion_response();
             self.cwnd = self.ssthresh;
             self.partial_bytes_acked = 0;
             self.gap_acked_uncounted = 0;
@@ -3154,6 +3181,13 @@ impl Association {
                     break; // no more rwnd
                 }
 
+                // punchdrop patch: new DATA is paced over the round trip, not sent as one
+                // burst (`congestion::Pacer`).
+                let rate = congestion::pacing_rate(self.cwnd, self.ssthresh, self.rto_mgr.srtt);
+                if !self.pacer.take(data_len, rate, self.mtu, now) {
+                    break; // the rest goes when the pacer wakes
+                }
+
                 if let Some(chunk) = self.move_pending_data_chunk_to_inflight_queue(
                     beginning_fragment,
                     unordered,
@@ -3534,7 +3568,7 @@ impl Association {
                 //      ssthresh = max(cwnd/2, 4*MTU)
                 //      cwnd = 1*MTU
 
-                self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+                self.ssthresh = self.congestion_response();
                 self.cwnd = self.mtu;
                 // punchdrop patch: what this module tracks for Fast Recovery starts over
                 // (the original left Fast Recovery on, which kept slow start from growing the
