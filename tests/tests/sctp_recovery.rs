@@ -409,8 +409,9 @@ fn a_congested_bottleneck_is_still_respected() {
 /// look like congestion, and a sender that halves at each of them moved 1.3 MB/s. Cut to no
 /// less than the measured bandwidth-delay product, the window stays near the link's
 /// capacity; paced, a window that opens at once (a retransmission filling a hole frees the
-/// receiver's whole buffer) does not overflow the queue in one burst (unpaced, 10 % of
-/// packets were dropped there, the random 1 % included).
+/// receiver's whole buffer) does not overflow the queue in one burst (unpaced, 9 % of
+/// packets were dropped there, the random 1 % included; paced at a congestion window grown
+/// while the receiver's window limited the flight, 2 % and 11.5 MB/s).
 #[test]
 fn random_loss_behind_a_bottleneck_neither_collapses_nor_floods() {
     let b = Bottleneck {
@@ -422,7 +423,7 @@ fn random_loss_behind_a_bottleneck_neither_collapses_nor_floods() {
     let drop = o.dropped as f64 * 100.0 / o.sent as f64;
     let rate = o.mb_per_s(size);
     eprintln!("40 MB/s, 1 % loss: {rate:.2} MB/s, {drop:.2} % dropped, {o:?}");
-    assert!(rate >= 8.0, "{rate:.2} MB/s: {o:?}");
-    assert!(drop <= 2.5, "{drop:.2} % dropped (1 % at random): {o:?}");
+    assert!(rate >= 12.0, "{rate:.2} MB/s: {o:?}");
+    assert!(drop <= 1.5, "{drop:.2} % dropped (1 % at random): {o:?}");
     assert_eq!(o.duplicates, 0, "sent again without need: {o:?}");
 }

@@ -17,8 +17,9 @@
 //! - near the window at which the path was last congested the window grows by a packet per
 //!   round trip, not an eighth (CUBIC's plateau, simplified), so it does not overflow the
 //!   same queue every few round trips;
-//! - new DATA is paced ([`Pacer`]) at the window per smoothed round trip (×2 in slow start,
-//!   ×1.25 after), so a window that opens at once does not leave as one burst.
+//! - new DATA is paced ([`Pacer`]) at the window that can be in flight per smoothed round
+//!   trip (×2 in slow start, ×1.25 after), so a window that opens at once does not leave as
+//!   one burst.
 //!
 //! Invariants: the minimum round trip is forgotten after [`MIN_RTT_FOR`] without a sample as
 //! low (a new path has another one), and the first loss after it had to be raised is taken
@@ -112,6 +113,11 @@ impl LossTolerance {
         (rate * self.min_rtt_ms as f64 / 1000.0) as u32
     }
 
+    /// The path may have changed (T3-rtx): measure its bandwidth anew.
+    pub(crate) fn forget_rates(&mut self) {
+        self.rates.clear();
+    }
+
     /// A chunk sent for the first time.
     pub(crate) fn on_sent(&mut self) {
         self.sent += 1;
@@ -140,7 +146,7 @@ impl LossTolerance {
         let Some(w) = self.congested_at else {
             return false;
         };
-        if cwnd > w + w / 8 {
+        if cwnd > w.saturating_add(w / 8) {
             self.congested_at = None;
             return false;
         }
@@ -165,15 +171,15 @@ impl LossTolerance {
     }
 }
 
-/// How fast to send new DATA: the window spread over the smoothed round trip, with headroom
+/// How fast to send new DATA: `window` spread over the smoothed round trip, with headroom
 /// to grow (twice in slow start, a quarter more after: Linux TCP's pacing ratios). `None`
 /// under a millisecond of round trip (a LAN, loopback): there pacing would only cost wakeups.
-pub(crate) fn pacing_rate(cwnd: u32, ssthresh: u32, srtt_ms: u64) -> Option<f64> {
+pub(crate) fn pacing_rate(window: u32, slow_start: bool, srtt_ms: u64) -> Option<f64> {
     if srtt_ms == 0 {
         return None;
     }
-    let gain = if cwnd <= ssthresh { 2.0 } else { 1.25 };
-    Some(f64::from(cwnd) * gain * 1000.0 / srtt_ms as f64)
+    let gain = if slow_start { 2.0 } else { 1.25 };
+    Some(f64::from(window) * gain * 1000.0 / srtt_ms as f64)
 }
 
 /// A token bucket for new DATA, refilled at the pacing rate, holding at most

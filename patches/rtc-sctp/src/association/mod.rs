@@ -1519,8 +1519,9 @@ impl Association {
             let credit = std::mem::take(&mut self.gap_acked_uncounted);
             // Not in slow start after a congestion response: there the window doubles per
             // round trip anyway, and the credit would make its overshoot at a bottleneck
-            // larger. While losses are noise, slow start goes on through them and counts it.
-            let counted = self.cwnd > self.ssthresh || !self.loss_tolerance.congested();
+            // larger. After a recovery that kept the window (losses were noise), slow start goes
+            // on and counts it.
+            let counted = self.cwnd > self.ssthresh || self.recovery_kept_window;
             let acked = total_bytes_acked + if counted { credit } else { 0 };
             self.on_cumulative_tsn_ack_point_advanced(acked, now);
         } else {
@@ -2021,10 +2022,10 @@ impl Association {
                 // trip too: that is where the queue overflowed (CUBIC's plateau, simplified).
                 let careful = self.loss_tolerance.congested()
                     || self.loss_tolerance.near_last_congestion(self.cwnd);
-                self.cwnd += match careful {
+                self.cwnd = self.cwnd.saturating_add(match careful {
                     true => self.mtu,
                     false => (self.cwnd / 8).max(self.mtu),
-                };
+                });
                 trace!(
                     "[{}] updated cwnd={} ssthresh={} acked={} (CA)",
                     self.side, self.cwnd, self.ssthresh, total_bytes_acked
@@ -3183,7 +3184,13 @@ impl Association {
 
                 // punchdrop patch: new DATA is paced over the round trip, not sent as one
                 // burst (`congestion::Pacer`).
-                let rate = congestion::pacing_rate(self.cwnd, self.ssthresh, self.rto_mgr.srtt);
+                // At the window that can actually be in flight: a window grown while the
+                // receiver's limited the flight would pace a freed receiver window too fast.
+                let window = (self.inflight_queue.get_num_bytes() as u32)
+                    .saturating_add(self.rwnd)
+                    .min(self.cwnd);
+                let slow_start = self.cwnd <= self.ssthresh;
+                let rate = congestion::pacing_rate(window, slow_start, self.rto_mgr.srtt);
                 if !self.pacer.take(data_len, rate, self.mtu, now) {
                     break; // the rest goes when the pacer wakes
                 }
@@ -3568,6 +3575,9 @@ impl Association {
                 //      ssthresh = max(cwnd/2, 4*MTU)
                 //      cwnd = 1*MTU
 
+                // The bandwidth measured before the timeout may be gone with it (a path that
+                // changed): the RFC's halving, and the estimate starts over.
+                self.loss_tolerance.forget_rates();
                 self.ssthresh = self.congestion_response();
                 self.cwnd = self.mtu;
                 // punchdrop patch: what this module tracks for Fast Recovery starts over
