@@ -265,8 +265,7 @@ fn browser_to_native(ctx: &Ctx) -> anyhow::Result<Run> {
         bail!("native receiver failed ({status}): {events:?}");
     };
     ctx.check(&dst.path().join(ctx.name()), "native receiver")?;
-    c.wait_state("done", ctx.timeout)?;
-    let page_done: event::Done = c.wait(Duration::from_secs(5))?;
+    let page_done = page_done(&mut c, ctx.timeout)?;
     Ok(Run {
         name: "browser → native",
         mb_s: rate(done),
@@ -302,16 +301,10 @@ fn native_to_browser(ctx: &Ctx) -> anyhow::Result<Run> {
 /// Scenario 3: one Chromium shares the file on `/`, a second opens the share link.
 fn chromium_to_chromium(ctx: &Ctx) -> anyhow::Result<Run> {
     let mut alice = launch("alice (sends)")?;
-    alice.goto(&format!("{}/", ctx.server))?;
-    alice.wait_state("ready", Duration::from_secs(30))?;
-    alice.set_files("#file-input", &[&ctx.file])?;
-    alice.wait_state("waiting", Duration::from_secs(30))?;
-    let link = alice.eval("document.querySelector('#share-link').href")?;
-    let link = link.as_str().context("no share link")?.to_string();
+    let link = share(&mut alice, &ctx.server, &ctx.file)?;
     let mut bob = launch("bob (receives)")?;
     let bob_done = receive(&mut bob, &link, ctx)?;
-    alice.wait_state("done", ctx.timeout)?;
-    let alice_done: event::Done = alice.wait(Duration::from_secs(5))?;
+    let alice_done = page_done(&mut alice, ctx.timeout)?;
     let (first_byte_ms, accept_wait_ms) = first_byte(&mut bob)?;
     Ok(Run {
         name: "Chromium ↔ Chromium",
@@ -329,8 +322,7 @@ fn receive(c: &mut Chromium, link: &str, ctx: &Ctx) -> anyhow::Result<event::Don
     c.goto(link)?;
     c.wait_state("offer", Duration::from_secs(30))?;
     c.click("#accept")?;
-    c.wait_state("done", ctx.timeout)?;
-    let done: event::Done = c.wait(Duration::from_secs(5))?;
+    let done = page_done(c, ctx.timeout)?;
     let len = std::fs::metadata(&ctx.file)?.len();
     let got = c.wait_download(&ctx.name(), len, ctx.timeout)?;
     ctx.check(&got, &c.name)?;
@@ -340,6 +332,22 @@ fn receive(c: &mut Chromium, link: &str, ctx: &Ctx) -> anyhow::Result<event::Don
 
 /// Chromium with every page event stamped (see [`stamp_events`]), so the harness's own
 /// delay before clicking Accept can be told apart from the transfer's setup time.
+/// A sharing page: open the app at `server`, pick `file`, and return the share link.
+pub(crate) fn share(c: &mut Chromium, server: &str, file: &Path) -> anyhow::Result<String> {
+    c.goto(&format!("{server}/"))?;
+    c.wait_state("ready", Duration::from_secs(30))?;
+    c.set_files("#file-input", &[file])?;
+    c.wait_state("waiting", Duration::from_secs(30))?;
+    let link = c.eval("document.querySelector('#share-link').href")?;
+    Ok(link.as_str().context("no share link")?.to_string())
+}
+
+/// The page's `done`, once it says it is done.
+pub(crate) fn page_done(c: &mut Chromium, timeout: Duration) -> anyhow::Result<event::Done> {
+    c.wait_state("done", timeout)?;
+    c.wait(Duration::from_secs(5))
+}
+
 fn launch(name: &str) -> anyhow::Result<Chromium> {
     let mut c = Chromium::launch_named(name)?;
     stamp_events(&mut c)?;

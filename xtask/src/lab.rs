@@ -8,6 +8,7 @@
 //! drops into an inbox across cone / cone (`native-peer inbox` on host A; `send --to` or a
 //! stock page on host B), timed by the dropper. Root only.
 
+use crate::browser::{page_done, share};
 use anyhow::Context as _;
 use clap::Parser;
 use punchdrop_e2e::browser::Chromium;
@@ -240,32 +241,16 @@ fn side(d: &event::Done) -> String {
     )
 }
 
-/// The page shares `file` from the start page; the link it shows.
-fn page_shares(c: &mut Chromium, lab: &Lab, file: &Path) -> anyhow::Result<String> {
-    c.goto(&format!("{}/", lab.url))?;
-    c.wait_state("ready", Duration::from_secs(30))?;
-    c.set_files("#file-input", &[file])?;
-    c.wait_state("waiting", Duration::from_secs(30))?;
-    let link = c.eval("document.querySelector('#share-link').href")?;
-    Ok(link.as_str().context("no share link")?.to_string())
-}
-
 /// The page on host A shares the file; `native-peer recv` on host B takes it.
 fn browser_to_native(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
     let dst = tempfile::tempdir()?;
     let mut c = Chromium::launch_stock_in(&lab.ns("ha"), "browser A", &lab.url)?;
-    let link = page_shares(&mut c, lab, file)?;
+    let link = share(&mut c, &lab.url, file)?;
     let (status, events) = lab.receiver(&[], dst.path(), &link).finish(timeout)?;
     let done = punchdrop_e2e::expect_done(status, &events);
     let first = event::find::<event::FirstByte>(&events).context("no first byte")?;
     let page = page_done(&mut c, timeout)?;
     Ok(two_sided_run(first.ms_since_room, &done, &page, &done))
-}
-
-/// The page's `done`, once it says it is done.
-fn page_done(c: &mut Chromium, timeout: Duration) -> anyhow::Result<event::Done> {
-    c.wait_state("done", timeout)?;
-    c.wait(Duration::from_secs(5))
 }
 
 /// A transfer's figures from the receiver's `done`, with the path as host A / host B saw it.
@@ -311,7 +296,7 @@ fn native_to_browser(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Resul
 /// both ends on the same wire, the baseline for the two rows above.
 fn browser_to_browser(lab: &Lab, file: &Path, timeout: Duration) -> anyhow::Result<Run> {
     let mut a = Chromium::launch_stock_in(&lab.ns("ha"), "browser A", &lab.url)?;
-    let link = page_shares(&mut a, lab, file)?;
+    let link = share(&mut a, &lab.url, file)?;
     let (_page_b, got, first) = page_takes(lab, &link, timeout)?;
     let sent = page_done(&mut a, timeout)?;
     Ok(two_sided_run(first.ms_since_room, &got, &sent, &got))
@@ -624,7 +609,7 @@ fn browser_outage(
         c.click("#accept")?;
         sender
     } else {
-        let link = page_shares(&mut c, lab, &file)?;
+        let link = share(&mut c, &lab.url, &file)?;
         lab.receiver(&[], dst.path(), &link)
     };
     let received = |c: &mut Chromium, native: &mut punchdrop_e2e::Peer| match page_receives {
@@ -652,8 +637,7 @@ fn browser_outage(
         std::thread::sleep(Duration::from_millis(10));
     }
     let moving = back.elapsed();
-    c.wait_state("done", timeout)?;
-    let page: event::Done = c.wait(Duration::from_secs(5))?;
+    let page = page_done(&mut c, timeout)?;
     let (status, events) = native.finish(timeout)?;
     let done = punchdrop_e2e::expect_done(status, &events);
     let sent = if page_receives {
