@@ -202,8 +202,10 @@ impl Adverts {
 }
 
 /// Start asking the TURN server over UDP (and opening TCP to it) as soon as the room hands
-/// out servers: the answers come back during the hello exchange, in time to pick the rung
-/// of the ladder to relay on — UDP, else TCP, else TLS.
+/// out servers, to pick the rung of the ladder to relay on — UDP, else TCP, else TLS. The
+/// peer connection is built with the answer: a side that knows its role builds it as soon as
+/// the servers are known (`Rendezvous::start_early`), so the UDP answer, one round trip to
+/// the TURN server, decides without waiting for the others.
 fn start_relay_probe(
     rv: &Rendezvous,
     net: &NetOptions,
@@ -227,29 +229,35 @@ fn start_relay_probe(
     let tcp = target(RelayTransport::Tcp).and_then(|u| turn_tcp::tcp_turn_target(u));
     let tls = target(RelayTransport::Tls).and_then(|u| turn_tcp::tls_turn_target(u));
     Some(tokio::spawn(async move {
-        let udp = async {
-            match &udp {
-                Some(t) => turn_tcp::udp_answers(t, UDP_PROBE_WAIT).await,
-                None => false,
-            }
-        };
-        let tcp = async {
+        // All three asked at once; UDP is preferred, so its answer decides as soon as it
+        // comes (the peer connection waits for this), then TCP's, then TLS's.
+        let tcp = tokio::spawn(async move {
             match &tcp {
                 Some(t) => turn_tcp::tcp_answers(t, UDP_PROBE_WAIT).await,
                 None => false,
             }
-        };
-        let tls = async {
+        });
+        let tls = tokio::spawn(async move {
             match &tls {
                 Some((t, name)) => turn_tcp::tls_answers(t, name, UDP_PROBE_WAIT).await,
                 None => false,
             }
+        });
+        let udp = match &udp {
+            Some(t) => turn_tcp::udp_answers(t, UDP_PROBE_WAIT).await,
+            None => false,
         };
-        match tokio::join!(udp, tcp, tls) {
-            (true, _, _) => Some(RelayTransport::Udp),
-            (_, true, _) => Some(RelayTransport::Tcp),
-            (_, _, true) => Some(RelayTransport::Tls),
-            _ => None,
+        if udp {
+            tcp.abort();
+            tls.abort();
+            Some(RelayTransport::Udp)
+        } else if tcp.await.unwrap_or(false) {
+            tls.abort();
+            Some(RelayTransport::Tcp)
+        } else if tls.await.unwrap_or(false) {
+            Some(RelayTransport::Tls)
+        } else {
+            None
         }
     }))
 }

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
-    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector,
 };
 
@@ -275,6 +275,22 @@ impl Link {
     }
 }
 
+/// The connection's configuration: its ICE servers, and relayed candidates only if asked.
+fn configuration(servers: Vec<RTCIceServer>, relay_only: bool) -> RTCConfiguration {
+    RTCConfigurationBuilder::new()
+        .with_ice_servers(servers)
+        // Gather from the start, not from the first description (a patch to webrtc-rs,
+        // which stored the setting but did not use it): a receiver started before the
+        // offer arrives answers with its server-reflexive candidate instead of trickling
+        // it a round trip later.
+        .with_ice_candidate_pool_size(1)
+        .with_ice_transport_policy(match relay_only {
+            true => RTCIceTransportPolicy::Relay,
+            false => RTCIceTransportPolicy::All,
+        })
+        .build()
+}
+
 impl Peer {
     /// Build the peer connection the rendezvous asked for. `reaches_turn` is the answer of
     /// the probe of the TURN server: the first of UDP, TCP and TLS that reaches it (`None`:
@@ -319,16 +335,7 @@ impl Peer {
             state: state_tx,
         });
         let pc = PeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_ice_servers(servers)
-                    .with_ice_transport_policy(if opts.relay_only {
-                        RTCIceTransportPolicy::Relay
-                    } else {
-                        RTCIceTransportPolicy::All
-                    })
-                    .build(),
-            )
+            .with_configuration(configuration(servers, opts.relay_only))
             .with_setting_engine(settings(opts))
             .with_handler(handler)
             .with_runtime(TunedRuntime::new(opts.udp_buffer))
@@ -785,4 +792,56 @@ async fn prepare_ice_servers(
         }
     }
     (out, bridges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The candidate pool (`patches/webrtc-0.21.1-candidate-pool.patch`): a connection
+    /// gathers as soon as it is built, before any description, and its first description
+    /// carries those candidates without gathering them again.
+    #[tokio::test]
+    async fn candidates_come_before_the_first_description_and_once() {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (state_tx, _state) = watch::channel(RTCPeerConnectionState::New);
+        let handler = Arc::new(Handler {
+            events: events_tx,
+            state: state_tx,
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(configuration(Vec::new(), false))
+            .with_handler(handler)
+            .with_udp_addrs(vec![SocketAddr::from(([127, 0, 0, 1], 0))])
+            .build()
+            .await
+            .expect("a peer connection");
+        let first = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a candidate before any description")
+            .expect("the event stream");
+        let PcEvent::Candidate(first) = first else {
+            panic!("{first:?}");
+        };
+        assert!(first.candidate.contains("typ host"), "{first:?}");
+        // (Something to describe: an offer without a channel has no media section.)
+        pc.create_data_channel(CHANNEL_LABEL, None)
+            .await
+            .expect("a channel");
+        create_description(&pc, SdpKind::Offer)
+            .await
+            .expect("an offer");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut lines = vec![first.candidate];
+        while let Ok(e) = events.try_recv() {
+            if let PcEvent::Candidate(c) = e {
+                lines.push(c.candidate);
+            }
+        }
+        let unique: std::collections::HashSet<&String> = lines.iter().collect();
+        assert_eq!(unique.len(), lines.len(), "gathered twice: {lines:?}");
+        let sdp = local_description(&pc).await.expect("a description");
+        assert!(sdp.contains("typ host"), "{sdp}");
+        pc.close().await.expect("closed");
+    }
 }

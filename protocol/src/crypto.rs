@@ -11,8 +11,10 @@
 //!   accepted: what one peer sealed while the other's socket to the server was down never
 //!   arrives (the server cannot deliver it), and the messages after it must still open.
 //! - The first message each side seals is the key confirmation: failing to open message 0 means
-//!   the peers hold different secrets ([`CryptoError::WrongSecret`]); failing later means
-//!   tampering ([`CryptoError::Tampered`]).
+//!   the peers hold different secrets ([`CryptoError::WrongSecret`]) — unless a later message
+//!   of the same key opens in its place, which means the first was lost on the way
+//!   ([`CryptoError::FirstLost`]: the key is right, the other side's hello is missing);
+//!   failing later means tampering ([`CryptoError::Tampered`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -40,6 +42,11 @@ pub enum CryptoError {
     WrongSecret,
     #[error("a sealed signalling message failed authentication (tampered, dropped or replayed)")]
     Tampered,
+    #[error(
+        "the other peer's first sealed message was lost on the way (the signalling server \
+         dropped it); the secret matches: try again"
+    )]
+    FirstLost,
     #[error("sealed payload is not valid base64")]
     BadEncoding,
 }
@@ -174,24 +181,26 @@ impl Channel {
     }
 
     /// Open the next incoming message: one sealed after the last one opened, with at most
-    /// [`MAX_GAP`] lost in between. The first message has no gap before it (failing to open
-    /// it is a wrong secret).
+    /// [`MAX_GAP`] lost in between. The first message is the key confirmation: failing to open
+    /// it is a wrong secret, and a later one opening in its place says it was lost
+    /// ([`CryptoError::FirstLost`]; nothing is taken as opened).
     pub fn open(&mut self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let tries = match self.recv_seq {
-            0 => 1,
-            _ => MAX_GAP + 1,
-        };
-        for seq in self.recv_seq..self.recv_seq + tries {
+        let first = self.recv_seq;
+        for seq in first..=first + MAX_GAP {
             let payload = Payload {
                 msg: ciphertext,
                 aad: AAD,
             };
             if let Ok(plain) = self.recv.decrypt(&nonce(seq), payload) {
+                if first == 0 && seq > 0 {
+                    // Not the key confirmation: what was sealed before it never came.
+                    return Err(CryptoError::FirstLost);
+                }
                 self.recv_seq = seq + 1;
                 return Ok(plain);
             }
         }
-        match self.recv_seq {
+        match first {
             0 => Err(CryptoError::WrongSecret),
             _ => Err(CryptoError::Tampered),
         }
@@ -305,9 +314,18 @@ mod tests {
 
     #[test]
     fn a_wrong_secret_is_not_taken_for_a_gap() {
-        let (mut a, mut b) = pair(b"s", b"s");
+        let (mut a, mut b) = pair(b"s", b"t");
         a.seal(b"lost hello");
         assert_eq!(b.open(&a.seal(b"second")), Err(CryptoError::WrongSecret));
+    }
+
+    #[test]
+    fn a_lost_first_message_is_not_taken_for_a_wrong_secret() {
+        let (mut a, mut b) = pair(b"s", b"s");
+        a.seal(b"lost hello");
+        assert_eq!(b.open(&a.seal(b"second")), Err(CryptoError::FirstLost));
+        // Nothing was taken as the key confirmation.
+        assert_eq!(b.open(&a.seal(b"third")), Err(CryptoError::FirstLost));
     }
 
     #[test]

@@ -85,9 +85,19 @@ fn relay_only_without_a_relay_fails_clearly() {
     ]);
     let (rs, revents) = receiver.finish(LONG).unwrap();
     let (ss, sevents) = sender.finish(LONG).unwrap();
-    let msg = expect_error(rs, &revents);
-    expect_error(ss, &sevents);
-    assert!(msg.contains("needs a TURN server"), "{msg}");
+    // Both start their connections as soon as both are in the room (while the key exchange
+    // runs): whichever gets there first says why, the other may hear only that it gave up.
+    let msgs = [expect_error(ss, &sevents), expect_error(rs, &revents)];
+    for msg in &msgs {
+        assert!(
+            msg.contains("needs a TURN server") || msg.contains("gave up"),
+            "{msg}"
+        );
+    }
+    assert!(
+        msgs.iter().any(|m| m.contains("needs a TURN server")),
+        "{msgs:?}"
+    );
 }
 
 #[test]

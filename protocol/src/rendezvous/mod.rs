@@ -16,15 +16,18 @@
 //!  created → Event::Ready(link, code)             joined → Event::Joined, pake
 //!  peer_joined → Event::Joined
 //!  pake → pake (same password kind)               pake → key
+//!  the file sender (its role known): StartPeer, CreateDescription(offer) as soon as both are
+//!  in the room and `ice_servers` came; it gathers while the key exchange runs (start_early)
 //!  ── sealed hello{role} ⇄ sealed hello{role}: opening it confirms the key → Event::Verify
-//!  StartPeer; the file sender: CreateDescription(offer) → (gather ≤ 150 ms) → description
-//!  the receiver: ApplyDescription(offer) → CreateDescription(answer) → description at once
+//!  the sender's description (gather ≤ 150 ms) goes right behind its hello (held till the key)
+//!  the receiver: StartPeer, ApplyDescription(offer) → CreateDescription(answer) → description at once
 //!  candidates trickle both ways (relay candidates a second later); the driver's channel_open
 //! ```
 //!
 //! Invariants:
-//! - The first sealed message each way is `hello`; a failure to open it is a wrong secret,
-//!   and the room is aborted so the other side learns it too.
+//! - The first sealed message each way is `hello`; a failure to open it is a wrong secret
+//!   (unless a later message of the same key opens in its place: the hello was lost), and the
+//!   room is aborted so the other side learns it too.
 //! - A remote candidate is handed to the driver only after the remote description is applied.
 //! - Exactly one `Output::Failed` ends a machine; nothing but timeouts follows it. A failure
 //!   while the room is still open tells the server (`abort`), so the other side never waits
@@ -184,7 +187,8 @@ pub enum LocalIce {
     GatheringDone,
 }
 
-/// Build the peer connection: both peers are in, the key is confirmed, roles are settled.
+/// Build the peer connection: both peers are in and this side's role is settled — the key
+/// may still be being agreed (see `Rendezvous::start_early`); nothing leaves before it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSetup {
     /// This side's role. The file sender creates the data channel and makes the offer.
@@ -383,6 +387,12 @@ enum Deadline {
 /// The offer/answer of this side.
 #[derive(Debug, Default)]
 struct Negotiation {
+    /// [`Output::StartPeer`] went out for this negotiation: when the hellos are through, or
+    /// earlier for a side that sends (see [`Rendezvous::start_early`]).
+    started: bool,
+    /// Signals made before the key was agreed (an early offer, its candidates): they go out
+    /// right behind this side's hello.
+    unsent: Vec<PeerSignal>,
     /// A local description was created and is not sent yet.
     describing: Option<SdpKind>,
     /// When that description goes out at the latest.
@@ -765,7 +775,10 @@ impl Rendezvous {
             return self.while_reclaiming(msg);
         }
         match msg {
-            ServerMessage::IceServers { servers, .. } => self.ice_servers = servers,
+            ServerMessage::IceServers { servers, .. } => {
+                self.ice_servers = servers;
+                self.start_early();
+            }
             // A holder's message that crossed its joiner leaving (`peer_left` says it all), or
             // a connected peer's signal while the other side is away from the server.
             ServerMessage::Error {
@@ -834,7 +847,7 @@ impl Rendezvous {
     /// What the ICE stack did.
     pub fn handle_local(&mut self, ev: LocalIce, now: Duration) {
         self.now = now;
-        if !matches!(self.stage, Stage::Negotiating | Stage::Connected) {
+        if !self.peer_live() {
             return;
         }
         match ev {
@@ -1076,7 +1089,11 @@ impl Rendezvous {
             self.request_description();
         }
         if self.neg.relay_release.is_some_and(|t| t <= now) {
-            self.release_relays();
+            match self.channel {
+                // The description they follow has not gone out yet (`start_early`).
+                None => self.neg.relay_release = Some(now + self.config.relay_wait),
+                Some(_) => self.release_relays(),
+            }
         }
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
@@ -1164,6 +1181,7 @@ impl Rendezvous {
         self.stage = Stage::Failed;
         self.deadline = None;
         self.neg.gather_deadline = None;
+        self.neg.relay_release = None;
         self.out.push_back(Output::Failed(e));
     }
 
@@ -1350,7 +1368,7 @@ impl Rendezvous {
             Stage::AwaitPeer | Stage::Hello | Stage::Pick | Stage::Negotiating
                 if self.holds_room() =>
             {
-                let started = self.stage == Stage::Negotiating;
+                let started = self.neg.started;
                 self.wait_again();
                 if started {
                     self.out.push_back(Output::ClosePeer);
@@ -1388,6 +1406,8 @@ impl Rendezvous {
                 | E::NoHello(_)
                 | E::ConnectTimeout { .. }
                 | E::NoPath { .. }
+                // The joiner's hello went missing on the way: it may come again.
+                | E::Crypto(CryptoError::FirstLost)
         ) || (*e == E::WrongSecret && self.holds_room());
         let server_side = matches!(
             e,
@@ -1403,7 +1423,7 @@ impl Rendezvous {
                         | ErrorCode::NoPeer
                 )
         );
-        let started = matches!(self.stage, Stage::Negotiating | Stage::Connected);
+        let started = self.neg.started || self.stage == Stage::Connected;
         if self.holds_room() {
             // Its room lives only as long as its socket: a lost server is the end.
             if !peer_side || !self.server_up {
@@ -1459,8 +1479,14 @@ impl Rendezvous {
     /// may look open but be dead (it is closed first), else after a pause (it closed). A
     /// joiner half set up with goes: nothing reaches it meanwhile, and it comes back.
     fn reclaim_place(&mut self, at_once: bool) {
-        if matches!(self.stage, Stage::Hello | Stage::Pick | Stage::Negotiating) {
-            let started = self.stage == Stage::Negotiating;
+        let half_made = match self.stage {
+            Stage::Hello | Stage::Pick | Stage::Negotiating => true,
+            // A joiner in, its key exchange not through, and an early offer under way.
+            Stage::AwaitPeer => self.neg.started,
+            _ => false,
+        };
+        if half_made {
+            let started = self.neg.started;
             self.wait_again();
             if started {
                 self.out.push_back(Output::ClosePeer);
@@ -1724,10 +1750,21 @@ impl Rendezvous {
         if let Some(role) = self.role {
             self.send_hello(role);
         }
+        for sig in std::mem::take(&mut self.neg.unsent) {
+            self.send_sealed(&sig);
+        }
+        // Relay candidates follow the description by the wait from when it went out.
+        if self.neg.relay_release.is_some() {
+            self.neg.relay_release = Some(self.now + self.config.relay_wait);
+        }
     }
 
     fn send_sealed(&mut self, sig: &PeerSignal) {
         let Some(channel) = self.channel.as_mut() else {
+            if self.neg.started {
+                // Made by a peer connection started before the key (`start_early`).
+                self.neg.unsent.push(sig.clone());
+            }
             return;
         };
         if !self.server_up {
@@ -1850,15 +1887,71 @@ impl Rendezvous {
         let role = self.role.expect("a role is settled before negotiating");
         self.stage = Stage::Negotiating;
         self.arm(Deadline::Connect, self.config.connect_timeout);
+        let early = self.neg.started;
+        if !early {
+            self.start_peer(role);
+        }
+        for c in std::mem::take(&mut self.neg.adverts) {
+            self.send_sealed(&c.into_signal());
+        }
+        if role == TransferRole::Sender && !early {
+            self.describe(SdpKind::Offer);
+        }
+    }
+
+    fn start_peer(&mut self, role: TransferRole) {
+        self.neg.started = true;
         self.out.push_back(Output::StartPeer(PeerSetup {
             role,
             ice_servers: self.ice_servers.clone(),
         }));
-        for c in std::mem::take(&mut self.neg.adverts) {
-            self.send_sealed(&c.into_signal());
+    }
+
+    /// A side that knows its role starts its peer connection as soon as both are in the room
+    /// and the room's ICE servers are known, while the key exchange and the hellos run; the
+    /// file sender also makes its offer then. Gathering (the server-reflexive candidate is a
+    /// round trip to the STUN server) overlaps them: the offer goes out right behind this
+    /// side's hello, where it used to wait for the other side's hello and then for the
+    /// gathering, and a receiver whose ICE stack gathers before its first description (a
+    /// candidate pool) answers with its candidates instead of trickling them later. Nothing
+    /// leaves before the key is agreed (`send_sealed` holds it), and the other side still
+    /// opens our hello first. A joiner that turns out to have the wrong secret, the same role
+    /// or another version fails the rendezvous as before; a held room's joiner that leaves
+    /// takes the half-made connection with it (`ClosePeer`). A receiver starts early only as
+    /// the joiner: the creator it joined sends and says hello at once, where a creator that
+    /// receives may be joined by a page whose person picks files for minutes, longer than a
+    /// router keeps the mapping its server-reflexive candidate names.
+    fn start_early(&mut self) {
+        let before_hellos = matches!(
+            self.stage,
+            Stage::AwaitPeer | Stage::AwaitPake | Stage::Hello
+        );
+        let early = match self.role {
+            Some(TransferRole::Sender) => true,
+            Some(TransferRole::Receiver) => matches!(self.entry, Entry::Join { .. }),
+            None => false,
+        };
+        let Some(role) = self.role.filter(|_| early) else {
+            return;
+        };
+        if before_hellos
+            && self.both_in_room.is_some()
+            && self.peer_role.is_none()
+            && !self.neg.started
+        {
+            self.start_peer(role);
+            if role == TransferRole::Sender {
+                self.describe(SdpKind::Offer);
+            }
         }
-        if role == TransferRole::Sender {
-            self.describe(SdpKind::Offer);
+    }
+
+    /// The driver's peer connection belongs to the negotiation under way: its events count.
+    fn peer_live(&self) -> bool {
+        match self.stage {
+            Stage::Negotiating | Stage::Connected => true,
+            Stage::AwaitPeer | Stage::AwaitPake | Stage::Hello => self.neg.started,
+            _ => false,
         }
     }
 

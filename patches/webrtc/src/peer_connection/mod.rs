@@ -821,6 +821,11 @@ pub(crate) struct PeerConnectionRef {
     /// must precede: the driver checks it while handling `IceGathering`, which is the message
     /// that starts the restarted generation's gathering.
     pub(crate) ice_restart_rebind_pending: AtomicBool,
+    /// punchdrop patch: gathering began when the connection was built
+    /// (`ice_candidate_pool_size` > 0, W3C `iceCandidatePoolSize`), and the first local
+    /// description has not claimed it yet. That description's `set_local_description` then
+    /// only wakes the driver: a second gathering would allocate every TURN relay twice.
+    pub(crate) pooled_gathering: AtomicBool,
 }
 
 /// The ICE credentials a description carries, resolved the way the core resolves them.
@@ -995,6 +1000,7 @@ impl PeerConnectionImpl {
         let configuration = core.get_configuration();
         let ice_servers = configuration.ice_servers().to_vec();
         let ice_gather_policy = configuration.ice_transport_policy();
+        let pool_candidates = configuration.ice_candidate_pool_size() > 0;
 
         let (driver_event_tx, driver_event_rx) =
             channel(APPLICATION_TO_DRIVER_EVENT_CHANNEL_CAPACITY);
@@ -1017,6 +1023,7 @@ impl PeerConnectionImpl {
                 data_channel_consumed: crate::runtime::Notify::new(),
                 discard_local_candidates_during_ice_restart,
                 ice_restart_rebind_pending: AtomicBool::new(false),
+                pooled_gathering: AtomicBool::new(false),
             }),
             driver_handle: Mutex::new(None),
             driver_stopped: Mutex::new(None),
@@ -1081,6 +1088,23 @@ impl PeerConnectionImpl {
         // thread. The driver reports its init outcome exactly once; a closed
         // channel means the driver future was dropped before initialising.
         match init_rx.recv().await {
+            Some(Ok(())) if pool_candidates => {
+                // punchdrop patch: gather now, before any description, so the candidates
+                // (the server-reflexive one is a round trip to the STUN server) are there
+                // when the first description is made — an answer then carries them instead
+                // of trickling them a round trip later.
+                peer_connection
+                    .inner
+                    .pooled_gathering
+                    .store(true, Ordering::Release);
+                peer_connection
+                    .inner
+                    .driver_event_tx
+                    .send(PeerConnectionDriverEvent::IceGathering)
+                    .await
+                    .map_err(|e| Error::Other(format!("{:?}", e)))?;
+                Ok(peer_connection)
+            }
             Some(Ok(())) => Ok(peer_connection),
             Some(Err(e)) => Err(e),
             None => Err(Error::Other(
@@ -1215,10 +1239,16 @@ impl PeerConnection for PeerConnectionImpl {
         // Wake the driver with MessageInner::IceGathering. Without this
         // notify the driver would sleep until its previous (possibly 1-day default)
         // timer expired and never send STUN binding requests.
+        // punchdrop patch: a gathering begun when the connection was built (the candidate
+        // pool) is this description's; the driver is only woken.
+        let event = match self.inner.pooled_gathering.swap(false, Ordering::AcqRel) {
+            true => PeerConnectionDriverEvent::WriteNotify,
+            false => PeerConnectionDriverEvent::IceGathering,
+        };
         // overflow: awaited — producer is the application in `set_local_description`.
         self.inner
             .driver_event_tx
-            .send(PeerConnectionDriverEvent::IceGathering)
+            .send(event)
             .await
             .map_err(|e| Error::Other(format!("{:?}", e)))
     }
@@ -1628,6 +1658,7 @@ mod tests {
             rtp_transceivers: Mutex::new(HashMap::new()),
             discard_local_candidates_during_ice_restart,
             ice_restart_rebind_pending: AtomicBool::new(false),
+            pooled_gathering: AtomicBool::new(false),
         });
 
         (inner, driver_event_rx)
