@@ -373,6 +373,11 @@ pub async fn connect(
                     _ => e.into(),
                 };
                 d.server.close().await;
+                // A connection started early (during the key exchange) that will not be used:
+                // its driver, sockets and relay allocations go (an inbox lives on after this).
+                if let Some(p) = d.peer.take() {
+                    close_soon(p.pc);
+                }
                 return Err(why);
             }
             Output::Timeout(_) if d.rv.is_connected() => return d.into_link(screen.shared()),

@@ -196,6 +196,30 @@ fn a_wrong_secret_or_an_offline_inbox_is_refused_plainly() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// A drop that fails during the key exchange leaves nothing of its connection behind: the
+/// inbox, the joining receiver, starts its connection before the key is agreed and closes it
+/// when the rendezvous fails, so with a fixed `--port` (a port forwarded by hand) the next
+/// drop binds the port again.
+#[test]
+fn a_failed_drop_frees_the_inbox_port_for_the_next() {
+    let sig = Signalling::start();
+    let (src, dst, st) = (tempdir(), tempdir(), tempdir());
+    let state = st.path().join("inbox.json");
+    let port = free_port().to_string();
+    let extra = ["--port", &port, "--max-concurrent", "1"];
+    let (inbox, link) = inbox(&sig.url, dst.path(), &state, &extra);
+    let f = file(src.path(), "after.bin", 1 << 20, 7);
+    for _ in 0..2 {
+        let (status, events) = drop_file(&sig.url, &wrong_secret(&link), &f);
+        let why = expect_error(status, &events);
+        assert!(why.contains("secret does not match"), "{why}");
+    }
+    let (status, events) = drop_file(&sig.url, &link, &f);
+    expect_done(status, &events);
+    assert_arrived(dst.path(), &f);
+    stop(inbox);
+}
+
 #[test]
 fn a_drop_over_the_inbox_limit_is_refused_with_the_reason_and_writes_nothing() {
     let sig = Signalling::start();

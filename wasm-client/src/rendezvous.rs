@@ -175,7 +175,13 @@ pub async fn connect(
                 }
                 opened = None;
             }
-            Output::Failed(e) => return Err(Error::Rendezvous(e)),
+            Output::Failed(e) => {
+                // A connection started early (during the key exchange) goes with the failure.
+                if let Some(p) = peer.take() {
+                    p.pc.close();
+                }
+                return Err(Error::Rendezvous(e));
+            }
             Output::Timeout(_) if rv.is_connected() => {
                 let (p, path) = peer
                     .zip(opened)

@@ -824,7 +824,8 @@ pub(crate) struct PeerConnectionRef {
     /// punchdrop patch: gathering began when the connection was built
     /// (`ice_candidate_pool_size` > 0, W3C `iceCandidatePoolSize`), and the first local
     /// description has not claimed it yet. That description's `set_local_description` then
-    /// only wakes the driver: a second gathering would allocate every TURN relay twice.
+    /// only wakes the driver: gathering again would send every STUN request again and end
+    /// the candidates twice (the TURN relayer would only repeat what it has).
     pub(crate) pooled_gathering: AtomicBool,
 }
 
