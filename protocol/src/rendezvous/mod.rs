@@ -16,11 +16,12 @@
 //!  created → Event::Ready(link, code)             joined → Event::Joined, pake
 //!  peer_joined → Event::Joined
 //!  pake → pake (same password kind)               pake → key
-//!  the file sender (its role known): StartPeer, CreateDescription(offer) as soon as both are
-//!  in the room and `ice_servers` came; it gathers while the key exchange runs (start_early)
+//!  a side whose role is known (a receiver only as the joiner): StartPeer as soon as both are
+//!  in the room and `ice_servers` came, the file sender's CreateDescription(offer) with it;
+//!  they gather while the key exchange runs (start_early)
 //!  ── sealed hello{role} ⇄ sealed hello{role}: opening it confirms the key → Event::Verify
 //!  the sender's description (gather ≤ 150 ms) goes right behind its hello (held till the key)
-//!  the receiver: StartPeer, ApplyDescription(offer) → CreateDescription(answer) → description at once
+//!  the receiver: (StartPeer), ApplyDescription(offer) → CreateDescription(answer) → description at once
 //!  candidates trickle both ways (relay candidates a second later); the driver's channel_open
 //! ```
 //!
@@ -388,7 +389,7 @@ enum Deadline {
 #[derive(Debug, Default)]
 struct Negotiation {
     /// [`Output::StartPeer`] went out for this negotiation: when the hellos are through, or
-    /// earlier for a side that sends (see [`Rendezvous::start_early`]).
+    /// earlier for a side whose role is known (see [`Rendezvous::start_early`]).
     started: bool,
     /// Signals made before the key was agreed (an early offer, its candidates): they go out
     /// right behind this side's hello.
@@ -1368,11 +1369,7 @@ impl Rendezvous {
             Stage::AwaitPeer | Stage::Hello | Stage::Pick | Stage::Negotiating
                 if self.holds_room() =>
             {
-                let started = self.neg.started;
-                self.wait_again();
-                if started {
-                    self.out.push_back(Output::ClosePeer);
-                }
+                self.wait_again_closing();
             }
             _ => self.room_ended(RendezvousError::PeerLeft),
         }
@@ -1486,11 +1483,7 @@ impl Rendezvous {
             _ => false,
         };
         if half_made {
-            let started = self.neg.started;
-            self.wait_again();
-            if started {
-                self.out.push_back(Output::ClosePeer);
-            }
+            self.wait_again_closing();
         }
         self.reclaiming = true;
         self.reclaim_said_lost = None;
@@ -1594,6 +1587,16 @@ impl Rendezvous {
         self.stage = Stage::AwaitPeer;
         self.forget_peer();
         self.deadline = None;
+    }
+
+    /// [`Self::wait_again`], closing the peer connection if this negotiation started one
+    /// (at the hellos or earlier: [`Self::start_early`]).
+    fn wait_again_closing(&mut self) {
+        let started = self.neg.started;
+        self.wait_again();
+        if started {
+            self.out.push_back(Output::ClosePeer);
+        }
     }
 
     /// Forget the other peer's key, hello and the negotiation with it.
