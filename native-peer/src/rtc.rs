@@ -547,8 +547,9 @@ fn settings(opts: &NetOptions) -> webrtc::peer_connection::SettingEngine {
         // one round trip, and hole punching sends more often while both NATs open up.
         .with_ice_connection_attempts(Some(opts.ice_check_interval), Some(40))
         // A vanished peer is noticed in seconds, not the default half-minute. Checks every
-        // second keep the pair alive, and tell that a path is back within a second of it
-        // (SCTP then retransmits at once: patches/rtc-sctp, path restored).
+        // second keep the pair alive; once it is disconnected, every check interval, so a
+        // path that is back is seen a round trip after it (patches/rtc-ice, disconnected
+        // checks) and SCTP retransmits at once (patches/rtc-sctp, path restored).
         .with_ice_timeouts(
             Some(Duration::from_secs(5)),
             Some(Duration::from_secs(15)),

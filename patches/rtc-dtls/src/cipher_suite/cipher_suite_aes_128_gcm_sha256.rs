@@ -105,6 +105,20 @@ impl CipherSuite for CipherSuiteAes128GcmSha256 {
         cg.encrypt(pkt_rlh, raw)
     }
 
+    fn encrypt_record(&mut self, pkt_rlh: &RecordLayerHeader, body: &[u8]) -> Result<Vec<u8>> {
+        let cg = self.gcm.as_mut().ok_or(Error::Other(
+            "CipherSuite has not been initialized, unable to encrypt".to_owned(),
+        ))?;
+        cg.encrypt_record(pkt_rlh, body)
+    }
+
+    fn decrypt_record(&mut self, record: Vec<u8>) -> Result<bytes::BytesMut> {
+        let cg = self.gcm.as_mut().ok_or(Error::Other(
+            "CipherSuite has not been initialized, unable to decrypt".to_owned(),
+        ))?;
+        cg.decrypt_record(record)
+    }
+
     fn decrypt(&mut self, input: &[u8]) -> Result<Vec<u8>> {
         let cg = self.gcm.as_mut().ok_or(Error::Other(
             "CipherSuite has not been initialized, unable to decrypt".to_owned(),

@@ -22,6 +22,7 @@ use crypto::RTCCryptoProvider;
 use crypto::{
     AeadAlgorithm, CbcAlgorithm, CryptoAlgorithm, HashAlgorithm, HmacAlgorithm, RTCCrypto,
 };
+use bytes::BytesMut;
 use std::fmt;
 use std::sync::Arc;
 
@@ -264,12 +265,38 @@ pub trait CipherSuite: Send {
     ///
     /// Fails if keys are not installed, or the cipher rejects the input.
     fn encrypt(&mut self, pkt_rlh: &RecordLayerHeader, raw: &[u8]) -> Result<Vec<u8>>;
+    /// punchdrop patch: protects one record given its header and its body apart, as
+    /// [`CipherSuite::encrypt`] does for the two marshalled together. Suites that can build
+    /// the record around the body in one buffer override it (one copy of the body, where
+    /// marshalling first and then encrypting copied it twice).
+    ///
+    /// # Errors
+    ///
+    /// As [`CipherSuite::encrypt`].
+    fn encrypt_record(&mut self, pkt_rlh: &RecordLayerHeader, body: &[u8]) -> Result<Vec<u8>> {
+        let mut raw = Vec::with_capacity(RECORD_LAYER_HEADER_SIZE + body.len());
+        pkt_rlh.marshal(&mut raw)?;
+        raw.extend_from_slice(body);
+        self.encrypt(pkt_rlh, &raw)
+    }
     /// Unprotects one record.
     ///
     /// # Errors
     ///
     /// Fails if authentication fails, or the record is malformed.
     fn decrypt(&mut self, input: &[u8]) -> Result<Vec<u8>>;
+    /// punchdrop patch: unprotects one application data record and returns its body alone,
+    /// as [`CipherSuite::decrypt`] and unmarshalling the record did together. Suites that
+    /// can open the record where it lies override it (no copy of the body, where decrypting
+    /// and unmarshalling copied it twice).
+    ///
+    /// # Errors
+    ///
+    /// As [`CipherSuite::decrypt`].
+    fn decrypt_record(&mut self, record: Vec<u8>) -> Result<BytesMut> {
+        let d = self.decrypt(&record)?;
+        Ok(BytesMut::from(&d[RECORD_LAYER_HEADER_SIZE.min(d.len())..]))
+    }
 }
 
 // Taken from https://www.iana.org/assignments/tls-parameters/tls-parameters.xml

@@ -604,8 +604,16 @@ impl Agent {
                 // While connecting, check candidates more frequently
                 update_interval(check_interval);
             }
-            ConnectionState::Connected | ConnectionState::Disconnected => {
+            ConnectionState::Connected => {
                 update_interval(keepalive_interval);
+            }
+            // punchdrop patch: a disconnected agent checks (and hears the path back) at the
+            // check interval, not the keepalive's, as Chromium pings a weak connection every
+            // 48 ms: a packet from the other side turns the state back to connected only at
+            // the next tick, which at the keepalive interval came up to a second after the
+            // path did.
+            ConnectionState::Disconnected => {
+                update_interval(check_interval);
             }
             _ => {}
         };
@@ -987,10 +995,18 @@ impl Agent {
                 })
         };
 
+        // punchdrop patch: while disconnected, every check interval (see
+        // `get_timeout_interval`): the first check through a path that came back is what
+        // tells both sides so.
+        let interval = if self.connection_state == ConnectionState::Disconnected {
+            self.check_interval
+        } else {
+            self.keepalive_interval
+        };
         if let (Some(local_index), Some(remote_index), Some(pair_index)) =
             (local_index, remote_index, pair_index)
             && self.keepalive_interval != Duration::from_secs(0)
-            && now.saturating_duration_since(self.last_consent_sent) >= self.keepalive_interval
+            && now.saturating_duration_since(self.last_consent_sent) >= interval
         {
             self.last_consent_sent = now;
             self.candidate_pairs[pair_index].on_consent_request_sent();

@@ -302,18 +302,19 @@ impl<'a> SctpHandler<'a> {
     /// their SACKs coalesce into a single datagram.
     fn flush_transmits(&mut self, now: Instant) {
         for conn in self.ctx.sctp_transport.sctp_associations.values_mut() {
+            // punchdrop patch: each packet is handed on as it is (`BytesMut::from(Bytes)` takes
+            // over the buffer SCTP marshalled it into, which nothing else holds), not copied,
+            // and without a `Vec` per packet: DTLS reads it once, to seal it.
             while let Some(x) = conn.poll_transmit(now) {
-                for transmit in split_transmit(x) {
-                    if let Payload::RawEncode(raw_data) = transmit.message {
-                        for raw in raw_data {
-                            self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
-                                now: transmit.now,
-                                transport: transmit.transport,
-                                message: RTCMessageInternal::Dtls(DTLSMessage::Raw(
-                                    BytesMut::from(&raw[..]),
-                                )),
-                            });
-                        }
+                if let Payload::RawEncode(raw_data) = x.message {
+                    for raw in raw_data {
+                        self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
+                            now: x.now,
+                            transport: x.transport,
+                            message: RTCMessageInternal::Dtls(DTLSMessage::Raw(BytesMut::from(
+                                raw,
+                            ))),
+                        });
                     }
                 }
             }
