@@ -1165,6 +1165,15 @@ pub struct OutageOutcome {
     pub sender_transferred: u64,
     pub sender_events: Vec<Event>,
     pub receiver_events: Vec<Event>,
+    /// The end of each peer's log (ICE and connection states at `info`), for a failure to
+    /// say which side waited and on what.
+    pub logs: String,
+}
+
+/// The last `n` lines of `log`.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Lab {
@@ -1248,8 +1257,19 @@ impl Lab {
         let dst = tempfile::tempdir().unwrap();
         let file = src.path().join("lab.bin");
         crate::make_file(&file, size, size ^ 0x0a7a);
-        let (sender, link) = self.sender(&[], &[&file]).unwrap();
-        let mut receiver = self.receiver(&[], dst.path(), &link);
+        // ICE and connection states in the logs (a few lines per connection), unless the
+        // caller asked for more: what a failure needs to tell which side waited.
+        let logged = |mut cmd: Command| {
+            if std::env::var_os("PUNCHDROP_LOG").is_none() {
+                cmd.env("PUNCHDROP_LOG", "info");
+            }
+            cmd
+        };
+        let (sender, link, _) =
+            crate::start_sender_with(logged(self.peer_cmd("a")), &self.url, &[], &[&file]).unwrap();
+        let d = dst.path().display().to_string();
+        let mut receiver =
+            crate::Peer::spawn_cmd(logged(self.peer_cmd("b")), &["recv", "--dir", &d, &link]);
         receiver.wait_for_progress(size / 5);
         disrupt(self);
         let before = receiver.progress();
@@ -1278,6 +1298,11 @@ impl Lab {
             sender_transferred: done.transferred,
             sender_events: sevents,
             receiver_events: revents,
+            logs: format!(
+                "--- sender (A), last lines:\n{}\n--- receiver (B), last lines:\n{}",
+                tail(&serr, 40),
+                tail(&rerr, 40)
+            ),
         }
     }
 }

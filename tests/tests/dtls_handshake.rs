@@ -6,6 +6,8 @@
 //! - `rtc-dtls-0.21.1-retransmit-kept.patch`: a server whose flight was lost still sends it
 //!   again when the client's repeated flight arrives first (that arrival used to cancel its
 //!   retransmission timer, leaving both sides waiting until the client gave up).
+//! - `rtc-dtls-0.21.1-false-start.patch`: a client's first application data leaves with its
+//!   Finished (RFC 7918), a round trip before the server's Finished comes back;
 //! - `rtc-dtls-0.21.1-record-copies.patch`: application data after the handshake is sealed
 //!   and opened with one copy of each record and few allocations (counted per thread by
 //!   `allocation-counter`).
@@ -54,7 +56,7 @@ fn handshake(
     flight_interval: Duration,
     drop: impl Fn(bool, Duration) -> bool,
 ) -> (Option<Duration>, Option<Duration>) {
-    let h = run_handshake(flight_interval, drop);
+    let h = run_handshake(flight_interval, drop, None);
     (h.client_done, h.server_done)
 }
 
@@ -65,9 +67,16 @@ struct Handshaken {
     now: Instant,
     client_done: Option<Duration>,
     server_done: Option<Duration>,
+    /// When the server read the client's `early` bytes.
+    server_read_early: Option<Duration>,
 }
 
-fn run_handshake(flight_interval: Duration, drop: impl Fn(bool, Duration) -> bool) -> Handshaken {
+/// `early`: bytes the client writes as soon as it may (`KeysReady`, else `HandshakeComplete`).
+fn run_handshake(
+    flight_interval: Duration,
+    drop: impl Fn(bool, Duration) -> bool,
+    early: Option<&[u8]>,
+) -> Handshaken {
     let start = Instant::now();
     let (c, s) = (addr(1), addr(2));
     let mut client = Endpoint::new(c, TransportProtocol::UDP, None);
@@ -81,8 +90,14 @@ fn run_handshake(flight_interval: Duration, drop: impl Fn(bool, Duration) -> boo
         .expect("connect");
     let mut wire: Vec<Flight> = Vec::new();
     let (mut client_done, mut server_done) = (None, None);
+    let early_bytes = early;
+    let mut early = early;
+    let mut server_read_early = None;
     let mut now = start;
-    while now - start < Duration::from_secs(20) && (client_done.is_none() || server_done.is_none())
+    while now - start < Duration::from_secs(20)
+        && (client_done.is_none()
+            || server_done.is_none()
+            || (early_bytes.is_some() && server_read_early.is_none()))
     {
         for (ep, to_server) in [(&mut client, true), (&mut server, false)] {
             while let Some(t) = ep.poll_transmit() {
@@ -113,6 +128,25 @@ fn run_handshake(flight_interval: Duration, drop: impl Fn(bool, Duration) -> boo
             {
                 done.get_or_insert(now - start);
             }
+            let may_write = events.iter().any(|e| {
+                matches!(
+                    e,
+                    EndpointEvent::KeysReady | EndpointEvent::HandshakeComplete
+                )
+            });
+            if !to_server
+                && may_write
+                && let Some(bytes) = early.take()
+            {
+                ep.write(now, s, bytes).expect("the client writes");
+            }
+            if to_server
+                && events
+                    .iter()
+                    .any(|e| matches!(e, EndpointEvent::ApplicationData(d) if Some(&d[..]) == early_bytes))
+            {
+                server_read_early.get_or_insert(now - start);
+            }
             continue;
         }
         let _ = client.handle_timeout(s, now);
@@ -124,6 +158,7 @@ fn run_handshake(flight_interval: Duration, drop: impl Fn(bool, Duration) -> boo
         now,
         client_done,
         server_done,
+        server_read_early,
     }
 }
 
@@ -143,6 +178,28 @@ fn the_handshake_takes_two_round_trips() {
         client,
         Some(rtt * 2),
         "client done at 2 round trips (3 with a HelloVerifyRequest)"
+    );
+}
+
+/// False Start (`rtc-dtls-0.21.1-false-start.patch`): what the client writes once it has
+/// sent its Finished travels with that flight, so the server reads it as its own handshake
+/// completes, at 1.5 round trips, not at 2.5 (after the server's Finished reached the client
+/// and the data came back). WebRTC's SCTP INIT is that first write.
+#[test]
+fn the_clients_first_data_leaves_with_its_finished() {
+    let early: &[u8] = b"sctp init";
+    let h = run_handshake(Duration::from_secs(5), |_, _| false, Some(early));
+    let rtt = ONE_WAY * 2;
+    assert_eq!(
+        h.server_done,
+        Some(rtt + ONE_WAY),
+        "server done at 1.5 round trips"
+    );
+    assert_eq!(h.client_done, Some(rtt * 2), "client done at 2 round trips");
+    assert_eq!(
+        h.server_read_early,
+        Some(rtt + ONE_WAY),
+        "the server read the client's first data with its Finished"
     );
 }
 
@@ -172,7 +229,7 @@ fn a_lost_server_flight_is_sent_again_after_the_clients_repeat() {
 fn records_are_sealed_and_opened_with_one_copy() {
     const RECORDS: u64 = 200;
     let body: Vec<u8> = (0..1100u32).map(|i| (i * 7) as u8).collect();
-    let mut h = run_handshake(Duration::from_secs(5), |_, _| false);
+    let mut h = run_handshake(Duration::from_secs(5), |_, _| false, None);
     assert!(
         h.client_done.is_some() && h.server_done.is_some(),
         "no handshake"

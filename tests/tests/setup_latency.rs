@@ -107,3 +107,31 @@ fn the_senders_channel_opens_before_the_ack() {
          patches/rtc-0.21.1-dcep-open-early.patch applied?\n{serr}"
     );
 }
+
+/// The DTLS client (the receiver, which answers with `a=setup:active`) starts SCTP when it
+/// has sent its Finished, so its INIT travels with that flight (False Start,
+/// `patches/rtc-dtls-0.21.1-false-start.patch` and `patches/rtc-0.21.1-dtls-false-start.patch`),
+/// a round trip before the server's Finished completes its handshake; on loopback that shows
+/// as the order of the two log lines.
+#[test]
+fn the_dtls_client_starts_sctp_with_its_finished() {
+    let (_, rerr) = logged_transfer(
+        "warn,rtc::peer_connection::handler::sctp=debug,rtc::peer_connection::handler::dtls=debug",
+    );
+    let line = |what: &str| {
+        rerr.lines()
+            .position(|l| l.contains(what) && !l.contains("sctp recv"))
+    };
+    let init = line("sctp endpoint initiates connection");
+    // The DTLS handler's line, not the SCTP handler's "sctp recv dtls handshake complete".
+    let complete = line("dtls handshake complete");
+    assert!(
+        init.is_some() && complete.is_some(),
+        "the INIT and the handshake's end were not both logged; did rtc's log lines change?\n{rerr}"
+    );
+    assert!(
+        init < complete,
+        "the receiver started SCTP only when its DTLS handshake completed (a round trip \
+         later); are the False Start patches applied?\n{rerr}"
+    );
+}

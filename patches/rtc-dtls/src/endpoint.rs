@@ -28,6 +28,10 @@ pub enum EndpointEvent {
     HandshakeComplete,
     /// Decrypted application data arrived.
     ApplicationData(BytesMut),
+    /// punchdrop patch: a client sent its Finished, so application data written from now on
+    /// leaves at once (False Start, RFC 7918), a round trip before
+    /// [`EndpointEvent::HandshakeComplete`]. Reported once, never after that event.
+    KeysReady,
     /// The peer closed the connection with a `close_notify` alert (RFC 5246 §7.2.1). The
     /// matching `close_notify` reply is queued for [`Endpoint::poll_transmit`], and the connection
     /// has been removed.
@@ -212,6 +216,11 @@ impl Endpoint {
         }
         if !is_handshake_completed_before && conn.is_handshake_completed() {
             messages.push(EndpointEvent::HandshakeComplete)
+        } else if !conn.keys_ready_reported && conn.keys_in_use() {
+            messages.push(EndpointEvent::KeysReady)
+        }
+        if conn.keys_in_use() {
+            conn.keys_ready_reported = true;
         }
         Ok(())
     }

@@ -77,6 +77,9 @@ pub struct DTLSConn {
     pub(crate) state: State, // Internal state
 
     handshake_completed: bool,
+    /// punchdrop patch: [`EndpointEvent::KeysReady`](crate::endpoint::EndpointEvent) was
+    /// reported (a client that sent its Finished).
+    pub(crate) keys_ready_reported: bool,
     connection_closed_by_user: bool,
     // closeLock              sync.Mutex
     closed: bool, //  *closer.Closer
@@ -159,6 +162,7 @@ impl DTLSConn {
             cache: HandshakeCache::new(),
             state,
             handshake_completed: false,
+            keys_ready_reported: false,
             connection_closed_by_user: false,
             closed: false,
             closed_by_peer: false,
@@ -213,7 +217,7 @@ impl DTLSConn {
         // it, is sealed straight from `p` into the datagram that leaves (one copy of the
         // body, one buffer) instead of going through a `Packet`, a marshalled record, the
         // sealed record and the compacted datagram (a copy and an allocation at each step).
-        if self.is_handshake_completed()
+        if self.keys_in_use()
             && self.outgoing_packets.is_empty()
             && self.outgoing_queued_packets.is_empty()
         {
@@ -235,7 +239,12 @@ impl DTLSConn {
             reset_local_sequence_number: false,
         };
 
-        if self.is_handshake_completed() {
+        if self.keys_in_use() {
+            // What waited for the keys goes first, in the order it was written.
+            while let Some(mut queued) = self.outgoing_queued_packets.pop_front() {
+                queued.record.record_layer_header.epoch = self.get_local_epoch();
+                self.write_packets(vec![queued]);
+            }
             self.write_packets(vec![pkt]);
         } else {
             self.outgoing_queued_packets.push_back(pkt);
@@ -514,6 +523,22 @@ impl DTLSConn {
 
     pub(crate) fn is_handshake_completed(&self) -> bool {
         self.handshake_completed
+    }
+
+    /// punchdrop patch: whether application data may be sent. Once the handshake completed,
+    /// and on a client as soon as it has sent its Finished (RFC 7918's False Start: the
+    /// server's certificate was verified before that flight, the keys are ECDHE's and the
+    /// suite an AEAD), so its first data leaves with its last flight instead of a round trip
+    /// later, when the server's Finished arrives.
+    pub(crate) fn keys_in_use(&self) -> bool {
+        self.is_handshake_completed()
+            || (self.state.is_client
+                && self.get_local_epoch() > 0
+                && self
+                    .state
+                    .cipher_suite
+                    .as_ref()
+                    .is_some_and(|c| c.is_initialized() && !c.is_psk()))
     }
 
     /// Feeds one received datagram into the connection.

@@ -566,6 +566,11 @@ pub(crate) enum RTCEventInternal {
         Option<Context>, /*remote_srtp_context*/
     ),
 
+    /// punchdrop patch: as the DTLS client, this side sent its Finished: what it writes from
+    /// now on leaves at once (False Start), so SCTP sends its INIT with that flight instead of
+    /// a round trip later at [`RTCEventInternal::DTLSHandshakeComplete`].
+    DTLSKeysReady,
+
     /// The peer closed the DTLS transport with a `close_notify` alert.
     ///
     /// Everything that runs over it ends with it: the SCTP handler closes its associations and

@@ -216,6 +216,7 @@ impl<'a>
 
             let mut messages = vec![];
             let mut peer_closed = false;
+            let mut keys_ready = false;
             let mut srtp_contexts = None;
             let mut srtp_profile_for_stats: Option<SrtpProtectionProfile> = None;
             let mut peer_certificates_for_stats: Vec<Vec<u8>> = vec![];
@@ -272,6 +273,7 @@ impl<'a>
                         debug!("dtls closed by peer {:?}", msg.transport.peer_addr);
                         peer_closed = true;
                     }
+                    EndpointEvent::KeysReady => keys_ready = true,
                     _ => {}
                 }
             }
@@ -281,6 +283,14 @@ impl<'a>
                     now: transmit.now,
                     transport: transmit.transport,
                     message: RTCMessageInternal::Dtls(DTLSMessage::Raw(transmit.message)),
+                });
+            }
+
+            if keys_ready {
+                debug!("dtls keys ready (False Start)");
+                self.ctx.event_outs.push_back(TaggedRTCEventInternal {
+                    now: msg.now,
+                    event: RTCEventInternal::DTLSKeysReady,
                 });
             }
 

@@ -708,7 +708,12 @@ impl<'a>
         self.ctx.observe(now);
 
         // DTLSHandshakeComplete is not terminated here since SRTP handler needs it
-        let dtls_complete = matches!(&evt.event, RTCEventInternal::DTLSHandshakeComplete(_, _));
+        // punchdrop patch: nor is DTLSKeysReady, the client's earlier moment to start (False
+        // Start); whichever comes first starts the association, once.
+        let dtls_complete = matches!(
+            &evt.event,
+            RTCEventInternal::DTLSHandshakeComplete(_, _) | RTCEventInternal::DTLSKeysReady
+        ) && self.ctx.sctp_transport.sctp_associations.is_empty();
         if dtls_complete {
             debug!("sctp recv dtls handshake complete");
 
