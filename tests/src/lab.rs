@@ -1103,10 +1103,7 @@ deny 0-65535 0.0.0.0/0 0-65535
 
     /// Start a receiver on host B joining `link`, saving into `dir`.
     pub fn receiver(&self, flags: &[&str], dir: &Path, link: &str) -> Peer {
-        let d = dir.display().to_string();
-        let mut args: Vec<&str> = flags.to_vec();
-        args.extend(["recv", "--dir", &d, link]);
-        Peer::spawn_cmd(self.peer_cmd("b"), &args)
+        receiver_with(self.peer_cmd("b"), flags, dir, link)
     }
 
     /// Send a `size`-byte file from host A to host B and check it arrived intact.
@@ -1168,6 +1165,14 @@ pub struct OutageOutcome {
     /// The end of each peer's log (ICE and connection states at `info`), for a failure to
     /// say which side waited and on what.
     pub logs: String,
+}
+
+/// Start `cmd` (native-peer on host B) receiving `link` into `dir`.
+fn receiver_with(cmd: Command, flags: &[&str], dir: &Path, link: &str) -> Peer {
+    let d = dir.display().to_string();
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["recv", "--dir", &d, link]);
+    Peer::spawn_cmd(cmd, &args)
 }
 
 /// The last `n` lines of `log`.
@@ -1266,10 +1271,8 @@ impl Lab {
             cmd
         };
         let (sender, link, _) =
-            crate::start_sender_with(logged(self.peer_cmd("a")), &self.url, &[], &[&file]).unwrap();
-        let d = dst.path().display().to_string();
-        let mut receiver =
-            crate::Peer::spawn_cmd(logged(self.peer_cmd("b")), &["recv", "--dir", &d, &link]);
+            start_sender_with(logged(self.peer_cmd("a")), &self.url, &[], &[&file]).unwrap();
+        let mut receiver = receiver_with(logged(self.peer_cmd("b")), &[], dst.path(), &link);
         receiver.wait_for_progress(size / 5);
         disrupt(self);
         let before = receiver.progress();

@@ -216,11 +216,14 @@ impl Endpoint {
         }
         if !is_handshake_completed_before && conn.is_handshake_completed() {
             messages.push(EndpointEvent::HandshakeComplete)
-        } else if !conn.keys_ready_reported && conn.keys_in_use() {
-            messages.push(EndpointEvent::KeysReady)
         }
-        if conn.keys_in_use() {
+        // punchdrop patch: a client's keys in use before its handshake completed (False
+        // Start), said once; a server's come with its completion.
+        if !conn.keys_ready_reported && conn.keys_in_use() {
             conn.keys_ready_reported = true;
+            if !conn.is_handshake_completed() {
+                messages.push(EndpointEvent::KeysReady)
+            }
         }
         Ok(())
     }

@@ -274,9 +274,7 @@ pub trait CipherSuite: Send {
     ///
     /// As [`CipherSuite::encrypt`].
     fn encrypt_record(&mut self, pkt_rlh: &RecordLayerHeader, body: &[u8]) -> Result<Vec<u8>> {
-        let mut raw = Vec::with_capacity(RECORD_LAYER_HEADER_SIZE + body.len());
-        pkt_rlh.marshal(&mut raw)?;
-        raw.extend_from_slice(body);
+        let raw = crate::record_layer::marshal_record(pkt_rlh, body)?;
         self.encrypt(pkt_rlh, &raw)
     }
     /// Unprotects one record.

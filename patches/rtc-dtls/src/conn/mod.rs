@@ -355,56 +355,42 @@ impl DTLSConn {
         Ok(())
     }
 
-    /// One application data record around `body`, sealed under the current epoch's keys,
-    /// taking the next sequence number as [`DTLSConn::process_packet`] does.
+    /// One application data record around `body`, sealed under the current epoch's keys.
     fn seal_application_data(&mut self, body: &[u8]) -> Result<Vec<u8>> {
         let epoch = self.get_local_epoch();
-        let e = epoch as usize;
-        while self.state.local_sequence_number.len() <= e {
-            self.state.local_sequence_number.push(0);
-        }
-        let seq = self.state.local_sequence_number[e];
-        if seq > MAX_SEQUENCE_NUMBER {
-            return Err(Error::ErrSequenceNumberOverflow);
-        }
-        self.state.local_sequence_number[e] += 1;
         let header = RecordLayerHeader {
             content_type: ContentType::ApplicationData,
             protocol_version: PROTOCOL_VERSION1_2,
             epoch,
-            sequence_number: seq,
+            sequence_number: self.next_sequence_number(epoch as usize)?,
             content_len: u16::try_from(body.len()).map_err(|_| Error::ErrBufferTooSmall)?,
         };
         match &mut self.state.cipher_suite {
             Some(cipher_suite) => cipher_suite.encrypt_record(&header, body),
-            None => {
-                let mut raw = Vec::with_capacity(RECORD_LAYER_HEADER_SIZE + body.len());
-                header.marshal(&mut raw)?;
-                raw.extend_from_slice(body);
-                Ok(raw)
-            }
+            None => marshal_record(&header, body),
         }
     }
 
-    fn process_packet(&mut self, mut p: Packet) -> Result<Vec<u8>> {
-        let epoch = p.record.record_layer_header.epoch as usize;
-        let seq = {
-            while self.state.local_sequence_number.len() <= epoch {
-                self.state.local_sequence_number.push(0);
-            }
-
-            self.state.local_sequence_number[epoch] += 1;
-            self.state.local_sequence_number[epoch] - 1
-        };
-        //debug!("{}: seq = {}", srv_cli_str(is_client), seq);
-
+    /// punchdrop patch: the next record sequence number of `epoch` (one place for what
+    /// application data, handshake fragments and the sealed fast path all take).
+    fn next_sequence_number(&mut self, epoch: usize) -> Result<u64> {
+        while self.state.local_sequence_number.len() <= epoch {
+            self.state.local_sequence_number.push(0);
+        }
+        let seq = self.state.local_sequence_number[epoch];
+        self.state.local_sequence_number[epoch] += 1;
         if seq > MAX_SEQUENCE_NUMBER {
             // RFC 6347 Section 4.1.0
             // The implementation must either abandon an association or rehandshake
             // prior to allowing the sequence number to wrap.
             return Err(Error::ErrSequenceNumberOverflow);
         }
-        p.record.record_layer_header.sequence_number = seq;
+        Ok(seq)
+    }
+
+    fn process_packet(&mut self, mut p: Packet) -> Result<Vec<u8>> {
+        let epoch = p.record.record_layer_header.epoch as usize;
+        p.record.record_layer_header.sequence_number = self.next_sequence_number(epoch)?;
 
         // Marshal straight into the Vec: `BufWriter` would heap-allocate an
         // 8 KiB staging buffer for every outbound record.
@@ -427,19 +413,8 @@ impl DTLSConn {
 
         let epoch = p.record.record_layer_header.epoch as usize;
 
-        while self.state.local_sequence_number.len() <= epoch {
-            self.state.local_sequence_number.push(0);
-        }
-
         for handshake_fragment in &handshake_fragments {
-            let seq = {
-                self.state.local_sequence_number[epoch] += 1;
-                self.state.local_sequence_number[epoch] - 1
-            };
-            //debug!("seq = {}", seq);
-            if seq > MAX_SEQUENCE_NUMBER {
-                return Err(Error::ErrSequenceNumberOverflow);
-            }
+            let seq = self.next_sequence_number(epoch)?;
 
             let record_layer_header = RecordLayerHeader {
                 protocol_version: p.record.record_layer_header.protocol_version,

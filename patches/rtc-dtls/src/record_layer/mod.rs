@@ -98,6 +98,15 @@ impl RecordLayer {
 // two DTLS messages into the same datagram: in the same record or in
 // separate records.
 // https://tools.ietf.org/html/rfc6347#section-4.2.3
+/// punchdrop patch: `header` then `body`, as a record goes on the wire unencrypted (and as a
+/// cipher suite takes it to encrypt).
+pub(crate) fn marshal_record(header: &RecordLayerHeader, body: &[u8]) -> Result<Vec<u8>> {
+    let mut raw = Vec::with_capacity(RECORD_LAYER_HEADER_SIZE + body.len());
+    header.marshal(&mut raw)?;
+    raw.extend_from_slice(body);
+    Ok(raw)
+}
+
 pub(crate) fn unpack_datagram(buf: &[u8]) -> Result<Vec<Vec<u8>>> {
     let mut out = vec![];
 

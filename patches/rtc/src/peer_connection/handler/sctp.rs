@@ -302,21 +302,8 @@ impl<'a> SctpHandler<'a> {
     /// their SACKs coalesce into a single datagram.
     fn flush_transmits(&mut self, now: Instant) {
         for conn in self.ctx.sctp_transport.sctp_associations.values_mut() {
-            // punchdrop patch: each packet is handed on as it is (`BytesMut::from(Bytes)` takes
-            // over the buffer SCTP marshalled it into, which nothing else holds), not copied,
-            // and without a `Vec` per packet: DTLS reads it once, to seal it.
             while let Some(x) = conn.poll_transmit(now) {
-                if let Payload::RawEncode(raw_data) = x.message {
-                    for raw in raw_data {
-                        self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
-                            now: x.now,
-                            transport: x.transport,
-                            message: RTCMessageInternal::Dtls(DTLSMessage::Raw(BytesMut::from(
-                                raw,
-                            ))),
-                        });
-                    }
-                }
+                queue_transmit(&mut self.ctx.write_outs, x);
             }
         }
     }
@@ -838,17 +825,7 @@ impl<'a>
         }
 
         for transmit in transmits {
-            if let Payload::RawEncode(raw_data) = transmit.message {
-                for raw in raw_data {
-                    self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
-                        now: transmit.now,
-                        transport: transmit.transport,
-                        message: RTCMessageInternal::Dtls(DTLSMessage::Raw(BytesMut::from(
-                            &raw[..],
-                        ))),
-                    });
-                }
-            }
+            queue_transmit(&mut self.ctx.write_outs, transmit);
         }
 
         // Timer processed — mark dirty so poll_write runs the single flush.
@@ -872,6 +849,25 @@ impl<'a>
 
     fn close(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// punchdrop patch: SCTP's packets of one transmit, queued for DTLS as they are
+/// (`BytesMut::from(Bytes)` takes over the buffer SCTP marshalled each into, which nothing
+/// else holds): DTLS reads each once, to seal it. They were copied here, with a `Vec` per
+/// packet.
+fn queue_transmit(
+    write_outs: &mut VecDeque<TaggedRTCMessageInternal>,
+    transmit: TransportMessage<Payload>,
+) {
+    if let Payload::RawEncode(raw_data) = transmit.message {
+        for raw in raw_data {
+            write_outs.push_back(TaggedRTCMessageInternal {
+                now: transmit.now,
+                transport: transmit.transport,
+                message: RTCMessageInternal::Dtls(DTLSMessage::Raw(BytesMut::from(raw))),
+            });
+        }
     }
 }
 
