@@ -84,7 +84,19 @@ impl Agent {
                 return false;
             }
         };
-        now.saturating_duration_since(self.start_time) > min_wait
+        // punchdrop patch: a wait of zero is over at the start (`>`, as it was, kept the
+        // checks sent as the agent starts from nominating: `early_nomination`).
+        now.saturating_duration_since(self.start_time) >= min_wait
+    }
+
+    /// Whether the controlling agent's check on this pair nominates it too (aggressive
+    /// nomination): nothing is selected or nominated yet and the pair could be nominated
+    /// now, so its first success would nominate it anyway.
+    fn early_nomination(&self, now: Instant, local_index: usize, remote_index: usize) -> bool {
+        self.get_selected_pair().is_none()
+            && self.nominated_pair.is_none()
+            && self.is_nominatable(now, local_index, true)
+            && self.is_nominatable(now, remote_index, false)
     }
 
     fn nominate_pair(&mut self, now: Instant) {
@@ -274,12 +286,23 @@ impl ControllingSelector for Agent {
             let username = remote_credentials.ufrag.clone()
                 + ":"
                 + self.ufrag_pwd.local_credentials.ufrag.as_str();
-            let mut msg = Message::new();
-            let result = msg.build(&[
+            let mut attributes: Vec<Box<dyn Setter>> = vec![
                 Box::new(BINDING_REQUEST),
                 Box::new(TransactionId::new()),
                 Box::new(Username::new(ATTR_USERNAME, username)),
-                Box::new(AttrControlling(self.tie_breaker)),
+            ];
+            // punchdrop patch: aggressive nomination (RFC 5245 §8.1.1.2) of a pair that
+            // would be nominated the moment it succeeds anyway (no pair selected or
+            // nominated yet, its acceptance waits over: direct pairs in native-peer, never
+            // a relay before its wait). The check that proves the pair also nominates it,
+            // so the controlled side hears the nomination a round trip sooner, and this
+            // side selects the pair on the check's response instead of sending a second,
+            // nominating check after it.
+            if self.early_nomination(now, local_index, remote_index) {
+                attributes.push(Box::<UseCandidateAttr>::default());
+            }
+            attributes.extend([
+                Box::new(AttrControlling(self.tie_breaker)) as Box<dyn Setter>,
                 Box::new(PriorityAttr(self.local_candidates[local_index].priority())),
                 Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
                     remote_credentials.pwd.clone(),
@@ -287,6 +310,8 @@ impl ControllingSelector for Agent {
                 )),
                 Box::new(FINGERPRINT),
             ]);
+            let mut msg = Message::new();
+            let result = msg.build(&attributes);
             (msg, result)
         };
 
@@ -348,7 +373,18 @@ impl ControllingSelector for Agent {
                     && self
                         .get_selected_pair()
                         .is_some_and(|s| s != pair_index && self.pair_silent(now, s));
-                if pending_request.is_use_candidate && (selected_pair_is_none || renominated) {
+                // punchdrop patch: with aggressive nomination (`early_nomination`) several
+                // checks may nominate; of the nominated pairs both sides use the one with the
+                // highest priority (RFC 5245 §8.1.1.2), as the controlled side does.
+                let higher = self.get_selected_pair().is_some_and(|s| {
+                    s != pair_index
+                        && self.candidate_pairs[pair_index].priority()
+                            > self.candidate_pairs[s].priority()
+                });
+                if pending_request.is_use_candidate
+                    && (selected_pair_is_none || renominated || higher)
+                {
+                    self.nominated_pair = Some(pair_index);
                     self.set_selected_pair(Some(now), Some(pair_index));
                 }
             } else {
@@ -440,6 +476,23 @@ impl ControllingSelector for Agent {
             );
             self.nominated_pair = Some(pair_index);
             self.nominate_pair(now);
+        }
+    }
+}
+
+impl Agent {
+    /// Whether, on the controlled side, a nominated pair that this side's check proved
+    /// takes over from the selected one: nothing is selected, it has a higher priority, or
+    /// the selected pair has gone silent (why: the comment where a nomination arrives).
+    fn nomination_takes_over(&self, now: Instant, pair_index: usize) -> bool {
+        match self.get_selected_pair() {
+            None => true,
+            Some(selected) => {
+                selected != pair_index
+                    && (self.candidate_pairs[pair_index].priority()
+                        > self.candidate_pairs[selected].priority()
+                        || self.pair_silent(now, selected))
+            }
         }
     }
 }
@@ -540,6 +593,13 @@ impl ControlledSelector for Agent {
                     self.remote_candidates[p.remote_index].addr(),
                     rtt.as_millis()
                 );
+                // punchdrop patch: a pair the controlling agent nominated before this
+                // side's check on it succeeded (`handle_binding_request`) is weighed now.
+                if std::mem::take(&mut p.nominate_on_success)
+                    && self.nomination_takes_over(now, pair_index)
+                {
+                    self.set_selected_pair(Some(now), Some(pair_index));
+                }
             } else {
                 // This shouldn't happen
                 error!("Success response from invalid candidate pair");
@@ -588,16 +648,7 @@ impl ControlledSelector for Agent {
                     // prefers a receiving connection): the other side moved to it after
                     // its network changed, and sends there; answering on the old pair
                     // would leave this side deaf to the path that works.
-                    let better = match self.get_selected_pair() {
-                        None => true,
-                        Some(selected) => {
-                            selected != pair_index
-                                && (self.candidate_pairs[pair_index].priority()
-                                    > self.candidate_pairs[selected].priority()
-                                    || self.pair_silent(now, selected))
-                        }
-                    };
-                    if better {
+                    if self.nomination_takes_over(now, pair_index) {
                         self.set_selected_pair(Some(now), Some(pair_index));
                     }
                     self.send_binding_success(now, m, local_index, remote_index);
@@ -610,6 +661,24 @@ impl ControlledSelector for Agent {
                     // MUST remove the candidate pair from the valid list, set the
                     // candidate pair state to Failed, and set the checklist state to
                     // Failed.
+                    //
+                    // punchdrop patch: the check is answered (it was dropped, so the
+                    // controlling agent had to nominate again a tick later), and with no
+                    // pair selected yet the nominated one is used at once, as an ICE-lite
+                    // agent does (RFC 8445 §7.3.1.5): the controlling agent selects it
+                    // when this answer reaches it over the same pair, and this side's
+                    // first packets, sent now, follow that answer. Waiting for this side's
+                    // own check — sent only now, since behind a port-restricted NAT its
+                    // earlier ones were dropped — cost a round trip before DTLS began.
+                    // The triggered check still runs: it makes the pair valid here.
+                    // With a pair selected already, the nomination is remembered and
+                    // weighed when the triggered check succeeds (`handle_success_response`).
+                    self.send_binding_success(now, m, local_index, remote_index);
+                    if self.get_selected_pair().is_none() {
+                        self.set_selected_pair(Some(now), Some(pair_index));
+                    } else {
+                        self.candidate_pairs[pair_index].nominate_on_success = true;
+                    }
                     self.ping_candidate(now, local_index, remote_index);
                 }
             } else {

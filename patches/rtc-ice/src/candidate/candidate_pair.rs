@@ -79,6 +79,9 @@ pub struct CandidatePair {
     pub(crate) binding_request_count: u16,
     pub(crate) state: CandidatePairState,
     pub(crate) nominated: bool,
+    /// punchdrop patch: the controlling agent nominated this pair before the controlled
+    /// agent's own check on it succeeded; that success weighs the nomination.
+    pub(crate) nominate_on_success: bool,
 
     // STUN transaction stats
     /// Total number of STUN connectivity check requests sent (not including retransmissions).
@@ -154,6 +157,7 @@ impl CandidatePair {
             state: CandidatePairState::Waiting,
             binding_request_count: 0,
             nominated: false,
+            nominate_on_success: false,
             // STUN transaction stats
             requests_sent: 0,
             requests_received: 0,
