@@ -263,6 +263,10 @@ pub struct Association {
     // per inbound packet context
     delayed_ack_triggered: bool,
     immediate_ack_triggered: bool,
+    /// punchdrop patch: packets with DATA handled since the last SACK was made, and SACKs
+    /// made while handling a batch of packets, to go out first at the next transmit.
+    data_packets_unacked: u32,
+    sacks_made: Vec<Bytes>,
 
     pub(crate) stats: AssociationStats,
     ack_state: AckState,
@@ -363,6 +367,8 @@ impl Default for Association {
             // per inbound packet context
             delayed_ack_triggered: false,
             immediate_ack_triggered: false,
+            data_packets_unacked: 0,
+            sacks_made: Vec::new(),
 
             stats: AssociationStats::default(),
             ack_state: AckState::default(),
@@ -1007,11 +1013,13 @@ impl Association {
 
         self.handle_chunk_start();
 
+        let mut carried_data = false;
         for c in &p.chunks {
+            carried_data |= c.as_any().is::<ChunkPayloadData>();
             self.handle_chunk(&p, c, now)?;
         }
 
-        self.handle_chunk_end(now);
+        self.handle_chunk_end(now, carried_data);
 
         Ok(())
     }
@@ -1021,7 +1029,23 @@ impl Association {
         self.immediate_ack_triggered = false;
     }
 
-    fn handle_chunk_end(&mut self, now: Instant) {
+    fn handle_chunk_end(&mut self, now: Instant, carried_data: bool) {
+        if carried_data {
+            self.data_packets_unacked += 1;
+        }
+        // punchdrop patch: a SACK for every second packet with DATA (RFC 9260 6.2), made
+        // as that packet is handled. The SACK used to be made when the association next
+        // transmitted, after a whole batch of received packets: a burst of eight packets
+        // got one SACK. A sender that grows its window by at most an MTU per SACK (RFC
+        // 9260 7.2.1; Chromium's dcsctp does) then grew by one packet per round trip and
+        // sent to native-peer at a few packets per round trip.
+        if self.data_packets_unacked >= 2 && self.state() == AssociationState::Established {
+            self.make_sack();
+            self.ack_state = AckState::Idle;
+            self.timers.stop(Timer::Ack);
+            self.awake_write_loop();
+            return;
+        }
         if self.immediate_ack_triggered {
             self.ack_state = AckState::Immediate;
             self.timers.stop(Timer::Ack);
@@ -2705,16 +2729,22 @@ impl Association {
     fn gather_outbound_sack_packets(&mut self, mut raw_packets: Vec<Bytes>) -> Vec<Bytes> {
         if self.ack_state == AckState::Immediate {
             self.ack_state = AckState::Idle;
-            let sack = self.create_selective_ack_chunk();
-            debug!("[{}] sending SACK: {}", self.side, sack);
-            if let Ok(raw) = self.marshal_control_chunk(&sack) {
-                raw_packets.push(raw);
-            } else {
-                warn!("[{}] failed to serialize a SACK packet", self.side);
-            }
+            self.make_sack();
         }
-
+        raw_packets.append(&mut self.sacks_made);
         raw_packets
+    }
+
+    /// Make a SACK of what was received so far; it goes out with the next transmit.
+    fn make_sack(&mut self) {
+        self.data_packets_unacked = 0;
+        let sack = self.create_selective_ack_chunk();
+        debug!("[{}] sending SACK: {}", self.side, sack);
+        if let Ok(raw) = self.marshal_control_chunk(&sack) {
+            self.sacks_made.push(raw);
+        } else {
+            warn!("[{}] failed to serialize a SACK packet", self.side);
+        }
     }
 
     fn gather_outbound_forward_tsn_packets(&mut self, mut raw_packets: Vec<Bytes>) -> Vec<Bytes> {
