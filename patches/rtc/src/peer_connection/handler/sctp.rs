@@ -31,10 +31,11 @@ pub(crate) struct SctpHandlerContext {
     // Batch-drain state: handle_read/handle_write/handle_timeout only INGEST (set
     // `flush_dirty`); the single transmit flush runs in poll_write, once per driver
     // event-loop iteration. Paired with the driver's burst-read, N received DATA
-    // chunks are processed before one flush, so the ack machine coalesces them into
-    // ONE SACK (1st arms Delay, 2nd+ stay Immediate until flushed) instead of one
-    // SACK per two packets — cutting sendto/recvfrom and amortizing per-iteration
-    // cost. `now` carries the newest timestamp seen into that flush.
+    // chunks are processed before one flush, amortizing per-iteration cost. (punchdrop
+    // patch: the association still makes a SACK for every second packet, which a sender
+    // that grows its window per SACK needs; they leave together at the flush. See
+    // rtc-sctp-0.21.1-sack-every-second-packet.patch.) `now` carries the newest
+    // timestamp seen into that flush.
     flush_dirty: bool,
 
     /// Set by [`SctpHandler::request_abort`]: abort every association at the next `poll_write`.
@@ -299,7 +300,7 @@ impl<'a> SctpHandler<'a> {
     /// Batch-drain flush: gather every association's pending outbound in one pass
     /// into `write_outs`. Called once per event-loop iteration from poll_write when
     /// `flush_dirty` is set, after a burst of inbound packets has been ingested, so
-    /// their SACKs coalesce into a single datagram.
+    /// what they made the associations send leaves in one pass.
     fn flush_transmits(&mut self, now: Instant) {
         for conn in self.ctx.sctp_transport.sctp_associations.values_mut() {
             while let Some(x) = conn.poll_transmit(now) {
@@ -1980,8 +1981,8 @@ mod tests {
 
     // C4-04 replaced `last_now: Option<Instant>` + `unwrap_or_else(Instant::now)` with a
     // construction-seeded `now: Instant`. The *point* of the deferred flush is batching — N
-    // inbound DATA chunks ingested before one flush, so the ack machine coalesces them into a
-    // single SACK instead of one per two packets. Nothing in the suite pinned that invariant,
+    // inbound DATA chunks ingested before one flush (punchdrop patch: their SACKs, one per
+    // two packets, leave together at that flush). Nothing in the suite pinned that invariant,
     // and the workspace has no SCTP throughput benchmark to measure it with, so this asserts it
     // structurally: a burst of reads must arm the flush once and produce one flush's worth of
     // output, not one per packet.
@@ -2055,7 +2056,7 @@ mod tests {
         };
         assert!(
             !flushed.is_empty(),
-            "the flush must emit the coalesced SACK"
+            "the flush must emit the SACKs"
         );
         assert!(
             flushed.len() < dgrams.len(),
