@@ -367,22 +367,13 @@ impl ControllingSelector for Agent {
                     selected_pair_is_none,
                     rtt.as_millis()
                 );
-                // punchdrop patch: or the nomination of a live pair that replaces a selected
-                // pair gone silent (`handle_binding_request` below).
-                let renominated = self.nominated_pair == Some(pair_index)
-                    && self
-                        .get_selected_pair()
-                        .is_some_and(|s| s != pair_index && self.pair_silent(now, s));
-                // punchdrop patch: with aggressive nomination (`early_nomination`) several
-                // checks may nominate; of the nominated pairs both sides use the one with the
-                // highest priority (RFC 5245 §8.1.1.2), as the controlled side does.
-                let higher = self.get_selected_pair().is_some_and(|s| {
-                    s != pair_index
-                        && self.candidate_pairs[pair_index].priority()
-                            > self.candidate_pairs[s].priority()
-                });
+                // punchdrop patch: a nomination takes over by the rule the controlled side
+                // follows (`nomination_takes_over`): the first, a higher-priority one (with
+                // aggressive nomination, `early_nomination`, several checks may nominate;
+                // both sides use the best, RFC 5245 §8.1.1.2), or a live pair's that replaces
+                // a selected pair gone silent (`handle_binding_request` below).
                 if pending_request.is_use_candidate
-                    && (selected_pair_is_none || renominated || higher)
+                    && self.nomination_takes_over(now, pair_index)
                 {
                     self.nominated_pair = Some(pair_index);
                     self.set_selected_pair(Some(now), Some(pair_index));
@@ -481,9 +472,10 @@ impl ControllingSelector for Agent {
 }
 
 impl Agent {
-    /// Whether, on the controlled side, a nominated pair that this side's check proved
-    /// takes over from the selected one: nothing is selected, it has a higher priority, or
-    /// the selected pair has gone silent (why: the comment where a nomination arrives).
+    /// Whether a nominated pair that this side's check proved takes over from the selected
+    /// one: nothing is selected, it has a higher priority, or the selected pair has gone
+    /// silent (why: the comment where a nomination reaches the controlled side). Both roles
+    /// follow it, so both end on the same pair.
     fn nomination_takes_over(&self, now: Instant, pair_index: usize) -> bool {
         match self.get_selected_pair() {
             None => true,

@@ -263,8 +263,10 @@ pub struct Association {
     // per inbound packet context
     delayed_ack_triggered: bool,
     immediate_ack_triggered: bool,
-    /// punchdrop patch: packets with DATA handled since the last SACK was made, and SACKs
-    /// made while handling a batch of packets, to go out first at the next transmit.
+    /// punchdrop patch: the packet carried DATA; packets with DATA handled since the last
+    /// SACK was made, and SACKs made while handling a batch of packets, to go out at the
+    /// next transmit.
+    data_in_packet: bool,
     data_packets_unacked: u32,
     sacks_made: Vec<Bytes>,
 
@@ -367,6 +369,7 @@ impl Default for Association {
             // per inbound packet context
             delayed_ack_triggered: false,
             immediate_ack_triggered: false,
+            data_in_packet: false,
             data_packets_unacked: 0,
             sacks_made: Vec::new(),
 
@@ -1013,13 +1016,11 @@ impl Association {
 
         self.handle_chunk_start();
 
-        let mut carried_data = false;
         for c in &p.chunks {
-            carried_data |= c.as_any().is::<ChunkPayloadData>();
             self.handle_chunk(&p, c, now)?;
         }
 
-        self.handle_chunk_end(now, carried_data);
+        self.handle_chunk_end(now);
 
         Ok(())
     }
@@ -1027,10 +1028,11 @@ impl Association {
     fn handle_chunk_start(&mut self) {
         self.delayed_ack_triggered = false;
         self.immediate_ack_triggered = false;
+        self.data_in_packet = false;
     }
 
-    fn handle_chunk_end(&mut self, now: Instant, carried_data: bool) {
-        if carried_data {
+    fn handle_chunk_end(&mut self, now: Instant) {
+        if self.data_in_packet {
             self.data_packets_unacked += 1;
         }
         // punchdrop patch: a SACK for every second packet with DATA (RFC 9260 6.2), made
@@ -1407,6 +1409,7 @@ impl Association {
             d.unordered,
         );
         self.stats.inc_datas();
+        self.data_in_packet = true;
 
         let can_push = self.payload_queue.can_push(d, self.peer_last_tsn);
         let mut stream_handle_data = false;
